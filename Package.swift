@@ -1,0 +1,43 @@
+// swift-tools-version:6.0
+// Offload: plan, simulate and execute memory placement for training and running
+// Llama-family models beyond the memory that computes them.
+import PackageDescription
+
+let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+let cOptimize: [CSetting] = [.unsafeFlags(["-O3"])]
+
+let package = Package(
+    name: "Offload",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "offload", targets: ["offload"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C shims: what Swift cannot see on its own.
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .target(name: "CKernels", path: "Sources/CKernels", cSettings: cOptimize),
+        .target(name: "CSystem", path: "Sources/CSystem"),
+
+        .target(name: "Tensors", swiftSettings: optimize),
+        .target(name: "Kernels", dependencies: ["Tensors", "CBLAS", "CKernels"], swiftSettings: optimize),
+        .target(name: "Memory", dependencies: ["Tensors", "CSystem"], swiftSettings: optimize),
+        .target(name: "Formats", dependencies: ["Tensors", "Kernels"], swiftSettings: optimize),
+        .target(name: "Models", dependencies: ["Tensors", "Kernels", "Formats"], swiftSettings: optimize),
+        .target(name: "Planning", dependencies: ["Tensors", "Models", "Memory"], swiftSettings: optimize),
+        .executableTarget(name: "offload", dependencies: [
+            "Tensors", "Kernels", "Formats", "Models", "Memory", "Planning",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: optimize),
+
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Tensors"]),
+        .testTarget(name: "FormatsTests", dependencies: ["Formats", "Tensors", "Kernels"]),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "Formats", "Kernels", "Tensors"]),
+        .testTarget(name: "MemoryTests", dependencies: ["Memory", "Tensors"]),
+        .testTarget(name: "PlanningTests", dependencies: ["Planning", "Models", "Memory"]),
+        .testTarget(name: "CLITests", dependencies: ["offload"]),
+    ]
+)

@@ -1,0 +1,2 @@
+// OpenBLAS's C interface (Debian: libopenblas-dev). openblas_set_num_threads comes with it.
+#include <cblas.h>

@@ -1,0 +1,77 @@
+// The shape of a Llama-family model, and the built-in shapes `--config NAME`
+// selects (tiny for tests up to Llama-3-70B for planning).
+
+public enum RopeStyle: String, Sendable, Codable {
+    /// GGUF / llama.cpp: rotate adjacent pairs (x[2i], x[2i+1]).
+    case adjacentPairs
+    /// Hugging Face: rotate halves (x[i], x[i + headDim/2]).
+    case halfSplit
+}
+
+public struct LlamaConfig: Sendable, Equatable, Codable {
+    public var name: String
+    public var vocabSize: Int
+    public var dim: Int
+    public var ffnDim: Int
+    public var layers: Int
+    public var heads: Int
+    public var kvHeads: Int
+    public var headDim: Int
+    public var ropeTheta: Float
+    public var rmsEps: Float
+    public var contextLength: Int
+    public var tiedEmbeddings: Bool
+
+    public init(name: String, vocabSize: Int, dim: Int, ffnDim: Int, layers: Int, heads: Int,
+                kvHeads: Int, headDim: Int? = nil, ropeTheta: Float = 10000, rmsEps: Float = 1e-5,
+                contextLength: Int = 2048, tiedEmbeddings: Bool = false) {
+        self.name = name; self.vocabSize = vocabSize; self.dim = dim; self.ffnDim = ffnDim
+        self.layers = layers; self.heads = heads; self.kvHeads = kvHeads
+        self.headDim = headDim ?? dim / heads
+        self.ropeTheta = ropeTheta; self.rmsEps = rmsEps
+        self.contextLength = contextLength; self.tiedEmbeddings = tiedEmbeddings
+    }
+
+    public var qDim: Int { heads * headDim }
+    public var kvDim: Int { kvHeads * headDim }
+
+    /// Checks the relations the kernels rely on.
+    public func validate() throws {
+        func need(_ ok: Bool, _ what: String) throws {
+            if !ok { throw OffloadError("[config] \(name): \(what)") }
+        }
+        try need(vocabSize > 0 && dim > 0 && ffnDim > 0 && layers > 0, "sizes must be positive")
+        try need(heads > 0 && kvHeads > 0 && heads % kvHeads == 0,
+                 "heads (\(heads)) must be a positive multiple of kv heads (\(kvHeads))")
+        try need(headDim > 0 && headDim % 2 == 0, "head dimension (\(headDim)) must be even")
+        try need(rmsEps > 0 && ropeTheta > 0, "rms epsilon and rope theta must be positive")
+    }
+
+    /// Built-in shapes, by the name `--config` takes.
+    public static let builtIn: [LlamaConfig] = [
+        LlamaConfig(name: "tiny", vocabSize: 256, dim: 64, ffnDim: 176, layers: 2, heads: 4, kvHeads: 2,
+                    contextLength: 256, tiedEmbeddings: true),
+        LlamaConfig(name: "small", vocabSize: 1024, dim: 256, ffnDim: 688, layers: 4, heads: 8, kvHeads: 4,
+                    contextLength: 512),
+        LlamaConfig(name: "smollm2-135m", vocabSize: 49152, dim: 576, ffnDim: 1536, layers: 30, heads: 9,
+                    kvHeads: 3, ropeTheta: 100000, contextLength: 8192, tiedEmbeddings: true),
+        LlamaConfig(name: "smollm2-360m", vocabSize: 49152, dim: 960, ffnDim: 2560, layers: 32, heads: 15,
+                    kvHeads: 5, ropeTheta: 100000, contextLength: 8192, tiedEmbeddings: true),
+        LlamaConfig(name: "llama-1.5b", vocabSize: 32000, dim: 2048, ffnDim: 5632, layers: 28, heads: 16,
+                    kvHeads: 8, contextLength: 4096),
+        LlamaConfig(name: "llama-3.2-1b", vocabSize: 128256, dim: 2048, ffnDim: 8192, layers: 16, heads: 32,
+                    kvHeads: 8, ropeTheta: 500000, contextLength: 8192, tiedEmbeddings: true),
+        LlamaConfig(name: "llama-3-8b", vocabSize: 128256, dim: 4096, ffnDim: 14336, layers: 32, heads: 32,
+                    kvHeads: 8, ropeTheta: 500000, contextLength: 8192),
+        LlamaConfig(name: "llama-3-70b", vocabSize: 128256, dim: 8192, ffnDim: 28672, layers: 80, heads: 64,
+                    kvHeads: 8, ropeTheta: 500000, contextLength: 8192),
+    ]
+
+    public static func named(_ name: String) throws -> LlamaConfig {
+        if let c = builtIn.first(where: { $0.name == name.lowercased() }) { return c }
+        throw OffloadError("[config] unknown config '\(name)'; expected one of: "
+                           + builtIn.map(\.name).joined(separator: ", "))
+    }
+}
+
+import Tensors

@@ -1,0 +1,6 @@
+import ArgumentParser
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "eval", abstract: "(in progress)")
+    func run() throws { throw ValidationError("'eval' is not built yet") }
+}

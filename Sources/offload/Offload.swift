@@ -1,0 +1,15 @@
+// The `offload` command: plan, simulate and run Llama-family models beyond memory.
+import ArgumentParser
+
+@main
+struct Offload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "offload",
+        abstract: "Train and run Llama-family models larger than the memory that computes them.",
+        discussion: """
+        Offload reads real model files (GGUF, Hugging Face safetensors), plans where every
+        tensor lives (compute memory, host memory, disk) and what is recomputed, predicts the
+        cost, and runs the plan.
+        """,
+        subcommands: [Generate.self, Tokenize.self, Eval.self, Inspect.self, Plan.self, Profile.self])
+}
