@@ -1,0 +1,113 @@
+// GGUF v3 writer. The file is written to a temporary name beside the target and
+// renamed into place, so a crash never leaves a partial model (invariant 5).
+
+import Foundation
+import Tensors
+
+public struct GGUFWriter {
+    public struct Tensor {
+        public var name: String
+        public var dtype: DType
+        /// Row-major shape, outermost first (written to the file reversed, as ne).
+        public var shape: [Int]
+        public var data: Data
+        public init(name: String, dtype: DType, shape: [Int], data: Data) {
+            self.name = name; self.dtype = dtype; self.shape = shape; self.data = data
+        }
+    }
+
+    public var metadata: [(key: String, value: GGUFValue)] = []
+    public var tensors: [Tensor] = []
+    public var alignment = 32
+
+    public init() {}
+
+    public mutating func set(_ key: String, _ value: GGUFValue) {
+        if let i = metadata.firstIndex(where: { $0.key == key }) { metadata[i].value = value }
+        else { metadata.append((key, value)) }
+    }
+
+    /// The complete file as bytes.
+    public func encode() throws -> Data {
+        var out = Data()
+        func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        func str(_ s: String) { let u = Array(s.utf8); u64(UInt64(u.count)); out.append(contentsOf: u) }
+        func value(_ v: GGUFValue, typed: Bool) throws {
+            func tag(_ t: GGUFValueType) { if typed { u32(t.rawValue) } }
+            switch v {
+            case .uint(let x, let t):
+                tag(t)
+                switch t {
+                case .uint8: out.append(UInt8(truncatingIfNeeded: x))
+                case .uint16: withUnsafeBytes(of: UInt16(truncatingIfNeeded: x).littleEndian) { out.append(contentsOf: $0) }
+                case .uint32: u32(UInt32(truncatingIfNeeded: x))
+                default: u64(x)
+                }
+            case .int(let x, let t):
+                tag(t)
+                switch t {
+                case .int8: out.append(UInt8(bitPattern: Int8(truncatingIfNeeded: x)))
+                case .int16: withUnsafeBytes(of: Int16(truncatingIfNeeded: x).littleEndian) { out.append(contentsOf: $0) }
+                case .int32: u32(UInt32(bitPattern: Int32(truncatingIfNeeded: x)))
+                default: u64(UInt64(bitPattern: x))
+                }
+            case .float(let x, let t):
+                tag(t)
+                if t == .float64 { u64(x.bitPattern) } else { u32(Float(x).bitPattern) }
+            case .bool(let b): tag(.bool); out.append(b ? 1 : 0)
+            case .string(let s): tag(.string); str(s)
+            case .array(let items, let et):
+                tag(.array); u32(et.rawValue); u64(UInt64(items.count))
+                for item in items { try value(item, typed: false) }
+            }
+        }
+        var meta = metadata
+        if alignment != 32, !meta.contains(where: { $0.key == "general.alignment" }) {
+            meta.append(("general.alignment", .uint(UInt64(alignment), .uint32)))
+        }
+        u32(0x4655_4747); u32(3); u64(UInt64(tensors.count)); u64(UInt64(meta.count))
+        for (k, v) in meta { str(k); try value(v, typed: true) }
+        var offset = 0
+        var offsets: [Int] = []
+        for t in tensors {
+            let elements = t.shape.reduce(1, *)
+            guard let n = t.dtype.byteCount(elements: elements), n == t.data.count else {
+                throw OffloadError("[gguf write] tensor \(t.name): \(t.data.count) bytes do not hold \(elements) \(t.dtype) values")
+            }
+            str(t.name); u32(UInt32(t.shape.count))
+            for d in t.shape.reversed() { u64(UInt64(d)) }
+            u32(GGMLType.id(t.dtype)); u64(UInt64(offset))
+            offsets.append(offset)
+            offset = (offset + n + alignment - 1) / alignment * alignment
+        }
+        func pad() { let r = out.count % alignment; if r != 0 { out.append(Data(count: alignment - r)) } }
+        pad()
+        for t in tensors { out.append(t.data); pad() }
+        return out
+    }
+
+    /// Writes atomically: temporary file in the same folder, then rename.
+    public func write(to path: String) throws {
+        try writeAtomically(try encode(), to: path, context: "[gguf write]")
+    }
+}
+
+/// Writes `data` to `path` through a temporary file and a rename.
+public func writeAtomically(_ data: Data, to path: String, context: String) throws {
+    let url = URL(fileURLWithPath: path)
+    let tmp = url.deletingLastPathComponent()
+        .appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
+    do {
+        try data.write(to: tmp)
+        guard rename(tmp.path, path) == 0 else {
+            throw OffloadError("\(context) \(path): cannot rename into place: \(String(cString: strerror(errno)))")
+        }
+    } catch let e as OffloadError {
+        try? FileManager.default.removeItem(at: tmp)
+        throw e
+    } catch {
+        try? FileManager.default.removeItem(at: tmp)
+        throw OffloadError("\(context) \(path): \(error.localizedDescription)")
+    }
+}
