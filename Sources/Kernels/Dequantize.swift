@@ -1,0 +1,93 @@
+// Conversion of stored element types to fp32 (ggml block layouts), and back for
+// the types Offload writes. Plain loops: these run once per tensor per use in
+// prefill, never in the decode hot path (which reads quantized blocks directly).
+
+import Tensors
+
+@inline(__always) func f16ToF32(_ bits: UInt16) -> Float { Float(Float16(bitPattern: bits)) }
+@inline(__always) func bf16ToF32(_ bits: UInt16) -> Float { Float(bitPattern: UInt32(bits) << 16) }
+
+public enum Dequantize {
+    /// Converts `count` values of `dtype` at `src` to fp32 at `dst`.
+    /// `count` must be a whole number of blocks.
+    public static func toF32(_ dtype: DType, _ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+        switch dtype {
+        case .f32:
+            dst.update(from: src.assumingMemoryBound(to: Float.self), count: count)
+        case .f16:
+            let s = src.assumingMemoryBound(to: UInt16.self)
+            for i in 0..<count { dst[i] = f16ToF32(s[i]) }
+        case .bf16:
+            let s = src.assumingMemoryBound(to: UInt16.self)
+            for i in 0..<count { dst[i] = bf16ToF32(s[i]) }
+        case .q8_0:
+            for b in 0..<count / 32 {
+                let blk = src + b * 34
+                let d = f16ToF32(blk.loadUnaligned(as: UInt16.self))
+                let q = (blk + 2).assumingMemoryBound(to: Int8.self)
+                for j in 0..<32 { dst[b * 32 + j] = d * Float(q[j]) }
+            }
+        case .q4_0:
+            for b in 0..<count / 32 {
+                let blk = src + b * 18
+                let d = f16ToF32(blk.loadUnaligned(as: UInt16.self))
+                let q = (blk + 2).assumingMemoryBound(to: UInt8.self)
+                for j in 0..<16 {
+                    dst[b * 32 + j] = d * Float(Int(q[j] & 0x0F) - 8)
+                    dst[b * 32 + j + 16] = d * Float(Int(q[j] >> 4) - 8)
+                }
+            }
+        case .q4_1:
+            for b in 0..<count / 32 {
+                let blk = src + b * 20
+                let d = f16ToF32(blk.loadUnaligned(as: UInt16.self))
+                let m = f16ToF32((blk + 2).loadUnaligned(as: UInt16.self))
+                let q = (blk + 4).assumingMemoryBound(to: UInt8.self)
+                for j in 0..<16 {
+                    dst[b * 32 + j] = d * Float(q[j] & 0x0F) + m
+                    dst[b * 32 + j + 16] = d * Float(q[j] >> 4) + m
+                }
+            }
+        }
+    }
+
+    /// Convenience: a whole tensor to a new fp32 array.
+    public static func toF32(_ dtype: DType, _ bytes: UnsafeRawBufferPointer, count: Int) -> [Float] {
+        [Float](unsafeUninitializedCapacity: count) { buf, n in
+            toF32(dtype, bytes.baseAddress!, buf.baseAddress!, count: count)
+            n = count
+        }
+    }
+}
+
+public enum Quantize {
+    /// fp32 → f16 bits (round to nearest even).
+    public static func toF16(_ src: [Float]) -> [UInt16] { src.map { Float16($0).bitPattern } }
+
+    /// fp32 → bf16 bits (round to nearest even; NaN stays NaN).
+    public static func toBF16(_ src: [Float]) -> [UInt16] {
+        src.map { v in
+            let b = v.bitPattern
+            if v.isNaN { return UInt16(b >> 16) | 0x40 }
+            return UInt16((b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16)
+        }
+    }
+
+    /// fp32 → Q8_0 blocks, as ggml's reference quantizer does (d = amax/127).
+    public static func toQ8_0(_ src: [Float]) -> [UInt8] {
+        precondition(src.count % 32 == 0)
+        var out = [UInt8](repeating: 0, count: src.count / 32 * 34)
+        for b in 0..<src.count / 32 {
+            var amax: Float = 0
+            for j in 0..<32 { amax = max(amax, abs(src[b * 32 + j])) }
+            let d = amax / 127
+            let id: Float = d != 0 ? 1 / d : 0
+            let dh = Float16(d).bitPattern
+            out[b * 34] = UInt8(dh & 0xFF); out[b * 34 + 1] = UInt8(dh >> 8)
+            for j in 0..<32 {
+                out[b * 34 + 2 + j] = UInt8(bitPattern: Int8((src[b * 32 + j] * id).rounded()))
+            }
+        }
+        return out
+    }
+}

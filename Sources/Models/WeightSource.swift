@@ -1,0 +1,87 @@
+// Where a model's parameters come from: a GGUF file, a Hugging Face checkpoint,
+// or fresh random initialisation. The model asks for tensors by their GGUF name
+// and gets them in the file's own type and layout; `ropeStyle` says which RoPE
+// convention the Q and K rows follow (GGUF files permute them for adjacent pairs).
+
+import Formats
+import Tensors
+
+/// A tensor's bytes as a file holds them. `shape` is row-major, outermost first.
+public struct StoredTensor {
+    public var name: String
+    public var dtype: DType
+    public var shape: [Int]
+    public var bytes: UnsafeRawBufferPointer
+    public var elements: Int { shape.reduce(1, *) }
+}
+
+public protocol WeightSource: AnyObject {
+    var config: LlamaConfig { get }
+    var ropeStyle: RopeStyle { get }
+    /// A description for messages ("SmolLM2-135M-Instruct.Q4_1.gguf").
+    var sourceName: String { get }
+    /// The tensor named `name` (GGUF naming). Valid while the source lives.
+    func tensor(_ name: String) throws -> StoredTensor
+}
+
+extension WeightSource {
+    /// Checks that every parameter the config describes is present with the expected shape.
+    public func validateTensors() throws {
+        for spec in config.parameterTable {
+            let t = try tensor(spec.name)
+            guard t.shape == spec.shape else {
+                throw OffloadError("[model] \(sourceName): tensor \(spec.name) has shape \(t.shape), expected \(spec.shape)")
+            }
+        }
+    }
+}
+
+/// Weights read from a memory-mapped GGUF file.
+public final class GGUFWeights: WeightSource {
+    public let file: GGUFFile
+    public let config: LlamaConfig
+    public var ropeStyle: RopeStyle { .adjacentPairs }
+    public var sourceName: String { file.fileName }
+
+    public init(path: String) throws {
+        file = try GGUFFile(path: path)
+        config = try LlamaConfig(gguf: file)
+        try validateTensors()
+    }
+
+    public func tensor(_ name: String) throws -> StoredTensor {
+        let (info, dtype, bytes) = try file.data(name)
+        return StoredTensor(name: name, dtype: dtype, shape: info.shape, bytes: bytes)
+    }
+}
+
+extension LlamaConfig {
+    /// Reads the architecture from GGUF metadata (`general.architecture` = llama).
+    public init(gguf f: GGUFFile) throws {
+        let ctx = "[gguf] \(f.fileName)"
+        let arch = f.string("general.architecture") ?? "?"
+        guard arch == "llama" else {
+            throw OffloadError("\(ctx): architecture '\(arch)' is not supported; expected 'llama'")
+        }
+        func req(_ key: String) throws -> Int {
+            guard let v = f.int("llama." + key), v > 0 else {
+                throw OffloadError("\(ctx): metadata llama.\(key) is missing or not a positive integer")
+            }
+            return v
+        }
+        let dim = try req("embedding_length")
+        let heads = try req("attention.head_count")
+        let vocab = f.int("llama.vocab_size") ?? f.metadata["tokenizer.ggml.tokens"]?.array?.count
+            ?? f.info("token_embd.weight")?.shape.first ?? 0
+        let tied = f.info("output.weight") == nil
+        self.init(name: f.string("general.name") ?? f.fileName,
+                  vocabSize: vocab, dim: dim, ffnDim: try req("feed_forward_length"),
+                  layers: try req("block_count"), heads: heads,
+                  kvHeads: f.int("llama.attention.head_count_kv") ?? heads,
+                  headDim: f.int("llama.attention.key_length") ?? f.int("llama.rope.dimension_count") ?? dim / heads,
+                  ropeTheta: Float(f.double("llama.rope.freq_base") ?? 10000),
+                  rmsEps: Float(f.double("llama.attention.layer_norm_rms_epsilon") ?? 1e-5),
+                  contextLength: f.int("llama.context_length") ?? 2048, tiedEmbeddings: tied)
+        try validate()
+    }
+}
