@@ -28,8 +28,10 @@ let package = Package(
         .target(name: "Formats", dependencies: ["Tensors", "Kernels"], swiftSettings: optimize),
         .target(name: "Models", dependencies: ["Tensors", "Kernels", "Formats"], swiftSettings: optimize),
         .target(name: "Planning", dependencies: ["Tensors", "Models", "Memory"], swiftSettings: optimize),
+        .target(name: "Runtime", dependencies: ["Tensors", "Kernels", "Formats", "Models", "Memory"],
+                swiftSettings: optimize),
         .executableTarget(name: "offload", dependencies: [
-            "Tensors", "Kernels", "Formats", "Models", "Memory", "Planning",
+            "Tensors", "Kernels", "Formats", "Models", "Memory", "Planning", "Runtime",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: optimize),
 
@@ -38,6 +40,7 @@ let package = Package(
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Formats", "Kernels", "Tensors"]),
         .testTarget(name: "MemoryTests", dependencies: ["Memory", "Tensors"]),
         .testTarget(name: "PlanningTests", dependencies: ["Planning", "Models", "Memory"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Models", "Formats", "Tensors"]),
         .testTarget(name: "CLITests", dependencies: ["offload"]),
     ]
 )

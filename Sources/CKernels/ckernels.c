@@ -1,1 +1,495 @@
+// See ckernels.h. Scalar code is the reference; the AVX2 functions carry their
+// own target attribute so the file builds for baseline x86-64 and dispatches at
+// run time.
+#define _GNU_SOURCE
 #include "ckernels.h"
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+// ---------------------------------------------------------------- fp16 / bf16
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else { // subnormal
+            float f = (float)man * (1.0f / 16777216.0f);
+            uint32_t fb; memcpy(&fb, &f, 4); bits = sign | fb;
+        }
+    } else if (exp == 31) bits = sign | 0x7F800000u | (man << 13);
+    else bits = sign | ((exp + 112) << 23) | (man << 13);
+    float f; memcpy(&f, &bits, 4); return f;
+}
+static inline float bf16_to_f32(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f; }
+static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+size_t ck_row_bytes(int dtype, int cols) {
+    switch (dtype) {
+    case CK_F32: return (size_t)cols * 4;
+    case CK_F16: case CK_BF16: return (size_t)cols * 2;
+    case CK_Q8_0: return (size_t)cols / 32 * 34;
+    case CK_Q4_0: return (size_t)cols / 32 * 18;
+    case CK_Q4_1: return (size_t)cols / 32 * 20;
+    default: return 0;
+    }
+}
+
+// ------------------------------------------------------------ scalar reference
+
+static void dequant_row_scalar(const uint8_t *r, int dtype, float *dst, int cols) {
+    switch (dtype) {
+    case CK_F32: memcpy(dst, r, (size_t)cols * 4); break;
+    case CK_F16: for (int i = 0; i < cols; i++) dst[i] = f16_to_f32(load_u16(r + 2 * i)); break;
+    case CK_BF16: for (int i = 0; i < cols; i++) dst[i] = bf16_to_f32(load_u16(r + 2 * i)); break;
+    case CK_Q8_0:
+        for (int b = 0; b < cols / 32; b++) {
+            const uint8_t *blk = r + b * 34; float d = f16_to_f32(load_u16(blk));
+            for (int j = 0; j < 32; j++) dst[b * 32 + j] = d * (float)(int8_t)blk[2 + j];
+        }
+        break;
+    case CK_Q4_0:
+        for (int b = 0; b < cols / 32; b++) {
+            const uint8_t *blk = r + b * 18; float d = f16_to_f32(load_u16(blk));
+            for (int j = 0; j < 16; j++) {
+                dst[b * 32 + j] = d * (float)((blk[2 + j] & 15) - 8);
+                dst[b * 32 + j + 16] = d * (float)((blk[2 + j] >> 4) - 8);
+            }
+        }
+        break;
+    case CK_Q4_1:
+        for (int b = 0; b < cols / 32; b++) {
+            const uint8_t *blk = r + b * 20;
+            float d = f16_to_f32(load_u16(blk)), m = f16_to_f32(load_u16(blk + 2));
+            for (int j = 0; j < 16; j++) {
+                dst[b * 32 + j] = d * (float)(blk[4 + j] & 15) + m;
+                dst[b * 32 + j + 16] = d * (float)(blk[4 + j] >> 4) + m;
+            }
+        }
+        break;
+    }
+}
+
+void ck_matvec_reference(const void *w, int dtype, float *y, int rows, const float *x, int cols) {
+    float *tmp = malloc((size_t)cols * sizeof(float));
+    size_t rb = ck_row_bytes(dtype, cols);
+    for (int r = 0; r < rows; r++) {
+        dequant_row_scalar((const uint8_t *)w + rb * r, dtype, tmp, cols);
+        double s = 0;
+        for (int c = 0; c < cols; c++) s += (double)tmp[c] * x[c];
+        y[r] = (float)s;
+    }
+    free(tmp);
+}
+
+// Scalar fast-path stand-in: dot of one stored row with n inputs.
+static void dot_rows_scalar(const uint8_t *row, int dtype, const float *x, int n, int cols, float *tmp,
+                            float *out, int out_stride) {
+    dequant_row_scalar(row, dtype, tmp, cols);
+    for (int k = 0; k < n; k++) {
+        const float *xk = x + (size_t)k * cols;
+        float s = 0;
+        for (int c = 0; c < cols; c++) s += tmp[c] * xk[c];
+        out[(size_t)k * out_stride] = s;
+    }
+}
+
+// ---------------------------------------------------------------------- AVX2
+
+#if defined(__x86_64__)
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+AVX2 static inline float hsum256(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+AVX2 static inline float h2f(const uint8_t *p) { return _cvtsh_ss(load_u16(p)); }
+
+// 32 unsigned nibbles of a q4 block as four vectors of 8 floats (elements 0..31).
+AVX2 static inline void nibbles(const uint8_t *q, __m256 v[4]) {
+    __m128i b = _mm_loadu_si128((const __m128i *)q);
+    __m128i lo = _mm_and_si128(b, _mm_set1_epi8(15));
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(15));
+    v[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    v[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    v[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    v[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+}
+AVX2 static inline void bytes_i8(const uint8_t *q, __m256 v[4]) {
+    for (int i = 0; i < 4; i++)
+        v[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * i))));
+}
+
+// Dot products of one stored row with n inputs (n ≤ 8), written to out[k * out_stride].
+// xsum[k * nb + b] holds the sum of block b of input k (used by Q4_1's min term).
+AVX2 static void dot_rows_avx2(const uint8_t *row, int dtype, const float *x, int n, int cols,
+                               const float *xsum, float *out, int out_stride) {
+    int nb = cols / 32;
+    __m256 acc[8];
+    float macc[8] = {0};
+    for (int k = 0; k < n; k++) acc[k] = _mm256_setzero_ps();
+    switch (dtype) {
+    case CK_Q4_1:
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * 20;
+            __m256 q[4]; nibbles(blk + 4, q);
+            __m256 d = _mm256_set1_ps(h2f(blk)); float m = h2f(blk + 2);
+            for (int k = 0; k < n; k++) {
+                const float *xb = x + (size_t)k * cols + b * 32;
+                __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
+                s = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), s);
+                s = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), s);
+                s = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), s);
+                acc[k] = _mm256_fmadd_ps(d, s, acc[k]);
+                macc[k] += m * xsum[k * nb + b];
+            }
+        }
+        break;
+    case CK_Q4_0:
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * 18;
+            __m256 q[4]; nibbles(blk + 2, q);
+            __m256 eight = _mm256_set1_ps(8.0f);
+            for (int i = 0; i < 4; i++) q[i] = _mm256_sub_ps(q[i], eight);
+            __m256 d = _mm256_set1_ps(h2f(blk));
+            for (int k = 0; k < n; k++) {
+                const float *xb = x + (size_t)k * cols + b * 32;
+                __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
+                s = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), s);
+                s = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), s);
+                s = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), s);
+                acc[k] = _mm256_fmadd_ps(d, s, acc[k]);
+            }
+        }
+        break;
+    case CK_Q8_0:
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * 34;
+            __m256 q[4]; bytes_i8(blk + 2, q);
+            __m256 d = _mm256_set1_ps(h2f(blk));
+            for (int k = 0; k < n; k++) {
+                const float *xb = x + (size_t)k * cols + b * 32;
+                __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
+                s = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), s);
+                s = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), s);
+                s = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), s);
+                acc[k] = _mm256_fmadd_ps(d, s, acc[k]);
+            }
+        }
+        break;
+    case CK_F32: {
+        const float *w = (const float *)row;
+        int c = 0;
+        for (; c + 8 <= cols; c += 8) {
+            __m256 wv = _mm256_loadu_ps(w + c);
+            for (int k = 0; k < n; k++) acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)k * cols + c), acc[k]);
+        }
+        for (; c < cols; c++) for (int k = 0; k < n; k++) macc[k] += w[c] * x[(size_t)k * cols + c];
+        break;
+    }
+    case CK_F16: case CK_BF16: {
+        int c = 0;
+        for (; c + 8 <= cols; c += 8) {
+            __m128i h = _mm_loadu_si128((const __m128i *)(row + 2 * c));
+            __m256 wv = dtype == CK_F16 ? _mm256_cvtph_ps(h)
+                : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+            for (int k = 0; k < n; k++) acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)k * cols + c), acc[k]);
+        }
+        for (; c < cols; c++) {
+            float wv = dtype == CK_F16 ? f16_to_f32(load_u16(row + 2 * c)) : bf16_to_f32(load_u16(row + 2 * c));
+            for (int k = 0; k < n; k++) macc[k] += wv * x[(size_t)k * cols + c];
+        }
+        break;
+    }
+    }
+    for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = hsum256(acc[k]) + macc[k];
+}
+
+static int cpu_has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+static int cpu_has_avx2(void) { return 0; }
+#endif
+
+static int simd_state = -1; // -1 unknown, 0 off, 1 on
+int ck_simd_enabled(void) {
+    if (simd_state < 0) simd_state = cpu_has_avx2();
+    return simd_state;
+}
+int ck_set_simd(int enabled) {
+    int prev = ck_simd_enabled();
+    simd_state = enabled && cpu_has_avx2();
+    return prev;
+}
+
+// ------------------------------------------------------------------ the pool
+// Workers spin on a generation counter for a short while, then sleep on a
+// condition variable, so they cost nothing while OpenBLAS runs its own threads.
+
+typedef void (*ck_task_fn)(void *ctx, int thread, int nthreads);
+
+struct ck_pool {
+    int n;
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    _Atomic uint64_t generation;
+    _Atomic int pending;
+    _Atomic int stop;
+    ck_task_fn fn;
+    void *ctx;
+};
+
+typedef struct { ck_pool *pool; int index; } worker_arg;
+
+static void *worker_main(void *p) {
+    worker_arg a = *(worker_arg *)p; free(p);
+    ck_pool *pool = a.pool;
+    uint64_t seen = 0;
+    for (;;) {
+        uint64_t g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen) {
+            if (atomic_load(&pool->stop)) return NULL;
+            if (++spins < 4000) { _mm_pause(); continue; }
+            pthread_mutex_lock(&pool->mu);
+            while (atomic_load(&pool->generation) == seen && !atomic_load(&pool->stop))
+                pthread_cond_wait(&pool->cv, &pool->mu);
+            pthread_mutex_unlock(&pool->mu);
+            spins = 0;
+        }
+        seen = g;
+        pool->fn(pool->ctx, a.index, pool->n);
+        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel);
+    }
+}
+
+ck_pool *ck_pool_create(int threads) {
+    if (threads < 1) threads = 1;
+    ck_pool *pool = calloc(1, sizeof(ck_pool));
+    pool->n = threads;
+    pthread_mutex_init(&pool->mu, NULL);
+    pthread_cond_init(&pool->cv, NULL);
+    pool->threads = calloc((size_t)threads, sizeof(pthread_t));
+    for (int i = 1; i < threads; i++) {
+        worker_arg *a = malloc(sizeof(worker_arg)); a->pool = pool; a->index = i;
+        pthread_create(&pool->threads[i], NULL, worker_main, a);
+    }
+    return pool;
+}
+
+void ck_pool_destroy(ck_pool *pool) {
+    if (!pool) return;
+    atomic_store(&pool->stop, 1);
+    pthread_mutex_lock(&pool->mu); pthread_cond_broadcast(&pool->cv); pthread_mutex_unlock(&pool->mu);
+    for (int i = 1; i < pool->n; i++) pthread_join(pool->threads[i], NULL);
+    free(pool->threads);
+    free(pool);
+}
+
+int ck_pool_threads(const ck_pool *pool) { return pool ? pool->n : 1; }
+
+static void pool_run(ck_pool *pool, ck_task_fn fn, void *ctx) {
+    if (!pool || pool->n == 1) { fn(ctx, 0, 1); return; }
+    pool->fn = fn; pool->ctx = ctx;
+    atomic_store_explicit(&pool->pending, pool->n - 1, memory_order_release);
+    pthread_mutex_lock(&pool->mu);
+    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_acq_rel);
+    pthread_cond_broadcast(&pool->cv);
+    pthread_mutex_unlock(&pool->mu);
+    fn(ctx, 0, pool->n);
+    // Spin, then yield: on a loaded machine a worker may be descheduled.
+    for (int spins = 0; atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; spins++) {
+        if (spins < 20000) _mm_pause(); else sched_yield();
+    }
+}
+
+// ------------------------------------------------------------ matvec / matmat
+
+typedef struct {
+    const ck_matvec_job *jobs;
+    int njobs, n, cols, total_rows;
+    const float *x;
+    const float *xsum;
+} mv_ctx;
+
+static void mv_task(void *p, int t, int nt) {
+    mv_ctx *c = p;
+    // Rows are split in chunks of 16 so each thread reads whole cache lines of W.
+    int chunks = (c->total_rows + 15) / 16;
+    int begin = (int)((long)chunks * t / nt) * 16, end = (int)((long)chunks * (t + 1) / nt) * 16;
+    if (end > c->total_rows) end = c->total_rows;
+    int simd = ck_simd_enabled();
+    float *tmp = simd ? NULL : malloc((size_t)c->cols * sizeof(float));
+    int base = 0;
+    for (int j = 0; j < c->njobs; j++) {
+        const ck_matvec_job *job = &c->jobs[j];
+        int lo = begin > base ? begin - base : 0, hi = end - base < job->rows ? end - base : job->rows;
+        size_t rb = ck_row_bytes(job->dtype, c->cols);
+        for (int r = lo; r < hi; r++) {
+            const uint8_t *row = (const uint8_t *)job->w + rb * r;
+            for (int k0 = 0; k0 < c->n; k0 += 8) {
+                int kn = c->n - k0 < 8 ? c->n - k0 : 8;
+#if defined(__x86_64__)
+                if (simd) {
+                    dot_rows_avx2(row, job->dtype, c->x + (size_t)k0 * c->cols, kn, c->cols,
+                                  c->xsum + (size_t)k0 * (c->cols / 32), job->y + (size_t)k0 * job->rows + r, job->rows);
+                    continue;
+                }
+#endif
+                dot_rows_scalar(row, job->dtype, c->x + (size_t)k0 * c->cols, kn, c->cols, tmp,
+                                job->y + (size_t)k0 * job->rows + r, job->rows);
+            }
+        }
+        base += job->rows;
+    }
+    free(tmp);
+}
+
+void ck_matmat(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int n, int cols) {
+    int total = 0;
+    for (int j = 0; j < njobs; j++) total += jobs[j].rows;
+    int nb = cols / 32;
+    float stack_sum[4096];
+    float *xsum = (size_t)n * nb <= 4096 ? stack_sum : malloc((size_t)n * nb * sizeof(float));
+    for (int k = 0; k < n; k++)
+        for (int b = 0; b < nb; b++) {
+            float s = 0;
+            for (int i = 0; i < 32; i++) s += x[(size_t)k * cols + b * 32 + i];
+            xsum[k * nb + b] = s;
+        }
+    mv_ctx c = { jobs, njobs, n, cols, total, x, xsum };
+    pool_run(pool, mv_task, &c);
+    if (xsum != stack_sum) free(xsum);
+}
+
+void ck_matvec(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int cols) {
+    ck_matmat(pool, jobs, njobs, x, 1, cols);
+}
+
+// ---------------------------------------------------------------- dequantize
+
+typedef struct { const uint8_t *w; int dtype; float *dst; int rows, cols; } dq_ctx;
+
+static void dq_task(void *p, int t, int nt) {
+    dq_ctx *c = p;
+    int begin = (int)((long)c->rows * t / nt), end = (int)((long)c->rows * (t + 1) / nt);
+    size_t rb = ck_row_bytes(c->dtype, c->cols);
+    for (int r = begin; r < end; r++) {
+        const uint8_t *row = c->w + rb * r;
+        float *d = c->dst + (size_t)r * c->cols;
+#if defined(__x86_64__)
+        if (ck_simd_enabled() && (c->dtype == CK_Q4_1 || c->dtype == CK_Q8_0)) {
+            extern void ck_dequant_row_avx2(const uint8_t *, int, float *, int);
+            ck_dequant_row_avx2(row, c->dtype, d, c->cols);
+            continue;
+        }
+#endif
+        dequant_row_scalar(row, c->dtype, d, c->cols);
+    }
+}
+
+#if defined(__x86_64__)
+AVX2 void ck_dequant_row_avx2(const uint8_t *row, int dtype, float *d, int cols) {
+    for (int b = 0; b < cols / 32; b++) {
+        __m256 q[4];
+        if (dtype == CK_Q4_1) {
+            const uint8_t *blk = row + b * 20;
+            nibbles(blk + 4, q);
+            __m256 s = _mm256_set1_ps(h2f(blk)), m = _mm256_set1_ps(h2f(blk + 2));
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(d + b * 32 + 8 * i, _mm256_fmadd_ps(q[i], s, m));
+        } else {
+            const uint8_t *blk = row + b * 34;
+            bytes_i8(blk + 2, q);
+            __m256 s = _mm256_set1_ps(h2f(blk));
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(d + b * 32 + 8 * i, _mm256_mul_ps(q[i], s));
+        }
+    }
+}
+#endif
+
+void ck_dequantize_rows(ck_pool *pool, const void *w, int dtype, float *dst, int rows, int cols) {
+    dq_ctx c = { w, dtype, dst, rows, cols };
+    pool_run(pool, dq_task, &c);
+}
+
+// ---------------------------------------------------------------- attention
+
+typedef struct {
+    float *out; const float *q, *k, *v; float *scores;
+    int rows, start, heads, kv_heads, d;
+} att_ctx;
+
+static float dot_f32(const float *a, const float *b, int n) {
+#if defined(__x86_64__)
+    extern float ck_dot_avx2(const float *, const float *, int);
+    if (ck_simd_enabled()) return ck_dot_avx2(a, b, n);
+#endif
+    float s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+static void axpy_f32(float *y, float a, const float *x, int n) {
+#if defined(__x86_64__)
+    extern void ck_axpy_avx2(float *, float, const float *, int);
+    if (ck_simd_enabled()) { ck_axpy_avx2(y, a, x, n); return; }
+#endif
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+#if defined(__x86_64__)
+AVX2 float ck_dot_avx2(const float *a, const float *b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    float s = hsum256(acc);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+AVX2 void ck_axpy_avx2(float *y, float a, const float *x, int n) {
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+#endif
+
+static void att_task(void *p, int t, int nt) {
+    att_ctx *c = p;
+    int keys = c->start + c->rows, qs = c->heads * c->d, kvs = c->kv_heads * c->d, group = c->heads / c->kv_heads;
+    float scale = 1.0f / sqrtf((float)c->d);
+    int units = c->rows * c->heads;
+    for (int u = (int)((long)units * t / nt); u < (int)((long)units * (t + 1) / nt); u++) {
+        int i = u / c->heads, h = u % c->heads, kh = (h / group) * c->d, n = c->start + i + 1;
+        const float *qi = c->q + (size_t)i * qs + h * c->d;
+        float *s = c->scores + (size_t)u * keys;
+        float m = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            s[j] = dot_f32(qi, c->k + (size_t)j * kvs + kh, c->d) * scale;
+            if (s[j] > m) m = s[j];
+        }
+        float sum = 0;
+        for (int j = 0; j < n; j++) { s[j] = expf(s[j] - m); sum += s[j]; }
+        float inv = 1.0f / sum;
+        float *o = c->out + (size_t)i * qs + h * c->d;
+        memset(o, 0, (size_t)c->d * sizeof(float));
+        for (int j = 0; j < n; j++) axpy_f32(o, s[j] * inv, c->v + (size_t)j * kvs + kh, c->d);
+    }
+}
+
+void ck_attention(ck_pool *pool, float *out, const float *q, const float *k, const float *v, float *scores,
+                  int rows, int start, int heads, int kv_heads, int d) {
+    att_ctx c = { out, q, k, v, scores, rows, start, heads, kv_heads, d };
+    pool_run(pool, att_task, &c);
+}

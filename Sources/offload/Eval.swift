@@ -1,6 +1,4 @@
 import ArgumentParser
-
 struct Eval: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "eval", abstract: "(in progress)")
-    func run() throws { throw ValidationError("'eval' is not built yet") }
+    static let configuration = CommandConfiguration(commandName: "eval")
 }

@@ -1,5 +1,52 @@
-// Hot CPU kernels Swift cannot express well: SIMD dot products over quantized
-// blocks (AVX2/AVX-512 with a portable fallback, chosen at run time).
+// Hot CPU kernels Swift cannot express well: SIMD dot products that read
+// quantized ggml blocks directly (AVX2+FMA+F16C, chosen at run time, with a
+// portable scalar path), and a small spinning thread pool that runs them on
+// all cores with microsecond dispatch (decode issues ~150 parallel regions per token).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+
+// Element types, by ggml's ids.
+enum { CK_F32 = 0, CK_F16 = 1, CK_Q4_0 = 2, CK_Q4_1 = 3, CK_Q8_0 = 8, CK_BF16 = 30 };
+
+typedef struct ck_pool ck_pool;
+ck_pool *ck_pool_create(int threads);
+void ck_pool_destroy(ck_pool *pool);
+int ck_pool_threads(const ck_pool *pool);
+
+/// One matrix-vector product y[0..rows) = W[rows, cols] · x. W's rows are
+/// contiguous in `dtype` (cols a multiple of 32 for quantized types).
+typedef struct {
+    const void *w;
+    int dtype;
+    float *y;
+    int rows;
+} ck_matvec_job;
+
+/// Runs `njobs` products that share the input x (cols values), splitting all
+/// rows across the pool. `pool` may be NULL (runs on the calling thread).
+void ck_matvec(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int cols);
+
+/// Same products with `n` input vectors (x: n × cols, row-major; y of job j:
+/// n × rows, row-major). Each weight row is read once for all n inputs.
+void ck_matmat(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int n, int cols);
+
+/// Plain scalar reference: y = W · x, for tests of the fast paths.
+void ck_matvec_reference(const void *w, int dtype, float *y, int rows, const float *x, int cols);
+
+/// Rows [0, rows) of W (dtype) to fp32 dst (rows × cols), split across the pool.
+void ck_dequantize_rows(ck_pool *pool, const void *w, int dtype, float *dst, int rows, int cols);
+
+/// Bytes in one row of `cols` values of `dtype`.
+size_t ck_row_bytes(int dtype, int cols);
+
+/// 1 when the SIMD path is in use (AVX2+FMA+F16C present), 0 for scalar.
+int ck_simd_enabled(void);
+/// Forces the scalar path (for tests comparing the two); returns the previous state.
+int ck_set_simd(int enabled);
+
+/// Causal grouped-query attention for a few query rows (decode), split across
+/// the pool by head. out, q: (rows, heads·d); k, v: (start+rows, kv_heads·d);
+/// scores: scratch of heads · (start+rows) floats per row slot (rows · heads · (start+rows)).
+void ck_attention(ck_pool *pool, float *out, const float *q, const float *k, const float *v, float *scores,
+                  int rows, int start, int heads, int kv_heads, int d);

@@ -1,0 +1,80 @@
+// Grouped-query causal attention over a KV cache. Query row i sits at position
+// start + i and attends to keys [0, start + i]. Several query rows: per-head
+// sgemm for scores and values; one row (decode): direct loops.
+
+import CKernels
+import Foundation
+
+public struct AttentionShape {
+    public var heads: Int
+    public var kvHeads: Int
+    public var headDim: Int
+    public init(heads: Int, kvHeads: Int, headDim: Int) {
+        self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
+    }
+}
+
+/// out: (rows, heads·headDim); q: (rows, heads·headDim);
+/// k, v: (start + rows, kvHeads·headDim) — the cache, already holding these rows' keys and values;
+/// scores: scratch of rows × (start + rows) floats.
+/// scores must hold rows · heads · (start + rows) floats when rows < 4.
+public func attentionForward(_ pool: ComputePool, _ out: UnsafeMutablePointer<Float>, _ q: UnsafePointer<Float>,
+                             _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
+                             scores: UnsafeMutablePointer<Float>, rows: Int, start: Int, shape: AttentionShape) {
+    if rows < 4 {
+        ck_attention(pool.pool, out, q, k, v, scores, Int32(rows), Int32(start), Int32(shape.heads),
+                     Int32(shape.kvHeads), Int32(shape.headDim))
+        return
+    }
+    let d = shape.headDim, qs = shape.heads * d, kvs = shape.kvHeads * d
+    let group = shape.heads / shape.kvHeads
+    let keys = start + rows
+    let scale = 1 / Float(d).squareRoot()
+    for h in 0..<shape.heads {
+        let kh = (h / group) * d
+        Matmul.sgemmNT(m: rows, n: keys, k: d, alpha: scale, a: q + h * d, lda: qs, b: k + kh, ldb: kvs,
+                       c: scores, ldc: keys)
+        for i in 0..<rows {
+            let row = scores + i * keys
+            let n = start + i + 1
+            var m = -Float.infinity
+            for j in 0..<n { m = max(m, row[j]) }
+            var sum: Float = 0
+            for j in 0..<n { let e = expf(row[j] - m); row[j] = e; sum += e }
+            let inv = 1 / sum
+            for j in 0..<n { row[j] *= inv }
+            for j in n..<keys { row[j] = 0 }
+        }
+        Matmul.sgemmNN(m: rows, n: d, k: keys, a: scores, lda: keys, b: v + kh, ldb: kvs,
+                       c: out + h * d, ldc: qs)
+    }
+}
+
+/// Plain reference (Double accumulation, no BLAS) for tests.
+public func attentionReference(q: [Float], k: [Float], v: [Float], rows: Int, start: Int,
+                               shape: AttentionShape) -> [Float] {
+    let d = shape.headDim, qs = shape.heads * d, kvs = shape.kvHeads * d
+    let group = shape.heads / shape.kvHeads
+    var out = [Float](repeating: 0, count: rows * qs)
+    for h in 0..<shape.heads {
+        let kh = (h / group) * d
+        for i in 0..<rows {
+            let n = start + i + 1
+            var s = [Double](repeating: 0, count: n)
+            for j in 0..<n {
+                var acc = 0.0
+                for t in 0..<d { acc += Double(q[i * qs + h * d + t]) * Double(k[j * kvs + kh + t]) }
+                s[j] = acc / Double(d).squareRoot()
+            }
+            let m = s.max()!
+            let e = s.map { Foundation.exp($0 - m) }
+            let z = e.reduce(0, +)
+            for t in 0..<d {
+                var acc = 0.0
+                for j in 0..<n { acc += e[j] / z * Double(v[j * kvs + kh + t]) }
+                out[i * qs + h * d + t] = Float(acc)
+            }
+        }
+    }
+    return out
+}

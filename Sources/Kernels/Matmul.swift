@@ -1,0 +1,107 @@
+// Matrix products. Weights are stored row-major [out, in] in their file type.
+//   - few input rows (decode): SIMD dot products straight from quantized blocks;
+//   - many rows (prefill, training): dequantize to fp32 scratch, then OpenBLAS sgemm.
+
+import CBLAS
+import CKernels
+import Tensors
+
+/// A weight matrix in its stored type: `rows` outputs × `cols` inputs.
+public struct WeightMatrix {
+    public var data: UnsafeRawPointer
+    public var dtype: DType
+    public var rows: Int
+    public var cols: Int
+    public init(data: UnsafeRawPointer, dtype: DType, rows: Int, cols: Int) {
+        self.data = data; self.dtype = dtype; self.rows = rows; self.cols = cols
+    }
+    var ckType: Int32 {
+        switch dtype {
+        case .f32: return Int32(CK_F32)
+        case .f16: return Int32(CK_F16)
+        case .bf16: return Int32(CK_BF16)
+        case .q8_0: return Int32(CK_Q8_0)
+        case .q4_0: return Int32(CK_Q4_0)
+        case .q4_1: return Int32(CK_Q4_1)
+        }
+    }
+    public var rowBytes: Int { dtype.byteCount(elements: cols)! }
+    /// Rows [start, start+count) as their own matrix.
+    public func rows(_ start: Int, _ count: Int) -> WeightMatrix {
+        WeightMatrix(data: data + start * rowBytes, dtype: dtype, rows: count, cols: cols)
+    }
+}
+
+public enum Matmul {
+    /// Rows of input at or below which the direct quantized path is used.
+    nonisolated(unsafe) public static var directRowLimit = 8
+
+    /// y_j[n, W_j.rows] = x[n, cols] · W_jᵀ for every (W_j, y_j) pair; all W_j share `cols`.
+    /// `scratch` must hold max(W_j.rows × cols) floats when n > directRowLimit.
+    public static func linear(_ pool: ComputePool, x: UnsafePointer<Float>, n: Int,
+                              _ outputs: [(w: WeightMatrix, y: UnsafeMutablePointer<Float>)],
+                              scratch: UnsafeMutablePointer<Float>) {
+        guard let cols = outputs.first?.w.cols else { return }
+        if n <= directRowLimit {
+            var jobs = outputs.map { ck_matvec_job(w: $0.w.data, dtype: $0.w.ckType, y: $0.y, rows: Int32($0.w.rows)) }
+            jobs.withUnsafeMutableBufferPointer { j in
+                ck_matmat(pool.pool, j.baseAddress, Int32(j.count), x, Int32(n), Int32(cols))
+            }
+            return
+        }
+        for (w, y) in outputs {
+            let wf: UnsafePointer<Float>
+            if w.dtype == .f32 {
+                wf = w.data.assumingMemoryBound(to: Float.self)
+            } else {
+                ck_dequantize_rows(pool.pool, w.data, w.ckType, scratch, Int32(w.rows), Int32(cols))
+                wf = UnsafePointer(scratch)
+            }
+            sgemmNT(m: n, n: w.rows, k: cols, a: x, lda: cols, b: wf, ldb: cols, c: y, ldc: w.rows)
+        }
+    }
+
+    /// C[m, n] = alpha · A[m, k] · B[n, k]ᵀ + beta · C (row-major).
+    @inline(__always)
+    public static func sgemmNT(m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                               b: UnsafePointer<Float>, ldb: Int, beta: Float = 0,
+                               c: UnsafeMutablePointer<Float>, ldc: Int) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), alpha,
+                    a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    /// C[m, n] = alpha · A[m, k] · B[k, n] + beta · C (row-major).
+    @inline(__always)
+    public static func sgemmNN(m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                               b: UnsafePointer<Float>, ldb: Int, beta: Float = 0,
+                               c: UnsafeMutablePointer<Float>, ldc: Int) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
+                    a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    /// Plain reference: y[n, rows] = x[n, cols] · Wᵀ with W dequantized by the scalar
+    /// path and Double accumulation.
+    public static func reference(x: [Float], n: Int, w: WeightMatrix) -> [Float] {
+        var y = [Float](repeating: 0, count: n * w.rows)
+        for i in 0..<n {
+            x.withUnsafeBufferPointer { xb in
+                y.withUnsafeMutableBufferPointer { yb in
+                    ck_matvec_reference(w.data, w.ckType, yb.baseAddress! + i * w.rows, Int32(w.rows),
+                                        xb.baseAddress! + i * w.cols, Int32(w.cols))
+                }
+            }
+        }
+        return y
+    }
+
+    /// Dequantizes all rows of `w` into `dst` (rows × cols floats) on the pool.
+    public static func dequantize(_ pool: ComputePool, _ w: WeightMatrix, into dst: UnsafeMutablePointer<Float>) {
+        ck_dequantize_rows(pool.pool, w.data, w.ckType, dst, Int32(w.rows), Int32(w.cols))
+    }
+
+    /// Whether the SIMD path is active; setting false forces the scalar path (tests).
+    public static var simd: Bool {
+        get { ck_simd_enabled() != 0 }
+        set { _ = ck_set_simd(newValue ? 1 : 0) }
+    }
+}

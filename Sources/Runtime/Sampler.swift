@@ -1,0 +1,74 @@
+// Next-token choice: greedy at temperature 0, otherwise temperature, top-k and
+// top-p (nucleus) sampling from a seeded generator, so a seed reproduces a run.
+
+import Foundation
+
+/// SplitMix64: small, fast, and the same on every platform.
+public struct SeededGenerator: RandomNumberGenerator, Codable, Sendable, Equatable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+public struct SamplingOptions: Sendable {
+    public var temperature: Float = 0.8
+    public var topK: Int = 40
+    public var topP: Float = 0.95
+    public init(temperature: Float = 0.8, topK: Int = 40, topP: Float = 0.95) {
+        self.temperature = temperature; self.topK = topK; self.topP = topP
+    }
+}
+
+public struct Sampler {
+    public var options: SamplingOptions
+    public var rng: SeededGenerator
+    public init(options: SamplingOptions, seed: UInt64) { self.options = options; rng = SeededGenerator(seed: seed) }
+
+    /// The id of the largest logit (the lowest id on ties).
+    public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {
+        var best = 0
+        for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+        return best
+    }
+
+    public mutating func sample(_ logits: [Float]) -> Int {
+        logits.withUnsafeBufferPointer { l in
+            if options.temperature <= 0 { return Self.argmax(l) }
+            // Top-k candidates by logit (all when topK <= 0).
+            var idx = Array(0..<l.count)
+            let k = options.topK > 0 ? min(options.topK, l.count) : l.count
+            if k < l.count {
+                idx.sort { l[$0] > l[$1] }   // stable enough: ids ordered by logit
+                idx.removeSubrange(k...)
+            } else {
+                idx.sort { l[$0] > l[$1] }
+            }
+            let m = l[idx[0]]
+            var p = idx.map { Double(expf((l[$0] - m) / options.temperature)) }
+            let z = p.reduce(0, +)
+            for i in p.indices { p[i] /= z }
+            // Top-p: the smallest prefix whose mass reaches topP.
+            var keep = p.count
+            if options.topP < 1 {
+                var acc = 0.0
+                for i in p.indices {
+                    acc += p[i]
+                    if acc >= Double(options.topP) { keep = i + 1; break }
+                }
+            }
+            let mass = p[..<keep].reduce(0, +)
+            var r = Double.random(in: 0..<1, using: &rng) * mass
+            for i in 0..<keep {
+                r -= p[i]
+                if r < 0 { return idx[i] }
+            }
+            return idx[keep - 1]
+        }
+    }
+}

@@ -1,0 +1,215 @@
+// Each fast kernel against its plain reference.
+import Foundation
+import Kernels
+import Tensors
+import XCTest
+
+/// Random bytes of `rows` × `cols` values of `dtype`, with finite block scales.
+func randomWeights(_ dtype: DType, rows: Int, cols: Int, seed: UInt64) -> [UInt8] {
+    var g = TestRNG(seed)
+    let n = rows * cols
+    switch dtype {
+    case .f32: return (0..<n).flatMap { _ in withUnsafeBytes(of: g.float()) { Array($0) } }
+    case .f16: return (0..<n).flatMap { _ in withUnsafeBytes(of: Float16(g.float()).bitPattern) { Array($0) } }
+    case .bf16: return (0..<n).flatMap { _ in withUnsafeBytes(of: UInt16(g.float().bitPattern >> 16)) { Array($0) } }
+    default:
+        var out: [UInt8] = []
+        for _ in 0..<(n / 32) {
+            var blk = (0..<dtype.blockBytes).map { _ in UInt8.random(in: 0...255, using: &g) }
+            let d = Float16(g.float() * 0.05).bitPattern, m = Float16(g.float() * 0.1).bitPattern
+            blk[0] = UInt8(d & 0xFF); blk[1] = UInt8(d >> 8)
+            if dtype == .q4_1 { blk[2] = UInt8(m & 0xFF); blk[3] = UInt8(m >> 8) }
+            out += blk
+        }
+        return out
+    }
+}
+
+struct TestRNG: RandomNumberGenerator {
+    var s: UInt64
+    init(_ seed: UInt64) { s = seed &+ 0x1234_5678 }
+    mutating func next() -> UInt64 {
+        s &+= 0x9E37_79B9_7F4A_7C15
+        var z = s
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func float() -> Float { Float.random(in: -1...1, using: &self) }
+    mutating func floats(_ n: Int) -> [Float] { (0..<n).map { _ in float() } }
+}
+
+func assertClose(_ a: [Float], _ b: [Float], rtol: Float, atol: Float, _ what: String,
+                 file: StaticString = #filePath, line: UInt = #line) {
+    XCTAssertEqual(a.count, b.count, what, file: file, line: line)
+    var worst: (Int, Float) = (-1, 0)
+    for i in 0..<min(a.count, b.count) {
+        let err = abs(a[i] - b[i]) - (atol + rtol * abs(b[i]))
+        if err > worst.1 { worst = (i, err) }
+    }
+    if worst.0 >= 0 {
+        XCTFail("\(what): element \(worst.0) is \(a[worst.0]), expected \(b[worst.0])", file: file, line: line)
+    }
+}
+
+final class KernelTests: XCTestCase {
+    let pool = ComputePool(threads: 2)
+
+    func testQuantizedMatvecMatchesReferenceForEveryType() {
+        for dtype in DType.allCases {
+            for (rows, n) in [(37, 1), (64, 3), (19, 8)] {
+                let cols = 96
+                let w = randomWeights(dtype, rows: rows, cols: cols, seed: UInt64(rows * 10 + n))
+                var g = TestRNG(99)
+                let x = g.floats(n * cols)
+                for simd in [true, false] {
+                    Matmul.simd = simd
+                    defer { Matmul.simd = true }
+                    w.withUnsafeBytes { wb in
+                        let m = WeightMatrix(data: wb.baseAddress!, dtype: dtype, rows: rows, cols: cols)
+                        let ref = Matmul.reference(x: x, n: n, w: m)
+                        var y = [Float](repeating: .nan, count: n * rows)
+                        var scratch = [Float](repeating: 0, count: rows * cols)
+                        x.withUnsafeBufferPointer { xb in
+                            y.withUnsafeMutableBufferPointer { yb in
+                                scratch.withUnsafeMutableBufferPointer { sb in
+                                    Matmul.linear(pool, x: xb.baseAddress!, n: n, [(m, yb.baseAddress!)],
+                                                  scratch: sb.baseAddress!)
+                                }
+                            }
+                        }
+                        assertClose(y, ref, rtol: 1e-4, atol: 1e-4, "\(dtype) rows \(rows) n \(n) simd \(simd)")
+                    }
+                }
+            }
+        }
+    }
+
+    func testSgemmPathMatchesReference() {
+        // More input rows than the direct limit: dequantize + OpenBLAS.
+        for dtype in [DType.q4_1, .q8_0, .f32, .f16] {
+            let rows = 45, cols = 64, n = Matmul.directRowLimit + 5
+            let w = randomWeights(dtype, rows: rows, cols: cols, seed: 7)
+            var g = TestRNG(3)
+            let x = g.floats(n * cols)
+            w.withUnsafeBytes { wb in
+                let m = WeightMatrix(data: wb.baseAddress!, dtype: dtype, rows: rows, cols: cols)
+                let ref = Matmul.reference(x: x, n: n, w: m)
+                var y = [Float](repeating: .nan, count: n * rows)
+                var scratch = [Float](repeating: 0, count: rows * cols)
+                x.withUnsafeBufferPointer { xb in
+                    y.withUnsafeMutableBufferPointer { yb in
+                        scratch.withUnsafeMutableBufferPointer { sb in
+                            Matmul.linear(pool, x: xb.baseAddress!, n: n, [(m, yb.baseAddress!)], scratch: sb.baseAddress!)
+                        }
+                    }
+                }
+                assertClose(y, ref, rtol: 1e-4, atol: 1e-4, "sgemm \(dtype)")
+            }
+        }
+    }
+
+    func testSIMDDequantizeMatchesScalar() {
+        for dtype in DType.allCases {
+            let rows = 5, cols = 128
+            let w = randomWeights(dtype, rows: rows, cols: cols, seed: 11)
+            w.withUnsafeBytes { wb in
+                let scalar = Dequantize.toF32(dtype, wb, count: rows * cols)
+                var fast = [Float](repeating: .nan, count: rows * cols)
+                fast.withUnsafeMutableBufferPointer {
+                    Matmul.dequantize(pool, WeightMatrix(data: wb.baseAddress!, dtype: dtype, rows: rows, cols: cols),
+                                      into: $0.baseAddress!)
+                }
+                assertClose(fast, scalar, rtol: 1e-6, atol: 1e-7, "dequantize \(dtype)")
+            }
+        }
+    }
+
+    func testKnownQ4_1Block() {
+        // d = 0.5, m = -1, nibbles j for element j (low) and 15 - j (high).
+        var blk = [UInt8](repeating: 0, count: 20)
+        let d = Float16(0.5).bitPattern, m = Float16(-1).bitPattern
+        blk[0] = UInt8(d & 0xFF); blk[1] = UInt8(d >> 8); blk[2] = UInt8(m & 0xFF); blk[3] = UInt8(m >> 8)
+        for j in 0..<16 { blk[4 + j] = UInt8(j) | UInt8(15 - j) << 4 }
+        let v = blk.withUnsafeBytes { Dequantize.toF32(.q4_1, $0, count: 32) }
+        var expected: [Float] = []
+        for j in 0..<16 { expected.append(0.5 * Float(j) - 1) }
+        for j in 0..<16 { expected.append(0.5 * Float(15 - j) - 1) }
+        XCTAssertEqual(v, expected)
+    }
+
+    func testAttentionMatchesReference() {
+        let shape = AttentionShape(heads: 6, kvHeads: 2, headDim: 16)
+        for (rows, start) in [(1, 0), (1, 9), (3, 5), (7, 0), (12, 4)] {
+            var g = TestRNG(UInt64(rows * 100 + start))
+            let keys = start + rows
+            let q = g.floats(rows * 6 * 16), k = g.floats(keys * 2 * 16), v = g.floats(keys * 2 * 16)
+            let ref = attentionReference(q: q, k: k, v: v, rows: rows, start: start, shape: shape)
+            var out = [Float](repeating: .nan, count: rows * 6 * 16)
+            var scores = [Float](repeating: 0, count: rows * 6 * keys)
+            q.withUnsafeBufferPointer { qb in k.withUnsafeBufferPointer { kb in v.withUnsafeBufferPointer { vb in
+                out.withUnsafeMutableBufferPointer { ob in scores.withUnsafeMutableBufferPointer { sb in
+                    attentionForward(pool, ob.baseAddress!, qb.baseAddress!, kb.baseAddress!, vb.baseAddress!,
+                                     scores: sb.baseAddress!, rows: rows, start: start, shape: shape)
+                }}
+            }}}
+            assertClose(out, ref, rtol: 1e-4, atol: 1e-5, "attention rows \(rows) start \(start)")
+        }
+    }
+
+    func testRopeConventionsAgreeUnderThePermutation() {
+        // GGUF files permute each head's rows so that adjacent-pair RoPE on the
+        // permuted vector equals half-split RoPE on the original (HF) vector.
+        let d = 16, heads = 3, rows = 4
+        let table = RopeTable(headDim: d, maxPositions: 64, theta: 10000)
+        var g = TestRNG(5)
+        let hf = g.floats(rows * heads * d)
+        // HF index i < d/2 pairs with i + d/2; GGUF puts them at 2i and 2i+1.
+        var gguf = hf
+        for r in 0..<rows * heads {
+            for i in 0..<d / 2 {
+                gguf[r * d + 2 * i] = hf[r * d + i]
+                gguf[r * d + 2 * i + 1] = hf[r * d + i + d / 2]
+            }
+        }
+        let positions: [Int32] = [0, 3, 17, 63]
+        var a = hf, b = gguf
+        positions.withUnsafeBufferPointer { p in
+            ropeForward(&a, positions: p.baseAddress!, rows: rows, heads: heads, table: table, halfSplit: true)
+            ropeForward(&b, positions: p.baseAddress!, rows: rows, heads: heads, table: table, halfSplit: false)
+        }
+        for r in 0..<rows * heads {
+            for i in 0..<d / 2 {
+                XCTAssertEqual(a[r * d + i], b[r * d + 2 * i])
+                XCTAssertEqual(a[r * d + i + d / 2], b[r * d + 2 * i + 1])
+            }
+        }
+        // Position 0 is the identity; later positions rotate by cos/sin of pos·theta^(-2i/d).
+        XCTAssertEqual(Array(a[0..<heads * d]), Array(hf[0..<heads * d]))
+        let angle = 17.0 * pow(10000.0, -2.0 * 1 / 16)
+        let (x0, x1) = (Double(hf[2 * heads * d + 1]), Double(hf[2 * heads * d + 1 + d / 2]))
+        XCTAssertEqual(Double(a[2 * heads * d + 1]), x0 * cos(angle) - x1 * sin(angle), accuracy: 1e-5)
+    }
+
+    func testRMSNormAndSwiGLUAgainstDoubleFormulas() {
+        var g = TestRNG(8)
+        let rows = 3, dim = 40
+        let x = g.floats(rows * dim), w = g.floats(dim)
+        var out = [Float](repeating: 0, count: rows * dim)
+        rmsnormForward(&out, x, w, rows: rows, dim: dim, eps: 1e-5)
+        for r in 0..<rows {
+            let ms = (0..<dim).map { Double(x[r * dim + $0]) * Double(x[r * dim + $0]) }.reduce(0, +) / Double(dim)
+            for i in 0..<dim {
+                XCTAssertEqual(Double(out[r * dim + i]), Double(x[r * dim + i]) / (ms + 1e-5).squareRoot() * Double(w[i]),
+                               accuracy: 1e-5)
+            }
+        }
+        let gate = g.floats(50).map { $0 * 6 }, up = g.floats(50)
+        var s = [Float](repeating: 0, count: 50)
+        swigluForward(&s, gate, up, count: 50)
+        for i in 0..<50 {
+            let gd = Double(gate[i])
+            XCTAssertEqual(Double(s[i]), gd / (1 + exp(-gd)) * Double(up[i]), accuracy: 1e-6)
+        }
+    }
+}
