@@ -1,0 +1,23 @@
+// Where tests find the fetched assets and the committed fixtures.
+import Foundation
+import XCTest
+
+enum TestAssets {
+    static var cache: String {
+        ProcessInfo.processInfo.environment["OFFLOAD_CACHE"] ?? NSHomeDirectory() + "/.cache/offload"
+    }
+    static var smolLM2: String { cache + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
+    static var repoRoot: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+    static var fixtures: URL { repoRoot.appendingPathComponent("Fixtures") }
+
+    /// The path, or a test failure telling how to get it (never a skip).
+    static func require(_ path: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        guard FileManager.default.fileExists(atPath: path) else {
+            XCTFail("missing asset \(path): run scripts/fetch-assets.sh", file: file, line: line)
+            throw CocoaError(.fileNoSuchFile)
+        }
+        return path
+    }
+}
