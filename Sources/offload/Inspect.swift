@@ -1,4 +1,86 @@
+// `offload inspect FILE`: what a model file holds and what it needs to run and train.
 import ArgumentParser
+import Foundation
+import Formats
+import Models
+import Tensors
+
 struct Inspect: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "inspect")
+    static let configuration = CommandConfiguration(
+        abstract: "Show a model's architecture, tensors, and the memory it needs to run and to train.",
+        discussion: """
+        FILE is a GGUF file or a Hugging Face folder (config.json + *.safetensors).
+        Example: offload inspect SmolLM2-135M-Instruct.Q4_1.gguf --batch 4 --seq-len 256
+        """)
+
+    @Argument(help: "A GGUF file or a Hugging Face model folder.") var file: String
+    @Option(help: "Batch size for the memory estimate.") var batch = 1
+    @Option(name: .customLong("seq-len"), help: "Sequence length for the memory estimate.") var seqLen = 512
+    @Flag(help: "Print one JSON object instead of tables.") var json = false
+
+    func validate() throws {
+        guard batch > 0 else { throw ValidationError("--batch must be a positive integer, got \(batch)") }
+        guard seqLen > 0 else { throw ValidationError("--seq-len must be a positive integer, got \(seqLen)") }
+    }
+
+    func run() throws {
+        let source = try loadWeights(file)
+        let c = source.config
+        var rows: [(name: String, type: String, shape: [Int], bytes: Int)] = []
+        for spec in c.parameterTable {
+            let t = try source.tensor(spec.name)
+            rows.append((spec.name, t.dtype.rawValue.uppercased(), t.shape, t.bytes.count))
+        }
+        let weightBytes = rows.reduce(0) { $0 + $1.bytes }
+        let est = c.memoryEstimate(weightBytes: weightBytes, batch: batch, seqLen: seqLen)
+        if json {
+            let obj: [String: Any] = [
+                "file": file, "architecture": "llama", "name": c.name, "parameters": c.parameterCount,
+                "config": ["vocab_size": c.vocabSize, "dim": c.dim, "ffn_dim": c.ffnDim, "layers": c.layers,
+                           "heads": c.heads, "kv_heads": c.kvHeads, "head_dim": c.headDim,
+                           "rope_theta": Double(c.ropeTheta), "rms_eps": Double(c.rmsEps),
+                           "context_length": c.contextLength, "tied_embeddings": c.tiedEmbeddings,
+                           "rope_style": source.ropeStyle.rawValue],
+                "tensors": rows.map { ["name": $0.name, "type": $0.type, "shape": $0.shape, "bytes": $0.bytes] },
+                "memory": ["batch": batch, "seq_len": seqLen, "weight_bytes": est.weightBytes,
+                           "kv_cache_bytes": est.kvCacheBytes, "inference_bytes": est.inferenceBytes,
+                           "training_state_bytes": est.trainingStateBytes,
+                           "training_activation_bytes": est.trainingActivationBytes,
+                           "training_bytes": est.trainingBytes],
+            ]
+            print(try jsonString(obj))
+            return
+        }
+        print("""
+        \(source.sourceName): llama, \(c.name)
+          parameters      \(formatCount(c.parameterCount)) (\(c.parameterCount))
+          layers          \(c.layers), dim \(c.dim), ffn \(c.ffnDim), heads \(c.heads) (kv \(c.kvHeads)), head dim \(c.headDim)
+          vocabulary      \(c.vocabSize), context \(c.contextLength), rope theta \(c.ropeTheta) (\(source.ropeStyle.rawValue))
+          embeddings      \(c.tiedEmbeddings ? "tied (the head reuses token_embd)" : "untied")
+
+        """)
+        let nameWidth = max(4, rows.map(\.name.count).max() ?? 0)
+        print("  " + "name".padding(toLength: nameWidth, withPad: " ", startingAt: 0) + "  type   shape           bytes")
+        for r in rows {
+            let shape = r.shape.map(String.init).joined(separator: " × ")
+            print("  " + r.name.padding(toLength: nameWidth, withPad: " ", startingAt: 0) + "  "
+                  + r.type.padding(toLength: 5, withPad: " ", startingAt: 0) + "  "
+                  + shape.padding(toLength: 14, withPad: " ", startingAt: 0) + "  " + formatBytes(r.bytes))
+        }
+        print("""
+
+        Memory at batch \(batch) × seq-len \(seqLen), everything in compute memory:
+          run    \(formatBytes(est.inferenceBytes).leftPad(11))  = weights \(formatBytes(est.weightBytes)) + KV cache \(formatBytes(est.kvCacheBytes)) + activations \(formatBytes(est.inferenceActivationBytes))
+          train  \(formatBytes(est.trainingBytes).leftPad(11))  = fp32 weights, gradients, AdamW moments \(formatBytes(est.trainingStateBytes)) + saved activations \(formatBytes(est.trainingActivationBytes))
+        """)
+    }
+}
+
+func formatCount(_ n: Int) -> String {
+    n >= 1_000_000_000 ? String(format: "%.2fB", Double(n) / 1e9)
+        : n >= 1_000_000 ? String(format: "%.1fM", Double(n) / 1e6) : "\(n)"
+}
+
+extension String {
+    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
 }

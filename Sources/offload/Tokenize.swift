@@ -1,4 +1,30 @@
+// `offload tokenize`: text to token ids with the model's own tokenizer.
 import ArgumentParser
+import Foundation
+import Formats
+import Models
+
 struct Tokenize: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "tokenize")
+    static let configuration = CommandConfiguration(
+        abstract: "Print the token ids of a text under a model's tokenizer.",
+        discussion: """
+        No BOS token is added unless the model's metadata asks for one (tokenizer.ggml.add_bos_token).
+        Example: offload tokenize --model SmolLM2-135M-Instruct.Q4_1.gguf --text "Hello world"
+        """)
+
+    @Option(help: "A GGUF file (its tokenizer.ggml.* metadata is used).") var model: String
+    @Option(help: "The text to tokenize.") var text: String
+    @Flag(help: "Print JSON: ids and the piece of text each id stands for.") var json = false
+
+    func run() throws {
+        let source = try loadWeights(model)
+        let tokenizer = try loadTokenizer(for: source, modelPath: model)
+        let ids = tokenizer.encode(text)
+        if json {
+            let pieces = ids.map { String(decoding: tokenizer.piece(for: $0), as: UTF8.self) }
+            print(try jsonString(["ids": ids, "pieces": pieces, "count": ids.count] as [String: Any]))
+        } else {
+            print(ids.map(String.init).joined(separator: " "))
+        }
+    }
 }
