@@ -33,7 +33,12 @@ public struct GGUFWriter {
         func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         func str(_ s: String) { let u = Array(s.utf8); u64(UInt64(u.count)); out.append(contentsOf: u) }
-        func value(_ v: GGUFValue, typed: Bool) throws {
+        func value(_ v: GGUFValue, typed: Bool, key: String) throws {
+            // A value whose case, width or element type disagrees with its type tag
+            // would be written as bytes the reader parses differently.
+            guard v.checkedType != nil else {
+                throw OffloadError("[gguf write] metadata \(key): value \(v) does not fit its declared type")
+            }
             func tag(_ t: GGUFValueType) { if typed { u32(t.rawValue) } }
             switch v {
             case .uint(let x, let t):
@@ -59,7 +64,7 @@ public struct GGUFWriter {
             case .string(let s): tag(.string); str(s)
             case .array(let items, let et):
                 tag(.array); u32(et.rawValue); u64(UInt64(items.count))
-                for item in items { try value(item, typed: false) }
+                for item in items { try value(item, typed: false, key: key) }
             }
         }
         var meta = metadata
@@ -67,7 +72,17 @@ public struct GGUFWriter {
             meta.append(("general.alignment", .uint(UInt64(alignment), .uint32)))
         }
         u32(0x4655_4747); u32(3); u64(UInt64(tensors.count)); u64(UInt64(meta.count))
-        for (k, v) in meta { str(k); try value(v, typed: true) }
+        guard alignment > 0, alignment & (alignment - 1) == 0 else {
+            throw OffloadError("[gguf write] alignment \(alignment) is not a power of two")
+        }
+        var seenKeys = Set<String>(), seenTensors = Set<String>()
+        for (k, _) in meta where !seenKeys.insert(k).inserted {
+            throw OffloadError("[gguf write] metadata \(k) appears twice")
+        }
+        for t in tensors where !seenTensors.insert(t.name).inserted {
+            throw OffloadError("[gguf write] tensor \(t.name) appears twice")
+        }
+        for (k, v) in meta { str(k); try value(v, typed: true, key: k) }
         var offset = 0
         var offsets: [Int] = []
         for t in tensors {
@@ -109,5 +124,41 @@ public func writeAtomically(_ data: Data, to path: String, context: String) thro
     } catch {
         try? FileManager.default.removeItem(at: tmp)
         throw OffloadError("\(context) \(path): \(error.localizedDescription)")
+    }
+}
+
+extension GGUFValue {
+    /// The type tag this value is written with, or nil when the value does not fit
+    /// it (an integer out of range for its width, a case that disagrees with its
+    /// tag, an array element of another type).
+    var checkedType: GGUFValueType? {
+        switch self {
+        case .uint(let x, let t):
+            let limit: UInt64
+            switch t {
+            case .uint8: limit = UInt64(UInt8.max)
+            case .uint16: limit = UInt64(UInt16.max)
+            case .uint32: limit = UInt64(UInt32.max)
+            case .uint64: limit = UInt64.max
+            default: return nil
+            }
+            return x <= limit ? t : nil
+        case .int(let x, let t):
+            let range: ClosedRange<Int64>
+            switch t {
+            case .int8: range = Int64(Int8.min)...Int64(Int8.max)
+            case .int16: range = Int64(Int16.min)...Int64(Int16.max)
+            case .int32: range = Int64(Int32.min)...Int64(Int32.max)
+            case .int64: range = Int64.min...Int64.max
+            default: return nil
+            }
+            return range.contains(x) ? t : nil
+        case .float(_, let t): return t == .float32 || t == .float64 ? t : nil
+        case .bool: return .bool
+        case .string: return .string
+        case .array(let items, let et):
+            for item in items { guard item.checkedType == et else { return nil } }
+            return .array
+        }
     }
 }
