@@ -132,10 +132,10 @@ public final class GGUFFile: @unchecked Sendable {
             let kvCount = try r.read(UInt64.self, "metadata count")
             // Each tensor info takes at least 8+4+8+4+8 bytes; each kv at least 8+4+1.
             guard tensorCount <= UInt64(size / 32) else {
-                throw r.fail("tensor count \(tensorCount) is impossible for a file of \(size) bytes")
+                throw r.fail("tensor count \(tensorCount) is impossible for a file of \(size) bytes (truncated or corrupted)")
             }
             guard kvCount <= UInt64(size / 13) else {
-                throw r.fail("metadata count \(kvCount) is impossible for a file of \(size) bytes")
+                throw r.fail("metadata count \(kvCount) is impossible for a file of \(size) bytes (truncated or corrupted)")
             }
             var keys: [String] = []
             var meta: [String: GGUFValue] = [:]

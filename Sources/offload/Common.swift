@@ -4,11 +4,19 @@ import Formats
 import Models
 import Tensors
 
-/// A GGUF file, or a Hugging Face folder (config.json + safetensors).
-func loadWeights(_ path: String) throws -> WeightSource {
+/// A GGUF file, or a Hugging Face folder (config.json + safetensors). With
+/// `sha256`, a file must have that digest before anything else is read.
+func loadWeights(_ path: String, sha256: String? = nil) throws -> WeightSource {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
         throw OffloadError("[model] \(path): no such file or folder")
+    }
+    if let want = sha256?.lowercased() {
+        guard !isDir.boolValue else { throw OffloadError("[model] \(path): --sha256 needs a file, not a folder") }
+        let got = try sha256Hex(ofFile: path)
+        guard got == want else {
+            throw OffloadError("[model] \((path as NSString).lastPathComponent): sha256 mismatch: expected \(want), found \(got)")
+        }
     }
     if isDir.boolValue { throw OffloadError("[model] \(path): Hugging Face folders are not supported yet") }
     return try GGUFWeights(path: path)

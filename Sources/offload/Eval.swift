@@ -15,6 +15,7 @@ struct Eval: ParsableCommand {
         """)
 
     @Option(help: "A GGUF file or a Hugging Face model folder.") var model: String
+    @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
     @Option(help: "A UTF-8 text file.") var data: String
     @Option(name: .customLong("seq-len"), help: "Context length of each window.") var seqLen = 512
     @Option(help: "Compute threads (default: all cores).") var threads: Int?
@@ -32,7 +33,7 @@ struct Eval: ParsableCommand {
         guard let text = String(data: bytes, encoding: .utf8) else {
             throw OffloadError("[eval] \(data): not valid UTF-8 text")
         }
-        let source = try loadWeights(model)
+        let source = try loadWeights(model, sha256: sha256)
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
         let llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
         let tokens = tokenizer.encode(text, addBOS: false)

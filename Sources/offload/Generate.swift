@@ -15,6 +15,7 @@ struct Generate: ParsableCommand {
         """)
 
     @Option(help: "A GGUF file or a Hugging Face model folder.") var model: String
+    @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
     @Option(help: "The prompt text.") var prompt: String?
     @Option(name: .customLong("prompt-tokens"),
             help: "Use a synthetic prompt of N random token ids instead of --prompt (benchmarking).")
@@ -44,7 +45,7 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
-        let source = try loadWeights(model)
+        let source = try loadWeights(model, sha256: sha256)
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
         let llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
         let seed = seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
@@ -58,7 +59,7 @@ struct Generate: ParsableCommand {
         }
         var sampler = Sampler(options: SamplingOptions(temperature: temperature, topK: topK, topP: topP), seed: seed)
         var stream = StreamingDecoder(tokenizer: tokenizer)
-        let stop: Set<Int> = ignoreEOS ? [] : Set([tokenizer.eosID].compactMap { $0 })
+        let stop: Set<Int> = ignoreEOS ? [] : tokenizer.endOfGenerationIDs
         let result = try Generator(model: llama).generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler,
                                                           stop: stop) { id in
             guard !json else { return }

@@ -14,6 +14,7 @@ struct Inspect: ParsableCommand {
         """)
 
     @Argument(help: "A GGUF file or a Hugging Face model folder.") var file: String
+    @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
     @Option(help: "Batch size for the memory estimate.") var batch = 1
     @Option(name: .customLong("seq-len"), help: "Sequence length for the memory estimate.") var seqLen = 512
     @Flag(help: "Print one JSON object instead of tables.") var json = false
@@ -24,7 +25,7 @@ struct Inspect: ParsableCommand {
     }
 
     func run() throws {
-        let source = try loadWeights(file)
+        let source = try loadWeights(file, sha256: sha256)
         let c = source.config
         var rows: [(name: String, type: String, shape: [Int], bytes: Int)] = []
         for spec in c.parameterTable {

@@ -13,11 +13,12 @@ struct Tokenize: ParsableCommand {
         """)
 
     @Option(help: "A GGUF file (its tokenizer.ggml.* metadata is used).") var model: String
+    @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
     @Option(help: "The text to tokenize.") var text: String
     @Flag(help: "Print JSON: ids and the piece of text each id stands for.") var json = false
 
     func run() throws {
-        let source = try loadWeights(model)
+        let source = try loadWeights(model, sha256: sha256)
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
         let ids = tokenizer.encode(text)
         if json {

@@ -101,7 +101,8 @@ final class BadInputTests: XCTestCase {
         let r = try CLI.run(["generate", "--model", CLI.smolLM2, "--prompt", "x", "--top-p", "2"])
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("--top-p"), r.stderr)
-        let e = try CLI.run(["eval", "--model", dir.appendingPathComponent("nope.gguf").path, "--data", "/dev/null"])
+        let e = try CLI.run(["eval", "--model", dir.appendingPathComponent("nope.gguf").path, "--data",
+                                CLI.fixtures.appendingPathComponent("smollm2/hamlet_excerpt.txt").path])
         XCTAssertNotEqual(e.status, 0)
         XCTAssertTrue(e.stderr.contains("nope.gguf"), e.stderr)
     }
