@@ -167,33 +167,24 @@ public enum Planner {
         throw OffloadError(infeasibleMessage(r))
     }
 
-    /// The smallest compute budget (bytes) some strategy fits in, with that strategy's name.
+    /// The smallest compute budget (bytes) some plan fits in, with that plan's name:
+    /// a binary search on the budget over everything `auto` would try.
     public static func smallestComputeBudget(_ r: PlanRequest) -> (bytes: Int, name: String)? {
-        var unlimited = r
-        unlimited.computeBudget = nil
-        var best: (Int, String)? = nil
-        let placements: [ParameterPlacement] = r.chain.mode == .train ? [.stream, .zeroOffload, .keep] : [.stream, .keep]
-        let strategies: [ActivationStrategy] = r.chain.mode == .train ? [.rotor, .recompute] : [.keep]
-        for p in placements {
-            for a in strategies {
-                let free = plan(a, p, unlimited)
-                guard free.fits, let peak = free.simulation?.peak[.compute] else { continue }
-                var lo = 0, hi = peak
-                if a == .rotor {
-                    // Binary search: rotor can trade time for memory below the unconstrained peak.
-                    var q = unlimited
-                    q.rotorSlots = 100
-                    for _ in 0..<14 {
-                        let mid = lo + (hi - lo) / 2
-                        q.computeBudget = mid
-                        if plan(a, p, q).fits { hi = mid } else { lo = mid }
-                        if hi - lo <= max(1, hi / 200) { break }
-                    }
-                }
-                if best == nil || hi < best!.0 { best = (hi, a.rawValue + (p == .keep ? "" : "+" + p.rawValue)) }
-            }
+        var q = r
+        q.computeBudget = nil
+        guard let free = best(compareAll(q)) else { return nil }
+        let fitting = compareAll(q).filter(\.fits).compactMap { $0.simulation?.peak[.compute] }
+        var lo = r.computeBudget ?? 0, hi = fitting.min() ?? free.simulation!.peak[.compute]!
+        var name = free.name
+        if hi <= lo { return (hi, name) }
+        while hi - lo > max(1, hi / 500) {
+            let mid = lo + (hi - lo) / 2
+            q.computeBudget = mid
+            if let b = best(compareAll(q)) { hi = mid; name = b.name } else { lo = mid }
         }
-        return best.map { (bytes: $0.0, name: $0.1) }
+        q.computeBudget = hi
+        if let b = best(compareAll(q)) { name = b.name }
+        return (hi, name)
     }
 
     public static func infeasibleMessage(_ r: PlanRequest) -> String {
