@@ -67,6 +67,12 @@ public enum Planner {
     public static func plan(_ a: ActivationStrategy, _ p: ParameterPlacement, kvOffload: Bool = false,
                             _ r: PlanRequest) -> PlanResult {
         let clock = Date()
+        var result = planUntimed(a, p, kvOffload: kvOffload, r)
+        result.planningSeconds = Date().timeIntervalSince(clock)
+        return result
+    }
+
+    static func planUntimed(_ a: ActivationStrategy, _ p: ParameterPlacement, kvOffload: Bool, _ r: PlanRequest) -> PlanResult {
         let chain = r.chain
         let n = chain.count
         var name = chain.mode == .train ? a.rawValue : (kvOffload ? "kv-offload" : "keep")
@@ -75,7 +81,6 @@ public enum Planner {
                                 simulation: nil, modelSeconds: nil, planningSeconds: 0, failure: nil)
         let options = BuildOptions(parameters: p, parameterTier: r.offloadTier, offloadTier: r.offloadTier,
                                    kvOffload: kvOffload)
-        defer { result.planningSeconds = Date().timeIntervalSince(clock) }
         if p == .zeroOffload && r.useDisk == false && chain.mode == .generate {
             result.failure = "zero-offload applies to training"; return result
         }

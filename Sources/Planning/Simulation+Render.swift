@@ -51,7 +51,7 @@ extension Simulation {
         let width = 1000.0, left = 90.0, right = 20.0, top = 40.0, chartH = 260.0
         let laneH = 28.0, laneGap = 6.0
         let streams = Stream.allCases
-        let height = top + chartH + 40 + Double(streams.count) * (laneH + laneGap) + 30
+        let height = top + chartH + 40 + Double(streams.count) * (laneH + laneGap) + 50
         let plotW = width - left - right
         let T = max(stepSeconds, 1e-12)
         let tiers = Tier.allCases.filter { (peak[$0] ?? 0) > 0 }
@@ -119,11 +119,11 @@ extension Simulation {
             let t = T * Double(q) / 4
             s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.3f s</text>\n", x(t), axisY, t)
         }
-        var lx = left + 450
+        var lx = left
         for k in [OperationKind.forward, .recompute, .backward, .optimizerStep, .prefetch, .offload] {
-            s += String(format: "<rect x=\"%.1f\" y=\"8\" width=\"10\" height=\"10\" fill=\"%@\"/><text x=\"%.1f\" y=\"17\">%@</text>\n",
-                        lx, opColors[k]!, lx + 13, k.rawValue)
-            lx += 80
+            s += String(format: "<rect x=\"%.1f\" y=\"%.1f\" width=\"10\" height=\"10\" fill=\"%@\"/><text x=\"%.1f\" y=\"%.1f\">%@</text>\n",
+                        lx, axisY + 12, opColors[k]!, lx + 13, axisY + 21, k.rawValue)
+            lx += 110
         }
         s += "</svg>\n"
         return s

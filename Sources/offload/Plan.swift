@@ -37,7 +37,11 @@ struct Plan: ParsableCommand {
     @Option(help: "Write the chosen schedule as JSON.") var schedule: String?
     @Option(help: "Write the chosen plan's Chrome trace JSON.") var trace: String?
 
+    @Flag(name: .customLong("benchmark-solvers"), help: "Time the rotor and pofo solvers on Llama-3-70B's 80 blocks and exit.")
+    var benchmarkSolvers = false
+
     func validate() throws {
+        if benchmarkSolvers { return }
         if (model == nil) == (config == nil) { throw ValidationError("give exactly one of --model FILE or --config NAME") }
         if RunMode(rawValue: mode) == nil { throw ValidationError("--mode must be train or generate, not '\(mode)'") }
         if batch < 1 || seqLen < 1 { throw ValidationError("--batch and --seq-len must be at least 1") }
@@ -46,6 +50,7 @@ struct Plan: ParsableCommand {
     }
 
     func run() throws {
+        if benchmarkSolvers { return try runSolverBenchmark() }
         let cfg = try model.map { try loadConfig(modelPath: $0) } ?? LlamaConfig.named(config ?? "")
         try cfg.validate()
         let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
@@ -138,5 +143,50 @@ struct Plan: ParsableCommand {
         if let b = r.hostBudget { top["hostBudget"] = b }
         let data = try JSONSerialization.data(withJSONObject: top, options: [.prettyPrinted, .sortedKeys])
         return String(decoding: data, as: UTF8.self)
+    }
+}
+
+extension Plan {
+    /// Planner speed: rotor with 500 slots and pofo with 10…50 slots on the 80 blocks
+    /// of Llama-3-70B (batch 1, seq 4096), with the step time each plan predicts.
+    func runSolverBenchmark() throws {
+        let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
+        let cfg = try LlamaConfig.named("llama-3-70b")
+        let full = ModelChain.llama(cfg, mode: .train, batch: 1, seqLen: 4096, hardware: hw)
+        var chain = full
+        chain.stages = Array(full.stages[1...80])
+        chain.output = LogicalTensor(name: "act.80.out", bytes: full.stages[81].input.bytes)
+        let remat = RematChain(chain)
+        let keepAll = remat.input.reduce(0, +) + remat.saved.reduce(0, +)
+        for fraction in [0.25, 0.05] {
+        let budget = Double(keepAll) * fraction
+        print("80-stage chain (Llama-3-70B blocks, batch 1, seq 4096); activation budget \(formatBytes(Int(budget))) = \(Int(fraction * 100))% of keep-all")
+        print("solver  slots  solve time  predicted step (s)  recompute (s)")
+        let noRecompute = remat.forward.reduce(0, +) + remat.backward.reduce(0, +)
+        for slots in [100, 250, 500] {
+            let clock = Date()
+            let table = RotorTable(chain: remat.discretized(slot: budget / Double(slots)), slots: slots)
+            let t = table.time(0, 79, slots)
+            let dt = Date().timeIntervalSince(clock)
+            print(String(format: "rotor   %5d  %8.3f s  %18.2f  %13.2f", slots, dt, t, t - noRecompute))
+        }
+        for slots in [10, 20, 30, 40, 50] {
+            let clock = Date()
+            let slot = budget / Double(slots)
+            let disc = remat.discretized(slot: slot)
+            let problem = PofoProblem(chain: disc, slots: slots,
+                                      writeRate: hw.bandwidth(from: .compute, to: .disk) / slot,
+                                      readRate: hw.bandwidth(from: .disk, to: .compute) / slot)
+            var solver = PofoSolver(problem)
+            let r = solver.solve()
+            let dt = Date().timeIntervalSince(clock)
+            if let r {
+                let offloaded = r.choices.filter { if case .saveAll(true) = $0 { return true }; if case .checkpoint(_, true) = $0 { return true }; return false }.count
+                print(String(format: "pofo    %5d  %8.3f s  %18.2f  %13s  (%d of %d units offloaded)", slots, dt, r.seconds, "-", offloaded, r.choices.count))
+            } else {
+                print(String(format: "pofo    %5d  %8.3f s  %18@", slots, dt, "infeasible"))
+            }
+        }
+        }
     }
 }
