@@ -1,0 +1,169 @@
+// A Llama model as a chain of stages (embedding, blocks, head) with the sizes
+// and times a planner needs. Cost model only: no kernels run here.
+import Foundation
+import Models
+import Tensors
+
+public enum RunMode: String, Codable, Sendable, CaseIterable {
+    case train, generate
+}
+
+/// One stage of the chain: what its forward keeps, what it costs.
+public struct ChainStage: Codable, Sendable, Equatable {
+    /// `embd`, the block index, or `head`.
+    public var name: String
+    /// The boundary activation this stage reads (`act.7.attn_in`).
+    public var input: LogicalTensor
+    /// Activations its forward keeps for the backward besides the input.
+    public var saved: [LogicalTensor]
+    public var forwardTempBytes: Int
+    public var backwardTempBytes: Int
+    public var forwardFLOPs: Double
+    public var backwardFLOPs: Double
+    public var forwardSeconds: Double
+    public var backwardSeconds: Double
+    /// This stage's own parameters (`w.7.ffn_up`).
+    public var parameters: [LogicalTensor]
+    /// Parameters of other stages this stage also reads (the tied embedding in the head).
+    public var borrowed: [String]
+    /// Generation only: the KV cache this stage reads and extends (`kv.7`).
+    public var kvCache: LogicalTensor?
+
+    public init(name: String, input: LogicalTensor, saved: [LogicalTensor], forwardTempBytes: Int,
+                backwardTempBytes: Int, forwardFLOPs: Double = 0, backwardFLOPs: Double = 0,
+                forwardSeconds: Double, backwardSeconds: Double, parameters: [LogicalTensor] = [],
+                borrowed: [String] = [], kvCache: LogicalTensor? = nil) {
+        self.name = name; self.input = input; self.saved = saved; self.forwardTempBytes = forwardTempBytes
+        self.backwardTempBytes = backwardTempBytes; self.forwardFLOPs = forwardFLOPs; self.backwardFLOPs = backwardFLOPs
+        self.forwardSeconds = forwardSeconds; self.backwardSeconds = backwardSeconds; self.parameters = parameters
+        self.borrowed = borrowed; self.kvCache = kvCache
+    }
+
+    public var savedBytes: Int { saved.reduce(0) { $0 + $1.bytes } }
+    public var parameterBytes: Int { parameters.reduce(0) { $0 + $1.bytes } }
+}
+
+/// The whole model as the planner sees it.
+public struct ModelChain: Codable, Sendable, Equatable {
+    public var model: String
+    public var mode: RunMode
+    public var batch: Int
+    public var seqLen: Int
+    public var stages: [ChainStage]
+    /// What the last stage hands the backward (the loss gradient seed).
+    public var output: LogicalTensor
+    /// Seconds of the optimizer step per parameter byte (AdamW streams w, g, m, v).
+    public var optimizerSecondsPerParameterByte: Double
+
+    public init(model: String, mode: RunMode, batch: Int, seqLen: Int, stages: [ChainStage], output: LogicalTensor,
+                optimizerSecondsPerParameterByte: Double) {
+        self.model = model; self.mode = mode; self.batch = batch; self.seqLen = seqLen; self.stages = stages
+        self.output = output; self.optimizerSecondsPerParameterByte = optimizerSecondsPerParameterByte
+    }
+
+    public var count: Int { stages.count }
+    public var parameterBytes: Int { stages.reduce(0) { $0 + $1.parameterBytes } }
+    /// Input bytes of stage k, with k == count giving the output.
+    public func boundaryBytes(_ k: Int) -> Int { k == count ? output.bytes : stages[k].input.bytes }
+    public func boundaryName(_ k: Int) -> String { k == count ? output.name : stages[k].input.name }
+    /// Gradient of boundary k (same size as the boundary).
+    public func boundaryGradName(_ k: Int) -> String { k == count ? "dact.loss" : "d" + stages[k].input.name }
+
+    public static func gradName(_ w: String) -> String { "grad." + w.dropFirst(2) }
+    public static func adamNames(_ w: String) -> [String] { ["adam.m." + w.dropFirst(2), "adam.v." + w.dropFirst(2)] }
+}
+
+extension ModelChain {
+    /// Builds the chain for a config: fp32 weights, activations and optimizer state
+    /// (the CPU backend trains in fp32), AdamW.
+    ///
+    /// Saved activations follow llm.c's kernels: per block the normalized inputs
+    /// and rstd, q/k/v, attention probabilities (B, H, T, T), attention output,
+    /// the residual after attention, gate, up and silu(gate)·up; the head keeps its
+    /// normalized input and the (B, T, V) probabilities.
+    /// - Note: generation (`mode == .generate`) describes one decode step: one new
+    ///   token for each of `batch` sequences with `seqLen` tokens of context.
+    public static func llama(_ c: LlamaConfig, mode: RunMode, batch: Int, seqLen: Int,
+                             hardware: HardwareProfile) -> ModelChain {
+        let f4 = 4
+        let B = batch, T = mode == .train ? seqLen : 1, ctx = seqLen
+        let bt = B * T
+        let d = c.dim, ff = c.ffnDim, qd = c.qDim, kvd = c.kvDim, H = c.heads, V = c.vocabSize, hd = c.headDim
+        func t(_ n: String, _ elements: Int) -> LogicalTensor { LogicalTensor(name: n, bytes: elements * f4) }
+        func params(_ stage: ParameterStage, prefix: String) -> [LogicalTensor] {
+            c.parameters(of: stage).map { spec in
+                var n = spec.name
+                if n.hasSuffix(".weight") { n.removeLast(".weight".count) }
+                if let r = n.range(of: "blk.\(prefix).") { n = String(n[r.upperBound...]) }
+                return LogicalTensor(name: "w.\(prefix).\(n)", bytes: spec.elements * f4)
+            }
+        }
+        func seconds(flops: Double, bytes: Double) -> Double {
+            flops / hardware.gemmFlops + bytes / hardware.memoryBandwidth
+        }
+        var stages: [ChainStage] = []
+        // Embedding: gather rows. Backward scatters into the gradient.
+        let embParams = params(.embedding, prefix: "embd")
+        stages.append(ChainStage(
+            name: "embd", input: LogicalTensor(name: "act.embd.tokens", bytes: bt * 4), saved: [],
+            forwardTempBytes: 0, backwardTempBytes: 0, forwardFLOPs: 0, backwardFLOPs: 0,
+            forwardSeconds: seconds(flops: 0, bytes: Double(bt * d * f4 * 2)),
+            backwardSeconds: seconds(flops: 0, bytes: Double(bt * d * f4 * 3)),
+            parameters: embParams, borrowed: [], kvCache: nil))
+        for i in 0..<c.layers {
+            let p = "act.\(i)."
+            let attnFlops: Double, kvBytes: Int
+            let matFlops = 2.0 * Double(bt) * Double(d * qd + 2 * d * kvd + qd * d + 3 * d * ff)
+            var saved: [LogicalTensor] = []
+            var kv: LogicalTensor? = nil
+            if mode == .train {
+                attnFlops = 2.0 * Double(B * H) * Double(T) * Double(T) * Double(hd)  // causal QKᵀ and AV
+                saved = [t(p + "attn_norm", bt * d), t(p + "attn_rstd", bt), t(p + "q", bt * qd),
+                         t(p + "k", bt * kvd), t(p + "v", bt * kvd), t(p + "attn_probs", B * H * T * T),
+                         t(p + "attn_out", bt * qd), t(p + "ffn_in", bt * d), t(p + "ffn_norm", bt * d),
+                         t(p + "ffn_rstd", bt), t(p + "ffn_gate", bt * ff), t(p + "ffn_up", bt * ff),
+                         t(p + "ffn_act", bt * ff)]
+                kvBytes = 0
+            } else {
+                attnFlops = 4.0 * Double(B * H) * Double(ctx) * Double(hd)
+                kvBytes = 2 * B * ctx * kvd * f4
+                kv = LogicalTensor(name: "kv.\(i)", bytes: kvBytes)
+            }
+            let savedBytes = saved.reduce(0) { $0 + $1.bytes }
+            let wp = params(.block(i), prefix: "\(i)")
+            let wBytes = wp.reduce(0) { $0 + $1.bytes }
+            let elementwise = Double(bt * (6 * d + 4 * ff) * f4)
+            let fwdSeconds = mode == .train
+                ? seconds(flops: matFlops + attnFlops, bytes: elementwise + Double(B * H * T * T * f4 * 2))
+                : max(matFlops / hardware.gemmFlops, Double(wBytes + kvBytes) / hardware.memoryBandwidth)
+                    + attnFlops / hardware.gemmFlops
+            stages.append(ChainStage(
+                name: "\(i)", input: t(p + "attn_in", bt * d), saved: saved,
+                forwardTempBytes: (bt * max(d, ff) + (mode == .train ? B * H * T * T : B * H * ctx)) * f4,
+                backwardTempBytes: (2 * bt * ff + 2 * bt * d + B * H * T * T) * f4,
+                forwardFLOPs: matFlops + attnFlops, backwardFLOPs: 2 * (matFlops + attnFlops),
+                forwardSeconds: fwdSeconds,
+                backwardSeconds: mode == .train
+                    ? seconds(flops: 2 * (matFlops + attnFlops), bytes: 2 * elementwise + Double(savedBytes)) : 0,
+                parameters: wp, borrowed: [], kvCache: kv))
+            _ = savedBytes
+        }
+        // Head: final norm, output projection, softmax cross-entropy.
+        var headParams = params(.head, prefix: "head")
+        var borrowed: [String] = []
+        if c.tiedEmbeddings { borrowed = embParams.map(\.name) }
+        headParams = headParams.map { $0 }
+        let headFlops = 2.0 * Double(bt) * Double(d) * Double(V)
+        let headSaved = mode == .train ? [t("act.head.norm", bt * d), t("act.head.rstd", bt), t("act.head.probs", bt * V)] : []
+        stages.append(ChainStage(
+            name: "head", input: t("act.head.in", bt * d), saved: headSaved,
+            forwardTempBytes: bt * V * f4, backwardTempBytes: (bt * V + bt * d) * f4,
+            forwardFLOPs: headFlops, backwardFLOPs: 2 * headFlops,
+            forwardSeconds: seconds(flops: headFlops, bytes: Double(bt * V * f4 * 3)),
+            backwardSeconds: mode == .train ? seconds(flops: 2 * headFlops, bytes: Double(bt * V * f4 * 2)) : 0,
+            parameters: headParams, borrowed: borrowed, kvCache: nil))
+        return ModelChain(model: c.name, mode: mode, batch: batch, seqLen: seqLen, stages: stages,
+                          output: LogicalTensor(name: "act.loss", bytes: f4),
+                          optimizerSecondsPerParameterByte: 7.0 / hardware.memoryBandwidth)
+    }
+}

@@ -1,0 +1,68 @@
+// The speeds the cost model turns FLOPs and bytes into seconds with. Not a
+// measurement tool: `offload profile` measures and writes this same JSON.
+import Foundation
+import Tensors
+
+/// Speeds of one machine, in the units the cost model uses (FLOP/s, bytes/s).
+///
+/// JSON field names (what `offload profile` writes):
+/// `gemmFlops` (fp32 GEMM FLOP/s), `memoryBandwidth` (bytes/s a memory-bound kernel
+/// streams), `diskReadBandwidth` / `diskWriteBandwidth` (bytes/s of direct I/O),
+/// `hostLinkBandwidth` (bytes/s between host and compute memory; memcpy on a
+/// CPU-only machine), optional `name`.
+public struct HardwareProfile: Codable, Sendable, Equatable {
+    public var name: String
+    public var gemmFlops: Double
+    public var memoryBandwidth: Double
+    public var diskReadBandwidth: Double
+    public var diskWriteBandwidth: Double
+    public var hostLinkBandwidth: Double
+
+    public init(name: String = "custom", gemmFlops: Double, memoryBandwidth: Double,
+                diskReadBandwidth: Double, diskWriteBandwidth: Double, hostLinkBandwidth: Double) {
+        self.name = name; self.gemmFlops = gemmFlops; self.memoryBandwidth = memoryBandwidth
+        self.diskReadBandwidth = diskReadBandwidth; self.diskWriteBandwidth = diskWriteBandwidth
+        self.hostLinkBandwidth = hostLinkBandwidth
+    }
+
+    /// Measured on the 2-core x86-64 build machine: OpenBLAS sgemm with 2 threads
+    /// ≈ 180 GFLOP/s, memcpy ≈ 10 GB/s, O_DIRECT ≈ 0.84 GB/s read / 0.77 GB/s write.
+    public static let defaultCPU = HardwareProfile(
+        name: "default-cpu-2core", gemmFlops: 180e9, memoryBandwidth: 10e9,
+        diskReadBandwidth: 0.84e9, diskWriteBandwidth: 0.77e9, hostLinkBandwidth: 10e9)
+
+    /// Reads a profile from JSON; `name` may be missing.
+    public static func load(path: String) throws -> HardwareProfile {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw OffloadError("[hardware] cannot read \(path)")
+        }
+        struct Loose: Decodable {
+            var name: String?; var gemmFlops: Double?; var memoryBandwidth: Double?
+            var diskReadBandwidth: Double?; var diskWriteBandwidth: Double?; var hostLinkBandwidth: Double?
+        }
+        let loose: Loose
+        do { loose = try JSONDecoder().decode(Loose.self, from: data) } catch {
+            throw OffloadError("[hardware] \(path): not a hardware profile JSON object (\(error))")
+        }
+        func need(_ v: Double?, _ field: String) throws -> Double {
+            guard let v else { throw OffloadError("[hardware] \(path): missing field '\(field)'") }
+            guard v > 0, v.isFinite else { throw OffloadError("[hardware] \(path): field '\(field)' must be positive, found \(v)") }
+            return v
+        }
+        return HardwareProfile(name: loose.name ?? path,
+                               gemmFlops: try need(loose.gemmFlops, "gemmFlops"),
+                               memoryBandwidth: try need(loose.memoryBandwidth, "memoryBandwidth"),
+                               diskReadBandwidth: try need(loose.diskReadBandwidth, "diskReadBandwidth"),
+                               diskWriteBandwidth: try need(loose.diskWriteBandwidth, "diskWriteBandwidth"),
+                               hostLinkBandwidth: try need(loose.hostLinkBandwidth, "hostLinkBandwidth"))
+    }
+
+    /// Bytes per second moving from one tier to another.
+    public func bandwidth(from: Tier, to: Tier) -> Double {
+        switch (from, to) {
+        case (.disk, _): return diskReadBandwidth
+        case (_, .disk): return diskWriteBandwidth
+        default: return hostLinkBandwidth
+        }
+    }
+}
