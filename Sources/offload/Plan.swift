@@ -8,8 +8,7 @@ import Tensors
 
 /// Where `--model FILE` becomes a config. Wired to the GGUF / HF loaders when they land.
 func loadConfig(modelPath: String) throws -> LlamaConfig {
-    throw OffloadError("[plan] --model is not supported yet; use --config (one of: "
-                       + LlamaConfig.builtIn.map(\.name).joined(separator: ", ") + ")")
+    try loadWeights(modelPath).config
 }
 
 struct Plan: ParsableCommand {
