@@ -1,0 +1,134 @@
+// Conversion between checkpoint layouts: any WeightSource to a Hugging Face
+// folder (config.json + model.safetensors) or to a GGUF file. Quantized tensors
+// are dequantized; Q and K rows are reordered when the RoPE conventions differ.
+// Tensors are produced one at a time for safetensors; the GGUF writer holds the file.
+
+import Foundation
+import Formats
+import Kernels
+import Tensors
+
+/// Writes `source` as a Hugging Face Llama checkpoint: `folder`/config.json and
+/// `folder`/model.safetensors, tensors in `dtype` (f32, f16 or bf16).
+///
+/// Q and K rows are put in half-split order when the source uses adjacent pairs
+/// (GGUF), so transformers' LlamaForCausalLM loads the folder as it is.
+/// - Note: both files are written atomically; the weights first, so a folder with a
+///   config.json always has its weights.
+public func exportHFCheckpoint(from source: WeightSource, to folder: String, dtype: DType = .f32) throws {
+    let ctx = "[hf export] \((folder as NSString).lastPathComponent)"
+    guard !dtype.isQuantized else { throw OffloadError("\(ctx): dtype \(dtype) is not a safetensors type; use f32, f16 or bf16") }
+    let cfg = source.config
+    do {
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    } catch {
+        throw OffloadError("\(ctx): cannot create folder: \(error.localizedDescription)")
+    }
+    var w = SafetensorsWriter()
+    w.metadata = ["format": "pt"]
+    for spec in cfg.parameterTable {
+        guard let hf = HFNames.hf(spec.name) else { throw OffloadError("\(ctx): no Hugging Face name for \(spec.name)") }
+        w.tensors.append(.init(name: hf, dtype: dtype, shape: spec.shape) {
+            try convertedTensor(source, spec, to: dtype, order: .halfSplit)
+        })
+    }
+    try w.write(to: (folder as NSString).appendingPathComponent("model.safetensors"))
+    let json = hfConfigJSON(cfg, dtype: dtype)
+    try writeAtomically(Data(json.utf8), to: (folder as NSString).appendingPathComponent("config.json"),
+                        context: "[hf export]")
+}
+
+/// Writes `source` as a GGUF file with the llama.* metadata `LlamaConfig(gguf:)`
+/// reads; matrices in `dtype` (f32, f16 or bf16), norms in f32.
+///
+/// Q and K rows are put in adjacent-pairs order when the source uses half-split
+/// (Hugging Face), as llama.cpp's converter does. `tokenizer.*` metadata is
+/// copied from `tokenizerFrom`, or from the source itself when it is a GGUF file.
+public func exportGGUF(from source: WeightSource, to path: String, dtype: DType = .f32,
+                       tokenizerFrom: GGUFFile? = nil) throws {
+    let ctx = "[gguf export] \((path as NSString).lastPathComponent)"
+    guard !dtype.isQuantized else { throw OffloadError("\(ctx): dtype \(dtype) is not supported here; use f32, f16 or bf16") }
+    let c = source.config
+    var w = GGUFWriter()
+    func u32(_ v: Int) -> GGUFValue { .uint(UInt64(v), .uint32) }
+    w.set("general.architecture", .string("llama"))
+    w.set("general.name", .string(c.name))
+    w.set("general.file_type", u32(dtype == .f32 ? 0 : dtype == .f16 ? 1 : 32))
+    w.set("llama.vocab_size", u32(c.vocabSize))
+    w.set("llama.context_length", u32(c.contextLength))
+    w.set("llama.embedding_length", u32(c.dim))
+    w.set("llama.block_count", u32(c.layers))
+    w.set("llama.feed_forward_length", u32(c.ffnDim))
+    w.set("llama.rope.dimension_count", u32(c.headDim))
+    w.set("llama.attention.head_count", u32(c.heads))
+    w.set("llama.attention.head_count_kv", u32(c.kvHeads))
+    w.set("llama.attention.key_length", u32(c.headDim))
+    w.set("llama.attention.value_length", u32(c.headDim))
+    w.set("llama.rope.freq_base", .float(Double(c.ropeTheta), .float32))
+    w.set("llama.attention.layer_norm_rms_epsilon", .float(Double(c.rmsEps), .float32))
+    if let tok = tokenizerFrom ?? (source as? GGUFWeights)?.file {
+        for key in tok.metadataKeys where key.hasPrefix("tokenizer.") { w.set(key, tok.metadata[key]!) }
+    }
+    for spec in c.parameterTable {
+        let dt: DType = spec.shape.count == 1 ? .f32 : dtype
+        let data = try convertedTensor(source, spec, to: dt, order: .adjacentPairs)
+        w.tensors.append(.init(name: spec.name, dtype: dt, shape: spec.shape, data: data))
+    }
+    try w.write(to: path)
+}
+
+/// One parameter of `source` as `dtype` bytes with Q/K rows in `order`. Copies
+/// the stored bytes when no conversion is needed, so f32 → f32 is exact.
+func convertedTensor(_ source: WeightSource, _ spec: ParameterSpec, to dtype: DType, order: RopeStyle) throws -> Data {
+    let t = try source.tensor(spec.name)
+    guard t.shape == spec.shape else {
+        throw OffloadError("[export] \(source.sourceName): tensor \(spec.name) has shape \(t.shape), expected \(spec.shape)")
+    }
+    guard let need = t.dtype.byteCount(elements: t.elements), need == t.bytes.count else {
+        throw OffloadError("[export] \(source.sourceName): tensor \(spec.name) has \(t.bytes.count) bytes, "
+                           + "not \(t.elements) \(t.dtype) values")
+    }
+    let heads: Int? = spec.name.hasSuffix(".attn_q.weight") ? source.config.heads
+        : spec.name.hasSuffix(".attn_k.weight") ? source.config.kvHeads : nil
+    let reorder = heads != nil && source.ropeStyle != order
+    if !reorder, t.dtype == dtype { return Data(t.bytes) }
+    var f = t.elements == 0 ? [] : Dequantize.toF32(t.dtype, t.bytes, count: t.elements)
+    if reorder, let heads {
+        let cols = spec.shape.last!
+        f = order == .halfSplit ? try RopeRowOrder.toHalfSplit(f, heads: heads, cols: cols)
+                                : try RopeRowOrder.toAdjacentPairs(f, heads: heads, cols: cols)
+    }
+    switch dtype {
+    case .f32: return f.withUnsafeBytes { Data($0) }
+    case .f16: return Quantize.toF16(f).withUnsafeBytes { Data($0) }
+    case .bf16: return Quantize.toBF16(f).withUnsafeBytes { Data($0) }
+    case .q8_0, .q4_0, .q4_1: throw OffloadError("[export] \(spec.name): cannot write \(dtype)")
+    }
+}
+
+/// config.json for transformers' LlamaForCausalLM.
+func hfConfigJSON(_ c: LlamaConfig, dtype: DType) -> String {
+    let torchDtype = dtype == .f16 ? "float16" : dtype == .bf16 ? "bfloat16" : "float32"
+    let fields: [(String, String)] = [
+        ("_name_or_path", jsonQuoted(c.name)),
+        ("architectures", "[\"LlamaForCausalLM\"]"),
+        ("model_type", "\"llama\""),
+        ("hidden_size", "\(c.dim)"),
+        ("intermediate_size", "\(c.ffnDim)"),
+        ("num_hidden_layers", "\(c.layers)"),
+        ("num_attention_heads", "\(c.heads)"),
+        ("num_key_value_heads", "\(c.kvHeads)"),
+        ("head_dim", "\(c.headDim)"),
+        ("hidden_act", "\"silu\""),
+        ("rms_norm_eps", "\(c.rmsEps)"),
+        ("rope_theta", "\(c.ropeTheta)"),
+        ("rope_scaling", "null"),
+        ("attention_bias", "false"),
+        ("mlp_bias", "false"),
+        ("vocab_size", "\(c.vocabSize)"),
+        ("max_position_embeddings", "\(c.contextLength)"),
+        ("tie_word_embeddings", c.tiedEmbeddings ? "true" : "false"),
+        ("torch_dtype", "\"\(torchDtype)\""),
+    ]
+    return "{\n" + fields.map { "  \(jsonQuoted($0.0)): \($0.1)" }.joined(separator: ",\n") + "\n}\n"
+}

@@ -1,0 +1,164 @@
+// Weights from a Hugging Face Llama checkpoint folder: config.json plus one
+// model.safetensors or shards listed in model.safetensors.index.json. Tensors
+// are served as the files hold them (memory-mapped, HF row order); the model
+// applies the half-split RoPE convention, so nothing is copied or permuted.
+
+import Foundation
+import Formats
+import Tensors
+
+public final class HFCheckpoint: WeightSource {
+    public let folder: String
+    public let config: LlamaConfig
+    public var ropeStyle: RopeStyle { .halfSplit }
+    public var sourceName: String { (folder as NSString).lastPathComponent }
+    /// The safetensors files, in the order first named.
+    public let files: [SafetensorsFile]
+    /// HF tensor name → index into `files`.
+    private let location: [String: Int]
+
+    public init(folder: String) throws {
+        self.folder = folder
+        let fm = FileManager.default
+        let name = (folder as NSString).lastPathComponent
+        func path(_ f: String) -> String { (folder as NSString).appendingPathComponent(f) }
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: folder, isDirectory: &isDir), isDir.boolValue else {
+            throw OffloadError("[hf] \(name): not a folder")
+        }
+
+        var parsed = try Self.parseConfig(path: path("config.json"), folderName: name)
+
+        var files: [SafetensorsFile] = []
+        var location: [String: Int] = [:]
+        let single = path("model.safetensors"), indexPath = path("model.safetensors.index.json")
+        if fm.fileExists(atPath: single) {
+            let f = try SafetensorsFile(path: single)
+            files = [f]
+            for t in f.tensors { location[t.name] = 0 }
+        } else if fm.fileExists(atPath: indexPath) {
+            let map = try Self.parseIndex(path: indexPath)
+            var fileIndex: [String: Int] = [:]
+            for shard in Set(map.values).sorted() {
+                guard fm.fileExists(atPath: path(shard)) else {
+                    throw OffloadError("[hf] model.safetensors.index.json: shard \(shard) is missing from \(name)")
+                }
+                fileIndex[shard] = files.count
+                files.append(try SafetensorsFile(path: path(shard)))
+            }
+            for (tensor, shard) in map.sorted(by: { $0.key < $1.key }) {
+                let i = fileIndex[shard]!
+                guard files[i].info(tensor) != nil else {
+                    throw OffloadError("[hf] model.safetensors.index.json: tensor \(tensor) is mapped to \(shard), "
+                                       + "which does not hold it")
+                }
+                location[tensor] = i
+            }
+        } else {
+            throw OffloadError("[hf] \(name): no model.safetensors or model.safetensors.index.json")
+        }
+        self.files = files
+        self.location = location
+        if location["lm_head.weight"] == nil { parsed.tiedEmbeddings = true }
+        config = parsed
+        try config.validate()
+        try validateTensors()
+    }
+
+    /// The tensor GGUF names `name`, read under its Hugging Face name.
+    public func tensor(_ name: String) throws -> StoredTensor {
+        guard let hf = HFNames.hf(name) else {
+            throw OffloadError("[hf] \(sourceName): \(name) is not a Llama tensor name")
+        }
+        guard let i = location[hf] else {
+            throw OffloadError("[hf] \(sourceName): missing tensor \(hf) (\(name))")
+        }
+        let (info, dtype, bytes) = try files[i].data(hf)
+        return StoredTensor(name: name, dtype: dtype, shape: info.shape, bytes: bytes)
+    }
+
+    /// HF tensor names present, sorted.
+    public var tensorNames: [String] { location.keys.sorted() }
+
+    // MARK: config.json
+
+    /// Reads a Llama config.json. Fields Hugging Face treats as optional get its defaults.
+    public static func parseConfig(path: String, folderName: String) throws -> LlamaConfig {
+        func fail(_ what: String) -> OffloadError { OffloadError("[hf] config.json: \(what)") }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw OffloadError("[hf] \(folderName): config.json is missing or unreadable")
+        }
+        let o: [String: JSONValue]
+        do {
+            guard let obj = try JSONValue.parse(data).object else { throw fail("not a JSON object") }
+            o = obj
+        } catch let e as OffloadJSONError {
+            throw fail("bad JSON: \(e.message)")
+        }
+
+        let archs = o["architectures"]?.array?.compactMap(\.string) ?? []
+        let modelType = o["model_type"]?.string
+        guard modelType == "llama" || (modelType == nil && archs.contains("LlamaForCausalLM")) else {
+            throw fail("model_type is \(o["model_type"]?.description ?? "missing") and architectures is "
+                       + "\(o["architectures"]?.description ?? "missing"); expected model_type \"llama\" "
+                       + "(LlamaForCausalLM)")
+        }
+        func int(_ key: String, default d: Int? = nil) throws -> Int {
+            guard let v = o[key], v != .null else {
+                if let d { return d }
+                throw fail("missing field \(key)")
+            }
+            guard let i = v.int, i > 0 else { throw fail("field \(key) is \(v), expected a positive integer") }
+            return i
+        }
+        func float(_ key: String, default d: Double) throws -> Float {
+            guard let v = o[key], v != .null else { return Float(d) }
+            guard let x = v.double, x > 0, x.isFinite else { throw fail("field \(key) is \(v), expected a positive number") }
+            return Float(x)
+        }
+        func bool(_ key: String, default d: Bool) throws -> Bool {
+            guard let v = o[key], v != .null else { return d }
+            guard let b = v.bool else { throw fail("field \(key) is \(v), expected true or false") }
+            return b
+        }
+        if let act = o["hidden_act"], act != .null, act.string != "silu" {
+            throw fail("field hidden_act is \(act), expected \"silu\"")
+        }
+        if let rs = o["rope_scaling"], rs != .null {
+            throw fail("field rope_scaling is \(rs); RoPE scaling is not supported")
+        }
+        for key in ["attention_bias", "mlp_bias"] where try bool(key, default: false) {
+            throw fail("field \(key) is true; biases are not supported")
+        }
+        let dim = try int("hidden_size"), heads = try int("num_attention_heads")
+        return LlamaConfig(
+            name: o["_name_or_path"]?.string.flatMap { $0.isEmpty ? nil : $0 } ?? folderName,
+            vocabSize: try int("vocab_size"), dim: dim, ffnDim: try int("intermediate_size"),
+            layers: try int("num_hidden_layers"), heads: heads,
+            kvHeads: try int("num_key_value_heads", default: heads),
+            headDim: try int("head_dim", default: dim / max(heads, 1)),
+            ropeTheta: try float("rope_theta", default: 10000),
+            rmsEps: try float("rms_norm_eps", default: 1e-6),
+            contextLength: try int("max_position_embeddings", default: 2048),
+            tiedEmbeddings: try bool("tie_word_embeddings", default: false))
+    }
+
+    /// The weight_map of model.safetensors.index.json: HF tensor name → shard file name.
+    static func parseIndex(path: String) throws -> [String: String] {
+        func fail(_ what: String) -> OffloadError { OffloadError("[hf] model.safetensors.index.json: \(what)") }
+        guard let data = FileManager.default.contents(atPath: path) else { throw fail("unreadable") }
+        let root: JSONValue
+        do { root = try JSONValue.parse(data) } catch let e as OffloadJSONError { throw fail("bad JSON: \(e.message)") }
+        guard let wm = root.object?["weight_map"] else { throw fail("missing field weight_map") }
+        guard let o = wm.object else { throw fail("weight_map is \(wm.kind), expected an object") }
+        var map: [String: String] = [:]
+        for (tensor, v) in o {
+            guard let shard = v.string else { throw fail("weight_map \(tensor) is \(v), expected a file name") }
+            guard !shard.isEmpty, !shard.contains("/"), shard != ".", shard != ".." else {
+                throw fail("weight_map \(tensor) names \(jsonQuoted(shard)), which is not a file in the folder")
+            }
+            map[tensor] = shard
+        }
+        return map
+    }
+}
