@@ -13,6 +13,9 @@ public struct StoredTensor {
     public var shape: [Int]
     public var bytes: UnsafeRawBufferPointer
     public var elements: Int { shape.reduce(1, *) }
+    public init(name: String, dtype: DType, shape: [Int], bytes: UnsafeRawBufferPointer) {
+        self.name = name; self.dtype = dtype; self.shape = shape; self.bytes = bytes
+    }
 }
 
 public protocol WeightSource: AnyObject {

@@ -37,18 +37,28 @@ public struct Sampler {
         return best
     }
 
+    /// The k largest logits' ids by insertion into a small sorted list: O(n·k) but
+    /// k ≤ 64 and one pass over the vocabulary, far cheaper than sorting it.
+    static func topK(_ l: UnsafeBufferPointer<Float>, _ k: Int) -> [Int] {
+        var ids: [Int] = []
+        ids.reserveCapacity(k + 1)
+        for i in 0..<l.count {
+            if ids.count == k, l[i] <= l[ids[k - 1]] { continue }
+            var j = ids.count
+            while j > 0, l[ids[j - 1]] < l[i] { j -= 1 }
+            ids.insert(i, at: j)
+            if ids.count > k { ids.removeLast() }
+        }
+        return ids
+    }
+
     public mutating func sample(_ logits: [Float]) -> Int {
         logits.withUnsafeBufferPointer { l in
             if options.temperature <= 0 { return Self.argmax(l) }
-            // Top-k candidates by logit (all when topK <= 0).
-            var idx = Array(0..<l.count)
+            // Top-k candidates, largest logit first (ties: lower id first).
             let k = options.topK > 0 ? min(options.topK, l.count) : l.count
-            if k < l.count {
-                idx.sort { l[$0] > l[$1] }   // stable enough: ids ordered by logit
-                idx.removeSubrange(k...)
-            } else {
-                idx.sort { l[$0] > l[$1] }
-            }
+            let idx = k <= 64 ? Self.topK(l, k)
+                : Array((0..<l.count).sorted { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }.prefix(k))
             let m = l[idx[0]]
             var p = idx.map { Double(expf((l[$0] - m) / options.temperature)) }
             let z = p.reduce(0, +)

@@ -18,7 +18,7 @@ func loadWeights(_ path: String, sha256: String? = nil) throws -> WeightSource {
             throw OffloadError("[model] \((path as NSString).lastPathComponent): sha256 mismatch: expected \(want), found \(got)")
         }
     }
-    if isDir.boolValue { throw OffloadError("[model] \(path): Hugging Face folders are not supported yet") }
+    if isDir.boolValue { return try HFCheckpoint(folder: path) }
     return try GGUFWeights(path: path)
 }
 
