@@ -99,9 +99,11 @@ public enum Matmul {
         ck_dequantize_rows(pool.pool, w.data, w.ckType, dst, Int32(w.rows), Int32(w.cols))
     }
 
-    /// Whether the SIMD path is active; setting false forces the scalar path (tests).
-    public static var simd: Bool {
-        get { ck_simd_enabled() != 0 }
-        set { _ = ck_set_simd(newValue ? 1 : 0) }
+    /// SIMD level of the direct kernels: 0 scalar, 1 AVX2, 2 AVX-512 (tests compare them).
+    public static var simdLevel: Int {
+        get { Int(ck_simd_enabled()) }
+        set { _ = ck_set_simd(Int32(newValue)) }
     }
+    /// The best level this CPU supports.
+    public static var bestSIMDLevel: Int { Int(ck_simd_best()) }
 }

@@ -1,5 +1,6 @@
 // The `offload` command: plan, simulate and run Llama-family models beyond memory.
 import ArgumentParser
+import Kernels
 
 @main
 struct Offload: ParsableCommand {
@@ -12,4 +13,9 @@ struct Offload: ParsableCommand {
         cost, and runs the plan.
         """,
         subcommands: [Generate.self, Tokenize.self, Eval.self, Inspect.self, Plan.self, Profile.self])
+
+    static func main() {
+        BLASSetup.reexecWithAVX512KernelsIfUseful()
+        main(nil)
+    }
 }

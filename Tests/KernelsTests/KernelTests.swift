@@ -62,9 +62,9 @@ final class KernelTests: XCTestCase {
                 let w = randomWeights(dtype, rows: rows, cols: cols, seed: UInt64(rows * 10 + n))
                 var g = TestRNG(99)
                 let x = g.floats(n * cols)
-                for simd in [true, false] {
-                    Matmul.simd = simd
-                    defer { Matmul.simd = true }
+                for simd in 0...Matmul.bestSIMDLevel {
+                    Matmul.simdLevel = simd
+                    defer { Matmul.simdLevel = Matmul.bestSIMDLevel }
                     w.withUnsafeBytes { wb in
                         let m = WeightMatrix(data: wb.baseAddress!, dtype: dtype, rows: rows, cols: cols)
                         let ref = Matmul.reference(x: x, n: n, w: m)
@@ -113,6 +113,9 @@ final class KernelTests: XCTestCase {
         for dtype in DType.allCases {
             let rows = 5, cols = 128
             let w = randomWeights(dtype, rows: rows, cols: cols, seed: 11)
+            for level in 1...max(1, Matmul.bestSIMDLevel) {
+            Matmul.simdLevel = level
+            defer { Matmul.simdLevel = Matmul.bestSIMDLevel }
             w.withUnsafeBytes { wb in
                 let scalar = Dequantize.toF32(dtype, wb, count: rows * cols)
                 var fast = [Float](repeating: .nan, count: rows * cols)
@@ -120,7 +123,8 @@ final class KernelTests: XCTestCase {
                     Matmul.dequantize(pool, WeightMatrix(data: wb.baseAddress!, dtype: dtype, rows: rows, cols: cols),
                                       into: $0.baseAddress!)
                 }
-                assertClose(fast, scalar, rtol: 1e-6, atol: 1e-7, "dequantize \(dtype)")
+                assertClose(fast, scalar, rtol: 1e-6, atol: 1e-7, "dequantize \(dtype) level \(level)")
+            }
             }
         }
     }

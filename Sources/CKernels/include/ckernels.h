@@ -40,10 +40,12 @@ void ck_dequantize_rows(ck_pool *pool, const void *w, int dtype, float *dst, int
 /// Bytes in one row of `cols` values of `dtype`.
 size_t ck_row_bytes(int dtype, int cols);
 
-/// 1 when the SIMD path is in use (AVX2+FMA+F16C present), 0 for scalar.
+/// The SIMD level in use: 0 scalar, 1 AVX2+FMA+F16C, 2 AVX-512 (F, BW, VL, DQ).
 int ck_simd_enabled(void);
-/// Forces the scalar path (for tests comparing the two); returns the previous state.
-int ck_set_simd(int enabled);
+/// The best level this CPU supports.
+int ck_simd_best(void);
+/// Sets the level (clamped to what the CPU supports; tests compare the paths); returns the previous one.
+int ck_set_simd(int level);
 
 /// Causal grouped-query attention for a few query rows (decode), split across
 /// the pool by head. out, q: (rows, heads·d); k, v: (start+rows, kv_heads·d);
