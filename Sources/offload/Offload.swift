@@ -8,8 +8,8 @@ struct Offload: ParsableCommand {
         commandName: "offload",
         abstract: "Train and run Llama-family models larger than the memory that computes them.",
         discussion: """
-        Offload reads real model files (GGUF, Hugging Face safetensors), plans where every
-        tensor lives (compute memory, host memory, disk) and what is recomputed, predicts the
+        Offload reads real model files (GGUF, Hugging Face safetensors), plans where every \
+        tensor lives (compute memory, host memory, disk) and what is recomputed, predicts the \
         cost, and runs the plan.
         """,
         subcommands: [Generate.self, Tokenize.self, Eval.self, Inspect.self, Plan.self, Profile.self])
