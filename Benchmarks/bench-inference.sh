@@ -67,11 +67,17 @@ for r in $(seq 1 "$REPEAT"); do
       >"$OUT/llama-$r.json" 2>"$OUT/llama-$r.err" \
     || die "llama-bench failed (round $r), see $OUT/llama-$r.err: $(tail -n 3 "$OUT/llama-$r.err")"
   if [ "$LLAMA_ONLY" = 0 ]; then
+    # As llama-bench does: prefill (pp) and decode (tg) are separate runs, decode
+    # starting from an empty context (one prompt token, then GEN timed steps).
     say "round $r/$REPEAT: offload"
-    "$OFFLOAD" generate --model "$MODEL" --prompt-tokens "$PROMPT" --max-tokens "$GEN" \
+    "$OFFLOAD" generate --model "$MODEL" --prompt-tokens "$PROMPT" --max-tokens 1 \
         --temperature 0 --ignore-eos --threads "$THREADS" --json \
-        >"$OUT/offload-$r.json" 2>"$OUT/offload-$r.err" \
-      || die "offload generate failed (round $r), see $OUT/offload-$r.err: $(tail -n 3 "$OUT/offload-$r.err")"
+        >"$OUT/offload-prefill-$r.json" 2>"$OUT/offload-prefill-$r.err" \
+      || die "offload generate failed (round $r), see $OUT/offload-prefill-$r.err: $(tail -n 3 "$OUT/offload-prefill-$r.err")"
+    "$OFFLOAD" generate --model "$MODEL" --prompt-tokens 1 --max-tokens "$((GEN + 1))" \
+        --temperature 0 --ignore-eos --threads "$THREADS" --json \
+        >"$OUT/offload-decode-$r.json" 2>"$OUT/offload-decode-$r.err" \
+      || die "offload generate failed (round $r), see $OUT/offload-decode-$r.err: $(tail -n 3 "$OUT/offload-decode-$r.err")"
   fi
 done
 say "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

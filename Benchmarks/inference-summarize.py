@@ -52,16 +52,19 @@ def llama_samples(folder, prompt, gen):
 
 
 def offload_samples(folder):
-    pre, dec = [], []
-    files = sorted(glob.glob(os.path.join(folder, "offload-*.json")))
-    for path in files:
-        with open(path) as f:
-            obj = last_json_object(f.read(), path)
-        for key, dst in (("prefill_tokens_per_second", pre), ("decode_tokens_per_second", dec)):
+    """Prefill from offload-prefill-N.json, decode from offload-decode-N.json."""
+    out = {}
+    files = []
+    for kind, key in (("prefill", "prefill_tokens_per_second"), ("decode", "decode_tokens_per_second")):
+        out[kind] = []
+        for path in sorted(glob.glob(os.path.join(folder, f"offload-{kind}-*.json"))):
+            files.append(path)
+            with open(path) as f:
+                obj = last_json_object(f.read(), path)
             if key not in obj:
                 fail(f"{path}: the result has no '{key}' (keys: {', '.join(obj)})")
-            dst.append(float(obj[key]))
-    return files, pre, dec
+            out[kind].append(float(obj[key]))
+    return files, out["prefill"], out["decode"]
 
 
 def stats(xs):

@@ -228,8 +228,83 @@ AVX512 static inline void nibbles16(const uint8_t *q, __m512 *lo, __m512 *hi) {
     *hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(h));
 }
 
+// One input (decode): two blocks per iteration into independent accumulators, so
+// the loop is bound by throughput rather than by the 4-cycle FMA latency chain.
+AVX512 static float dot_row1_avx512(const uint8_t *row, int dtype, const float *x, int cols, const float *xsum) {
+    int nb = cols / 32, b = 0;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    float m0 = 0, m1 = 0;
+    if (dtype == CK_Q4_1) {
+        __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        float m2 = 0, m3 = 0;
+        for (; b + 4 <= nb; b += 4) {
+            const uint8_t *k0 = row + b * 20, *k1 = k0 + 20, *k2 = k0 + 40, *k3 = k0 + 60;
+            __m512 l0, h0, l1, h1, l2, h2, l3, h3;
+            nibbles16(k0 + 4, &l0, &h0); nibbles16(k1 + 4, &l1, &h1);
+            nibbles16(k2 + 4, &l2, &h2); nibbles16(k3 + 4, &l3, &h3);
+            const float *x0 = x + b * 32;
+            __m512 s0 = _mm512_fmadd_ps(h0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(x0)));
+            __m512 s1 = _mm512_fmadd_ps(h1, _mm512_loadu_ps(x0 + 48), _mm512_mul_ps(l1, _mm512_loadu_ps(x0 + 32)));
+            __m512 s2 = _mm512_fmadd_ps(h2, _mm512_loadu_ps(x0 + 80), _mm512_mul_ps(l2, _mm512_loadu_ps(x0 + 64)));
+            __m512 s3 = _mm512_fmadd_ps(h3, _mm512_loadu_ps(x0 + 112), _mm512_mul_ps(l3, _mm512_loadu_ps(x0 + 96)));
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k0)), s0, a0);
+            a1 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k1)), s1, a1);
+            a2 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k2)), s2, a2);
+            a3 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k3)), s3, a3);
+            m0 += h2f(k0 + 2) * xsum[b]; m1 += h2f(k1 + 2) * xsum[b + 1];
+            m2 += h2f(k2 + 2) * xsum[b + 2]; m3 += h2f(k3 + 2) * xsum[b + 3];
+        }
+        a0 = _mm512_add_ps(a0, a2); a1 = _mm512_add_ps(a1, a3); m0 += m2; m1 += m3;
+        for (; b + 2 <= nb; b += 2) {
+            const uint8_t *k0 = row + b * 20, *k1 = k0 + 20;
+            __m512 l0, h0, l1, h1;
+            nibbles16(k0 + 4, &l0, &h0); nibbles16(k1 + 4, &l1, &h1);
+            const float *x0 = x + b * 32;
+            __m512 s0 = _mm512_fmadd_ps(h0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(x0)));
+            __m512 s1 = _mm512_fmadd_ps(h1, _mm512_loadu_ps(x0 + 48), _mm512_mul_ps(l1, _mm512_loadu_ps(x0 + 32)));
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k0)), s0, a0);
+            a1 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k1)), s1, a1);
+            m0 += h2f(k0 + 2) * xsum[b]; m1 += h2f(k1 + 2) * xsum[b + 1];
+        }
+        for (; b < nb; b++) {
+            const uint8_t *k0 = row + b * 20;
+            __m512 l0, h0; nibbles16(k0 + 4, &l0, &h0);
+            const float *x0 = x + b * 32;
+            __m512 s0 = _mm512_fmadd_ps(h0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(x0)));
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k0)), s0, a0);
+            m0 += h2f(k0 + 2) * xsum[b];
+        }
+    } else { // CK_Q8_0
+        for (; b + 2 <= nb; b += 2) {
+            const uint8_t *k0 = row + b * 34, *k1 = k0 + 34;
+            const float *x0 = x + b * 32;
+            __m512 l0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k0 + 2))));
+            __m512 h0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k0 + 18))));
+            __m512 l1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k1 + 2))));
+            __m512 h1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k1 + 18))));
+            __m512 s0 = _mm512_fmadd_ps(h0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(x0)));
+            __m512 s1 = _mm512_fmadd_ps(h1, _mm512_loadu_ps(x0 + 48), _mm512_mul_ps(l1, _mm512_loadu_ps(x0 + 32)));
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k0)), s0, a0);
+            a1 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k1)), s1, a1);
+        }
+        for (; b < nb; b++) {
+            const uint8_t *k0 = row + b * 34;
+            const float *x0 = x + b * 32;
+            __m512 l0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k0 + 2))));
+            __m512 h0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k0 + 18))));
+            __m512 s0 = _mm512_fmadd_ps(h0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(x0)));
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k0)), s0, a0);
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + (m0 + m1);
+}
+
 AVX512 static void dot_rows_avx512(const uint8_t *row, int dtype, const float *x, int n, int cols,
                                    const float *xsum, float *out, int out_stride) {
+    if (n == 1 && (dtype == CK_Q4_1 || dtype == CK_Q8_0)) {
+        out[0] = dot_row1_avx512(row, dtype, x, cols, xsum);
+        return;
+    }
     int nb = cols / 32;
     __m512 acc[8];
     float macc[8] = {0};
@@ -334,44 +409,61 @@ int ck_set_simd(int level) {
 int ck_simd_best(void) { return simd_best(); }
 
 // ------------------------------------------------------------------ the pool
-// Workers spin on a generation counter for a short while, then sleep on a
-// condition variable, so they cost nothing while OpenBLAS runs its own threads.
+// Work is cut into chunks that threads claim one at a time from a shared counter,
+// so a thread the OS has descheduled (these machines are shared) delays nothing:
+// the others take its chunks. Which thread computes a chunk never changes the
+// result: each output element is computed by one thread, the same way.
+// Workers spin on the work word for a short while, then sleep on a condition
+// variable, so they cost nothing while OpenBLAS runs its own threads.
 
-typedef void (*ck_task_fn)(void *ctx, int thread, int nthreads);
+typedef void (*ck_range_fn)(void *ctx, int begin, int end);
 
 struct ck_pool {
     int n;
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    _Atomic uint64_t generation;
-    _Atomic int pending;
+    _Atomic uint64_t work;      // generation << 32 | next chunk index
+    _Atomic int inflight;       // threads inside a claim loop
     _Atomic int stop;
-    ck_task_fn fn;
+    ck_range_fn fn;
     void *ctx;
+    int items, chunk, chunks;
 };
 
-typedef struct { ck_pool *pool; int index; } worker_arg;
+// Claims and runs chunks of generation `gen` until none are left.
+static void run_chunks(ck_pool *pool, uint32_t gen) {
+    atomic_fetch_add_explicit(&pool->inflight, 1, memory_order_acq_rel);
+    for (;;) {
+        uint64_t w = atomic_load_explicit(&pool->work, memory_order_acquire);
+        if ((uint32_t)(w >> 32) != gen || (int)(uint32_t)w >= pool->chunks) break;
+        if (!atomic_compare_exchange_weak_explicit(&pool->work, &w, w + 1, memory_order_acq_rel, memory_order_acquire))
+            continue;
+        // A successful claim means the owner is still in this generation: fn, ctx,
+        // items and chunk are this generation's.
+        int c = (int)(uint32_t)w, begin = c * pool->chunk, end = begin + pool->chunk;
+        pool->fn(pool->ctx, begin, end < pool->items ? end : pool->items);
+    }
+    atomic_fetch_sub_explicit(&pool->inflight, 1, memory_order_acq_rel);
+}
 
 static void *worker_main(void *p) {
-    worker_arg a = *(worker_arg *)p; free(p);
-    ck_pool *pool = a.pool;
-    uint64_t seen = 0;
+    ck_pool *pool = p;
+    uint32_t seen = 0;
     for (;;) {
-        uint64_t g;
+        uint32_t g;
         int spins = 0;
-        while ((g = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen) {
+        while ((g = (uint32_t)(atomic_load_explicit(&pool->work, memory_order_acquire) >> 32)) == seen) {
             if (atomic_load(&pool->stop)) return NULL;
             if (++spins < 4000) { _mm_pause(); continue; }
             pthread_mutex_lock(&pool->mu);
-            while (atomic_load(&pool->generation) == seen && !atomic_load(&pool->stop))
+            while ((uint32_t)(atomic_load(&pool->work) >> 32) == seen && !atomic_load(&pool->stop))
                 pthread_cond_wait(&pool->cv, &pool->mu);
             pthread_mutex_unlock(&pool->mu);
             spins = 0;
         }
         seen = g;
-        pool->fn(pool->ctx, a.index, pool->n);
-        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel);
+        run_chunks(pool, g);
     }
 }
 
@@ -382,10 +474,7 @@ ck_pool *ck_pool_create(int threads) {
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->cv, NULL);
     pool->threads = calloc((size_t)threads, sizeof(pthread_t));
-    for (int i = 1; i < threads; i++) {
-        worker_arg *a = malloc(sizeof(worker_arg)); a->pool = pool; a->index = i;
-        pthread_create(&pool->threads[i], NULL, worker_main, a);
-    }
+    for (int i = 1; i < threads; i++) pthread_create(&pool->threads[i], NULL, worker_main, pool);
     return pool;
 }
 
@@ -400,17 +489,21 @@ void ck_pool_destroy(ck_pool *pool) {
 
 int ck_pool_threads(const ck_pool *pool) { return pool ? pool->n : 1; }
 
-static void pool_run(ck_pool *pool, ck_task_fn fn, void *ctx) {
-    if (!pool || pool->n == 1) { fn(ctx, 0, 1); return; }
-    pool->fn = fn; pool->ctx = ctx;
-    atomic_store_explicit(&pool->pending, pool->n - 1, memory_order_release);
+/// Runs fn over items [0, items) in chunks of `chunk`, on every thread of the pool.
+static void pool_run(ck_pool *pool, ck_range_fn fn, void *ctx, int items, int chunk) {
+    if (items <= 0) return;
+    if (chunk < 1) chunk = 1;
+    if (!pool || pool->n == 1 || items <= chunk) { fn(ctx, 0, items); return; }
+    pool->fn = fn; pool->ctx = ctx; pool->items = items; pool->chunk = chunk;
+    pool->chunks = (items + chunk - 1) / chunk;
+    uint32_t gen = (uint32_t)(atomic_load(&pool->work) >> 32) + 1;
     pthread_mutex_lock(&pool->mu);
-    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_acq_rel);
+    atomic_store_explicit(&pool->work, (uint64_t)gen << 32, memory_order_release);
     pthread_cond_broadcast(&pool->cv);
     pthread_mutex_unlock(&pool->mu);
-    fn(ctx, 0, pool->n);
-    // Spin, then yield: on a loaded machine a worker may be descheduled.
-    for (int spins = 0; atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; spins++) {
+    run_chunks(pool, gen);
+    // Every chunk is claimed; wait for the ones other threads are still running.
+    for (int spins = 0; atomic_load_explicit(&pool->inflight, memory_order_acquire) > 0; spins++) {
         if (spins < 20000) _mm_pause(); else sched_yield();
     }
 }
@@ -424,12 +517,8 @@ typedef struct {
     const float *xsum;
 } mv_ctx;
 
-static void mv_task(void *p, int t, int nt) {
+static void mv_task(void *p, int begin, int end) {
     mv_ctx *c = p;
-    // Rows are split in chunks of 16 so each thread reads whole cache lines of W.
-    int chunks = (c->total_rows + 15) / 16;
-    int begin = (int)((long)chunks * t / nt) * 16, end = (int)((long)chunks * (t + 1) / nt) * 16;
-    if (end > c->total_rows) end = c->total_rows;
     int simd = ck_simd_enabled();
     float *tmp = simd ? NULL : malloc((size_t)c->cols * sizeof(float));
     int base = 0;
@@ -458,6 +547,7 @@ static void mv_task(void *p, int t, int nt) {
             }
         }
         base += job->rows;
+        if (base >= end) break;
     }
     free(tmp);
 }
@@ -475,7 +565,7 @@ void ck_matmat(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float 
             xsum[k * nb + b] = s;
         }
     mv_ctx c = { jobs, njobs, n, cols, total, x, xsum };
-    pool_run(pool, mv_task, &c);
+    pool_run(pool, mv_task, &c, total, 32);
     if (xsum != stack_sum) free(xsum);
 }
 
@@ -487,9 +577,8 @@ void ck_matvec(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float 
 
 typedef struct { const uint8_t *w; int dtype; float *dst; int rows, cols; } dq_ctx;
 
-static void dq_task(void *p, int t, int nt) {
+static void dq_task(void *p, int begin, int end) {
     dq_ctx *c = p;
-    int begin = (int)((long)c->rows * t / nt), end = (int)((long)c->rows * (t + 1) / nt);
     size_t rb = ck_row_bytes(c->dtype, c->cols);
     for (int r = begin; r < end; r++) {
         const uint8_t *row = c->w + rb * r;
@@ -530,7 +619,7 @@ AVX2 void ck_dequant_row_avx2(const uint8_t *row, int dtype, float *d, int cols)
 
 void ck_dequantize_rows(ck_pool *pool, const void *w, int dtype, float *dst, int rows, int cols) {
     dq_ctx c = { w, dtype, dst, rows, cols };
-    pool_run(pool, dq_task, &c);
+    pool_run(pool, dq_task, &c, rows, 16);
 }
 
 // ---------------------------------------------------------------- attention
@@ -573,12 +662,11 @@ AVX2 void ck_axpy_avx2(float *y, float a, const float *x, int n) {
 }
 #endif
 
-static void att_task(void *p, int t, int nt) {
+static void att_task(void *p, int begin, int end) {
     att_ctx *c = p;
     int keys = c->start + c->rows, qs = c->heads * c->d, kvs = c->kv_heads * c->d, group = c->heads / c->kv_heads;
     float scale = 1.0f / sqrtf((float)c->d);
-    int units = c->rows * c->heads;
-    for (int u = (int)((long)units * t / nt); u < (int)((long)units * (t + 1) / nt); u++) {
+    for (int u = begin; u < end; u++) {
         int i = u / c->heads, h = u % c->heads, kh = (h / group) * c->d, n = c->start + i + 1;
         const float *qi = c->q + (size_t)i * qs + h * c->d;
         float *s = c->scores + (size_t)u * keys;
@@ -599,5 +687,5 @@ static void att_task(void *p, int t, int nt) {
 void ck_attention(ck_pool *pool, float *out, const float *q, const float *k, const float *v, float *scores,
                   int rows, int start, int heads, int kv_heads, int d) {
     att_ctx c = { out, q, k, v, scores, rows, start, heads, kv_heads, d };
-    pool_run(pool, att_task, &c);
+    pool_run(pool, att_task, &c, rows * heads, 1);
 }
