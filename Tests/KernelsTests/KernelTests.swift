@@ -57,8 +57,8 @@ final class KernelTests: XCTestCase {
 
     func testQuantizedMatvecMatchesReferenceForEveryType() {
         for dtype in DType.allCases {
-            for (rows, n) in [(37, 1), (64, 3), (19, 8)] {
-                let cols = 96
+            // cols 96 and 352: 3 and 11 blocks, through every unrolled path (4, 2, 1 blocks).
+            for (rows, n, cols) in [(37, 1, 96), (21, 1, 352), (64, 3, 96), (19, 8, 352)] {
                 let w = randomWeights(dtype, rows: rows, cols: cols, seed: UInt64(rows * 10 + n))
                 var g = TestRNG(99)
                 let x = g.floats(n * cols)
@@ -78,7 +78,7 @@ final class KernelTests: XCTestCase {
                                 }
                             }
                         }
-                        assertClose(y, ref, rtol: 1e-4, atol: 1e-4, "\(dtype) rows \(rows) n \(n) simd \(simd)")
+                        assertClose(y, ref, rtol: 1e-4, atol: 1e-4, "\(dtype) \(rows)×\(cols) n \(n) simd \(simd)")
                     }
                 }
             }
