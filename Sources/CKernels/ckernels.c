@@ -689,3 +689,76 @@ void ck_attention(ck_pool *pool, float *out, const float *q, const float *k, con
     att_ctx c = { out, q, k, v, scores, rows, start, heads, kv_heads, d };
     pool_run(pool, att_task, &c, rows * heads, 1);
 }
+
+// ------------------------------------------------------------------- softmax
+
+#if defined(__x86_64__)
+// e^x for 16 lanes: x = k·ln2 + r, |r| ≤ ln2/2, e^r by a degree-6 polynomial
+// (Cephes' expf coefficients), 2^k by exponent arithmetic. Relative error ≈ 2e-7.
+AVX512 static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.3762626647949f)), _mm512_set1_ps(-87.3365478515625f));
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, k);
+}
+
+AVX512 static void softmax_row_avx512(float *s, int n, int keys) {
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 16 <= n; j += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(s + j));
+    float m = _mm512_reduce_max_ps(mv);
+    for (; j < n; j++) if (s[j] > m) m = s[j];
+    __m512 mb = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
+    for (j = 0; j + 16 <= n; j += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mb));
+        _mm512_storeu_ps(s + j, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    if (j < n) {
+        __mmask16 mask = (__mmask16)((1u << (n - j)) - 1);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, s + j), mb));
+        e = _mm512_maskz_mov_ps(mask, e);
+        _mm512_mask_storeu_ps(s + j, mask, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (j = 0; j + 16 <= n; j += 16) _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
+    for (; j < n; j++) s[j] *= _mm512_cvtss_f32(inv);
+    for (j = n; j < keys; j++) s[j] = 0;
+}
+#endif
+
+static void softmax_row_scalar(float *s, int n, int keys) {
+    float m = -INFINITY, sum = 0;
+    for (int j = 0; j < n; j++) if (s[j] > m) m = s[j];
+    for (int j = 0; j < n; j++) { s[j] = expf(s[j] - m); sum += s[j]; }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) s[j] *= inv;
+    for (int j = n; j < keys; j++) s[j] = 0;
+}
+
+typedef struct { float *s; int keys, start; } sm_ctx;
+
+static void sm_task(void *p, int begin, int end) {
+    sm_ctx *c = p;
+    for (int i = begin; i < end; i++) {
+#if defined(__x86_64__)
+        if (ck_simd_enabled() == 2) { softmax_row_avx512(c->s + (size_t)i * c->keys, c->start + i + 1, c->keys); continue; }
+#endif
+        softmax_row_scalar(c->s + (size_t)i * c->keys, c->start + i + 1, c->keys);
+    }
+}
+
+void ck_softmax_causal(ck_pool *pool, float *scores, int rows, int keys, int start) {
+    sm_ctx c = { scores, keys, start };
+    pool_run(pool, sm_task, &c, rows, 16);
+}

@@ -34,17 +34,7 @@ public func attentionForward(_ pool: ComputePool, _ out: UnsafeMutablePointer<Fl
         let kh = (h / group) * d
         Matmul.sgemmNT(m: rows, n: keys, k: d, alpha: scale, a: q + h * d, lda: qs, b: k + kh, ldb: kvs,
                        c: scores, ldc: keys)
-        for i in 0..<rows {
-            let row = scores + i * keys
-            let n = start + i + 1
-            var m = -Float.infinity
-            for j in 0..<n { m = max(m, row[j]) }
-            var sum: Float = 0
-            for j in 0..<n { let e = expf(row[j] - m); row[j] = e; sum += e }
-            let inv = 1 / sum
-            for j in 0..<n { row[j] *= inv }
-            for j in n..<keys { row[j] = 0 }
-        }
+        ck_softmax_causal(pool.pool, scores, Int32(rows), Int32(keys), Int32(start))
         Matmul.sgemmNN(m: rows, n: d, k: keys, a: scores, lda: keys, b: v + kh, ldb: kvs,
                        c: out + h * d, ldc: qs)
     }

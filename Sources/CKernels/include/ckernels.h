@@ -52,3 +52,7 @@ int ck_set_simd(int level);
 /// scores: scratch of heads · (start+rows) floats per row slot (rows · heads · (start+rows)).
 void ck_attention(ck_pool *pool, float *out, const float *q, const float *k, const float *v, float *scores,
                   int rows, int start, int heads, int kv_heads, int d);
+
+/// Causal softmax in place: row i of scores (rows × keys) is softmaxed over
+/// columns [0, start + i] and zeroed beyond. Rows are split across the pool.
+void ck_softmax_causal(ck_pool *pool, float *scores, int rows, int keys, int start);
