@@ -24,10 +24,14 @@ public struct DiskFaults: Sendable {
     public var shortWriteAfterBytes: Int?
     /// Reads of this tensor fail with EIO.
     public var readErrorOn: String?
-    public init(refuseDirectIO: Bool = false, shortWriteAfterBytes: Int? = nil, readErrorOn: String? = nil) {
+    /// Every request takes at least this long, as on a slow device.
+    public var requestDelay: Double = 0
+    public init(refuseDirectIO: Bool = false, shortWriteAfterBytes: Int? = nil, readErrorOn: String? = nil,
+                requestDelay: Double = 0) {
         self.refuseDirectIO = refuseDirectIO
         self.shortWriteAfterBytes = shortWriteAfterBytes
         self.readErrorOn = readErrorOn
+        self.requestDelay = requestDelay
     }
 }
 
@@ -293,6 +297,7 @@ public final class DiskStore: @unchecked Sendable {
     private func writeChunk(_ file: SpillFile, name: String, from pointer: UnsafeMutableRawPointer,
                             length: Int, at offset: Int) -> OffloadError? {
         if length == 0 { return nil }
+        if options.faults.requestDelay > 0 { Thread.sleep(forTimeInterval: options.faults.requestDelay) }
         var allowed = length
         if let limit = options.faults.shortWriteAfterBytes {
             lock.lock()
@@ -319,6 +324,7 @@ public final class DiskStore: @unchecked Sendable {
     private func readChunk(_ file: SpillFile, name: String, into pointer: UnsafeMutableRawPointer,
                            length: Int, at offset: Int) -> OffloadError? {
         if length == 0 { return nil }
+        if options.faults.requestDelay > 0 { Thread.sleep(forTimeInterval: options.faults.requestDelay) }
         if options.faults.readErrorOn == name {
             return OffloadError("[disk] read \(name) from \(file.path) at offset \(offset): \(String(cString: strerror(EIO))) (injected)")
         }
@@ -462,7 +468,8 @@ final class SpillFile: @unchecked Sendable {
             }
         }
         if fd < 0 {
-            let r = cs_open(path, O_RDWR | O_CREAT | O_EXCL, 0o600, 0)
+            // Not O_EXCL: a refused O_DIRECT open may already have made the file (ramfs does).
+            let r = cs_open(path, O_RDWR | O_CREAT, 0o600, 0)
             guard r >= 0 else {
                 undo()
                 throw OffloadError("[disk] cannot create spill file \(path): \(String(cString: strerror(-r)))")

@@ -110,7 +110,8 @@ final class Ledger: @unchecked Sendable {
         let largest = held.values.sorted { $0.bytes > $1.bytes }.prefix(3)
             .map { "\($0.name) \(formatBytes($0.bytes))" }.joined(separator: ", ")
         let holders = held.isEmpty ? "" : " (largest: \(largest))"
-        return "[memory] cannot place \(name) (\(formatBytes(bytes)), \(bytes) bytes) in \(tier.rawValue): "
+        let operation = tier == .disk ? "[disk]" : "[memory]"
+        return "\(operation) cannot place \(name) (\(formatBytes(bytes)), \(bytes) bytes) in \(tier.rawValue): "
             + "budget \(formatBytes(limit)) (\(limit) bytes), \(formatBytes(current)) already held by \(held.count) tensors\(holders)"
     }
 }

@@ -63,6 +63,7 @@ public final class TransferEngine: @unchecked Sendable {
     private let trace: TraceRecorder?
     private let condition = NSCondition()
     private var inFlight: [TransferHandle.Direction: Int] = [.read: 0, .write: 0]
+    private var peakInFlight: [TransferHandle.Direction: Int] = [.read: 0, .write: 0]
     private var outstanding: [ObjectIdentifier: TransferHandle] = [:]
     private var unreported: OffloadError?
 
@@ -74,6 +75,12 @@ public final class TransferEngine: @unchecked Sendable {
     public func bytesInFlight(_ direction: TransferHandle.Direction) -> Int {
         condition.lock(); defer { condition.unlock() }
         return inFlight[direction]!
+    }
+
+    /// The most bytes in flight at once in `direction` since the engine was made.
+    public func peakBytesInFlight(_ direction: TransferHandle.Direction) -> Int {
+        condition.lock(); defer { condition.unlock() }
+        return peakInFlight[direction]!
     }
 
     /// Reads tensor `name` from disk into a new buffer of the memory tier,
@@ -139,6 +146,7 @@ public final class TransferEngine: @unchecked Sendable {
         condition.lock()
         while inFlight[d]! > 0 && inFlight[d]! + bytes > stagingLimit { condition.wait() }
         inFlight[d]! += bytes
+        peakInFlight[d] = max(peakInFlight[d]!, inFlight[d]!)
         outstanding[ObjectIdentifier(handle)] = handle
         condition.unlock()
         return trace?.now() ?? 0
