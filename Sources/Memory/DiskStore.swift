@@ -110,6 +110,13 @@ public final class DiskStore: @unchecked Sendable {
         FileHandle.standardError.write(Data((line + "\n").utf8))
     }
 
+    /// Where allocations and frees of disk space are recorded (nil: nowhere).
+    /// Set it while no transfer is being issued.
+    public var trace: TraceRecorder? {
+        get { ledger.trace }
+        set { ledger.trace = newValue }
+    }
+
     /// A snapshot of the disk tier's bytes.
     public var stats: TierStats { ledger.stats }
 

@@ -1,6 +1,7 @@
 // Budgeted memory: aligned buffers and the tier that hands them out and counts
-// them against a hard limit. Not a general allocator (no pooling or reuse):
-// the planner decides what lives when, this only enforces and measures.
+// them against a hard limit. Not a general allocator: the planner decides what
+// lives when; this enforces the budget, measures, and reuses freed buffers of
+// the same size so a prefetch does not pay page faults every time.
 import Foundation
 import Tensors
 
@@ -18,21 +19,40 @@ public final class AlignedBuffer: @unchecked Sendable {
     public let capacity: Int
     public let baseAddress: UnsafeMutableRawPointer
 
-    public init(byteCount: Int) throws {
+    private let cache: BufferCache?
+
+    public convenience init(byteCount: Int) throws {
+        try self.init(byteCount: byteCount, cache: nil)
+    }
+
+    static func capacity(for byteCount: Int) -> Int { max(accountedBytes(byteCount), alignment) }
+
+    /// A buffer over `reused` memory (taken from `cache`, of the right capacity)
+    /// or fresh memory; it returns to `cache` when the buffer goes.
+    init(byteCount: Int, cache: BufferCache?, reused: UnsafeMutableRawPointer? = nil) throws {
         guard byteCount >= 0 else { throw OffloadError("[memory] negative buffer size \(byteCount)") }
-        let capacity = max(accountedBytes(byteCount), AlignedBuffer.alignment)
-        var pointer: UnsafeMutableRawPointer?
-        let r = posix_memalign(&pointer, AlignedBuffer.alignment, capacity)
-        guard r == 0, let p = pointer else {
-            throw OffloadError("[memory] cannot allocate \(formatBytes(capacity)) aligned to \(AlignedBuffer.alignment): \(String(cString: strerror(r)))")
+        let capacity = AlignedBuffer.capacity(for: byteCount)
+        let p: UnsafeMutableRawPointer
+        if let reused {
+            p = reused
+        } else {
+            var pointer: UnsafeMutableRawPointer?
+            let r = posix_memalign(&pointer, AlignedBuffer.alignment, capacity)
+            guard r == 0, let fresh = pointer else {
+                throw OffloadError("[memory] cannot allocate \(formatBytes(capacity)) aligned to \(AlignedBuffer.alignment): \(String(cString: strerror(r)))")
+            }
+            p = fresh
         }
         if capacity > byteCount { memset(p + byteCount, 0, capacity - byteCount) }
         self.byteCount = byteCount
         self.capacity = capacity
         self.baseAddress = p
+        self.cache = cache
     }
 
-    deinit { free(baseAddress) }
+    deinit {
+        if cache?.give(baseAddress, capacity: capacity) != true { free(baseAddress) }
+    }
 
     /// The `byteCount` bytes the caller asked for.
     public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: baseAddress, count: byteCount) }
@@ -43,20 +63,68 @@ public final class AlignedBuffer: @unchecked Sendable {
     }
 }
 
+/// Freed buffers kept for reuse, by exact capacity. Their memory is real, so
+/// the tier trims the cache whenever live bytes plus cached bytes would pass
+/// its budget.
+final class BufferCache: @unchecked Sendable {
+    private let lock = NSLock()
+    private var free: [Int: [UnsafeMutableRawPointer]] = [:]
+    private var held = 0
+    let maximum: Int
+
+    init(maximum: Int) { self.maximum = maximum }
+
+    var bytes: Int { lock.lock(); defer { lock.unlock() }; return held }
+
+    func take(capacity: Int) -> UnsafeMutableRawPointer? {
+        lock.lock(); defer { lock.unlock() }
+        guard let p = free[capacity]?.popLast() else { return nil }
+        held -= capacity
+        return p
+    }
+
+    /// Keeps `p` for reuse; false when the cache is full (the caller frees it).
+    func give(_ p: UnsafeMutableRawPointer, capacity: Int) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        guard held + capacity <= maximum else { return false }
+        free[capacity, default: []].append(p)
+        held += capacity
+        return true
+    }
+
+    /// Frees cached buffers, largest first, until at most `bytes` are cached.
+    func trim(to bytes: Int) {
+        lock.lock(); defer { lock.unlock() }
+        for capacity in free.keys.sorted(by: >) where held > bytes {
+            while held > bytes, let p = free[capacity]?.popLast() {
+                Foundation.free(p)
+                held -= capacity
+            }
+        }
+        free = free.filter { !$0.value.isEmpty }
+    }
+
+    deinit { trim(to: 0) }
+}
+
 /// The bookkeeping every tier shares: what is held, by whom, the peak, and the
 /// hard limit. Thread-safe.
 final class Ledger: @unchecked Sendable {
     let tier: Tier
     let limit: Int
-    let trace: TraceRecorder?
     private let lock = NSLock()
+    private var _trace: TraceRecorder?
+    var trace: TraceRecorder? {
+        get { lock.lock(); defer { lock.unlock() }; return _trace }
+        set { lock.lock(); _trace = newValue; lock.unlock() }
+    }
     private var held: [Int: (name: String, bytes: Int)] = [:]
     private var nextID = 1
     private var current = 0
     private var peak = 0
 
     init(tier: Tier, limit: Int, trace: TraceRecorder?) {
-        self.tier = tier; self.limit = limit; self.trace = trace
+        self.tier = tier; self.limit = limit; self._trace = trace
     }
 
     /// Counts `bytes` (already aligned) for `name`, or throws the budget error
@@ -74,6 +142,7 @@ final class Ledger: @unchecked Sendable {
         current += bytes
         peak = max(peak, current)
         let now = current
+        let trace = _trace
         lock.unlock()
         if let trace {
             let t = trace.now()
@@ -88,6 +157,7 @@ final class Ledger: @unchecked Sendable {
         guard let entry = held.removeValue(forKey: id) else { lock.unlock(); return }
         current -= entry.bytes
         let now = current
+        let trace = _trace
         lock.unlock()
         if let trace {
             let t = trace.now()
@@ -124,11 +194,21 @@ final class Ledger: @unchecked Sendable {
 /// size, the budget and what is held, and allocates nothing.
 public final class MemoryTier: @unchecked Sendable {
     let ledger: Ledger
+    let cache: BufferCache
 
-    public init(_ tier: Tier = .compute, limit: Int = .max, trace: TraceRecorder? = nil) {
+    /// - Parameter reuse: at most this many bytes of freed buffers are kept for
+    ///   reuse by allocations of the same size (never more than the budget leaves).
+    public init(_ tier: Tier = .compute, limit: Int = .max, trace: TraceRecorder? = nil, reuse: Int = 1 << 30) {
         precondition(tier != .disk, "the disk tier is a DiskStore")
         ledger = Ledger(tier: tier, limit: limit, trace: trace)
+        cache = BufferCache(maximum: max(0, min(reuse, limit)))
     }
+
+    /// Bytes of freed buffers kept for reuse (not counted as held).
+    public var cachedBytes: Int { cache.bytes }
+
+    /// Frees the buffers kept for reuse.
+    public func trimCache() { cache.trim(to: 0) }
 
     public var tier: Tier { ledger.tier }
     public var limit: Int { ledger.limit }
@@ -145,8 +225,12 @@ public final class MemoryTier: @unchecked Sendable {
     public func allocate(_ name: String, bytes: Int) throws -> TierBuffer {
         guard bytes >= 0 else { throw OffloadError("[memory] \(name): negative size \(bytes)") }
         let ticket = try ledger.reserve(name, bytes: accountedBytes(bytes))
+        // Reuse a freed buffer of the same size; live plus cached memory stays within the budget.
+        let reused = cache.take(capacity: AlignedBuffer.capacity(for: bytes))
+        if ledger.limit != .max { cache.trim(to: max(0, ledger.limit - ledger.stats.current)) }
         do {
-            return TierBuffer(name: name, storage: try AlignedBuffer(byteCount: bytes), ledger: ledger, ticket: ticket)
+            let storage = try AlignedBuffer(byteCount: bytes, cache: cache, reused: reused)
+            return TierBuffer(name: name, storage: storage, ledger: ledger, ticket: ticket)
         } catch {
             ledger.release(ticket)
             throw error

@@ -109,3 +109,41 @@ final class MemoryTierTests: XCTestCase {
         XCTAssertGreaterThan(tier.stats.peak, 0)
     }
 }
+
+final class BufferReuseTests: XCTestCase {
+    func testFreedBufferIsReusedForTheSameSize() throws {
+        let tier = MemoryTier(.compute, limit: 1 << 20)
+        var a: TierBuffer? = try tier.allocate("a", bytes: 100_000)
+        let address = a!.baseAddress
+        a!.bytes.initializeMemory(as: UInt8.self, repeating: 0xEE)
+        a = nil
+        XCTAssertEqual(tier.cachedBytes, 102_400)
+        XCTAssertEqual(tier.stats.current, 0, "cached memory is not held by a tensor")
+        let b = try tier.allocate("b", bytes: 100_000)
+        XCTAssertEqual(b.baseAddress, address, "same-size allocation reuses the freed buffer")
+        XCTAssertEqual(tier.cachedBytes, 0)
+        let other = try tier.allocate("c", bytes: 50_000)
+        XCTAssertNotEqual(other.baseAddress, address)
+    }
+
+    func testCachedPlusLiveNeverExceedsTheBudget() throws {
+        let tier = MemoryTier(.compute, limit: 10 * 4096)
+        do { _ = try tier.allocate("big", bytes: 8 * 4096) }
+        XCTAssertEqual(tier.cachedBytes, 8 * 4096)
+        // A different size needs room: the cache gives its memory back.
+        let small = try tier.allocate("small", bytes: 4 * 4096)
+        XCTAssertEqual(tier.stats.current, 4 * 4096)
+        XCTAssertLessThanOrEqual(tier.cachedBytes + tier.stats.current, tier.limit)
+        XCTAssertEqual(tier.cachedBytes, 0)
+        _ = small
+    }
+
+    func testStorageKeptByACallerIsNotReused() throws {
+        let tier = MemoryTier(.compute, limit: 1 << 20)
+        let a = try tier.allocate("a", bytes: 8192)
+        let kept = a.storage
+        a.free()
+        let b = try tier.allocate("b", bytes: 8192)
+        XCTAssertNotEqual(b.baseAddress, kept.baseAddress, "memory still referenced must not be handed out")
+    }
+}
