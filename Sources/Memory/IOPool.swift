@@ -5,7 +5,7 @@ import Foundation
 
 final class IOPool: @unchecked Sendable {
     private let condition = NSCondition()
-    private var jobs: [@Sendable () -> Void] = []
+    private var jobs: [(@Sendable () -> Void)?] = []  // taken jobs are nil: they must not keep their captures alive
     private var head = 0
     private var stopping = false
     private var running = 0
@@ -37,17 +37,27 @@ final class IOPool: @unchecked Sendable {
     }
 
     /// Finishes the queued jobs, then stops the threads and waits for them.
+    ///
+    /// Called from one of the pool's own threads (the owner's deinit can run on
+    /// the thread that dropped its last reference), it does not wait: that
+    /// thread cannot exit while it is inside this call.
     func shutdown() {
         condition.lock()
         let already = stopping
         stopping = true
+        let onOwnThread = workers.contains { pthread_equal($0, pthread_self()) != 0 }
         condition.broadcast()
         condition.unlock()
-        if !already { exited.wait() }
+        if !already && !onOwnThread { exited.wait() }
     }
+
+    private var workers: [pthread_t] = []
 
     private func work() {
         defer { exited.leave() }
+        condition.lock()
+        workers.append(pthread_self())
+        condition.unlock()
         while true {
             condition.lock()
             while head == jobs.count && !stopping { condition.wait() }
@@ -55,9 +65,10 @@ final class IOPool: @unchecked Sendable {
                 condition.unlock()
                 return
             }
-            let job = jobs[head]
+            let job = jobs[head]!
+            jobs[head] = nil
             head += 1
-            if head > 1024 && head * 2 > jobs.count {
+            if head >= 1024 && head * 2 > jobs.count {
                 jobs.removeFirst(head)
                 head = 0
             }

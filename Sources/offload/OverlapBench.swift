@@ -30,12 +30,14 @@ struct OverlapBench {
         var layers: Int
         var bytesPerLayer: Int
         var gemmShape: String
+        var blasThreads: Int
         var directIO: Bool
         var runs: [Run]
         var ratioMin: Double
         var ratioMedian: Double
         enum CodingKeys: String, CodingKey {
-            case layers, bytesPerLayer = "bytes_per_layer", gemmShape = "gemm_shape", directIO = "direct_io"
+            case layers, bytesPerLayer = "bytes_per_layer", gemmShape = "gemm_shape", blasThreads = "blas_threads"
+            case directIO = "direct_io"
             case runs, ratioMin = "ratio_min", ratioMedian = "ratio_median"
         }
     }
@@ -68,26 +70,20 @@ struct OverlapBench {
         let store = try DiskStore(roots: [folder], options: options)
         defer { store.close() }
 
-        // Balance the two sides: as many bytes per layer as the disk moves (one
-        // read and one write) in the time of one layer's compute.
+        // Balance the two sides: as many bytes per layer as the disk store moves
+        // (one read and one write, both directions at once) in one layer's compute,
+        // found by timing the I/O loop itself at a probe size.
         let computePerLayer = seconds { for _ in 0..<3 { gemms.layer() } } / 3
-        let probe = quick ? 16 << 20 : 64 << 20
-        let probeBuffer = try AlignedBuffer(byteCount: probe)
-        memset(probeBuffer.baseAddress, 0x11, probe)
-        try store.write("probe", from: probeBuffer)
-        let ioProbe = try seconds {
-            let done = DispatchGroup()
-            let failure = ErrorBox()
-            done.enter(); done.enter()
-            try store.write("probe2", from: probeBuffer) { failure.set($0); done.leave() }
-            let back = try AlignedBuffer(byteCount: probe)
-            try store.read("probe", into: back) { failure.set($0); done.leave() }
-            done.wait()
-            if let e = failure.error { throw e }
-        }
-        store.remove("probe"); store.remove("probe2")
-        let bytesPerSecond = Double(probe) / ioProbe   // per direction, both running
-        let bytes = max(1 << 20, Int(computePerLayer * bytesPerSecond) / (1 << 20) * (1 << 20))
+        let probe = quick ? 8 << 20 : 32 << 20
+        let probeLayers = 4
+        let probeWeight = try AlignedBuffer(byteCount: probe)
+        memset(probeWeight.baseAddress, 0x11, probe)
+        for i in 0..<probeLayers { try store.write("w\(i)", from: probeWeight) }
+        let probeOut = try (0..<3).map { _ in try AlignedBuffer(byteCount: probe) }
+        _ = try loop(store, gemms, probeOut, layers: probeLayers, compute: false, io: true, trace: nil)
+        let ioPerLayer = try loop(store, gemms, probeOut, layers: probeLayers, compute: false, io: true, trace: nil)
+            / Double(probeLayers)
+        let bytes = max(1 << 20, Int(Double(probe) * computePerLayer / ioPerLayer) / (1 << 20) * (1 << 20))
 
         let weight = try AlignedBuffer(byteCount: bytes)
         memset(weight.baseAddress, 0x22, bytes)
@@ -99,15 +95,15 @@ struct OverlapBench {
         }
 
         if !json {
-            print("overlap: \(layers) layers, 2 GEMMs (512x\(size)x\(size)) and \(formatBytes(bytes)) read + "
+            print("overlap: \(layers) layers, 2 GEMMs (512x\(size)x\(size), \(openblas_get_num_threads()) BLAS threads) and \(formatBytes(bytes)) read + "
                   + "\(formatBytes(bytes)) written per layer, \(store.usesDirectIO ? "O_DIRECT" : "buffered") in \(folder)")
         }
         var runs: [Run] = []
         for r in 0..<repeats {
-            let c = try loop(store, gemms, activations, compute: true, io: false, trace: nil)
-            let io = try loop(store, gemms, activations, compute: false, io: true, trace: nil)
+            let c = try loop(store, gemms, activations, layers: layers, compute: true, io: false, trace: nil)
+            let io = try loop(store, gemms, activations, layers: layers, compute: false, io: true, trace: nil)
             let traced = r == repeats - 1 && tracePath != nil ? TraceRecorder() : nil
-            let both = try loop(store, gemms, activations, compute: true, io: true, trace: traced)
+            let both = try loop(store, gemms, activations, layers: layers, compute: true, io: true, trace: traced)
             if let traced, let tracePath { try traced.write(to: tracePath, processName: "offload overlap-test") }
             let run = Run(computeSeconds: c, ioSeconds: io, overlappedSeconds: both, ratio: both / max(c, io))
             runs.append(run)
@@ -118,6 +114,7 @@ struct OverlapBench {
         }
         let ratios = runs.map(\.ratio)
         let report = Report(layers: layers, bytesPerLayer: bytes, gemmShape: "512x\(size)x\(size)",
+                            blasThreads: Int(openblas_get_num_threads()),
                             directIO: store.usesDirectIO, runs: runs,
                             ratioMin: ratios.min() ?? 0, ratioMedian: median(ratios))
         if json {
@@ -132,7 +129,7 @@ struct OverlapBench {
 
     /// The layer loop: prefetch the next layer's weights, compute, write the
     /// activation out. Returns seconds.
-    private func loop(_ store: DiskStore, _ gemms: Gemms, _ activations: [AlignedBuffer],
+    private func loop(_ store: DiskStore, _ gemms: Gemms, _ activations: [AlignedBuffer], layers: Int,
                       compute: Bool, io: Bool, trace: TraceRecorder?) throws -> Double {
         let memory = MemoryTier(.compute, trace: trace)
         store.trace = trace
@@ -168,8 +165,3 @@ struct OverlapBench {
     }
 }
 
-final class ErrorBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private(set) var error: OffloadError?
-    func set(_ e: OffloadError?) { lock.lock(); if error == nil { error = e }; lock.unlock() }
-}

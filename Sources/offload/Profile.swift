@@ -36,11 +36,19 @@ struct Profile: ParsableCommand {
     @Flag(help: "Smaller and fewer measurements: seconds instead of a minute, less precise.")
     var quick = false
 
+    // Hidden: disk measurements only, at chosen request sizes and queue depths
+    // (Benchmarks/disk-vs-dd.sh).
+    @Flag(help: .private) var diskOnly = false
+    @Option(help: .private) var requestSizes: String?
+    @Option(help: .private) var queueDepths: String?
+    @Option(help: .private) var diskPasses: Int = 2
+
     // Hidden: the overlap benchmark (Benchmarks/overlap-*.sh).
     @Flag(help: .private) var overlapTest = false
     @Option(help: .private) var trace: String?
     @Option(help: .private) var repeats: Int = 1
     @Option(help: .private) var layers: Int = 16
+    @Option(help: .private) var blasThreads: Int?
 
     // Hidden: a child process for the spill-cleanup tests.
     @Option(help: .private) var spillChild: String?
@@ -50,6 +58,16 @@ struct Profile: ParsableCommand {
         guard parseBytes(diskBytes).map({ $0 >= 1 << 20 }) ?? false else {
             throw ValidationError("--disk-bytes must be a size of at least 1 MiB, such as 256MiB (got '\(diskBytes)')")
         }
+        if let requestSizes {
+            guard let sizes = Self.list(requestSizes, parseBytes), sizes.allSatisfy({ $0 > 0 && $0 % AlignedBuffer.alignment == 0 }) else {
+                throw ValidationError("--request-sizes must be sizes that are multiples of 4 KiB, such as 1MiB,4MiB")
+            }
+        }
+        if let queueDepths {
+            guard let depths = Self.list(queueDepths, { Int($0) }), depths.allSatisfy({ $0 >= 1 && $0 <= 64 }) else {
+                throw ValidationError("--queue-depths must be numbers from 1 to 64, such as 1,4")
+            }
+        }
         guard repeats >= 1, layers >= 1 else { throw ValidationError("--repeats and --layers must be at least 1") }
         guard ["wait", "busy", "exit", "fail"].contains(spillChildThen) else {
             throw ValidationError("--spill-child-then must be wait, busy, exit or fail")
@@ -57,6 +75,7 @@ struct Profile: ParsableCommand {
     }
 
     func run() throws {
+        if let blasThreads { openblas_set_num_threads(Int32(max(1, blasThreads))) }
         if let folder = spillChild { return try runSpillChild(folder: folder, then: spillChildThen) }
         if overlapTest {
             return try OverlapBench(folder: disk, layers: layers, repeats: repeats, quick: quick,
@@ -77,23 +96,33 @@ struct Profile: ParsableCommand {
         }
     }
 
+    static func list<T>(_ text: String, _ parse: (String) -> T?) -> [T]? {
+        let items = text.split(separator: ",").map { parse(String($0)) }
+        guard !items.isEmpty, items.allSatisfy({ $0 != nil }) else { return nil }
+        return items.map { $0! }
+    }
+
     private func measure() throws -> HardwareProfile {
         let threads = Int(openblas_get_num_threads())
         var p = HardwareProfile(threads: threads, diskFolder: disk)
-        say("GEMM at transformer shapes (\(threads) threads)")
-        p.gemm = measureGemms(quick: quick)
-        p.gemmFlops = median(p.gemm.map(\.flopsPerSecond))
-        say("memory copy")
-        p.memcpyBytesPerSecond = measureMemcpy(bytes: quick ? 64 << 20 : 256 << 20)
-        p.hostComputeBytesPerSecond = p.memcpyBytesPerSecond  // the same memory on a CPU-only machine
+        if !diskOnly {
+            say("GEMM at transformer shapes (\(threads) threads)")
+            p.gemm = measureGemms(quick: quick)
+            p.gemmFlops = median(p.gemm.map(\.flopsPerSecond))
+            say("memory copy")
+            p.memcpyBytesPerSecond = measureMemcpy(bytes: quick ? 64 << 20 : 256 << 20)
+            p.hostComputeBytesPerSecond = p.memcpyBytesPerSecond  // the same memory on a CPU-only machine
+        }
         let bytes = quick ? min(parseBytes(diskBytes)!, 64 << 20) : parseBytes(diskBytes)!
         say("disk \(disk), \(formatBytes(bytes)) per measurement")
-        let sizes = quick ? [1 << 20, 4 << 20] : [256 << 10, 1 << 20, 4 << 20, 16 << 20]
-        let depths = quick ? [1, 4] : [1, 2, 4, 8]
+        let sizes = requestSizes.flatMap { Self.list($0, parseBytes) }
+            ?? (quick ? [1 << 20, 4 << 20] : [256 << 10, 1 << 20, 4 << 20, 16 << 20])
+        let depths = queueDepths.flatMap { Self.list($0, { Int($0) }) } ?? (quick ? [1, 4] : [1, 2, 4, 8])
         var direct = true
         for size in sizes {
             for depth in depths {
-                let m = try measureDisk(folder: disk, bytes: bytes, requestBytes: size, queueDepth: depth)
+                let m = try measureDisk(folder: disk, bytes: bytes, requestBytes: size, queueDepth: depth,
+                                        passes: max(1, diskPasses))
                 direct = direct && m.direct
                 p.disk.append(m.result)
             }
@@ -276,20 +305,20 @@ private func measureMemcpy(bytes: Int) -> Double {
 }
 
 /// Writes then reads one tensor of `bytes` through a disk store with the given
-/// request size and I/O threads (queue depth); best of two of each.
-func measureDisk(folder: String, bytes: Int, requestBytes: Int, queueDepth: Int) throws
+/// request size and I/O threads (queue depth); the best of `passes` of each.
+func measureDisk(folder: String, bytes: Int, requestBytes: Int, queueDepth: Int, passes: Int = 2) throws
     -> (result: HardwareProfile.Disk, direct: Bool) {
     var o = DiskStoreOptions()
     o.requestBytes = requestBytes
     o.threadsPerDirection = queueDepth
-    o.preallocate = 2 * bytes
+    o.preallocate = min(passes, 2) * bytes  // spill files are preallocated; writes fill them
     let store = try DiskStore(roots: [folder], options: o, notice: { _ in })
     defer { store.close() }
     let buffer = try AlignedBuffer(byteCount: bytes)
     memset(buffer.baseAddress, 0x5A, bytes)
     var write = 0.0, read = 0.0
-    for _ in 0..<2 { write = max(write, Double(bytes) / (try seconds { try store.write("probe", from: buffer) })) }
-    for _ in 0..<2 { read = max(read, Double(bytes) / (try seconds { try store.read("probe", into: buffer) })) }
+    for _ in 0..<passes { write = max(write, Double(bytes) / (try seconds { try store.write("probe", from: buffer) })) }
+    for _ in 0..<passes { read = max(read, Double(bytes) / (try seconds { try store.read("probe", into: buffer) })) }
     return (HardwareProfile.Disk(requestBytes: requestBytes, queueDepth: queueDepth,
                                  readBytesPerSecond: read, writeBytesPerSecond: write), store.usesDirectIO)
 }

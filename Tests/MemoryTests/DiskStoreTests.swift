@@ -262,4 +262,21 @@ final class DiskStoreTests: XCTestCase {
         live.close()
         XCTAssertEqual(entries(root), ["unrelated"])
     }
+
+    func testStoreDroppedWithWritesInFlightCleansUpWithoutDeadlock() throws {
+        var o = smallRequests()
+        o.faults.requestDelay = 0.02
+        var store: DiskStore? = try DiskStore(roots: [root], options: o, notice: { _ in })
+        let folder = store!.spillFolders[0]
+        let finished = DispatchSemaphore(value: 0)
+        try store!.write("a", from: try randomBuffer(300_000, seed: 1)) { error in
+            XCTAssertNil(error)
+            finished.signal()
+        }
+        store = nil  // the write in flight now holds the last reference; deinit runs on an I/O thread
+        XCTAssertEqual(finished.wait(timeout: .now() + 5), .success)
+        let deadline = Date().addingTimeInterval(5)
+        while FileManager.default.fileExists(atPath: folder) && Date() < deadline { usleep(10_000) }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: folder), "deinit on the I/O thread must close the store")
+    }
 }
