@@ -14,11 +14,11 @@ struct Profile: ParsableCommand {
         commandName: "profile",
         abstract: "Measure this machine: GEMM FLOP/s, memory copy and direct disk I/O bandwidth.",
         discussion: """
-        Writes a hardware profile (JSON) that `offload plan` reads to predict run times, and
-        prints a table. The disk is measured with O_DIRECT in a spill folder made inside --disk
-        and removed afterwards. Keys of the JSON: gemm_flops, memcpy_bytes_per_second,
-        host_compute_bytes_per_second, disk_read_bytes_per_second, disk_write_bytes_per_second
-        (all per second), plus the individual measurements.
+        Writes a hardware profile (JSON) that the planner reads to predict run times, and prints \
+        a table. The disk is measured with O_DIRECT in a spill folder made inside --disk and \
+        removed afterwards. JSON keys (rates per second): gemm_flops, memcpy_bytes_per_second, \
+        host_compute_bytes_per_second, disk_read_bytes_per_second, disk_write_bytes_per_second, \
+        then each measurement under "gemm" and "disk".
         """)
 
     @Option(help: ArgumentHelp("Folder on the disk to measure (default: the temporary folder).", valueName: "dir"))
@@ -128,8 +128,12 @@ struct Profile: ParsableCommand {
             }
         }
         p.diskDirectIO = direct
-        p.diskReadBytesPerSecond = p.disk.map(\.readBytesPerSecond).max() ?? 0
-        p.diskWriteBytesPerSecond = p.disk.map(\.writeBytesPerSecond).max() ?? 0
+        // What the executor's disk store will see: its default request size and
+        // queue depth when measured, else the best configuration measured.
+        let defaults = DiskStoreOptions()
+        let standard = p.disk.first { $0.requestBytes == defaults.requestBytes && $0.queueDepth == defaults.threadsPerDirection }
+        p.diskReadBytesPerSecond = standard?.readBytesPerSecond ?? p.disk.map(\.readBytesPerSecond).max() ?? 0
+        p.diskWriteBytesPerSecond = standard?.writeBytesPerSecond ?? p.disk.map(\.writeBytesPerSecond).max() ?? 0
         return p
     }
 
@@ -190,7 +194,7 @@ struct HardwareProfile: Codable {
 
     func encoded() throws -> Data {
         let e = JSONEncoder()
-        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         return try e.encode(self)
     }
 
