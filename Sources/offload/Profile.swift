@@ -1,6 +1,350 @@
+// `offload profile`: measures this machine (GEMM FLOP/s at transformer shapes,
+// memory copy bandwidth, direct disk I/O at several request sizes and queue
+// depths) and writes the hardware profile the planner reads.
+// Hidden modes serve tests and benchmarks: `--spill-child` (a process that
+// holds spill files until it exits or is signalled) and `--overlap-test`.
 import ArgumentParser
+import CBLAS
+import Foundation
+import Memory
+import Tensors
 
 struct Profile: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "profile", abstract: "(in progress)")
-    func run() throws { throw ValidationError("'profile' is not built yet") }
+    static let configuration = CommandConfiguration(
+        commandName: "profile",
+        abstract: "Measure this machine: GEMM FLOP/s, memory copy and direct disk I/O bandwidth.",
+        discussion: """
+        Writes a hardware profile (JSON) that the planner reads to predict run times, and prints \
+        a table. The disk is measured with O_DIRECT in a spill folder made inside --disk and \
+        removed afterwards. JSON keys (rates per second): gemm_flops, memcpy_bytes_per_second, \
+        host_compute_bytes_per_second, disk_read_bytes_per_second, disk_write_bytes_per_second, \
+        then each measurement under "gemm" and "disk".
+        """)
+
+    @Option(help: ArgumentHelp("Folder on the disk to measure (default: the temporary folder).", valueName: "dir"))
+    var disk: String = NSTemporaryDirectory()
+
+    @Flag(help: "Print the profile as JSON instead of a table.")
+    var json = false
+
+    @Option(help: ArgumentHelp("Write the profile JSON to this file.", valueName: "file"))
+    var out: String?
+
+    @Option(help: ArgumentHelp("Bytes moved per disk measurement.", valueName: "size"))
+    var diskBytes: String = "256MiB"
+
+    @Flag(help: "Smaller and fewer measurements: seconds instead of a minute, less precise.")
+    var quick = false
+
+    // Hidden: disk measurements only, at chosen request sizes and queue depths
+    // (Benchmarks/disk-vs-dd.sh).
+    @Flag(help: .private) var diskOnly = false
+    @Option(help: .private) var requestSizes: String?
+    @Option(help: .private) var queueDepths: String?
+    @Option(help: .private) var diskPasses: Int = 2
+
+    // Hidden: the overlap benchmark (Benchmarks/overlap-*.sh).
+    @Flag(help: .private) var overlapTest = false
+    @Option(help: .private) var trace: String?
+    @Option(help: .private) var repeats: Int = 1
+    @Option(help: .private) var layers: Int = 16
+    @Option(help: .private) var blasThreads: Int?
+
+    // Hidden: a child process for the spill-cleanup tests.
+    @Option(help: .private) var spillChild: String?
+    @Option(help: .private) var spillChildThen: String = "wait"
+
+    func validate() throws {
+        guard parseBytes(diskBytes).map({ $0 >= 1 << 20 }) ?? false else {
+            throw ValidationError("--disk-bytes must be a size of at least 1 MiB, such as 256MiB (got '\(diskBytes)')")
+        }
+        if let requestSizes {
+            guard let sizes = Self.list(requestSizes, parseBytes), sizes.allSatisfy({ $0 > 0 && $0 % AlignedBuffer.alignment == 0 }) else {
+                throw ValidationError("--request-sizes must be sizes that are multiples of 4 KiB, such as 1MiB,4MiB")
+            }
+        }
+        if let queueDepths {
+            guard let depths = Self.list(queueDepths, { Int($0) }), depths.allSatisfy({ $0 >= 1 && $0 <= 64 }) else {
+                throw ValidationError("--queue-depths must be numbers from 1 to 64, such as 1,4")
+            }
+        }
+        guard repeats >= 1, layers >= 1 else { throw ValidationError("--repeats and --layers must be at least 1") }
+        guard ["wait", "busy", "exit", "fail"].contains(spillChildThen) else {
+            throw ValidationError("--spill-child-then must be wait, busy, exit or fail")
+        }
+    }
+
+    func run() throws {
+        if let blasThreads { openblas_set_num_threads(Int32(max(1, blasThreads))) }
+        if let folder = spillChild { return try runSpillChild(folder: folder, then: spillChildThen) }
+        if overlapTest {
+            return try OverlapBench(folder: disk, layers: layers, repeats: repeats, quick: quick,
+                                    tracePath: trace, json: json).run()
+        }
+        let profile = try measure()
+        let data = try profile.encoded()
+        if let out {
+            do { try data.write(to: URL(fileURLWithPath: out), options: .atomic) } catch {
+                throw OffloadError("[profile] cannot write \(out): \(error.localizedDescription)")
+            }
+        }
+        if json {
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print(profile.table())
+            if let out { print("profile written to \(out)") }
+        }
+    }
+
+    static func list<T>(_ text: String, _ parse: (String) -> T?) -> [T]? {
+        let items = text.split(separator: ",").map { parse(String($0)) }
+        guard !items.isEmpty, items.allSatisfy({ $0 != nil }) else { return nil }
+        return items.map { $0! }
+    }
+
+    private func measure() throws -> HardwareProfile {
+        let threads = Int(openblas_get_num_threads())
+        var p = HardwareProfile(threads: threads, diskFolder: disk)
+        if !diskOnly {
+            say("GEMM at transformer shapes (\(threads) threads)")
+            p.gemm = measureGemms(quick: quick)
+            p.gemmFlops = median(p.gemm.map(\.flopsPerSecond))
+            say("memory copy")
+            p.memcpyBytesPerSecond = measureMemcpy(bytes: quick ? 64 << 20 : 256 << 20)
+            p.hostComputeBytesPerSecond = p.memcpyBytesPerSecond  // the same memory on a CPU-only machine
+        }
+        let bytes = quick ? min(parseBytes(diskBytes)!, 64 << 20) : parseBytes(diskBytes)!
+        say("disk \(disk), \(formatBytes(bytes)) per measurement")
+        let sizes = requestSizes.flatMap { Self.list($0, parseBytes) }
+            ?? (quick ? [1 << 20, 4 << 20] : [256 << 10, 1 << 20, 4 << 20, 16 << 20])
+        let depths = queueDepths.flatMap { Self.list($0, { Int($0) }) } ?? (quick ? [1, 4] : [1, 2, 4, 8])
+        var direct = true
+        for size in sizes {
+            for depth in depths {
+                let m = try measureDisk(folder: disk, bytes: bytes, requestBytes: size, queueDepth: depth,
+                                        passes: max(1, diskPasses))
+                direct = direct && m.direct
+                p.disk.append(m.result)
+            }
+        }
+        p.diskDirectIO = direct
+        // What the executor's disk store will see: its default request size and
+        // queue depth when measured, else the best configuration measured.
+        let defaults = DiskStoreOptions()
+        let standard = p.disk.first { $0.requestBytes == defaults.requestBytes && $0.queueDepth == defaults.threadsPerDirection }
+        p.diskReadBytesPerSecond = standard?.readBytesPerSecond ?? p.disk.map(\.readBytesPerSecond).max() ?? 0
+        p.diskWriteBytesPerSecond = standard?.writeBytesPerSecond ?? p.disk.map(\.writeBytesPerSecond).max() ?? 0
+        return p
+    }
+
+    private func say(_ line: String) {
+        if !json { FileHandle.standardError.write(Data("[profile] measuring \(line)\n".utf8)) }
+    }
+}
+
+// MARK: - The profile
+
+/// What `offload profile` writes. Rates are per second; bytes are bytes.
+struct HardwareProfile: Codable {
+    struct Gemm: Codable {
+        var shape: String
+        var m: Int, n: Int, k: Int
+        var flopsPerSecond: Double
+        enum CodingKeys: String, CodingKey { case shape, m, n, k, flopsPerSecond = "flops_per_second" }
+    }
+    struct Disk: Codable {
+        var requestBytes: Int
+        var queueDepth: Int
+        var readBytesPerSecond: Double
+        var writeBytesPerSecond: Double
+        enum CodingKeys: String, CodingKey {
+            case requestBytes = "request_bytes", queueDepth = "queue_depth"
+            case readBytesPerSecond = "read_bytes_per_second", writeBytesPerSecond = "write_bytes_per_second"
+        }
+    }
+
+    var gemmFlops = 0.0
+    var memcpyBytesPerSecond = 0.0
+    var hostComputeBytesPerSecond = 0.0
+    var diskReadBytesPerSecond = 0.0
+    var diskWriteBytesPerSecond = 0.0
+    var diskDirectIO = true
+    var diskFolder: String
+    var threads: Int
+    var machine: String
+    var measuredAt: String
+    var gemm: [Gemm] = []
+    var disk: [Disk] = []
+
+    enum CodingKeys: String, CodingKey {
+        case gemmFlops = "gemm_flops", memcpyBytesPerSecond = "memcpy_bytes_per_second"
+        case hostComputeBytesPerSecond = "host_compute_bytes_per_second"
+        case diskReadBytesPerSecond = "disk_read_bytes_per_second"
+        case diskWriteBytesPerSecond = "disk_write_bytes_per_second"
+        case diskDirectIO = "disk_direct_io", diskFolder = "disk_folder", threads, machine
+        case measuredAt = "measured_at", gemm, disk
+    }
+
+    init(threads: Int, diskFolder: String) {
+        self.threads = threads
+        self.diskFolder = diskFolder
+        machine = machineDescription()
+        measuredAt = ISO8601DateFormatter().string(from: Date())
+    }
+
+    func encoded() throws -> Data {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return try e.encode(self)
+    }
+
+    func table() -> String {
+        var lines = ["offload profile: \(machine), \(measuredAt)", ""]
+        lines.append("GEMM (OpenBLAS sgemm, \(threads) threads)")
+        lines.append(pad("shape", 26) + lpad("M", 6) + lpad("N", 6) + lpad("K", 6) + lpad("GFLOP/s", 10))
+        for g in gemm {
+            lines.append(pad(g.shape, 26) + lpad("\(g.m)", 6) + lpad("\(g.n)", 6) + lpad("\(g.k)", 6)
+                         + lpad(String(format: "%.1f", g.flopsPerSecond / 1e9), 10))
+        }
+        lines.append("")
+        lines.append("memory copy: \(rate(memcpyBytesPerSecond))")
+        lines.append("")
+        lines.append("disk \(diskFolder) (\(diskDirectIO ? "O_DIRECT" : "buffered: O_DIRECT refused"))")
+        lines.append(pad("request", 12) + lpad("depth", 6) + lpad("write", 14) + lpad("read", 14))
+        for d in disk {
+            lines.append(pad(formatBytes(d.requestBytes), 12) + lpad("\(d.queueDepth)", 6)
+                         + lpad(rate(d.writeBytesPerSecond), 14) + lpad(rate(d.readBytesPerSecond), 14))
+        }
+        lines.append("")
+        lines.append("profile: gemm \(String(format: "%.1f", gemmFlops / 1e9)) GFLOP/s, memory copy \(rate(memcpyBytesPerSecond)), "
+                     + "disk write \(rate(diskWriteBytesPerSecond)), disk read \(rate(diskReadBytesPerSecond))")
+        return lines.joined(separator: "\n")
+    }
+}
+
+func rate(_ bytesPerSecond: Double) -> String { formatBytes(Int(bytesPerSecond)) + "/s" }
+private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+private func lpad(_ s: String, _ n: Int) -> String { s.count >= n ? " " + s : String(repeating: " ", count: n - s.count) + s }
+
+func median(_ xs: [Double]) -> Double {
+    guard !xs.isEmpty else { return 0 }
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+func machineDescription() -> String {
+    var u = utsname()
+    uname(&u)
+    let arch = withUnsafeBytes(of: &u.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    let memory = Int(ProcessInfo.processInfo.physicalMemory)
+    var cpu = ""
+    if let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+       let line = info.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
+       let colon = line.firstIndex(of: ":") {
+        cpu = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces) + ", "
+    }
+    return "\(cpu)\(arch), \(ProcessInfo.processInfo.activeProcessorCount) cores, \(formatBytes(memory))"
+}
+
+func seconds(_ body: () throws -> Void) rethrows -> Double {
+    let t = DispatchTime.now().uptimeNanoseconds
+    try body()
+    return Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
+}
+
+// MARK: - Measurements
+
+/// C[M×N] = A[M×K] · W[N×K]ᵀ, the layout of a linear layer with weights [out, in].
+func sgemm(_ c: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, _ w: UnsafePointer<Float>, m: Int, n: Int, k: Int) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
+                1, a, Int32(k), w, Int32(k), 0, c, Int32(n))
+}
+
+private func measureGemms(quick: Bool) -> [HardwareProfile.Gemm] {
+    // Tokens × (out, in) of the linear layers of two Llama-family sizes.
+    let tokens = 512
+    let shapes: [(String, Int, Int)] = [
+        ("135M attention (576x576)", 576, 576),
+        ("135M mlp up (1536x576)", 1536, 576),
+        ("135M mlp down (576x1536)", 576, 1536),
+        ("1B attention (2048x2048)", 2048, 2048),
+        ("1B mlp up (8192x2048)", 8192, 2048),
+        ("1B mlp down (2048x8192)", 2048, 8192),
+    ]
+    let minimum = quick ? 0.05 : 0.3
+    return shapes.map { name, n, k in
+        let a = [Float](repeating: 0.5, count: tokens * k)
+        let w = [Float](repeating: 0.25, count: n * k)
+        var c = [Float](repeating: 0, count: tokens * n)
+        var best = 0.0
+        a.withUnsafeBufferPointer { a in
+            w.withUnsafeBufferPointer { w in
+                c.withUnsafeMutableBufferPointer { c in
+                    sgemm(c.baseAddress!, a.baseAddress!, w.baseAddress!, m: tokens, n: n, k: k)  // warm up
+                    var runs = 0
+                    var total = 0.0
+                    while total < minimum || runs < 3 {
+                        let t = seconds { sgemm(c.baseAddress!, a.baseAddress!, w.baseAddress!, m: tokens, n: n, k: k) }
+                        best = max(best, 2.0 * Double(tokens * n * k) / t)
+                        total += t
+                        runs += 1
+                    }
+                }
+            }
+        }
+        return HardwareProfile.Gemm(shape: name, m: tokens, n: n, k: k, flopsPerSecond: best)
+    }
+}
+
+private func measureMemcpy(bytes: Int) -> Double {
+    guard let src = try? AlignedBuffer(byteCount: bytes), let dst = try? AlignedBuffer(byteCount: bytes) else { return 0 }
+    memset(src.baseAddress, 1, bytes)
+    memset(dst.baseAddress, 2, bytes)
+    var best = 0.0
+    for _ in 0..<5 {
+        let t = seconds { memcpy(dst.baseAddress, src.baseAddress, bytes) }
+        best = max(best, Double(bytes) / t)
+    }
+    return best
+}
+
+/// Writes then reads one tensor of `bytes` through a disk store with the given
+/// request size and I/O threads (queue depth); the best of `passes` of each.
+func measureDisk(folder: String, bytes: Int, requestBytes: Int, queueDepth: Int, passes: Int = 2) throws
+    -> (result: HardwareProfile.Disk, direct: Bool) {
+    var o = DiskStoreOptions()
+    o.requestBytes = requestBytes
+    o.threadsPerDirection = queueDepth
+    o.preallocate = min(passes, 2) * bytes  // spill files are preallocated; writes fill them
+    let store = try DiskStore(roots: [folder], options: o, notice: { _ in })
+    defer { store.close() }
+    let buffer = try AlignedBuffer(byteCount: bytes)
+    memset(buffer.baseAddress, 0x5A, bytes)
+    var write = 0.0, read = 0.0
+    for _ in 0..<passes { write = max(write, Double(bytes) / (try seconds { try store.write("probe", from: buffer) })) }
+    for _ in 0..<passes { read = max(read, Double(bytes) / (try seconds { try store.read("probe", into: buffer) })) }
+    return (HardwareProfile.Disk(requestBytes: requestBytes, queueDepth: queueDepth,
+                                 readBytesPerSecond: read, writeBytesPerSecond: write), store.usesDirectIO)
+}
+
+// MARK: - Spill child (tests of spill-file cleanup)
+
+/// Makes a disk store under `folder`, writes a few tensors, prints
+/// "ready <spill folder>" and then exits, fails, or waits for a signal.
+private func runSpillChild(folder: String, then: String) throws {
+    let store = try DiskStore(roots: [folder])
+    let buffer = try AlignedBuffer(byteCount: 1 << 20)
+    memset(buffer.baseAddress, 0x33, buffer.byteCount)
+    for i in 0..<3 { try store.write("t\(i)", from: buffer) }
+    print("ready \(store.spillFolders[0])")
+    fflush(nil)  // all streams: the parent waits for this line
+    switch then {
+    case "exit": exit(0)   // the store is still open: the atexit hook must clean up
+    case "fail": throw OffloadError("[spill-child] failing on purpose with the store open")
+    case "busy":
+        var i = 0
+        while true { try store.write("t\(i % 3)", from: buffer); i += 1 }
+    default:
+        while true { sleep(60) }
+    }
 }

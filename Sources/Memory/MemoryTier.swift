@@ -1,0 +1,295 @@
+// Budgeted memory: aligned buffers and the tier that hands them out and counts
+// them against a hard limit. Not a general allocator: the planner decides what
+// lives when; this enforces the budget, measures, and reuses freed buffers of
+// the same size so a prefetch does not pay page faults every time.
+import Foundation
+import Tensors
+
+/// Bytes aligned to 4096: enough for every SIMD width and for direct I/O, whose
+/// buffers, offsets and lengths must all be multiples of the logical block size.
+///
+/// The capacity is rounded up to whole pages and the padding is zeroed, so a
+/// direct read or write of the padded length never touches memory it does not own.
+public final class AlignedBuffer: @unchecked Sendable {
+    public static let alignment = 4096
+
+    /// Bytes asked for.
+    public let byteCount: Int
+    /// Bytes owned: `byteCount` rounded up to `alignment` (at least one page).
+    public let capacity: Int
+    public let baseAddress: UnsafeMutableRawPointer
+
+    private let cache: BufferCache?
+
+    public convenience init(byteCount: Int) throws {
+        try self.init(byteCount: byteCount, cache: nil)
+    }
+
+    static func capacity(for byteCount: Int) -> Int { max(accountedBytes(byteCount), alignment) }
+
+    /// A buffer over `reused` memory (taken from `cache`, of the right capacity)
+    /// or fresh memory; it returns to `cache` when the buffer goes.
+    init(byteCount: Int, cache: BufferCache?, reused: UnsafeMutableRawPointer? = nil) throws {
+        guard byteCount >= 0 else { throw OffloadError("[memory] negative buffer size \(byteCount)") }
+        let capacity = AlignedBuffer.capacity(for: byteCount)
+        let p: UnsafeMutableRawPointer
+        if let reused {
+            p = reused
+        } else {
+            var pointer: UnsafeMutableRawPointer?
+            let r = posix_memalign(&pointer, AlignedBuffer.alignment, capacity)
+            guard r == 0, let fresh = pointer else {
+                throw OffloadError("[memory] cannot allocate \(formatBytes(capacity)) aligned to \(AlignedBuffer.alignment): \(String(cString: strerror(r)))")
+            }
+            p = fresh
+        }
+        if capacity > byteCount { memset(p + byteCount, 0, capacity - byteCount) }
+        self.byteCount = byteCount
+        self.capacity = capacity
+        self.baseAddress = p
+        self.cache = cache
+    }
+
+    deinit {
+        if cache?.give(baseAddress, capacity: capacity) != true { free(baseAddress) }
+    }
+
+    /// The `byteCount` bytes the caller asked for.
+    public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: baseAddress, count: byteCount) }
+
+    /// The first `count` elements of type `T`.
+    public func elements<T>(of type: T.Type) -> UnsafeMutableBufferPointer<T> {
+        UnsafeMutableBufferPointer(start: baseAddress.assumingMemoryBound(to: T.self), count: byteCount / MemoryLayout<T>.stride)
+    }
+}
+
+/// Freed buffers kept for reuse, by exact capacity. Their memory is real, so
+/// the tier trims the cache whenever live bytes plus cached bytes would pass
+/// its budget.
+final class BufferCache: @unchecked Sendable {
+    private let lock = NSLock()
+    private var free: [Int: [UnsafeMutableRawPointer]] = [:]
+    private var held = 0
+    let maximum: Int
+
+    init(maximum: Int) { self.maximum = maximum }
+
+    var bytes: Int { lock.lock(); defer { lock.unlock() }; return held }
+
+    func take(capacity: Int) -> UnsafeMutableRawPointer? {
+        lock.lock(); defer { lock.unlock() }
+        guard let p = free[capacity]?.popLast() else { return nil }
+        held -= capacity
+        return p
+    }
+
+    /// Keeps `p` for reuse; false when the cache is full (the caller frees it).
+    func give(_ p: UnsafeMutableRawPointer, capacity: Int) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        guard held + capacity <= maximum else { return false }
+        free[capacity, default: []].append(p)
+        held += capacity
+        return true
+    }
+
+    /// Frees cached buffers, largest first, until at most `bytes` are cached.
+    func trim(to bytes: Int) {
+        lock.lock(); defer { lock.unlock() }
+        for capacity in free.keys.sorted(by: >) where held > bytes {
+            while held > bytes, let p = free[capacity]?.popLast() {
+                Foundation.free(p)
+                held -= capacity
+            }
+        }
+        free = free.filter { !$0.value.isEmpty }
+    }
+
+    deinit { trim(to: 0) }
+}
+
+/// The bookkeeping every tier shares: what is held, by whom, the peak, and the
+/// hard limit. Thread-safe.
+final class Ledger: @unchecked Sendable {
+    let tier: Tier
+    let limit: Int
+    private let lock = NSLock()
+    private var _trace: TraceRecorder?
+    var trace: TraceRecorder? {
+        get { lock.lock(); defer { lock.unlock() }; return _trace }
+        set { lock.lock(); _trace = newValue; lock.unlock() }
+    }
+    private var held: [Int: (name: String, bytes: Int)] = [:]
+    private var nextID = 1
+    private var current = 0
+    private var peak = 0
+
+    init(tier: Tier, limit: Int, trace: TraceRecorder?) {
+        self.tier = tier; self.limit = limit; self._trace = trace
+    }
+
+    /// Counts `bytes` (already aligned) for `name`, or throws the budget error
+    /// without counting anything. Returns the ticket `release` takes.
+    func reserve(_ name: String, bytes: Int) throws -> Int {
+        lock.lock()
+        guard bytes <= limit - current else {
+            let message = budgetMessage(name, bytes)
+            lock.unlock()
+            throw OffloadError(message)
+        }
+        let id = nextID
+        nextID += 1
+        held[id] = (name, bytes)
+        current += bytes
+        peak = max(peak, current)
+        let now = current
+        let trace = _trace
+        lock.unlock()
+        if let trace {
+            let t = trace.now()
+            trace.record(TraceEvent(phase: .instant, name: "alloc \(name)", stream: "memory", start: t, args: ["bytes": Double(bytes)]))
+            trace.record(.counter("\(tier.rawValue) bytes", at: t, value: Double(now)))
+        }
+        return id
+    }
+
+    func release(_ id: Int) {
+        lock.lock()
+        guard let entry = held.removeValue(forKey: id) else { lock.unlock(); return }
+        current -= entry.bytes
+        let now = current
+        let trace = _trace
+        lock.unlock()
+        if let trace {
+            let t = trace.now()
+            trace.record(TraceEvent(phase: .instant, name: "free \(entry.name)", stream: "memory", start: t, args: ["bytes": Double(entry.bytes)]))
+            trace.record(.counter("\(tier.rawValue) bytes", at: t, value: Double(now)))
+        }
+    }
+
+    var stats: TierStats {
+        lock.lock(); defer { lock.unlock() }
+        return TierStats(tier: tier, current: current, peak: peak, limit: limit, allocations: held.count)
+    }
+
+    func resetPeak() {
+        lock.lock(); peak = current; lock.unlock()
+    }
+
+    /// Called with the lock held.
+    private func budgetMessage(_ name: String, _ bytes: Int) -> String {
+        let largest = held.values.sorted { $0.bytes > $1.bytes }.prefix(3)
+            .map { "\($0.name) \(formatBytes($0.bytes))" }.joined(separator: ", ")
+        let holders = held.isEmpty ? "" : " (largest: \(largest))"
+        let operation = tier == .disk ? "[disk]" : "[memory]"
+        return "\(operation) cannot place \(name) (\(formatBytes(bytes)), \(bytes) bytes) in \(tier.rawValue): "
+            + "budget \(formatBytes(limit)) (\(limit) bytes), \(formatBytes(current)) already held by \(held.count) tensors\(holders)"
+    }
+}
+
+/// A memory tier with a hard budget: `compute` (and `host`, which is the same
+/// memory on a CPU-only machine).
+///
+/// Every allocation is counted at its aligned size (`accountedBytes`); one that
+/// would take the tier past its limit throws an error naming the tensor, its
+/// size, the budget and what is held, and allocates nothing.
+public final class MemoryTier: @unchecked Sendable {
+    let ledger: Ledger
+    let cache: BufferCache
+
+    /// - Parameter reuse: at most this many bytes of freed buffers are kept for
+    ///   reuse by allocations of the same size (never more than the budget leaves).
+    public init(_ tier: Tier = .compute, limit: Int = .max, trace: TraceRecorder? = nil, reuse: Int = 1 << 30) {
+        precondition(tier != .disk, "the disk tier is a DiskStore")
+        ledger = Ledger(tier: tier, limit: limit, trace: trace)
+        cache = BufferCache(maximum: max(0, min(reuse, limit)))
+    }
+
+    /// Bytes of freed buffers kept for reuse (not counted as held).
+    public var cachedBytes: Int { cache.bytes }
+
+    /// Frees the buffers kept for reuse.
+    public func trimCache() { cache.trim(to: 0) }
+
+    public var tier: Tier { ledger.tier }
+    public var limit: Int { ledger.limit }
+
+    /// A snapshot of what the tier holds now.
+    public var stats: TierStats { ledger.stats }
+
+    /// Starts a new peak measurement from what is held now.
+    public func resetPeak() { ledger.resetPeak() }
+
+    /// Allocates `bytes` for tensor `name`, counted against the budget first.
+    /// - Warning: the buffer is counted until `free()` (or deinit); keep it alive
+    ///   while anything reads it.
+    public func allocate(_ name: String, bytes: Int) throws -> TierBuffer {
+        guard bytes >= 0 else { throw OffloadError("[memory] \(name): negative size \(bytes)") }
+        let ticket = try ledger.reserve(name, bytes: accountedBytes(bytes))
+        // Reuse a freed buffer of the same size; live plus cached memory stays within the budget.
+        let reused = cache.take(capacity: AlignedBuffer.capacity(for: bytes))
+        if ledger.limit != .max { cache.trim(to: max(0, ledger.limit - ledger.stats.current)) }
+        do {
+            let storage = try AlignedBuffer(byteCount: bytes, cache: cache, reused: reused)
+            return TierBuffer(name: name, storage: storage, ledger: ledger, ticket: ticket)
+        } catch {
+            ledger.release(ticket)
+            throw error
+        }
+    }
+}
+
+/// A tensor's bytes in a memory tier, counted against that tier until freed.
+public final class TierBuffer: @unchecked Sendable {
+    public let name: String
+    public let storage: AlignedBuffer
+    private let ledger: Ledger
+    private let lock = NSLock()
+    private var ticket: Int?
+
+    init(name: String, storage: AlignedBuffer, ledger: Ledger, ticket: Int) {
+        self.name = name; self.storage = storage; self.ledger = ledger; self.ticket = ticket
+    }
+
+    deinit { free() }
+
+    public var tier: Tier { ledger.tier }
+    public var byteCount: Int { storage.byteCount }
+    public var baseAddress: UnsafeMutableRawPointer { storage.baseAddress }
+    public var bytes: UnsafeMutableRawBufferPointer { storage.bytes }
+
+    /// Returns the bytes to the tier's budget. Idempotent. The memory itself is
+    /// released when the last reference to `storage` goes.
+    public func free() {
+        lock.lock()
+        let t = ticket
+        ticket = nil
+        lock.unlock()
+        if let t { ledger.release(t) }
+    }
+
+    /// Whether the buffer still counts against its tier.
+    public var isLive: Bool {
+        lock.lock(); defer { lock.unlock() }
+        return ticket != nil
+    }
+}
+
+/// The tiers of one run. On a CPU-only machine `host` is the compute tier
+/// itself; an accelerator backend gives it its own budget.
+public struct Tiers: Sendable {
+    public let compute: MemoryTier
+    public let host: MemoryTier
+    public let disk: DiskStore?
+
+    public init(compute: MemoryTier, host: MemoryTier? = nil, disk: DiskStore? = nil) {
+        self.compute = compute; self.host = host ?? compute; self.disk = disk
+    }
+
+    /// One snapshot per distinct tier.
+    public var stats: [TierStats] {
+        var s = [compute.stats]
+        if host !== compute { s.append(host.stats) }
+        if let disk { s.append(disk.stats) }
+        return s
+    }
+}

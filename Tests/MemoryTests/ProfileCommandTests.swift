@@ -1,0 +1,50 @@
+// `offload profile` end to end: the JSON has the keys the planner reads, with
+// measured (positive, plausible) values, and the disk is left clean.
+import Foundation
+import XCTest
+
+final class ProfileCommandTests: XCTestCase {
+    func run(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try offloadBinary())
+        p.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    func testProfileWritesTheKeysThePlannerReads() throws {
+        let root = scratchFolder("profile")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let outPath = root + "/profile.json"
+        let r = try run(["profile", "--quick", "--json", "--disk", root, "--disk-bytes", "4MiB", "--out", outPath])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let printed = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let written = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: outPath))) as? [String: Any])
+        XCTAssertEqual(NSDictionary(dictionary: printed), NSDictionary(dictionary: written))
+        for key in ["gemm_flops", "memcpy_bytes_per_second", "host_compute_bytes_per_second",
+                    "disk_read_bytes_per_second", "disk_write_bytes_per_second"] {
+            let value = try XCTUnwrap(printed[key] as? Double, key)
+            XCTAssertGreaterThan(value, 1e7, "\(key) = \(value): not measured")
+            XCTAssertLessThan(value, 1e14, "\(key) = \(value): not plausible")
+        }
+        let disk = try XCTUnwrap(printed["disk"] as? [[String: Any]])
+        XCTAssertEqual(disk.map { $0["request_bytes"] as? Int }, [1 << 20, 1 << 20, 4 << 20, 4 << 20])
+        XCTAssertEqual(disk.map { $0["queue_depth"] as? Int }, [1, 4, 1, 4])
+        // The headline disk numbers are the disk store's default configuration (4 MiB, 4 threads).
+        XCTAssertEqual(printed["disk_read_bytes_per_second"] as? Double, disk[3]["read_bytes_per_second"] as? Double)
+        XCTAssertEqual((printed["gemm"] as? [Any])?.count, 6)
+        XCTAssertEqual(entries(root), ["profile.json"], "measurement spill folders removed")
+    }
+
+    func testProfileRejectsABadSize() throws {
+        let r = try run(["profile", "--disk-bytes", "lots"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("--disk-bytes must be a size"), r.stderr)
+    }
+}
