@@ -2,6 +2,7 @@
 // and times a planner needs. Cost model only: no kernels run here.
 import Foundation
 import Models
+import Memory
 import Tensors
 
 public enum RunMode: String, Codable, Sendable, CaseIterable {

@@ -1,11 +1,12 @@
 // The speeds the cost model turns FLOPs and bytes into seconds with. Not a
 // measurement tool: `offload profile` measures and writes this same JSON.
 import Foundation
+import Memory
 import Tensors
 
 /// Speeds of one machine, in the units the cost model uses (FLOP/s, bytes/s).
 ///
-/// JSON field names (what `offload profile` writes):
+/// JSON field names (`offload profile`'s snake_case names are accepted too):
 /// `gemmFlops` (fp32 GEMM FLOP/s), `memoryBandwidth` (bytes/s a memory-bound kernel
 /// streams), `diskReadBandwidth` / `diskWriteBandwidth` (bytes/s of direct I/O),
 /// `hostLinkBandwidth` (bytes/s between host and compute memory; memcpy on a
@@ -36,9 +37,13 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw OffloadError("[hardware] cannot read \(path)")
         }
+        // Either this type's own keys or the ones `offload profile` writes.
         struct Loose: Decodable {
             var name: String?; var gemmFlops: Double?; var memoryBandwidth: Double?
             var diskReadBandwidth: Double?; var diskWriteBandwidth: Double?; var hostLinkBandwidth: Double?
+            var machine: String?; var gemm_flops: Double?; var memcpy_bytes_per_second: Double?
+            var disk_read_bytes_per_second: Double?; var disk_write_bytes_per_second: Double?
+            var host_compute_bytes_per_second: Double?
         }
         let loose: Loose
         do { loose = try JSONDecoder().decode(Loose.self, from: data) } catch {
@@ -49,12 +54,16 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
             guard v > 0, v.isFinite else { throw OffloadError("[hardware] \(path): field '\(field)' must be positive, found \(v)") }
             return v
         }
-        return HardwareProfile(name: loose.name ?? path,
-                               gemmFlops: try need(loose.gemmFlops, "gemmFlops"),
-                               memoryBandwidth: try need(loose.memoryBandwidth, "memoryBandwidth"),
-                               diskReadBandwidth: try need(loose.diskReadBandwidth, "diskReadBandwidth"),
-                               diskWriteBandwidth: try need(loose.diskWriteBandwidth, "diskWriteBandwidth"),
-                               hostLinkBandwidth: try need(loose.hostLinkBandwidth, "hostLinkBandwidth"))
+        let l = loose
+        return HardwareProfile(name: l.name ?? l.machine ?? path,
+                               gemmFlops: try need(l.gemmFlops ?? l.gemm_flops, "gemmFlops"),
+                               memoryBandwidth: try need(l.memoryBandwidth ?? l.memcpy_bytes_per_second, "memoryBandwidth"),
+                               diskReadBandwidth: try need(l.diskReadBandwidth ?? l.disk_read_bytes_per_second,
+                                                           "diskReadBandwidth"),
+                               diskWriteBandwidth: try need(l.diskWriteBandwidth ?? l.disk_write_bytes_per_second,
+                                                            "diskWriteBandwidth"),
+                               hostLinkBandwidth: try need(l.hostLinkBandwidth ?? l.host_compute_bytes_per_second,
+                                                           "hostLinkBandwidth"))
     }
 
     /// Bytes per second moving from one tier to another.

@@ -2,6 +2,7 @@
 // pick the fastest one that fits (`auto`). Infeasible requests say the smallest
 // budget that would fit.
 import Foundation
+import Memory
 import Tensors
 
 /// What the user asks for.

@@ -1,3 +1,4 @@
+import Memory
 // pofo: rematerialization and offloading together, as a dynamic program over
 // (stage, kept slots, slots still being written out, slots still to read back),
 // after Beaumont, Eyraud-Dubois and Shilova, "Efficient Combination of

@@ -1,3 +1,4 @@
+import Memory
 // rotor: the optimal rematerialization schedule for a chain under a memory
 // budget (Beaumont, Eyraud-Dubois, Herrmann, Joly, Shilova 2019; Revolve for
 // the homogeneous case), as a dynamic program over (segment, memory slots).

@@ -3,6 +3,7 @@
 // parameter traffic and optimizer steps of the chosen placement, the frees, and
 // the dependencies. Strategies decide the order; this file decides nothing.
 import Foundation
+import Memory
 import Tensors
 
 /// What a strategy decides for the activations, in execution order.

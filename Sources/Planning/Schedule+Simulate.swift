@@ -1,6 +1,7 @@
 // The simulator: interprets a schedule with the cost model. Exact about memory
 // (every byte created, held and freed, per tier, at every instant), estimates time.
 import Foundation
+import Memory
 import Tensors
 
 /// Budgets per tier in bytes; a missing tier is unlimited.

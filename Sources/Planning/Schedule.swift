@@ -2,12 +2,8 @@
 // op by op. It says nothing about how a kernel works; only which logical tensors
 // an op reads, creates, moves or frees, on which stream, after which ops.
 import Foundation
+import Memory
 import Tensors
-
-/// A place bytes can live.
-public enum Tier: String, Codable, Sendable, CaseIterable {
-    case compute, host, disk
-}
 
 /// A queue of operations that run one after another; different streams overlap.
 public enum Stream: String, Codable, Sendable, CaseIterable {

@@ -1,6 +1,7 @@
 // Pictures of a simulation: Chrome trace-event JSON (chrome://tracing, Perfetto)
 // and an SVG of bytes per tier over time with one lane per stream beneath.
 import Foundation
+import Memory
 import Tensors
 
 extension Simulation {

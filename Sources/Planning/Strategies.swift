@@ -1,3 +1,4 @@
+import Memory
 // The activation strategies of the literature, each a pure function from the
 // chain (and, for the optimal ones, the memory they may use) to chain actions.
 import Foundation

@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import Models
+import Memory
 import Planning
 import Tensors
 

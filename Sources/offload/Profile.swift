@@ -102,9 +102,9 @@ struct Profile: ParsableCommand {
         return items.map { $0! }
     }
 
-    private func measure() throws -> HardwareProfile {
+    private func measure() throws -> MeasuredProfile {
         let threads = Int(openblas_get_num_threads())
-        var p = HardwareProfile(threads: threads, diskFolder: disk)
+        var p = MeasuredProfile(threads: threads, diskFolder: disk)
         if !diskOnly {
             say("GEMM at transformer shapes (\(threads) threads)")
             p.gemm = measureGemms(quick: quick)
@@ -145,7 +145,7 @@ struct Profile: ParsableCommand {
 // MARK: - The profile
 
 /// What `offload profile` writes. Rates are per second; bytes are bytes.
-struct HardwareProfile: Codable {
+struct MeasuredProfile: Codable {
     struct Gemm: Codable {
         var shape: String
         var m: Int, n: Int, k: Int
@@ -260,7 +260,7 @@ func sgemm(_ c: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, _ w: Uns
                 1, a, Int32(k), w, Int32(k), 0, c, Int32(n))
 }
 
-private func measureGemms(quick: Bool) -> [HardwareProfile.Gemm] {
+private func measureGemms(quick: Bool) -> [MeasuredProfile.Gemm] {
     // Tokens × (out, in) of the linear layers of two Llama-family sizes.
     let tokens = 512
     let shapes: [(String, Int, Int)] = [
@@ -292,7 +292,7 @@ private func measureGemms(quick: Bool) -> [HardwareProfile.Gemm] {
                 }
             }
         }
-        return HardwareProfile.Gemm(shape: name, m: tokens, n: n, k: k, flopsPerSecond: best)
+        return MeasuredProfile.Gemm(shape: name, m: tokens, n: n, k: k, flopsPerSecond: best)
     }
 }
 
@@ -311,7 +311,7 @@ private func measureMemcpy(bytes: Int) -> Double {
 /// Writes then reads one tensor of `bytes` through a disk store with the given
 /// request size and I/O threads (queue depth); the best of `passes` of each.
 func measureDisk(folder: String, bytes: Int, requestBytes: Int, queueDepth: Int, passes: Int = 2) throws
-    -> (result: HardwareProfile.Disk, direct: Bool) {
+    -> (result: MeasuredProfile.Disk, direct: Bool) {
     var o = DiskStoreOptions()
     o.requestBytes = requestBytes
     o.threadsPerDirection = queueDepth
@@ -323,7 +323,7 @@ func measureDisk(folder: String, bytes: Int, requestBytes: Int, queueDepth: Int,
     var write = 0.0, read = 0.0
     for _ in 0..<passes { write = max(write, Double(bytes) / (try seconds { try store.write("probe", from: buffer) })) }
     for _ in 0..<passes { read = max(read, Double(bytes) / (try seconds { try store.read("probe", into: buffer) })) }
-    return (HardwareProfile.Disk(requestBytes: requestBytes, queueDepth: queueDepth,
+    return (MeasuredProfile.Disk(requestBytes: requestBytes, queueDepth: queueDepth,
                                  readBytesPerSecond: read, writeBytesPerSecond: write), store.usesDirectIO)
 }
 

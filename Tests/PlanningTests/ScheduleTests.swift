@@ -6,6 +6,7 @@ import Foundation
 import FoundationXML
 #endif
 import Models
+import Memory
 import Planning
 
 /// A chain of n identical stages with no parameters: input x bytes, S saved bytes, no temporaries.

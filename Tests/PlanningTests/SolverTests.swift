@@ -1,5 +1,6 @@
 // rotor and pofo against brute force over their schedule families, on small random chains.
 import XCTest
+import Memory
 import Planning
 
 /// Deterministic random numbers (SplitMix64) so failures reproduce.
