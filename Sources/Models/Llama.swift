@@ -50,7 +50,8 @@ public final class LlamaModel {
         var attnNorm: [Float], ffnNorm: [Float]
         var q, k, v, o, gate, up, down: WeightMatrix
     }
-    let blocks: [Block]
+    var blocks: [Block]
+    private var decodeCopies: [UnsafeMutableRawPointer] = []
     let embedding: WeightMatrix
     let head: WeightMatrix
     let outputNorm: [Float]
@@ -85,10 +86,26 @@ public final class LlamaModel {
                          gate: try matrix(p + "ffn_gate.weight"), up: try matrix(p + "ffn_up.weight"),
                          down: try matrix(p + "ffn_down.weight"))
         }
+        // Decode reads Q4_1 matrices from a split copy (same size, faster kernel).
+        var splits: [UnsafeMutableRawPointer] = []
+        func withSplit(_ m: WeightMatrix) -> WeightMatrix {
+            var m = m
+            if let p = Matmul.splitForDecode(m) { splits.append(p); m.split = UnsafeRawPointer(p) }
+            return m
+        }
+        blocks = blocks.map { b in
+            var b = b
+            (b.q, b.k, b.v, b.o) = (withSplit(b.q), withSplit(b.k), withSplit(b.v), withSplit(b.o))
+            (b.gate, b.up, b.down) = (withSplit(b.gate), withSplit(b.up), withSplit(b.down))
+            return b
+        }
+        decodeCopies = splits
         embedding = try matrix("token_embd.weight")
         head = c.tiedEmbeddings ? embedding : try matrix("output.weight")
         outputNorm = try vector("output_norm.weight")
     }
+
+    deinit { decodeCopies.forEach { $0.deallocate() } }
 
     public var maxPositions: Int { rope.maxPositions }
 

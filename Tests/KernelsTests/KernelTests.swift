@@ -217,3 +217,35 @@ final class KernelTests: XCTestCase {
         }
     }
 }
+
+final class SplitQ4_1Tests: XCTestCase {
+    func testSplitLayoutDecodeMatchesReference() throws {
+        let pool = ComputePool(threads: 2)
+        for (rows, cols) in [(37, 96), (21, 1536), (5, 544)] {   // 3, 48 and 17 blocks a row
+            let w = randomWeights(.q4_1, rows: rows, cols: cols, seed: UInt64(rows))
+            var g = TestRNG(4)
+            let x = g.floats(cols)
+            try w.withUnsafeBytes { wb in
+                var m = WeightMatrix(data: wb.baseAddress!, dtype: .q4_1, rows: rows, cols: cols)
+                let ref = Matmul.reference(x: x, n: 1, w: m)
+                guard let split = Matmul.splitForDecode(m) else {
+                    // No AVX-512 here: decode reads the blocks directly and there is nothing to test.
+                    XCTAssertLessThan(Matmul.bestSIMDLevel, 2)
+                    return
+                }
+                defer { split.deallocate() }
+                m.split = UnsafeRawPointer(split)
+                for level in [Matmul.bestSIMDLevel, 0] {   // the AVX-512 kernel and the scalar fallback
+                    Matmul.simdLevel = level
+                    defer { Matmul.simdLevel = Matmul.bestSIMDLevel }
+                    var y = [Float](repeating: .nan, count: rows), s: [Float] = [0]
+                    x.withUnsafeBufferPointer { xb in y.withUnsafeMutableBufferPointer { yb in s.withUnsafeMutableBufferPointer { sb in
+                        Matmul.linear(pool, x: xb.baseAddress!, n: 1, [(m, yb.baseAddress!)], scratch: sb.baseAddress!)
+                    }}}
+                    assertClose(y, ref, rtol: 1e-4, atol: 1e-4, "split \(rows)×\(cols) level \(level)")
+                }
+                _ = try XCTUnwrap(m.split)
+            }
+        }
+    }
+}

@@ -6,8 +6,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Element types, by ggml's ids.
-enum { CK_F32 = 0, CK_F16 = 1, CK_Q4_0 = 2, CK_Q4_1 = 3, CK_Q8_0 = 8, CK_BF16 = 30 };
+// Element types, by ggml's ids. CK_Q4_1_SPLIT is Offload's own in-memory layout
+// of Q4_1 for decode (see ck_split_q4_1); only ck_matvec/ck_matmat with n = 1 read it.
+enum { CK_F32 = 0, CK_F16 = 1, CK_Q4_0 = 2, CK_Q4_1 = 3, CK_Q8_0 = 8, CK_BF16 = 30, CK_Q4_1_SPLIT = 1003 };
 
 typedef struct ck_pool ck_pool;
 ck_pool *ck_pool_create(int threads);
@@ -30,6 +31,13 @@ void ck_matvec(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float 
 /// Same products with `n` input vectors (x: n × cols, row-major; y of job j:
 /// n × rows, row-major). Each weight row is read once for all n inputs.
 void ck_matmat(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int n, int cols);
+
+/// Q4_1 rows re-laid out for the decode kernel, same 20 bytes per block: all
+/// nibbles (rows × nb × 16 bytes), then every block's scale d (rows × nb fp16),
+/// then every min m (rows × nb fp16). Reading 16 scales at once takes the
+/// per-block scalar conversions off the kernel's critical path. dst holds
+/// rows × cols / 32 × 20 bytes.
+void ck_split_q4_1(const void *src, void *dst, int rows, int cols);
 
 /// Plain scalar reference: y = W · x, for tests of the fast paths.
 void ck_matvec_reference(const void *w, int dtype, float *y, int rows, const float *x, int cols);
