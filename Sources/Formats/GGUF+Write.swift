@@ -108,23 +108,9 @@ public struct GGUFWriter {
     }
 }
 
-/// Writes `data` to `path` through a temporary file and a rename.
+/// Writes `data` to `path` through a temporary file, an fsync and a rename.
 public func writeAtomically(_ data: Data, to path: String, context: String) throws {
-    let url = URL(fileURLWithPath: path)
-    let tmp = url.deletingLastPathComponent()
-        .appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-    do {
-        try data.write(to: tmp)
-        guard rename(tmp.path, path) == 0 else {
-            throw OffloadError("\(context) \(path): cannot rename into place: \(String(cString: strerror(errno)))")
-        }
-    } catch let e as OffloadError {
-        try? FileManager.default.removeItem(at: tmp)
-        throw e
-    } catch {
-        try? FileManager.default.removeItem(at: tmp)
-        throw OffloadError("\(context) \(path): \(error.localizedDescription)")
-    }
+    try writeAtomically(to: path, context: context) { try $0.write(contentsOf: data) }
 }
 
 extension GGUFValue {
