@@ -10,9 +10,15 @@ import Tensors
 /// `gemmFlops` (fp32 GEMM FLOP/s), `memoryBandwidth` (bytes/s a memory-bound kernel
 /// streams), `diskReadBandwidth` / `diskWriteBandwidth` (bytes/s of direct I/O),
 /// `hostLinkBandwidth` (bytes/s between host and compute memory; memcpy on a
-/// CPU-only machine), optional `name`.
+/// CPU-only machine), optional `name`, optional `accelerator` (true when compute memory
+/// is an accelerator's and host memory is separate; missing: false, a CPU-only machine).
 public struct HardwareProfile: Codable, Sendable, Equatable {
     public var name: String
+    /// Compute runs on an accelerator with its own memory. False (the default, and what a
+    /// profile without the key means) is a CPU-only machine: host memory *is* compute
+    /// memory, so the planner has one RAM budget, no host↔compute copies and no separate
+    /// host stream.
+    public var accelerator: Bool
     public var gemmFlops: Double
     public var memoryBandwidth: Double
     public var diskReadBandwidth: Double
@@ -20,10 +26,30 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
     public var hostLinkBandwidth: Double
 
     public init(name: String = "custom", gemmFlops: Double, memoryBandwidth: Double,
-                diskReadBandwidth: Double, diskWriteBandwidth: Double, hostLinkBandwidth: Double) {
-        self.name = name; self.gemmFlops = gemmFlops; self.memoryBandwidth = memoryBandwidth
+                diskReadBandwidth: Double, diskWriteBandwidth: Double, hostLinkBandwidth: Double,
+                accelerator: Bool = false) {
+        self.name = name; self.accelerator = accelerator; self.gemmFlops = gemmFlops; self.memoryBandwidth = memoryBandwidth
         self.diskReadBandwidth = diskReadBandwidth; self.diskWriteBandwidth = diskWriteBandwidth
         self.hostLinkBandwidth = hostLinkBandwidth
+    }
+
+    /// Host memory and compute memory are the same RAM (no accelerator).
+    public var hostIsCompute: Bool { !accelerator }
+
+    enum CodingKeys: String, CodingKey {
+        case name, gemmFlops, memoryBandwidth, diskReadBandwidth, diskWriteBandwidth, hostLinkBandwidth, accelerator
+    }
+
+    /// Profiles written before `accelerator` existed decode as CPU-only.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(name: try c.decode(String.self, forKey: .name),
+                  gemmFlops: try c.decode(Double.self, forKey: .gemmFlops),
+                  memoryBandwidth: try c.decode(Double.self, forKey: .memoryBandwidth),
+                  diskReadBandwidth: try c.decode(Double.self, forKey: .diskReadBandwidth),
+                  diskWriteBandwidth: try c.decode(Double.self, forKey: .diskWriteBandwidth),
+                  hostLinkBandwidth: try c.decode(Double.self, forKey: .hostLinkBandwidth),
+                  accelerator: try c.decodeIfPresent(Bool.self, forKey: .accelerator) ?? false)
     }
 
     /// Measured on the 2-core x86-64 build machine: OpenBLAS sgemm with 2 threads
@@ -44,6 +70,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
             var machine: String?; var gemm_flops: Double?; var memcpy_bytes_per_second: Double?
             var disk_read_bytes_per_second: Double?; var disk_write_bytes_per_second: Double?
             var host_compute_bytes_per_second: Double?
+            var accelerator: Bool?
         }
         let loose: Loose
         do { loose = try JSONDecoder().decode(Loose.self, from: data) } catch {
@@ -63,15 +90,17 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
                                diskWriteBandwidth: try need(l.diskWriteBandwidth ?? l.disk_write_bytes_per_second,
                                                             "diskWriteBandwidth"),
                                hostLinkBandwidth: try need(l.hostLinkBandwidth ?? l.host_compute_bytes_per_second,
-                                                           "hostLinkBandwidth"))
+                                                           "hostLinkBandwidth"),
+                               accelerator: l.accelerator ?? false)
     }
 
-    /// Bytes per second moving from one tier to another.
+    /// Bytes per second moving from one tier to another. Host ↔ compute on a CPU-only
+    /// machine is no copy at all: infinite.
     public func bandwidth(from: Tier, to: Tier) -> Double {
         switch (from, to) {
         case (.disk, _): return diskReadBandwidth
         case (_, .disk): return diskWriteBandwidth
-        default: return hostLinkBandwidth
+        default: return hostIsCompute ? .infinity : hostLinkBandwidth
         }
     }
 }

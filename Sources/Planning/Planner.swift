@@ -9,9 +9,11 @@ import Tensors
 public struct PlanRequest: Sendable {
     public var chain: ModelChain
     public var hardware: HardwareProfile
-    /// Compute tier budget in bytes (nil: unlimited).
+    /// Compute tier budget in bytes (nil: unlimited). On a CPU-only profile this is the
+    /// one RAM budget: host memory is compute memory, and every plan keeps all it holds there.
     public var computeBudget: Int?
-    /// Host tier budget in bytes (nil: unlimited).
+    /// Host tier budget in bytes (nil: unlimited). Only with an accelerator profile;
+    /// `validate()` rejects it on a CPU-only one.
     public var hostBudget: Int?
     /// Offloaded activations and streamed parameters go to disk when true, to the host otherwise.
     public var useDisk: Bool
@@ -32,6 +34,13 @@ public struct PlanRequest: Sendable {
         return b
     }
     public var offloadTier: Tier { useDisk ? .disk : .host }
+
+    /// Rejects a host budget where host memory is compute memory: one budget can't be two.
+    public func validate() throws {
+        if hostBudget != nil && hardware.hostIsCompute {
+            throw OffloadError("[plan] --host-budget does not apply to \(hardware.name): it has no accelerator, so host memory and compute memory are the same RAM and --budget covers both; drop --host-budget (or use a profile with \"accelerator\": true)")
+        }
+    }
 }
 
 /// One strategy's plan and its predicted cost, or why it does not fit.
@@ -46,13 +55,16 @@ public struct PlanResult: Sendable {
     public var modelSeconds: Double?
     public var planningSeconds: Double
     public var failure: String?
+    /// The combination is not a plan of its own on this hardware (`failure` says why),
+    /// e.g. zero-offload on a CPU-only machine, where it is keep.
+    public var skipped = false
     public var fits: Bool { simulation != nil && failure == nil }
 }
 
 public enum Planner {
     /// Bytes the parameter placement keeps in compute memory at its worst, so the
     /// activation planners know what they may use.
-    public static func parameterReserve(_ chain: ModelChain, _ p: ParameterPlacement) -> Int {
+    public static func parameterReserve(_ chain: ModelChain, _ p: ParameterPlacement, hostIsCompute: Bool = false) -> Int {
         let stages = chain.stages
         let maxStage = stages.map(\.parameterBytes).max() ?? 0
         let tied = stages.last?.borrowed.isEmpty == false ? stages[0].parameterBytes : 0
@@ -60,6 +72,16 @@ public enum Planner {
         switch p {
         case .keep: return chain.parameterBytes * (training ? 3 : 1) + (training ? maxStage + tied : 0)
         case .zeroOffload: return chain.parameterBytes + (training ? maxStage + tied : 0)
+        case .stream where hostIsCompute && training:
+            // CPU-only: stage k's step runs in RAM right after its backward, so w, g, m, v of k,
+            // the next stage's weights and (once the head has run) the tied weight and its gradient.
+            var worst = 2 * maxStage + tied
+            for k in stages.indices {
+                var b = 4 * stages[k].parameterBytes
+                if k > 0 { b += 2 * tied + (k - 1 > 0 || tied == 0 ? stages[k - 1].parameterBytes : 0) }
+                worst = max(worst, b)
+            }
+            return worst
         case .stream: return 2 * maxStage + tied + (training ? maxStage + tied : 0)
         }
     }
@@ -85,11 +107,28 @@ public enum Planner {
         if p == .zeroOffload && r.useDisk == false && chain.mode == .generate {
             result.failure = "zero-offload applies to training"; return result
         }
+        if r.hardware.hostIsCompute {
+            // Host memory is compute memory: what would only move bytes there is no plan of its own.
+            var same: String?
+            if p == .zeroOffload { same = "zero-offload is keep here (the optimizer step runs in the same RAM, on the same cores)" }
+            else if p == .stream && !r.useDisk { same = "streaming weights from host memory is keep here; give --disk to stream from disk" }
+            else if chain.mode == .train && (a == .offload || a == .pofo) && !r.useDisk {
+                same = "offloading activations to host memory frees nothing here; give --disk"
+            } else if chain.mode == .generate && kvOffload && !r.useDisk {
+                same = "offloading the KV cache to host memory frees nothing here; give --disk"
+            }
+            if let same {
+                result.failure = "n/a on a CPU-only machine: " + same; result.skipped = true; return result
+            }
+        }
         func attempt(_ actions: [ChainAction]) -> Bool {
             let s = chain.schedule(actions, strategy: name, options: options, hardware: r.hardware)
             do {
                 let sim = try s.simulate(budgets: r.budgets)
                 if !sim.leaks.isEmpty { result.failure = "schedule leaks " + sim.leaks.prefix(3).joined(separator: ", "); return true }
+                if r.hardware.hostIsCompute && (sim.peak[.host] ?? 0) > 0 {
+                    result.failure = "internal error: the schedule uses a host tier on a CPU-only machine"; return true
+                }
                 result.schedule = s; result.simulation = sim; result.failure = nil
                 return true
             } catch {
@@ -107,14 +146,15 @@ public enum Planner {
         case .offload: _ = attempt(ChainStrategies.offload(n))
         case .rotor, .pofo:
             let remat = RematChain(chain)
+            let reserve = parameterReserve(chain, p, hostIsCompute: r.hardware.hostIsCompute)
             let total = r.computeBudget ?? (remat.input.reduce(0, +) + remat.saved.reduce(0, +)
                                             + (remat.forwardTemp.max() ?? 0) + (remat.backwardTemp.max() ?? 0)
-                                            + parameterReserve(chain, p))
-            var activationBudget = Double(total - parameterReserve(chain, p))
+                                            + reserve)
+            var activationBudget = Double(total - reserve)
             // Rounding, temporaries the DP does not see and transfer timing can make a
             // plan overflow in the exact simulation: shrink and retry.
             if activationBudget <= 0 {
-                result.failure = "parameters, gradients and optimizer state alone need \(formatBytes(parameterReserve(chain, p)))"
+                result.failure = "parameters, gradients and optimizer state alone need \(formatBytes(reserve))"
                 return result
             }
             for _ in 0..<6 {
@@ -168,6 +208,7 @@ public enum Planner {
     /// `auto`: the fastest fitting plan; if none fits, an error naming the smallest
     /// compute budget that would.
     public static func auto(_ r: PlanRequest) throws -> (chosen: PlanResult, all: [PlanResult]) {
+        try r.validate()
         let all = compareAll(r)
         if let b = best(all) { return (b, all) }
         throw OffloadError(infeasibleMessage(r))
@@ -195,12 +236,17 @@ public enum Planner {
 
     public static func infeasibleMessage(_ r: PlanRequest) -> String {
         let budget = r.computeBudget.map(formatBytes) ?? "unlimited"
-        var msg = "[plan] no strategy fits \(r.chain.model) (\(r.chain.mode.rawValue), batch \(r.chain.batch), seq \(r.chain.seqLen)) in a compute budget of \(budget)"
+        // CPU-only: one budget for everything in RAM (compute and host are the same memory).
+        let kind = r.hardware.hostIsCompute ? "RAM" : "compute"
+        var msg = "[plan] no strategy fits \(r.chain.model) (\(r.chain.mode.rawValue), batch \(r.chain.batch), seq \(r.chain.seqLen)) in a \(kind) budget of \(budget)"
+        if r.hardware.hostIsCompute { msg += " (no accelerator: host and compute memory are the same RAM, all of it in this budget)" }
         if let h = r.hostBudget { msg += " and a host budget of \(formatBytes(h))" }
         if let s = smallestComputeBudget(r) {
-            msg += "; the smallest compute budget that fits is \(formatBytes(s.bytes)) (\(s.bytes) bytes, \(s.name))"
+            msg += "; the smallest \(kind) budget that fits is \(formatBytes(s.bytes)) (\(s.bytes) bytes, \(s.name))"
         } else if r.hostBudget != nil {
             msg += "; nothing fits even with unlimited compute memory: raise --host-budget or use --disk"
+        } else if !r.useDisk {
+            msg += "; nothing fits even with unlimited memory: use --disk"
         }
         return msg
     }

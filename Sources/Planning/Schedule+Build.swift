@@ -29,6 +29,11 @@ public enum ParameterPlacement: String, Codable, Sendable, CaseIterable {
 }
 
 /// Everything a schedule needs besides the actions.
+///
+/// On a CPU-only profile (`hardware.hostIsCompute`) the builder reads `host` as
+/// `compute`: the same RAM, so moving there is no move at all. `zero-offload`, and
+/// `stream` or activation/KV offload to the host, then build what `keep` builds; only
+/// disk is a separate place.
 public struct BuildOptions: Sendable {
     public var parameters: ParameterPlacement
     /// Where streamed parameters and optimizer state live (host or disk).
@@ -60,7 +65,17 @@ struct ScheduleBuilder {
     var lastCompute: Int?
 
     init(chain: ModelChain, options: BuildOptions, hardware: HardwareProfile) {
-        self.chain = chain; self.options = options; self.hardware = hardware
+        self.chain = chain; self.hardware = hardware
+        var o = options
+        if hardware.hostIsCompute {
+            if o.parameterTier == .host { o.parameterTier = .compute }
+            if o.offloadTier == .host { o.offloadTier = .compute }
+            if o.parameters == .zeroOffload || (o.parameters == .stream && o.parameterTier == .compute) {
+                o.parameters = .keep
+            }
+            if o.offloadTier == .compute { o.kvOffload = false }
+        }
+        self.options = o
         for t in Tier.allCases { producer[t] = [:]; readers[t] = [:]; present[t] = [] }
         for (k, s) in chain.stages.enumerated() {
             declare(s.input); s.saved.forEach { declare($0) }
@@ -136,7 +151,7 @@ struct ScheduleBuilder {
     }
 
     mutating func move(_ kind: OperationKind, _ names: [String], from: Tier, to: Tier, freeSource: Bool) {
-        guard !names.isEmpty else { return }
+        guard !names.isEmpty, from != to else { return }
         let stream: Stream = (to == .compute || (from == .disk && to == .host)) ? .read : .write
         let issue = (kind == .prefetch && to == .compute) ? lastCompute.map { [$0] } ?? [] : []
         emit(kind, stream, tier: to, from: from, reads: names, creates: names,
@@ -150,10 +165,18 @@ struct ScheduleBuilder {
         return unit == .all ? [s.input.name] + s.saved.map(\.name) : [s.input.name]
     }
 
-    mutating func ensureWeights(_ k: Int) {
+    /// Streamed weights of stage k into compute memory. With `optimizerState` on a
+    /// CPU-only machine also k's m and v, which its optimizer step (right after the
+    /// backward, in compute memory) needs: read during the backward, one op ahead.
+    mutating func ensureWeights(_ k: Int, optimizerState: Bool = false) {
         guard options.parameters == .stream else { return }
         let missing = weights(k).filter { !present[.compute]!.contains($0) }
         move(.prefetch, missing, from: options.parameterTier, to: .compute, freeSource: false)
+        if optimizerState && hardware.hostIsCompute && chain.mode == .train {
+            let adam = chain.stages[k].parameters.map(\.name).flatMap(ModelChain.adamNames)
+            move(.prefetch, adam.filter { !present[.compute]!.contains($0) }, from: options.parameterTier, to: .compute,
+                 freeSource: true)
+        }
     }
 
     static func stageOf(_ a: ChainAction) -> Int? {
@@ -172,6 +195,7 @@ struct ScheduleBuilder {
         for (idx, action) in actions.enumerated() {
             switch action {
             case .offload(let k, let unit):
+                // Offloading to the tier one already is in (host on a CPU-only machine) is nothing.
                 move(.offload, unitTensors(k, unit), from: .compute, to: options.offloadTier, freeSource: true)
             case .prefetch(let k, let unit):
                 move(.prefetch, unitTensors(k, unit), from: options.offloadTier, to: .compute, freeSource: true)
@@ -205,7 +229,7 @@ struct ScheduleBuilder {
                 }
                 releaseWeights(k, next: nextCompute[idx].flatMap { Self.stageOf(actions[$0]) })
             case .backward(let k):
-                ensureWeights(k)
+                ensureWeights(k, optimizerState: true)
                 if let nx = nextCompute[idx], let nk = Self.stageOf(actions[nx]) { ensureWeights(nk) }
                 let s = chain.stages[k]
                 let gradIn = k + 1 < n ? chain.boundaryGradName(k + 1) : "dact.loss"
@@ -219,8 +243,14 @@ struct ScheduleBuilder {
                 if k > 0 { frees.append(s.input.name) }
                 emit(.backward, .compute, stage: k, reads: [s.input.name] + s.saved.map(\.name) + [gradIn] + weights(k) + oldGrads,
                      creates: creates, frees: frees, updates: oldGrads, temp: s.backwardTempBytes, seconds: s.backwardSeconds)
-                releaseWeights(k, next: nextCompute[idx].flatMap { Self.stageOf(actions[$0]) }, afterBackward: true)
-                optimizerStep(k)
+                if options.parameters == .stream && hardware.hostIsCompute {
+                    // The step updates the weights the backward just used, still in memory.
+                    optimizerStep(k)
+                    releaseWeights(k, next: nextCompute[idx].flatMap { Self.stageOf(actions[$0]) }, afterBackward: true)
+                } else {
+                    releaseWeights(k, next: nextCompute[idx].flatMap { Self.stageOf(actions[$0]) }, afterBackward: true)
+                    optimizerStep(k)
+                }
             }
         }
     }
@@ -251,6 +281,14 @@ struct ScheduleBuilder {
             emit(.free, .compute, frees: own)
             emit(.optimizerStep, .host, stage: k, tier: .host, reads: own + grads + adam, frees: grads, updates: own + adam, seconds: seconds)
             move(.prefetch, own, from: .host, to: .compute, freeSource: false)
+        case .stream where hardware.hostIsCompute:
+            // CPU-only, parameters on disk: w is in memory from the backward, m and v were
+            // read during it. Step on the compute stream (the host's cores are compute's:
+            // no free overlap), then write w, m, v back in place of the disk copies.
+            let t = options.parameterTier
+            emit(.optimizerStep, .compute, stage: k, reads: own + grads + adam, frees: grads, updates: own + adam, seconds: seconds)
+            emit(.free, .write, tier: t, frees: own)
+            move(.offload, own + adam, from: .compute, to: t, freeSource: true)
         case .stream:
             let t = options.parameterTier
             move(.offload, grads, from: .compute, to: .host, freeSource: true)

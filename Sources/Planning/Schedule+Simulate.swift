@@ -38,6 +38,24 @@ public struct Simulation: Codable, Sendable {
     public var leaks: [String]
 
     public var totalBytesMoved: Int { bytesMoved.values.reduce(0, +) }
+
+    /// The most bytes the given tiers hold together at any instant (not the sum of
+    /// their peaks): on a CPU-only machine compute + host is the RAM in use.
+    public func combinedPeak(_ tiers: [Tier]) -> Int {
+        let lines = tiers.map { timeline[$0] ?? [] }
+        var best = 0
+        for t in Set(lines.flatMap { $0.map(\.time) }).sorted() {
+            var sum = 0
+            for line in lines {
+                // The last point at or before t (points are in time order).
+                var lo = 0, hi = line.count
+                while lo < hi { let m = (lo + hi) / 2; if line[m].time <= t { lo = m + 1 } else { hi = m } }
+                if lo > 0 { sum += line[lo - 1].bytes }
+            }
+            best = max(best, sum)
+        }
+        return best
+    }
 }
 
 extension Schedule {

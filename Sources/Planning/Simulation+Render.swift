@@ -47,8 +47,9 @@ extension Simulation {
     /// An SVG: bytes in use per tier over the step (one line each, the compute
     /// budget and each tier's peak as dashed lines), then one lane per stream.
     /// Elements carry ids and data attributes tests can find: `lane-<stream>`,
-    /// `peak-<tier>` with `data-bytes`, `budget-compute`.
-    public func svg(_ schedule: Schedule, budgets: TierBudgets = [:], title: String) -> String {
+    /// `peak-<tier>` with `data-bytes`, `budget-compute`. With `hostIsCompute` (a CPU-only
+    /// machine) the compute line is labelled as all of RAM and the budget as the RAM budget.
+    public func svg(_ schedule: Schedule, budgets: TierBudgets = [:], title: String, hostIsCompute: Bool = false) -> String {
         let width = 1000.0, left = 90.0, right = 20.0, top = 40.0, chartH = 260.0
         let laneH = 28.0, laneGap = 6.0
         let streams = Stream.allCases
@@ -80,7 +81,8 @@ extension Simulation {
         if let b = budgets[.compute] {
             s += String(format: "<line id=\"budget-compute\" data-bytes=\"%ld\" x1=\"%.1f\" y1=\"%.2f\" x2=\"%.1f\" y2=\"%.2f\" stroke=\"black\" stroke-dasharray=\"2,3\"/>\n",
                         b, left, y(b), width - right, y(b))
-            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">budget %@</text>\n", width - right, y(b) - 3, formatBytes(b))
+            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%@ %@</text>\n", width - right, y(b) - 3,
+                        hostIsCompute ? "RAM budget (compute + host)" : "budget", formatBytes(b))
         }
         for (ti, t) in tiers.enumerated() {
             let pts = timeline[t] ?? []
@@ -98,7 +100,8 @@ extension Simulation {
             s += String(format: "<line id=\"peak-%@\" data-bytes=\"%ld\" x1=\"%.1f\" y1=\"%.2f\" x2=\"%.1f\" y2=\"%.2f\" stroke=\"%@\" stroke-dasharray=\"6,4\" stroke-width=\"0.8\"/>\n",
                         t.rawValue, pk, left, y(pk), width - right, y(pk), c)
             s += String(format: "<text x=\"%.1f\" y=\"%.1f\" fill=\"%@\">%@ peak %@</text>\n",
-                        left + 8 + Double(ti) * 200, top - 6, c, t.rawValue, formatBytes(pk))
+                        left + 8 + Double(ti) * 260, top - 6, c,
+                        hostIsCompute && t == .compute ? "RAM (compute = host)" : t.rawValue, formatBytes(pk))
         }
         let lanesTop = top + chartH + 30
         let byId = Dictionary(schedule.operations.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })

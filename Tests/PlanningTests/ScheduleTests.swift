@@ -43,6 +43,33 @@ func replayPeaks(_ s: Schedule, _ sim: Simulation) -> [Tier: Int] {
     return peaks
 }
 
+/// The most bytes compute and host hold together at any instant, replayed from the ops
+/// and their simulated times (frees before allocations at equal times, as the simulator).
+func replayCombinedPeak(_ s: Schedule, _ sim: Simulation, _ tiers: Set<Tier> = [.compute, .host]) -> Int {
+    let sizes = s.tensorBytes
+    var run = s.initial.filter { tiers.contains($0.tier) }.reduce(0) { $0 + sizes[$1.tensor]! }
+    var events: [(Double, Int)] = []
+    let times = Dictionary(uniqueKeysWithValues: sim.ops.map { ($0.id, ($0.start, $0.end)) })
+    for op in s.operations {
+        let (st, en) = times[op.id]!
+        if tiers.contains(op.tier) {
+            for n in op.creates { events.append((st, sizes[n]!)) }
+            for n in op.frees { events.append((en, -sizes[n]!)) }
+        }
+        if op.tempBytes > 0 && tiers.contains(.compute) { events.append((st, op.tempBytes)); events.append((en, -op.tempBytes)) }
+    }
+    var peak = run
+    for (_, d) in events.sorted(by: { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }) { run += d; peak = max(peak, run) }
+    return peak
+}
+
+/// The default CPU speeds with compute on an accelerator: host is a tier of its own.
+let acceleratorProfile: HardwareProfile = {
+    var h = HardwareProfile.defaultCPU
+    h.name = "test-accelerator"; h.accelerator = true
+    return h
+}()
+
 final class StrategyMemoryTests: XCTestCase {
     func peak(_ actions: [ChainAction], _ chain: ModelChain) throws -> Int {
         let s = chain.schedule(actions, strategy: "t", options: BuildOptions(), hardware: .defaultCPU)
@@ -67,17 +94,20 @@ final class StrategyMemoryTests: XCTestCase {
         XCTAssertEqual(try s.simulate().recomputeSeconds, Double(n - L) * 1)
     }
 
+    /// With an accelerator, compute and host are separate tiers with separate budgets.
     func testEveryStrategyRespectsEveryBudgetItWasGiven() throws {
         let cfg = try LlamaConfig.named("small")
-        let chain = ModelChain.llama(cfg, mode: .train, batch: 2, seqLen: 64, hardware: .defaultCPU)
-        let unconstrained = Planner.plan(.keep, .keep, PlanRequest(chain: chain))
+        let chain = ModelChain.llama(cfg, mode: .train, batch: 2, seqLen: 64, hardware: acceleratorProfile)
+        let unconstrained = Planner.plan(.keep, .keep, PlanRequest(chain: chain, hardware: acceleratorProfile))
         let keepPeak = try XCTUnwrap(unconstrained.simulation?.peak[.compute])
         var fitted = 0
         for fraction in [1.0, 0.6, 0.35] {
             let budget = Int(Double(keepPeak) * fraction)
             let host = Int(Double(keepPeak) * 1.5)
             for disk in [false, true] {
-                let r = PlanRequest(chain: chain, computeBudget: budget, hostBudget: host, useDisk: disk, rotorSlots: 200, pofoSlots: 20)
+                let r = PlanRequest(chain: chain, hardware: acceleratorProfile, computeBudget: budget, hostBudget: host,
+                                    useDisk: disk, rotorSlots: 200, pofoSlots: 20)
+                XCTAssertNoThrow(try r.validate())
                 for p in Planner.compareAll(r) where p.fits {
                     let sim = p.simulation!, s = p.schedule!
                     XCTAssertLessThanOrEqual(sim.peak[.compute]!, budget, p.name)
@@ -109,9 +139,9 @@ final class StrategyMemoryTests: XCTestCase {
 
     func testStreamedParametersStayOffTheComputeTier() throws {
         let cfg = try LlamaConfig.named("small")
-        let chain = ModelChain.llama(cfg, mode: .train, batch: 1, seqLen: 32, hardware: .defaultCPU)
-        let keep = Planner.plan(.recompute, .keep, PlanRequest(chain: chain))
-        let stream = Planner.plan(.recompute, .stream, PlanRequest(chain: chain, useDisk: true))
+        let chain = ModelChain.llama(cfg, mode: .train, batch: 1, seqLen: 32, hardware: acceleratorProfile)
+        let keep = Planner.plan(.recompute, .keep, PlanRequest(chain: chain, hardware: acceleratorProfile))
+        let stream = Planner.plan(.recompute, .stream, PlanRequest(chain: chain, hardware: acceleratorProfile, useDisk: true))
         let kp = try XCTUnwrap(keep.simulation), sp = try XCTUnwrap(stream.simulation)
         // keep holds weights, m and v: at least 3× the parameters.
         XCTAssertGreaterThanOrEqual(kp.peak[.compute]!, 3 * chain.parameterBytes)
@@ -128,7 +158,8 @@ final class ScheduleIRTests: XCTestCase {
     func testScheduleJSONRoundTripsAndSimulatesTheSame() throws {
         let cfg = try LlamaConfig.named("tiny")
         let chain = ModelChain.llama(cfg, mode: .train, batch: 2, seqLen: 16, hardware: .defaultCPU)
-        let p = Planner.plan(.pofo, .zeroOffload, PlanRequest(chain: chain, computeBudget: 3_000_000, rotorSlots: 50, pofoSlots: 20))
+        let p = Planner.plan(.pofo, .zeroOffload, PlanRequest(chain: chain, hardware: acceleratorProfile, computeBudget: 3_000_000,
+                                                              rotorSlots: 50, pofoSlots: 20))
         XCTAssertTrue(p.fits, p.failure ?? "")
         let s = try XCTUnwrap(p.schedule)
         let back = try Schedule.load(json: try s.jsonData())
@@ -169,7 +200,8 @@ final class AutoTests: XCTestCase {
         XCTAssertThrowsError(try Planner.auto(r)) { message = "\($0)" }
         do {
             let text = message
-            XCTAssertTrue(text.contains("smallest compute budget that fits is"), text)
+            // CPU-only: one RAM budget, named as such.
+            XCTAssertTrue(text.contains("smallest RAM budget that fits is"), text)
             guard let open = text.range(of: "("), let close = text.range(of: " bytes", range: open.upperBound..<text.endIndex),
                   let bytes = Int(text[open.upperBound..<close.lowerBound].split(separator: "(").last ?? "") else {
                 return XCTFail("no byte count in: \(text)")
@@ -186,10 +218,11 @@ final class AutoTests: XCTestCase {
     func testAutoPicksTheFastestFittingPlan() throws {
         let cfg = try LlamaConfig.named("small")
         let chain = ModelChain.llama(cfg, mode: .train, batch: 2, seqLen: 64, hardware: .defaultCPU)
-        let (chosen, all) = try Planner.auto(PlanRequest(chain: chain, computeBudget: 20_000_000, rotorSlots: 200, pofoSlots: 20))
+        let (chosen, all) = try Planner.auto(PlanRequest(chain: chain, computeBudget: 50_000_000, useDisk: true,
+                                                         rotorSlots: 200, pofoSlots: 20))
         let fitting = all.filter(\.fits)
         XCTAssertFalse(fitting.isEmpty)
-        XCTAssertLessThan(fitting.count, all.count, "the budget must rule some strategies out")
+        XCTAssertLessThan(fitting.count, all.filter { !$0.skipped }.count, "the budget must rule some strategies out")
         for p in fitting { XCTAssertLessThanOrEqual(chosen.simulation!.stepSeconds, p.simulation!.stepSeconds) }
     }
 
@@ -240,5 +273,125 @@ final class SVGTests: XCTestCase {
         // The budget line is above (smaller y than) or at the peak line.
         let budgetY = try XCTUnwrap(Double(c.attrs["budget-compute"]?["y1"] ?? ""))
         XCTAssertLessThanOrEqual(budgetY, top + 0.01)
+    }
+}
+
+/// A CPU-only profile (the default): host memory is compute memory.
+final class CPUOnlyTests: XCTestCase {
+    func check(_ r: PlanRequest, _ all: [PlanResult], file: StaticString = #filePath, line: UInt = #line) throws -> Int {
+        let budget = try XCTUnwrap(r.computeBudget)
+        var fitted = 0
+        for p in all where p.fits {
+            let s = p.schedule!, sim = p.simulation!
+            XCTAssertLessThanOrEqual(replayCombinedPeak(s, sim), budget, "\(p.name): compute + host over the one RAM budget",
+                                     file: file, line: line)
+            XCTAssertEqual(replayCombinedPeak(s, sim), sim.combinedPeak([.compute, .host]), p.name, file: file, line: line)
+            XCTAssertEqual(replayPeaks(s, sim), sim.peak, p.name, file: file, line: line)
+            XCTAssertEqual(sim.leaks, [], p.name, file: file, line: line)
+            // No copies between the two names of one memory, and no host stream running beside compute for free.
+            XCTAssertFalse(s.operations.contains { $0.stream == .host }, p.name, file: file, line: line)
+            XCTAssertEqual(sim.bytesMoved.keys.filter { $0.contains("host") }, [], p.name, file: file, line: line)
+            fitted += 1
+        }
+        return fitted
+    }
+
+    /// The case that overcommitted: offload+stream had 706 MiB compute and 432 MiB host
+    /// under a 1 GiB budget. Every fitting plan now keeps compute + host ≤ the budget.
+    func testEveryFittingPlanKeepsComputePlusHostUnderTheOneBudget() throws {
+        let cfg = try LlamaConfig.named("smollm2-135m")
+        let chain = ModelChain.llama(cfg, mode: .train, batch: 4, seqLen: 256, hardware: .defaultCPU)
+        let gib = 1 << 30
+        let r = PlanRequest(chain: chain, computeBudget: gib, useDisk: true, rotorSlots: 200, pofoSlots: 20)
+        let all = Planner.compareAll(r)
+        XCTAssertGreaterThanOrEqual(try check(r, all), 3)
+        let (chosen, _) = try Planner.auto(r)
+        XCTAssertEqual(chosen.parameters, .stream)
+
+        let small = try LlamaConfig.named("small")
+        let sc = ModelChain.llama(small, mode: .train, batch: 2, seqLen: 64, hardware: .defaultCPU)
+        let keepPeak = try XCTUnwrap(Planner.plan(.keep, .keep, PlanRequest(chain: sc)).simulation?.peak[.compute])
+        var fitted = 0
+        for fraction in [1.0, 0.6, 0.35, 0.2] {
+            for disk in [false, true] {
+                let q = PlanRequest(chain: sc, computeBudget: Int(Double(keepPeak) * fraction), useDisk: disk,
+                                    rotorSlots: 200, pofoSlots: 20)
+                fitted += try check(q, Planner.compareAll(q))
+            }
+        }
+        XCTAssertGreaterThan(fitted, 15)
+    }
+
+    /// Weights, m and v streamed from disk: the whole step fits in less RAM than keep-all's,
+    /// and less than the parameters and optimizer state alone.
+    func testStreamingFromDiskFitsUnderLessThanKeepAll() throws {
+        let cfg = try LlamaConfig.named("small")
+        let chain = ModelChain.llama(cfg, mode: .train, batch: 1, seqLen: 32, hardware: .defaultCPU)
+        let keepPeak = try XCTUnwrap(Planner.plan(.keep, .keep, PlanRequest(chain: chain)).simulation?.peak[.compute])
+        let budget = 3 * chain.parameterBytes / 2
+        XCTAssertLessThan(budget, keepPeak)
+        let r = PlanRequest(chain: chain, computeBudget: budget, useDisk: true)
+        XCTAssertFalse(Planner.plan(.keep, .keep, r).fits)
+        let p = Planner.plan(.recompute, .stream, r)
+        XCTAssertTrue(p.fits, p.failure ?? "")
+        let sim = try XCTUnwrap(p.simulation), s = try XCTUnwrap(p.schedule)
+        XCTAssertLessThanOrEqual(replayCombinedPeak(s, sim), budget)
+        XCTAssertGreaterThanOrEqual(sim.peak[.disk]!, 3 * chain.parameterBytes)
+        // w is read for the forward (and again for the backward when it was dropped in between), m and v
+        // once for the step; w, m, v written back. Never via host.
+        XCTAssertGreaterThanOrEqual(sim.bytesMoved["disk→compute"]!, 3 * chain.parameterBytes)
+        let adamRead = s.operations.filter { $0.kind == .prefetch }.flatMap(\.creates).filter { $0.hasPrefix("adam.") }
+        XCTAssertEqual(adamRead.count, Set(adamRead).count)
+        XCTAssertEqual(adamRead.reduce(0) { $0 + s.tensorBytes[$1]! }, 2 * chain.parameterBytes)
+        XCTAssertEqual(sim.bytesMoved["compute→disk"], 3 * chain.parameterBytes)
+        XCTAssertNil(sim.bytesMoved["host→disk"])
+        // The optimizer step is compute work on the compute stream, one per parameter group.
+        XCTAssertEqual(s.operations.filter { $0.kind == .optimizerStep && $0.stream == .compute && $0.tier == .compute }.count,
+                       chain.stages.filter { !$0.parameters.isEmpty }.count)
+    }
+
+    func testHostBudgetIsAnErrorWithoutAnAccelerator() throws {
+        let cfg = try LlamaConfig.named("tiny")
+        let chain = ModelChain.llama(cfg, mode: .train, batch: 1, seqLen: 16, hardware: .defaultCPU)
+        let r = PlanRequest(chain: chain, computeBudget: 1 << 30, hostBudget: 0, useDisk: true)
+        XCTAssertThrowsError(try r.validate()) { XCTAssertTrue("\($0)".contains("same RAM"), "\($0)") }
+        XCTAssertThrowsError(try Planner.auto(r)) { XCTAssertTrue("\($0)".contains("--host-budget"), "\($0)") }
+        var a = r; a.hardware = acceleratorProfile
+        XCTAssertNoThrow(try a.validate())
+    }
+
+    /// Combinations that would only move bytes between host and compute are not plans of their own.
+    func testHostOnlyCombinationsAreSkippedWithAReason() throws {
+        let cfg = try LlamaConfig.named("tiny")
+        let chain = ModelChain.llama(cfg, mode: .train, batch: 1, seqLen: 16, hardware: .defaultCPU)
+        for disk in [false, true] {
+            let all = Planner.compareAll(PlanRequest(chain: chain, useDisk: disk))
+            for p in all where p.parameters == .zeroOffload || (!disk && (p.parameters == .stream || p.activations == .offload || p.activations == .pofo)) {
+                XCTAssertTrue(p.skipped, p.name); XCTAssertFalse(p.fits, p.name)
+                XCTAssertTrue(p.failure?.contains("CPU-only") == true, p.failure ?? "")
+            }
+            if disk { XCTAssertTrue(all.first { $0.name == "offload+stream" }?.fits == true) }
+        }
+        // With an accelerator they are plans again.
+        let z = Planner.plan(.keep, .zeroOffload, PlanRequest(chain: chain, hardware: acceleratorProfile))
+        XCTAssertTrue(z.fits, z.failure ?? "")
+        XCTAssertGreaterThan(z.simulation!.peak[.host]!, 0)
+        XCTAssertEqual(HardwareProfile.defaultCPU.bandwidth(from: .host, to: .compute), .infinity)
+        XCTAssertEqual(acceleratorProfile.bandwidth(from: .host, to: .compute), acceleratorProfile.hostLinkBandwidth)
+    }
+
+    /// Profiles without the key (what `offload profile` writes today) are CPU-only.
+    func testProfileJSONWithoutAcceleratorIsCPUOnly() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("planfix-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let old = dir.appendingPathComponent("old.json"), gpu = dir.appendingPathComponent("gpu.json")
+        try Data(#"{"machine": "box", "gemm_flops": 1e11, "memcpy_bytes_per_second": 1e10, "disk_read_bytes_per_second": 1e9, "disk_write_bytes_per_second": 1e9, "host_compute_bytes_per_second": 1e10}"#.utf8).write(to: old)
+        try Data(#"{"name": "gpu", "gemmFlops": 1e13, "memoryBandwidth": 1e12, "diskReadBandwidth": 1e9, "diskWriteBandwidth": 1e9, "hostLinkBandwidth": 2e10, "accelerator": true}"#.utf8).write(to: gpu)
+        XCTAssertTrue(try HardwareProfile.load(path: old.path).hostIsCompute)
+        XCTAssertFalse(try HardwareProfile.load(path: gpu.path).hostIsCompute)
+        let legacy = Data(#"{"name": "x", "gemmFlops": 1, "memoryBandwidth": 1, "diskReadBandwidth": 1, "diskWriteBandwidth": 1, "hostLinkBandwidth": 1}"#.utf8)
+        XCTAssertFalse(try JSONDecoder().decode(HardwareProfile.self, from: legacy).accelerator)
+        XCTAssertEqual(try JSONDecoder().decode(HardwareProfile.self, from: try JSONEncoder().encode(acceleratorProfile)), acceleratorProfile)
     }
 }
