@@ -27,8 +27,8 @@ struct Plan: ParsableCommand {
     @Option(help: "train or generate.") var mode: String = "train"
     @Option(help: "Sequences per step.") var batch: Int = 1
     @Option(name: .customLong("seq-len"), help: "Tokens per sequence (generate: context length).") var seqLen: Int = 256
-    @Option(help: "Compute memory budget, e.g. 256MB, 24GiB.") var budget: String?
-    @Option(name: .customLong("host-budget"), help: "Host memory budget.") var hostBudget: String?
+    @Option(help: "Compute memory budget, e.g. 256MB, 24GiB. Without an accelerator (a CPU-only profile) the one RAM budget: compute and host memory together.") var budget: String?
+    @Option(name: .customLong("host-budget"), help: "Host memory budget; only for a profile with an accelerator (on a CPU-only one host memory is compute memory).") var hostBudget: String?
     @Option(help: "Directory for the disk tier; offloaded tensors go to disk when given.") var disk: String?
     @Option(help: "Hardware profile JSON (from `offload profile`).") var hardware: String?
     @Option(help: "Strategy to choose: auto, a name from the table (rotor, pofo+stream, ...).") var strategy: String = "auto"
@@ -58,6 +58,7 @@ struct Plan: ParsableCommand {
         let chain = ModelChain.llama(cfg, mode: runMode, batch: batch, seqLen: seqLen, hardware: hw)
         let request = PlanRequest(chain: chain, hardware: hw, computeBudget: budget.flatMap(parseBytes),
                                   hostBudget: hostBudget.flatMap(parseBytes), useDisk: disk != nil)
+        try request.validate()
         let all = Planner.compareAll(request)
         let chosen: PlanResult
         if strategy == "auto" {
@@ -77,7 +78,7 @@ struct Plan: ParsableCommand {
         }
         if let path = svg, let sim = chosen.simulation, let s = chosen.schedule {
             let title = "\(cfg.name) \(mode) batch \(batch) seq \(seqLen): \(chosen.name), step \(String(format: "%.3f", sim.stepSeconds)) s"
-            try write(sim.svg(s, budgets: request.budgets, title: title), to: path)
+            try write(sim.svg(s, budgets: request.budgets, title: title, hostIsCompute: hw.hostIsCompute), to: path)
         }
         if let path = schedule, let s = chosen.schedule {
             try write(String(decoding: try s.jsonData(), as: UTF8.self), to: path)
@@ -97,19 +98,28 @@ struct Plan: ParsableCommand {
         var lines: [String] = []
         let c = r.chain
         lines.append("\(c.model) \(c.mode.rawValue), batch \(c.batch), seq \(c.seqLen): \(formatBytes(c.parameterBytes)) of fp32 parameters, \(c.count) stages")
-        lines.append("budgets: compute \(r.computeBudget.map(formatBytes) ?? "unlimited"), host \(r.hostBudget.map(formatBytes) ?? "unlimited"), offload to \(r.offloadTier.rawValue); hardware \(r.hardware.name)")
+        // CPU-only: host memory is compute memory, so one RAM budget and one RAM peak column.
+        let ram = r.hardware.hostIsCompute
+        if ram {
+            lines.append("budgets: RAM \(r.computeBudget.map(formatBytes) ?? "unlimited") (no accelerator: compute and host memory are the same RAM, this budget covers both), offload to \(r.offloadTier.rawValue); hardware \(r.hardware.name)")
+        } else {
+            lines.append("budgets: compute \(r.computeBudget.map(formatBytes) ?? "unlimited"), host \(r.hostBudget.map(formatBytes) ?? "unlimited"), offload to \(r.offloadTier.rawValue); hardware \(r.hardware.name)")
+        }
         func pad(_ s: String, _ w: Int) -> String { s.count >= w ? s : s + String(repeating: " ", count: w - s.count) }
         func lpad(_ s: String, _ w: Int) -> String { s.count >= w ? s : String(repeating: " ", count: w - s.count) + s }
-        lines.append("  " + pad("strategy", 24) + lpad("step", 11) + lpad("compute peak", 14) + lpad("host peak", 12)
+        lines.append("  " + pad("strategy", 24) + lpad("step", 11) + (ram ? lpad("RAM peak", 14) : lpad("compute peak", 14) + lpad("host peak", 12))
                      + lpad("disk peak", 12) + lpad("moved", 12) + lpad("recompute", 11) + lpad("idle", 10) + lpad("plan", 9))
         for p in all {
             let mark = p.name == chosen.name ? "* " : "  "
             guard let s = p.simulation, p.fits else {
-                lines.append(mark + pad(p.name, 24) + "  does not fit: " + String((p.failure ?? "").prefix(90)))
+                let why = p.skipped ? "  " + String((p.failure ?? "").prefix(110)) : "  does not fit: " + String((p.failure ?? "").prefix(90))
+                lines.append(mark + pad(p.name, 24) + why)
                 continue
             }
+            let memory = ram ? lpad(formatBytes(s.combinedPeak([.compute, .host])), 14)
+                : lpad(formatBytes(s.peak[.compute] ?? 0), 14) + lpad(formatBytes(s.peak[.host] ?? 0), 12)
             lines.append(mark + pad(p.name, 24) + lpad(String(format: "%.3f s", s.stepSeconds), 11)
-                         + lpad(formatBytes(s.peak[.compute] ?? 0), 14) + lpad(formatBytes(s.peak[.host] ?? 0), 12)
+                         + memory
                          + lpad(formatBytes(s.peak[.disk] ?? 0), 12) + lpad(formatBytes(s.totalBytesMoved), 12)
                          + lpad(String(format: "%.1f%%", 100 * s.recomputeSeconds / max(1e-12, s.computeSeconds - s.recomputeSeconds)), 11)
                          + lpad(String(format: "%.3f s", s.computeIdleSeconds), 10)
@@ -126,6 +136,8 @@ struct Plan: ParsableCommand {
             if let s = p.simulation, p.fits {
                 e["stepSeconds"] = s.stepSeconds
                 e["peakBytes"] = Dictionary(uniqueKeysWithValues: s.peak.map { ($0.key.rawValue, $0.value) })
+                // What counts against --budget: compute alone, or all of RAM on a CPU-only machine.
+                e["budgetedPeakBytes"] = r.hardware.hostIsCompute ? s.combinedPeak([.compute, .host]) : (s.peak[.compute] ?? 0)
                 e["bytesMoved"] = s.bytesMoved
                 e["recomputeSeconds"] = s.recomputeSeconds
                 e["computeSeconds"] = s.computeSeconds
@@ -133,12 +145,14 @@ struct Plan: ParsableCommand {
                 if let m = p.modelSeconds { e["modelSeconds"] = m }
             } else {
                 e["failure"] = p.failure ?? ""
+                if p.skipped { e["skipped"] = true }
             }
             return e
         }
         var top: [String: Any] = ["model": r.chain.model, "mode": r.chain.mode.rawValue, "batch": r.chain.batch,
                                   "seqLen": r.chain.seqLen, "chosen": chosen.name, "strategies": all.map(entry),
-                                  "parameterBytes": r.chain.parameterBytes, "offloadTier": r.offloadTier.rawValue]
+                                  "parameterBytes": r.chain.parameterBytes, "offloadTier": r.offloadTier.rawValue,
+                                  "hostIsCompute": r.hardware.hostIsCompute]
         if let b = r.computeBudget { top["computeBudget"] = b }
         if let b = r.hostBudget { top["hostBudget"] = b }
         let data = try JSONSerialization.data(withJSONObject: top, options: [.prettyPrinted, .sortedKeys])
