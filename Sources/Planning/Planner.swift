@@ -219,8 +219,9 @@ public enum Planner {
     public static func smallestComputeBudget(_ r: PlanRequest) -> (bytes: Int, name: String)? {
         var q = r
         q.computeBudget = nil
-        guard let free = best(compareAll(q)) else { return nil }
-        let fitting = compareAll(q).filter(\.fits).compactMap { $0.simulation?.peak[.compute] }
+        let unlimited = compareAll(q)
+        guard let free = best(unlimited) else { return nil }
+        let fitting = unlimited.filter(\.fits).compactMap { $0.simulation?.peak[.compute] }
         var lo = r.computeBudget ?? 0, hi = fitting.min() ?? free.simulation!.peak[.compute]!
         var name = free.name
         if hi <= lo { return (hi, name) }
