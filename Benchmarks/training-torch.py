@@ -1,0 +1,41 @@
+"""PyTorch side of Benchmarks/bench-training.sh: LlamaForCausalLM (transformers, fp32,
+loaded from the same GGUF), AdamW, B x T windows of the same text, N steps on
+`--threads` threads. Prints one JSON object: per-step seconds and peak RSS."""
+import argparse, json, os, resource, sys, time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--model", required=True)
+ap.add_argument("--data", required=True)
+ap.add_argument("--batch", type=int, default=4)
+ap.add_argument("--seq-len", type=int, default=256)
+ap.add_argument("--steps", type=int, default=4)
+ap.add_argument("--threads", type=int, default=2)
+a = ap.parse_args()
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+torch.set_num_threads(a.threads)
+folder, name = os.path.split(os.path.abspath(a.model))
+tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+model.train()
+ids = tok(open(a.data, encoding="utf-8").read(), add_special_tokens=False)["input_ids"]
+T, B = a.seq_len, a.batch
+windows = [ids[s:s + T + 1] for s in range(0, len(ids) - T, T)]
+if not windows:
+    sys.exit(f"{a.data}: shorter than one window of {T + 1} tokens")
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+steps = []
+for k in range(a.steps):
+    batch = torch.tensor([windows[(k * B + b) % len(windows)] for b in range(B)])
+    t0 = time.perf_counter()
+    out = model(input_ids=batch[:, :-1], labels=None)
+    loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), batch[:, 1:].reshape(-1))
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    steps.append({"step": k, "seconds": time.perf_counter() - t0, "loss": loss.item()})
+print(json.dumps({"steps": steps, "tokens_per_step": B * T,
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "torch": torch.__version__, "threads": a.threads}))
