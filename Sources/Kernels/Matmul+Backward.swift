@@ -1,0 +1,62 @@
+// Training matmuls (fp32 weights, OpenBLAS sgemm over all batch × seq rows) as a
+// forward/backward pair, and the fixed-partition row parallelism the other
+// training kernels use. Not for quantized weights: inference keeps Matmul.linear.
+
+import CBLAS
+import Dispatch
+
+/// out: (n, outDim) = inp (n, inDim) · weightᵀ, plus out's old value when `accumulate`;
+/// weight: (outDim, inDim) row-major, as GGUF stores it.
+public func matmulForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>,
+                          _ weight: UnsafePointer<Float>, n: Int, inDim: Int, outDim: Int,
+                          accumulate: Bool = false) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(outDim), Int32(inDim), 1,
+                inp, Int32(inDim), weight, Int32(inDim), accumulate ? 1 : 0, out, Int32(outDim))
+}
+
+/// dinp: (n, inDim) = dout · weight, plus dinp's old value when `accumulateInput`; nil skips it.
+/// dweight: (outDim, inDim) += doutᵀ · inp (always accumulated: gradients sum over micro-batches).
+/// dout: (n, outDim); inp: (n, inDim); weight: (outDim, inDim).
+public func matmulBackward(_ dinp: UnsafeMutablePointer<Float>?, _ dweight: UnsafeMutablePointer<Float>,
+                           _ dout: UnsafePointer<Float>, _ inp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
+                           n: Int, inDim: Int, outDim: Int, accumulateInput: Bool = false) {
+    if let dinp {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(inDim), Int32(outDim), 1,
+                    dout, Int32(outDim), weight, Int32(inDim), accumulateInput ? 1 : 0, dinp, Int32(inDim))
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(outDim), Int32(inDim), Int32(n), 1,
+                dout, Int32(outDim), inp, Int32(inDim), 1, dweight, Int32(inDim))
+}
+
+/// C[m, n] = alpha · A[k, m]ᵀ · B[k, n] + beta · C (row-major).
+@inline(__always)
+func sgemmTN(m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+             b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
+                a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// Threads the training kernels split independent rows over. Each call cuts
+/// [0, rows) into `threads` fixed contiguous ranges, and no range's result
+/// depends on another's, so results are the same whichever thread runs a range.
+public enum TrainingThreads {
+    nonisolated(unsafe) public static var count = 1
+}
+
+@inline(__always)
+func parallelRows(_ rows: Int, minRowsPerThread: Int = 1, _ body: (Range<Int>) -> Void) {
+    let t = min(TrainingThreads.count, max(1, rows / max(minRowsPerThread, 1)))
+    if t <= 1 { body(0..<rows); return }
+    withoutActuallyEscaping(body) { body in
+        let box = UncheckedSendable(body)
+        DispatchQueue.concurrentPerform(iterations: t) { i in
+            box.value(rows * i / t ..< rows * (i + 1) / t)
+        }
+    }
+}
+
+/// Hands a closure over raw pointers to worker threads; the ranges it gets never overlap.
+struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
