@@ -40,7 +40,13 @@ func sgemmTN(m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<Float>, 
 /// [0, rows) into `threads` fixed contiguous ranges, and no range's result
 /// depends on another's, so results are the same whichever thread runs a range.
 public enum TrainingThreads {
-    nonisolated(unsafe) public static var count = 1
+    nonisolated(unsafe) public static private(set) var count = 1
+
+    /// Uses `threads` for the training kernels' row loops and for OpenBLAS.
+    public static func set(_ threads: Int) {
+        count = max(1, threads)
+        openblas_set_num_threads(Int32(count))
+    }
 }
 
 @inline(__always)

@@ -33,7 +33,7 @@ func assertGradient(_ a: [Float], _ b: [Double], rtol: Double = 1e-3, atol: Doub
 }
 
 final class BackwardKernelTests: XCTestCase {
-    override func setUp() { TrainingThreads.count = 2 }
+    override func setUp() { TrainingThreads.set(2) }
 
     func testMatmulBackward() {
         let n = 5, inDim = 7, outDim = 6

@@ -1,0 +1,286 @@
+// Forward and backward of a TrainableLlama over one batch of B sequences × T
+// positions: per-block `forward(saving:)` / `backward`, the head with the
+// cross-entropy loss, gradients accumulated into the model's gradient buffer.
+// What each block keeps for its backward pass is a named, sized table
+// (BlockActivations) so a planner can keep, offload or recompute it; here two
+// policies exist: keep everything, or keep only each block's input and
+// recompute the rest during the backward pass. Both give bit-identical gradients.
+// Not here: the optimizer step, clipping, data (Runtime).
+
+import Kernels
+import Tensors
+
+/// What one block saves for its backward pass, carved from one allocation.
+public struct BlockActivations {
+    /// (name, floats) of every saved tensor at batch × seqLen, in allocation order.
+    public static func table(config c: LlamaConfig, batch: Int, seqLen: Int) -> [(name: String, floats: Int)] {
+        let n = batch * seqLen
+        return [
+            ("attn_in", n * c.dim),          // block input (the residual stream)
+            ("attn_norm", n * c.dim),        // RMSNorm output feeding q, k, v
+            ("attn_rstd", n),                // 1/rms per row of attn_in
+            ("q", n * c.qDim),               // after RoPE
+            ("k", n * c.kvDim),              // after RoPE
+            ("v", n * c.kvDim),
+            ("att_probs", batch * c.heads * seqLen * seqLen),
+            ("att_out", n * c.qDim),         // attention output, before attn_output
+            ("ffn_in", n * c.dim),           // residual after attention
+            ("ffn_norm", n * c.dim),
+            ("ffn_rstd", n),
+            ("gate", n * c.ffnDim),
+            ("up", n * c.ffnDim),
+            ("swiglu", n * c.ffnDim),        // silu(gate) · up, feeding ffn_down
+        ]
+    }
+
+    public static func floats(config: LlamaConfig, batch: Int, seqLen: Int) -> Int {
+        table(config: config, batch: batch, seqLen: seqLen).reduce(0) { $0 + ($1.floats + 15) / 16 * 16 }
+    }
+
+    public var attnIn, attnNorm, attnRstd, q, k, v, attProbs, attOut: UnsafeMutablePointer<Float>
+    public var ffnIn, ffnNorm, ffnRstd, gate, up, swiglu: UnsafeMutablePointer<Float>
+
+    /// Views into `base`, which must hold `floats(config:batch:seqLen:)` floats.
+    public init(carving base: UnsafeMutablePointer<Float>, config: LlamaConfig, batch: Int, seqLen: Int) {
+        var p: [UnsafeMutablePointer<Float>] = [], offset = 0
+        for (_, floats) in Self.table(config: config, batch: batch, seqLen: seqLen) {
+            p.append(base + offset)
+            offset += (floats + 15) / 16 * 16
+        }
+        (attnIn, attnNorm, attnRstd, q, k, v, attProbs) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6])
+        (attOut, ffnIn, ffnNorm, ffnRstd, gate, up, swiglu) = (p[7], p[8], p[9], p[10], p[11], p[12], p[13])
+    }
+}
+
+public enum ActivationPolicy: String, Sendable, CaseIterable {
+    /// Every block keeps all its activations from forward to backward.
+    case keepAll = "keep-all"
+    /// Every block keeps only its input; the backward pass recomputes the rest.
+    case recomputeAll = "recompute-all"
+}
+
+public final class LlamaTrainer {
+    public let model: TrainableLlama
+    public let batch: Int
+    public let seqLen: Int
+    public let policy: ActivationPolicy
+    let rope: RopeTable
+    let halfSplit: Bool
+    let shape: AttentionShape
+
+    // Activations: one allocation; per block (keep-all) or one shared set plus block inputs (recompute).
+    let activationBuffer: FloatBuffer
+    var blockActs: [BlockActivations]
+    var blockInputs: [UnsafeMutablePointer<Float>]
+    let final: UnsafeMutablePointer<Float>          // (N, dim) last block's output
+    let finalNorm: UnsafeMutablePointer<Float>      // (N, dim)
+    let finalRstd: UnsafeMutablePointer<Float>      // (N)
+    let logits: UnsafeMutablePointer<Float>         // (N, vocab): logits → probs → dlogits in place
+    let losses: UnsafeMutablePointer<Float>         // (N)
+
+    // Backward scratch, shared by all blocks: one allocation.
+    let scratchBuffer: FloatBuffer
+    let dres, dxn, dq, dk, dv, datt, dgate, dup, dswiglu, dscores, recomputeOut: UnsafeMutablePointer<Float>
+    var positions: [Int32]
+    var tokenBuffer: [Int32]
+    var targetBuffer: [Int32]
+
+    /// Bytes of activations and scratch this trainer holds (parameters not included).
+    public var activationBytes: Int { activationBuffer.bytes + scratchBuffer.bytes }
+
+    public init(model: TrainableLlama, batch: Int, seqLen: Int, policy: ActivationPolicy = .keepAll) throws {
+        let c = model.config
+        guard batch > 0, seqLen > 0 else { throw OffloadError("[train] batch and sequence length must be positive") }
+        guard seqLen <= c.contextLength else {
+            throw OffloadError("[train] sequence length \(seqLen) exceeds the model's context (\(c.contextLength))")
+        }
+        self.model = model; self.batch = batch; self.seqLen = seqLen; self.policy = policy
+        rope = RopeTable(headDim: c.headDim, maxPositions: seqLen, theta: c.ropeTheta)
+        halfSplit = model.ropeStyle == .halfSplit
+        shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
+        let n = batch * seqLen
+        func pad(_ x: Int) -> Int { (x + 15) / 16 * 16 }
+        let perBlock = BlockActivations.floats(config: c, batch: batch, seqLen: seqLen)
+        let blockFloats = policy == .keepAll ? c.layers * perBlock : perBlock + c.layers * pad(n * c.dim)
+        let headFloats = 2 * pad(n * c.dim) + 2 * pad(n) + pad(n * c.vocabSize)
+        activationBuffer = FloatBuffer(count: blockFloats + headFloats)
+        var offset = 0
+        func take(_ floats: Int, from base: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
+            defer { offset += pad(floats) }
+            return base + offset
+        }
+        let a = activationBuffer.base
+        switch policy {
+        case .keepAll:
+            blockActs = (0..<c.layers).map { _ in
+                BlockActivations(carving: take(perBlock, from: a), config: c, batch: batch, seqLen: seqLen)
+            }
+            blockInputs = blockActs.map(\.attnIn)
+        case .recomputeAll:
+            let shared = BlockActivations(carving: take(perBlock, from: a), config: c, batch: batch, seqLen: seqLen)
+            blockInputs = (0..<c.layers).map { _ in take(n * c.dim, from: a) }
+            blockActs = blockInputs.map { var s = shared; s.attnIn = $0; return s }
+        }
+        final = take(n * c.dim, from: a); finalNorm = take(n * c.dim, from: a)
+        finalRstd = take(n, from: a); losses = take(n, from: a)
+        logits = take(n * c.vocabSize, from: a)
+
+        let sizes = [n * c.dim, n * c.dim, n * c.qDim, n * c.kvDim, n * c.kvDim, n * c.qDim,
+                     n * c.ffnDim, n * c.ffnDim, n * c.ffnDim, seqLen * seqLen,
+                     policy == .recomputeAll ? n * c.dim : 0]
+        let scratch = FloatBuffer(count: sizes.reduce(0) { $0 + pad($1) })
+        scratchBuffer = scratch
+        offset = 0
+        let s = sizes.map { take($0, from: scratch.base) }
+        (dres, dxn, dq, dk, dv, datt) = (s[0], s[1], s[2], s[3], s[4], s[5])
+        (dgate, dup, dswiglu, dscores, recomputeOut) = (s[6], s[7], s[8], s[9], s[10])
+        positions = (0..<n).map { Int32($0 % seqLen) }  // every row of the batch starts at position 0
+        tokenBuffer = [Int32](repeating: 0, count: n)
+        targetBuffer = [Int32](repeating: 0, count: n)
+    }
+
+    var n: Int { batch * seqLen }
+
+    // MARK: one block
+
+    /// Block `l`'s forward from `acts.attnIn`, writing `output` (N, dim) and every activation in `acts`.
+    /// Calling it again on the same input recomputes the same activations bit for bit.
+    public func blockForward(_ l: Int, output: UnsafeMutablePointer<Float>, saving acts: BlockActivations) {
+        let c = model.config, n = self.n, w = model.block(l, in: model.weights.base)
+        rmsnormForward(acts.attnNorm, rstd: acts.attnRstd, acts.attnIn, w.attnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
+        matmulForward(acts.q, acts.attnNorm, w.q, n: n, inDim: c.dim, outDim: c.qDim)
+        matmulForward(acts.k, acts.attnNorm, w.k, n: n, inDim: c.dim, outDim: c.kvDim)
+        matmulForward(acts.v, acts.attnNorm, w.v, n: n, inDim: c.dim, outDim: c.kvDim)
+        positions.withUnsafeBufferPointer { pos in
+            ropeForward(acts.q, positions: pos.baseAddress!, rows: n, heads: c.heads, table: rope, halfSplit: halfSplit)
+            ropeForward(acts.k, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: rope, halfSplit: halfSplit)
+        }
+        attentionForward(acts.attOut, probs: acts.attProbs, acts.q, acts.k, acts.v, batch: batch, seqLen: seqLen, shape: shape)
+        acts.ffnIn.update(from: acts.attnIn, count: n * c.dim)
+        matmulForward(acts.ffnIn, acts.attOut, w.o, n: n, inDim: c.qDim, outDim: c.dim, accumulate: true)
+        rmsnormForward(acts.ffnNorm, rstd: acts.ffnRstd, acts.ffnIn, w.ffnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
+        matmulForward(acts.gate, acts.ffnNorm, w.gate, n: n, inDim: c.dim, outDim: c.ffnDim)
+        matmulForward(acts.up, acts.ffnNorm, w.up, n: n, inDim: c.dim, outDim: c.ffnDim)
+        swigluForwardParallel(acts.swiglu, acts.gate, acts.up, count: n * c.ffnDim)
+        output.update(from: acts.ffnIn, count: n * c.dim)
+        matmulForward(output, acts.swiglu, w.down, n: n, inDim: c.ffnDim, outDim: c.dim, accumulate: true)
+    }
+
+    /// Block `l`'s backward. `dresidual` (N, dim) holds ∂L/∂output on entry and ∂L/∂input on exit;
+    /// the block's parameter gradients are added to the model's gradient buffer.
+    public func blockBackward(_ l: Int, dresidual: UnsafeMutablePointer<Float>, acts: BlockActivations) {
+        let c = model.config, n = self.n
+        let w = model.block(l, in: model.weights.base), g = model.block(l, in: model.gradients.base)
+        // MLP: out = ffn_in + swiglu · downᵀ
+        matmulBackward(dswiglu, g.down, dresidual, acts.swiglu, w.down, n: n, inDim: c.ffnDim, outDim: c.dim)
+        swigluBackward(dgate, dup, dswiglu, acts.gate, acts.up, count: n * c.ffnDim)
+        matmulBackward(dxn, g.gate, dgate, acts.ffnNorm, w.gate, n: n, inDim: c.dim, outDim: c.ffnDim)
+        matmulBackward(dxn, g.up, dup, acts.ffnNorm, w.up, n: n, inDim: c.dim, outDim: c.ffnDim, accumulateInput: true)
+        rmsnormBackward(dresidual, g.ffnNorm, dxn, acts.ffnIn, w.ffnNorm, rstd: acts.ffnRstd, rows: n, dim: c.dim)
+        // Attention: ffn_in = attn_in + att_out · oᵀ
+        matmulBackward(datt, g.o, dresidual, acts.attOut, w.o, n: n, inDim: c.qDim, outDim: c.dim)
+        attentionBackward(dq, dk, dv, dscores: dscores, datt, probs: acts.attProbs, acts.q, acts.k, acts.v,
+                          batch: batch, seqLen: seqLen, shape: shape)
+        positions.withUnsafeBufferPointer { pos in
+            ropeBackward(dq, positions: pos.baseAddress!, rows: n, heads: c.heads, table: rope, halfSplit: halfSplit)
+            ropeBackward(dk, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: rope, halfSplit: halfSplit)
+        }
+        matmulBackward(dxn, g.q, dq, acts.attnNorm, w.q, n: n, inDim: c.dim, outDim: c.qDim)
+        matmulBackward(dxn, g.k, dk, acts.attnNorm, w.k, n: n, inDim: c.dim, outDim: c.kvDim, accumulateInput: true)
+        matmulBackward(dxn, g.v, dv, acts.attnNorm, w.v, n: n, inDim: c.dim, outDim: c.kvDim, accumulateInput: true)
+        rmsnormBackward(dresidual, g.attnNorm, dxn, acts.attnIn, w.attnNorm, rstd: acts.attnRstd, rows: n, dim: c.dim)
+    }
+
+    // MARK: whole model
+
+    private func load(_ tokens: [Int], into buffer: inout [Int32], what: String) throws {
+        let c = model.config
+        guard tokens.count == n else {
+            throw OffloadError("[train] \(what): \(tokens.count) token ids for a batch of \(batch) × \(seqLen) = \(n)")
+        }
+        for (i, t) in tokens.enumerated() {
+            guard t >= 0, t < c.vocabSize else {
+                throw OffloadError("[train] \(what): token id \(t) at \(i) is outside the vocabulary (0..<\(c.vocabSize))")
+            }
+            buffer[i] = Int32(t)
+        }
+    }
+
+    private var headWeight: UnsafeMutablePointer<Float> {
+        model.pointer(model.config.tiedEmbeddings ? "token_embd.weight" : "output.weight", in: model.weights.base)
+    }
+    private var headGradient: UnsafeMutablePointer<Float> {
+        model.pointer(model.config.tiedEmbeddings ? "token_embd.weight" : "output.weight", in: model.gradients.base)
+    }
+
+    /// Embedding, every block, final norm and head: logits (N, vocab) in `logits`.
+    private func forwardToLogits() {
+        let c = model.config, n = self.n
+        tokenBuffer.withUnsafeBufferPointer { t in
+            embeddingForward(blockInputs[0], model.pointer("token_embd.weight", in: model.weights.base),
+                             t.baseAddress!, n: n, dim: c.dim)
+        }
+        for l in 0..<c.layers {
+            blockForward(l, output: l + 1 < c.layers ? blockInputs[l + 1] : final, saving: blockActs[l])
+        }
+        rmsnormForward(finalNorm, rstd: finalRstd, final, model.pointer("output_norm.weight", in: model.weights.base),
+                       rows: n, dim: c.dim, eps: c.rmsEps)
+        matmulForward(logits, finalNorm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize)
+    }
+
+    /// Mean of the per-row losses, summed in row order.
+    private func meanLoss() -> Float {
+        var sum = 0.0
+        for i in 0..<n { sum += Double(losses[i]) }
+        return Float(sum / Double(n))
+    }
+
+    /// Mean cross-entropy of predicting `targets` from `inputs` (both B·T ids, row-major), no gradients.
+    public func loss(inputs: [Int], targets: [Int]) throws -> Float {
+        try load(inputs, into: &tokenBuffer, what: "inputs")
+        try load(targets, into: &targetBuffer, what: "targets")
+        forwardToLogits()
+        targetBuffer.withUnsafeBufferPointer { t in
+            crossEntropyForward(losses, probs: logits, logits, targets: t.baseAddress!, n: n, vocab: model.config.vocabSize)
+        }
+        return meanLoss()
+    }
+
+    /// Logits (B·T, vocab) for `inputs`.
+    public func logits(inputs: [Int]) throws -> [Float] {
+        try load(inputs, into: &tokenBuffer, what: "inputs")
+        forwardToLogits()
+        return Array(UnsafeBufferPointer(start: logits, count: n * model.config.vocabSize))
+    }
+
+    /// Forward and backward for one batch: returns the mean loss over its B·T targets and ADDS
+    /// `gradientScale` × ∂(mean loss)/∂θ to the model's gradients (scale 1/k when accumulating k micro-batches).
+    @discardableResult
+    public func forwardBackward(inputs: [Int], targets: [Int], gradientScale: Float = 1) throws -> Float {
+        let c = model.config, n = self.n
+        try load(inputs, into: &tokenBuffer, what: "inputs")
+        try load(targets, into: &targetBuffer, what: "targets")
+        forwardToLogits()
+        targetBuffer.withUnsafeBufferPointer { t in
+            crossEntropyForward(losses, probs: logits, logits, targets: t.baseAddress!, n: n, vocab: c.vocabSize)
+            crossEntropyBackward(logits, logits, targets: t.baseAddress!, dloss: gradientScale / Float(n),
+                                 n: n, vocab: c.vocabSize)
+        }
+        let loss = meanLoss()
+        // Head: logits = final_norm · headᵀ (the embedding when tied: it gets this gradient and the lookup's).
+        matmulBackward(dxn, headGradient, logits, finalNorm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize)
+        dres.update(repeating: 0, count: n * c.dim)
+        rmsnormBackward(dres, model.pointer("output_norm.weight", in: model.gradients.base), dxn, final,
+                        model.pointer("output_norm.weight", in: model.weights.base), rstd: finalRstd,
+                        rows: n, dim: c.dim)
+        for l in stride(from: c.layers - 1, through: 0, by: -1) {
+            if policy == .recomputeAll { blockForward(l, output: recomputeOut, saving: blockActs[l]) }
+            blockBackward(l, dresidual: dres, acts: blockActs[l])
+        }
+        tokenBuffer.withUnsafeBufferPointer { t in
+            embeddingBackward(model.pointer("token_embd.weight", in: model.gradients.base), dres, t.baseAddress!,
+                              n: n, dim: c.dim)
+        }
+        return loss
+    }
+}
