@@ -47,6 +47,12 @@ public enum TrainingThreads {
         count = max(1, threads)
         openblas_set_num_threads(Int32(count))
     }
+
+    /// Runs `body` over fixed contiguous pieces of [0, count), at most one per thread and
+    /// none shorter than `minPerThread`. Pieces must not depend on one another.
+    public static func forEachRange(_ count: Int, minPerThread: Int = 1, _ body: (Range<Int>) -> Void) {
+        parallelRows(count, minRowsPerThread: minPerThread, body)
+    }
 }
 
 @inline(__always)
