@@ -143,8 +143,9 @@ public struct TrainingStopped: Error, CustomStringConvertible {
     public var loss: Float
     public var gradNorm: Double
     public var description: String {
-        let what = loss.isFinite ? "gradient norm is \(gradNorm)" : "loss is \(loss)"
-        return "[train] step \(step): \(what); stopping before the update (weights are those after step \(step - 1))"
+        let what = loss.isFinite ? "the gradient norm is \(gradNorm) (loss \(loss))" : "the loss is \(loss)"
+        return "[train] step \(step): \(what), not a finite number; stopping before the update "
+            + "(weights are those after step \(step - 1))"
     }
 }
 

@@ -52,7 +52,11 @@ struct Train: ParsableCommand {
     @Option(help: "Checkpoint folder, written atomically at the end and every --save-every steps.") var save: String?
     @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default: only at the end).")
     var saveEvery: Int?
-    @Option(help: "Continue the run saved in this checkpoint folder, bit for bit.") var resume: String?
+    @Option(help: "Continue the run saved in this checkpoint folder, bit for bit (and save there unless --save says otherwise).")
+    var resume: String?
+    @Option(name: .customLong("stop-after"),
+            help: "Stop (and save) after this step; the schedule still runs to --steps. Continue with --resume.")
+    var stopAfter: Int?
 
     func validate() throws {
         if resume == nil && (model == nil) == (config == nil) {
@@ -61,8 +65,9 @@ struct Train: ParsableCommand {
         if model != nil && config != nil { throw ValidationError("give --model or --config, not both") }
         if (data == nil) == (tokens == nil) { throw ValidationError("give the training text with --data FILE (or ids with --tokens FILE)") }
         if let n = saveEvery, n <= 0 { throw ValidationError("--save-every must be positive") }
-        if saveEvery != nil && save == nil { throw ValidationError("--save-every needs --save DIR") }
+        if saveEvery != nil && save == nil && resume == nil { throw ValidationError("--save-every needs --save DIR") }
         if let t = threads, t <= 0 { throw ValidationError("--threads must be positive") }
+        if let n = stopAfter, n <= 0 { throw ValidationError("--stop-after must be positive") }
     }
 
     func run() throws {
@@ -73,6 +78,7 @@ struct Train: ParsableCommand {
     }
 
     private func train() throws {
+        let save = self.save ?? resume
         let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
         setTrainingThreads(threadCount)
 
@@ -137,7 +143,8 @@ struct Train: ParsableCommand {
                 note("warning: the data differs from the data this checkpoint was trained on; the run continues on the new data")
             }
         }
-        guard session.step < options.steps else {
+        let lastStep = min(options.steps, stopAfter ?? options.steps)
+        guard session.step < lastStep else {
             throw OffloadError("[train] the checkpoint is already at step \(session.step); ask for more with --steps")
         }
 
@@ -162,7 +169,7 @@ struct Train: ParsableCommand {
         let t0 = now()
         var lastSaved: Int? = info?.step
         var lastLoss: Float?
-        while session.step < options.steps {
+        while session.step < lastStep {
             let r: StepResult
             do {
                 r = try session.trainStep()
@@ -178,7 +185,7 @@ struct Train: ParsableCommand {
             lastLoss = r.loss
             logHandle?.write(Data((r.jsonLine + "\n").utf8))
             let done = session.step - startStep, elapsed = now() - t0
-            let eta = elapsed / Double(done) * Double(options.steps - session.step)
+            let eta = elapsed / Double(done) * Double(lastStep - session.step)
             let line = String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.3g  %.1f tok/s  ETA %@  mem %@",
                               r.step, options.steps, r.loss, r.gradNorm, r.lr, r.tokensPerSecond,
                               formatDuration(eta), formatBytes(residentBytes()))
@@ -188,7 +195,7 @@ struct Train: ParsableCommand {
             } else {
                 print(line)
             }
-            if let save, let every = saveEvery, session.step % every == 0, session.step < options.steps {
+            if let save, let every = saveEvery, session.step % every == 0, session.step < lastStep {
                 try Checkpoint.save(session, to: save, sourceModel: sourceModel, lastLoss: lastLoss)
                 lastSaved = session.step
             }

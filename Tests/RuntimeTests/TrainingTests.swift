@@ -94,7 +94,7 @@ final class TrainingTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try Checkpoint.save(s, to: dir)
         try m.weight("output_norm.weight")[3] = .nan
-        XCTAssertThrowsError(try s.trainStep()) { XCTAssertTrue("\($0)".contains("step 3: loss is nan"), "\($0)") }
+        XCTAssertThrowsError(try s.trainStep()) { XCTAssertTrue("\($0)".contains("step 3: the loss is nan"), "\($0)") }
         XCTAssertEqual(try Checkpoint.readInfo(dir).step, 2)
         XCTAssertNoThrow(try Checkpoint.loadModel(dir, info: Checkpoint.readInfo(dir)))
     }
