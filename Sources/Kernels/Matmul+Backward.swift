@@ -42,10 +42,12 @@ func sgemmTN(m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<Float>, 
 public enum TrainingThreads {
     nonisolated(unsafe) public static private(set) var count = 1
 
-    /// Uses `threads` for the training kernels' row loops and for OpenBLAS.
-    public static func set(_ threads: Int) {
+    /// Uses `threads` for the training kernels' row loops and for OpenBLAS (or `blas` for OpenBLAS).
+    /// - Note: the row loops give the same bits for any thread count; OpenBLAS's sgemm does not
+    ///   (its split changes summation order), so bit-identical runs need the same OpenBLAS thread count.
+    public static func set(_ threads: Int, blas: Int? = nil) {
         count = max(1, threads)
-        openblas_set_num_threads(Int32(count))
+        openblas_set_num_threads(Int32(max(1, blas ?? threads)))
     }
 
     /// Runs `body` over fixed contiguous pieces of [0, count), at most one per thread and

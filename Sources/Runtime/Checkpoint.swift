@@ -5,6 +5,7 @@
 // place, so a crash leaves the previous checkpoint whole (invariant 5).
 
 import Foundation
+import Kernels
 import Models
 import Tensors
 
@@ -32,6 +33,8 @@ public struct CheckpointInfo: Codable, Equatable, Sendable {
     public var dataChecksum: String
     public var optimizer: String
     public var lastLoss: Float?
+    /// Compute threads of the run: OpenBLAS's sums depend on it, so a bit-identical resume needs the same.
+    public var threads: Int?
     public var files: [String: FileRecord]
 }
 
@@ -82,7 +85,7 @@ public enum Checkpoint {
                 options: session.options, step: session.step, nextBatch: session.nextBatch,
                 epoch: session.nextBatch * session.options.batch / data.windowCount, shuffleSeed: data.shuffleSeed,
                 dataTokens: data.tokens.count, dataChecksum: dataChecksum(data.tokens),
-                optimizer: session.optimizer.name, lastLoss: lastLoss,
+                optimizer: session.optimizer.name, lastLoss: lastLoss, threads: TrainingThreads.count,
                 files: [weightsFile: .init(bytes: w.bytes, checksum: w.checksum),
                         optimizerFile: .init(bytes: o.bytes, checksum: o.checksum)])
             let enc = JSONEncoder()

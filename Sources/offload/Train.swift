@@ -79,9 +79,6 @@ struct Train: ParsableCommand {
 
     private func train() throws {
         let save = self.save ?? resume
-        let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
-        setTrainingThreads(threadCount)
-
         // The model and, when resuming, the checkpoint's options.
         var info: CheckpointInfo?
         var sourceModel = model.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
@@ -102,6 +99,9 @@ struct Train: ParsableCommand {
         } else {
             trainable = try TrainableLlama.random(config: expected!, seed: seed)
         }
+        // A resumed run keeps its thread count unless told otherwise (OpenBLAS sums depend on it).
+        let threadCount = threads ?? info?.threads ?? ProcessInfo.processInfo.activeProcessorCount
+        setTrainingThreads(threadCount)
         if let batch { options.batch = batch }
         if let seqLen { options.seqLen = seqLen }
         if let steps { options.steps = steps }
@@ -139,6 +139,10 @@ struct Train: ParsableCommand {
         let session = try TrainingSession(model: trainable, data: windows, options: options)
         if let info, let resume {
             try Checkpoint.restoreOptimizer(resume, info: info, into: session)
+            if let t = info.threads, t != threadCount {
+                note("warning: the checkpoint was trained with \(t) threads and this run uses \(threadCount); OpenBLAS "
+                     + "sums differ with the thread count, so the continuation will not be bit-identical (use --threads \(t))")
+            }
             if info.dataChecksum != Checkpoint.dataChecksum(ids) {
                 note("warning: the data differs from the data this checkpoint was trained on; the run continues on the new data")
             }

@@ -105,6 +105,26 @@ final class TrainingGradientTests: XCTestCase {
         XCTAssertGreaterThan(results[0].0.map(abs).max()!, 0)
     }
 
+    func testGradientsDoNotDependOnThreadCount() throws {
+        // Large enough that OpenBLAS and the row loops really split work across threads.
+        let c = LlamaConfig(name: "mid", vocabSize: 300, dim: 128, ffnDim: 256, layers: 2, heads: 4, kvHeads: 2,
+                            contextLength: 64, tiedEmbeddings: true)
+        let m = try randomModel(c, seed: 11)
+        var g = ModelTestRNG(12)
+        let inputs = g.tokens(2 * 48, vocab: 300), targets = g.tokens(2 * 48, vocab: 300)
+        var results: [[Float]] = []
+        // OpenBLAS fixed at 2 threads (its sums depend on its own split); our row loops on 1 or 2.
+        for threads in [1, 2, 2] {
+            TrainingThreads.set(threads, blas: 2)
+            m.zeroGradients()
+            try LlamaTrainer(model: m, batch: 2, seqLen: 48).forwardBackward(inputs: inputs, targets: targets)
+            results.append(Array(m.gradients.buffer))
+        }
+        TrainingThreads.set(2)
+        XCTAssertTrue(results[1].elementsEqual(results[2]) { $0.bitPattern == $1.bitPattern }, "two runs on 2 threads differ")
+        XCTAssertTrue(results[0].elementsEqual(results[1]) { $0.bitPattern == $1.bitPattern }, "1 and 2 kernel threads differ")
+    }
+
     func testTrainingForwardMatchesInferenceLogits() throws {
         let m = try randomModel(microConfig(tied: false), seed: 8)
         var g = ModelTestRNG(9)
