@@ -74,3 +74,30 @@ struct UncheckedSendable<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
 }
+
+/// Runs `body(item, part)` for every item in [0, count): fixed contiguous ranges of items, one per
+/// part, at most min(threads, scratchParts) parts. OpenBLAS runs single-threaded meanwhile, so each
+/// item's sgemm calls give the same bits whichever thread runs them and however many there are.
+func forEachItem(_ count: Int, scratchParts: Int, _ body: (_ item: Int, _ part: Int) -> Void) {
+    let parts = max(1, min(TrainingThreads.count, count, scratchParts))
+    if parts == 1 {
+        withSingleThreadedBLAS { for i in 0..<count { body(i, 0) } }
+        return
+    }
+    withSingleThreadedBLAS {
+        withoutActuallyEscaping(body) { body in
+            let box = UncheckedSendable(body)
+            DispatchQueue.concurrentPerform(iterations: parts) { t in
+                for i in count * t / parts ..< count * (t + 1) / parts { box.value(i, t) }
+            }
+        }
+    }
+}
+
+/// OpenBLAS on one thread for the duration of `body` (callers parallelise around it).
+func withSingleThreadedBLAS(_ body: () -> Void) {
+    let before = openblas_get_num_threads()
+    if before != 1 { openblas_set_num_threads(1) }
+    body()
+    if before != 1 { openblas_set_num_threads(before) }
+}

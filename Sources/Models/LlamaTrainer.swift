@@ -7,6 +7,7 @@
 // recompute the rest during the backward pass. Both give bit-identical gradients.
 // Not here: the optimizer step, clipping, data (Runtime).
 
+import Foundation
 import Kernels
 import Tensors
 
@@ -81,9 +82,23 @@ public final class LlamaTrainer {
     // Backward scratch, shared by all blocks: one allocation.
     let scratchBuffer: FloatBuffer
     let dres, dxn, dq, dk, dv, datt, dgate, dup, dswiglu, dscores, recomputeOut: UnsafeMutablePointer<Float>
+    /// Attention backward scratch: enough for 16 threads (more are not used for attention).
+    let dscoresCount: Int
     var positions: [Int32]
     var tokenBuffer: [Int32]
     var targetBuffer: [Int32]
+
+    /// When true, seconds spent per kernel kind accumulate in `profile` (a cost model's measurements).
+    public var profiling = false
+    public private(set) var profile: [String: Double] = [:]
+    public func resetProfile() { profile = [:] }
+
+    @inline(__always) func timed(_ name: String, _ body: () -> Void) {
+        guard profiling else { body(); return }
+        let t0 = monotonicSeconds()
+        body()
+        profile[name, default: 0] += monotonicSeconds() - t0
+    }
 
     /// Bytes of activations and scratch this trainer holds (parameters not included).
     public var activationBytes: Int { activationBuffer.bytes + scratchBuffer.bytes }
@@ -125,8 +140,9 @@ public final class LlamaTrainer {
         finalRstd = take(n, from: a); losses = take(n, from: a)
         logits = take(n * c.vocabSize, from: a)
 
+        dscoresCount = attentionBackwardScratch(seqLen: seqLen, threads: 16)
         let sizes = [n * c.dim, n * c.dim, n * c.qDim, n * c.kvDim, n * c.kvDim, n * c.qDim,
-                     n * c.ffnDim, n * c.ffnDim, n * c.ffnDim, seqLen * seqLen,
+                     n * c.ffnDim, n * c.ffnDim, n * c.ffnDim, dscoresCount,
                      policy == .recomputeAll ? n * c.dim : 0]
         let scratch = FloatBuffer(count: sizes.reduce(0) { $0 + pad($1) })
         scratchBuffer = scratch
@@ -147,23 +163,33 @@ public final class LlamaTrainer {
     /// Calling it again on the same input recomputes the same activations bit for bit.
     public func blockForward(_ l: Int, output: UnsafeMutablePointer<Float>, saving acts: BlockActivations) {
         let c = model.config, n = self.n, w = model.block(l, in: model.weights.base)
-        rmsnormForward(acts.attnNorm, rstd: acts.attnRstd, acts.attnIn, w.attnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
-        matmulForward(acts.q, acts.attnNorm, w.q, n: n, inDim: c.dim, outDim: c.qDim)
-        matmulForward(acts.k, acts.attnNorm, w.k, n: n, inDim: c.dim, outDim: c.kvDim)
-        matmulForward(acts.v, acts.attnNorm, w.v, n: n, inDim: c.dim, outDim: c.kvDim)
-        positions.withUnsafeBufferPointer { pos in
+        timed("rmsnorm") {
+            rmsnormForward(acts.attnNorm, rstd: acts.attnRstd, acts.attnIn, w.attnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
+        }
+        timed("matmul fwd") { matmulForward(acts.q, acts.attnNorm, w.q, n: n, inDim: c.dim, outDim: c.qDim) }
+        timed("matmul fwd") { matmulForward(acts.k, acts.attnNorm, w.k, n: n, inDim: c.dim, outDim: c.kvDim) }
+        timed("matmul fwd") { matmulForward(acts.v, acts.attnNorm, w.v, n: n, inDim: c.dim, outDim: c.kvDim) }
+        timed("rope") { positions.withUnsafeBufferPointer { pos in
             ropeForward(acts.q, positions: pos.baseAddress!, rows: n, heads: c.heads, table: rope, halfSplit: halfSplit)
             ropeForward(acts.k, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: rope, halfSplit: halfSplit)
+        } }
+        timed("attention fwd") {
+            attentionForward(acts.attOut, probs: acts.attProbs, acts.q, acts.k, acts.v, batch: batch, seqLen: seqLen, shape: shape)
         }
-        attentionForward(acts.attOut, probs: acts.attProbs, acts.q, acts.k, acts.v, batch: batch, seqLen: seqLen, shape: shape)
         acts.ffnIn.update(from: acts.attnIn, count: n * c.dim)
-        matmulForward(acts.ffnIn, acts.attOut, w.o, n: n, inDim: c.qDim, outDim: c.dim, accumulate: true)
-        rmsnormForward(acts.ffnNorm, rstd: acts.ffnRstd, acts.ffnIn, w.ffnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
-        matmulForward(acts.gate, acts.ffnNorm, w.gate, n: n, inDim: c.dim, outDim: c.ffnDim)
-        matmulForward(acts.up, acts.ffnNorm, w.up, n: n, inDim: c.dim, outDim: c.ffnDim)
-        swigluForwardParallel(acts.swiglu, acts.gate, acts.up, count: n * c.ffnDim)
+        timed("matmul fwd") {
+            matmulForward(acts.ffnIn, acts.attOut, w.o, n: n, inDim: c.qDim, outDim: c.dim, accumulate: true)
+        }
+        timed("rmsnorm") {
+            rmsnormForward(acts.ffnNorm, rstd: acts.ffnRstd, acts.ffnIn, w.ffnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
+        }
+        timed("matmul fwd") { matmulForward(acts.gate, acts.ffnNorm, w.gate, n: n, inDim: c.dim, outDim: c.ffnDim) }
+        timed("matmul fwd") { matmulForward(acts.up, acts.ffnNorm, w.up, n: n, inDim: c.dim, outDim: c.ffnDim) }
+        timed("swiglu") { swigluForwardParallel(acts.swiglu, acts.gate, acts.up, count: n * c.ffnDim) }
         output.update(from: acts.ffnIn, count: n * c.dim)
-        matmulForward(output, acts.swiglu, w.down, n: n, inDim: c.ffnDim, outDim: c.dim, accumulate: true)
+        timed("matmul fwd") {
+            matmulForward(output, acts.swiglu, w.down, n: n, inDim: c.ffnDim, outDim: c.dim, accumulate: true)
+        }
     }
 
     /// Block `l`'s backward. `dresidual` (N, dim) holds ∂L/∂output on entry and ∂L/∂input on exit;
@@ -172,23 +198,39 @@ public final class LlamaTrainer {
         let c = model.config, n = self.n
         let w = model.block(l, in: model.weights.base), g = model.block(l, in: model.gradients.base)
         // MLP: out = ffn_in + swiglu · downᵀ
-        matmulBackward(dswiglu, g.down, dresidual, acts.swiglu, w.down, n: n, inDim: c.ffnDim, outDim: c.dim)
-        swigluBackward(dgate, dup, dswiglu, acts.gate, acts.up, count: n * c.ffnDim)
-        matmulBackward(dxn, g.gate, dgate, acts.ffnNorm, w.gate, n: n, inDim: c.dim, outDim: c.ffnDim)
-        matmulBackward(dxn, g.up, dup, acts.ffnNorm, w.up, n: n, inDim: c.dim, outDim: c.ffnDim, accumulateInput: true)
-        rmsnormBackward(dresidual, g.ffnNorm, dxn, acts.ffnIn, w.ffnNorm, rstd: acts.ffnRstd, rows: n, dim: c.dim)
+        timed("matmul bwd") {
+            matmulBackward(dswiglu, g.down, dresidual, acts.swiglu, w.down, n: n, inDim: c.ffnDim, outDim: c.dim)
+        }
+        timed("swiglu") { swigluBackward(dgate, dup, dswiglu, acts.gate, acts.up, count: n * c.ffnDim) }
+        timed("matmul bwd") {
+            matmulBackward(dxn, g.gate, dgate, acts.ffnNorm, w.gate, n: n, inDim: c.dim, outDim: c.ffnDim)
+        }
+        timed("matmul bwd") {
+            matmulBackward(dxn, g.up, dup, acts.ffnNorm, w.up, n: n, inDim: c.dim, outDim: c.ffnDim, accumulateInput: true)
+        }
+        timed("rmsnorm") {
+            rmsnormBackward(dresidual, g.ffnNorm, dxn, acts.ffnIn, w.ffnNorm, rstd: acts.ffnRstd, rows: n, dim: c.dim)
+        }
         // Attention: ffn_in = attn_in + att_out · oᵀ
-        matmulBackward(datt, g.o, dresidual, acts.attOut, w.o, n: n, inDim: c.qDim, outDim: c.dim)
-        attentionBackward(dq, dk, dv, dscores: dscores, datt, probs: acts.attProbs, acts.q, acts.k, acts.v,
-                          batch: batch, seqLen: seqLen, shape: shape)
-        positions.withUnsafeBufferPointer { pos in
+        timed("matmul bwd") { matmulBackward(datt, g.o, dresidual, acts.attOut, w.o, n: n, inDim: c.qDim, outDim: c.dim) }
+        timed("attention bwd") {
+            attentionBackward(dq, dk, dv, dscores: dscores, scratchCount: dscoresCount, datt, probs: acts.attProbs, acts.q, acts.k, acts.v,
+                              batch: batch, seqLen: seqLen, shape: shape)
+        }
+        timed("rope") { positions.withUnsafeBufferPointer { pos in
             ropeBackward(dq, positions: pos.baseAddress!, rows: n, heads: c.heads, table: rope, halfSplit: halfSplit)
             ropeBackward(dk, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: rope, halfSplit: halfSplit)
+        } }
+        timed("matmul bwd") { matmulBackward(dxn, g.q, dq, acts.attnNorm, w.q, n: n, inDim: c.dim, outDim: c.qDim) }
+        timed("matmul bwd") {
+            matmulBackward(dxn, g.k, dk, acts.attnNorm, w.k, n: n, inDim: c.dim, outDim: c.kvDim, accumulateInput: true)
         }
-        matmulBackward(dxn, g.q, dq, acts.attnNorm, w.q, n: n, inDim: c.dim, outDim: c.qDim)
-        matmulBackward(dxn, g.k, dk, acts.attnNorm, w.k, n: n, inDim: c.dim, outDim: c.kvDim, accumulateInput: true)
-        matmulBackward(dxn, g.v, dv, acts.attnNorm, w.v, n: n, inDim: c.dim, outDim: c.kvDim, accumulateInput: true)
-        rmsnormBackward(dresidual, g.attnNorm, dxn, acts.attnIn, w.attnNorm, rstd: acts.attnRstd, rows: n, dim: c.dim)
+        timed("matmul bwd") {
+            matmulBackward(dxn, g.v, dv, acts.attnNorm, w.v, n: n, inDim: c.dim, outDim: c.kvDim, accumulateInput: true)
+        }
+        timed("rmsnorm") {
+            rmsnormBackward(dresidual, g.attnNorm, dxn, acts.attnIn, w.attnNorm, rstd: acts.attnRstd, rows: n, dim: c.dim)
+        }
     }
 
     // MARK: whole model
@@ -223,9 +265,11 @@ public final class LlamaTrainer {
         for l in 0..<c.layers {
             blockForward(l, output: l + 1 < c.layers ? blockInputs[l + 1] : final, saving: blockActs[l])
         }
-        rmsnormForward(finalNorm, rstd: finalRstd, final, model.pointer("output_norm.weight", in: model.weights.base),
-                       rows: n, dim: c.dim, eps: c.rmsEps)
-        matmulForward(logits, finalNorm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize)
+        timed("rmsnorm") {
+            rmsnormForward(finalNorm, rstd: finalRstd, final, model.pointer("output_norm.weight", in: model.weights.base),
+                           rows: n, dim: c.dim, eps: c.rmsEps)
+        }
+        timed("matmul fwd") { matmulForward(logits, finalNorm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize) }
     }
 
     /// Mean of the per-row losses, summed in row order.
@@ -261,18 +305,24 @@ public final class LlamaTrainer {
         try load(inputs, into: &tokenBuffer, what: "inputs")
         try load(targets, into: &targetBuffer, what: "targets")
         forwardToLogits()
-        targetBuffer.withUnsafeBufferPointer { t in
-            crossEntropyForward(losses, probs: logits, logits, targets: t.baseAddress!, n: n, vocab: c.vocabSize)
-            crossEntropyBackward(logits, logits, targets: t.baseAddress!, dloss: gradientScale / Float(n),
-                                 n: n, vocab: c.vocabSize)
+        timed("cross-entropy") {
+            targetBuffer.withUnsafeBufferPointer { t in
+                crossEntropyForward(losses, probs: logits, logits, targets: t.baseAddress!, n: n, vocab: c.vocabSize)
+                crossEntropyBackward(logits, logits, targets: t.baseAddress!, dloss: gradientScale / Float(n),
+                                     n: n, vocab: c.vocabSize)
+            }
         }
         let loss = meanLoss()
         // Head: logits = final_norm · headᵀ (the embedding when tied: it gets this gradient and the lookup's).
-        matmulBackward(dxn, headGradient, logits, finalNorm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize)
+        timed("matmul bwd") {
+            matmulBackward(dxn, headGradient, logits, finalNorm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize)
+        }
         dres.update(repeating: 0, count: n * c.dim)
-        rmsnormBackward(dres, model.pointer("output_norm.weight", in: model.gradients.base), dxn, final,
-                        model.pointer("output_norm.weight", in: model.weights.base), rstd: finalRstd,
-                        rows: n, dim: c.dim)
+        timed("rmsnorm") {
+            rmsnormBackward(dres, model.pointer("output_norm.weight", in: model.gradients.base), dxn, final,
+                            model.pointer("output_norm.weight", in: model.weights.base), rstd: finalRstd,
+                            rows: n, dim: c.dim)
+        }
         for l in stride(from: c.layers - 1, through: 0, by: -1) {
             if policy == .recomputeAll { blockForward(l, output: recomputeOut, saving: blockActs[l]) }
             blockBackward(l, dresidual: dres, acts: blockActs[l])
@@ -283,4 +333,10 @@ public final class LlamaTrainer {
         }
         return loss
     }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }

@@ -7,9 +7,9 @@ import Kernels
 import XCTest
 
 /// Central differences of f at x, step h (Double, so h can be small).
-func numericalGradient(_ x: [Double], h: Double = 1e-5, _ f: ([Double]) -> Double) -> [Double] {
+func numericalGradient(_ x: [Double], h: Double = 1e-5, only: [Int]? = nil, _ f: ([Double]) -> Double) -> [Double] {
     var x = x
-    return (0..<x.count).map { i in
+    return (only ?? Array(0..<x.count)).map { i in
         let old = x[i]
         x[i] = old + h; let fp = f(x)
         x[i] = old - h; let fm = f(x)
@@ -146,7 +146,13 @@ final class BackwardKernelTests: XCTestCase {
     }
 
     func testAttentionBackwardGroupedQueryCausal() {
-        let B = 2, T = 5
+        // T = 5: one causal chunk; T = 70: two chunks (64 + 6), so the chunked key ranges are exercised.
+        for (B, T) in [(2, 5), (1, 70)] {
+            checkAttention(B: B, T: T)
+        }
+    }
+
+    func checkAttention(B: Int, T: Int, file: StaticString = #filePath, line: UInt = #line) {
         let shape = AttentionShape(heads: 4, kvHeads: 2, headDim: 4)
         let qs = 16, kvs = 8, d = 4
         var g = TestRNG(6)
@@ -167,15 +173,19 @@ final class BackwardKernelTests: XCTestCase {
         }
         var out = [Float](repeating: 0, count: B * T * qs), probs = [Float](repeating: .nan, count: B * 4 * T * T)
         attentionForward(&out, probs: &probs, q, k, v, batch: B, seqLen: T, shape: shape)
-        assertGradient(out, ref(dbl(q), dbl(k), dbl(v)), rtol: 1e-5, atol: 1e-5, "attention forward")
+        assertGradient(out, ref(dbl(q), dbl(k), dbl(v)), rtol: 1e-5, atol: 1e-5, "attention forward T \(T)", file: file, line: line)
         XCTAssertEqual(probs[1], 0, "no attention to a later position")
         var dq = [Float](repeating: .nan, count: q.count), dk = [Float](repeating: .nan, count: k.count)
-        var dv = dk, scratch = [Float](repeating: 0, count: T * T)
-        attentionBackward(&dq, &dk, &dv, dscores: &scratch, r, probs: probs, q, k, v, batch: B, seqLen: T, shape: shape)
+        var dv = dk, scratch = [Float](repeating: 0, count: attentionBackwardScratch(seqLen: T, threads: 2))
+        attentionBackward(&dq, &dk, &dv, dscores: &scratch, scratchCount: scratch.count, r, probs: probs, q, k, v,
+                          batch: B, seqLen: T, shape: shape)
         let rd = dbl(r)
-        assertGradient(dq, numericalGradient(dbl(q)) { dot(ref($0, dbl(k), dbl(v)), rd) }, "attention dq")
-        assertGradient(dk, numericalGradient(dbl(k)) { dot(ref(dbl(q), $0, dbl(v)), rd) }, "attention dk")
-        assertGradient(dv, numericalGradient(dbl(v)) { dot(ref(dbl(q), dbl(k), $0), rd) }, "attention dv")
+        // Long sequences: a spread of elements (every row of early and late positions) keeps the test fast.
+        func pick(_ n: Int, _ width: Int) -> [Int] { T <= 8 ? Array(0..<n) : (0..<n).filter { ($0 / width) % 23 < 2 || $0 % 17 == 0 } }
+        let iq = pick(q.count, qs), ik = pick(k.count, kvs)
+        assertGradient(iq.map { dq[$0] }, numericalGradient(dbl(q), only: iq) { dot(ref($0, dbl(k), dbl(v)), rd) }, "attention dq T \(T)", file: file, line: line)
+        assertGradient(ik.map { dk[$0] }, numericalGradient(dbl(k), only: ik) { dot(ref(dbl(q), $0, dbl(v)), rd) }, "attention dk T \(T)", file: file, line: line)
+        assertGradient(ik.map { dv[$0] }, numericalGradient(dbl(v), only: ik) { dot(ref(dbl(q), dbl(k), $0), rd) }, "attention dv T \(T)", file: file, line: line)
     }
 
     func testCrossEntropyMeanLossAndBackward() {
