@@ -10,8 +10,11 @@ import Dispatch
 public func matmulForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>,
                           _ weight: UnsafePointer<Float>, n: Int, inDim: Int, outDim: Int,
                           accumulate: Bool = false) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(outDim), Int32(inDim), 1,
-                inp, Int32(inDim), weight, Int32(inDim), accumulate ? 1 : 0, out, Int32(outDim))
+    splitRows(n) { r0, r1 in
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(r1 - r0), Int32(outDim), Int32(inDim), 1,
+                    inp + r0 * inDim, Int32(inDim), weight, Int32(inDim), accumulate ? 1 : 0,
+                    out + r0 * outDim, Int32(outDim))
+    }
 }
 
 /// dinp: (n, inDim) = dout · weight, plus dinp's old value when `accumulateInput`; nil skips it.
@@ -21,11 +24,37 @@ public func matmulBackward(_ dinp: UnsafeMutablePointer<Float>?, _ dweight: Unsa
                            _ dout: UnsafePointer<Float>, _ inp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
                            n: Int, inDim: Int, outDim: Int, accumulateInput: Bool = false) {
     if let dinp {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(inDim), Int32(outDim), 1,
-                    dout, Int32(outDim), weight, Int32(inDim), accumulateInput ? 1 : 0, dinp, Int32(inDim))
+        splitRows(n) { r0, r1 in
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(r1 - r0), Int32(inDim), Int32(outDim), 1,
+                        dout + r0 * outDim, Int32(outDim), weight, Int32(inDim), accumulateInput ? 1 : 0,
+                        dinp + r0 * inDim, Int32(inDim))
+        }
     }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(outDim), Int32(inDim), Int32(n), 1,
-                dout, Int32(outDim), inp, Int32(inDim), 1, dweight, Int32(inDim))
+    splitRows(outDim) { r0, r1 in
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(r1 - r0), Int32(inDim), Int32(n), 1,
+                    dout + r0, Int32(outDim), inp, Int32(inDim), 1, dweight + r0 * inDim, Int32(inDim))
+    }
+}
+
+/// Splits the output rows [0, rows) of one sgemm into fixed contiguous parts, one per training
+/// thread, each run by single-threaded OpenBLAS (no OpenBLAS threads spinning between calls, which
+/// on a small shared machine steal the cores our own loops need).
+/// - Note: OpenBLAS's rounding depends on the shape of each call (its kernels and blocking differ
+///   with m and n), so results are bit-identical for a given thread count, not across thread counts.
+///   `TrainingThreads.blasThreads` > 1 lets OpenBLAS split calls itself instead (for comparison).
+@inline(__always)
+func splitRows(_ rows: Int, _ body: (Int, Int) -> Void) {
+    if TrainingThreads.blasThreads > 1 { body(0, rows); return }
+    let parts = min(TrainingThreads.count, max(1, rows / 32))
+    if parts <= 1 { body(0, rows); return }
+    withoutActuallyEscaping(body) { body in
+        let box = UncheckedSendable(body)
+        DispatchQueue.concurrentPerform(iterations: parts) { t in
+            // Cut at multiples of 16 rows so every part keeps whole micro-kernel tiles.
+            let a = (rows * t / parts) / 16 * 16, b = t == parts - 1 ? rows : (rows * (t + 1) / parts) / 16 * 16
+            box.value(a, b)
+        }
+    }
 }
 
 /// C[m, n] = alpha · A[k, m]ᵀ · B[k, n] + beta · C (row-major).
@@ -42,12 +71,23 @@ func sgemmTN(m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<Float>, 
 public enum TrainingThreads {
     nonisolated(unsafe) public static private(set) var count = 1
 
-    /// Uses `threads` for the training kernels' row loops and for OpenBLAS (or `blas` for OpenBLAS).
-    /// - Note: the row loops give the same bits for any thread count; OpenBLAS's sgemm does not
-    ///   (its split changes summation order), so bit-identical runs need the same OpenBLAS thread count.
-    public static func set(_ threads: Int, blas: Int? = nil) {
+    /// OpenBLAS's own threads per call: 1 (the default) when the training kernels split every
+    /// sgemm themselves.
+    nonisolated(unsafe) public static private(set) var blasThreads = 1
+
+    /// Uses `threads` for the training kernels. OpenBLAS runs single-threaded inside them, each
+    /// sgemm split by rows across our threads (`blas` > 1 lets OpenBLAS thread its calls instead).
+    /// - Note: results are bit-identical run to run for a given thread count; a different count
+    ///   splits the sgemm calls differently, and OpenBLAS rounds differently per call shape.
+    public static func set(_ threads: Int, blas: Int = 1) {
         count = max(1, threads)
-        openblas_set_num_threads(Int32(max(1, blas ?? threads)))
+        blasThreads = max(1, blas)
+        openblas_set_num_threads(Int32(blasThreads))
+    }
+
+    /// Puts OpenBLAS back on `blasThreads` (an inference ComputePool created since may have changed it).
+    public static func claimBLAS() {
+        if openblas_get_num_threads() != Int32(blasThreads) { openblas_set_num_threads(Int32(blasThreads)) }
     }
 
     /// Runs `body` over fixed contiguous pieces of [0, count), at most one per thread and

@@ -258,6 +258,7 @@ public final class LlamaTrainer {
     /// Embedding, every block, final norm and head: logits (N, vocab) in `logits`.
     private func forwardToLogits() {
         let c = model.config, n = self.n
+        TrainingThreads.claimBLAS()
         tokenBuffer.withUnsafeBufferPointer { t in
             embeddingForward(blockInputs[0], model.pointer("token_embd.weight", in: model.weights.base),
                              t.baseAddress!, n: n, dim: c.dim)

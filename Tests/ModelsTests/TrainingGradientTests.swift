@@ -105,24 +105,25 @@ final class TrainingGradientTests: XCTestCase {
         XCTAssertGreaterThan(results[0].0.map(abs).max()!, 0)
     }
 
-    func testGradientsDoNotDependOnThreadCount() throws {
-        // Large enough that OpenBLAS and the row loops really split work across threads.
+    func testGradientsAreBitIdenticalForAThreadCount() throws {
+        // Large enough that the sgemm calls and the row loops really split work across threads.
         let c = LlamaConfig(name: "mid", vocabSize: 300, dim: 128, ffnDim: 256, layers: 2, heads: 4, kvHeads: 2,
                             contextLength: 64, tiedEmbeddings: true)
         let m = try randomModel(c, seed: 11)
         var g = ModelTestRNG(12)
         let inputs = g.tokens(2 * 48, vocab: 300), targets = g.tokens(2 * 48, vocab: 300)
         var results: [[Float]] = []
-        // OpenBLAS fixed at 2 threads (its sums depend on its own split); our row loops on 1 or 2.
-        for threads in [1, 2, 2] {
-            TrainingThreads.set(threads, blas: 2)
+        for threads in [2, 2, 1] {
+            TrainingThreads.set(threads)
             m.zeroGradients()
             try LlamaTrainer(model: m, batch: 2, seqLen: 48).forwardBackward(inputs: inputs, targets: targets)
             results.append(Array(m.gradients.buffer))
         }
         TrainingThreads.set(2)
-        XCTAssertTrue(results[1].elementsEqual(results[2]) { $0.bitPattern == $1.bitPattern }, "two runs on 2 threads differ")
-        XCTAssertTrue(results[0].elementsEqual(results[1]) { $0.bitPattern == $1.bitPattern }, "1 and 2 kernel threads differ")
+        XCTAssertTrue(results[0].elementsEqual(results[1]) { $0.bitPattern == $1.bitPattern }, "two runs on 2 threads differ")
+        // Another thread count splits OpenBLAS calls differently: the same values up to rounding.
+        let scale = results[0].map(abs).max()!
+        for i in 0..<results[0].count { XCTAssertEqual(results[0][i], results[2][i], accuracy: 1e-5 * scale) }
     }
 
     func testTrainingForwardMatchesInferenceLogits() throws {

@@ -9,7 +9,8 @@ final class TrainingProfileTests: XCTestCase {
     func testProfileSmolLM2Shape() throws {
         guard ProcessInfo.processInfo.environment["OFFLOAD_PROFILE"] != nil else { throw XCTSkip("set OFFLOAD_PROFILE=1") }
         let threads = Int(ProcessInfo.processInfo.environment["OFFLOAD_THREADS"] ?? "") ?? 2
-        TrainingThreads.set(threads)
+        let blas = Int(ProcessInfo.processInfo.environment["OFFLOAD_BLAS_THREADS"] ?? "") ?? 1
+        TrainingThreads.set(threads, blas: blas)
         let c = try LlamaConfig.named("smollm2-135m")
         let m = try TrainableLlama.random(config: c, seed: 1)
         let t = try LlamaTrainer(model: m, batch: 4, seqLen: 256)
@@ -22,7 +23,7 @@ final class TrainingProfileTests: XCTestCase {
             let t0 = Date()
             try t.forwardBackward(inputs: x, targets: y)
             let s = Date().timeIntervalSince(t0)
-            print(String(format: "forward+backward: %.2f s, %.1f tok/s (%d threads)", s, 1024 / s, threads))
+            print(String(format: "forward+backward: %.2f s, %.1f tok/s (%d threads, OpenBLAS %d)", s, 1024 / s, threads, blas))
         }
         let total = t.profile.values.reduce(0, +)
         for (k, v) in t.profile.sorted(by: { $0.value > $1.value }) {
