@@ -47,6 +47,17 @@ extension Checkpoint {
         u32("llama.attention.head_count_kv", c.kvHeads)
         f32("llama.rope.freq_base", c.ropeTheta)
         f32("llama.attention.layer_norm_rms_epsilon", c.rmsEps)
+        if source == nil, c.vocabSize >= 256 {
+            // Trained on UTF-8 bytes (random --config shapes): a byte-level GPT-2 vocabulary with no
+            // merges, so id b is byte b for llama.cpp as for Offload; ids past 255 are unused.
+            w.set("tokenizer.ggml.model", .string("gpt2"))
+            w.set("tokenizer.ggml.pre", .string("default"))
+            let tokens = byteLevelTokens() + (256..<c.vocabSize).map { "<unused\($0)>" }
+            w.set("tokenizer.ggml.tokens", .array(tokens.map { .string($0) }, .string))
+            w.set("tokenizer.ggml.token_type", .array((0..<c.vocabSize).map { .int($0 < 256 ? 1 : 5, .int32) }, .int32))
+            w.set("tokenizer.ggml.merges", .array([], .string))
+            w.set("tokenizer.ggml.add_bos_token", .bool(false))
+        }
         if let source {
             for key in source.metadataKeys where key.hasPrefix("tokenizer.") || (key.hasPrefix("general.")
                 && !w.metadata.contains { $0.key == key } && key != "general.alignment" && key != "general.file_type") {
@@ -69,6 +80,18 @@ extension Checkpoint {
             w.tensors.append(.init(name: e.name, dtype: dtype, shape: e.spec.shape, data: data))
         }
         try w.write(to: out)
+    }
+
+    /// GPT-2's byte-to-character map: printable Latin-1 bytes stand for themselves, the rest map to U+0100….
+    static func byteLevelTokens() -> [String] {
+        var printable = Set(Array(33...126) + Array(161...172) + Array(174...255))
+        var extra = 0
+        return (0..<256).map { b -> String in
+            if printable.contains(b) { return String(UnicodeScalar(UInt8(b))) }
+            defer { extra += 1 }
+            printable.insert(b)
+            return String(UnicodeScalar(UInt32(256 + extra))!)
+        }
     }
 
     /// Reorders each head's rows from Hugging Face's half-split RoPE layout to GGUF's adjacent pairs:

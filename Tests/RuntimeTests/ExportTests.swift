@@ -1,5 +1,6 @@
 // A trained model exported to GGUF gives the logits it had before export.
 import Foundation
+import Formats
 import Models
 import Runtime
 import XCTest
@@ -19,8 +20,10 @@ final class ExportTests: XCTestCase {
         let before = try LlamaTrainer(model: m, batch: 1, seqLen: 12).logits(inputs: prompt)
         for (type, tol) in [(ExportType.f32, Float(1e-4)), (.f16, 2e-2), (.q8_0, 5e-2)] {
             try Checkpoint.exportGGUF(dir, to: out, type: type)
-            let loaded = try LlamaModel(source: GGUFWeights(path: out), threads: 2)
+            let weights = try GGUFWeights(path: out)
+            let loaded = try LlamaModel(source: weights, threads: 2)
             XCTAssertEqual(loaded.config.dim, 32)
+            XCTAssertNil(weights.file.metadata["tokenizer.ggml.tokens"], "64 ids cannot be bytes: no vocabulary")
             let after = try loaded.forward(prompt, cache: loaded.makeCache(), allLogits: true)
             let scale = before.map(abs).max()!
             var worst: Float = 0
@@ -31,6 +34,24 @@ final class ExportTests: XCTestCase {
             XCTAssertEqual(before[last...].indices.max { before[$0] < before[$1] },
                            after[last...].indices.max { after[$0] < after[$1] }, "\(type)")
         }
+    }
+
+    func testByteModelsGetAByteLevelVocabulary() throws {
+        // --config shapes train on UTF-8 bytes: the GGUF says so, for llama.cpp and Offload's tokenizer.
+        let m = try TrainableLlama.random(config: LlamaConfig.named("tiny"), seed: 13)
+        let out = tempDir("bytes") + ".gguf"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try Checkpoint.exportGGUF(m, to: out, type: .f16)
+        let f = try GGUFWeights(path: out).file
+        let tokens = f.strings("tokenizer.ggml.tokens") ?? []
+        XCTAssertEqual(tokens.count, 256)
+        guard tokens.count == 256 else { return }
+        XCTAssertEqual(tokens[65], "A")
+        XCTAssertEqual(tokens[32], "\u{120}")   // GPT-2's stand-in for the space byte
+        XCTAssertEqual(tokens[10], "\u{10A}")   // and for newline
+        XCTAssertEqual(Set(tokens).count, 256)
+        XCTAssertEqual(f.string("tokenizer.ggml.model"), "gpt2")
+        XCTAssertEqual(f.strings("tokenizer.ggml.merges"), [])
     }
 
     func testHalfSplitModelsArePermutedToAdjacentPairs() throws {
