@@ -220,7 +220,8 @@ private func note(_ s: String) {
     FileHandle.standardError.write(Data((s + "\n").utf8))
 }
 
-/// A model file as a weight source. Merge point: a Hugging Face folder becomes `HFCheckpoint(path:)`.
+/// A model file as a weight source. Merge point: a Hugging Face folder becomes `try HFCheckpoint(folder: path)`
+/// (its Q/K rows are half-split; training keeps that convention and export permutes them for GGUF).
 func openModel(_ path: String) throws -> WeightSource {
     var isDir: ObjCBool = false
     if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
