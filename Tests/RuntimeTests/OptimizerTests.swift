@@ -59,6 +59,19 @@ final class OptimizerTests: XCTestCase {
         XCTAssertGreaterThan(abs(Double(p[0]) - Double(p0[0])), 1e-3)
     }
 
+    func testAdamWVectorAndScalarPathsAgreeBitForBit() {
+        // Every element goes through the 8-lane path at one offset and the scalar tail at another.
+        var g = RTRNG(3)
+        let n = 29, p0 = g.floats(n), grads = (0..<3).map { _ in g.floats(n, 0.1) }
+        let opt = AdamW(weightDecay: 0.1)
+        let whole = run(opt, p0: p0, grads: grads, lrs: [1e-3, 1e-3, 1e-3])
+        var tails: [Float] = []
+        for i in 0..<n {
+            tails += run(opt, p0: [p0[i]], grads: grads.map { [$0[i]] }, lrs: [1e-3, 1e-3, 1e-3])
+        }
+        XCTAssertEqual(whole.map(\.bitPattern), tails.map(\.bitPattern))
+    }
+
     func testSGDMomentumMatchesTorchRule() {
         var g = RTRNG(2)
         let n = 20, p0 = g.floats(n), grads = (0..<3).map { _ in g.floats(n) }
