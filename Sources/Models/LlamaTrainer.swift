@@ -157,6 +157,9 @@ public final class LlamaTrainer {
 
     var n: Int { batch * seqLen }
 
+    /// Where block `l` keeps its activations (and reads its input, `attnIn`) in this trainer.
+    public func activations(ofBlock l: Int) -> BlockActivations { blockActs[l] }
+
     // MARK: one block
 
     /// Block `l`'s forward from `acts.attnIn`, writing `output` (N, dim) and every activation in `acts`.
