@@ -161,7 +161,7 @@ struct Train: ParsableCommand {
         var logHandle: FileHandle?
         if let log {
             let appending = info != nil && FileManager.default.fileExists(atPath: log)
-            if !appending { FileManager.default.createFile(atPath: log, contents: nil) }
+            if !appending { _ = FileManager.default.createFile(atPath: log, contents: nil) }
             guard let h = FileHandle(forWritingAtPath: log) else { throw OffloadError("[train] --log \(log): cannot open for writing") }
             h.seekToEndOfFile()
             logHandle = h
