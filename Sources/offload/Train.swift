@@ -83,7 +83,8 @@ struct Train: ParsableCommand {
         var info: CheckpointInfo?
         var sourceModel = model.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         var expected: LlamaConfig?
-        if let model { expected = try GGUFWeights(path: model).config }
+        let source = try model.map(openModel)
+        if let source { expected = source.config }
         if let config { expected = try LlamaConfig.named(config) }
         let trainable: TrainableLlama
         var options = TrainingOptions()
@@ -94,8 +95,8 @@ struct Train: ParsableCommand {
             options = i.options
             sourceModel = sourceModel ?? i.sourceModel
             info = i
-        } else if let model {
-            trainable = try TrainableLlama(source: try openModel(model))
+        } else if let source {
+            trainable = try TrainableLlama(source: source)
         } else {
             trainable = try TrainableLlama.random(config: expected!, seed: seed)
         }
@@ -220,8 +221,8 @@ private func note(_ s: String) {
     FileHandle.standardError.write(Data((s + "\n").utf8))
 }
 
-/// A model file as a weight source. Merge point: a Hugging Face folder becomes `try HFCheckpoint(folder: path)`
-/// (its Q/K rows are half-split; training keeps that convention and export permutes them for GGUF).
+/// A model file as a weight source. Merge point: the body becomes `try loadWeights(path)` (offload/Common.swift,
+/// GGUF or Hugging Face folder; HF Q/K rows are half-split: training keeps that and export permutes them for GGUF).
 func openModel(_ path: String) throws -> WeightSource {
     var isDir: ObjCBool = false
     if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
@@ -232,8 +233,8 @@ func openModel(_ path: String) throws -> WeightSource {
 
 /// The training text as token ids, without BOS, with the model's tokenizer.
 /// Models without a tokenizer (random `--config` shapes) of at least 256 ids train on UTF-8 bytes.
-/// Merge point: with Formats/Tokenizer, a GGUF model uses
-/// `Tokenizer(gguf: GGUFFile(path: modelPath)).encode(text, addBOS: false)`.
+/// Merge point: with Formats/Tokenizer, a model file's text is
+/// `try loadTokenizer(for: loadWeights(modelPath), modelPath: modelPath).encode(text, addBOS: false)`.
 func tokenizeTrainingText(_ text: String, modelPath: String?, config: LlamaConfig, dataPath: String) throws -> [Int] {
     if text.isEmpty { throw OffloadError("[data] \(dataPath): the file is empty") }
     if let modelPath {
