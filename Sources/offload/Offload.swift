@@ -12,7 +12,8 @@ struct Offload: ParsableCommand {
         tensor lives (compute memory, host memory, disk) and what is recomputed, predicts the \
         cost, and runs the plan.
         """,
-        subcommands: [Generate.self, Tokenize.self, Eval.self, Inspect.self, Plan.self, Profile.self])
+        subcommands: [Generate.self, Tokenize.self, Eval.self, Inspect.self, Plan.self, Profile.self,
+                      Train.self, Export.self])
 
     static func main() {
         BLASSetup.reexecWithAVX512KernelsIfUseful()

@@ -1,0 +1,51 @@
+// Gradient norms (per tensor and global) and torch-style global-norm clipping
+// over a TrainableLlama's one gradient allocation. Deterministic: fixed-size
+// fp32 partial sums, combined in Double in table order.
+
+import Kernels
+
+extension TrainableLlama {
+    /// L2 norm of each parameter's gradient, in table order (fp32 partial sums per 4096 floats, Double across).
+    public func gradientNorms() -> [(name: String, norm: Double)] {
+        layout.entries.map { e in (e.name, sumOfSquares(gradients.base + e.offset, e.elements).squareRoot()) }
+    }
+
+    /// L2 norm of all gradients together.
+    public func globalGradientNorm() -> Double {
+        layout.entries.reduce(0.0) { $0 + sumOfSquares(gradients.base + $1.offset, $1.elements) }.squareRoot()
+    }
+
+    /// Scales all gradients so their global norm is at most `maxNorm`, as torch's
+    /// clip_grad_norm_ (factor maxNorm / (norm + 1e-6), never above 1). Returns the norm before.
+    @discardableResult
+    public func clipGradients(maxNorm: Float) -> Double {
+        let norm = globalGradientNorm()
+        let factor = Float(Double(maxNorm) / (norm + 1e-6))
+        if factor < 1 {
+            let g = gradients.base
+            TrainingThreads.forEachRange(gradients.count, minPerThread: 1 << 16) { r in
+                for i in r { g[i] *= factor }
+            }
+        }
+        return norm
+    }
+}
+
+private func sumOfSquares(_ p: UnsafePointer<Float>, _ count: Int) -> Double {
+    var total = 0.0, i = 0
+    while i < count {
+        let end = min(i + 4096, count)
+        var acc = SIMD8<Float>(), j = i
+        while j + 8 <= end {
+            let v = UnsafeRawPointer(p + j).loadUnaligned(as: SIMD8<Float>.self)
+            acc += v * v
+            j += 8
+        }
+        var tail: Float = 0
+        while j < end { tail += p[j] * p[j]; j += 1 }
+        total += Double(acc.sum()) + Double(tail)
+        i = end
+    }
+    return total
+}
+

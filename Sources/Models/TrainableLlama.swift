@@ -1,0 +1,188 @@
+// A Llama-family model's parameters in fp32 for training: weights and gradients
+// each carved from ONE allocation by the parameter table (stage by stage, so a
+// planner can move one stage's parameters as a block). Built from any
+// WeightSource (dequantized) or randomly initialised. The forward/backward
+// over a batch lives in LlamaTrainer; the optimizer's state in Runtime.
+
+import Foundation
+import Kernels
+import Tensors
+
+/// One 64-byte-aligned, zero-filled allocation of `count` floats.
+public final class FloatBuffer: @unchecked Sendable {
+    public let count: Int
+    public let base: UnsafeMutablePointer<Float>
+
+    public init(count: Int) {
+        self.count = count
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
+        base = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        base.initialize(repeating: 0, count: max(count, 1))
+    }
+    deinit { base.deallocate() }
+
+    public var bytes: Int { count * 4 }
+    public var buffer: UnsafeMutableBufferPointer<Float> { .init(start: base, count: count) }
+    public func zero() { base.update(repeating: 0, count: count) }
+}
+
+/// Where each parameter sits in a role's allocation. Offsets are rounded up to
+/// 16 floats (64 bytes) so every tensor starts on a cache line; a stage's
+/// parameters are contiguous.
+public struct ParameterLayout: Sendable {
+    public struct Entry: Sendable {
+        public var spec: ParameterSpec
+        public var stage: ParameterStage
+        public var offset: Int
+        public var name: String { spec.name }
+        public var elements: Int { spec.elements }
+    }
+    public let entries: [Entry]
+    /// Floats in one role's allocation (with alignment padding).
+    public let totalFloats: Int
+    private let index: [String: Int]
+
+    public init(config: LlamaConfig) {
+        var entries: [Entry] = [], offset = 0
+        for stage in config.stages {
+            for spec in config.parameters(of: stage) {
+                entries.append(Entry(spec: spec, stage: stage, offset: offset))
+                offset += (spec.elements + 15) / 16 * 16
+            }
+        }
+        self.entries = entries
+        totalFloats = offset
+        index = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.spec.name, $0) })
+    }
+
+    public func entry(_ name: String) -> Entry? { index[name].map { entries[$0] } }
+
+    /// The floats [start, end) a stage's parameters occupy in every role's allocation.
+    public func range(of stage: ParameterStage) -> Range<Int> {
+        let mine = entries.filter { $0.stage == stage }
+        guard let first = mine.first, let last = mine.last else { return 0..<0 }
+        return first.offset ..< last.offset + (last.elements + 15) / 16 * 16
+    }
+}
+
+public final class TrainableLlama {
+    public let config: LlamaConfig
+    /// The RoPE convention the Q and K rows follow (GGUF files: adjacent pairs).
+    public let ropeStyle: RopeStyle
+    public let layout: ParameterLayout
+    public let weights: FloatBuffer
+    public let gradients: FloatBuffer
+
+    /// A model with all weights zero (fill them, or use `random`/`init(source:)`).
+    public init(config: LlamaConfig, ropeStyle: RopeStyle = .adjacentPairs) throws {
+        try config.validate()
+        self.config = config
+        self.ropeStyle = ropeStyle
+        layout = ParameterLayout(config: config)
+        weights = FloatBuffer(count: layout.totalFloats)
+        gradients = FloatBuffer(count: layout.totalFloats)
+    }
+
+    /// Every weight of `source` dequantized to fp32.
+    public convenience init(source: WeightSource) throws {
+        try self.init(config: source.config, ropeStyle: source.ropeStyle)
+        try source.validateTensors()
+        for e in layout.entries {
+            let t = try source.tensor(e.name)
+            guard t.dtype.byteCount(elements: e.elements) == t.bytes.count else {
+                throw OffloadError("[train] \(source.sourceName): tensor \(e.name) holds \(t.bytes.count) bytes, "
+                                   + "not \(e.elements) \(t.dtype) values")
+            }
+            Dequantize.toF32(t.dtype, t.bytes.baseAddress!, weights.base + e.offset, count: e.elements)
+        }
+    }
+
+    /// Fresh weights: matrices ~ N(0, 0.02²) (output projections scaled by 1/√(2·layers), as GPT-2),
+    /// norm weights 1. The same seed gives the same weights on every machine.
+    public static func random(config: LlamaConfig, seed: UInt64) throws -> TrainableLlama {
+        let m = try TrainableLlama(config: config, ropeStyle: .adjacentPairs)
+        var rng = SplitMix64(seed: seed)
+        let residualScale = 1 / Float(2 * config.layers).squareRoot()
+        for e in m.layout.entries {
+            let p = m.weights.base + e.offset
+            if e.spec.shape.count == 1 {
+                p.update(repeating: 1, count: e.elements)
+                continue
+            }
+            let isResidualOutput = e.name.hasSuffix("attn_output.weight") || e.name.hasSuffix("ffn_down.weight")
+            let std: Float = 0.02 * (isResidualOutput ? residualScale : 1)
+            for i in 0..<e.elements { p[i] = rng.normal() * std }
+        }
+        return m
+    }
+
+    public var parameterCount: Int { layout.entries.reduce(0) { $0 + $1.elements } }
+
+    /// The weights of parameter `name` (GGUF naming).
+    public func weight(_ name: String) throws -> UnsafeMutableBufferPointer<Float> {
+        guard let e = layout.entry(name) else { throw OffloadError("[train] no parameter named \(name)") }
+        return .init(start: weights.base + e.offset, count: e.elements)
+    }
+
+    /// The gradient of parameter `name`.
+    public func gradient(_ name: String) throws -> UnsafeMutableBufferPointer<Float> {
+        guard let e = layout.entry(name) else { throw OffloadError("[train] no parameter named \(name)") }
+        return .init(start: gradients.base + e.offset, count: e.elements)
+    }
+
+    public func zeroGradients() { gradients.zero() }
+
+    /// Pointers to block `l`'s nine parameters in `base` (weights or gradients).
+    func block(_ l: Int, in base: UnsafeMutablePointer<Float>) -> BlockParameters {
+        func p(_ suffix: String) -> UnsafeMutablePointer<Float> { base + layout.entry("blk.\(l).\(suffix)")!.offset }
+        return BlockParameters(attnNorm: p("attn_norm.weight"), q: p("attn_q.weight"), k: p("attn_k.weight"),
+                               v: p("attn_v.weight"), o: p("attn_output.weight"), ffnNorm: p("ffn_norm.weight"),
+                               gate: p("ffn_gate.weight"), up: p("ffn_up.weight"), down: p("ffn_down.weight"))
+    }
+
+    func pointer(_ name: String, in base: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
+        base + layout.entry(name)!.offset
+    }
+}
+
+/// One block's parameters (weights or gradients), shapes as in `LlamaConfig.blockParameters`.
+struct BlockParameters {
+    var attnNorm, q, k, v, o, ffnNorm, gate, up, down: UnsafeMutablePointer<Float>
+}
+
+/// SplitMix64 with Box–Muller normals: small, and the same on every platform.
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Uniform in (0, 1].
+    mutating func uniform() -> Double { Double((next() >> 11) + 1) * 0x1p-53 }
+    mutating func normal() -> Float {
+        let u1 = uniform(), u2 = uniform()
+        return Float((-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2))
+    }
+}
+
+
+/// A TrainableLlama's current fp32 weights as a WeightSource, so the inference
+/// model (and the GGUF exporter) can read a model being trained without a file.
+public final class TrainableWeights: WeightSource {
+    public let model: TrainableLlama
+    public init(_ model: TrainableLlama) { self.model = model }
+    public var config: LlamaConfig { model.config }
+    public var ropeStyle: RopeStyle { model.ropeStyle }
+    public var sourceName: String { "\(model.config.name) (in training)" }
+    public func tensor(_ name: String) throws -> StoredTensor {
+        guard let e = model.layout.entry(name) else {
+            throw OffloadError("[train] \(sourceName): no tensor named \(name)")
+        }
+        return StoredTensor(name: name, dtype: .f32, shape: e.spec.shape,
+                            bytes: UnsafeRawBufferPointer(start: model.weights.base + e.offset, count: e.elements * 4))
+    }
+}

@@ -1,0 +1,112 @@
+// A training checkpoint's weights as a GGUF file that `offload generate` and
+// llama.cpp load: llama.* metadata from the config, the tokenizer copied from the
+// GGUF training started from (when there was one), norms in f32 and matrices in
+// the chosen type. Q/K rows are written in GGUF's adjacent-pair RoPE order.
+
+import Foundation
+import Formats
+import Kernels
+import Models
+import Tensors
+
+public enum ExportType: String, CaseIterable, Sendable {
+    case f32, f16, q8_0
+}
+
+extension Checkpoint {
+    /// Writes the checkpoint in `dir` as a GGUF file at `out` (atomically).
+    public static func exportGGUF(_ dir: String, to out: String, type: ExportType) throws {
+        let info = try readInfo(dir)
+        let model = try loadModel(dir, info: info)
+        var source: GGUFFile?
+        if let path = info.sourceModel, path.hasSuffix(".gguf"), FileManager.default.fileExists(atPath: path) {
+            source = try GGUFFile(path: path)
+        }
+        try exportGGUF(model, to: out, type: type, metadataFrom: source)
+    }
+
+    /// Writes `model`'s weights as GGUF; tokenizer.* (and general.* not set here) come from `source`.
+    public static func exportGGUF(_ model: TrainableLlama, to out: String, type: ExportType,
+                                  metadataFrom source: GGUFFile? = nil) throws {
+        let c = model.config
+        var w = GGUFWriter()
+        func u32(_ key: String, _ v: Int) { w.set(key, .uint(UInt64(v), .uint32)) }
+        func f32(_ key: String, _ v: Float) { w.set(key, .float(Double(v), .float32)) }
+        w.set("general.architecture", .string("llama"))
+        w.set("general.name", .string(c.name))
+        u32("general.file_type", type == .f32 ? 0 : type == .f16 ? 1 : 7)
+        u32("llama.vocab_size", c.vocabSize)
+        u32("llama.context_length", c.contextLength)
+        u32("llama.embedding_length", c.dim)
+        u32("llama.block_count", c.layers)
+        u32("llama.feed_forward_length", c.ffnDim)
+        u32("llama.rope.dimension_count", c.headDim)
+        u32("llama.attention.key_length", c.headDim)
+        u32("llama.attention.value_length", c.headDim)
+        u32("llama.attention.head_count", c.heads)
+        u32("llama.attention.head_count_kv", c.kvHeads)
+        f32("llama.rope.freq_base", c.ropeTheta)
+        f32("llama.attention.layer_norm_rms_epsilon", c.rmsEps)
+        if source == nil, c.vocabSize >= 256 {
+            // Trained on UTF-8 bytes (random --config shapes): a byte-level GPT-2 vocabulary with no
+            // merges, so id b is byte b for llama.cpp as for Offload; ids past 255 are unused.
+            w.set("tokenizer.ggml.model", .string("gpt2"))
+            w.set("tokenizer.ggml.pre", .string("default"))
+            let tokens = byteLevelTokens() + (256..<c.vocabSize).map { "<unused\($0)>" }
+            w.set("tokenizer.ggml.tokens", .array(tokens.map { .string($0) }, .string))
+            w.set("tokenizer.ggml.token_type", .array((0..<c.vocabSize).map { .int($0 < 256 ? 1 : 5, .int32) }, .int32))
+            w.set("tokenizer.ggml.merges", .array([], .string))
+            w.set("tokenizer.ggml.add_bos_token", .bool(false))
+        }
+        if let source {
+            for key in source.metadataKeys where key.hasPrefix("tokenizer.") || (key.hasPrefix("general.")
+                && !w.metadata.contains { $0.key == key } && key != "general.alignment" && key != "general.file_type") {
+                if let v = source.metadata[key] { w.set(key, v) }
+            }
+        }
+        for e in model.layout.entries {
+            var values = Array(UnsafeBufferPointer(start: model.weights.base + e.offset, count: e.elements))
+            if model.ropeStyle == .halfSplit, e.name.hasSuffix("attn_q.weight") || e.name.hasSuffix("attn_k.weight") {
+                values = halfSplitToAdjacentPairs(values, rows: e.spec.shape[0], cols: e.spec.shape[1], headDim: c.headDim)
+            }
+            var dtype: DType = e.spec.shape.count == 1 ? .f32 : (type == .f32 ? .f32 : type == .f16 ? .f16 : .q8_0)
+            if dtype == .q8_0, e.spec.shape[1] % 32 != 0 { dtype = .f16 }   // rows must be whole Q8_0 blocks
+            let data: Data
+            switch dtype {
+            case .f16: data = Quantize.toF16(values).withUnsafeBytes { Data($0) }
+            case .q8_0: data = Data(Quantize.toQ8_0(values))
+            default: data = values.withUnsafeBytes { Data($0) }
+            }
+            w.tensors.append(.init(name: e.name, dtype: dtype, shape: e.spec.shape, data: data))
+        }
+        try w.write(to: out)
+    }
+
+    /// GPT-2's byte-to-character map: printable Latin-1 bytes stand for themselves, the rest map to U+0100….
+    static func byteLevelTokens() -> [String] {
+        var printable = Set(Array(33...126) + Array(161...172) + Array(174...255))
+        var extra = 0
+        return (0..<256).map { b -> String in
+            if printable.contains(b) { return String(UnicodeScalar(UInt8(b))) }
+            defer { extra += 1 }
+            printable.insert(b)
+            return String(UnicodeScalar(UInt32(256 + extra))!)
+        }
+    }
+
+    /// Reorders each head's rows from Hugging Face's half-split RoPE layout to GGUF's adjacent pairs:
+    /// GGUF row 2i ← HF row i, GGUF row 2i+1 ← HF row i + headDim/2.
+    static func halfSplitToAdjacentPairs(_ w: [Float], rows: Int, cols: Int, headDim: Int) -> [Float] {
+        var out = w
+        let half = headDim / 2
+        for h in 0..<rows / headDim {
+            for i in 0..<half {
+                for (dst, src) in [(2 * i, i), (2 * i + 1, i + half)] {
+                    let d = (h * headDim + dst) * cols, s = (h * headDim + src) * cols
+                    out.replaceSubrange(d ..< d + cols, with: w[s ..< s + cols])
+                }
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,132 @@
+// A minimal fp32 safetensors writer and reader for checkpoints, streaming
+// straight from and to the parameter buffers, with a 64-bit checksum of the file
+// computed on the way. Stand-in for the shared Formats/Safetensors code: swap the
+// bodies of `writeCheckpointTensors` / `readCheckpointTensors` when that lands.
+
+import Foundation
+import Tensors
+
+/// One fp32 tensor to write or fill: `count` floats at `data`, shape row-major.
+public struct CheckpointTensor {
+    public var name: String
+    public var shape: [Int]
+    public var data: UnsafeMutablePointer<Float>
+    public var count: Int { shape.reduce(1, *) }
+    public init(name: String, shape: [Int], data: UnsafeMutablePointer<Float>) {
+        self.name = name; self.shape = shape; self.data = data
+    }
+}
+
+/// A streaming 64-bit checksum over bytes, by 8-byte little-endian words (the tail zero-padded).
+public struct Checksum64 {
+    private var h: UInt64 = 0xCBF2_9CE4_8422_2325
+    private var pending: UInt64 = 0
+    private var pendingBytes = 0
+    private var total: UInt64 = 0
+    public init() {}
+
+    @inline(__always) private mutating func word(_ w: UInt64) {
+        h = (h ^ w) &* 0x9E37_79B9_7F4A_7C15
+        h ^= h >> 31
+    }
+
+    public mutating func update(_ buf: UnsafeRawBufferPointer) {
+        var i = 0
+        let n = buf.count
+        while pendingBytes != 0 && i < n {
+            pending |= UInt64(buf[i]) << (8 * UInt64(pendingBytes))
+            pendingBytes += 1; i += 1
+            if pendingBytes == 8 { word(pending); pending = 0; pendingBytes = 0 }
+        }
+        while i + 8 <= n { word(buf.loadUnaligned(fromByteOffset: i, as: UInt64.self)); i += 8 }
+        while i < n { pending |= UInt64(buf[i]) << (8 * UInt64(pendingBytes)); pendingBytes += 1; i += 1 }
+        total &+= UInt64(n)
+    }
+
+    public var value: UInt64 {
+        var c = self
+        if c.pendingBytes > 0 { c.word(c.pending) }
+        c.word(total)
+        return c.h
+    }
+
+    public var hex: String { String(format: "%016llx", value) }
+}
+
+/// Writes `tensors` as an F32 safetensors file at `path` (not atomically: callers write into a
+/// temporary folder). Returns the file's size and checksum.
+public func writeCheckpointTensors(_ tensors: [CheckpointTensor], metadata: [String: String] = [:],
+                                   to path: String) throws -> (bytes: Int, checksum: String) {
+    var header: [String: Any] = [:]
+    var offset = 0
+    for t in tensors {
+        header[t.name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + t.count * 4]]
+        offset += t.count * 4
+    }
+    if !metadata.isEmpty { header["__metadata__"] = metadata }
+    var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+    while json.count % 8 != 0 { json.append(0x20) }
+
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    guard fd >= 0 else { throw OffloadError("[checkpoint] \(path): cannot create: \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var sum = Checksum64()
+    func put(_ buf: UnsafeRawBufferPointer) throws {
+        sum.update(buf)
+        var done = 0
+        while done < buf.count {
+            let n = write(fd, buf.baseAddress! + done, min(buf.count - done, 1 << 26))
+            guard n > 0 else {
+                throw OffloadError("[checkpoint] \(path): write failed: \(String(cString: strerror(errno)))")
+            }
+            done += n
+        }
+    }
+    var length = UInt64(json.count).littleEndian
+    try withUnsafeBytes(of: &length) { try put($0) }
+    try json.withUnsafeBytes { try put($0) }
+    for t in tensors { try put(UnsafeRawBufferPointer(start: t.data, count: t.count * 4)) }
+    guard fsync(fd) == 0 else { throw OffloadError("[checkpoint] \(path): fsync failed: \(String(cString: strerror(errno)))") }
+    return (8 + json.count + offset, sum.hex)
+}
+
+/// Fills `tensors` from the F32 safetensors file at `path`, checking every name, shape and
+/// offset, and (when given) the file's size and checksum.
+public func readCheckpointTensors(_ tensors: [CheckpointTensor], from path: String,
+                                  expectBytes: Int? = nil, expectChecksum: String? = nil) throws {
+    let ctx = "[checkpoint] \(path)"
+    guard let data = FileManager.default.contents(atPath: path) else { throw OffloadError("\(ctx): cannot read the file") }
+    if let expectBytes, data.count != expectBytes {
+        throw OffloadError("\(ctx): file is \(data.count) bytes, expected \(expectBytes) (truncated or replaced?)")
+    }
+    try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+        if let expectChecksum {
+            var sum = Checksum64()
+            sum.update(raw)
+            guard sum.hex == expectChecksum else {
+                throw OffloadError("\(ctx): checksum \(sum.hex) does not match the recorded \(expectChecksum) (corrupted)")
+            }
+        }
+        guard raw.count >= 8 else { throw OffloadError("\(ctx): too short for a safetensors header") }
+        let n = Int(raw.loadUnaligned(as: UInt64.self).littleEndian)
+        guard n <= raw.count - 8 else { throw OffloadError("\(ctx): header length \(n) runs past the end (\(raw.count))") }
+        guard let header = try? JSONSerialization.jsonObject(with: Data(raw[8 ..< 8 + n])) as? [String: Any] else {
+            throw OffloadError("\(ctx): header is not a JSON object")
+        }
+        let body = 8 + n
+        for t in tensors {
+            guard let info = header[t.name] as? [String: Any] else { throw OffloadError("\(ctx): tensor \(t.name) is missing") }
+            guard info["dtype"] as? String == "F32" else {
+                throw OffloadError("\(ctx): tensor \(t.name) is \(info["dtype"] ?? "?"), expected F32")
+            }
+            let shape = (info["shape"] as? [Any])?.compactMap { ($0 as? NSNumber)?.intValue } ?? []
+            guard shape == t.shape else { throw OffloadError("\(ctx): tensor \(t.name) has shape \(shape), expected \(t.shape)") }
+            let offs = (info["data_offsets"] as? [Any])?.compactMap { ($0 as? NSNumber)?.intValue } ?? []
+            guard offs.count == 2, offs[0] >= 0, offs[1] - offs[0] == t.count * 4, body + offs[1] <= raw.count else {
+                throw OffloadError("\(ctx): tensor \(t.name) has offsets \(offs), which do not hold \(t.count) floats "
+                                   + "inside the file (\(raw.count) bytes)")
+            }
+            UnsafeMutableRawPointer(t.data).copyMemory(from: raw.baseAddress! + body + offs[0], byteCount: t.count * 4)
+        }
+    }
+}

@@ -1,0 +1,153 @@
+// The training loop's one step: micro-batches forward/backward (gradients
+// accumulated), global-norm clipping, learning-rate schedule, optimizer update.
+// Every step is a pure function of (weights, optimizer state, step number, data),
+// which is what makes a resumed run bit-identical to an uninterrupted one.
+// Not here: files (Checkpoint), progress display and argument parsing (CLI).
+
+import Foundation
+import Kernels
+import Models
+import Tensors
+
+/// Everything that decides what a run computes; recorded in checkpoints.
+public struct TrainingOptions: Codable, Equatable, Sendable {
+    public var batch = 4
+    public var seqLen = 256
+    /// Total optimizer steps of the run (the cosine schedule ends here).
+    public var steps = 100
+    public var lr: Float = 1e-4
+    public var optimizer = "adamw"
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.999
+    public var eps: Float = 1e-8
+    public var weightDecay: Float = 0
+    public var momentum: Float = 0.9
+    /// Maximum global gradient norm; 0 turns clipping off.
+    public var gradClip: Float = 0
+    /// Micro-batches per optimizer step.
+    public var accumulate = 1
+    /// "constant" or "cosine" (linear warm-up, then cosine to minLR).
+    public var schedule = "constant"
+    public var warmup = 0
+    public var minLR: Float = 0
+    public var shuffleSeed: UInt64?
+    public var activationPolicy = ActivationPolicy.keepAll.rawValue
+
+    public init() {}
+
+    public func validate() throws {
+        func need(_ ok: Bool, _ what: String) throws { if !ok { throw OffloadError("[train] \(what)") } }
+        try need(batch > 0, "--batch must be positive, got \(batch)")
+        try need(seqLen > 0, "--seq-len must be positive, got \(seqLen)")
+        try need(steps > 0, "--steps must be positive, got \(steps)")
+        try need(accumulate > 0, "--accumulate must be positive, got \(accumulate)")
+        try need(lr.isFinite && lr >= 0, "--lr must be a non-negative number, got \(lr)")
+        try need(["adamw", "sgd"].contains(optimizer), "--optimizer must be adamw or sgd, got '\(optimizer)'")
+        try need(["constant", "cosine"].contains(schedule), "--schedule must be constant or cosine, got '\(schedule)'")
+        try need(warmup >= 0, "--warmup must not be negative")
+        try need((0..<1).contains(beta1) && (0..<1).contains(beta2), "--beta1 and --beta2 must be in [0, 1)")
+        try need(eps > 0, "--eps must be positive")
+        try need(gradClip >= 0, "--grad-clip must not be negative (0 turns it off)")
+        try need(ActivationPolicy(rawValue: activationPolicy) != nil,
+                 "activation policy must be one of " + ActivationPolicy.allCases.map(\.rawValue).joined(separator: ", "))
+    }
+
+    public func makeOptimizer() -> any Optimizer {
+        optimizer == "sgd" ? SGD(momentum: momentum, weightDecay: weightDecay)
+            : AdamW(beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay)
+    }
+
+    public var learningRateSchedule: LearningRateSchedule {
+        schedule == "cosine" ? .warmupCosine(warmup: warmup, total: steps, minLR: minLR) : .constant
+    }
+
+    public var tokensPerStep: Int { batch * seqLen * accumulate }
+}
+
+/// What one step did, as `--log` writes it.
+public struct StepResult: Codable, Equatable, Sendable {
+    public var step: Int
+    public var loss: Float
+    public var gradNorm: Double
+    public var lr: Float
+    public var tokens: Int
+    public var seconds: Double
+    public var tokensPerSecond: Double { seconds > 0 ? Double(tokens) / seconds : 0 }
+
+    /// One JSON line: step, loss, grad_norm, lr, tokens, seconds, tokens_per_second.
+    public var jsonLine: String {
+        func num(_ x: Double) -> String { x.isFinite ? "\(x)" : "null" }
+        return "{\"step\":\(step),\"loss\":\(num(Double(loss))),\"grad_norm\":\(num(gradNorm)),\"lr\":\(lr),"
+            + "\"tokens\":\(tokens),\"seconds\":\(String(format: "%.4f", seconds)),"
+            + "\"tokens_per_second\":\(String(format: "%.2f", tokensPerSecond))}"
+    }
+}
+
+public final class TrainingSession {
+    public let model: TrainableLlama
+    public let options: TrainingOptions
+    public let trainer: LlamaTrainer
+    public let optimizer: any Optimizer
+    public let optimizerState: OptimizerState
+    public let data: TokenWindows
+
+    /// Optimizer steps completed.
+    public var step: Int { optimizerState.step }
+    /// Micro-batches consumed: the data position.
+    public var nextBatch: Int { step * options.accumulate }
+
+    public init(model: TrainableLlama, data: TokenWindows, options: TrainingOptions) throws {
+        try options.validate()
+        guard data.seqLen == options.seqLen else {
+            throw OffloadError("[train] data windows are \(data.seqLen) tokens, but --seq-len is \(options.seqLen)")
+        }
+        self.model = model; self.data = data; self.options = options
+        trainer = try LlamaTrainer(model: model, batch: options.batch, seqLen: options.seqLen,
+                                   policy: ActivationPolicy(rawValue: options.activationPolicy) ?? .keepAll)
+        optimizer = options.makeOptimizer()
+        optimizerState = OptimizerState(for: optimizer, layout: model.layout)
+    }
+
+    /// Bytes of weights, gradients, optimizer state and activations.
+    public var memoryBytes: Int {
+        model.weights.bytes + model.gradients.bytes + optimizerState.bytes + trainer.activationBytes
+    }
+
+    /// One optimizer step. A non-finite loss or gradient norm throws before anything is updated.
+    public func trainStep() throws -> StepResult {
+        let t0 = now()
+        let number = step + 1
+        model.zeroGradients()
+        var lossSum = 0.0
+        let micro = options.accumulate
+        for m in 0..<micro {
+            let (inputs, targets) = data.batch(nextBatch + m, size: options.batch)
+            let loss = try trainer.forwardBackward(inputs: inputs, targets: targets, gradientScale: 1 / Float(micro))
+            lossSum += Double(loss)
+        }
+        let loss = Float(lossSum / Double(micro))
+        let norm = options.gradClip > 0 ? model.clipGradients(maxNorm: options.gradClip) : model.globalGradientNorm()
+        guard loss.isFinite, norm.isFinite else {
+            throw TrainingStopped(step: number, loss: loss, gradNorm: norm)
+        }
+        let lr = options.learningRateSchedule.lr(step: step, base: options.lr)
+        optimizer.step(model, state: optimizerState, lr: lr)
+        return StepResult(step: number, loss: loss, gradNorm: norm, lr: lr, tokens: options.tokensPerStep,
+                          seconds: now() - t0)
+    }
+}
+
+/// Training stopped at `step` because the loss or the gradient norm is not a finite number.
+public struct TrainingStopped: Error, CustomStringConvertible {
+    public var step: Int
+    public var loss: Float
+    public var gradNorm: Double
+    public var description: String {
+        let what = loss.isFinite ? "the gradient norm is \(gradNorm) (loss \(loss))" : "the loss is \(loss)"
+        return "[train] step \(step): \(what), not a finite number; stopping before the update "
+            + "(weights are those after step \(step - 1))"
+    }
+}
+
+/// Threads for the training kernels and OpenBLAS.
+public func setTrainingThreads(_ threads: Int) { TrainingThreads.set(threads) }

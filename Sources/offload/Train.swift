@@ -1,0 +1,265 @@
+// `offload train`: train a Llama-family model on a text file, from a GGUF model
+// or a built-in shape with random weights, with periodic atomic checkpoints and
+// exact resume. The engine is Runtime.TrainingSession; this file is flags,
+// data loading, progress display and the --log file.
+
+import ArgumentParser
+import Foundation
+import Formats
+import Models
+import Runtime
+import Tensors
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train a model on a text file (fp32 weights, AdamW or SGD).",
+        discussion: """
+        Windows of --seq-len + 1 tokens are cut from the tokenized text at stride --seq-len; step k, row b
+        reads window (k·batch + b) mod windows (--shuffle SEED: a fresh permutation per epoch).
+        Example: offload train --config tiny --data notes.txt --steps 200 --save run1
+                 offload train --resume run1 --steps 400 --data notes.txt
+        """)
+
+    @Option(help: "A GGUF model to start from (weights are trained in fp32).") var model: String?
+    @Option(help: "A built-in shape with random weights: \(LlamaConfig.builtIn.map(\.name).joined(separator: ", ")).")
+    var config: String?
+    @Option(help: "Seed of the random initialisation (with --config).") var seed: UInt64 = 0
+    @Option(help: "Plain-text training data, tokenized once without BOS.") var data: String?
+    @Option(help: "Token ids to train on instead of --data: a file of integers separated by spaces, commas or newlines.")
+    var tokens: String?
+    @Option(help: "Sequences per micro-batch (default 4).") var batch: Int?
+    @Option(name: .customLong("seq-len"), help: "Tokens per sequence (default 256).") var seqLen: Int?
+    @Option(help: "Total optimizer steps (default 100).") var steps: Int?
+    @Option(help: "Peak learning rate (default 1e-4).") var lr: Float?
+    @Option(help: "adamw or sgd (default adamw).") var optimizer: String?
+    @Option(help: "AdamW β₁ (default 0.9).") var beta1: Float?
+    @Option(help: "AdamW β₂ (default 0.999).") var beta2: Float?
+    @Option(help: "AdamW ε, added outside the square root (default 1e-8).") var eps: Float?
+    @Option(name: .customLong("weight-decay"), help: "Decoupled (AdamW) or L2 (SGD) weight decay (default 0).")
+    var weightDecay: Float?
+    @Option(help: "SGD momentum (default 0.9).") var momentum: Float?
+    @Option(name: .customLong("grad-clip"), help: "Clip the global gradient norm to this (default 0: off).")
+    var gradClip: Float?
+    @Option(help: "Micro-batches per optimizer step (default 1).") var accumulate: Int?
+    @Option(help: "constant, or cosine (linear warm-up, then cosine decay to --min-lr).") var schedule: String?
+    @Option(help: "Warm-up steps of the cosine schedule (default 0).") var warmup: Int?
+    @Option(name: .customLong("min-lr"), help: "Final learning rate of the cosine schedule (default 0).") var minLR: Float?
+    @Option(help: "Shuffle windows with this seed (a new permutation each epoch).") var shuffle: UInt64?
+    @Option(help: "Activations: keep-all, or recompute-all (keep block inputs, recompute in backward).")
+    var activations: String?
+    @Option(help: "Compute threads (default: all cores).") var threads: Int?
+    @Option(help: "Write one JSON line per step to this file.") var log: String?
+    @Option(help: "Checkpoint folder, written atomically at the end and every --save-every steps.") var save: String?
+    @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default: only at the end).")
+    var saveEvery: Int?
+    @Option(help: "Continue the run saved in this checkpoint folder, bit for bit (and save there unless --save says otherwise).")
+    var resume: String?
+    @Option(name: .customLong("stop-after"),
+            help: "Stop (and save) after this step; the schedule still runs to --steps. Continue with --resume.")
+    var stopAfter: Int?
+
+    func validate() throws {
+        if resume == nil && (model == nil) == (config == nil) {
+            throw ValidationError("give either --model FILE or --config NAME (or --resume DIR)")
+        }
+        if model != nil && config != nil { throw ValidationError("give --model or --config, not both") }
+        if (data == nil) == (tokens == nil) { throw ValidationError("give the training text with --data FILE (or ids with --tokens FILE)") }
+        if let n = saveEvery, n <= 0 { throw ValidationError("--save-every must be positive") }
+        if saveEvery != nil && save == nil && resume == nil { throw ValidationError("--save-every needs --save DIR") }
+        if let t = threads, t <= 0 { throw ValidationError("--threads must be positive") }
+        if let n = stopAfter, n <= 0 { throw ValidationError("--stop-after must be positive") }
+    }
+
+    func run() throws {
+        do { try train() } catch let e as OffloadError {
+            FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+
+    private func train() throws {
+        let save = self.save ?? resume
+        // The model and, when resuming, the checkpoint's options.
+        var info: CheckpointInfo?
+        var sourceModel = model.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        var expected: LlamaConfig?
+        let source = try model.map { try loadWeights($0) }
+        if let source { expected = source.config }
+        if let config { expected = try LlamaConfig.named(config) }
+        let trainable: TrainableLlama
+        var options = TrainingOptions()
+        if let resume {
+            let i = try Checkpoint.readInfo(resume)
+            if let expected { try Checkpoint.checkSameModel(i, expected, dir: resume) }
+            trainable = try Checkpoint.loadModel(resume, info: i)
+            options = i.options
+            sourceModel = sourceModel ?? i.sourceModel
+            info = i
+        } else if let source {
+            trainable = try TrainableLlama(source: source)
+        } else {
+            trainable = try TrainableLlama.random(config: expected!, seed: seed)
+        }
+        // A resumed run keeps its thread count unless told otherwise (OpenBLAS sums depend on it).
+        let threadCount = threads ?? info?.threads ?? ProcessInfo.processInfo.activeProcessorCount
+        setTrainingThreads(threadCount)
+        if let batch { options.batch = batch }
+        if let seqLen { options.seqLen = seqLen }
+        if let steps { options.steps = steps }
+        if let lr { options.lr = lr }
+        if let optimizer { options.optimizer = optimizer.lowercased() }
+        if let beta1 { options.beta1 = beta1 }
+        if let beta2 { options.beta2 = beta2 }
+        if let eps { options.eps = eps }
+        if let weightDecay { options.weightDecay = weightDecay }
+        if let momentum { options.momentum = momentum }
+        if let gradClip { options.gradClip = gradClip }
+        if let accumulate { options.accumulate = accumulate }
+        if let schedule { options.schedule = schedule.lowercased() }
+        if let warmup { options.warmup = warmup }
+        if let minLR { options.minLR = minLR }
+        if let shuffle { options.shuffleSeed = shuffle }
+        if let activations { options.activationPolicy = activations }
+        try options.validate()
+
+        let ids: [Int]
+        let dataName: String
+        if let tokens {
+            ids = try readTokenIDs(tokens); dataName = tokens
+        } else {
+            let path = data!
+            guard let bytes = FileManager.default.contents(atPath: path) else {
+                throw OffloadError("[data] \(path): cannot read the file")
+            }
+            guard let text = String(data: bytes, encoding: .utf8) else { throw OffloadError("[data] \(path): not UTF-8 text") }
+            ids = try tokenizeTrainingText(text, modelPath: sourceModel, config: trainable.config, dataPath: path)
+            dataName = path
+        }
+        let windows = try TokenWindows(tokens: ids, seqLen: options.seqLen, vocabSize: trainable.config.vocabSize,
+                                       shuffleSeed: options.shuffleSeed, source: dataName)
+        let session = try TrainingSession(model: trainable, data: windows, options: options)
+        if let info, let resume {
+            try Checkpoint.restoreOptimizer(resume, info: info, into: session)
+            if let t = info.threads, t != threadCount {
+                note("warning: the checkpoint was trained with \(t) threads and this run uses \(threadCount); OpenBLAS "
+                     + "sums differ with the thread count, so the continuation will not be bit-identical (use --threads \(t))")
+            }
+            if info.dataChecksum != Checkpoint.dataChecksum(ids) {
+                note("warning: the data differs from the data this checkpoint was trained on; the run continues on the new data")
+            }
+        }
+        let lastStep = min(options.steps, stopAfter ?? options.steps)
+        guard session.step < lastStep else {
+            throw OffloadError("[train] the checkpoint is already at step \(session.step); ask for more with --steps")
+        }
+
+        let c = trainable.config
+        note("train: \(c.name): \(trainable.parameterCount) parameters, \(windows.windowCount) windows of \(options.seqLen) "
+             + "tokens, batch \(options.batch)×\(options.accumulate), \(options.optimizer) lr \(options.lr), "
+             + "\(threadCount) threads, \(formatBytes(session.memoryBytes)) of training state"
+             + (info.map { ", resuming at step \($0.step)" } ?? ""))
+
+        var logHandle: FileHandle?
+        if let log {
+            let appending = info != nil && FileManager.default.fileExists(atPath: log)
+            if !appending { _ = FileManager.default.createFile(atPath: log, contents: nil) }
+            guard let h = FileHandle(forWritingAtPath: log) else { throw OffloadError("[train] --log \(log): cannot open for writing") }
+            h.seekToEndOfFile()
+            logHandle = h
+        }
+        defer { try? logHandle?.close() }
+
+        let tty = isatty(STDOUT_FILENO) != 0
+        let startStep = session.step
+        let t0 = now()
+        var lastSaved: Int? = info?.step
+        var lastLoss: Float?
+        while session.step < lastStep {
+            let r: StepResult
+            do {
+                r = try session.trainStep()
+            } catch let stop as TrainingStopped {
+                if tty { print("") }
+                var message = stop.description
+                if let save {
+                    message += lastSaved.map { "; the last checkpoint (step \($0)) in \(save) is kept" }
+                        ?? "; no checkpoint was written"
+                }
+                throw OffloadError(message)
+            }
+            lastLoss = r.loss
+            logHandle?.write(Data((r.jsonLine + "\n").utf8))
+            let done = session.step - startStep, elapsed = now() - t0
+            let eta = elapsed / Double(done) * Double(lastStep - session.step)
+            let line = String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.3g  %.1f tok/s  ETA %@  mem %@",
+                              r.step, options.steps, r.loss, r.gradNorm, r.lr, r.tokensPerSecond,
+                              formatDuration(eta), formatBytes(residentBytes()))
+            if tty {
+                print("\r" + line + "\u{1B}[K", terminator: "")
+                fflush(nil)
+            } else {
+                print(line)
+            }
+            if let save, let every = saveEvery, session.step % every == 0, session.step < lastStep {
+                try Checkpoint.save(session, to: save, sourceModel: sourceModel, lastLoss: lastLoss)
+                lastSaved = session.step
+            }
+        }
+        if tty { print("") }
+        if let save {
+            try Checkpoint.save(session, to: save, sourceModel: sourceModel, lastLoss: lastLoss)
+            note("saved step \(session.step) to \(save)")
+        }
+        let seconds = now() - t0
+        let tokens = (session.step - startStep) * options.tokensPerStep
+        note(String(format: "trained %d steps, %d tokens in %.1f s: %.1f tok/s", session.step - startStep, tokens,
+                    seconds, Double(tokens) / seconds))
+    }
+}
+
+private func note(_ s: String) {
+    FileHandle.standardError.write(Data((s + "\n").utf8))
+}
+
+/// A model file as a weight source. Merge point: the body becomes `try loadWeights(path)` (offload/Common.swift,
+/// GGUF or Hugging Face folder; HF Q/K rows are half-split: training keeps that and export permutes them for GGUF).
+
+/// The training text as token ids, without BOS, with the model's tokenizer.
+/// Models without a tokenizer (random `--config` shapes) of at least 256 ids train on UTF-8 bytes.
+func tokenizeTrainingText(_ text: String, modelPath: String?, config: LlamaConfig, dataPath: String) throws -> [Int] {
+    if text.isEmpty { throw OffloadError("[data] \(dataPath): the file is empty") }
+    if let modelPath {
+        // Special-token text in training data stays text, as in a corpus.
+        return try loadTokenizer(for: loadWeights(modelPath), modelPath: modelPath)
+            .encode(text, addBOS: false, parseSpecial: false)
+    }
+    guard config.vocabSize >= 256 else {
+        throw OffloadError("[data] \(dataPath): config \(config.name) has \(config.vocabSize) ids, too few for byte tokens")
+    }
+    return text.utf8.map { Int($0) }
+}
+
+/// Integers separated by whitespace or commas (a JSON array works too).
+func readTokenIDs(_ path: String) throws -> [Int] {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        throw OffloadError("[data] \(path): cannot read the file")
+    }
+    let separators = CharacterSet(charactersIn: "[], \n\r\t")
+    return try text.components(separatedBy: separators).filter { !$0.isEmpty }.enumerated().map { i, s in
+        guard let v = Int(s) else { throw OffloadError("[data] \(path): item \(i) ('\(s.prefix(20))') is not a token id") }
+        return v
+    }
+}
+
+func formatDuration(_ s: Double) -> String {
+    guard s.isFinite, s >= 0 else { return "?" }
+    let t = Int(s.rounded())
+    return t >= 3600 ? "\(t / 3600)h\(t % 3600 / 60)m" : t >= 60 ? "\(t / 60)m\(t % 60)s" : "\(t)s"
+}
+
+/// Resident memory of this process (Linux /proc), 0 when unknown.
+func residentBytes() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let parts = s.split(separator: " ")
+    return parts.count > 1 ? (Int(parts[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
+}

@@ -1,0 +1,128 @@
+// `offload train` and `offload export` end to end: the built binary is run as a
+// user would, and its log, checkpoint and messages are checked.
+import Foundation
+import XCTest
+
+final class TrainCommandTests: XCTestCase {
+    var work = ""
+
+    override func setUpWithError() throws {
+        work = NSTemporaryDirectory() + "offload-cli-\(getpid())-\(name.filter(\.isLetter).suffix(30))"
+        try? FileManager.default.removeItem(atPath: work)
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        // Byte-level text for the built-in tiny config (vocabulary 256).
+        let text = (0..<60).map { "Line \($0): to be, or not to be, that is the question.\n" }.joined()
+        try text.write(toFile: work + "/text.txt", atomically: true, encoding: .utf8)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: work) }
+
+    /// The `offload` executable built beside the test bundle.
+    func binary() throws -> String {
+        var dir = Bundle.main.bundleURL
+        for _ in 0..<3 {
+            let candidate = dir.appendingPathComponent("offload").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        XCTFail("offload binary not found next to the tests: build it with swift build -c release")
+        throw CocoaError(.fileNoSuchFile)
+    }
+
+    @discardableResult
+    func offload(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try binary())
+        p.arguments = args
+        p.currentDirectoryURL = URL(fileURLWithPath: work)
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out; p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    func logLines(_ file: String) throws -> [[String: Any]] {
+        try String(contentsOfFile: work + "/" + file, encoding: .utf8).split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+    }
+
+    let common = ["train", "--config", "tiny", "--seed", "7", "--data", "text.txt", "--batch", "2", "--seq-len", "32",
+                  "--lr", "3e-3", "--threads", "2", "--shuffle", "3", "--grad-clip", "1", "--schedule", "cosine", "--warmup", "1"]
+
+    func testLogAndResumeAreBitIdentical() throws {
+        let a = try offload(common + ["--steps", "4", "--log", "a.jsonl", "--save", "runA"])
+        XCTAssertEqual(a.status, 0, a.err)
+        XCTAssertTrue(a.out.contains("step 4/4"), a.out)   // plain lines when not a terminal
+        XCTAssertFalse(a.out.contains("\r"))
+        let la = try logLines("a.jsonl")
+        XCTAssertEqual(la.count, 4)
+        for key in ["step", "loss", "grad_norm", "lr", "tokens", "seconds", "tokens_per_second"] {
+            XCTAssertNotNil(la[0][key], key)
+        }
+        XCTAssertEqual(la[0]["tokens"] as? Int, 64)
+
+        // The same 4-step run stopped after step 2 (as a time-boxed job would be), then resumed.
+        let first = try offload(common + ["--steps", "4", "--stop-after", "2", "--save", "runB", "--log", "b.jsonl"])
+        XCTAssertEqual(first.status, 0, first.err)
+        let r = try offload(["train", "--resume", "runB", "--data", "text.txt", "--threads", "2", "--steps", "4",
+                             "--log", "b.jsonl"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.err.contains("resuming at step 2"), r.err)
+        let lb = try logLines("b.jsonl")
+        XCTAssertEqual(lb.map { $0["step"] as? Int }, [1, 2, 3, 4])
+        // Losses printed from the same Float bits print identically.
+        XCTAssertEqual(la.map { "\($0["loss"]!)" }, lb.map { "\($0["loss"]!)" })
+        let ma = try Data(contentsOf: URL(fileURLWithPath: work + "/runA/model.safetensors"))
+        let mb = try Data(contentsOf: URL(fileURLWithPath: work + "/runB/model.safetensors"))
+        XCTAssertEqual(ma, mb, "weights after 4 steps differ")
+
+        // Export the result.
+        let e = try offload(["export", "--checkpoint", "runA", "--out", "tiny.gguf", "--type", "q8_0"])
+        XCTAssertEqual(e.status, 0, e.err)
+        let gguf = try Data(contentsOf: URL(fileURLWithPath: work + "/tiny.gguf"))
+        XCTAssertEqual(Array(gguf.prefix(4)), Array("GGUF".utf8))
+    }
+
+    func testNonFiniteLossNamesTheStepAndKeepsTheCheckpoint() throws {
+        let r = try offload(["train", "--config", "tiny", "--data", "text.txt", "--batch", "2", "--seq-len", "32",
+                             "--optimizer", "sgd", "--momentum", "0", "--lr", "1e30", "--steps", "5",
+                             "--save", "run", "--save-every", "1", "--threads", "1"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("step 2: the "), r.err)
+        XCTAssertTrue(r.err.contains("not a finite number"), r.err)
+        XCTAssertTrue(r.err.contains("the last checkpoint (step 1) in run is kept"), r.err)
+        let info = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: work + "/run/trainer.json"))) as! [String: Any]
+        XCTAssertEqual(info["step"] as? Int, 1)
+    }
+
+    func testResumeRefusesAnotherModelOrACorruptedFolder() throws {
+        XCTAssertEqual(try offload(common + ["--steps", "1", "--save", "run"]).status, 0)
+        let other = try offload(["train", "--config", "small", "--resume", "run", "--data", "text.txt", "--steps", "2"])
+        XCTAssertNotEqual(other.status, 0)
+        XCTAssertTrue(other.err.contains("holds model 'tiny'"), other.err)
+        let path = work + "/run/optimizer.safetensors"
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        bytes[bytes.count / 2] ^= 1
+        try bytes.write(to: URL(fileURLWithPath: path))
+        let corrupt = try offload(["train", "--resume", "run", "--data", "text.txt", "--steps", "2"])
+        XCTAssertNotEqual(corrupt.status, 0)
+        XCTAssertTrue(corrupt.err.contains("corrupted"), corrupt.err)
+        let missing = try offload(["train", "--resume", "nothing-here", "--data", "text.txt", "--steps", "2"])
+        XCTAssertTrue(missing.err.contains("no such checkpoint folder"), missing.err)
+    }
+
+    func testBadData() throws {
+        try "".write(toFile: work + "/empty.txt", atomically: true, encoding: .utf8)
+        let e = try offload(["train", "--config", "tiny", "--data", "empty.txt", "--steps", "1"])
+        XCTAssertTrue(e.err.contains("empty"), e.err)
+        try "short text".write(toFile: work + "/short.txt", atomically: true, encoding: .utf8)
+        let s = try offload(["train", "--config", "tiny", "--data", "short.txt", "--seq-len", "32", "--steps", "1"])
+        XCTAssertTrue(s.err.contains("shorter than one training window"), s.err)
+        try "1 2 3 999 4 5 6 7 8 9".write(toFile: work + "/ids.txt", atomically: true, encoding: .utf8)
+        let o = try offload(["train", "--config", "tiny", "--tokens", "ids.txt", "--seq-len", "4", "--steps", "1"])
+        XCTAssertTrue(o.err.contains("token id 999 at position 3"), o.err)
+    }
+}
+
