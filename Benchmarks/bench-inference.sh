@@ -60,6 +60,11 @@ OUT="$REPO/Benchmarks/.work/inference-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 say "model $(basename "$MODEL"), $THREADS threads, prompt $PROMPT, generate $GEN, $REPEAT rounds; raw output in $OUT"
 say "load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+# Both tools spin-wait between threads: with another job on the cores, decode speed can drop
+# tenfold. Warn rather than refuse, since the machine is shared.
+if awk -v l="$(cut -d' ' -f1 /proc/loadavg)" 'BEGIN { exit !(l >= 1.0) }'; then
+  say "warning: the machine is busy (1-minute load >= 1); numbers will be low and noisy, compare max and ratios"
+fi
 
 for r in $(seq 1 "$REPEAT"); do
   say "round $r/$REPEAT: llama.cpp"
