@@ -3,6 +3,7 @@
 // Not a general JSON library: no streaming, no number fidelity past Int / Double.
 
 import Foundation
+import Tensors
 
 public indirect enum JSONValue: Sendable, Equatable, Decodable {
     case null
@@ -90,19 +91,3 @@ private func oneLine(_ s: String) -> String {
     s.split(whereSeparator: \.isNewline).joined(separator: " ")
 }
 
-/// `s` as a JSON string literal, quotes included.
-public func jsonQuoted(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
-        default: out.unicodeScalars.append(u)
-        }
-    }
-    return out + "\""
-}

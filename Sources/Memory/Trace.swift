@@ -75,20 +75,20 @@ extension TraceEvent {
             tids[e.stream] = order.count
         }
         var out = "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n"
-        out += "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":1,\"args\":{\"name\":\(jsonString(processName))}}"
+        out += "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":1,\"args\":{\"name\":\(jsonQuoted(processName))}}"
         for (i, s) in order.enumerated() {
-            out += ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":\(i + 1),\"args\":{\"name\":\(jsonString(s))}}"
+            out += ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":\(i + 1),\"args\":{\"name\":\(jsonQuoted(s))}}"
             out += ",\n{\"name\":\"thread_sort_index\",\"ph\":\"M\",\"pid\":1,\"tid\":\(i + 1),\"args\":{\"sort_index\":\(i + 1)}}"
         }
         for e in events {
-            out += ",\n{\"name\":\(jsonString(e.name)),\"cat\":\(jsonString(e.stream)),\"ph\":\"\(e.phase.rawValue)\""
+            out += ",\n{\"name\":\(jsonQuoted(e.name)),\"cat\":\(jsonQuoted(e.stream)),\"ph\":\"\(e.phase.rawValue)\""
             if e.phase == .instant { out += ",\"s\":\"t\"" }
             out += ",\"ts\":\(jsonNumber(e.start))"
             if e.phase == .span { out += ",\"dur\":\(jsonNumber(e.duration))" }
             out += ",\"pid\":1,\"tid\":\(tids[e.stream]!)"
             if !e.args.isEmpty {
                 out += ",\"args\":{"
-                out += e.args.keys.sorted().map { "\(jsonString($0)):\(jsonNumber(e.args[$0]!))" }.joined(separator: ",")
+                out += e.args.keys.sorted().map { "\(jsonQuoted($0)):\(jsonNumber(e.args[$0]!))" }.joined(separator: ",")
                 out += "}"
             }
             out += "}"
@@ -144,21 +144,6 @@ private func jsonNumber(_ x: Double) -> String {
     return String(format: "%.3f", x)
 }
 
-private func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-        }
-    }
-    return out + "\""
-}
 
 /// Collects trace events from any thread.
 ///

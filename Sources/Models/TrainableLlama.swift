@@ -101,7 +101,7 @@ public final class TrainableLlama {
     /// norm weights 1. The same seed gives the same weights on every machine.
     public static func random(config: LlamaConfig, seed: UInt64) throws -> TrainableLlama {
         let m = try TrainableLlama(config: config, ropeStyle: .adjacentPairs)
-        var rng = SplitMix64(seed: seed)
+        var rng = SeededGenerator(seed: seed)
         let residualScale = 1 / Float(2 * config.layers).squareRoot()
         for e in m.layout.entries {
             let p = m.weights.base + e.offset
@@ -150,24 +150,6 @@ struct BlockParameters {
     var attnNorm, q, k, v, o, ffnNorm, gate, up, down: UnsafeMutablePointer<Float>
 }
 
-/// SplitMix64 with Box–Muller normals: small, and the same on every platform.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1].
-    mutating func uniform() -> Double { Double((next() >> 11) + 1) * 0x1p-53 }
-    mutating func normal() -> Float {
-        let u1 = uniform(), u2 = uniform()
-        return Float((-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2))
-    }
-}
 
 
 /// A TrainableLlama's current fp32 weights as a WeightSource, so the inference

@@ -1,20 +1,8 @@
 // Next-token choice: greedy at temperature 0, otherwise temperature, top-k and
-// top-p (nucleus) sampling from a seeded generator, so a seed reproduces a run.
+// top-p (nucleus) sampling from a SeededGenerator, so a seed reproduces a run.
 
 import Foundation
-
-/// SplitMix64: small, fast, and the same on every platform.
-public struct SeededGenerator: RandomNumberGenerator, Codable, Sendable, Equatable {
-    public var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+import Tensors
 
 public struct SamplingOptions: Sendable {
     public var temperature: Float = 0.8

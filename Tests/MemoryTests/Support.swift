@@ -1,19 +1,14 @@
 // Helpers shared by the Memory tests: seeded random bytes, checksums, scratch folders.
 import Foundation
 import Memory
+import Tensors
 import XCTest
 
 /// SplitMix64: the same bytes on every run, so a failure reproduces.
 struct SeededBytes {
     var state: UInt64
     init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    mutating func next() -> UInt64 { var g = SeededGenerator(seed: state); defer { state = g.state }; return g.next() }
     mutating func fill(_ p: UnsafeMutableRawBufferPointer) {
         var i = 0
         while i < p.count {

@@ -4,18 +4,13 @@
 import Foundation
 import Kernels
 import Models
+import Tensors
 import XCTest
 
 struct ModelTestRNG: RandomNumberGenerator {
     var s: UInt64
     init(_ seed: UInt64) { s = seed &+ 0x5555 }
-    mutating func next() -> UInt64 {
-        s &+= 0x9E37_79B9_7F4A_7C15
-        var z = s
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    mutating func next() -> UInt64 { var g = SeededGenerator(seed: s); defer { s = g.state }; return g.next() }
     mutating func float(_ scale: Float = 1) -> Float { Float.random(in: -scale...scale, using: &self) }
     mutating func tokens(_ n: Int, vocab: Int) -> [Int] { (0..<n).map { _ in Int.random(in: 0..<vocab, using: &self) } }
 }
