@@ -853,3 +853,25 @@ void ck_softmax_causal(ck_pool *pool, float *scores, int rows, int keys, int sta
     sm_ctx c = { scores, keys, start };
     pool_run(pool, sm_task, &c, rows, 16);
 }
+
+// -------------------------------------------------------------------- SwiGLU
+
+#if defined(__x86_64__)
+AVX512 static void swiglu_avx512(float *out, const float *gate, const float *up, long n) {
+    long i = 0;
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= n; i += 16) {
+        __m512 g = _mm512_loadu_ps(gate + i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) out[i] = gate[i] / (1 + expf(-gate[i])) * up[i];
+}
+#endif
+
+void ck_swiglu(float *out, const float *gate, const float *up, long n) {
+#if defined(__x86_64__)
+    if (ck_simd_enabled() == 2) { swiglu_avx512(out, gate, up, n); return; }
+#endif
+    for (long i = 0; i < n; i++) out[i] = gate[i] / (1 + expf(-gate[i])) * up[i];
+}

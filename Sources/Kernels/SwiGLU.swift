@@ -1,12 +1,10 @@
-// SwiGLU: out = silu(gate) · up, silu(g) = g / (1 + e^-g).
+// SwiGLU: out = silu(gate) · up, silu(g) = g / (1 + e^-g). The loop is in C so
+// it can use the vectorized exponential (decode spends ~5% of a token here otherwise).
 
-import Foundation
+import CKernels
 
 /// out, gate, up: (count). out may alias gate.
 public func swigluForward(_ out: UnsafeMutablePointer<Float>, _ gate: UnsafePointer<Float>,
                           _ up: UnsafePointer<Float>, count: Int) {
-    for i in 0..<count {
-        let g = gate[i]
-        out[i] = g / (1 + expf(-g)) * up[i]
-    }
+    ck_swiglu(out, gate, up, count)
 }

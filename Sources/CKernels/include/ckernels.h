@@ -64,3 +64,7 @@ void ck_attention(ck_pool *pool, float *out, const float *q, const float *k, con
 /// Causal softmax in place: row i of scores (rows × keys) is softmaxed over
 /// columns [0, start + i] and zeroed beyond. Rows are split across the pool.
 void ck_softmax_causal(ck_pool *pool, float *scores, int rows, int keys, int start);
+
+/// SwiGLU: out[i] = g / (1 + e^-g) · up[i], g = gate[i]; out may alias gate.
+/// AVX-512 uses the same e^x as the softmax (relative error ≈ 2e-7).
+void ck_swiglu(float *out, const float *gate, const float *up, long n);
