@@ -837,20 +837,20 @@ static void softmax_row_scalar(float *s, int n, int keys) {
     for (int j = n; j < keys; j++) s[j] = 0;
 }
 
-typedef struct { float *s; int keys, start; } sm_ctx;
+typedef struct { float *s; int keys, ld, start; } sm_ctx;
 
 static void sm_task(void *p, int begin, int end) {
     sm_ctx *c = p;
     for (int i = begin; i < end; i++) {
 #if defined(__x86_64__)
-        if (ck_simd_enabled() == 2) { softmax_row_avx512(c->s + (size_t)i * c->keys, c->start + i + 1, c->keys); continue; }
+        if (ck_simd_enabled() == 2) { softmax_row_avx512(c->s + (size_t)i * c->ld, c->start + i + 1, c->keys); continue; }
 #endif
-        softmax_row_scalar(c->s + (size_t)i * c->keys, c->start + i + 1, c->keys);
+        softmax_row_scalar(c->s + (size_t)i * c->ld, c->start + i + 1, c->keys);
     }
 }
 
-void ck_softmax_causal(ck_pool *pool, float *scores, int rows, int keys, int start) {
-    sm_ctx c = { scores, keys, start };
+void ck_softmax_causal(ck_pool *pool, float *scores, int rows, int keys, int ld, int start) {
+    sm_ctx c = { scores, keys, ld, start };
     pool_run(pool, sm_task, &c, rows, 16);
 }
 

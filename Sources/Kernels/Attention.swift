@@ -30,13 +30,20 @@ public func attentionForward(_ pool: ComputePool, _ out: UnsafeMutablePointer<Fl
     let group = shape.heads / shape.kvHeads
     let keys = start + rows
     let scale = 1 / Float(d).squareRoot()
+    // Bands of 64 query rows: a band attends only to keys up to its last row, so
+    // the work past the diagonal (half of it for a prompt) is never done.
+    let band = 64
     for h in 0..<shape.heads {
         let kh = (h / group) * d
-        Matmul.sgemmNT(m: rows, n: keys, k: d, alpha: scale, a: q + h * d, lda: qs, b: k + kh, ldb: kvs,
-                       c: scores, ldc: keys)
-        ck_softmax_causal(pool.pool, scores, Int32(rows), Int32(keys), Int32(start))
-        Matmul.sgemmNN(m: rows, n: d, k: keys, a: scores, lda: keys, b: v + kh, ldb: kvs,
-                       c: out + h * d, ldc: qs)
+        for r0 in stride(from: 0, to: rows, by: band) {
+            let m = min(band, rows - r0), n = start + r0 + m
+            let sb = scores + r0 * keys
+            Matmul.sgemmNT(m: m, n: n, k: d, alpha: scale, a: q + r0 * qs + h * d, lda: qs, b: k + kh, ldb: kvs,
+                           c: sb, ldc: keys)
+            ck_softmax_causal(pool.pool, sb, Int32(m), Int32(n), Int32(keys), Int32(start + r0))
+            Matmul.sgemmNN(m: m, n: d, k: n, a: sb, lda: keys, b: v + kh, ldb: kvs,
+                           c: out + r0 * qs + h * d, ldc: qs)
+        }
     }
 }
 

@@ -61,9 +61,9 @@ int ck_set_simd(int level);
 void ck_attention(ck_pool *pool, float *out, const float *q, const float *k, const float *v, float *scores,
                   int rows, int start, int heads, int kv_heads, int d);
 
-/// Causal softmax in place: row i of scores (rows × keys) is softmaxed over
-/// columns [0, start + i] and zeroed beyond. Rows are split across the pool.
-void ck_softmax_causal(ck_pool *pool, float *scores, int rows, int keys, int start);
+/// Causal softmax in place: row i of scores (rows × keys, rows ld floats apart) is
+/// softmaxed over columns [0, start + i] and zeroed up to `keys`. Rows are split across the pool.
+void ck_softmax_causal(ck_pool *pool, float *scores, int rows, int keys, int ld, int start);
 
 /// SwiGLU: out[i] = g / (1 + e^-g) · up[i], g = gate[i]; out may alias gate.
 /// AVX-512 uses the same e^x as the softmax (relative error ≈ 2e-7).
