@@ -129,6 +129,12 @@ public final class TrainingExecutor {
     /// Releases frees whose writes have completed, without waiting.
     func pollFrees() throws {
         while let first = pendingFrees.first, first.handle.isComplete { try drainOneFree() }
+        // Disk copies whose read back is done; their handles (which keep the buffers) go too.
+        while let first = pendingRemoves.first, first.handle?.isComplete ?? true {
+            pendingRemoves.removeFirst()
+            try first.handle?.wait()
+            disk?.remove(first.name)
+        }
     }
 
     func buffer(_ name: String) throws -> UnsafeMutablePointer<Float> {
@@ -152,7 +158,9 @@ public final class TrainingExecutor {
         guard !Self.isResident(name) else { return }
         guard let b = live.removeValue(forKey: name) else { throw OffloadError("[executor] free of \(name), which is not in compute memory") }
         if let h = reads.removeValue(forKey: name) { try h.wait() }
-        if let h = writes[name], !h.isComplete { pendingFrees.append((h, b)) } else { b.free() }
+        // Drop our handle too: a handle keeps its buffer, so holding it would keep the memory
+        // the ledger no longer counts.
+        if let h = writes.removeValue(forKey: name), !h.isComplete { pendingFrees.append((h, b)) } else { b.free() }
     }
 
     // MARK: the step
@@ -297,6 +305,7 @@ public final class TrainingExecutor {
         for n in op.creates where !Self.isResident(n) {
             // The write must be on disk before it can be read back.
             if let h = writes.removeValue(forKey: n) { try h.wait() }
+            for (h, _) in pendingFrees where h.name == n { try h.wait() }
             guard live[n] == nil else { throw OffloadError("[executor] prefetch of \(n), already in compute memory") }
             guard let bytes = disk.byteCount(of: n) else { throw OffloadError("[executor] prefetch of \(n), which is not on disk") }
             let b = try allocate(n, bytes: bytes)
@@ -310,7 +319,9 @@ public final class TrainingExecutor {
         switch op.tier {
         case .compute: for n in op.frees { try freeCompute(n) }
         case .disk:
-            for n in op.frees where !Self.isResident(n) { pendingRemoves.append((reads[n], n)) }
+            for n in op.frees where !Self.isResident(n) {
+                if let h = reads[n], !h.isComplete { pendingRemoves.append((h, n)) } else { disk?.remove(n) }
+            }
         case .host: throw OffloadError("[executor] op #\(op.id) frees host memory")
         }
     }
