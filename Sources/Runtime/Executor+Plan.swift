@@ -34,7 +34,11 @@ public enum ExecutorPlanning {
         var chain = ModelChain.llama(config, mode: .train, batch: batch, seqLen: seqLen, hardware: hardware)
         for k in chain.stages.indices {
             let saved = chain.stages[k].saved.reduce(0) { $0 + pages($1.bytes) }
-            chain.stages[k].forwardTempBytes = saved
+            // The simulator charges a forward's temporaries whatever it saves. Every strategy runs
+            // the head saving all (its backward follows at once), so its (B, T, V) probabilities
+            // are never temporaries; counting them twice would cost 200 MiB at SmolLM2 B=4 T=256.
+            // (Were a plan to run the head without saving, the executor still checks the budget.)
+            chain.stages[k].forwardTempBytes = k == chain.stages.count - 1 ? 0 : saved
             chain.stages[k].backwardTempBytes = 0
         }
         return chain

@@ -232,6 +232,12 @@ struct Train: ParsableCommand {
             }
         }
         if tty { print("") }
+        if let (plan, _) = budgeted, let x = session.lastExecuted {
+            let hwm = peakResidentBytes()
+            note("budget \(formatBytes(plan.planningBudget + plan.overhead)): measured compute peak \(formatBytes(x.peakComputeBytes)), "
+                 + "process peak resident (VmHWM) \(formatBytes(hwm)) = compute peak + \(formatBytes(hwm - x.peakComputeBytes)) "
+                 + "outside the budget (runtime, code, mapped model file, data)")
+        }
         if let path = trace, let recorder = budgeted?.1 {
             try recorder.write(to: path, processName: "offload train")
             note("trace written to \(path)")
@@ -316,6 +322,14 @@ func formatDuration(_ s: Double) -> String {
     guard s.isFinite, s >= 0 else { return "?" }
     let t = Int(s.rounded())
     return t >= 3600 ? "\(t / 3600)h\(t % 3600 / 60)m" : t >= 60 ? "\(t / 60)m\(t % 60)s" : "\(t)s"
+}
+
+/// Peak resident memory of this process (VmHWM from Linux /proc), 0 when unknown.
+func peakResidentBytes() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+          let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
+    return kb * 1024
 }
 
 /// Resident memory of this process (Linux /proc), 0 when unknown.

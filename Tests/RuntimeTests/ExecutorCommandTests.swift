@@ -79,6 +79,12 @@ final class ExecutorCommandTests: XCTestCase {
             XCTAssertTrue(line.contains("pred") && line.contains("disk r/w"), String(line))
             XCTAssertFalse(line.contains("disk r/w 0 B/0 B"), "offload moved nothing: \(line)")
         }
+        // The process's peak resident memory stays within the budget plus a fixed overhead
+        // (Swift runtime, code, data: ~35 MiB for a --config model; a mapped GGUF adds its size).
+        let hwm = try XCTUnwrap(budgeted.err.split(separator: "\n").first { $0.contains("VmHWM") }, budgeted.err)
+        let overhead = try XCTUnwrap(hwm.range(of: #"\+ ([\d.]+) MiB outside"#, options: .regularExpression).map { r in
+            Double(hwm[r].dropFirst(2).split(separator: " ")[0]) }, String(hwm))
+        XCTAssertLessThan(try XCTUnwrap(overhead), 64, "process overhead over the budget: \(hwm)")
         // The trace has compute spans and transfer spans on their own streams.
         let trace = try String(contentsOfFile: work + "/trace.json", encoding: .utf8)
         XCTAssertTrue(trace.contains("\"backward 3\"") || trace.contains("\"backward 2\""), "no backward span")
