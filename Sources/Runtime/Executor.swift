@@ -46,6 +46,8 @@ public final class TrainingExecutor {
     /// Disk copies to drop once their read back completed.
     var pendingRemoves: [(handle: TransferHandle?, name: String)] = []
     var bytesRead = 0, bytesWritten = 0
+    /// Names this step wrote to disk and has not removed yet (removed on failure).
+    var onDisk = Set<String>()
 
     /// - Parameters:
     ///   - trainer: built with `ownsActivations: false`.
@@ -293,6 +295,7 @@ public final class TrainingExecutor {
         for n in op.creates where !Self.isResident(n) {
             if let h = reads.removeValue(forKey: n) { try h.wait() }
             guard let b = live[n] else { throw OffloadError("[executor] offload of \(n), which is not in compute memory") }
+            onDisk.insert(n)
             writes[n] = try engine.write(n, from: b)
             bytesWritten += b.byteCount
         }
@@ -320,6 +323,7 @@ public final class TrainingExecutor {
         case .compute: for n in op.frees { try freeCompute(n) }
         case .disk:
             for n in op.frees where !Self.isResident(n) {
+                onDisk.remove(n)
                 if let h = reads[n], !h.isComplete { pendingRemoves.append((h, n)) } else { disk?.remove(n) }
             }
         case .host: throw OffloadError("[executor] op #\(op.id) frees host memory")
@@ -348,6 +352,7 @@ public final class TrainingExecutor {
         for (_, b) in pendingFrees { b.free() }
         live = [:]; reads = [:]; writes = [:]; pendingFrees = []
         for (_, n) in pendingRemoves { disk?.remove(n) }
-        pendingRemoves = []
+        for n in onDisk { disk?.remove(n) }
+        pendingRemoves = []; onDisk = []
     }
 }

@@ -125,6 +125,36 @@ final class ExecutorTests: XCTestCase {
     func testTinyEveryStrategyIsBitIdentical() throws { try checkAllStrategies("tiny", batch: 4, seqLen: 64) }
     func testSmallEveryStrategyIsBitIdentical() throws { try checkAllStrategies("small", batch: 2, seqLen: 128) }
 
+    /// A disk that fills mid-step: the step fails with the disk's error, releases every
+    /// activation and leaves nothing on disk; the model's weights are untouched.
+    func testFullDiskStopsTheStepCleanly() throws {
+        let c = try LlamaConfig.named("tiny")
+        let model = try TrainableLlama.random(config: c, seed: 7)
+        let before = snapshot(model.weights)
+        let trainer = try LlamaTrainer(model: model, batch: 4, seqLen: 64, ownsActivations: false)
+        let state = OptimizerState(for: AdamW(), layout: model.layout)
+        let plan = try ExecutorPlanning.plan(strategy: .offload, budget: 1 << 40, model: model, batch: 4, seqLen: 64,
+                                             trainerBytes: trainer.activationBytes, optimizerStateBytes: state.bytes,
+                                             useDisk: true).chosen
+        XCTAssertGreaterThan(plan.predictedDiskPeak, 1 << 20, "the offload plan should write more than the disk holds")
+        let folder = NSTemporaryDirectory() + "executor-full-\(getpid())"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        var o = DiskStoreOptions()
+        o.capacity = 1 << 20
+        let disk = try DiskStore(roots: [folder], options: o)
+        let exec = try TrainingExecutor(trainer: trainer, schedule: plan.schedule, computeBudget: 1 << 40,
+                                        optimizerStateBytes: state.bytes, disk: disk)
+        let (inputs, targets) = batches(c, batch: 4, seqLen: 64, steps: 1)[0]
+        model.zeroGradients()
+        XCTAssertThrowsError(try exec.forwardBackward(inputs: inputs, targets: targets)) { error in
+            XCTAssertTrue("\(error)".contains("[disk]"), "\(error)")
+        }
+        XCTAssertEqual(exec.activations.stats.current, 0, "activations left after a failed step")
+        XCTAssertEqual(disk.stats.current, 0, "disk copies left after a failed step")
+        XCTAssertTrue(snapshot(model.weights) == before, "a failed step changed the weights")
+    }
+
     func testOverBudgetFailsWithAMessage() throws {
         let c = try LlamaConfig.named("tiny")
         let model = try TrainableLlama.random(config: c, seed: 7)
