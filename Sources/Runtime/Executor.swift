@@ -141,8 +141,11 @@ public final class TrainingExecutor {
 
     func buffer(_ name: String) throws -> UnsafeMutablePointer<Float> {
         if let h = reads.removeValue(forKey: name) {
-            try trace?.measure("wait \(name)", stream: "compute") { try h.wait() }
-            if trace == nil { try h.wait() }
+            if let trace, !h.isComplete {
+                try trace.measure("wait \(name)", stream: "compute") { try h.wait() }
+            } else {
+                try h.wait()
+            }
         }
         guard let b = live[name] else { throw OffloadError("[executor] \(schedule.strategy): \(name) is not in compute memory") }
         return b.baseAddress.assumingMemoryBound(to: Float.self)
