@@ -65,6 +65,9 @@ public final class LlamaTrainer {
     public let batch: Int
     public let seqLen: Int
     public let policy: ActivationPolicy
+    /// False when an executor owns the activations (`init(..., ownsActivations: false)`):
+    /// the whole-model calls (`forwardBackward`, `loss`, `logits`) then throw.
+    public let ownsActivations: Bool
     let rope: RopeTable
     let halfSplit: Bool
     let shape: AttentionShape
@@ -103,21 +106,27 @@ public final class LlamaTrainer {
     /// Bytes of activations and scratch this trainer holds (parameters not included).
     public var activationBytes: Int { activationBuffer.bytes + scratchBuffer.bytes }
 
-    public init(model: TrainableLlama, batch: Int, seqLen: Int, policy: ActivationPolicy = .keepAll) throws {
+    /// - Parameter ownsActivations: false gives a trainer that holds no block or head
+    ///   activations, only the backward scratch and per-row losses: an executor
+    ///   allocates them under its budget and calls the per-stage hooks below.
+    public init(model: TrainableLlama, batch: Int, seqLen: Int, policy: ActivationPolicy = .keepAll,
+                ownsActivations: Bool = true) throws {
         let c = model.config
         guard batch > 0, seqLen > 0 else { throw OffloadError("[train] batch and sequence length must be positive") }
         guard seqLen <= c.contextLength else {
             throw OffloadError("[train] sequence length \(seqLen) exceeds the model's context (\(c.contextLength))")
         }
         self.model = model; self.batch = batch; self.seqLen = seqLen; self.policy = policy
+        self.ownsActivations = ownsActivations
         rope = RopeTable(headDim: c.headDim, maxPositions: seqLen, theta: c.ropeTheta)
         halfSplit = model.ropeStyle == .halfSplit
         shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
         let n = batch * seqLen
         func pad(_ x: Int) -> Int { (x + 15) / 16 * 16 }
         let perBlock = BlockActivations.floats(config: c, batch: batch, seqLen: seqLen)
-        let blockFloats = policy == .keepAll ? c.layers * perBlock : perBlock + c.layers * pad(n * c.dim)
-        let headFloats = 2 * pad(n * c.dim) + 2 * pad(n) + pad(n * c.vocabSize)
+        let blockFloats = !ownsActivations ? 0
+            : policy == .keepAll ? c.layers * perBlock : perBlock + c.layers * pad(n * c.dim)
+        let headFloats = ownsActivations ? 2 * pad(n * c.dim) + 2 * pad(n) + pad(n * c.vocabSize) : pad(n)
         activationBuffer = FloatBuffer(count: blockFloats + headFloats)
         var offset = 0
         func take(_ floats: Int, from base: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
@@ -126,6 +135,8 @@ public final class LlamaTrainer {
         }
         let a = activationBuffer.base
         switch policy {
+        case _ where !ownsActivations:
+            blockActs = []; blockInputs = []
         case .keepAll:
             blockActs = (0..<c.layers).map { _ in
                 BlockActivations(carving: take(perBlock, from: a), config: c, batch: batch, seqLen: seqLen)
@@ -136,9 +147,14 @@ public final class LlamaTrainer {
             blockInputs = (0..<c.layers).map { _ in take(n * c.dim, from: a) }
             blockActs = blockInputs.map { var s = shared; s.attnIn = $0; return s }
         }
-        final = take(n * c.dim, from: a); finalNorm = take(n * c.dim, from: a)
-        finalRstd = take(n, from: a); losses = take(n, from: a)
-        logits = take(n * c.vocabSize, from: a)
+        if ownsActivations {
+            final = take(n * c.dim, from: a); finalNorm = take(n * c.dim, from: a)
+            finalRstd = take(n, from: a); losses = take(n, from: a)
+            logits = take(n * c.vocabSize, from: a)
+        } else {
+            losses = take(n, from: a)
+            (final, finalNorm, finalRstd, logits) = (losses, losses, losses, losses)  // never used
+        }
 
         dscoresCount = attentionBackwardScratch(seqLen: seqLen, threads: 16)
         let sizes = [n * c.dim, n * c.dim, n * c.qDim, n * c.kvDim, n * c.kvDim, n * c.qDim,
@@ -263,7 +279,7 @@ public final class LlamaTrainer {
         let c = model.config, n = self.n
         TrainingThreads.claimBLAS()
         tokenBuffer.withUnsafeBufferPointer { t in
-            embeddingForward(blockInputs[0], model.pointer("token_embd.weight", in: model.weights.base),
+            Kernels.embeddingForward(blockInputs[0], model.pointer("token_embd.weight", in: model.weights.base),
                              t.baseAddress!, n: n, dim: c.dim)
         }
         for l in 0..<c.layers {
@@ -285,6 +301,7 @@ public final class LlamaTrainer {
 
     /// Mean cross-entropy of predicting `targets` from `inputs` (both B·T ids, row-major), no gradients.
     public func loss(inputs: [Int], targets: [Int]) throws -> Float {
+        try needOwnActivations()
         try load(inputs, into: &tokenBuffer, what: "inputs")
         try load(targets, into: &targetBuffer, what: "targets")
         forwardToLogits()
@@ -296,6 +313,7 @@ public final class LlamaTrainer {
 
     /// Logits (B·T, vocab) for `inputs`.
     public func logits(inputs: [Int]) throws -> [Float] {
+        try needOwnActivations()
         try load(inputs, into: &tokenBuffer, what: "inputs")
         forwardToLogits()
         return Array(UnsafeBufferPointer(start: logits, count: n * model.config.vocabSize))
@@ -306,6 +324,7 @@ public final class LlamaTrainer {
     @discardableResult
     public func forwardBackward(inputs: [Int], targets: [Int], gradientScale: Float = 1) throws -> Float {
         let c = model.config, n = self.n
+        try needOwnActivations()
         try load(inputs, into: &tokenBuffer, what: "inputs")
         try load(targets, into: &targetBuffer, what: "targets")
         forwardToLogits()
@@ -332,10 +351,87 @@ public final class LlamaTrainer {
             blockBackward(l, dresidual: dres, acts: blockActs[l])
         }
         tokenBuffer.withUnsafeBufferPointer { t in
-            embeddingBackward(model.pointer("token_embd.weight", in: model.gradients.base), dres, t.baseAddress!,
+            Kernels.embeddingBackward(model.pointer("token_embd.weight", in: model.gradients.base), dres, t.baseAddress!,
                               n: n, dim: c.dim)
         }
         return loss
+    }
+}
+
+// MARK: per-stage hooks for an executor
+// The same kernels, in the same order, as `forwardBackward`: an executor calling
+// embeddingForward, blockForward for every block, headForward, headBackward,
+// blockBackward for every block in reverse and embeddingBackward gets the same
+// loss and gradients bit for bit, whichever buffers it hands in.
+extension LlamaTrainer {
+    private func needOwnActivations() throws {
+        guard ownsActivations else {
+            throw OffloadError("[train] this trainer's activations belong to an executor; run the step through it")
+        }
+    }
+
+    /// Loads one batch's token ids (B·T each) for the per-stage hooks.
+    public func setBatch(inputs: [Int], targets: [Int]) throws {
+        try load(inputs, into: &tokenBuffer, what: "inputs")
+        try load(targets, into: &targetBuffer, what: "targets")
+    }
+
+    /// Embedding lookup of the loaded inputs into `output` (N, dim): block 0's input.
+    public func embeddingForward(output: UnsafeMutablePointer<Float>) {
+        TrainingThreads.claimBLAS()
+        tokenBuffer.withUnsafeBufferPointer { t in
+            Kernels.embeddingForward(output, model.pointer("token_embd.weight", in: model.weights.base),
+                             t.baseAddress!, n: n, dim: model.config.dim)
+        }
+    }
+
+    /// Final norm, head projection and softmax: `norm` (N, dim), `rstd` (N) and `probs` (N, vocab)
+    /// kept for `headBackward`; returns the mean loss against the loaded targets.
+    public func headForward(input: UnsafeMutablePointer<Float>, norm: UnsafeMutablePointer<Float>,
+                            rstd: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>) -> Float {
+        let c = model.config, n = self.n
+        timed("rmsnorm") {
+            rmsnormForward(norm, rstd: rstd, input, model.pointer("output_norm.weight", in: model.weights.base),
+                           rows: n, dim: c.dim, eps: c.rmsEps)
+        }
+        timed("matmul fwd") { matmulForward(probs, norm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize) }
+        timed("cross-entropy") {
+            targetBuffer.withUnsafeBufferPointer { t in
+                crossEntropyForward(losses, probs: probs, probs, targets: t.baseAddress!, n: n, vocab: c.vocabSize)
+            }
+        }
+        return meanLoss()
+    }
+
+    /// The head's backward from what `headForward` kept: `probs` becomes ∂L/∂logits (in place),
+    /// the head's gradients are added, and `dresidual` (N, dim) receives ∂L/∂input.
+    public func headBackward(dresidual: UnsafeMutablePointer<Float>, input: UnsafeMutablePointer<Float>,
+                             norm: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
+                             probs: UnsafeMutablePointer<Float>, gradientScale: Float = 1) {
+        let c = model.config, n = self.n
+        timed("cross-entropy") {
+            targetBuffer.withUnsafeBufferPointer { t in
+                crossEntropyBackward(probs, probs, targets: t.baseAddress!, dloss: gradientScale / Float(n),
+                                     n: n, vocab: c.vocabSize)
+            }
+        }
+        timed("matmul bwd") {
+            matmulBackward(dxn, headGradient, probs, norm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize)
+        }
+        dresidual.update(repeating: 0, count: n * c.dim)
+        timed("rmsnorm") {
+            rmsnormBackward(dresidual, model.pointer("output_norm.weight", in: model.gradients.base), dxn, input,
+                            model.pointer("output_norm.weight", in: model.weights.base), rstd: rstd,
+                            rows: n, dim: c.dim)
+        }
+    }
+
+    /// Adds the embedding's gradient from `dresidual` (N, dim), ∂L/∂(block 0's input).
+    public func embeddingBackward(dresidual: UnsafeMutablePointer<Float>) {
+        tokenBuffer.withUnsafeBufferPointer { t in
+            Kernels.embeddingBackward(model.pointer("token_embd.weight", in: model.gradients.base), dresidual, t.baseAddress!,
+                              n: n, dim: model.config.dim)
+        }
     }
 }
 

@@ -96,14 +96,23 @@ public final class TrainingSession {
     /// Micro-batches consumed: the data position.
     public var nextBatch: Int { step * options.accumulate }
 
-    public init(model: TrainableLlama, data: TokenWindows, options: TrainingOptions) throws {
+    /// When set, every micro-batch runs through this executor's schedule instead of
+    /// `trainer.forwardBackward` (the trainer must then not own its activations).
+    public var executor: TrainingExecutor?
+    /// What the executor measured on the last micro-batch of the last step.
+    public private(set) var lastExecuted: ExecutedStep?
+
+    /// - Parameter ownsActivations: false for a session whose steps an executor runs
+    ///   (`executor` must be set before the first step).
+    public init(model: TrainableLlama, data: TokenWindows, options: TrainingOptions, ownsActivations: Bool = true) throws {
         try options.validate()
         guard data.seqLen == options.seqLen else {
             throw OffloadError("[train] data windows are \(data.seqLen) tokens, but --seq-len is \(options.seqLen)")
         }
         self.model = model; self.data = data; self.options = options
         trainer = try LlamaTrainer(model: model, batch: options.batch, seqLen: options.seqLen,
-                                   policy: ActivationPolicy(rawValue: options.activationPolicy) ?? .keepAll)
+                                   policy: ActivationPolicy(rawValue: options.activationPolicy) ?? .keepAll,
+                                   ownsActivations: ownsActivations)
         optimizer = options.makeOptimizer()
         optimizerState = OptimizerState(for: optimizer, layout: model.layout)
     }
@@ -122,8 +131,14 @@ public final class TrainingSession {
         let micro = options.accumulate
         for m in 0..<micro {
             let (inputs, targets) = data.batch(nextBatch + m, size: options.batch)
-            let loss = try trainer.forwardBackward(inputs: inputs, targets: targets, gradientScale: 1 / Float(micro))
-            lossSum += Double(loss)
+            if let executor {
+                let r = try executor.forwardBackward(inputs: inputs, targets: targets, gradientScale: 1 / Float(micro))
+                lastExecuted = r
+                lossSum += Double(r.loss)
+            } else {
+                let loss = try trainer.forwardBackward(inputs: inputs, targets: targets, gradientScale: 1 / Float(micro))
+                lossSum += Double(loss)
+            }
         }
         let loss = Float(lossSum / Double(micro))
         let norm = options.gradClip > 0 ? model.clipGradients(maxNorm: options.gradClip) : model.globalGradientNorm()

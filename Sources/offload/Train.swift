@@ -6,7 +6,9 @@
 import ArgumentParser
 import Foundation
 import Formats
+import Memory
 import Models
+import Planning
 import Runtime
 import Tensors
 
@@ -58,7 +60,22 @@ struct Train: ParsableCommand {
             help: "Stop (and save) after this step; the schedule still runs to --steps. Continue with --resume.")
     var stopAfter: Int?
 
+    @Option(help: "Compute (RAM) budget, e.g. 256MB or 4GiB: the step follows a planned schedule that keeps, recomputes or offloads activations so that it fits. Absent: everything in memory (the fastest path when it fits).")
+    var budget: String?
+    @Option(help: "With --budget: auto (the fastest plan that fits) or keep, recompute, sqrt, rotor, offload, pofo.")
+    var strategy: String?
+    @Option(help: "With --budget: a folder for offloaded activations (needed by offload and pofo).") var disk: String?
+    @Option(help: "With --budget: write the measured Chrome trace of the run to this file.") var trace: String?
+    @Option(help: "With --budget: hardware profile JSON (from `offload profile`) for the predictions.") var hardware: String?
+
     func validate() throws {
+        if let b = budget, parseBytes(b) == nil { throw ValidationError("--budget '\(b)' is not a size (try 256MB or 4GiB)") }
+        if budget == nil && (strategy != nil || disk != nil || trace != nil || hardware != nil) {
+            throw ValidationError("--strategy, --disk, --trace and --hardware apply to a budgeted run: give --budget too")
+        }
+        if let s = strategy, s != "auto", ActivationStrategy(rawValue: s) == nil {
+            throw ValidationError("--strategy must be auto or one of " + ActivationStrategy.allCases.map(\.rawValue).joined(separator: ", "))
+        }
         if resume == nil && (model == nil) == (config == nil) {
             throw ValidationError("give either --model FILE or --config NAME (or --resume DIR)")
         }
@@ -137,7 +154,10 @@ struct Train: ParsableCommand {
         }
         let windows = try TokenWindows(tokens: ids, seqLen: options.seqLen, vocabSize: trainable.config.vocabSize,
                                        shuffleSeed: options.shuffleSeed, source: dataName)
-        let session = try TrainingSession(model: trainable, data: windows, options: options)
+        let session = try TrainingSession(model: trainable, data: windows, options: options, ownsActivations: budget == nil)
+        let budgeted = try budget.flatMap(parseBytes).map { bytes in
+            try attachExecutor(session, budget: bytes)
+        }
         if let info, let resume {
             try Checkpoint.restoreOptimizer(resume, info: info, into: session)
             if let t = info.threads, t != threadCount {
@@ -191,9 +211,15 @@ struct Train: ParsableCommand {
             logHandle?.write(Data((r.jsonLine + "\n").utf8))
             let done = session.step - startStep, elapsed = now() - t0
             let eta = elapsed / Double(done) * Double(lastStep - session.step)
-            let line = String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.3g  %.1f tok/s  ETA %@  mem %@",
+            var line = String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.3g  %.1f tok/s  ETA %@  mem %@",
                               r.step, options.steps, r.loss, r.gradNorm, r.lr, r.tokensPerSecond,
                               formatDuration(eta), formatBytes(residentBytes()))
+            if let (plan, _) = budgeted, let x = session.lastExecuted {
+                line += String(format: "  peak %@ (pred %@)  step %.2f s (pred %.2f s, %.2f×)  disk r/w %@/%@",
+                               formatBytes(x.peakComputeBytes), formatBytes(plan.predictedPeak), r.seconds,
+                               plan.predictedSeconds, r.seconds / plan.predictedSeconds,
+                               formatBytes(x.bytesRead), formatBytes(x.bytesWritten))
+            }
             if tty {
                 print("\r" + line + "\u{1B}[K", terminator: "")
                 fflush(nil)
@@ -206,6 +232,16 @@ struct Train: ParsableCommand {
             }
         }
         if tty { print("") }
+        if let (plan, _) = budgeted, let x = session.lastExecuted {
+            let hwm = peakResidentBytes()
+            note("budget \(formatBytes(plan.planningBudget + plan.overhead)): measured compute peak \(formatBytes(x.peakComputeBytes)), "
+                 + "process peak resident (VmHWM) \(formatBytes(hwm)) = compute peak + \(formatBytes(hwm - x.peakComputeBytes)) "
+                 + "outside the budget (runtime, code, mapped model file, data)")
+        }
+        if let path = trace, let recorder = budgeted?.1 {
+            try recorder.write(to: path, processName: "offload train")
+            note("trace written to \(path)")
+        }
         if let save {
             try Checkpoint.save(session, to: save, sourceModel: sourceModel, lastLoss: lastLoss)
             note("saved step \(session.step) to \(save)")
@@ -214,6 +250,37 @@ struct Train: ParsableCommand {
         let tokens = (session.step - startStep) * options.tokensPerStep
         note(String(format: "trained %d steps, %d tokens in %.1f s: %.1f tok/s", session.step - startStep, tokens,
                     seconds, Double(tokens) / seconds))
+    }
+}
+
+extension Train {
+    /// Plans the step under `bytes`, prints the plan, and hands the session an executor.
+    func attachExecutor(_ session: TrainingSession, budget bytes: Int) throws -> (ExecutorPlan, TraceRecorder?) {
+        let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
+        let o = session.options
+        guard o.optimizer == "adamw" else {
+            throw OffloadError("[train] --budget plans AdamW steps (its m and v); --optimizer sgd is not planned yet")
+        }
+        let chosen = strategy.flatMap { $0 == "auto" ? nil : ActivationStrategy(rawValue: $0) }
+        let (plan, all) = try ExecutorPlanning.plan(strategy: chosen, budget: bytes, model: session.model, batch: o.batch,
+                                                    seqLen: o.seqLen, trainerBytes: session.trainer.activationBytes,
+                                                    optimizerStateBytes: session.optimizerState.bytes,
+                                                    useDisk: disk != nil, hardware: hw)
+        let recorder = trace != nil ? TraceRecorder() : nil
+        let store = try disk.map { try DiskStore(roots: [$0], trace: recorder) }
+        session.executor = try TrainingExecutor(trainer: session.trainer, schedule: plan.schedule, computeBudget: bytes,
+                                                optimizerStateBytes: session.optimizerState.bytes, disk: store,
+                                                trace: recorder)
+        note("plan: \(plan.result.name) under a RAM budget of \(formatBytes(bytes)) (hardware \(hw.name)); predicted step "
+             + String(format: "%.3f s", plan.predictedSeconds) + ", peak RAM \(formatBytes(plan.predictedPeak)) "
+             + "(schedule \(formatBytes(plan.simulation.peak[.compute] ?? 0)) + \(formatBytes(plan.overhead)) held outside it), "
+             + "peak disk \(formatBytes(plan.predictedDiskPeak)), \(formatBytes(plan.simulation.totalBytesMoved)) moved per step")
+        for r in all where r.name != plan.result.name || chosen == nil {
+            let what = r.simulation.map { String(format: "%.3f s", $0.stepSeconds) + ", schedule peak \(formatBytes($0.peak[.compute] ?? 0))" }
+                ?? "does not fit: \(r.failure ?? "?")"
+            note("  \(r.name == plan.result.name ? "*" : " ") \(r.name.padding(toLength: 10, withPad: " ", startingAt: 0)) \(what.prefix(140))")
+        }
+        return (plan, recorder)
     }
 }
 
@@ -255,6 +322,14 @@ func formatDuration(_ s: Double) -> String {
     guard s.isFinite, s >= 0 else { return "?" }
     let t = Int(s.rounded())
     return t >= 3600 ? "\(t / 3600)h\(t % 3600 / 60)m" : t >= 60 ? "\(t / 60)m\(t % 60)s" : "\(t)s"
+}
+
+/// Peak resident memory of this process (VmHWM from Linux /proc), 0 when unknown.
+func peakResidentBytes() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+          let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
+    return kb * 1024
 }
 
 /// Resident memory of this process (Linux /proc), 0 when unknown.

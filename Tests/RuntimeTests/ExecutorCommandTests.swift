@@ -1,0 +1,106 @@
+// `offload train --budget` end to end: the budgeted run prints its plan, logs the
+// same losses and gradient norms bit for bit as the in-memory run, saves the same
+// weights, stays under its budget and writes a trace with compute and transfer spans.
+import Foundation
+import XCTest
+
+final class ExecutorCommandTests: XCTestCase {
+    var work = ""
+
+    override func setUpWithError() throws {
+        work = NSTemporaryDirectory() + "offload-exec-cli-\(getpid())-\(name.filter(\.isLetter).suffix(30))"
+        try? FileManager.default.removeItem(atPath: work)
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        // Byte-level text for the built-in tiny config (vocabulary 256).
+        let text = (0..<60).map { "Line \($0): to be, or not to be, that is the question.\n" }.joined()
+        try text.write(toFile: work + "/text.txt", atomically: true, encoding: .utf8)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: work) }
+
+    /// The `offload` executable built beside the test bundle.
+    func binary() throws -> String {
+        var dir = Bundle.main.bundleURL
+        for _ in 0..<3 {
+            let candidate = dir.appendingPathComponent("offload").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        XCTFail("offload binary not found next to the tests: build it with swift build -c release")
+        throw CocoaError(.fileNoSuchFile)
+    }
+
+    @discardableResult
+    func offload(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try binary())
+        p.arguments = args
+        p.currentDirectoryURL = URL(fileURLWithPath: work)
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out; p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    func logLines(_ file: String) throws -> [[String: Any]] {
+        try String(contentsOfFile: work + "/" + file, encoding: .utf8).split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+    }
+
+    let run = ["train", "--config", "small", "--seed", "7", "--data", "text.txt", "--batch", "2", "--seq-len", "64",
+               "--lr", "3e-3", "--threads", "2", "--steps", "3", "--grad-clip", "1"]
+
+    func testBudgetedRunMatchesTheInMemoryRun() throws {
+        let plain = try offload(run + ["--log", "plain.jsonl", "--save", "plain"])
+        XCTAssertEqual(plain.status, 0, plain.err)
+        let budget = 80_000_000
+        let budgeted = try offload(run + ["--log", "budget.jsonl", "--save", "budget", "--budget", "\(budget)",
+                                          "--strategy", "offload", "--disk", work, "--trace", "trace.json"])
+        XCTAssertEqual(budgeted.status, 0, budgeted.err)
+        XCTAssertTrue(budgeted.err.contains("plan: offload under a RAM budget of"), budgeted.err)
+        for (a, b) in zip(try logLines("plain.jsonl"), try logLines("budget.jsonl")) {
+            XCTAssertEqual(a["loss"] as? Double, b["loss"] as? Double, "loss at step \(a["step"] ?? "?")")
+            XCTAssertEqual(a["grad_norm"] as? Double, b["grad_norm"] as? Double, "grad norm at step \(a["step"] ?? "?")")
+        }
+        XCTAssertEqual(try logLines("budget.jsonl").count, 3)
+        // The saved weights and optimizer state are the same bytes.
+        let files = try FileManager.default.contentsOfDirectory(atPath: work + "/plain").filter { !$0.hasSuffix(".json") }
+        XCTAssertFalse(files.isEmpty)
+        for f in files {
+            XCTAssertEqual(FileManager.default.contents(atPath: work + "/plain/" + f),
+                           FileManager.default.contents(atPath: work + "/budget/" + f), "checkpoint file \(f) differs")
+        }
+        // Every step line reports a measured peak within the budget and disk traffic.
+        let steps = budgeted.out.split(separator: "\n").filter { $0.hasPrefix("step ") }
+        XCTAssertEqual(steps.count, 3, budgeted.out)
+        for line in steps {
+            XCTAssertTrue(line.contains("pred") && line.contains("disk r/w"), String(line))
+            XCTAssertFalse(line.contains("disk r/w 0 B/0 B"), "offload moved nothing: \(line)")
+        }
+        // The process's peak resident memory stays within the budget plus a fixed overhead
+        // (Swift runtime, code, data: ~35 MiB for a --config model; a mapped GGUF adds its size).
+        let hwm = try XCTUnwrap(budgeted.err.split(separator: "\n").first { $0.contains("VmHWM") }, budgeted.err)
+        let overhead = try XCTUnwrap(hwm.range(of: #"\+ ([\d.]+) MiB outside"#, options: .regularExpression).map { r in
+            Double(hwm[r].dropFirst(2).split(separator: " ")[0]) }, String(hwm))
+        XCTAssertLessThan(try XCTUnwrap(overhead), 64, "process overhead over the budget: \(hwm)")
+        // The trace has compute spans and transfer spans on their own streams.
+        let trace = try String(contentsOfFile: work + "/trace.json", encoding: .utf8)
+        XCTAssertTrue(trace.contains("\"backward 3\"") || trace.contains("\"backward 2\""), "no backward span")
+        XCTAssertTrue(trace.contains("\"write act.1.attn_probs\""), "no write span")
+        XCTAssertTrue(trace.contains("\"read act.1.attn_probs\""), "no read span")
+    }
+
+    func testTooSmallABudgetSaysWhatItNeeds() throws {
+        let r = try offload(run + ["--budget", "1MB"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("does not hold weights, gradients, optimizer state"), r.err)
+    }
+
+    func testBudgetFlagsNeedABudget() throws {
+        let r = try offload(run + ["--strategy", "rotor"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("give --budget too"), r.err)
+    }
+}
