@@ -28,7 +28,7 @@ let package = Package(
         .target(name: "Formats", dependencies: ["Tensors", "Kernels"], swiftSettings: optimize),
         .target(name: "Models", dependencies: ["Tensors", "Kernels", "Formats"], swiftSettings: optimize),
         .target(name: "Planning", dependencies: ["Tensors", "Models", "Memory"], swiftSettings: optimize),
-        .target(name: "Runtime", dependencies: ["Tensors", "Kernels", "Formats", "Models", "Memory"],
+        .target(name: "Runtime", dependencies: ["Tensors", "Kernels", "Formats", "Models", "Memory", "CSystem", "CKernels"],
                 swiftSettings: optimize),
         .executableTarget(name: "offload", dependencies: [
             "Tensors", "Kernels", "Formats", "Models", "Memory", "Planning", "Runtime",
@@ -37,7 +37,7 @@ let package = Package(
 
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "Tensors"]),
         .testTarget(name: "FormatsTests", dependencies: ["Formats", "Tensors", "Kernels"]),
-        .testTarget(name: "ModelsTests", dependencies: ["Models", "Formats", "Kernels", "Tensors"]),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "Formats", "Kernels", "Tensors", "Runtime"]),
         .testTarget(name: "MemoryTests", dependencies: ["Memory", "Tensors"]),
         .testTarget(name: "PlanningTests", dependencies: ["Planning", "Models", "Memory"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Models", "Formats", "Tensors"]),

@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import Formats
+import Memory
 import Models
 import Runtime
 import Tensors
@@ -29,6 +30,12 @@ struct Generate: ParsableCommand {
     @Option(help: "Compute threads (default: all cores).") var threads: Int?
     @Flag(name: .customLong("ignore-eos"), help: "Keep generating past the end-of-sequence token.") var ignoreEOS = false
     @Flag(help: "Print one JSON object at the end instead of streaming text.") var json = false
+    @Option(help: ArgumentHelp("Compute memory budget (\"256MB\", \"1GiB\", bytes): weights that do not fit "
+                               + "are streamed from the GGUF file with direct I/O.", valueName: "bytes"))
+    var budget: String?
+    @Option(help: ArgumentHelp("With --budget: write a Chrome trace (compute, read and memory events) here.",
+                               valueName: "file"))
+    var trace: String?
 
     func validate() throws {
         guard (prompt == nil) != (promptTokens == nil) else {
@@ -42,12 +49,15 @@ struct Generate: ParsableCommand {
         guard topK >= 0 else { throw ValidationError("--top-k must be 0 or more, got \(topK)") }
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
+        if let b = budget, parseBytes(b) == nil || parseBytes(b)! <= 0 {
+            throw ValidationError("--budget must be a size such as 512MB, 2GiB or a byte count, got '\(b)'")
+        }
+        if trace != nil && budget == nil { throw ValidationError("--trace needs --budget (it traces the streamed run)") }
     }
 
     func run() throws {
         let source = try loadWeights(model, sha256: sha256)
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
-        let llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
         let seed = seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
         var ids: [Int]
         if let text = prompt {
@@ -57,29 +67,58 @@ struct Generate: ParsableCommand {
             var rng = SeededGenerator(seed: seed)
             ids = (0..<promptTokens!).map { _ in Int.random(in: 0..<source.config.vocabSize, using: &rng) }
         }
+        let llama: LlamaModel
+        var streamer: WeightStreamer?
+        let recorder = trace.map { _ in TraceRecorder() }
+        if let budget = budget.flatMap(parseBytes) {
+            guard let gguf = source as? GGUFWeights else {
+                throw OffloadError("[generate] --budget streams weights from a GGUF file; \(model) is a folder")
+            }
+            let capacity = min(ids.count + maxTokens, min(source.config.contextLength, gguf.config.contextLength))
+            let (m, s) = try makeStreamingModel(weights: gguf, budget: budget, threads: threads ?? defaultThreads(),
+                                                promptTokens: ids.count, contextCapacity: capacity, trace: recorder)
+            llama = m
+            streamer = s
+        } else {
+            llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
+        }
+        defer { streamer?.stop() }
         var sampler = Sampler(options: SamplingOptions(temperature: temperature, topK: topK, topP: topP), seed: seed)
         var stream = StreamingDecoder(tokenizer: tokenizer)
         let stop: Set<Int> = ignoreEOS ? [] : tokenizer.endOfGenerationIDs
+        let start = now()
+        var firstToken: Double?
         let result = try Generator(model: llama).generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler,
                                                           stop: stop) { id in
+            if firstToken == nil { firstToken = now() - start }
             guard !json else { return }
             if stop.contains(id) { return }
             FileHandle.standardOutput.write(Data(stream.append(id).utf8))
         }
         let generated = result.stoppedAtEOS ? Array(result.tokens.dropLast()) : result.tokens
+        streamer?.stop()
+        let report = streamer.map { StreamingReport(streamer: $0, result: result) }
+        if let recorder, let path = trace { try recorder.write(to: path) }
         if json {
-            print(try jsonString([
+            var out: [String: Any] = [
                 "prompt_tokens": ids.count, "tokens": result.tokens, "text": tokenizer.decode(generated),
                 "prefill_tokens_per_second": result.prefillTokensPerSecond,
                 "decode_tokens_per_second": result.decodeTokensPerSecond,
                 "prefill_seconds": result.prefillSeconds, "decode_seconds": result.decodeSeconds,
+                "time_to_first_token_seconds": firstToken ?? 0,
                 "stopped_at_eos": result.stoppedAtEOS, "seed": seed, "threads": llama.pool.threads,
-            ] as [String: Any]))
+                "peak_resident_bytes": peakResidentBytes(),
+            ]
+            if let report { out["streaming"] = report.json }
+            print(try jsonString(out))
         } else {
             FileHandle.standardOutput.write(Data((stream.flush() + "\n").utf8))
             FileHandle.standardError.write(Data(String(
                 format: "[generate] prompt %d tokens, %.1f tok/s; generated %d tokens, %.1f tok/s\n",
                 ids.count, result.prefillTokensPerSecond, result.tokens.count, result.decodeTokensPerSecond).utf8))
+            FileHandle.standardError.write(Data(String(format: "[generate] time to first token %.3f s\n",
+                                                       firstToken ?? 0).utf8))
+            if let report { FileHandle.standardError.write(Data((report.summary + "\n").utf8)) }
         }
     }
 }
