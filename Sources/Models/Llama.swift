@@ -9,6 +9,17 @@
 import Kernels
 import Tensors
 
+/// Where a KV cache keeps the layers it does not hold in memory (a disk tier).
+/// Layers on disk share one staging pair of `capacity` rows: before a layer runs,
+/// `load` fills positions [0, count) of the staging; after, `save` stores the rows
+/// [start, end) the layer appended.
+public protocol KVLayerStore: AnyObject {
+    /// Positions per page: the staging pair is allocated in whole pages.
+    var pagePositions: Int { get }
+    func load(layer: Int, count: Int, k: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>) throws
+    func save(layer: Int, from start: Int, to end: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>) throws
+}
+
 /// Keys and values of every layer for positions [0, length).
 public final class KVCache {
     public let layers: Int
@@ -18,33 +29,54 @@ public final class KVCache {
     let k: [UnsafeMutablePointer<Float>]
     let v: [UnsafeMutablePointer<Float>]
     private let memory: ComputeMemory?
+    /// Layers whose keys and values live in `store`, staged through shared buffers.
+    public let diskLayers: Set<Int>
+    let store: KVLayerStore?
 
     public init(config: LlamaConfig, capacity: Int) {
         layers = config.layers; self.capacity = capacity; kvDim = config.kvDim; memory = nil
+        diskLayers = []; store = nil
         k = (0..<layers).map { _ in .allocate(capacity: capacity * config.kvDim) }
         v = (0..<layers).map { _ in .allocate(capacity: capacity * config.kvDim) }
     }
 
-    /// A cache whose layers are allocated from `memory` (counted against its budget).
-    public init(config: LlamaConfig, capacity: Int, memory: ComputeMemory) throws {
+    /// A cache whose layers are allocated from `memory` (counted against its budget),
+    /// except `diskLayers`, which live in `store` and share one staging pair.
+    public init(config: LlamaConfig, capacity: Int, memory: ComputeMemory,
+                diskLayers: Set<Int> = [], store: KVLayerStore? = nil) throws {
+        precondition(diskLayers.isEmpty || store != nil, "disk layers need a store")
         layers = config.layers; self.capacity = capacity; kvDim = config.kvDim; self.memory = memory
+        self.diskLayers = diskLayers; self.store = store
         let bytes = capacity * config.kvDim * 4
         var k: [UnsafeMutablePointer<Float>] = [], v: [UnsafeMutablePointer<Float>] = []
         do {
+            var staging: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>)?
+            if let store, !diskLayers.isEmpty {
+                let page = store.pagePositions
+                let sb = (capacity + page - 1) / page * page * config.kvDim * 4
+                staging = (try memory.allocate("kv.k.staging", bytes: sb).assumingMemoryBound(to: Float.self),
+                           try memory.allocate("kv.v.staging", bytes: sb).assumingMemoryBound(to: Float.self))
+            }
             for l in 0..<config.layers {
+                if diskLayers.contains(l), let (sk, sv) = staging { k.append(sk); v.append(sv); continue }
                 k.append(try memory.allocate("kv.k.\(l)", bytes: bytes).assumingMemoryBound(to: Float.self))
                 v.append(try memory.allocate("kv.v.\(l)", bytes: bytes).assumingMemoryBound(to: Float.self))
             }
         } catch {
-            for l in 0..<config.layers { memory.free("kv.k.\(l)"); memory.free("kv.v.\(l)") }
+            KVCache.free(memory, layers: config.layers)
             throw error
         }
         self.k = k; self.v = v
     }
 
+    private static func free(_ memory: ComputeMemory, layers: Int) {
+        for l in 0..<layers { memory.free("kv.k.\(l)"); memory.free("kv.v.\(l)") }
+        memory.free("kv.k.staging"); memory.free("kv.v.staging")
+    }
+
     deinit {
         if let memory {
-            for l in 0..<layers { memory.free("kv.k.\(l)"); memory.free("kv.v.\(l)") }
+            KVCache.free(memory, layers: layers)
         } else {
             (k + v).forEach { $0.deallocate() }
         }
@@ -234,9 +266,15 @@ public final class LlamaModel {
     /// A cache from `memory` when the model has one (counted against its budget), else as `makeCache`.
     public func newCache(capacity: Int? = nil) throws -> KVCache {
         let n = min(capacity ?? maxPositions, maxPositions)
-        if let memory { return try KVCache(config: config, capacity: n, memory: memory) }
+        if let memory {
+            return try KVCache(config: config, capacity: n, memory: memory, diskLayers: kvDiskLayers, store: kvStore)
+        }
         return KVCache(config: config, capacity: n)
     }
+
+    /// Streaming: layers whose KV cache `newCache` puts in `kvStore` (the plan decides).
+    public var kvDiskLayers: Set<Int> = []
+    public var kvStore: KVLayerStore?
 
     /// Scratch floats a forward call of `rows` token rows after `start` cached
     /// positions asks for, by buffer name (the streaming planner budgets these).
@@ -245,7 +283,9 @@ public final class LlamaModel {
         let dim = c.dim
         let maxWeightElements = max(c.qDim * c.dim, c.ffnDim * c.dim, c.kvDim * c.dim)
         var s = ["x": n * dim, "xn": n * dim, "q": n * c.qDim, "att": n * c.qDim, "g": n * c.ffnDim,
-                 "u": n * c.ffnDim, "tmp": n * dim, "scores": n * max(c.heads, 1) * (start + n),
+                 "u": n * c.ffnDim, "tmp": n * dim,
+                 // Few rows: the direct kernel keeps every head's scores; more: one head at a time (Kernels/Attention).
+                 "scores": n < 4 ? n * max(c.heads, 1) * (start + n) : n * (start + n),
                  "w": n > Matmul.directRowLimit ? maxWeightElements : 0]
         if allLogits && n > Matmul.directRowLimit { s["head"] = 4096 * dim }
         return s
@@ -264,13 +304,15 @@ public final class LlamaModel {
             throw OffloadError("[model] token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
         }
         if let supplier { return try streamedForward(tokens, cache: cache, allLogits: allLogits, supplier: supplier) }
+        guard cache.diskLayers.isEmpty else { throw OffloadError("[model] a cache with layers on disk needs weight streaming") }
         let dim = c.dim
-        let x = try work.get("x", n * dim), xn = try work.get("xn", n * dim)
-        let q = try work.get("q", n * c.qDim), att = try work.get("att", n * c.qDim)
-        let g = try work.get("g", n * c.ffnDim), u = try work.get("u", n * c.ffnDim)
-        let tmp = try work.get("tmp", n * dim)
-        let scores = try work.get("scores", n * max(c.heads, 1) * (start + n))
-        let wscratch = try work.get("w", n > Matmul.directRowLimit ? maxWeightElements : 0)
+        let sizes = LlamaModel.scratchFloats(config: c, rows: n, start: start)
+        let x = try work.get("x", sizes["x"]!), xn = try work.get("xn", sizes["xn"]!)
+        let q = try work.get("q", sizes["q"]!), att = try work.get("att", sizes["att"]!)
+        let g = try work.get("g", sizes["g"]!), u = try work.get("u", sizes["u"]!)
+        let tmp = try work.get("tmp", sizes["tmp"]!)
+        let scores = try work.get("scores", sizes["scores"]!)
+        let wscratch = try work.get("w", sizes["w"]!)
         let positions = (0..<n).map { Int32(start + $0) }
 
         for (i, t) in tokens.enumerated() {
@@ -342,20 +384,24 @@ public final class LlamaModel {
         guard !allLogits || n == 1 else {
             throw OffloadError("[model] all-position logits are not supported with weight streaming")
         }
-        let x = try work.get("x", n * dim), xn = try work.get("xn", n * dim)
-        let q = try work.get("q", n * c.qDim), att = try work.get("att", n * c.qDim)
-        let g = try work.get("g", n * c.ffnDim), u = try work.get("u", n * c.ffnDim)
-        let tmp = try work.get("tmp", n * dim)
-        let scores = try work.get("scores", n * max(c.heads, 1) * (start + n))
-        let wscratch = try work.get("w", n > Matmul.directRowLimit ? maxWeightElements : 0)
+        let sizes = LlamaModel.scratchFloats(config: c, rows: n, start: start)
+        let x = try work.get("x", sizes["x"]!), xn = try work.get("xn", sizes["xn"]!)
+        let q = try work.get("q", sizes["q"]!), att = try work.get("att", sizes["att"]!)
+        let g = try work.get("g", sizes["g"]!), u = try work.get("u", sizes["u"]!)
+        let tmp = try work.get("tmp", sizes["tmp"]!)
+        let scores = try work.get("scores", sizes["scores"]!)
+        let wscratch = try work.get("w", sizes["w"]!)
         let positions = (0..<n).map { Int32(start + $0) }
         try supplier.beginForward(rows: n)
         for (i, t) in tokens.enumerated() { try supplier.embeddingRow(token: t, into: x + i * dim) }
         for (l, b) in blocks.enumerated() {
+            let onDisk = cache.diskLayers.contains(l)
+            if onDisk, start > 0 { try cache.store!.load(layer: l, count: start, k: cache.k[l], v: cache.v[l]) }
             let m = try supplier.block(l)
             blockForward(l, b.attnNorm, b.ffnNorm, m, x: x, n: n, start: start, cache: cache, positions: positions,
                          xn: xn, q: q, att: att, g: g, u: u, tmp: tmp, scores: scores, wscratch: wscratch)
             supplier.release(stage: l)
+            if onDisk { try cache.store!.save(layer: l, from: start, to: start + n, k: cache.k[l], v: cache.v[l]) }
         }
         cache.length = start + n
         let last = x + (n - 1) * dim
@@ -372,8 +418,4 @@ public final class LlamaModel {
         return logits
     }
 
-    private var maxWeightElements: Int {
-        let c = config
-        return max(c.qDim * c.dim, c.ffnDim * c.dim, c.kvDim * c.dim)
-    }
 }

@@ -26,6 +26,10 @@ public struct StreamingStats: Sendable {
     public var decodeWaitSeconds = 0.0
     /// Seconds the reader threads spent in reads (summed over threads).
     public var readSeconds = 0.0
+    /// KV cache on disk, during decode forwards: bytes read, written, and seconds the compute spent on them.
+    public var decodeKVBytesRead = 0
+    public var decodeKVBytesWritten = 0
+    public var decodeKVSeconds = 0.0
 }
 
 private final class StreamItem {
@@ -67,6 +71,9 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
     private var current: [Int: StreamItem] = [:]   // stage -> item being computed
     private var computeStart: [Int: Double] = [:]
     private var started = false
+    /// The KV layers on disk, when the plan puts some there (for the decode figures).
+    public var kvStore: DiskKVStore?
+    private var kvAtBegin = (0, 0, 0.0)
 
     /// Builds the buffers of `plan` in a compute tier of `plan.budget` bytes and
     /// reads the resident stages.
@@ -171,6 +178,7 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
 
     public func beginForward(rows: Int) throws {
         let want = streamOrder(rows: rows)
+        if let kv = kvStore { kvAtBegin = (kv.bytesRead, kv.bytesWritten, kv.seconds) }
         cond.lock()
         self.rows = rows
         started = true
@@ -269,8 +277,14 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
     }
 
     public func endForward() {
+        let kv = kvStore.map { ($0.bytesRead, $0.bytesWritten, $0.seconds) }
         cond.lock()
         if rows == 1 { _stats.decodeForwards += 1 }
+        if rows == 1, let kv {
+            _stats.decodeKVBytesRead += kv.0 - kvAtBegin.0
+            _stats.decodeKVBytesWritten += kv.1 - kvAtBegin.1
+            _stats.decodeKVSeconds += kv.2 - kvAtBegin.2
+        }
         // Drop consumed items so the list stays short over long generations.
         if head > 256 { items.removeFirst(head); head = 0 }
         cond.unlock()

@@ -159,7 +159,10 @@ public struct StreamingPlan: Sendable {
     public var ringSlots: Int
     public var slotBytes: Int
     public var readerThreads: Int
+    /// KV cache in the compute tier: the layers held there, plus the staging pair when some are on disk.
     public var kvCacheBytes: Int
+    /// Layers whose KV cache lives on disk (the last ones), read and written each step.
+    public var kvDiskLayers: Set<Int>
     public var scratchBytes: Int
     /// Split staging (one per reader) and the embedding-row buffer.
     public var stagingBytes: Int
@@ -175,7 +178,9 @@ public struct StreamingPlan: Sendable {
     public init(budget: Int, stages: [WeightStage], config c: LlamaConfig, contextCapacity: Int,
                 scratch: [[String: Int]], maxSlots: Int = 3) throws {
         self.budget = budget; self.stages = stages
-        kvCacheBytes = 2 * c.layers * accountedBytes(contextCapacity * c.kvDim * 4)
+        let layerKV = 2 * accountedBytes(contextCapacity * c.kvDim * 4)
+        let page = DiskKVStore.pagePositions(kvDim: c.kvDim)
+        let kvStaging = 2 * accountedBytes((contextCapacity + page - 1) / page * page * c.kvDim * 4)
         var most: [String: Int] = [:]
         for s in scratch { for (k, v) in s { most[k] = max(most[k] ?? 0, v) } }
         scratchBytes = most.values.reduce(0) { $0 + accountedBytes(max($1, 1) * 4) }
@@ -183,15 +188,26 @@ public struct StreamingPlan: Sendable {
         let splitStaging = accountedBytes(stages.filter(\.splitsForDecode).flatMap(\.matrices).map(\.byteCount).max() ?? 0)
         let headRow = stages.last?.matrices.first.map { $0.byteCount / $0.rows } ?? 0
         let embeddingStaging = accountedBytes(alignUp(headRow) + 2 * AlignedBuffer.alignment)
-        func staging(_ readers: Int) -> Int { readers * (splitStaging > 0 ? splitStaging : 0) + embeddingStaging }
-        let fixed = kvCacheBytes + scratchBytes
-        minimumBudget = fixed + staging(1) + slotBytes
+        func staging(_ readers: Int) -> Int { readers * splitStaging + embeddingStaging }
+        // The least that runs: one stage buffer, activations, and the KV cache of one layer staged from disk.
+        let bare = scratchBytes + staging(1) + slotBytes
+        minimumBudget = bare + min(kvStaging, c.layers * layerKV)
         guard budget >= minimumBudget else {
             throw OffloadError("[stream] budget \(formatBytes(budget)) (\(budget) bytes) is below the minimum "
                 + "\(formatBytes(minimumBudget)) (\(minimumBudget) bytes) for this prompt and context: one stage buffer "
-                + "\(formatBytes(slotBytes)) + KV cache \(formatBytes(kvCacheBytes)) + activations \(formatBytes(scratchBytes)) "
-                + "+ read staging \(formatBytes(staging(1)))")
+                + "\(formatBytes(slotBytes)) + KV cache staging of one layer \(formatBytes(min(kvStaging, c.layers * layerKV))) "
+                + "+ activations \(formatBytes(scratchBytes)) + read staging \(formatBytes(staging(1)))")
         }
+        // KV cache in memory for as many layers as fit (all, when they do); the rest on disk.
+        if budget >= bare + c.layers * layerKV {
+            kvDiskLayers = []
+            kvCacheBytes = c.layers * layerKV
+        } else {
+            let inMemory = max(0, min(c.layers - 1, (budget - bare - kvStaging) / max(layerKV, 1)))
+            kvDiskLayers = Set(inMemory..<c.layers)
+            kvCacheBytes = inMemory * layerKV + kvStaging
+        }
+        let fixed = kvCacheBytes + scratchBytes
         var slots = budget >= fixed + staging(2) + 2 * slotBytes ? 2 : 1
         readerThreads = slots
         stagingBytes = staging(readerThreads)
@@ -215,8 +231,11 @@ public struct StreamingPlan: Sendable {
 /// A model that streams its weights from `weights`' file under `budget` bytes
 /// of compute memory, planned for a prompt of `promptTokens` and a context of
 /// `contextCapacity` positions.
+///
+/// KV-cache layers the plan puts on disk go to a file in `kvFolder`.
 public func makeStreamingModel(weights: GGUFWeights, budget: Int, threads: Int, promptTokens: Int,
-                               contextCapacity: Int, trace: TraceRecorder? = nil) throws -> (LlamaModel, WeightStreamer) {
+                               contextCapacity: Int, kvFolder: String = NSTemporaryDirectory(),
+                               trace: TraceRecorder? = nil) throws -> (LlamaModel, WeightStreamer) {
     let c = weights.config
     let stages = try weightStages(of: weights.file, config: c)
     let scratch = [LlamaModel.scratchFloats(config: c, rows: max(promptTokens, 1), start: 0),
@@ -225,6 +244,12 @@ public func makeStreamingModel(weights: GGUFWeights, budget: Int, threads: Int, 
                                  scratch: scratch)
     let streamer = try WeightStreamer(plan: plan, file: weights.file, config: c, trace: trace)
     let model = try LlamaModel(source: weights, threads: threads, supplier: streamer, memory: streamer)
+    if !plan.kvDiskLayers.isEmpty {
+        let store = try DiskKVStore(folder: kvFolder, config: c, capacity: contextCapacity, trace: trace)
+        model.kvDiskLayers = plan.kvDiskLayers
+        model.kvStore = store
+        streamer.kvStore = store
+    }
     return (model, streamer)
 }
 
@@ -246,6 +271,10 @@ public struct StreamingReport: Sendable {
     public var limitTokensPerSecond: Double
     public var ratioToLimit: Double { limitTokensPerSecond > 0 ? decodeTokensPerSecond / limitTokensPerSecond : 0 }
     public var bytesDiscarded: Int
+    public var kvDiskLayers: Int
+    /// KV-cache bytes read from and written to disk per decoded token.
+    public var kvBytesReadPerToken: Double
+    public var kvBytesWrittenPerToken: Double
 
     public init(streamer: WeightStreamer, result: GenerationResult) {
         let s = streamer.stats
@@ -255,9 +284,14 @@ public struct StreamingReport: Sendable {
         ringSlots = streamer.plan.ringSlots
         peakComputeBytes = streamer.tier.stats.peak
         let steps = max(s.decodeForwards, 1)
-        bytesPerToken = Double(s.decodeBytesRead) / Double(steps)
+        kvDiskLayers = streamer.plan.kvDiskLayers.count
+        kvBytesReadPerToken = Double(s.decodeKVBytesRead) / Double(steps)
+        kvBytesWrittenPerToken = Double(s.decodeKVBytesWritten) / Double(steps)
+        // Weights and KV cache both come through the disk each step.
+        bytesPerToken = Double(s.decodeBytesRead) / Double(steps) + kvBytesReadPerToken + kvBytesWrittenPerToken
         readBandwidth = streamer.readBandwidth
-        computeSecondsPerToken = s.decodeForwards > 0 ? max(0, result.decodeSeconds - s.decodeWaitSeconds) / Double(steps) : 0
+        computeSecondsPerToken = s.decodeForwards > 0
+            ? max(0, result.decodeSeconds - s.decodeWaitSeconds - s.decodeKVSeconds) / Double(steps) : 0
         decodeTokensPerSecond = result.decodeTokensPerSecond
         let limitSeconds = max(computeSecondsPerToken, readBandwidth > 0 ? bytesPerToken / readBandwidth : 0)
         limitTokensPerSecond = limitSeconds > 0 ? 1 / limitSeconds : 0
@@ -269,14 +303,15 @@ public struct StreamingReport: Sendable {
          "stream_buffers": ringSlots, "peak_compute_bytes": peakComputeBytes, "bytes_read_per_token": bytesPerToken,
          "disk_read_bytes_per_second": readBandwidth, "compute_seconds_per_token": computeSecondsPerToken,
          "limit_decode_tokens_per_second": limitTokensPerSecond, "ratio_to_limit": ratioToLimit,
-         "bytes_read_ahead_discarded": bytesDiscarded]
+         "bytes_read_ahead_discarded": bytesDiscarded, "kv_disk_layers": kvDiskLayers,
+         "kv_bytes_read_per_token": kvBytesReadPerToken, "kv_bytes_written_per_token": kvBytesWrittenPerToken]
     }
 
     public var summary: String {
-        String(format: "[stream] budget %@: %d stages resident, %d streamed through %d buffers; peak compute %@; "
+        String(format: "[stream] budget %@: %d stages resident, %d streamed through %d buffers, KV cache of %d layers on disk; peak compute %@; "
                + "%@ read per token at %@/s (direct); limit %.1f tok/s (compute %.1f ms, disk %.1f ms per token); "
                + "decode at %.2f× the limit",
-               formatBytes(budget), residentStages, streamedStages, ringSlots, formatBytes(peakComputeBytes),
+               formatBytes(budget), residentStages, streamedStages, ringSlots, kvDiskLayers, formatBytes(peakComputeBytes),
                formatBytes(Int(bytesPerToken)), formatBytes(Int(readBandwidth)), limitTokensPerSecond,
                computeSecondsPerToken * 1e3, readBandwidth > 0 ? bytesPerToken / readBandwidth * 1e3 : 0, ratioToLimit)
     }

@@ -36,6 +36,10 @@ struct Generate: ParsableCommand {
     @Option(help: ArgumentHelp("With --budget: write a Chrome trace (compute, read and memory events) here.",
                                valueName: "file"))
     var trace: String?
+    @Option(name: .customLong("kv-dir"), help: ArgumentHelp(
+        "With --budget: folder for the KV-cache layers that do not fit (default: the temporary folder).",
+        valueName: "folder"))
+    var kvDir: String?
 
     func validate() throws {
         guard (prompt == nil) != (promptTokens == nil) else {
@@ -76,7 +80,8 @@ struct Generate: ParsableCommand {
             }
             let capacity = min(ids.count + maxTokens, min(source.config.contextLength, gguf.config.contextLength))
             let (m, s) = try makeStreamingModel(weights: gguf, budget: budget, threads: threads ?? defaultThreads(),
-                                                promptTokens: ids.count, contextCapacity: capacity, trace: recorder)
+                                                promptTokens: ids.count, contextCapacity: capacity,
+                                                kvFolder: kvDir ?? NSTemporaryDirectory(), trace: recorder)
             llama = m
             streamer = s
         } else {

@@ -35,9 +35,9 @@ final class WeightStreamingTests: XCTestCase {
         return out
     }
 
-    func streamed(_ w: GGUFWeights, budget: Int) throws -> (LlamaModel, WeightStreamer) {
+    func streamed(_ w: GGUFWeights, budget: Int, context: Int? = nil) throws -> (LlamaModel, WeightStreamer) {
         try makeStreamingModel(weights: w, budget: budget, threads: 2, promptTokens: prompt.count,
-                               contextCapacity: prompt.count + decodeSteps)
+                               contextCapacity: context ?? prompt.count + decodeSteps)
     }
 
     func minimumBudget(_ w: GGUFWeights) throws -> Int {
@@ -132,6 +132,28 @@ final class WeightStreamingTests: XCTestCase {
                 XCTAssertEqual(m.byteCount, (try w.tensor(m.name).bytes.count) * m.rows / (try w.tensor(m.name).shape[0]))
             }
             XCTAssertTrue(s.runs.allSatisfy { $0.fileOffset % 4096 == 0 && $0.length % 4096 == 0 })
+        }
+    }
+
+    func testKVCacheOnDiskIsBitIdenticalAndGoesThroughTheDisk() throws {
+        let w = try weights()
+        let reference = try run(LlamaModel(source: w, threads: 2))
+        // A 2048-position context: 94 MiB of KV cache, far more than the budget.
+        for budget in [12_000_000, 30_000_000] {
+            let (m, s) = try streamed(w, budget: budget, context: 2048)
+            XCTAssertGreaterThan(s.plan.kvDiskLayers.count, 15, "budget \(budget)")
+            XCTAssertTrue(s.plan.kvDiskLayers.contains(29))
+            let got = try run(m)
+            s.stop()
+            for (i, (a, b)) in zip(got, reference).enumerated() {
+                XCTAssertTrue(a == b, "budget \(budget), KV on disk: logits of step \(i) differ")
+            }
+            let kv = try XCTUnwrap(s.kvStore)
+            // Every disk layer wrote the prompt and each step, and read its prefix back each step.
+            let layers = s.plan.kvDiskLayers.count
+            XCTAssertGreaterThanOrEqual(kv.bytesWritten, layers * 2 * (decodeSteps + 1) * 4096)
+            XCTAssertGreaterThanOrEqual(kv.bytesRead, layers * 2 * decodeSteps * prompt.count * w.config.kvDim * 4)
+            XCTAssertLessThanOrEqual(s.peakComputeBytes, budget)
         }
     }
 }
