@@ -29,6 +29,7 @@ public final class KVCache {
     let k: [UnsafeMutablePointer<Float>]
     let v: [UnsafeMutablePointer<Float>]
     private let memory: ComputeMemory?
+    private var name = "kv"
     /// Layers whose keys and values live in `store`, staged through shared buffers.
     public let diskLayers: Set<Int>
     let store: KVLayerStore?
@@ -42,10 +43,12 @@ public final class KVCache {
 
     /// A cache whose layers are allocated from `memory` (counted against its budget),
     /// except `diskLayers`, which live in `store` and share one staging pair.
+    /// `name` prefixes the buffer names, so several caches can share one memory.
     public init(config: LlamaConfig, capacity: Int, memory: ComputeMemory,
-                diskLayers: Set<Int> = [], store: KVLayerStore? = nil) throws {
+                diskLayers: Set<Int> = [], store: KVLayerStore? = nil, name: String = "kv") throws {
         precondition(diskLayers.isEmpty || store != nil, "disk layers need a store")
         layers = config.layers; self.capacity = capacity; kvDim = config.kvDim; self.memory = memory
+        self.name = name
         self.diskLayers = diskLayers; self.store = store
         let bytes = capacity * config.kvDim * 4
         var k: [UnsafeMutablePointer<Float>] = [], v: [UnsafeMutablePointer<Float>] = []
@@ -54,29 +57,29 @@ public final class KVCache {
             if let store, !diskLayers.isEmpty {
                 let page = store.pagePositions
                 let sb = (capacity + page - 1) / page * page * config.kvDim * 4
-                staging = (try memory.allocate("kv.k.staging", bytes: sb).assumingMemoryBound(to: Float.self),
-                           try memory.allocate("kv.v.staging", bytes: sb).assumingMemoryBound(to: Float.self))
+                staging = (try memory.allocate(name + ".k.staging", bytes: sb).assumingMemoryBound(to: Float.self),
+                           try memory.allocate(name + ".v.staging", bytes: sb).assumingMemoryBound(to: Float.self))
             }
             for l in 0..<config.layers {
                 if diskLayers.contains(l), let (sk, sv) = staging { k.append(sk); v.append(sv); continue }
-                k.append(try memory.allocate("kv.k.\(l)", bytes: bytes).assumingMemoryBound(to: Float.self))
-                v.append(try memory.allocate("kv.v.\(l)", bytes: bytes).assumingMemoryBound(to: Float.self))
+                k.append(try memory.allocate("\(name).k.\(l)", bytes: bytes).assumingMemoryBound(to: Float.self))
+                v.append(try memory.allocate("\(name).v.\(l)", bytes: bytes).assumingMemoryBound(to: Float.self))
             }
         } catch {
-            KVCache.free(memory, layers: config.layers)
+            KVCache.free(memory, layers: config.layers, name: name)
             throw error
         }
         self.k = k; self.v = v
     }
 
-    private static func free(_ memory: ComputeMemory, layers: Int) {
-        for l in 0..<layers { memory.free("kv.k.\(l)"); memory.free("kv.v.\(l)") }
-        memory.free("kv.k.staging"); memory.free("kv.v.staging")
+    private static func free(_ memory: ComputeMemory, layers: Int, name: String) {
+        for l in 0..<layers { memory.free("\(name).k.\(l)"); memory.free("\(name).v.\(l)") }
+        memory.free(name + ".k.staging"); memory.free(name + ".v.staging")
     }
 
     deinit {
         if let memory {
-            KVCache.free(memory, layers: layers)
+            KVCache.free(memory, layers: layers, name: name)
         } else {
             (k + v).forEach { $0.deallocate() }
         }
@@ -264,10 +267,11 @@ public final class LlamaModel {
     }
 
     /// A cache from `memory` when the model has one (counted against its budget), else as `makeCache`.
-    public func newCache(capacity: Int? = nil) throws -> KVCache {
+    public func newCache(capacity: Int? = nil, name: String = "kv") throws -> KVCache {
         let n = min(capacity ?? maxPositions, maxPositions)
         if let memory {
-            return try KVCache(config: config, capacity: n, memory: memory, diskLayers: kvDiskLayers, store: kvStore)
+            return try KVCache(config: config, capacity: n, memory: memory, diskLayers: kvDiskLayers, store: kvStore,
+                               name: name)
         }
         return KVCache(config: config, capacity: n)
     }
@@ -372,6 +376,77 @@ public final class LlamaModel {
         swigluForward(g, g, u, count: n * c.ffnDim)
         Matmul.linear(pool, x: g, n: n, [(b.down, tmp)], scratch: wscratch)
         for i in 0..<n * dim { x[i] += tmp[i] }
+    }
+
+    /// Streaming, the block schedule: one forward over several sequences in which
+    /// each stage, once loaded, serves every sequence before the next is loaded.
+    /// Each sequence runs exactly as `forward` runs it alone (same kernels, same
+    /// rows), so its logits are bit-identical; only the weight reads are shared.
+    /// All sequences must be decode steps (one token) or all longer.
+    public func forwardBlock(_ seqs: [(tokens: [Int], cache: KVCache)]) throws -> [[Float]] {
+        guard let supplier else { throw OffloadError("[model] the block schedule needs weight streaming") }
+        guard let first = seqs.first else { return [] }
+        let decode = first.tokens.count == 1
+        guard seqs.allSatisfy({ ($0.tokens.count == 1) == decode && !$0.tokens.isEmpty }) else {
+            throw OffloadError("[model] a block mixes decode steps and prompts; run them as separate blocks")
+        }
+        let c = config, dim = c.dim
+        for (tokens, cache) in seqs {
+            guard cache.length + tokens.count <= cache.capacity else {
+                throw OffloadError("[model] context full: \(cache.length + tokens.count) tokens exceed the cache of \(cache.capacity)")
+            }
+            guard cache.diskLayers.isEmpty else { throw OffloadError("[model] the block schedule keeps KV caches in memory") }
+            for t in tokens where t < 0 || t >= c.vocabSize {
+                throw OffloadError("[model] token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
+            }
+        }
+        // Shared scratch sized for the largest sequence; each sequence keeps its own hidden state.
+        var sizes: [String: Int] = [:]
+        for (tokens, cache) in seqs {
+            for (k, v) in LlamaModel.scratchFloats(config: c, rows: tokens.count, start: cache.length) {
+                sizes[k] = max(sizes[k] ?? 0, v)
+            }
+        }
+        let xn = try work.get("xn", sizes["xn"]!)
+        let q = try work.get("q", sizes["q"]!), att = try work.get("att", sizes["att"]!)
+        let g = try work.get("g", sizes["g"]!), u = try work.get("u", sizes["u"]!)
+        let tmp = try work.get("tmp", sizes["tmp"]!)
+        let scores = try work.get("scores", sizes["scores"]!)
+        let wscratch = try work.get("w", sizes["w"]!)
+        let xs = try seqs.indices.map { try work.get("x.\($0)", seqs[$0].tokens.count * dim) }
+        let heads = try seqs.indices.map { try work.get("xhead.\($0)", dim) }
+        let starts = seqs.map { $0.cache.length }
+        let positions = seqs.map { s in (0..<s.tokens.count).map { Int32(s.cache.length + $0) } }
+        try supplier.beginForward(rows: decode ? 1 : 2)
+        for (i, s) in seqs.enumerated() {
+            for (j, t) in s.tokens.enumerated() { try supplier.embeddingRow(token: t, into: xs[i] + j * dim) }
+        }
+        for (l, b) in blocks.enumerated() {
+            let m = try supplier.block(l)
+            for (i, s) in seqs.enumerated() {
+                blockForward(l, b.attnNorm, b.ffnNorm, m, x: xs[i], n: s.tokens.count, start: starts[i], cache: s.cache,
+                             positions: positions[i], xn: xn, q: q, att: att, g: g, u: u, tmp: tmp, scores: scores,
+                             wscratch: wscratch)
+            }
+            supplier.release(stage: l)
+        }
+        for (i, s) in seqs.enumerated() {
+            s.cache.length = starts[i] + s.tokens.count
+            let last = xs[i] + (s.tokens.count - 1) * dim
+            outputNorm.withUnsafeBufferPointer { rmsnormForward(heads[i], last, $0.baseAddress!, rows: 1, dim: dim, eps: c.rmsEps) }
+        }
+        var logits = [[Float]](repeating: [Float](repeating: 0, count: c.vocabSize), count: seqs.count)
+        for h in 0..<supplier.headChunkCount {
+            let (firstRow, m) = try supplier.headChunk(h)
+            for i in seqs.indices {
+                logits[i].withUnsafeMutableBufferPointer { lb in
+                    Matmul.linear(pool, x: heads[i], n: 1, [(m, lb.baseAddress! + firstRow)], scratch: wscratch)
+                }
+            }
+            supplier.release(stage: c.layers + h)
+        }
+        supplier.endForward()
+        return logits
     }
 
     /// The forward with weights from `supplier`: the same kernels in the same

@@ -175,33 +175,36 @@ public struct StreamingPlan: Sendable {
 
     /// - Parameters:
     ///   - scratch: the model's scratch floats by buffer name for the prompt and for decode at full context.
+    ///   - sequences: sequences run together (the block schedule): each has its own KV cache
+    ///     (kept in memory) and `perSequenceScratch` bytes of hidden state.
     public init(budget: Int, stages: [WeightStage], config c: LlamaConfig, contextCapacity: Int,
-                scratch: [[String: Int]], maxSlots: Int = 3) throws {
+                scratch: [[String: Int]], sequences: Int = 1, perSequenceScratch: Int = 0, maxSlots: Int = 3) throws {
         self.budget = budget; self.stages = stages
         let layerKV = 2 * accountedBytes(contextCapacity * c.kvDim * 4)
         let page = DiskKVStore.pagePositions(kvDim: c.kvDim)
         let kvStaging = 2 * accountedBytes((contextCapacity + page - 1) / page * page * c.kvDim * 4)
         var most: [String: Int] = [:]
         for s in scratch { for (k, v) in s { most[k] = max(most[k] ?? 0, v) } }
-        scratchBytes = most.values.reduce(0) { $0 + accountedBytes(max($1, 1) * 4) }
+        scratchBytes = most.values.reduce(0) { $0 + accountedBytes(max($1, 1) * 4) } + sequences * perSequenceScratch
         slotBytes = stages.map(\.bufferBytes).max() ?? 0
         let splitStaging = accountedBytes(stages.filter(\.splitsForDecode).flatMap(\.matrices).map(\.byteCount).max() ?? 0)
         let headRow = stages.last?.matrices.first.map { $0.byteCount / $0.rows } ?? 0
         let embeddingStaging = accountedBytes(alignUp(headRow) + 2 * AlignedBuffer.alignment)
         func staging(_ readers: Int) -> Int { readers * splitStaging + embeddingStaging }
-        // The least that runs: one stage buffer, activations, and the KV cache of one layer staged from disk.
+        // The least that runs: one stage buffer, activations, and the KV cache of one layer staged from disk
+        // (a block of several sequences keeps every cache in memory).
         let bare = scratchBytes + staging(1) + slotBytes
-        minimumBudget = bare + min(kvStaging, c.layers * layerKV)
+        minimumBudget = bare + (sequences > 1 ? sequences * c.layers * layerKV : min(kvStaging, c.layers * layerKV))
         guard budget >= minimumBudget else {
             throw OffloadError("[stream] budget \(formatBytes(budget)) (\(budget) bytes) is below the minimum "
                 + "\(formatBytes(minimumBudget)) (\(minimumBudget) bytes) for this prompt and context: one stage buffer "
-                + "\(formatBytes(slotBytes)) + KV cache staging of one layer \(formatBytes(min(kvStaging, c.layers * layerKV))) "
+                + "\(formatBytes(slotBytes)) + KV cache \(sequences > 1 ? "of \(sequences) sequences \(formatBytes(minimumBudget - bare))" : "staging of one layer \(formatBytes(minimumBudget - bare))") "
                 + "+ activations \(formatBytes(scratchBytes)) + read staging \(formatBytes(staging(1)))")
         }
         // KV cache in memory for as many layers as fit (all, when they do); the rest on disk.
-        if budget >= bare + c.layers * layerKV {
+        if budget >= bare + sequences * c.layers * layerKV {
             kvDiskLayers = []
-            kvCacheBytes = c.layers * layerKV
+            kvCacheBytes = sequences * c.layers * layerKV
         } else {
             let inMemory = max(0, min(c.layers - 1, (budget - bare - kvStaging) / max(layerKV, 1)))
             kvDiskLayers = Set(inMemory..<c.layers)

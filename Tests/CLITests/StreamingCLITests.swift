@@ -58,3 +58,30 @@ final class StreamingCLITests: XCTestCase {
         XCTAssertTrue(r.stdout.isEmpty, r.stdout)
     }
 }
+
+final class StreamingPromptsCLITests: XCTestCase {
+    func testPromptsFileGivesJSONLinesInInputOrderSameWithAndWithoutBudget() throws {
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("p.txt")
+        try "The tide came in and\n{\"prompt\": \"Once upon a time\"}\n\nHi\nWhat is the capital of France?\n"
+            .write(to: file, atomically: true, encoding: .utf8)
+        let args = ["generate", "--model", CLI.smolLM2, "--prompts", file.path, "--temperature", "0",
+                    "--max-tokens", "8", "--ignore-eos", "--threads", "2"]
+        let plain = try CLI.run(args)
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        let blocked = try CLI.run(args + ["--budget", "12MB", "--json"])
+        XCTAssertEqual(blocked.status, 0, blocked.stderr)
+        XCTAssertEqual(blocked.stdout, plain.stdout)
+        let lines = plain.stdout.split(separator: "\n").map {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        XCTAssertEqual(lines.count, 4)
+        XCTAssertEqual(lines.map { $0?["index"] as? Int }, [0, 1, 2, 3])
+        XCTAssertEqual(lines.map { ($0?["tokens"] as? [Int])?.count }, [8, 8, 8, 8])
+        let summary = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(blocked.stderr.utf8)) as? [String: Any])
+        XCTAssertEqual(summary["block_size"] as? Int, 4)
+        let s = try XCTUnwrap(summary["streaming"] as? [String: Any])
+        XCTAssertLessThanOrEqual(s["peak_compute_bytes"] as? Int ?? .max, 12_000_000)
+    }
+}
