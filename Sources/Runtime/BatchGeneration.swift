@@ -37,10 +37,12 @@ public struct BatchResult: Sendable {
 
 /// The block size the cost model picks: exhaustive over B = 1...prompts, the
 /// plan for B sequences (resident stages shrink as caches grow) costed as
-/// max(B × compute per token, streamed bytes ÷ bandwidth) per decode step, ÷ B.
+/// ceil(prompts ÷ B) blocks × max(B × compute per token, streamed bytes ÷ bandwidth)
+/// per decode step (a short last block costs a whole step's reads).
 public struct BlockSchedule: Sendable {
     public var blockSize: Int
     public var plan: StreamingPlan
+    /// Decode seconds per token (over all prompts) the cost model predicts for `blockSize`.
     public var predictedSecondsPerToken: Double
 
     public init(weights: GGUFWeights, budget: Int, prompts: [[Int]], maxTokens: Int, blockSize forced: Int? = nil,
@@ -62,8 +64,9 @@ public struct BlockSchedule: Sendable {
                 let plan = try StreamingPlan(budget: budget, stages: stages, config: c, contextCapacity: capacity,
                                              scratch: scratch, sequences: b, perSequenceScratch: perSeq)
                 let bytes = Double(plan.streamed.map { stages[$0].bufferBytes }.reduce(0, +))
-                let cost = max(Double(b) * compute, bytes / readBandwidth) / Double(b)
-                if best == nil || cost < best!.2 - 1e-12 { best = (b, plan, cost) }
+                let blocks = Double((prompts.count + b - 1) / b)
+                let cost = blocks * max(Double(b) * compute, bytes / readBandwidth) / Double(prompts.count)
+                if best == nil || cost <= best!.2 * (1 + 1e-9) { best = (b, plan, cost) }   // ties: the larger block
             } catch {
                 if firstError == nil { firstError = error }
             }
