@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Inference beyond memory (issue 6), side by side in one run, alternated per round:
-#   single prompt  offload without a budget (resident), offload --budget SMALL (every stage
-#                  streamed with O_DIRECT), llama.cpp's mmap path with the model's pages
-#                  evicted from the page cache before each run (llama-bench --no-warmup);
+#   single prompt  offload without a budget (resident), offload --budget SMALL (two stream
+#                  buffers, nearly every stage streamed with O_DIRECT), llama.cpp's mmap path
+#                  with the model's pages evicted from the page cache before each run
+#                  (llama-bench --no-warmup);
 #   many prompts   offload --prompts under one budget: the cost model's block size vs
 #                  --block-size 1 (one sequence at a time), same budget.
 # Prints decode tok/s, the physical limit max(compute, bytes / measured direct-read bandwidth)
@@ -18,7 +19,7 @@ CACHE="${OFFLOAD_CACHE:-$HOME/.cache/offload}"
 MODEL="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 LLAMA_BENCH="$CACHE/llama.cpp-build/bin/llama-bench"
 OFFLOAD="${OFFLOAD_BIN:-$REPO/.build/release/offload}"
-REPEAT=3 THREADS=2 GEN=64 BUDGET=8MB PROMPTS=64 BATCH_BUDGET=28MB BATCH_GEN=16
+REPEAT=3 THREADS=2 GEN=64 BUDGET=10MB PROMPTS=64 BATCH_BUDGET=28MB BATCH_GEN=16
 
 say() { echo "[bench-streaming] $*" >&2; }
 die() { say "$*"; exit 1; }

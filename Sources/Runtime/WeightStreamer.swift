@@ -41,6 +41,10 @@ private final class StreamItem {
     init(stage: Int, split: Bool) { self.stage = stage; self.split = split }
 }
 
+/// Supplies a model's stages under a `StreamingPlan` and counts its memory.
+///
+/// - Warning: call `stop()` when the model is done: the reader threads hold the
+///   streamer (and so its buffers) until then.
 public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecked Sendable {
     public let plan: StreamingPlan
     public let tier: MemoryTier

@@ -321,7 +321,7 @@ public struct StreamingReport: Sendable {
 }
 
 /// Peak resident set of this process (VmHWM), in bytes; 0 where /proc is not there.
-public func peakResidentBytes() -> Int {
+public func processPeakResidentBytes() -> Int {
     guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
     for line in text.split(separator: "\n") where line.hasPrefix("VmHWM:") {
         let kb = line.split(separator: " ").compactMap { Int($0) }.first ?? 0

@@ -124,7 +124,7 @@ struct Generate: ParsableCommand {
                 "prefill_seconds": result.prefillSeconds, "decode_seconds": result.decodeSeconds,
                 "time_to_first_token_seconds": firstToken ?? 0,
                 "stopped_at_eos": result.stoppedAtEOS, "seed": seed, "threads": llama.pool.threads,
-                "peak_resident_bytes": peakResidentBytes(),
+                "peak_resident_bytes": processPeakResidentBytes(),
             ]
             if let report { out["streaming"] = report.json }
             print(try jsonString(out))
@@ -213,7 +213,7 @@ extension Generate {
             "generated_tokens": result.generatedTokens, "prefill_tokens_per_second": result.prefillTokensPerSecond,
             "decode_tokens_per_second": result.decodeTokensPerSecond, "prefill_seconds": result.prefillSeconds,
             "decode_seconds": result.decodeSeconds, "time_to_first_token_seconds": result.timeToFirstToken,
-            "seed": seed, "threads": nthreads, "peak_resident_bytes": peakResidentBytes(),
+            "seed": seed, "threads": nthreads, "peak_resident_bytes": processPeakResidentBytes(),
         ]
         if let streamer, let schedule {
             let st = streamer.stats
