@@ -28,7 +28,8 @@ let package = Package(
         .target(name: "Formats", dependencies: ["Tensors", "Kernels"], swiftSettings: optimize),
         .target(name: "Models", dependencies: ["Tensors", "Kernels", "Formats"], swiftSettings: optimize),
         .target(name: "Planning", dependencies: ["Tensors", "Models", "Memory"], swiftSettings: optimize),
-        .target(name: "Runtime", dependencies: ["Tensors", "Kernels", "Formats", "Models", "Memory", "Planning"],
+        .target(name: "Runtime", dependencies: ["Tensors", "Kernels", "Formats", "Models", "Memory", "Planning",
+                                                "CSystem", "CKernels"],
                 swiftSettings: optimize),
         .executableTarget(name: "offload", dependencies: [
             "Tensors", "Kernels", "Formats", "Models", "Memory", "Planning", "Runtime",

@@ -2,9 +2,23 @@
 // grouped-query causal attention over a KV cache, SwiGLU MLP, tied or untied
 // head. One call handles any number of new tokens: a prompt (prefill) or one
 // token (decode). Weights are read in their stored type (see Kernels/Matmul).
+// Weights come from the source's memory map, or, when a `BlockWeightSupplier` is
+// given (weight streaming under a budget), from it one stage at a time; scratch
+// and KV cache then come from a `ComputeMemory` so a budget counts them.
 
 import Kernels
 import Tensors
+
+/// Where a KV cache keeps the layers it does not hold in memory (a disk tier).
+/// Layers on disk share one staging pair of `capacity` rows: before a layer runs,
+/// `load` fills positions [0, count) of the staging; after, `save` stores the rows
+/// [start, end) the layer appended.
+public protocol KVLayerStore: AnyObject {
+    /// Positions per page: the staging pair is allocated in whole pages.
+    var pagePositions: Int { get }
+    func load(layer: Int, count: Int, k: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>) throws
+    func save(layer: Int, from start: Int, to end: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>) throws
+}
 
 /// Keys and values of every layer for positions [0, length).
 public final class KVCache {
@@ -14,29 +28,133 @@ public final class KVCache {
     public internal(set) var length = 0
     let k: [UnsafeMutablePointer<Float>]
     let v: [UnsafeMutablePointer<Float>]
+    private let memory: ComputeMemory?
+    private var name = "kv"
+    /// Layers whose keys and values live in `store`, staged through shared buffers.
+    public let diskLayers: Set<Int>
+    let store: KVLayerStore?
 
     public init(config: LlamaConfig, capacity: Int) {
-        layers = config.layers; self.capacity = capacity; kvDim = config.kvDim
+        layers = config.layers; self.capacity = capacity; kvDim = config.kvDim; memory = nil
+        diskLayers = []; store = nil
         k = (0..<layers).map { _ in .allocate(capacity: capacity * config.kvDim) }
         v = (0..<layers).map { _ in .allocate(capacity: capacity * config.kvDim) }
     }
-    deinit { (k + v).forEach { $0.deallocate() } }
+
+    /// A cache whose layers are allocated from `memory` (counted against its budget),
+    /// except `diskLayers`, which live in `store` and share one staging pair.
+    /// `name` prefixes the buffer names, so several caches can share one memory.
+    public init(config: LlamaConfig, capacity: Int, memory: ComputeMemory,
+                diskLayers: Set<Int> = [], store: KVLayerStore? = nil, name: String = "kv") throws {
+        precondition(diskLayers.isEmpty || store != nil, "disk layers need a store")
+        layers = config.layers; self.capacity = capacity; kvDim = config.kvDim; self.memory = memory
+        self.name = name
+        self.diskLayers = diskLayers; self.store = store
+        let bytes = capacity * config.kvDim * 4
+        var k: [UnsafeMutablePointer<Float>] = [], v: [UnsafeMutablePointer<Float>] = []
+        do {
+            var staging: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>)?
+            if let store, !diskLayers.isEmpty {
+                let page = store.pagePositions
+                let sb = (capacity + page - 1) / page * page * config.kvDim * 4
+                staging = (try memory.allocate(name + ".k.staging", bytes: sb).assumingMemoryBound(to: Float.self),
+                           try memory.allocate(name + ".v.staging", bytes: sb).assumingMemoryBound(to: Float.self))
+            }
+            for l in 0..<config.layers {
+                if diskLayers.contains(l), let (sk, sv) = staging { k.append(sk); v.append(sv); continue }
+                k.append(try memory.allocate("\(name).k.\(l)", bytes: bytes).assumingMemoryBound(to: Float.self))
+                v.append(try memory.allocate("\(name).v.\(l)", bytes: bytes).assumingMemoryBound(to: Float.self))
+            }
+        } catch {
+            KVCache.free(memory, layers: config.layers, name: name)
+            throw error
+        }
+        self.k = k; self.v = v
+    }
+
+    private static func free(_ memory: ComputeMemory, layers: Int, name: String) {
+        for l in 0..<layers { memory.free("\(name).k.\(l)"); memory.free("\(name).v.\(l)") }
+        memory.free(name + ".k.staging"); memory.free(name + ".v.staging")
+    }
+
+    deinit {
+        if let memory {
+            KVCache.free(memory, layers: layers, name: name)
+        } else {
+            (k + v).forEach { $0.deallocate() }
+        }
+    }
 
     public var bytes: Int { 2 * layers * capacity * kvDim * 4 }
     public func reset() { length = 0 }
 }
 
-/// Scratch buffers for one forward call, grown on demand.
+/// Memory a budget counts: the executor of a plan hands out buffers by name.
+/// A name is allocated at most once until freed.
+public protocol ComputeMemory: AnyObject {
+    func allocate(_ name: String, bytes: Int) throws -> UnsafeMutableRawPointer
+    /// Returns the bytes of `name` (nothing when it is not held).
+    func free(_ name: String)
+}
+
+/// Scratch buffers for one forward call, grown on demand (from `memory` when set).
 final class Workspace {
     private var buffers: [String: (UnsafeMutablePointer<Float>, Int)] = [:]
-    func get(_ name: String, _ count: Int) -> UnsafeMutablePointer<Float> {
+    var memory: ComputeMemory?
+    func get(_ name: String, _ count: Int) throws -> UnsafeMutablePointer<Float> {
         if let (p, n) = buffers[name], n >= count { return p }
+        if let memory {
+            if buffers[name] != nil { memory.free("scratch." + name) }
+            buffers[name] = nil
+            let p = try memory.allocate("scratch." + name, bytes: max(count, 1) * 4).assumingMemoryBound(to: Float.self)
+            buffers[name] = (p, count)
+            return p
+        }
         buffers[name]?.0.deallocate()
         let p = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
         buffers[name] = (p, count)
         return p
     }
-    deinit { buffers.values.forEach { $0.0.deallocate() } }
+    deinit {
+        if let memory { buffers.keys.forEach { memory.free("scratch." + $0) } } else {
+            buffers.values.forEach { $0.0.deallocate() }
+        }
+    }
+}
+
+/// The seven matrices of one block, in the layout a forward call reads: with one
+/// token row, Q4_1 matrices carry their split copy (`WeightMatrix.split`).
+public struct BlockMatrices {
+    public var q, k, v, o, gate, up, down: WeightMatrix
+    public init(q: WeightMatrix, k: WeightMatrix, v: WeightMatrix, o: WeightMatrix,
+                gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
+        self.q = q; self.k = k; self.v = v; self.o = o; self.gate = gate; self.up = up; self.down = down
+    }
+    /// GGUF names of the matrices, in the order of `all`.
+    public static let names = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+    public init(_ m: [WeightMatrix]) {
+        precondition(m.count == 7)
+        self.init(q: m[0], k: m[1], v: m[2], o: m[3], gate: m[4], up: m[5], down: m[6])
+    }
+}
+
+/// Where a model whose weights are not all in memory gets its stages (a weight
+/// streaming executor). Stages are numbered: blocks 0..<layers, then the head's
+/// chunks of vocabulary rows. Every forward call makes, in this order:
+/// `beginForward`, `embeddingRow` per token, `block`/`release` per layer,
+/// `headChunk`/`release` per chunk (only the last token's logits), `endForward`.
+public protocol BlockWeightSupplier: AnyObject {
+    /// `rows` token rows are about to run (1: decode, which reads split Q4_1 copies).
+    func beginForward(rows: Int) throws
+    /// Token `token`'s embedding as fp32, the way the resident path converts it.
+    func embeddingRow(token: Int, into dst: UnsafeMutablePointer<Float>) throws
+    /// Block `layer`'s matrices, valid until `release(stage: layer)`.
+    func block(_ layer: Int) throws -> BlockMatrices
+    var headChunkCount: Int { get }
+    /// Head chunk `i`: its first vocabulary row and its rows; valid until `release(stage: layers + i)`.
+    func headChunk(_ i: Int) throws -> (firstRow: Int, matrix: WeightMatrix)
+    func release(stage: Int)
+    func endForward()
 }
 
 public final class LlamaModel {
@@ -56,8 +174,43 @@ public final class LlamaModel {
     let head: WeightMatrix
     let outputNorm: [Float]
     let work = Workspace()
+    /// Streaming: the matrices come from here (the `blocks` entries then only hold norms).
+    public let supplier: BlockWeightSupplier?
+    /// Streaming: where the KV cache and scratch live.
+    public let memory: ComputeMemory?
+
+    /// A model whose matrices come from `supplier`, one stage at a time, with
+    /// cache and scratch from `memory`. Only the norms are read from `source` here.
+    public init(source: WeightSource, threads: Int, maxPositions: Int? = nil,
+                supplier: BlockWeightSupplier, memory: ComputeMemory) throws {
+        let c = source.config
+        config = c
+        self.source = source
+        self.supplier = supplier
+        self.memory = memory
+        work.memory = memory
+        pool = ComputePool(threads: threads)
+        halfSplitRope = source.ropeStyle == .halfSplit
+        rope = RopeTable(headDim: c.headDim, maxPositions: min(maxPositions ?? c.contextLength, c.contextLength),
+                         theta: c.ropeTheta)
+        func vector(_ name: String) throws -> [Float] {
+            let t = try source.tensor(name)
+            return Dequantize.toF32(t.dtype, t.bytes, count: t.elements)
+        }
+        // A placeholder the forward never reads: the supplier's matrices replace it.
+        let none = WeightMatrix(data: UnsafeRawPointer(bitPattern: 64)!, dtype: .f32, rows: 0, cols: 0)
+        blocks = try (0..<c.layers).map { i in
+            Block(attnNorm: try vector("blk.\(i).attn_norm.weight"), ffnNorm: try vector("blk.\(i).ffn_norm.weight"),
+                  q: none, k: none, v: none, o: none, gate: none, up: none, down: none)
+        }
+        embedding = none
+        head = none
+        outputNorm = try vector("output_norm.weight")
+    }
 
     public init(source: WeightSource, threads: Int, maxPositions: Int? = nil) throws {
+        supplier = nil
+        memory = nil
         let c = source.config
         config = c
         self.source = source
@@ -113,6 +266,35 @@ public final class LlamaModel {
         KVCache(config: config, capacity: min(capacity ?? maxPositions, maxPositions))
     }
 
+    /// A cache from `memory` when the model has one (counted against its budget), else as `makeCache`.
+    public func newCache(capacity: Int? = nil, name: String = "kv") throws -> KVCache {
+        let n = min(capacity ?? maxPositions, maxPositions)
+        if let memory {
+            return try KVCache(config: config, capacity: n, memory: memory, diskLayers: kvDiskLayers, store: kvStore,
+                               name: name)
+        }
+        return KVCache(config: config, capacity: n)
+    }
+
+    /// Streaming: layers whose KV cache `newCache` puts in `kvStore` (the plan decides).
+    public var kvDiskLayers: Set<Int> = []
+    public var kvStore: KVLayerStore?
+
+    /// Scratch floats a forward call of `rows` token rows after `start` cached
+    /// positions asks for, by buffer name (the streaming planner budgets these).
+    public static func scratchFloats(config c: LlamaConfig, rows n: Int, start: Int,
+                                     allLogits: Bool = false) -> [String: Int] {
+        let dim = c.dim
+        let maxWeightElements = max(c.qDim * c.dim, c.ffnDim * c.dim, c.kvDim * c.dim)
+        var s = ["x": n * dim, "xn": n * dim, "q": n * c.qDim, "att": n * c.qDim, "g": n * c.ffnDim,
+                 "u": n * c.ffnDim, "tmp": n * dim,
+                 // Few rows: the direct kernel keeps every head's scores; more: one head at a time (Kernels/Attention).
+                 "scores": n < 4 ? n * max(c.heads, 1) * (start + n) : n * (start + n),
+                 "w": n > Matmul.directRowLimit ? maxWeightElements : 0]
+        if allLogits && n > Matmul.directRowLimit { s["head"] = 4096 * dim }
+        return s
+    }
+
     /// Runs `tokens` at positions [cache.length, cache.length + count), appends
     /// their keys and values to the cache, and returns logits: (count, vocab)
     /// when `allLogits`, else (vocab) for the last token.
@@ -125,35 +307,25 @@ public final class LlamaModel {
         for t in tokens where t < 0 || t >= c.vocabSize {
             throw OffloadError("[model] token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
         }
+        if let supplier { return try streamedForward(tokens, cache: cache, allLogits: allLogits, supplier: supplier) }
+        guard cache.diskLayers.isEmpty else { throw OffloadError("[model] a cache with layers on disk needs weight streaming") }
         let dim = c.dim
-        let x = work.get("x", n * dim), xn = work.get("xn", n * dim)
-        let q = work.get("q", n * c.qDim), att = work.get("att", n * c.qDim)
-        let g = work.get("g", n * c.ffnDim), u = work.get("u", n * c.ffnDim)
-        let tmp = work.get("tmp", n * dim)
-        let scores = work.get("scores", n * max(c.heads, 1) * (start + n))
-        let wscratch = work.get("w", n > Matmul.directRowLimit ? maxWeightElements : 0)
+        let sizes = LlamaModel.scratchFloats(config: c, rows: n, start: start)
+        let x = try work.get("x", sizes["x"]!), xn = try work.get("xn", sizes["xn"]!)
+        let q = try work.get("q", sizes["q"]!), att = try work.get("att", sizes["att"]!)
+        let g = try work.get("g", sizes["g"]!), u = try work.get("u", sizes["u"]!)
+        let tmp = try work.get("tmp", sizes["tmp"]!)
+        let scores = try work.get("scores", sizes["scores"]!)
+        let wscratch = try work.get("w", sizes["w"]!)
         let positions = (0..<n).map { Int32(start + $0) }
 
         for (i, t) in tokens.enumerated() {
             Dequantize.toF32(embedding.dtype, embedding.data + t * embedding.rowBytes, x + i * dim, count: dim)
         }
-        let shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
         for (l, b) in blocks.enumerated() {
-            let kc = cache.k[l] + start * c.kvDim, vc = cache.v[l] + start * c.kvDim
-            b.attnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
-            Matmul.linear(pool, x: xn, n: n, [(b.q, q), (b.k, kc), (b.v, vc)], scratch: wscratch)
-            positions.withUnsafeBufferPointer { pos in
-                ropeForward(q, positions: pos.baseAddress!, rows: n, heads: c.heads, table: rope, halfSplit: halfSplitRope)
-                ropeForward(kc, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: rope, halfSplit: halfSplitRope)
-            }
-            attentionForward(pool, att, q, cache.k[l], cache.v[l], scores: scores, rows: n, start: start, shape: shape)
-            Matmul.linear(pool, x: att, n: n, [(b.o, tmp)], scratch: wscratch)
-            for i in 0..<n * dim { x[i] += tmp[i] }
-            b.ffnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
-            Matmul.linear(pool, x: xn, n: n, [(b.gate, g), (b.up, u)], scratch: wscratch)
-            swigluForward(g, g, u, count: n * c.ffnDim)
-            Matmul.linear(pool, x: g, n: n, [(b.down, tmp)], scratch: wscratch)
-            for i in 0..<n * dim { x[i] += tmp[i] }
+            blockForward(l, b.attnNorm, b.ffnNorm, BlockMatrices(q: b.q, k: b.k, v: b.v, o: b.o, gate: b.gate, up: b.up, down: b.down),
+                         x: x, n: n, start: start, cache: cache, positions: positions, xn: xn, q: q, att: att,
+                         g: g, u: u, tmp: tmp, scores: scores, wscratch: wscratch)
         }
         cache.length = start + n
 
@@ -161,6 +333,7 @@ public final class LlamaModel {
         let last = x + (n - rows) * dim
         outputNorm.withUnsafeBufferPointer { rmsnormForward(xn, last, $0.baseAddress!, rows: rows, dim: dim, eps: c.rmsEps) }
         var logits = [Float](repeating: 0, count: rows * c.vocabSize)
+        let hs = try work.get("head", rows <= Matmul.directRowLimit ? 0 : 4096 * dim)
         logits.withUnsafeMutableBufferPointer { lb in
             if rows <= Matmul.directRowLimit {
                 Matmul.linear(pool, x: xn, n: rows, [(head, lb.baseAddress!)], scratch: wscratch)
@@ -168,7 +341,6 @@ public final class LlamaModel {
             }
             // Many rows: the head in chunks of vocabulary rows, so its fp32 copy stays small.
             let chunk = 4096
-            let hs = work.get("head", chunk * dim)
             for r0 in stride(from: 0, to: c.vocabSize, by: chunk) {
                 let m = min(chunk, c.vocabSize - r0)
                 Matmul.dequantize(pool, head.rows(r0, m), into: hs)
@@ -179,8 +351,146 @@ public final class LlamaModel {
         return logits
     }
 
-    private var maxWeightElements: Int {
-        let c = config
-        return max(c.qDim * c.dim, c.ffnDim * c.dim, c.kvDim * c.dim)
+    /// One block on `n` rows of `x` (in place), appending keys and values at `start`.
+    @inline(__always)
+    private func blockForward(_ l: Int, _ attnNorm: [Float], _ ffnNorm: [Float], _ b: BlockMatrices,
+                              x: UnsafeMutablePointer<Float>, n: Int, start: Int, cache: KVCache, positions: [Int32],
+                              xn: UnsafeMutablePointer<Float>, q: UnsafeMutablePointer<Float>,
+                              att: UnsafeMutablePointer<Float>, g: UnsafeMutablePointer<Float>,
+                              u: UnsafeMutablePointer<Float>, tmp: UnsafeMutablePointer<Float>,
+                              scores: UnsafeMutablePointer<Float>, wscratch: UnsafeMutablePointer<Float>) {
+        let c = config, dim = c.dim
+        let shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
+        let kc = cache.k[l] + start * c.kvDim, vc = cache.v[l] + start * c.kvDim
+        attnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
+        Matmul.linear(pool, x: xn, n: n, [(b.q, q), (b.k, kc), (b.v, vc)], scratch: wscratch)
+        positions.withUnsafeBufferPointer { pos in
+            ropeForward(q, positions: pos.baseAddress!, rows: n, heads: c.heads, table: rope, halfSplit: halfSplitRope)
+            ropeForward(kc, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: rope, halfSplit: halfSplitRope)
+        }
+        attentionForward(pool, att, q, cache.k[l], cache.v[l], scores: scores, rows: n, start: start, shape: shape)
+        Matmul.linear(pool, x: att, n: n, [(b.o, tmp)], scratch: wscratch)
+        for i in 0..<n * dim { x[i] += tmp[i] }
+        ffnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
+        Matmul.linear(pool, x: xn, n: n, [(b.gate, g), (b.up, u)], scratch: wscratch)
+        swigluForward(g, g, u, count: n * c.ffnDim)
+        Matmul.linear(pool, x: g, n: n, [(b.down, tmp)], scratch: wscratch)
+        for i in 0..<n * dim { x[i] += tmp[i] }
     }
+
+    /// Streaming, the block schedule: one forward over several sequences in which
+    /// each stage, once loaded, serves every sequence before the next is loaded.
+    /// Each sequence runs exactly as `forward` runs it alone (same kernels, same
+    /// rows), so its logits are bit-identical; only the weight reads are shared.
+    /// All sequences must be decode steps (one token) or all longer.
+    public func forwardBlock(_ seqs: [(tokens: [Int], cache: KVCache)]) throws -> [[Float]] {
+        guard let supplier else { throw OffloadError("[model] the block schedule needs weight streaming") }
+        guard let first = seqs.first else { return [] }
+        let decode = first.tokens.count == 1
+        guard seqs.allSatisfy({ ($0.tokens.count == 1) == decode && !$0.tokens.isEmpty }) else {
+            throw OffloadError("[model] a block mixes decode steps and prompts; run them as separate blocks")
+        }
+        let c = config, dim = c.dim
+        for (tokens, cache) in seqs {
+            guard cache.length + tokens.count <= cache.capacity else {
+                throw OffloadError("[model] context full: \(cache.length + tokens.count) tokens exceed the cache of \(cache.capacity)")
+            }
+            guard cache.diskLayers.isEmpty else { throw OffloadError("[model] the block schedule keeps KV caches in memory") }
+            for t in tokens where t < 0 || t >= c.vocabSize {
+                throw OffloadError("[model] token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
+            }
+        }
+        // Shared scratch sized for the largest sequence; each sequence keeps its own hidden state.
+        var sizes: [String: Int] = [:]
+        for (tokens, cache) in seqs {
+            for (k, v) in LlamaModel.scratchFloats(config: c, rows: tokens.count, start: cache.length) {
+                sizes[k] = max(sizes[k] ?? 0, v)
+            }
+        }
+        let xn = try work.get("xn", sizes["xn"]!)
+        let q = try work.get("q", sizes["q"]!), att = try work.get("att", sizes["att"]!)
+        let g = try work.get("g", sizes["g"]!), u = try work.get("u", sizes["u"]!)
+        let tmp = try work.get("tmp", sizes["tmp"]!)
+        let scores = try work.get("scores", sizes["scores"]!)
+        let wscratch = try work.get("w", sizes["w"]!)
+        let xs = try seqs.indices.map { try work.get("x.\($0)", seqs[$0].tokens.count * dim) }
+        let heads = try seqs.indices.map { try work.get("xhead.\($0)", dim) }
+        let starts = seqs.map { $0.cache.length }
+        let positions = seqs.map { s in (0..<s.tokens.count).map { Int32(s.cache.length + $0) } }
+        try supplier.beginForward(rows: decode ? 1 : 2)
+        for (i, s) in seqs.enumerated() {
+            for (j, t) in s.tokens.enumerated() { try supplier.embeddingRow(token: t, into: xs[i] + j * dim) }
+        }
+        for (l, b) in blocks.enumerated() {
+            let m = try supplier.block(l)
+            for (i, s) in seqs.enumerated() {
+                blockForward(l, b.attnNorm, b.ffnNorm, m, x: xs[i], n: s.tokens.count, start: starts[i], cache: s.cache,
+                             positions: positions[i], xn: xn, q: q, att: att, g: g, u: u, tmp: tmp, scores: scores,
+                             wscratch: wscratch)
+            }
+            supplier.release(stage: l)
+        }
+        for (i, s) in seqs.enumerated() {
+            s.cache.length = starts[i] + s.tokens.count
+            let last = xs[i] + (s.tokens.count - 1) * dim
+            outputNorm.withUnsafeBufferPointer { rmsnormForward(heads[i], last, $0.baseAddress!, rows: 1, dim: dim, eps: c.rmsEps) }
+        }
+        var logits = [[Float]](repeating: [Float](repeating: 0, count: c.vocabSize), count: seqs.count)
+        for h in 0..<supplier.headChunkCount {
+            let (firstRow, m) = try supplier.headChunk(h)
+            for i in seqs.indices {
+                logits[i].withUnsafeMutableBufferPointer { lb in
+                    Matmul.linear(pool, x: heads[i], n: 1, [(m, lb.baseAddress! + firstRow)], scratch: wscratch)
+                }
+            }
+            supplier.release(stage: c.layers + h)
+        }
+        supplier.endForward()
+        return logits
+    }
+
+    /// The forward with weights from `supplier`: the same kernels in the same
+    /// order as the resident path, so logits are bit-identical. The head runs in
+    /// chunks of vocabulary rows; every row's dot product is computed alone by
+    /// the direct kernels, so chunking does not change it.
+    private func streamedForward(_ tokens: [Int], cache: KVCache, allLogits: Bool,
+                                 supplier: BlockWeightSupplier) throws -> [Float] {
+        let c = config, n = tokens.count, start = cache.length, dim = c.dim
+        guard !allLogits || n == 1 else {
+            throw OffloadError("[model] all-position logits are not supported with weight streaming")
+        }
+        let sizes = LlamaModel.scratchFloats(config: c, rows: n, start: start)
+        let x = try work.get("x", sizes["x"]!), xn = try work.get("xn", sizes["xn"]!)
+        let q = try work.get("q", sizes["q"]!), att = try work.get("att", sizes["att"]!)
+        let g = try work.get("g", sizes["g"]!), u = try work.get("u", sizes["u"]!)
+        let tmp = try work.get("tmp", sizes["tmp"]!)
+        let scores = try work.get("scores", sizes["scores"]!)
+        let wscratch = try work.get("w", sizes["w"]!)
+        let positions = (0..<n).map { Int32(start + $0) }
+        try supplier.beginForward(rows: n)
+        for (i, t) in tokens.enumerated() { try supplier.embeddingRow(token: t, into: x + i * dim) }
+        for (l, b) in blocks.enumerated() {
+            let onDisk = cache.diskLayers.contains(l)
+            if onDisk, start > 0 { try cache.store!.load(layer: l, count: start, k: cache.k[l], v: cache.v[l]) }
+            let m = try supplier.block(l)
+            blockForward(l, b.attnNorm, b.ffnNorm, m, x: x, n: n, start: start, cache: cache, positions: positions,
+                         xn: xn, q: q, att: att, g: g, u: u, tmp: tmp, scores: scores, wscratch: wscratch)
+            supplier.release(stage: l)
+            if onDisk { try cache.store!.save(layer: l, from: start, to: start + n, k: cache.k[l], v: cache.v[l]) }
+        }
+        cache.length = start + n
+        let last = x + (n - 1) * dim
+        outputNorm.withUnsafeBufferPointer { rmsnormForward(xn, last, $0.baseAddress!, rows: 1, dim: dim, eps: c.rmsEps) }
+        var logits = [Float](repeating: 0, count: c.vocabSize)
+        try logits.withUnsafeMutableBufferPointer { lb in
+            for i in 0..<supplier.headChunkCount {
+                let (first, m) = try supplier.headChunk(i)
+                Matmul.linear(pool, x: xn, n: 1, [(m, lb.baseAddress! + first)], scratch: wscratch)
+                supplier.release(stage: c.layers + i)
+            }
+        }
+        supplier.endForward()
+        return logits
+    }
+
 }

@@ -36,7 +36,7 @@ public struct Generator {
         guard prompt.count < capacity || maxTokens == 0 else {
             throw OffloadError("[generate] the prompt (\(prompt.count) tokens) fills the context (\(model.maxPositions))")
         }
-        let cache = model.makeCache(capacity: capacity)
+        let cache = try model.newCache(capacity: capacity)
         var result = GenerationResult(promptTokens: prompt.count, tokens: [], prefillSeconds: 0,
                                       decodeSeconds: 0, stoppedAtEOS: false)
         let t0 = now()

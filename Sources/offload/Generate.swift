@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import Formats
+import Memory
 import Models
 import Runtime
 import Tensors
@@ -17,6 +18,13 @@ struct Generate: ParsableCommand {
     @Option(help: "A GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
     @Option(help: "The prompt text.") var prompt: String?
+    @Option(help: ArgumentHelp("Many prompts, one per line (plain text, or JSON objects with a \"prompt\" field); "
+                               + "writes one JSON line per prompt, in input order. With --budget they run in blocks "
+                               + "that share every weight read.", valueName: "file"))
+    var prompts: String?
+    @Option(name: .customLong("block-size"), help: ArgumentHelp(
+        "With --prompts and --budget: sequences per block (default: the cost model's choice).", valueName: "n"))
+    var blockSize: Int?
     @Option(name: .customLong("prompt-tokens"),
             help: "Use a synthetic prompt of N random token ids instead of --prompt (benchmarking).")
     var promptTokens: Int?
@@ -29,10 +37,24 @@ struct Generate: ParsableCommand {
     @Option(help: "Compute threads (default: all cores).") var threads: Int?
     @Flag(name: .customLong("ignore-eos"), help: "Keep generating past the end-of-sequence token.") var ignoreEOS = false
     @Flag(help: "Print one JSON object at the end instead of streaming text.") var json = false
+    @Option(help: ArgumentHelp("Compute memory budget (\"256MB\", \"1GiB\", bytes): weights that do not fit "
+                               + "are streamed from the GGUF file with direct I/O.", valueName: "bytes"))
+    var budget: String?
+    @Option(help: ArgumentHelp("With --budget: write a Chrome trace (compute, read and memory events) here.",
+                               valueName: "file"))
+    var trace: String?
+    @Option(name: .customLong("kv-dir"), help: ArgumentHelp(
+        "With --budget: folder for the KV-cache layers that do not fit (default: the temporary folder).",
+        valueName: "folder"))
+    var kvDir: String?
 
     func validate() throws {
-        guard (prompt == nil) != (promptTokens == nil) else {
-            throw ValidationError("give exactly one of --prompt TEXT or --prompt-tokens N")
+        guard [prompt != nil, promptTokens != nil, prompts != nil].filter({ $0 }).count == 1 else {
+            throw ValidationError("give exactly one of --prompt TEXT, --prompt-tokens N or --prompts FILE")
+        }
+        if let b = blockSize, b < 1 { throw ValidationError("--block-size must be at least 1, got \(b)") }
+        if blockSize != nil && (prompts == nil || budget == nil) {
+            throw ValidationError("--block-size needs --prompts and --budget")
         }
         if let n = promptTokens, n <= 0 { throw ValidationError("--prompt-tokens must be positive, got \(n)") }
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be 0 or more, got \(maxTokens)") }
@@ -42,12 +64,16 @@ struct Generate: ParsableCommand {
         guard topK >= 0 else { throw ValidationError("--top-k must be 0 or more, got \(topK)") }
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
+        if let b = budget, parseBytes(b) == nil || parseBytes(b)! <= 0 {
+            throw ValidationError("--budget must be a size such as 512MB, 2GiB or a byte count, got '\(b)'")
+        }
+        if trace != nil && budget == nil { throw ValidationError("--trace needs --budget (it traces the streamed run)") }
     }
 
     func run() throws {
         let source = try loadWeights(model, sha256: sha256)
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
-        let llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
+        if let file = prompts { return try runPrompts(file: file, source: source, tokenizer: tokenizer) }
         let seed = seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
         var ids: [Int]
         if let text = prompt {
@@ -57,30 +83,159 @@ struct Generate: ParsableCommand {
             var rng = SeededGenerator(seed: seed)
             ids = (0..<promptTokens!).map { _ in Int.random(in: 0..<source.config.vocabSize, using: &rng) }
         }
+        let llama: LlamaModel
+        var streamer: WeightStreamer?
+        let recorder = trace.map { _ in TraceRecorder() }
+        if let budget = budget.flatMap(parseBytes) {
+            guard let gguf = source as? GGUFWeights else {
+                throw OffloadError("[generate] --budget streams weights from a GGUF file; \(model) is a folder")
+            }
+            let capacity = min(ids.count + maxTokens, min(source.config.contextLength, gguf.config.contextLength))
+            let (m, s) = try makeStreamingModel(weights: gguf, budget: budget, threads: threads ?? defaultThreads(),
+                                                promptTokens: ids.count, contextCapacity: capacity,
+                                                kvFolder: kvDir ?? NSTemporaryDirectory(), trace: recorder)
+            llama = m
+            streamer = s
+        } else {
+            llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
+        }
+        defer { streamer?.stop() }
         var sampler = Sampler(options: SamplingOptions(temperature: temperature, topK: topK, topP: topP), seed: seed)
         var stream = StreamingDecoder(tokenizer: tokenizer)
         let stop: Set<Int> = ignoreEOS ? [] : tokenizer.endOfGenerationIDs
+        let start = now()
+        var firstToken: Double?
         let result = try Generator(model: llama).generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler,
                                                           stop: stop) { id in
+            if firstToken == nil { firstToken = now() - start }
             guard !json else { return }
             if stop.contains(id) { return }
             FileHandle.standardOutput.write(Data(stream.append(id).utf8))
         }
         let generated = result.stoppedAtEOS ? Array(result.tokens.dropLast()) : result.tokens
+        streamer?.stop()
+        let report = streamer.map { StreamingReport(streamer: $0, result: result) }
+        if let recorder, let path = trace { try recorder.write(to: path) }
         if json {
-            print(try jsonString([
+            var out: [String: Any] = [
                 "prompt_tokens": ids.count, "tokens": result.tokens, "text": tokenizer.decode(generated),
                 "prefill_tokens_per_second": result.prefillTokensPerSecond,
                 "decode_tokens_per_second": result.decodeTokensPerSecond,
                 "prefill_seconds": result.prefillSeconds, "decode_seconds": result.decodeSeconds,
+                "time_to_first_token_seconds": firstToken ?? 0,
                 "stopped_at_eos": result.stoppedAtEOS, "seed": seed, "threads": llama.pool.threads,
-            ] as [String: Any]))
+                "peak_resident_bytes": processPeakResidentBytes(),
+            ]
+            if let report { out["streaming"] = report.json }
+            print(try jsonString(out))
         } else {
             FileHandle.standardOutput.write(Data((stream.flush() + "\n").utf8))
             FileHandle.standardError.write(Data(String(
                 format: "[generate] prompt %d tokens, %.1f tok/s; generated %d tokens, %.1f tok/s\n",
                 ids.count, result.prefillTokensPerSecond, result.tokens.count, result.decodeTokensPerSecond).utf8))
+            FileHandle.standardError.write(Data(String(format: "[generate] time to first token %.3f s\n",
+                                                       firstToken ?? 0).utf8))
+            if let report { FileHandle.standardError.write(Data((report.summary + "\n").utf8)) }
         }
+    }
+}
+
+extension Generate {
+    /// Reads one prompt per line: plain text, or a JSON object with "prompt" (or "text").
+    static func readPrompts(_ path: String) throws -> [String] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw OffloadError("[generate] \(path): cannot read the prompts file")
+        }
+        var out: [String] = []
+        for (n, line) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let t = line.trimmingCharacters(in: .whitespaces)
+            if t.isEmpty { continue }
+            if t.hasPrefix("{") {
+                guard let obj = try? JSONSerialization.jsonObject(with: Data(t.utf8)) as? [String: Any],
+                      let text = (obj["prompt"] ?? obj["text"]) as? String else {
+                    throw OffloadError("[generate] \(path) line \(n + 1): a JSON line needs a string \"prompt\" field")
+                }
+                out.append(text)
+            } else {
+                out.append(String(line))
+            }
+        }
+        guard !out.isEmpty else { throw OffloadError("[generate] \(path): no prompts") }
+        return out
+    }
+
+    func runPrompts(file: String, source: WeightSource, tokenizer: Tokenizer) throws {
+        let texts = try Generate.readPrompts(file)
+        let ids = texts.map { t -> [Int] in
+            let e = tokenizer.encode(t)
+            return e.isEmpty ? tokenizer.bosID.map { [$0] } ?? [] : e
+        }
+        let seed = seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
+        let options = SamplingOptions(temperature: temperature, topK: topK, topP: topP)
+        let stop: Set<Int> = ignoreEOS ? [] : tokenizer.endOfGenerationIDs
+        let nthreads = threads ?? defaultThreads()
+        let result: BatchResult
+        var streamer: WeightStreamer?
+        var schedule: BlockSchedule?
+        let recorder = trace.map { _ in TraceRecorder() }
+        if let budget = budget.flatMap(parseBytes) {
+            guard let gguf = source as? GGUFWeights else {
+                throw OffloadError("[generate] --budget streams weights from a GGUF file; \(model) is a folder")
+            }
+            let s = try BlockSchedule(weights: gguf, budget: budget, prompts: ids, maxTokens: maxTokens, blockSize: blockSize)
+            (result, streamer) = try generateBlocks(weights: gguf, schedule: s, threads: nthreads, prompts: ids,
+                                                    maxTokens: maxTokens, sampling: options, seed: seed, stop: stop,
+                                                    trace: recorder)
+            schedule = s
+        } else {
+            // No budget: one prompt after another on the resident model (the reference the blocks match).
+            let llama = try LlamaModel(source: source, threads: nthreads)
+            var r = BatchResult(outputs: [], blockSize: 1)
+            let t0 = now()
+            for (i, p) in ids.enumerated() {
+                var sampler = Sampler(options: options, seed: seed &+ UInt64(i))
+                let g = try Generator(model: llama).generate(prompt: p, maxTokens: maxTokens, sampler: &sampler, stop: stop)
+                if i == 0 { r.timeToFirstToken = now() - t0 }
+                r.outputs.append(BatchOutput(index: i, promptTokens: p.count, tokens: g.tokens, stoppedAtEOS: g.stoppedAtEOS))
+                r.prefillSeconds += g.prefillSeconds; r.decodeSeconds += g.decodeSeconds
+                r.promptTokens += p.count; r.decodeTokens += max(0, g.tokens.count - 1)
+            }
+            result = r
+        }
+        if let recorder, let path = trace { try recorder.write(to: path) }
+        for o in result.outputs {
+            let generated = o.stoppedAtEOS ? Array(o.tokens.dropLast()) : o.tokens
+            print(try jsonString(["index": o.index, "prompt_tokens": o.promptTokens, "tokens": o.tokens,
+                                  "text": tokenizer.decode(generated), "stopped_at_eos": o.stoppedAtEOS] as [String: Any]))
+        }
+        var summary: [String: Any] = [
+            "prompts": ids.count, "block_size": result.blockSize, "prompt_tokens": result.promptTokens,
+            "generated_tokens": result.generatedTokens, "prefill_tokens_per_second": result.prefillTokensPerSecond,
+            "decode_tokens_per_second": result.decodeTokensPerSecond, "prefill_seconds": result.prefillSeconds,
+            "decode_seconds": result.decodeSeconds, "time_to_first_token_seconds": result.timeToFirstToken,
+            "seed": seed, "threads": nthreads, "peak_resident_bytes": processPeakResidentBytes(),
+        ]
+        if let streamer, let schedule {
+            let st = streamer.stats
+            let steps = max(st.decodeForwards, 1)
+            let perToken = Double(st.decodeBytesRead) / Double(max(result.decodeTokens, 1))
+            let compute = max(0, result.decodeSeconds - st.decodeWaitSeconds) / Double(max(result.decodeTokens, 1))
+            let limit = 1 / max(compute, perToken / max(streamer.readBandwidth, 1))
+            summary["streaming"] = [
+                "budget_bytes": schedule.plan.budget, "resident_stages": schedule.plan.resident.count,
+                "streamed_stages": schedule.plan.streamed.count, "stream_buffers": schedule.plan.ringSlots,
+                "peak_compute_bytes": streamer.peakComputeBytes, "bytes_read_per_token": perToken,
+                "block_steps": steps, "disk_read_bytes_per_second": streamer.readBandwidth,
+                "compute_seconds_per_token": compute, "limit_decode_tokens_per_second": limit,
+                "ratio_to_limit": result.decodeTokensPerSecond / limit,
+                "predicted_seconds_per_token": schedule.predictedSecondsPerToken,
+                "block_size_search": "exhaustive over 1...prompts",
+            ] as [String: Any]
+        }
+        FileHandle.standardError.write(Data(((json ? try jsonString(summary) : String(
+            format: "[generate] %d prompts in blocks of %d: prompts %d tokens at %.1f tok/s; generated %d tokens, decode %.1f tok/s; first token after %.3f s",
+            ids.count, result.blockSize, result.promptTokens, result.prefillTokensPerSecond, result.generatedTokens,
+            result.decodeTokensPerSecond, result.timeToFirstToken)) + "\n").utf8))
     }
 }
 

@@ -1,0 +1,87 @@
+// `offload generate --budget`: the streamed run as a user runs it — the same
+// greedy tokens as without a budget, the report, the trace, the error below
+// the minimum.
+import Foundation
+import XCTest
+
+final class StreamingCLITests: XCTestCase {
+    func json(_ r: CommandResult, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
+        XCTAssertEqual(r.status, 0, r.stderr, file: file, line: line)
+        let obj = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+        return try XCTUnwrap(obj, "not a JSON object: \(r.stdout)", file: file, line: line)
+    }
+
+    let base = ["generate", "--model", CLI.smolLM2, "--prompt", "The tide came in and", "--temperature", "0",
+                "--max-tokens", "16", "--ignore-eos", "--threads", "2"]
+
+    func testBudgetedGreedyTokensEqualUnbudgetedAndReportIsComplete() throws {
+        let plain = try json(CLI.run(base + ["--json"]))
+        let tokens = try XCTUnwrap(plain["tokens"] as? [Int])
+        XCTAssertEqual(tokens.count, 16)
+        for budget in ["64MB", "8MB"] {
+            let out = try json(CLI.run(base + ["--json", "--budget", budget]))
+            XCTAssertEqual(out["tokens"] as? [Int], tokens, "--budget \(budget)")
+            let s = try XCTUnwrap(out["streaming"] as? [String: Any])
+            let budgetBytes = try XCTUnwrap(s["budget_bytes"] as? Int)
+            XCTAssertLessThanOrEqual(s["peak_compute_bytes"] as? Int ?? .max, budgetBytes)
+            XCTAssertGreaterThan(s["streamed_stages"] as? Int ?? 0, 0)
+            // Streamed decode reads megabytes per token; the limit and ratio are computed from them.
+            XCTAssertGreaterThan(s["bytes_read_per_token"] as? Double ?? 0, 1e6)
+            XCTAssertGreaterThan(s["disk_read_bytes_per_second"] as? Double ?? 0, 1e6)
+            let ratio = s["ratio_to_limit"] as? Double ?? 0
+            XCTAssertGreaterThan(ratio, 0.05)
+            XCTAssertLessThan(ratio, 5)
+            XCTAssertGreaterThan(out["time_to_first_token_seconds"] as? Double ?? 0, 0)
+        }
+    }
+
+    func testTraceHasReadAndComputeSpansPerStage() throws {
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("t.json").path
+        let r = try CLI.run(base + ["--budget", "8MB", "--trace", path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("[stream] budget"), r.stderr)
+        let root = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any]
+        let events = try XCTUnwrap(root?["traceEvents"] as? [[String: Any]])
+        let spans = events.filter { $0["ph"] as? String == "X" }.compactMap { $0["name"] as? String }
+        XCTAssertTrue(spans.contains("read blk.29"), "no read span of the last block")
+        XCTAssertTrue(spans.contains("compute blk.0"), "no compute span of the first block")
+        XCTAssertGreaterThanOrEqual(spans.filter { $0 == "read blk.7" }.count, 16, "blk.7 read fewer times than forwards")
+    }
+
+    func testBudgetBelowMinimumSaysTheMinimum() throws {
+        let r = try CLI.run(base + ["--budget", "1MB"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("below the minimum"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("KV cache"), r.stderr)
+        XCTAssertTrue(r.stdout.isEmpty, r.stdout)
+    }
+}
+
+final class StreamingPromptsCLITests: XCTestCase {
+    func testPromptsFileGivesJSONLinesInInputOrderSameWithAndWithoutBudget() throws {
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("p.txt")
+        try "The tide came in and\n{\"prompt\": \"Once upon a time\"}\n\nHi\nWhat is the capital of France?\n"
+            .write(to: file, atomically: true, encoding: .utf8)
+        let args = ["generate", "--model", CLI.smolLM2, "--prompts", file.path, "--temperature", "0",
+                    "--max-tokens", "8", "--ignore-eos", "--threads", "2"]
+        let plain = try CLI.run(args)
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        let blocked = try CLI.run(args + ["--budget", "12MB", "--json"])
+        XCTAssertEqual(blocked.status, 0, blocked.stderr)
+        XCTAssertEqual(blocked.stdout, plain.stdout)
+        let lines = plain.stdout.split(separator: "\n").map {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        XCTAssertEqual(lines.count, 4)
+        XCTAssertEqual(lines.map { $0?["index"] as? Int }, [0, 1, 2, 3])
+        XCTAssertEqual(lines.map { ($0?["tokens"] as? [Int])?.count }, [8, 8, 8, 8])
+        let summary = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(blocked.stderr.utf8)) as? [String: Any])
+        XCTAssertEqual(summary["block_size"] as? Int, 4)
+        let s = try XCTUnwrap(summary["streaming"] as? [String: Any])
+        XCTAssertLessThanOrEqual(s["peak_compute_bytes"] as? Int ?? .max, 12_000_000)
+    }
+}
