@@ -11,9 +11,16 @@ public struct GGUFWriter {
         /// Row-major shape, outermost first (written to the file reversed, as ne).
         public var shape: [Int]
         public var data: Data
+        /// For a tensor too large to hold: writes exactly its bytes when the file is
+        /// written (`write(to:)` only; `encode()` refuses it).
+        public var produce: ((FileHandle) throws -> Void)?
         public init(name: String, dtype: DType, shape: [Int], data: Data) {
             self.name = name; self.dtype = dtype; self.shape = shape; self.data = data
         }
+        public init(name: String, dtype: DType, shape: [Int], produce: @escaping (FileHandle) throws -> Void) {
+            self.name = name; self.dtype = dtype; self.shape = shape; data = Data(); self.produce = produce
+        }
+        var byteCount: Int? { dtype.byteCount(elements: shape.reduce(1, *)) }
     }
 
     public var metadata: [(key: String, value: GGUFValue)] = []
@@ -27,8 +34,23 @@ public struct GGUFWriter {
         else { metadata.append((key, value)) }
     }
 
-    /// The complete file as bytes.
+    /// The complete file as bytes (every tensor's data in memory).
     public func encode() throws -> Data {
+        if let t = tensors.first(where: { $0.produce != nil }) {
+            throw OffloadError("[gguf write] tensor \(t.name) is produced while writing; use write(to:)")
+        }
+        var out = try header()
+        for t in tensors { out.append(t.data); pad(&out) }
+        return out
+    }
+
+    private func pad(_ out: inout Data) {
+        let r = out.count % alignment
+        if r != 0 { out.append(Data(count: alignment - r)) }
+    }
+
+    /// Metadata and tensor infos, padded to the alignment: everything before the first tensor.
+    func header() throws -> Data {
         var out = Data()
         func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
@@ -87,7 +109,7 @@ public struct GGUFWriter {
         var offsets: [Int] = []
         for t in tensors {
             let elements = t.shape.reduce(1, *)
-            guard let n = t.dtype.byteCount(elements: elements), n == t.data.count else {
+            guard let n = t.byteCount, t.produce != nil || n == t.data.count else {
                 throw OffloadError("[gguf write] tensor \(t.name): \(t.data.count) bytes do not hold \(elements) \(t.dtype) values")
             }
             str(t.name); u32(UInt32(t.shape.count))
@@ -96,15 +118,34 @@ public struct GGUFWriter {
             offsets.append(offset)
             offset = (offset + n + alignment - 1) / alignment * alignment
         }
-        func pad() { let r = out.count % alignment; if r != 0 { out.append(Data(count: alignment - r)) } }
-        pad()
-        for t in tensors { out.append(t.data); pad() }
+        pad(&out)
         return out
     }
 
-    /// Writes atomically: temporary file in the same folder, then rename.
+    /// Writes atomically (temporary file in the same folder, then rename), one tensor
+    /// at a time, so a file larger than memory can be written from produced tensors.
     public func write(to path: String) throws {
-        try writeAtomically(try encode(), to: path, context: "[gguf write]")
+        let head = try header()
+        try writeAtomically(to: path, context: "[gguf write]") { h in
+            try h.write(contentsOf: head)
+            var written = head.count
+            for t in tensors {
+                let n = t.byteCount ?? 0
+                if let produce = t.produce {
+                    let before = try h.offset()
+                    try produce(h)
+                    let made = Int(try h.offset() - before)
+                    guard made == n else {
+                        throw OffloadError("[gguf write] tensor \(t.name): produced \(made) bytes, expected \(n)")
+                    }
+                } else {
+                    try h.write(contentsOf: t.data)
+                }
+                written += n
+                let r = written % alignment
+                if r != 0 { try h.write(contentsOf: Data(count: alignment - r)); written += alignment - r }
+            }
+        }
     }
 }
 
