@@ -30,34 +30,7 @@ extension Checkpoint {
                                   metadataFrom source: GGUFFile? = nil) throws {
         let c = model.config
         var w = GGUFWriter()
-        func u32(_ key: String, _ v: Int) { w.set(key, .uint(UInt64(v), .uint32)) }
-        func f32(_ key: String, _ v: Float) { w.set(key, .float(Double(v), .float32)) }
-        w.set("general.architecture", .string("llama"))
-        w.set("general.name", .string(c.name))
-        u32("general.file_type", type == .f32 ? 0 : type == .f16 ? 1 : 7)
-        u32("llama.vocab_size", c.vocabSize)
-        u32("llama.context_length", c.contextLength)
-        u32("llama.embedding_length", c.dim)
-        u32("llama.block_count", c.layers)
-        u32("llama.feed_forward_length", c.ffnDim)
-        u32("llama.rope.dimension_count", c.headDim)
-        u32("llama.attention.key_length", c.headDim)
-        u32("llama.attention.value_length", c.headDim)
-        u32("llama.attention.head_count", c.heads)
-        u32("llama.attention.head_count_kv", c.kvHeads)
-        f32("llama.rope.freq_base", c.ropeTheta)
-        f32("llama.attention.layer_norm_rms_epsilon", c.rmsEps)
-        if source == nil, c.vocabSize >= 256 {
-            // Trained on UTF-8 bytes (random --config shapes): a byte-level GPT-2 vocabulary with no
-            // merges, so id b is byte b for llama.cpp as for Offload; ids past 255 are unused.
-            w.set("tokenizer.ggml.model", .string("gpt2"))
-            w.set("tokenizer.ggml.pre", .string("default"))
-            let tokens = byteLevelTokens() + (256..<c.vocabSize).map { "<unused\($0)>" }
-            w.set("tokenizer.ggml.tokens", .array(tokens.map { .string($0) }, .string))
-            w.set("tokenizer.ggml.token_type", .array((0..<c.vocabSize).map { .int($0 < 256 ? 1 : 5, .int32) }, .int32))
-            w.set("tokenizer.ggml.merges", .array([], .string))
-            w.set("tokenizer.ggml.add_bos_token", .bool(false))
-        }
+        llamaMetadata(c, fileType: type == .f32 ? 0 : type == .f16 ? 1 : 7, byteVocabulary: source == nil, into: &w)
         if let source {
             for key in source.metadataKeys where key.hasPrefix("tokenizer.") || (key.hasPrefix("general.")
                 && !w.metadata.contains { $0.key == key } && key != "general.alignment" && key != "general.file_type") {
@@ -80,6 +53,38 @@ extension Checkpoint {
             w.tensors.append(.init(name: e.name, dtype: dtype, shape: e.spec.shape, data: data))
         }
         try w.write(to: out)
+    }
+
+    /// The `llama.*` keys `LlamaConfig(gguf:)` reads, and — for models trained on UTF-8 bytes
+    /// (random `--config` shapes) — a byte-level GPT-2 vocabulary with no merges, so id b is
+    /// byte b for llama.cpp as for Offload; ids past 255 are unused.
+    public static func llamaMetadata(_ c: LlamaConfig, fileType: Int, byteVocabulary: Bool, into w: inout GGUFWriter) {
+        func u32(_ key: String, _ v: Int) { w.set(key, .uint(UInt64(v), .uint32)) }
+        func f32(_ key: String, _ v: Float) { w.set(key, .float(Double(v), .float32)) }
+        w.set("general.architecture", .string("llama"))
+        w.set("general.name", .string(c.name))
+        u32("general.file_type", fileType)
+        u32("llama.vocab_size", c.vocabSize)
+        u32("llama.context_length", c.contextLength)
+        u32("llama.embedding_length", c.dim)
+        u32("llama.block_count", c.layers)
+        u32("llama.feed_forward_length", c.ffnDim)
+        u32("llama.rope.dimension_count", c.headDim)
+        u32("llama.attention.key_length", c.headDim)
+        u32("llama.attention.value_length", c.headDim)
+        u32("llama.attention.head_count", c.heads)
+        u32("llama.attention.head_count_kv", c.kvHeads)
+        f32("llama.rope.freq_base", c.ropeTheta)
+        f32("llama.attention.layer_norm_rms_epsilon", c.rmsEps)
+        if byteVocabulary, c.vocabSize >= 256 {
+            w.set("tokenizer.ggml.model", .string("gpt2"))
+            w.set("tokenizer.ggml.pre", .string("default"))
+            let tokens = byteLevelTokens() + (256..<c.vocabSize).map { "<unused\($0)>" }
+            w.set("tokenizer.ggml.tokens", .array(tokens.map { .string($0) }, .string))
+            w.set("tokenizer.ggml.token_type", .array((0..<c.vocabSize).map { .int($0 < 256 ? 1 : 5, .int32) }, .int32))
+            w.set("tokenizer.ggml.merges", .array([], .string))
+            w.set("tokenizer.ggml.add_bos_token", .bool(false))
+        }
     }
 
     /// GPT-2's byte-to-character map: printable Latin-1 bytes stand for themselves, the rest map to U+0100….

@@ -13,7 +13,7 @@ struct Offload: ParsableCommand {
         cost, and runs the plan.
         """,
         subcommands: [Generate.self, Tokenize.self, Eval.self, Inspect.self, Plan.self, Profile.self,
-                      Train.self, Export.self])
+                      Train.self, Export.self, Init.self])
 
     static func main() {
         BLASSetup.reexecWithAVX512KernelsIfUseful()

@@ -1,0 +1,58 @@
+// A Llama model of any built-in shape with random weights, written straight to a
+// GGUF one tensor at a time: how a model larger than this machine's memory is made
+// for planning, streaming and benchmarks. Not a training initialisation (that is
+// TrainableLlama.random): weights are uniform with the standard deviation 0.02.
+
+import Formats
+import Foundation
+import Kernels
+import Models
+import Tensors
+
+public enum RandomModel {
+    /// Writes `config` with random weights (norms 1) as GGUF at `path`, atomically,
+    /// with a byte-level vocabulary; `progress(bytesWritten, totalBytes)` after each tensor.
+    public static func writeGGUF(config c: LlamaConfig, to path: String, type: ExportType, seed: UInt64,
+                                 progress: @escaping (Int, Int) -> Void = { _, _ in }) throws {
+        try c.validate()
+        var w = GGUFWriter()
+        Checkpoint.llamaMetadata(c, fileType: type == .f32 ? 0 : type == .f16 ? 1 : 7, byteVocabulary: true, into: &w)
+        var rng = SeededGenerator(seed: seed)
+        let specs = c.parameterTable
+        var total = 0
+        var dtypes: [DType] = []
+        for spec in specs {
+            var dtype: DType = spec.shape.count == 1 ? .f32 : (type == .f32 ? .f32 : type == .f16 ? .f16 : .q8_0)
+            if dtype == .q8_0, spec.shape[1] % 32 != 0 { dtype = .f16 }
+            dtypes.append(dtype)
+            total += dtype.byteCount(elements: spec.elements)!
+        }
+        var done = 0
+        for (spec, dtype) in zip(specs, dtypes) {
+            let bytes = dtype.byteCount(elements: spec.elements)!
+            w.tensors.append(.init(name: spec.name, dtype: dtype, shape: spec.shape) { h in
+                if spec.shape.count == 1 {
+                    try [Float](repeating: 1, count: spec.elements).withUnsafeBytes { try h.write(contentsOf: Data($0)) }
+                } else {
+                    // Whole rows per chunk (Q8_0 blocks never straddle a chunk), about 4M values.
+                    let cols = spec.shape[1], rowsPerChunk = max(1, (4 << 20) / cols)
+                    var values = [Float](repeating: 0, count: rowsPerChunk * cols)
+                    let scale = Float(0.02 * 3.0.squareRoot()) / Float(1 << 23)
+                    for r0 in stride(from: 0, to: spec.shape[0], by: rowsPerChunk) {
+                        let n = min(rowsPerChunk, spec.shape[0] - r0) * cols
+                        for i in 0..<n { values[i] = Float(Int64(rng.next() >> 40) - (1 << 23)) * scale }
+                        let chunk = Array(values[0..<n])
+                        switch dtype {
+                        case .f16: try Quantize.toF16(chunk).withUnsafeBytes { try h.write(contentsOf: Data($0)) }
+                        case .q8_0: try h.write(contentsOf: Data(Quantize.toQ8_0(chunk)))
+                        default: try chunk.withUnsafeBytes { try h.write(contentsOf: Data($0)) }
+                        }
+                    }
+                }
+                done += bytes
+                progress(done, total)
+            })
+        }
+        try w.write(to: path)
+    }
+}

@@ -1,0 +1,38 @@
+// `offload init`: a random model of a built-in shape that the other commands load,
+// with the tensor types asked for, unit norms, and the same bytes for the same seed.
+import Foundation
+import Formats
+import Tensors
+import XCTest
+
+final class InitCommandTests: XCTestCase {
+    func testInitWritesALoadableDeterministicModel() throws {
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let a = dir.appendingPathComponent("a.gguf").path, b = dir.appendingPathComponent("b.gguf").path
+        let c = dir.appendingPathComponent("c.gguf").path
+        for (path, seed, type) in [(a, "1", "q8_0"), (b, "1", "q8_0"), (c, "2", "f16")] {
+            let r = try CLI.run(["init", "--config", "small", "--type", type, "--seed", seed, "--out", path])
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        XCTAssertEqual(try sha256Hex(ofFile: a), try sha256Hex(ofFile: b), "same seed, same bytes")
+        let f = try GGUFFile(path: a), g = try GGUFFile(path: c)
+        XCTAssertEqual(f.int("llama.block_count"), 4)
+        XCTAssertEqual(f.info("blk.0.ffn_up.weight")?.dtype, .q8_0)
+        XCTAssertEqual(g.info("blk.0.ffn_up.weight")?.dtype, .f16)
+        let norm = try f.data("blk.1.attn_norm.weight")
+        XCTAssertEqual(Set(norm.bytes.bindMemory(to: Float.self)), [1])
+        let wa = try f.data("blk.0.attn_q.weight").bytes, wc = try g.data("blk.0.attn_q.weight").bytes
+        XCTAssertNotEqual(Array(wa.prefix(64)), Array(wc.prefix(64)))
+        // Every parameter of the config is there, and generate runs on it.
+        let inspect = try CLI.run(["inspect", a, "--json"])
+        let obj = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(obj["parameters"] as? Int, 4 * (256 * 2 + 256 * 256 * 2 + 128 * 256 * 2 + 688 * 256 * 3) + 1024 * 256 * 2 + 256)
+        let gen = try CLI.run(["generate", "--model", a, "--prompt", "ab", "--max-tokens", "3", "--temperature", "0",
+                               "--ignore-eos", "--json"])
+        XCTAssertEqual(gen.status, 0, gen.stderr)
+        let bad = try CLI.run(["init", "--config", "small", "--type", "q4_k", "--out", a])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("--type"), bad.stderr)
+    }
+}
