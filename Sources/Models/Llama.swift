@@ -311,12 +311,7 @@ public final class LlamaModel {
         guard cache.diskLayers.isEmpty else { throw OffloadError("[model] a cache with layers on disk needs weight streaming") }
         let dim = c.dim
         let sizes = LlamaModel.scratchFloats(config: c, rows: n, start: start)
-        let x = try work.get("x", sizes["x"]!), xn = try work.get("xn", sizes["xn"]!)
-        let q = try work.get("q", sizes["q"]!), att = try work.get("att", sizes["att"]!)
-        let g = try work.get("g", sizes["g"]!), u = try work.get("u", sizes["u"]!)
-        let tmp = try work.get("tmp", sizes["tmp"]!)
-        let scores = try work.get("scores", sizes["scores"]!)
-        let wscratch = try work.get("w", sizes["w"]!)
+        let x = try work.get("x", sizes["x"]!), scratch = try blockScratch(sizes)
         let positions = (0..<n).map { Int32(start + $0) }
 
         for (i, t) in tokens.enumerated() {
@@ -324,19 +319,18 @@ public final class LlamaModel {
         }
         for (l, b) in blocks.enumerated() {
             blockForward(l, b.attnNorm, b.ffnNorm, BlockMatrices(q: b.q, k: b.k, v: b.v, o: b.o, gate: b.gate, up: b.up, down: b.down),
-                         x: x, n: n, start: start, cache: cache, positions: positions, xn: xn, q: q, att: att,
-                         g: g, u: u, tmp: tmp, scores: scores, wscratch: wscratch)
+                         x: x, n: n, start: start, cache: cache, positions: positions, scratch)
         }
         cache.length = start + n
 
         let rows = allLogits ? n : 1
         let last = x + (n - rows) * dim
-        outputNorm.withUnsafeBufferPointer { rmsnormForward(xn, last, $0.baseAddress!, rows: rows, dim: dim, eps: c.rmsEps) }
+        outputNorm.withUnsafeBufferPointer { rmsnormForward(scratch.xn, last, $0.baseAddress!, rows: rows, dim: dim, eps: c.rmsEps) }
         var logits = [Float](repeating: 0, count: rows * c.vocabSize)
         let hs = try work.get("head", rows <= Matmul.directRowLimit ? 0 : 4096 * dim)
         logits.withUnsafeMutableBufferPointer { lb in
             if rows <= Matmul.directRowLimit {
-                Matmul.linear(pool, x: xn, n: rows, [(head, lb.baseAddress!)], scratch: wscratch)
+                Matmul.linear(pool, x: scratch.xn, n: rows, [(head, lb.baseAddress!)], scratch: scratch.wscratch)
                 return
             }
             // Many rows: the head in chunks of vocabulary rows, so its fp32 copy stays small.
@@ -344,21 +338,32 @@ public final class LlamaModel {
             for r0 in stride(from: 0, to: c.vocabSize, by: chunk) {
                 let m = min(chunk, c.vocabSize - r0)
                 Matmul.dequantize(pool, head.rows(r0, m), into: hs)
-                Matmul.sgemmNT(m: rows, n: m, k: dim, a: xn, lda: dim, b: hs, ldb: dim,
+                Matmul.sgemmNT(m: rows, n: m, k: dim, a: scratch.xn, lda: dim, b: hs, ldb: dim,
                                c: lb.baseAddress! + r0, ldc: c.vocabSize)
             }
         }
         return logits
     }
 
+    /// Scratch one block's forward writes; every path (resident, streamed, block
+    /// schedule) takes it from the same workspace entries.
+    private struct BlockScratch {
+        var xn, q, att, g, u, tmp, scores, wscratch: UnsafeMutablePointer<Float>
+    }
+
+    private func blockScratch(_ sizes: [String: Int]) throws -> BlockScratch {
+        BlockScratch(xn: try work.get("xn", sizes["xn"]!), q: try work.get("q", sizes["q"]!),
+                     att: try work.get("att", sizes["att"]!), g: try work.get("g", sizes["g"]!),
+                     u: try work.get("u", sizes["u"]!), tmp: try work.get("tmp", sizes["tmp"]!),
+                     scores: try work.get("scores", sizes["scores"]!), wscratch: try work.get("w", sizes["w"]!))
+    }
+
     /// One block on `n` rows of `x` (in place), appending keys and values at `start`.
     @inline(__always)
     private func blockForward(_ l: Int, _ attnNorm: [Float], _ ffnNorm: [Float], _ b: BlockMatrices,
                               x: UnsafeMutablePointer<Float>, n: Int, start: Int, cache: KVCache, positions: [Int32],
-                              xn: UnsafeMutablePointer<Float>, q: UnsafeMutablePointer<Float>,
-                              att: UnsafeMutablePointer<Float>, g: UnsafeMutablePointer<Float>,
-                              u: UnsafeMutablePointer<Float>, tmp: UnsafeMutablePointer<Float>,
-                              scores: UnsafeMutablePointer<Float>, wscratch: UnsafeMutablePointer<Float>) {
+                              _ s: BlockScratch) {
+        let (xn, q, att, g, u, tmp, scores, wscratch) = (s.xn, s.q, s.att, s.g, s.u, s.tmp, s.scores, s.wscratch)
         let c = config, dim = c.dim
         let shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
         let kc = cache.k[l] + start * c.kvDim, vc = cache.v[l] + start * c.kvDim
@@ -407,12 +412,7 @@ public final class LlamaModel {
                 sizes[k] = max(sizes[k] ?? 0, v)
             }
         }
-        let xn = try work.get("xn", sizes["xn"]!)
-        let q = try work.get("q", sizes["q"]!), att = try work.get("att", sizes["att"]!)
-        let g = try work.get("g", sizes["g"]!), u = try work.get("u", sizes["u"]!)
-        let tmp = try work.get("tmp", sizes["tmp"]!)
-        let scores = try work.get("scores", sizes["scores"]!)
-        let wscratch = try work.get("w", sizes["w"]!)
+        let scratch = try blockScratch(sizes)
         let xs = try seqs.indices.map { try work.get("x.\($0)", seqs[$0].tokens.count * dim) }
         let heads = try seqs.indices.map { try work.get("xhead.\($0)", dim) }
         let starts = seqs.map { $0.cache.length }
@@ -425,8 +425,7 @@ public final class LlamaModel {
             let m = try supplier.block(l)
             for (i, s) in seqs.enumerated() {
                 blockForward(l, b.attnNorm, b.ffnNorm, m, x: xs[i], n: s.tokens.count, start: starts[i], cache: s.cache,
-                             positions: positions[i], xn: xn, q: q, att: att, g: g, u: u, tmp: tmp, scores: scores,
-                             wscratch: wscratch)
+                             positions: positions[i], scratch)
             }
             supplier.release(stage: l)
         }
@@ -440,7 +439,7 @@ public final class LlamaModel {
             let (firstRow, m) = try supplier.headChunk(h)
             for i in seqs.indices {
                 logits[i].withUnsafeMutableBufferPointer { lb in
-                    Matmul.linear(pool, x: heads[i], n: 1, [(m, lb.baseAddress! + firstRow)], scratch: wscratch)
+                    Matmul.linear(pool, x: heads[i], n: 1, [(m, lb.baseAddress! + firstRow)], scratch: scratch.wscratch)
                 }
             }
             supplier.release(stage: c.layers + h)
@@ -460,12 +459,7 @@ public final class LlamaModel {
             throw OffloadError("[model] all-position logits are not supported with weight streaming")
         }
         let sizes = LlamaModel.scratchFloats(config: c, rows: n, start: start)
-        let x = try work.get("x", sizes["x"]!), xn = try work.get("xn", sizes["xn"]!)
-        let q = try work.get("q", sizes["q"]!), att = try work.get("att", sizes["att"]!)
-        let g = try work.get("g", sizes["g"]!), u = try work.get("u", sizes["u"]!)
-        let tmp = try work.get("tmp", sizes["tmp"]!)
-        let scores = try work.get("scores", sizes["scores"]!)
-        let wscratch = try work.get("w", sizes["w"]!)
+        let x = try work.get("x", sizes["x"]!), scratch = try blockScratch(sizes)
         let positions = (0..<n).map { Int32(start + $0) }
         try supplier.beginForward(rows: n)
         for (i, t) in tokens.enumerated() { try supplier.embeddingRow(token: t, into: x + i * dim) }
@@ -474,18 +468,18 @@ public final class LlamaModel {
             if onDisk, start > 0 { try cache.store!.load(layer: l, count: start, k: cache.k[l], v: cache.v[l]) }
             let m = try supplier.block(l)
             blockForward(l, b.attnNorm, b.ffnNorm, m, x: x, n: n, start: start, cache: cache, positions: positions,
-                         xn: xn, q: q, att: att, g: g, u: u, tmp: tmp, scores: scores, wscratch: wscratch)
+                         scratch)
             supplier.release(stage: l)
             if onDisk { try cache.store!.save(layer: l, from: start, to: start + n, k: cache.k[l], v: cache.v[l]) }
         }
         cache.length = start + n
         let last = x + (n - 1) * dim
-        outputNorm.withUnsafeBufferPointer { rmsnormForward(xn, last, $0.baseAddress!, rows: 1, dim: dim, eps: c.rmsEps) }
+        outputNorm.withUnsafeBufferPointer { rmsnormForward(scratch.xn, last, $0.baseAddress!, rows: 1, dim: dim, eps: c.rmsEps) }
         var logits = [Float](repeating: 0, count: c.vocabSize)
         try logits.withUnsafeMutableBufferPointer { lb in
             for i in 0..<supplier.headChunkCount {
                 let (first, m) = try supplier.headChunk(i)
-                Matmul.linear(pool, x: xn, n: 1, [(m, lb.baseAddress! + first)], scratch: wscratch)
+                Matmul.linear(pool, x: scratch.xn, n: 1, [(m, lb.baseAddress! + first)], scratch: scratch.wscratch)
                 supplier.release(stage: c.layers + i)
             }
         }
