@@ -155,6 +155,15 @@ AVX2 static inline void bytes_i8(const uint8_t *q, __m256 v[4]) {
         v[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * i))));
 }
 
+// acc + d · (q · x) for one 32-value block: the step every quantized type shares.
+AVX2 static inline __m256 block_fma_avx2(const __m256 q[4], __m256 d, const float *xb, __m256 acc) {
+    __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
+    s = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), s);
+    s = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), s);
+    s = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), s);
+    return _mm256_fmadd_ps(d, s, acc);
+}
+
 // Dot products of one stored row with n inputs (n ≤ 8), written to out[k * out_stride].
 // xsum[k * nb + b] holds the sum of block b of input k (used by Q4_1's min term).
 AVX2 static void dot_rows_avx2(const uint8_t *row, int dtype, const float *x, int n, int cols,
@@ -170,12 +179,7 @@ AVX2 static void dot_rows_avx2(const uint8_t *row, int dtype, const float *x, in
             __m256 q[4]; nibbles(blk + 4, q);
             __m256 d = _mm256_set1_ps(h2f(blk)); float m = h2f(blk + 2);
             for (int k = 0; k < n; k++) {
-                const float *xb = x + (size_t)k * cols + b * 32;
-                __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
-                s = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), s);
-                s = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), s);
-                s = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), s);
-                acc[k] = _mm256_fmadd_ps(d, s, acc[k]);
+                acc[k] = block_fma_avx2(q, d, x + (size_t)k * cols + b * 32, acc[k]);
                 macc[k] += m * xsum[k * nb + b];
             }
         }
@@ -188,12 +192,7 @@ AVX2 static void dot_rows_avx2(const uint8_t *row, int dtype, const float *x, in
             for (int i = 0; i < 4; i++) q[i] = _mm256_sub_ps(q[i], eight);
             __m256 d = _mm256_set1_ps(h2f(blk));
             for (int k = 0; k < n; k++) {
-                const float *xb = x + (size_t)k * cols + b * 32;
-                __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
-                s = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), s);
-                s = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), s);
-                s = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), s);
-                acc[k] = _mm256_fmadd_ps(d, s, acc[k]);
+                acc[k] = block_fma_avx2(q, d, x + (size_t)k * cols + b * 32, acc[k]);
             }
         }
         break;
@@ -203,12 +202,7 @@ AVX2 static void dot_rows_avx2(const uint8_t *row, int dtype, const float *x, in
             __m256 q[4]; bytes_i8(blk + 2, q);
             __m256 d = _mm256_set1_ps(h2f(blk));
             for (int k = 0; k < n; k++) {
-                const float *xb = x + (size_t)k * cols + b * 32;
-                __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
-                s = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), s);
-                s = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), s);
-                s = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), s);
-                acc[k] = _mm256_fmadd_ps(d, s, acc[k]);
+                acc[k] = block_fma_avx2(q, d, x + (size_t)k * cols + b * 32, acc[k]);
             }
         }
         break;
@@ -370,6 +364,13 @@ AVX512 static float dot_row1_q4_1_split(const uint8_t *base, int rows, int r, co
     return _mm512_reduce_add_ps(a) + _mm512_reduce_add_ps(macc);
 }
 
+// acc + d · (q · x) for one 32-value block (lo: values 0–15, hi: 16–31).
+AVX512 static inline __m512 block_fma_avx512(__m512 lo, __m512 hi, __m512 d, const float *xb, __m512 acc) {
+    __m512 s = _mm512_mul_ps(lo, _mm512_loadu_ps(xb));
+    s = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), s);
+    return _mm512_fmadd_ps(d, s, acc);
+}
+
 AVX512 static void dot_rows_avx512(const uint8_t *row, int dtype, const float *x, int n, int cols,
                                    const float *xsum, float *out, int out_stride) {
     if (n == 1 && (dtype == CK_Q4_1 || dtype == CK_Q8_0)) {
@@ -387,10 +388,7 @@ AVX512 static void dot_rows_avx512(const uint8_t *row, int dtype, const float *x
             __m512 lo, hi; nibbles16(blk + 4, &lo, &hi);
             __m512 d = _mm512_set1_ps(h2f(blk)); float m = h2f(blk + 2);
             for (int k = 0; k < n; k++) {
-                const float *xb = x + (size_t)k * cols + b * 32;
-                __m512 s = _mm512_mul_ps(lo, _mm512_loadu_ps(xb));
-                s = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), s);
-                acc[k] = _mm512_fmadd_ps(d, s, acc[k]);
+                acc[k] = block_fma_avx512(lo, hi, d, x + (size_t)k * cols + b * 32, acc[k]);
                 macc[k] += m * xsum[k * nb + b];
             }
         }
@@ -402,10 +400,7 @@ AVX512 static void dot_rows_avx512(const uint8_t *row, int dtype, const float *x
             lo = _mm512_sub_ps(lo, _mm512_set1_ps(8.0f)); hi = _mm512_sub_ps(hi, _mm512_set1_ps(8.0f));
             __m512 d = _mm512_set1_ps(h2f(blk));
             for (int k = 0; k < n; k++) {
-                const float *xb = x + (size_t)k * cols + b * 32;
-                __m512 s = _mm512_mul_ps(lo, _mm512_loadu_ps(xb));
-                s = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), s);
-                acc[k] = _mm512_fmadd_ps(d, s, acc[k]);
+                acc[k] = block_fma_avx512(lo, hi, d, x + (size_t)k * cols + b * 32, acc[k]);
             }
         }
         break;
@@ -416,10 +411,7 @@ AVX512 static void dot_rows_avx512(const uint8_t *row, int dtype, const float *x
             __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18))));
             __m512 d = _mm512_set1_ps(h2f(blk));
             for (int k = 0; k < n; k++) {
-                const float *xb = x + (size_t)k * cols + b * 32;
-                __m512 s = _mm512_mul_ps(lo, _mm512_loadu_ps(xb));
-                s = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), s);
-                acc[k] = _mm512_fmadd_ps(d, s, acc[k]);
+                acc[k] = block_fma_avx512(lo, hi, d, x + (size_t)k * cols + b * 32, acc[k]);
             }
         }
         break;
