@@ -88,6 +88,13 @@ public final class LlamaTrainer {
     /// Attention backward scratch: enough for 16 threads (more are not used for attention).
     let dscoresCount: Int
     var positions: [Int32]
+    /// Vocabulary rows per head chunk (see `headChunkRows(config:rows:)`).
+    public let headChunkRows: Int
+    /// Per-row softmax state of the chunked head: each chunk's max (N × chunks), the row's max,
+    /// sum of exponentials (Double) and target logit.
+    let headState: FloatBuffer
+    let chunkMax, rowMax, targetLogit: UnsafeMutablePointer<Float>
+    let rowSum: UnsafeMutablePointer<Double>
     var tokenBuffer: [Int32]
     var targetBuffer: [Int32]
 
@@ -104,13 +111,16 @@ public final class LlamaTrainer {
     }
 
     /// Bytes of activations and scratch this trainer holds (parameters not included).
-    public var activationBytes: Int { activationBuffer.bytes + scratchBuffer.bytes }
+    public var activationBytes: Int { activationBuffer.bytes + scratchBuffer.bytes + headState.bytes }
 
-    /// - Parameter ownsActivations: false gives a trainer that holds no block or head
-    ///   activations, only the backward scratch and per-row losses: an executor
-    ///   allocates them under its budget and calls the per-stage hooks below.
+    /// - Parameters:
+    ///   - ownsActivations: false gives a trainer that holds no block or head
+    ///     activations, only the backward scratch and per-row losses: an executor
+    ///     allocates them under its budget and calls the per-stage hooks below.
+    ///   - headChunk: vocabulary rows per head chunk (default `headChunkRows(config:rows:)`); runs
+    ///     compared bit for bit must use the same.
     public init(model: TrainableLlama, batch: Int, seqLen: Int, policy: ActivationPolicy = .keepAll,
-                ownsActivations: Bool = true) throws {
+                ownsActivations: Bool = true, headChunk: Int? = nil) throws {
         let c = model.config
         guard batch > 0, seqLen > 0 else { throw OffloadError("[train] batch and sequence length must be positive") }
         guard seqLen <= c.contextLength else {
@@ -166,6 +176,12 @@ public final class LlamaTrainer {
         let s = sizes.map { take($0, from: scratch.base) }
         (dres, dxn, dq, dk, dv, datt) = (s[0], s[1], s[2], s[3], s[4], s[5])
         (dgate, dup, dswiglu, dscores, recomputeOut) = (s[6], s[7], s[8], s[9], s[10])
+        headChunkRows = headChunk ?? Self.headChunkRows(config: c, rows: n)
+        let chunks = (c.vocabSize + headChunkRows - 1) / headChunkRows
+        let sumOffset = (n * chunks + 2 * n + 1) / 2 * 2  // 8-byte aligned for the Doubles
+        headState = FloatBuffer(count: sumOffset + 2 * n)
+        (chunkMax, rowMax, targetLogit) = (headState.base, headState.base + n * chunks, headState.base + n * chunks + n)
+        rowSum = UnsafeMutableRawPointer(headState.base + sumOffset).bindMemory(to: Double.self, capacity: n)
         positions = (0..<n).map { Int32($0 % seqLen) }  // every row of the batch starts at position 0
         tokenBuffer = [Int32](repeating: 0, count: n)
         targetBuffer = [Int32](repeating: 0, count: n)
@@ -180,8 +196,9 @@ public final class LlamaTrainer {
 
     /// Block `l`'s forward from `acts.attnIn`, writing `output` (N, dim) and every activation in `acts`.
     /// Calling it again on the same input recomputes the same activations bit for bit.
-    public func blockForward(_ l: Int, output: UnsafeMutablePointer<Float>, saving acts: BlockActivations) {
-        let c = model.config, n = self.n, w = model.block(l, in: model.weights.base)
+    public func blockForward(_ l: Int, output: UnsafeMutablePointer<Float>, saving acts: BlockActivations,
+                             parameters: ParameterBases? = nil) {
+        let c = model.config, n = self.n, w = model.block(l, in: (parameters ?? model.resident).weights)
         timed("rmsnorm") {
             rmsnormForward(acts.attnNorm, rstd: acts.attnRstd, acts.attnIn, w.attnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
         }
@@ -213,9 +230,10 @@ public final class LlamaTrainer {
 
     /// Block `l`'s backward. `dresidual` (N, dim) holds ∂L/∂output on entry and ∂L/∂input on exit;
     /// the block's parameter gradients are added to the model's gradient buffer.
-    public func blockBackward(_ l: Int, dresidual: UnsafeMutablePointer<Float>, acts: BlockActivations) {
-        let c = model.config, n = self.n
-        let w = model.block(l, in: model.weights.base), g = model.block(l, in: model.gradients.base)
+    public func blockBackward(_ l: Int, dresidual: UnsafeMutablePointer<Float>, acts: BlockActivations,
+                              parameters: ParameterBases? = nil) {
+        let c = model.config, n = self.n, p = parameters ?? model.resident
+        let w = model.block(l, in: p.weights), g = model.block(l, in: p.gradients)
         // MLP: out = ffn_in + swiglu · downᵀ
         timed("matmul bwd") {
             matmulBackward(dswiglu, g.down, dresidual, acts.swiglu, w.down, n: n, inDim: c.ffnDim, outDim: c.dim)
@@ -323,37 +341,23 @@ public final class LlamaTrainer {
     /// `gradientScale` × ∂(mean loss)/∂θ to the model's gradients (scale 1/k when accumulating k micro-batches).
     @discardableResult
     public func forwardBackward(inputs: [Int], targets: [Int], gradientScale: Float = 1) throws -> Float {
-        let c = model.config, n = self.n
+        let c = model.config
         try needOwnActivations()
         try load(inputs, into: &tokenBuffer, what: "inputs")
         try load(targets, into: &targetBuffer, what: "targets")
-        forwardToLogits()
-        timed("cross-entropy") {
-            targetBuffer.withUnsafeBufferPointer { t in
-                crossEntropyForward(losses, probs: logits, logits, targets: t.baseAddress!, n: n, vocab: c.vocabSize)
-                crossEntropyBackward(logits, logits, targets: t.baseAddress!, dloss: gradientScale / Float(n),
-                                     n: n, vocab: c.vocabSize)
-            }
+        TrainingThreads.claimBLAS()
+        embeddingForward(output: blockInputs[0])
+        for l in 0..<c.layers {
+            blockForward(l, output: l + 1 < c.layers ? blockInputs[l + 1] : final, saving: blockActs[l])
         }
-        let loss = meanLoss()
-        // Head: logits = final_norm · headᵀ (the embedding when tied: it gets this gradient and the lookup's).
-        timed("matmul bwd") {
-            matmulBackward(dxn, headGradient, logits, finalNorm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize)
-        }
-        dres.update(repeating: 0, count: n * c.dim)
-        timed("rmsnorm") {
-            rmsnormBackward(dres, model.pointer("output_norm.weight", in: model.gradients.base), dxn, final,
-                            model.pointer("output_norm.weight", in: model.weights.base), rstd: finalRstd,
-                            rows: n, dim: c.dim)
-        }
+        let loss = headForward(input: final, norm: finalNorm, rstd: finalRstd, logits: logits, keepsLogits: true)
+        headBackward(dresidual: dres, input: final, norm: finalNorm, rstd: finalRstd, logits: logits, keepsLogits: true,
+                     gradientScale: gradientScale)
         for l in stride(from: c.layers - 1, through: 0, by: -1) {
             if policy == .recomputeAll { blockForward(l, output: recomputeOut, saving: blockActs[l]) }
             blockBackward(l, dresidual: dres, acts: blockActs[l])
         }
-        tokenBuffer.withUnsafeBufferPointer { t in
-            Kernels.embeddingBackward(model.pointer("token_embd.weight", in: model.gradients.base), dres, t.baseAddress!,
-                              n: n, dim: c.dim)
-        }
+        embeddingBackward(dresidual: dres)
         return loss
     }
 }
@@ -376,61 +380,161 @@ extension LlamaTrainer {
         try load(targets, into: &targetBuffer, what: "targets")
     }
 
-    /// Embedding lookup of the loaded inputs into `output` (N, dim): block 0's input.
-    public func embeddingForward(output: UnsafeMutablePointer<Float>) {
+    /// Embedding lookup of the loaded inputs into `output` (N, dim): block 0's input. With `vocabulary`,
+    /// only the rows of tokens in that range, from `table` holding just those rows of token_embd
+    /// (a streamed chunk); calls over ranges covering the vocabulary fill every row.
+    public func embeddingForward(output: UnsafeMutablePointer<Float>, vocabulary: Range<Int>? = nil,
+                                 table: UnsafePointer<Float>? = nil) {
         TrainingThreads.claimBLAS()
-        tokenBuffer.withUnsafeBufferPointer { t in
-            Kernels.embeddingForward(output, model.pointer("token_embd.weight", in: model.weights.base),
-                             t.baseAddress!, n: n, dim: model.config.dim)
+        let dim = model.config.dim, range = vocabulary ?? 0..<model.config.vocabSize
+        let rows = table ?? UnsafePointer(model.pointer("token_embd.weight", in: model.weights.base))
+        for i in 0..<n where range.contains(Int(tokenBuffer[i])) {
+            (output + i * dim).update(from: rows + (Int(tokenBuffer[i]) - range.lowerBound) * dim, count: dim)
         }
     }
 
-    /// Final norm, head projection and softmax: `norm` (N, dim), `rstd` (N) and `probs` (N, vocab)
-    /// kept for `headBackward`; returns the mean loss against the loaded targets.
+    /// Adds the embedding's gradient from `dresidual` (N, dim), ∂L/∂(block 0's input): row i to row
+    /// tokens[i], in order i = 0, 1, ... With `vocabulary`, only tokens in that range, into `gradients`
+    /// holding just those rows; chunks covering the vocabulary give the same sums as one call.
+    public func embeddingBackward(dresidual: UnsafeMutablePointer<Float>, vocabulary: Range<Int>? = nil,
+                                  gradients: UnsafeMutablePointer<Float>? = nil) {
+        let dim = model.config.dim, range = vocabulary ?? 0..<model.config.vocabSize
+        let rows = gradients ?? model.pointer("token_embd.weight", in: model.gradients.base)
+        for i in 0..<n where range.contains(Int(tokenBuffer[i])) {
+            let d = rows + (Int(tokenBuffer[i]) - range.lowerBound) * dim, g = dresidual + i * dim
+            for j in 0..<dim { d[j] += g[j] }
+        }
+    }
+}
+
+// MARK: the head, over vocabulary chunks
+// logits = norm(x) · Wᵀ, softmax cross-entropy and its backward, computed over
+// chunks of the vocabulary so that neither W (vocab × dim) nor the logits (N × vocab)
+// need be whole in memory: pass 1 (headForward) computes each chunk's logits and a
+// running max and sum of exponentials per row (online softmax, in Double); pass 2
+// (headBackward) forms ∂L/∂logits chunk by chunk, adds the chunk's weight gradient
+// and accumulates ∂L/∂norm. Every path (in memory, executor, streamed) runs these same
+// calls with the same chunk size, so they agree bit for bit; a path that keeps the
+// logits of pass 1 (keepsLogits) skips pass 2's recomputation of them, which gives
+// the same values.
+extension LlamaTrainer {
+    /// Vocabulary rows per head chunk for `n` = batch × seqLen rows: about 1 Mi floats of logits per
+    /// chunk, rounded to rows that fill whole 4096-float blocks (so per-chunk gradient sums of squares
+    /// add up exactly as one sum over the tensor).
+    public static func headChunkRows(config c: LlamaConfig, rows n: Int) -> Int {
+        var a = c.dim, b = 4096
+        while b != 0 { (a, b) = (b, a % b) }
+        let unit = 4096 / a
+        let target = max(unit, (1 << 20) / max(n, 1) / unit * unit)
+        return min(target, (c.vocabSize + unit - 1) / unit * unit)
+    }
+
+    public var headChunkCount: Int { (model.config.vocabSize + headChunkRows - 1) / headChunkRows }
+    /// The vocabulary rows of head chunk `k`.
+    public func headChunk(_ k: Int) -> Range<Int> {
+        k * headChunkRows ..< min(model.config.vocabSize, (k + 1) * headChunkRows)
+    }
+    /// Where chunk `k`'s logits go in a buffer of (N, vocab) floats when they are kept.
+    func logitsOffset(_ k: Int, keeps: Bool) -> Int { keeps ? k * n * headChunkRows : 0 }
+
+    /// The head's weight rows [range) (tied: token_embd's) in the model's own allocation.
+    func residentHeadRows(_ range: Range<Int>, in base: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
+        model.pointer(model.config.tiedEmbeddings ? "token_embd.weight" : "output.weight", in: base) + range.lowerBound * model.config.dim
+    }
+
+    /// Chunk `k`'s logits in `out` (N, count) become exp(logit − chunk max) in place; returns nothing,
+    /// records the chunk max per row in `chunkMax` and, on pass 1, folds the chunk into the row's max
+    /// and sum and picks the target's logit.
+    private func exponentiate(_ out: UnsafeMutablePointer<Float>, chunk k: Int, firstPass: Bool) {
+        let range = headChunk(k), count = range.count, chunks = headChunkCount
+        TrainingThreads.forEachRange(n, minPerThread: 8) { rows in
+            for i in rows {
+                let l = out + i * count
+                var m = -Float.infinity
+                for j in 0..<count { m = max(m, l[j]) }
+                let t = Int(targetBuffer[i])
+                if firstPass && range.contains(t) { targetLogit[i] = l[t - range.lowerBound] }
+                var sum = 0.0
+                for j in 0..<count { let e = expf(l[j] - m); l[j] = e; sum += Double(e) }
+                guard firstPass else { continue }
+                chunkMax[i * chunks + k] = m
+                if k == 0 {
+                    rowMax[i] = m; rowSum[i] = sum
+                } else if m > rowMax[i] {
+                    rowSum[i] = rowSum[i] * Foundation.exp(Double(rowMax[i]) - Double(m)) + sum; rowMax[i] = m
+                } else {
+                    rowSum[i] += sum * Foundation.exp(Double(m) - Double(rowMax[i]))
+                }
+            }
+        }
+    }
+
+    /// Pass 1: final norm of `input` into `norm`/`rstd`, then every chunk's logits (into `logits`: all
+    /// of them, (N, vocab) chunk after chunk, when `keepsLogits`; else one chunk's (N, chunk rows)
+    /// at a time). `weights(k)` gives chunk k's rows of the head weight; `parameters` holds
+    /// output_norm. Returns the mean loss against the loaded targets.
     public func headForward(input: UnsafeMutablePointer<Float>, norm: UnsafeMutablePointer<Float>,
-                            rstd: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>) -> Float {
-        let c = model.config, n = self.n
+                            rstd: UnsafeMutablePointer<Float>, logits: UnsafeMutablePointer<Float>, keepsLogits: Bool,
+                            parameters: ParameterBases? = nil,
+                            weights: ((Int) throws -> UnsafePointer<Float>)? = nil) rethrows -> Float {
+        let c = model.config, n = self.n, p = parameters ?? model.resident
         timed("rmsnorm") {
-            rmsnormForward(norm, rstd: rstd, input, model.pointer("output_norm.weight", in: model.weights.base),
+            rmsnormForward(norm, rstd: rstd, input, model.pointer("output_norm.weight", in: p.weights),
                            rows: n, dim: c.dim, eps: c.rmsEps)
         }
-        timed("matmul fwd") { matmulForward(probs, norm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize) }
-        timed("cross-entropy") {
-            targetBuffer.withUnsafeBufferPointer { t in
-                crossEntropyForward(losses, probs: probs, probs, targets: t.baseAddress!, n: n, vocab: c.vocabSize)
-            }
+        for k in 0..<headChunkCount {
+            let range = headChunk(k), out = logits + logitsOffset(k, keeps: keepsLogits)
+            let w = try weights?(k) ?? UnsafePointer(residentHeadRows(range, in: model.weights.base))
+            timed("matmul fwd") { matmulForward(out, norm, w, n: n, inDim: c.dim, outDim: range.count) }
+            timed("cross-entropy") { exponentiate(out, chunk: k, firstPass: true) }
+        }
+        for i in 0..<n {
+            losses[i] = Float(Foundation.log(rowSum[i]) + Double(rowMax[i]) - Double(targetLogit[i]))
         }
         return meanLoss()
     }
 
-    /// The head's backward from what `headForward` kept: `probs` becomes ∂L/∂logits (in place),
-    /// the head's gradients are added, and `dresidual` (N, dim) receives ∂L/∂input.
+    /// Pass 2: ∂L/∂logits chunk by chunk (recomputing the chunk's logits unless kept), the chunk's
+    /// weight gradient added into `chunk(k).gradients` (rows of the head weight's gradient), ∂L/∂norm
+    /// accumulated, then the final norm's backward: `dresidual` (N, dim) receives ∂L/∂input.
+    /// `done(k)` is called when chunk k's weights and gradients are no longer needed.
     public func headBackward(dresidual: UnsafeMutablePointer<Float>, input: UnsafeMutablePointer<Float>,
                              norm: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
-                             probs: UnsafeMutablePointer<Float>, gradientScale: Float = 1) {
-        let c = model.config, n = self.n
-        timed("cross-entropy") {
-            targetBuffer.withUnsafeBufferPointer { t in
-                crossEntropyBackward(probs, probs, targets: t.baseAddress!, dloss: gradientScale / Float(n),
-                                     n: n, vocab: c.vocabSize)
+                             logits: UnsafeMutablePointer<Float>, keepsLogits: Bool, gradientScale: Float = 1,
+                             parameters: ParameterBases? = nil,
+                             chunk: ((Int) throws -> (weights: UnsafePointer<Float>, gradients: UnsafeMutablePointer<Float>))? = nil,
+                             done: ((Int) throws -> Void)? = nil) rethrows {
+        let c = model.config, n = self.n, p = parameters ?? model.resident
+        let dloss = gradientScale / Float(n), chunks = headChunkCount
+        for k in 0..<chunks {
+            let range = headChunk(k), out = logits + logitsOffset(k, keeps: keepsLogits)
+            let (w, g) = try chunk?(k) ?? (UnsafePointer(residentHeadRows(range, in: model.weights.base)),
+                                           residentHeadRows(range, in: model.gradients.base))
+            if !keepsLogits {
+                timed("matmul fwd") { matmulForward(out, norm, w, n: n, inDim: c.dim, outDim: range.count) }
+                timed("cross-entropy") { exponentiate(out, chunk: k, firstPass: false) }
             }
-        }
-        timed("matmul bwd") {
-            matmulBackward(dxn, headGradient, probs, norm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize)
+            timed("cross-entropy") {
+                let count = range.count
+                TrainingThreads.forEachRange(n, minPerThread: 8) { rows in
+                    for i in rows {
+                        let scale = Float(Foundation.exp(Double(chunkMax[i * chunks + k]) - Double(rowMax[i])) / rowSum[i])
+                        let d = out + i * count
+                        for j in 0..<count { d[j] = d[j] * scale * dloss }
+                        let t = Int(targetBuffer[i])
+                        if range.contains(t) { d[t - range.lowerBound] -= dloss }
+                    }
+                }
+            }
+            timed("matmul bwd") {
+                matmulBackward(dxn, g, out, norm, w, n: n, inDim: c.dim, outDim: range.count, accumulateInput: k > 0)
+            }
+            try done?(k)
         }
         dresidual.update(repeating: 0, count: n * c.dim)
         timed("rmsnorm") {
-            rmsnormBackward(dresidual, model.pointer("output_norm.weight", in: model.gradients.base), dxn, input,
-                            model.pointer("output_norm.weight", in: model.weights.base), rstd: rstd,
-                            rows: n, dim: c.dim)
-        }
-    }
-
-    /// Adds the embedding's gradient from `dresidual` (N, dim), ∂L/∂(block 0's input).
-    public func embeddingBackward(dresidual: UnsafeMutablePointer<Float>) {
-        tokenBuffer.withUnsafeBufferPointer { t in
-            Kernels.embeddingBackward(model.pointer("token_embd.weight", in: model.gradients.base), dresidual, t.baseAddress!,
-                              n: n, dim: model.config.dim)
+            rmsnormBackward(dresidual, model.pointer("output_norm.weight", in: p.gradients), dxn, input,
+                            model.pointer("output_norm.weight", in: p.weights), rstd: rstd, rows: n, dim: c.dim)
         }
     }
 }

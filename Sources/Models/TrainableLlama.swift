@@ -132,6 +132,9 @@ public final class TrainableLlama {
 
     public func zeroGradients() { gradients.zero() }
 
+    /// The model's own allocations as parameter bases.
+    public var resident: ParameterBases { ParameterBases(weights: weights.base, gradients: gradients.base) }
+
     /// Pointers to block `l`'s nine parameters in `base` (weights or gradients).
     func block(_ l: Int, in base: UnsafeMutablePointer<Float>) -> BlockParameters {
         func p(_ suffix: String) -> UnsafeMutablePointer<Float> { base + layout.entry("blk.\(l).\(suffix)")!.offset }
@@ -142,6 +145,22 @@ public final class TrainableLlama {
 
     func pointer(_ name: String, in base: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
         base + layout.entry(name)!.offset
+    }
+}
+
+/// Where a stage's parameters are: `weights + offset` (and `gradients + offset`) is the parameter
+/// at that layout offset. For the model's own allocations these are their bases; a stage streamed
+/// into a buffer of its own passes `buffer - (first offset of the stage)`, so the same layout
+/// offsets address it (the bases themselves may point before the buffer and are never read).
+public struct ParameterBases {
+    public var weights: UnsafeMutablePointer<Float>
+    public var gradients: UnsafeMutablePointer<Float>
+    public init(weights: UnsafeMutablePointer<Float>, gradients: UnsafeMutablePointer<Float>) {
+        self.weights = weights; self.gradients = gradients
+    }
+    /// Bases for a stage whose first parameter is at layout offset `start`, held at `weights` / `gradients`.
+    public init(stageStart start: Int, weights: UnsafeMutablePointer<Float>, gradients: UnsafeMutablePointer<Float>) {
+        self.weights = weights - start; self.gradients = gradients - start
     }
 }
 
