@@ -350,8 +350,8 @@ public final class LlamaTrainer {
         for l in 0..<c.layers {
             blockForward(l, output: l + 1 < c.layers ? blockInputs[l + 1] : final, saving: blockActs[l])
         }
-        let loss = headForward(input: final, norm: finalNorm, rstd: finalRstd, logits: logits, keepsLogits: true)
-        headBackward(dresidual: dres, input: final, norm: finalNorm, rstd: finalRstd, logits: logits, keepsLogits: true,
+        let loss = try headForward(input: final, norm: finalNorm, rstd: finalRstd, logits: logits, keepsLogits: true)
+        try headBackward(dresidual: dres, input: final, norm: finalNorm, rstd: finalRstd, logits: logits, keepsLogits: true,
                      gradientScale: gradientScale)
         for l in stride(from: c.layers - 1, through: 0, by: -1) {
             if policy == .recomputeAll { blockForward(l, output: recomputeOut, saving: blockActs[l]) }
@@ -476,7 +476,7 @@ extension LlamaTrainer {
     public func headForward(input: UnsafeMutablePointer<Float>, norm: UnsafeMutablePointer<Float>,
                             rstd: UnsafeMutablePointer<Float>, logits: UnsafeMutablePointer<Float>, keepsLogits: Bool,
                             parameters: ParameterBases? = nil,
-                            weights: ((Int) throws -> UnsafePointer<Float>)? = nil) rethrows -> Float {
+                            weights: ((Int) throws -> UnsafePointer<Float>)? = nil) throws -> Float {
         let c = model.config, n = self.n, p = parameters ?? model.resident
         timed("rmsnorm") {
             rmsnormForward(norm, rstd: rstd, input, model.pointer("output_norm.weight", in: p.weights),
@@ -503,7 +503,7 @@ extension LlamaTrainer {
                              logits: UnsafeMutablePointer<Float>, keepsLogits: Bool, gradientScale: Float = 1,
                              parameters: ParameterBases? = nil,
                              chunk: ((Int) throws -> (weights: UnsafePointer<Float>, gradients: UnsafeMutablePointer<Float>))? = nil,
-                             done: ((Int) throws -> Void)? = nil) rethrows {
+                             done: ((Int) throws -> Void)? = nil) throws {
         let c = model.config, n = self.n, p = parameters ?? model.resident
         let dloss = gradientScale / Float(n), chunks = headChunkCount
         for k in 0..<chunks {

@@ -31,8 +31,11 @@ extension TrainableLlama {
     }
 }
 
-private func sumOfSquares(_ p: UnsafePointer<Float>, _ count: Int) -> Double {
-    var total = 0.0, i = 0
+/// Σ p[i]² for the gradient norms: fp32 partial sums per 4096 floats, added in Double to `total`
+/// in order. A tensor cut at multiples of 4096 floats, its pieces summed in order each adding
+/// to the previous piece's result, gives the same Double as one call over the whole.
+public func sumOfSquares(_ p: UnsafePointer<Float>, _ count: Int, adding start: Double = 0) -> Double {
+    var total = start, i = 0
     while i < count {
         let end = min(i + 4096, count)
         var acc = SIMD8<Float>(), j = i

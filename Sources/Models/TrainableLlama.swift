@@ -74,27 +74,41 @@ public final class TrainableLlama {
     public let gradients: FloatBuffer
 
     /// A model with all weights zero (fill them, or use `random`/`init(source:)`).
-    public init(config: LlamaConfig, ropeStyle: RopeStyle = .adjacentPairs) throws {
+    /// - Parameter resident: false gives a model that holds no weights or gradients (both buffers
+    ///   empty): its parameters live elsewhere (a streamed trainer's disk store) and every call
+    ///   that touches them passes `ParameterBases`.
+    public init(config: LlamaConfig, ropeStyle: RopeStyle = .adjacentPairs, resident: Bool = true) throws {
         try config.validate()
         self.config = config
         self.ropeStyle = ropeStyle
         layout = ParameterLayout(config: config)
-        weights = FloatBuffer(count: layout.totalFloats)
-        gradients = FloatBuffer(count: layout.totalFloats)
+        weights = FloatBuffer(count: resident ? layout.totalFloats : 0)
+        gradients = FloatBuffer(count: resident ? layout.totalFloats : 0)
     }
+
+    /// Whether the weights and gradients are in this object's own allocations.
+    public var isResident: Bool { weights.count == layout.totalFloats }
 
     /// Every weight of `source` dequantized to fp32.
     public convenience init(source: WeightSource) throws {
         try self.init(config: source.config, ropeStyle: source.ropeStyle)
         try source.validateTensors()
-        for e in layout.entries {
-            let t = try source.tensor(e.name)
-            guard t.dtype.byteCount(elements: e.elements) == t.bytes.count else {
-                throw OffloadError("[train] \(source.sourceName): tensor \(e.name) holds \(t.bytes.count) bytes, "
-                                   + "not \(e.elements) \(t.dtype) values")
-            }
-            Dequantize.toF32(t.dtype, t.bytes.baseAddress!, weights.base + e.offset, count: e.elements)
+        for e in layout.entries { try Self.load(e, from: source, into: weights.base + e.offset) }
+    }
+
+    /// Elements `range` (default all) of parameter `e` of `source`, dequantized to fp32 into `p`.
+    /// A range must start on a multiple of 256 elements (whole quantization blocks).
+    public static func load(_ e: ParameterLayout.Entry, from source: WeightSource, elements range: Range<Int>? = nil,
+                            into p: UnsafeMutablePointer<Float>) throws {
+        let t = try source.tensor(e.name), r = range ?? 0..<e.elements
+        guard t.dtype.byteCount(elements: e.elements) == t.bytes.count else {
+            throw OffloadError("[train] \(source.sourceName): tensor \(e.name) holds \(t.bytes.count) bytes, "
+                               + "not \(e.elements) \(t.dtype) values")
         }
+        guard r.upperBound <= e.elements, let skip = t.dtype.byteCount(elements: r.lowerBound) else {
+            throw OffloadError("[train] \(source.sourceName): elements \(r) of \(e.name) do not start on a \(t.dtype) block")
+        }
+        Dequantize.toF32(t.dtype, t.bytes.baseAddress! + skip, p, count: r.count)
     }
 
     /// Fresh weights: matrices ~ N(0, 0.02²) (output projections scaled by 1/√(2·layers), as GPT-2),
@@ -102,18 +116,23 @@ public final class TrainableLlama {
     public static func random(config: LlamaConfig, seed: UInt64) throws -> TrainableLlama {
         let m = try TrainableLlama(config: config, ropeStyle: .adjacentPairs)
         var rng = SeededGenerator(seed: seed)
-        let residualScale = 1 / Float(2 * config.layers).squareRoot()
-        for e in m.layout.entries {
-            let p = m.weights.base + e.offset
-            if e.spec.shape.count == 1 {
-                p.update(repeating: 1, count: e.elements)
-                continue
-            }
-            let isResidualOutput = e.name.hasSuffix("attn_output.weight") || e.name.hasSuffix("ffn_down.weight")
-            let std: Float = 0.02 * (isResidualOutput ? residualScale : 1)
-            for i in 0..<e.elements { p[i] = rng.normal() * std }
-        }
+        for e in m.layout.entries { randomFill(e, config: config, into: m.weights.base + e.offset, rng: &rng) }
         return m
+    }
+
+    /// Parameter `e`'s fresh weights as `random` draws them; called for every entry in table order
+    /// with one generator, it gives `random`'s weights without holding them all.
+    /// Elements `range` (default all) into `p`; ranges of one entry must be filled in order.
+    public static func randomFill(_ e: ParameterLayout.Entry, config: LlamaConfig, elements range: Range<Int>? = nil,
+                                  into p: UnsafeMutablePointer<Float>, rng: inout SeededGenerator) {
+        let count = (range ?? 0..<e.elements).count
+        if e.spec.shape.count == 1 {
+            p.update(repeating: 1, count: count)
+            return
+        }
+        let isResidualOutput = e.name.hasSuffix("attn_output.weight") || e.name.hasSuffix("ffn_down.weight")
+        let std: Float = 0.02 * (isResidualOutput ? 1 / Float(2 * config.layers).squareRoot() : 1)
+        for i in 0..<count { p[i] = rng.normal() * std }
     }
 
     public var parameterCount: Int { layout.entries.reduce(0) { $0 + $1.elements } }

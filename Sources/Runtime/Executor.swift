@@ -243,7 +243,7 @@ public final class TrainingExecutor {
             let input = try buffer("act.head.in")
             let names = ["act.head.norm", "act.head.rstd", "act.head.probs"]
             let p = try names.map { saveAll ? try buffer($0) : try temp($0) }
-            result = trainer.headForward(input: input, norm: p[0], rstd: p[1], logits: p[2], keepsLogits: true)
+            result = try trainer.headForward(input: input, norm: p[0], rstd: p[1], logits: p[2], keepsLogits: true)
         } else {
             let names = Self.blockFields.map { "act.\(l).\($0)" }
             var ptrs = [try buffer(names[0])]
@@ -266,7 +266,7 @@ public final class TrainingExecutor {
         if isHead {
             guard let dIn = created.first else { throw OffloadError("[executor] head backward creates no input gradient") }
             let d = try create(dIn)
-            trainer.headBackward(dresidual: d, input: try buffer("act.head.in"), norm: try buffer("act.head.norm"),
+            try trainer.headBackward(dresidual: d, input: try buffer("act.head.in"), norm: try buffer("act.head.norm"),
                                  rstd: try buffer("act.head.rstd"), logits: try buffer("act.head.probs"), keepsLogits: true,
                                  gradientScale: gradientScale)
         } else {

@@ -1,0 +1,536 @@
+// Training with parameters, gradients and AdamW state off compute memory (placement
+// `stream`, ZeRO-Infinity style on the CPU): weights, m and v of every parameter
+// unit live in the disk store between steps; a step reads each unit's weights in
+// when its forward needs them and again for its backward, and updates a unit as
+// soon as its gradient is complete (m and v read in, in parts, then w, m and v
+// written back), so a step holds a few units, one block's activations and the
+// trainer's scratch, whatever the model's size. Block inputs are the only
+// activations kept (in memory, or on disk when the budget is small); every block's
+// forward is recomputed in its backward. Units: the token embedding (and an untied
+// output matrix) in the head's vocabulary chunks, each block, the final norm.
+//
+// Reads are issued in the order the step consumes them, as far ahead as the budget
+// leaves room beside what the compute ops will allocate; writes drain behind.
+// Everything is allocated from one MemoryTier whose limit is the budget minus the
+// trainer's scratch. Same kernels, same calls, same order of every sum as the
+// in-memory step: the losses, gradient norms and updated weights are bit-identical.
+// Not here: gradient clipping and accumulation (they need every gradient before
+// any update), SGD.
+
+import Foundation
+import Kernels
+import Memory
+import Models
+import Tensors
+
+/// What one streamed step did.
+public struct StreamedStep: Sendable {
+    public var loss: Float
+    public var gradNorm: Double
+    public var seconds: Double
+    /// Peak of the budget: the trainer's scratch plus the tier's peak.
+    public var peakComputeBytes: Int
+    public var bytesRead: Int
+    public var bytesWritten: Int
+}
+
+/// A piece of the parameters moved as one: `floats` floats at `offset` of the layout.
+public struct ParameterUnit: Sendable {
+    public var name: String
+    public var offset: Int
+    public var floats: Int
+    /// Pieces [start, end) (relative to `offset`) whose m and v are read and updated at a time.
+    public var parts: [Range<Int>]
+    var bytes: Int { floats * 4 }
+}
+
+public final class StreamedTrainer {
+    public let trainer: LlamaTrainer
+    public let optimizer: AdamW
+    public let budget: Int
+    public let memory: MemoryTier
+    public let disk: DiskStore
+    public let trace: TraceRecorder?
+    let engine: TransferEngine
+    /// Whether block inputs stay in memory between forward and backward (else they go to disk).
+    public let keepsInputs: Bool
+    /// Bytes the compute ops may hold at once; reads ahead never eat into it.
+    public let reserve: Int
+    /// The smallest budget this step runs in.
+    public let minimumBudget: Int
+    /// Optimizer steps done (AdamW's t).
+    public private(set) var steps = 0
+
+    public let embeddingUnits: [ParameterUnit]
+    public let blockUnits: [ParameterUnit]
+    public let normUnit: ParameterUnit
+    /// Chunks of output.weight (empty when tied to the embedding).
+    public let outputUnits: [ParameterUnit]
+    public var units: [ParameterUnit] { embeddingUnits + blockUnits + [normUnit] + outputUnits }
+
+    var config: LlamaConfig { trainer.model.config }
+    var n: Int { trainer.batch * trainer.seqLen }
+    var inputBytes: Int { n * config.dim * 4 }
+    var actsBytes: Int { BlockActivations.floats(config: config, batch: trainer.batch, seqLen: trainer.seqLen) * 4 }
+
+    /// - Parameters:
+    ///   - trainer: built with `ownsActivations: false` over a non-resident model.
+    ///   - partBytes: most bytes of m (and of v) read at once for an update.
+    public init(trainer: LlamaTrainer, optimizer: AdamW, budget: Int, disk: DiskStore, trace: TraceRecorder? = nil,
+                partBytes: Int = 4 << 20) throws {
+        guard !trainer.ownsActivations, !trainer.model.isResident else {
+            throw OffloadError("[stream] the trainer must own no activations and its model no parameters")
+        }
+        let m = trainer.model, c = m.config, layout = m.layout
+        let rowFloats = trainer.headChunkRows * c.dim
+        guard rowFloats % 4096 == 0 || trainer.headChunkCount == 1 else {
+            throw OffloadError("[stream] head chunks of \(trainer.headChunkRows) rows are not whole 4096-float blocks")
+        }
+        func parts(_ floats: Int) -> [Range<Int>] {
+            let per = max(1024, partBytes / 4 / 1024 * 1024)
+            return stride(from: 0, to: floats, by: per).map { $0 ..< min(floats, $0 + per) }
+        }
+        func unit(_ name: String, _ offset: Int, _ floats: Int) -> ParameterUnit {
+            ParameterUnit(name: name, offset: offset, floats: floats, parts: parts(floats))
+        }
+        func chunks(_ tensor: String, _ prefix: String) -> [ParameterUnit] {
+            let e = layout.entry(tensor)!
+            return (0..<trainer.headChunkCount).map { k in
+                let r = trainer.headChunk(k)
+                return unit("\(prefix).\(k)", e.offset + r.lowerBound * c.dim, r.count * c.dim)
+            }
+        }
+        embeddingUnits = chunks("token_embd.weight", "embd")
+        blockUnits = (0..<c.layers).map { l in
+            let r = layout.range(of: .block(l))
+            return unit("blk.\(l)", r.lowerBound, r.count)
+        }
+        let norm = layout.entry("output_norm.weight")!
+        normUnit = unit("norm", norm.offset, norm.elements)
+        outputUnits = c.tiedEmbeddings ? [] : chunks("output.weight", "out")
+
+        self.trainer = trainer; self.optimizer = optimizer; self.budget = budget; self.disk = disk; self.trace = trace
+        let n = trainer.batch * trainer.seqLen
+        let input = accountedBytes(n * c.dim * 4), acts = accountedBytes(BlockActivations.floats(config: c, batch: trainer.batch, seqLen: trainer.seqLen) * 4)
+        let chunkUnit = accountedBytes(trainer.headChunkRows * c.dim * 4)
+        let maxBlock = blockUnits.map { accountedBytes($0.bytes) }.max() ?? 0
+        let maxPart = accountedBytes(min(partBytes, max(maxBlock, chunkUnit)))
+        // What compute allocates at once: a forward (output, activations); the head (its output x,
+        // norm, rstd, a chunk's logits and gradient, the norm's gradient, ∂L/∂x); a backward
+        // (∂L/∂x, the block's gradient, activations, recomputed output).
+        let head = 3 * input + accountedBytes(n * 4) + accountedBytes(n * trainer.headChunkRows * 4) + chunkUnit
+            + accountedBytes(normUnit.bytes)
+        reserve = max(input + acts + input, head, 3 * input + maxBlock + acts)
+        // Reads one op needs at once: a backward's input and weights, then a part of m and v.
+        let reads = input + maxBlock + 2 * maxPart + 2 * chunkUnit
+        let scratch = trainer.activationBytes
+        let checkpoints = c.layers * input
+        minimumBudget = scratch + reserve + reads
+        guard budget >= minimumBudget else {
+            throw OffloadError("[stream] a budget of \(formatBytes(budget)) is below the \(formatBytes(minimumBudget)) "
+                               + "a streamed step needs at batch \(trainer.batch) × \(trainer.seqLen) (scratch "
+                               + "\(formatBytes(scratch)), one block's activations and gradient \(formatBytes(reserve)), "
+                               + "its weights and a part of its optimizer state \(formatBytes(reads)))")
+        }
+        // Keep block inputs in memory when that still leaves room to read a few units ahead.
+        keepsInputs = budget - minimumBudget - checkpoints >= 2 * maxBlock
+        memory = MemoryTier(.compute, limit: budget - scratch, trace: trace)
+        engine = TransferEngine(memory: memory, disk: disk, trace: trace)
+    }
+
+    /// Tensor name on disk of `role` ("w", "m", "v", "g") of `unit` (part `p` for m and v).
+    static func key(_ role: String, _ unit: ParameterUnit, part p: Int? = nil) -> String {
+        p.map { "\(role).\(unit.name).\($0)" } ?? "\(role).\(unit.name)"
+    }
+
+    // MARK: setting up and reading out
+
+    /// Writes every unit's weights (`fill("w", unit, buffer)`) and optimizer state (`fill("m" / "v",
+    /// ...)`; left untouched, zeros: a fresh optimizer) to the disk store, unit by unit; `done`
+    /// optimizer steps were taken before (a resumed run).
+    public func initialize(steps done: Int = 0,
+                           fill: (_ role: String, _ unit: ParameterUnit, _ into: UnsafeMutablePointer<Float>) throws -> Void) throws {
+        for u in units {
+            for role in ["w", "m", "v"] {
+                let b = try allocate("\(role) \(u.name)", bytes: u.bytes)
+                let p = b.baseAddress.assumingMemoryBound(to: Float.self)
+                p.update(repeating: 0, count: u.floats)
+                try fill(role, u, p)
+                if role == "w" {
+                    try write(Self.key("w", u), b)
+                } else {
+                    for (i, r) in u.parts.enumerated() {
+                        let part = try allocate("\(role) \(u.name).\(i)", bytes: r.count * 4)
+                        part.baseAddress.assumingMemoryBound(to: Float.self).update(from: p + r.lowerBound, count: r.count)
+                        try write(Self.key(role, u, part: i), part)
+                    }
+                    b.free()
+                }
+            }
+        }
+        try drainWrites()
+        steps = done
+    }
+
+    /// The parameters unit `u` holds, in table order: each entry, the elements of it in the unit,
+    /// and where they start in the unit.
+    public func pieces(of u: ParameterUnit) -> [(entry: ParameterLayout.Entry, elements: Range<Int>, at: Int)] {
+        trainer.model.layout.entries.compactMap { e in
+            let start = max(e.offset, u.offset), end = min(e.offset + e.elements, u.offset + u.floats)
+            return start < end ? (e, start - e.offset ..< end - e.offset, start - u.offset) : nil
+        }
+    }
+
+    /// Initial weights drawn as `TrainableLlama.random(config:seed:)` draws them; fresh optimizer.
+    public func initializeRandom(seed: UInt64) throws {
+        var rng = SeededGenerator(seed: seed)
+        let c = config
+        try initialize { role, u, p in
+            guard role == "w" else { return }
+            for (e, r, at) in pieces(of: u) { TrainableLlama.randomFill(e, config: c, elements: r, into: p + at, rng: &rng) }
+        }
+    }
+
+    /// Initial weights from a model file (dequantized to fp32); fresh optimizer.
+    public func initialize(from source: WeightSource) throws {
+        try source.validateTensors()
+        try initialize { role, u, p in
+            guard role == "w" else { return }
+            for (e, r, at) in pieces(of: u) { try TrainableLlama.load(e, from: source, elements: r, into: p + at) }
+        }
+    }
+
+    /// Reads `role` ("w", "m", "v") of every unit in turn and hands it to `body` (unit floats).
+    public func forEachUnit(_ role: String, _ body: (ParameterUnit, UnsafePointer<Float>) throws -> Void) throws {
+        for u in units {
+            let b = try allocate("\(role) \(u.name)", bytes: u.bytes)
+            defer { b.free() }
+            let p = b.baseAddress.assumingMemoryBound(to: Float.self)
+            if role == "w" {
+                try disk.read(Self.key("w", u), into: b.storage)
+            } else {
+                for (i, r) in u.parts.enumerated() {
+                    let part = try allocate("\(role) \(u.name).\(i)", bytes: r.count * 4)
+                    defer { part.free() }
+                    try disk.read(Self.key(role, u, part: i), into: part.storage)
+                    (p + r.lowerBound).update(from: part.baseAddress.assumingMemoryBound(to: Float.self), count: r.count)
+                }
+            }
+            try body(u, p)
+        }
+    }
+
+    // MARK: memory and transfers
+
+    /// Bytes compute ops hold now (reads ahead leave `reserve` minus this free).
+    var computeHeld = 0
+    var pendingWrites: [String: TransferHandle] = [:]
+    var writeOrder: [TransferHandle] = []
+    var planned: [(name: String, bytes: Int)] = []
+    /// Planned reads of tensors this step writes first (block inputs, tied head gradients), not written yet.
+    var awaiting = Set<String>()
+    var nextPlanned = 0
+    var issued: [TransferHandle] = []
+    var bytesRead = 0, bytesWritten = 0
+
+    func allocate(_ name: String, bytes: Int) throws -> TierBuffer {
+        while true {
+            do { return try memory.allocate(name, bytes: bytes) } catch {
+                if try !drainOneWrite() {
+                    throw OffloadError("[stream] \(error) (budget \(formatBytes(budget)), of which the trainer's scratch "
+                                       + "\(formatBytes(trainer.activationBytes)))")
+                }
+            }
+        }
+    }
+
+    /// A compute op's buffer, counted against the reserve.
+    func computeBuffer(_ name: String, bytes: Int, zero: Bool = false) throws -> TierBuffer {
+        let b = try allocate(name, bytes: bytes)
+        computeHeld += accountedBytes(bytes)
+        if zero { b.baseAddress.assumingMemoryBound(to: Float.self).update(repeating: 0, count: bytes / 4) }
+        return b
+    }
+
+    func releaseCompute(_ b: TierBuffer) {
+        computeHeld -= accountedBytes(b.byteCount)
+        b.free()
+    }
+
+    /// Writes `b` as `name`; the buffer is freed once on disk.
+    func write(_ name: String, _ b: TierBuffer) throws {
+        if let h = pendingWrites[name] { try h.wait() }
+        let h = try engine.write(name, from: b)
+        awaiting.remove(name)
+        pendingWrites[name] = h
+        writeOrder.append(h)
+        bytesWritten += b.byteCount
+    }
+
+    /// Waits for the oldest write still holding memory and frees its buffer; false when none.
+    @discardableResult
+    func drainOneWrite() throws -> Bool {
+        guard !writeOrder.isEmpty else { return false }
+        let h = writeOrder.removeFirst()
+        try h.wait()
+        h.buffer.free()
+        if pendingWrites[h.name] === h { pendingWrites[h.name] = nil }
+        return true
+    }
+
+    func pollWrites() throws {
+        while let h = writeOrder.first, h.isComplete { try drainOneWrite() }
+    }
+
+    func drainWrites() throws { while try drainOneWrite() {} }
+
+    /// Issues planned reads while the budget leaves the compute reserve free.
+    func pump() throws {
+        try pollWrites()
+        while nextPlanned < planned.count {
+            let (name, bytes) = planned[nextPlanned]
+            if awaiting.contains(name) { return }
+            if let w = pendingWrites[name], !w.isComplete { return }
+            let room = memory.limit - memory.stats.current - max(0, reserve - computeHeld)
+            guard accountedBytes(bytes) <= room, let b = try? memory.allocate(name, bytes: bytes) else { return }
+            try issue(name, b)
+        }
+    }
+
+    func issue(_ name: String, _ b: TierBuffer) throws {
+        if let w = pendingWrites[name] { try w.wait() }
+        do { issued.append(try engine.read(name, into: b)) } catch { b.free(); throw error }
+        nextPlanned += 1
+        bytesRead += b.byteCount
+    }
+
+    /// The next planned read, which must be `name`: issued now if it was not yet, then waited for.
+    func take(_ name: String) throws -> TierBuffer {
+        if issued.isEmpty {
+            guard nextPlanned < planned.count, planned[nextPlanned].name == name else {
+                throw OffloadError("[stream] internal: read \(name) out of order (next planned: "
+                                   + "\(nextPlanned < planned.count ? planned[nextPlanned].name : "none"))")
+            }
+            try issue(name, try allocate(name, bytes: planned[nextPlanned].bytes))
+        }
+        let h = issued.removeFirst()
+        guard h.name == name else { throw OffloadError("[stream] internal: took \(h.name) for \(name)") }
+        if let trace, !h.isComplete {
+            try trace.measure("wait \(name)", stream: "compute") { try h.wait() }
+        } else {
+            try h.wait()
+        }
+        try pump()
+        return h.buffer
+    }
+
+    /// The step's reads in the order `step` takes them.
+    func plan() -> [(name: String, bytes: Int)] {
+        let tied = outputUnits.isEmpty, head = tied ? embeddingUnits : outputUnits
+        var r: [(String, Int)] = []
+        func w(_ u: ParameterUnit) { r.append((Self.key("w", u), u.bytes)) }
+        func state(_ u: ParameterUnit) {
+            for (i, p) in u.parts.enumerated() { r.append((Self.key("m", u, part: i), p.count * 4)); r.append((Self.key("v", u, part: i), p.count * 4)) }
+        }
+        embeddingUnits.forEach(w)
+        blockUnits.forEach(w)
+        w(normUnit)
+        head.forEach(w)
+        for u in head { w(u); if !tied { state(u) } }
+        state(normUnit)
+        for (l, u) in blockUnits.enumerated().reversed() {
+            if !keepsInputs { r.append(("x.\(l)", inputBytes)) }
+            w(u); state(u)
+        }
+        for u in embeddingUnits {
+            if tied { r.append((Self.key("g", u), u.bytes)) }
+            w(u); state(u)
+        }
+        return r
+    }
+
+    // MARK: the step
+
+    /// One optimizer step on `inputs` / `targets` (B·T ids each) at learning rate `lr`.
+    public func step(inputs: [Int], targets: [Int], lr: Float) throws -> StreamedStep {
+        let t0 = Date()
+        memory.resetPeak()
+        bytesRead = 0; bytesWritten = 0
+        try trainer.setBatch(inputs: inputs, targets: targets)
+        planned = plan(); nextPlanned = 0; issued = []
+        awaiting = Set(planned.map(\.name).filter { $0.hasPrefix("x.") || $0.hasPrefix("g.") })
+        do {
+            let (loss, norm) = try runStep(lr: lr, t: steps + 1)
+            try drainWrites()
+            steps += 1
+            return StreamedStep(loss: loss, gradNorm: norm, seconds: Date().timeIntervalSince(t0),
+                                peakComputeBytes: trainer.activationBytes + memory.stats.peak,
+                                bytesRead: bytesRead, bytesWritten: bytesWritten)
+        } catch {
+            for h in issued { try? h.wait(); h.buffer.free() }
+            issued = []
+            try? engine.waitAll()
+            while (try? drainOneWrite()) == true {}
+            writeOrder = []; pendingWrites = [:]; computeHeld = 0
+            throw error
+        }
+    }
+
+    func floats(_ b: TierBuffer) -> UnsafeMutablePointer<Float> { b.baseAddress.assumingMemoryBound(to: Float.self) }
+
+    func span<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
+        guard let trace else { return try body() }
+        let start = trace.now()
+        defer { trace.span(name, stream: "compute", since: start) }
+        return try body()
+    }
+
+    /// AdamW on unit `u`: w and g in memory, m and v read part by part; w, m, v written back.
+    func update(_ u: ParameterUnit, weights w: TierBuffer, gradients g: UnsafeMutablePointer<Float>, lr: Float, t: Int) throws {
+        let wp = floats(w)
+        for (i, r) in u.parts.enumerated() {
+            let m = try take(Self.key("m", u, part: i)), v = try take(Self.key("v", u, part: i))
+            let mp = floats(m), vp = floats(v)
+            span("update \(u.name).\(i)") {
+                TrainingThreads.forEachRange(r.count, minPerThread: 1 << 15) { s in
+                    optimizer.update(wp + r.lowerBound + s.lowerBound, gradient: g + r.lowerBound + s.lowerBound,
+                                     state: [mp + s.lowerBound, vp + s.lowerBound], count: s.count, lr: lr, step: t)
+                }
+            }
+            try write(Self.key("m", u, part: i), m)
+            try write(Self.key("v", u, part: i), v)
+        }
+        try write(Self.key("w", u), w)
+    }
+
+    /// Sums of squares of the gradients per parameter, in table order once complete.
+    var sums: [String: Double] = [:]
+
+    /// Adds unit `u`'s gradient (at `g`) to the per-parameter sums; throws when one is not finite.
+    func addSums(_ u: ParameterUnit, _ g: UnsafePointer<Float>, step t: Int, loss: Float) throws {
+        for (e, r, at) in pieces(of: u) {
+            let s = sumOfSquares(g + at, r.count, adding: sums[e.name] ?? 0)
+            sums[e.name] = s
+            guard s.isFinite else {
+                throw OffloadError("[train] step \(t): the gradient of \(e.name) is not finite (loss \(loss)); stopping. "
+                                   + "Streamed parameters updated earlier in this step were changed: resume from the last checkpoint")
+            }
+        }
+    }
+
+    func runStep(lr: Float, t: Int) throws -> (Float, Double) {
+        let c = config, tied = outputUnits.isEmpty
+        sums = [:]
+        try pump()
+        // Embedding: x.0 from the chunks of token_embd.
+        var x = try computeBuffer("x.0", bytes: inputBytes)
+        for (k, u) in embeddingUnits.enumerated() {
+            let w = try take(Self.key("w", u))
+            span("forward embd.\(k)") { trainer.embeddingForward(output: floats(x), vocabulary: trainer.headChunk(k), table: floats(w)) }
+            w.free()
+        }
+        // Blocks, saving only their inputs.
+        var kept: [TierBuffer] = []
+        for (l, u) in blockUnits.enumerated() {
+            let w = try take(Self.key("w", u))
+            let out = try computeBuffer("x.\(l + 1)", bytes: inputBytes)
+            let acts = try computeBuffer("acts", bytes: actsBytes)
+            var a = BlockActivations(carving: floats(acts), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
+            a.attnIn = floats(x)
+            span("forward blk.\(l)") {
+                trainer.blockForward(l, output: floats(out), saving: a,
+                                     parameters: ParameterBases(stageStart: u.offset, weights: floats(w), gradients: floats(w)))
+            }
+            releaseCompute(acts); w.free()
+            computeHeld -= accountedBytes(x.byteCount)
+            if keepsInputs { kept.append(x) } else { try write("x.\(l)", x) }
+            x = out
+            try pump()
+        }
+        // Head, pass 1: the loss.
+        let normW = try take(Self.key("w", normUnit))
+        let normG = try computeBuffer("g norm", bytes: normUnit.bytes, zero: true)
+        let headBases = ParameterBases(stageStart: normUnit.offset, weights: floats(normW), gradients: floats(normG))
+        let norm = try computeBuffer("head norm", bytes: inputBytes)
+        let rstd = try computeBuffer("head rstd", bytes: n * 4)
+        let logits = try computeBuffer("logits", bytes: n * trainer.headChunkRows * 4)
+        let headUnits = tied ? embeddingUnits : outputUnits
+        var current: TierBuffer?
+        let loss = try span("head pass 1") {
+            try trainer.headForward(input: floats(x), norm: floats(norm), rstd: floats(rstd), logits: floats(logits),
+                                    keepsLogits: false, parameters: headBases) { [self] k in
+                current?.free()
+                current = try take(Self.key("w", headUnits[k]))
+                return UnsafePointer(floats(current!))
+            }
+        }
+        current?.free(); current = nil
+        guard loss.isFinite else { throw TrainingStopped(step: t, loss: loss, gradNorm: .nan) }
+        // Head, pass 2: chunk gradients (written out when tied, the embedding adds to them; else
+        // complete: update), ∂L/∂x, then the final norm's update.
+        let dres = try computeBuffer("dres", bytes: inputBytes)
+        var grad: TierBuffer?
+        try span("head pass 2") {
+            try trainer.headBackward(dresidual: floats(dres), input: floats(x), norm: floats(norm), rstd: floats(rstd),
+                                     logits: floats(logits), keepsLogits: false, parameters: headBases,
+                                     chunk: { [self] k in
+                                         current = try take(Self.key("w", headUnits[k]))
+                                         grad = try computeBuffer("g \(headUnits[k].name)", bytes: headUnits[k].bytes, zero: true)
+                                         return (UnsafePointer(floats(current!)), floats(grad!))
+                                     },
+                                     done: { [self] k in
+                                         let u = headUnits[k]
+                                         if tied {
+                                             current!.free()
+                                             computeHeld -= accountedBytes(grad!.byteCount)
+                                             try write(Self.key("g", u), grad!)
+                                         } else {
+                                             try addSums(u, floats(grad!), step: t, loss: loss)
+                                             try update(u, weights: current!, gradients: floats(grad!), lr: lr, t: t)
+                                             releaseCompute(grad!)
+                                         }
+                                         current = nil; grad = nil
+                                     })
+        }
+        for b in [norm, rstd, logits, x] { releaseCompute(b) }
+        try addSums(normUnit, floats(normG), step: t, loss: loss)
+        try update(normUnit, weights: normW, gradients: floats(normG), lr: lr, t: t)
+        releaseCompute(normG)
+        // Blocks backward: recompute the forward from the input, backward, update.
+        for (l, u) in blockUnits.enumerated().reversed() {
+            let input = keepsInputs ? kept.removeLast() : try take("x.\(l)")
+            if !keepsInputs { disk.remove("x.\(l)") }
+            let w = try take(Self.key("w", u))
+            let g = try computeBuffer("g \(u.name)", bytes: u.bytes, zero: true)
+            let acts = try computeBuffer("acts", bytes: actsBytes)
+            let out = try computeBuffer("recomputed x.\(l + 1)", bytes: inputBytes)
+            var a = BlockActivations(carving: floats(acts), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
+            a.attnIn = floats(input)
+            let bases = ParameterBases(stageStart: u.offset, weights: floats(w), gradients: floats(g))
+            span("backward blk.\(l)") {
+                trainer.blockForward(l, output: floats(out), saving: a, parameters: bases)
+                trainer.blockBackward(l, dresidual: floats(dres), acts: a, parameters: bases)
+            }
+            releaseCompute(acts); releaseCompute(out); input.free()
+            try addSums(u, floats(g), step: t, loss: loss)
+            try update(u, weights: w, gradients: floats(g), lr: lr, t: t)
+            releaseCompute(g)
+        }
+        // Embedding backward, chunk by chunk, and its update.
+        for (k, u) in embeddingUnits.enumerated() {
+            let g = tied ? try take(Self.key("g", u)) : try computeBuffer("g \(u.name)", bytes: u.bytes, zero: true)
+            if tied { computeHeld += accountedBytes(g.byteCount) }
+            span("backward embd.\(k)") {
+                trainer.embeddingBackward(dresidual: floats(dres), vocabulary: trainer.headChunk(k), gradients: floats(g))
+            }
+            try addSums(u, floats(g), step: t, loss: loss)
+            let w = try take(Self.key("w", u))
+            try update(u, weights: w, gradients: floats(g), lr: lr, t: t)
+            releaseCompute(g)
+            if tied { disk.remove(Self.key("g", u)) }
+        }
+        releaseCompute(dres)
+        let total = trainer.model.layout.entries.reduce(0.0) { $0 + (sums[$1.name] ?? 0) }
+        return (loss, total.squareRoot())
+    }
+}
