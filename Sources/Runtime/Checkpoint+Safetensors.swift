@@ -57,11 +57,22 @@ public struct Checksum64 {
 /// temporary folder). Returns the file's size and checksum.
 public func writeCheckpointTensors(_ tensors: [CheckpointTensor], metadata: [String: String] = [:],
                                    to path: String) throws -> (bytes: Int, checksum: String) {
+    try writeCheckpointTensors(tensors.map { ($0.name, $0.shape) }, metadata: metadata, to: path) { put in
+        for t in tensors { try put(UnsafeRawBufferPointer(start: t.data, count: t.count * 4)) }
+    }
+}
+
+/// Writes an F32 safetensors file of tensors (name, shape) whose data `body` hands to `put`, in
+/// the order given and with no gap (pieces of one tensor may come in several calls).
+public func writeCheckpointTensors(_ tensors: [(name: String, shape: [Int])], metadata: [String: String] = [:],
+                                   to path: String,
+                                   body: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws -> (bytes: Int, checksum: String) {
     var header: [String: Any] = [:]
     var offset = 0
     for t in tensors {
-        header[t.name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + t.count * 4]]
-        offset += t.count * 4
+        let count = t.shape.reduce(1, *)
+        header[t.name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + count * 4]]
+        offset += count * 4
     }
     if !metadata.isEmpty { header["__metadata__"] = metadata }
     var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
@@ -71,6 +82,7 @@ public func writeCheckpointTensors(_ tensors: [CheckpointTensor], metadata: [Str
     guard fd >= 0 else { throw OffloadError("[checkpoint] \(path): cannot create: \(String(cString: strerror(errno)))") }
     defer { close(fd) }
     var sum = Checksum64()
+    var written = 0
     func put(_ buf: UnsafeRawBufferPointer) throws {
         sum.update(buf)
         var done = 0
@@ -81,13 +93,106 @@ public func writeCheckpointTensors(_ tensors: [CheckpointTensor], metadata: [Str
             }
             done += n
         }
+        written += buf.count
     }
     var length = UInt64(json.count).littleEndian
     try withUnsafeBytes(of: &length) { try put($0) }
     try json.withUnsafeBytes { try put($0) }
-    for t in tensors { try put(UnsafeRawBufferPointer(start: t.data, count: t.count * 4)) }
+    try body(put)
+    guard written == 8 + json.count + offset else {
+        throw OffloadError("[checkpoint] \(path): internal: wrote \(written - 8 - json.count) data bytes of \(offset)")
+    }
     guard fsync(fd) == 0 else { throw OffloadError("[checkpoint] \(path): fsync failed: \(String(cString: strerror(errno)))") }
     return (8 + json.count + offset, sum.hex)
+}
+
+/// An F32 safetensors checkpoint file read piece by piece with pread (a streamed run never holds
+/// it whole), after checking its size and checksum in one pass.
+public final class CheckpointFileReader {
+    let path: String
+    let fd: Int32
+    let body: Int
+    let size: Int
+    let entries: [String: (shape: [Int], start: Int, end: Int)]
+
+    public init(path: String, expectBytes: Int?, expectChecksum: String?) throws {
+        let ctx = "[checkpoint] \(path)"
+        self.path = path
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw OffloadError("\(ctx): cannot read the file: \(String(cString: strerror(errno)))") }
+        var st = stat()
+        fstat(fd, &st)
+        let size = Int(st.st_size)
+        do {
+            if let expectBytes, size != expectBytes {
+                throw OffloadError("\(ctx): file is \(size) bytes, expected \(expectBytes) (truncated or replaced?)")
+            }
+            let block = 1 << 24
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: block, alignment: 64)
+            defer { buf.deallocate() }
+            func readAt(_ offset: Int, _ count: Int) throws {
+                var done = 0
+                while done < count {
+                    let n = pread(fd, buf + done, count - done, off_t(offset + done))
+                    guard n > 0 else { throw OffloadError("\(ctx): read failed at byte \(offset + done)") }
+                    done += n
+                }
+            }
+            if let expectChecksum {
+                var sum = Checksum64(), at = 0
+                while at < size {
+                    let n = min(block, size - at)
+                    try readAt(at, n)
+                    sum.update(UnsafeRawBufferPointer(start: buf, count: n))
+                    at += n
+                }
+                guard sum.hex == expectChecksum else {
+                    throw OffloadError("\(ctx): checksum \(sum.hex) does not match the recorded \(expectChecksum) (corrupted)")
+                }
+            }
+            guard size >= 8 else { throw OffloadError("\(ctx): too short for a safetensors header") }
+            try readAt(0, 8)
+            let n = Int(buf.loadUnaligned(as: UInt64.self).littleEndian)
+            guard n <= size - 8, n <= block else { throw OffloadError("\(ctx): header length \(n) runs past the end (\(size))") }
+            try readAt(8, n)
+            guard let header = try? JSONSerialization.jsonObject(with: Data(bytes: buf, count: n)) as? [String: Any] else {
+                throw OffloadError("\(ctx): header is not a JSON object")
+            }
+            var entries: [String: (shape: [Int], start: Int, end: Int)] = [:]
+            for (name, value) in header where name != "__metadata__" {
+                guard let info = value as? [String: Any], info["dtype"] as? String == "F32" else {
+                    throw OffloadError("\(ctx): tensor \(name) is not F32")
+                }
+                let shape = (info["shape"] as? [Any])?.compactMap { ($0 as? NSNumber)?.intValue } ?? []
+                let offs = (info["data_offsets"] as? [Any])?.compactMap { ($0 as? NSNumber)?.intValue } ?? []
+                guard offs.count == 2, offs[0] >= 0, offs[1] >= offs[0], 8 + n + offs[1] <= size else {
+                    throw OffloadError("\(ctx): tensor \(name) has offsets \(offs) outside the file (\(size) bytes)")
+                }
+                entries[name] = (shape, offs[0], offs[1])
+            }
+            (self.fd, self.size, self.body, self.entries) = (fd, size, 8 + n, entries)
+        } catch {
+            close(fd)
+            throw error
+        }
+    }
+    deinit { close(fd) }
+
+    /// Elements `range` of tensor `name` (which must have `shape`) into `p`.
+    public func read(_ name: String, shape: [Int], elements range: Range<Int>, into p: UnsafeMutablePointer<Float>) throws {
+        let ctx = "[checkpoint] \(path)"
+        guard let e = entries[name] else { throw OffloadError("\(ctx): tensor \(name) is missing") }
+        guard e.shape == shape, e.end - e.start == shape.reduce(1, *) * 4 else {
+            throw OffloadError("\(ctx): tensor \(name) has shape \(e.shape), expected \(shape)")
+        }
+        var done = 0
+        let count = range.count * 4, start = body + e.start + range.lowerBound * 4
+        while done < count {
+            let n = pread(fd, UnsafeMutableRawPointer(p) + done, count - done, off_t(start + done))
+            guard n > 0 else { throw OffloadError("\(ctx): read of \(name) failed") }
+            done += n
+        }
+    }
 }
 
 /// Fills `tensors` from the F32 safetensors file at `path`, checking every name, shape and

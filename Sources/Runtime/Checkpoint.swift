@@ -64,6 +64,28 @@ public enum Checkpoint {
     /// Saves `session` to `dir` atomically: a temporary sibling folder, then a swap.
     public static func save(_ session: TrainingSession, to dir: String, sourceModel: String? = nil,
                             lastLoss: Float? = nil) throws {
+        try save(to: dir, model: session.model, options: session.options, step: session.step, nextBatch: session.nextBatch,
+                 data: session.data, optimizer: session.optimizer.name, sourceModel: sourceModel, lastLoss: lastLoss,
+                 weights: { try writeCheckpointTensors(weightTensors(session.model), metadata: ["format": "pt"], to: $0) },
+                 optimizerState: { try writeCheckpointTensors(stateTensors(session.optimizerState), to: $0) })
+    }
+
+    /// The (name, shape) of every weight, in file order.
+    static func weightSpecs(_ layout: ParameterLayout) -> [(name: String, shape: [Int])] {
+        layout.entries.map { ($0.name, $0.spec.shape) }
+    }
+
+    /// The (name, shape) of every optimizer-state tensor, in file order: role by role.
+    static func stateSpecs(_ layout: ParameterLayout, roles: [String]) -> [(name: String, shape: [Int])] {
+        roles.flatMap { role in layout.entries.map { ("\($0.name).\(role)", $0.spec.shape) } }
+    }
+
+    /// Writes a checkpoint folder atomically: `weights` and `optimizerState` write their files at
+    /// the paths given and return (bytes, checksum); then trainer.json; then the swap into place.
+    static func save(to dir: String, model: TrainableLlama, options: TrainingOptions, step: Int, nextBatch: Int,
+                     data: TokenWindows, optimizer: String, sourceModel: String?, lastLoss: Float?,
+                     weights: (String) throws -> (bytes: Int, checksum: String),
+                     optimizerState: (String) throws -> (bytes: Int, checksum: String)) throws {
         let url = URL(fileURLWithPath: dir).standardizedFileURL
         let parent = url.deletingLastPathComponent().path
         let fm = FileManager.default
@@ -76,16 +98,14 @@ public enum Checkpoint {
             throw OffloadError("[checkpoint] \(dir): cannot create \(tmp): \(error.localizedDescription)")
         }
         do {
-            let w = try writeCheckpointTensors(weightTensors(session.model), metadata: ["format": "pt"],
-                                               to: tmp + "/" + weightsFile)
-            let o = try writeCheckpointTensors(stateTensors(session.optimizerState), to: tmp + "/" + optimizerFile)
-            let data = session.data
+            let w = try weights(tmp + "/" + weightsFile)
+            let o = try optimizerState(tmp + "/" + optimizerFile)
             let info = CheckpointInfo(
-                config: session.model.config, ropeStyle: session.model.ropeStyle, sourceModel: sourceModel,
-                options: session.options, step: session.step, nextBatch: session.nextBatch,
-                epoch: session.nextBatch * session.options.batch / data.windowCount, shuffleSeed: data.shuffleSeed,
+                config: model.config, ropeStyle: model.ropeStyle, sourceModel: sourceModel,
+                options: options, step: step, nextBatch: nextBatch,
+                epoch: nextBatch * options.batch / data.windowCount, shuffleSeed: data.shuffleSeed,
                 dataTokens: data.tokens.count, dataChecksum: dataChecksum(data.tokens),
-                optimizer: session.optimizer.name, lastLoss: lastLoss, threads: TrainingThreads.count,
+                optimizer: optimizer, lastLoss: lastLoss, threads: TrainingThreads.count,
                 files: [weightsFile: .init(bytes: w.bytes, checksum: w.checksum),
                         optimizerFile: .init(bytes: o.bytes, checksum: o.checksum)])
             let enc = JSONEncoder()

@@ -62,9 +62,9 @@ struct Train: ParsableCommand {
 
     @Option(help: "Compute (RAM) budget, e.g. 256MB or 4GiB: the step follows a planned schedule that keeps, recomputes or offloads activations so that it fits. Absent: everything in memory (the fastest path when it fits).")
     var budget: String?
-    @Option(help: "With --budget: auto (the fastest plan that fits) or keep, recompute, sqrt, rotor, offload, pofo.")
+    @Option(help: "With --budget: auto (the fastest plan that fits; stream when weights, gradients and AdamW state do not fit), keep, recompute, sqrt, rotor, offload, pofo (parameters in memory), or stream (parameters, gradients and AdamW state on --disk, read in per block; needs --disk).")
     var strategy: String?
-    @Option(help: "With --budget: a folder for offloaded activations (needed by offload and pofo).") var disk: String?
+    @Option(help: "With --budget: a folder for offloaded activations (offload, pofo) and streamed parameters (stream).") var disk: String?
     @Option(help: "With --budget: write the measured Chrome trace of the run to this file.") var trace: String?
     @Option(help: "With --budget: hardware profile JSON (from `offload profile`) for the predictions.") var hardware: String?
 
@@ -73,8 +73,8 @@ struct Train: ParsableCommand {
         if budget == nil && (strategy != nil || disk != nil || trace != nil || hardware != nil) {
             throw ValidationError("--strategy, --disk, --trace and --hardware apply to a budgeted run: give --budget too")
         }
-        if let s = strategy, s != "auto", ActivationStrategy(rawValue: s) == nil {
-            throw ValidationError("--strategy must be auto or one of " + ActivationStrategy.allCases.map(\.rawValue).joined(separator: ", "))
+        if let s = strategy, s != "auto", s != "stream", ActivationStrategy(rawValue: s) == nil {
+            throw ValidationError("--strategy must be auto, stream or one of " + ActivationStrategy.allCases.map(\.rawValue).joined(separator: ", "))
         }
         if resume == nil && (model == nil) == (config == nil) {
             throw ValidationError("give either --model FILE or --config NAME (or --resume DIR)")
@@ -103,20 +103,16 @@ struct Train: ParsableCommand {
         let source = try model.map { try loadWeights($0) }
         if let source { expected = source.config }
         if let config { expected = try LlamaConfig.named(config) }
-        let trainable: TrainableLlama
         var options = TrainingOptions()
         if let resume {
             let i = try Checkpoint.readInfo(resume)
             if let expected { try Checkpoint.checkSameModel(i, expected, dir: resume) }
-            trainable = try Checkpoint.loadModel(resume, info: i)
             options = i.options
             sourceModel = sourceModel ?? i.sourceModel
             info = i
-        } else if let source {
-            trainable = try TrainableLlama(source: source)
-        } else {
-            trainable = try TrainableLlama.random(config: expected!, seed: seed)
         }
+        let modelConfig = info?.config ?? expected!
+        let ropeStyle = info?.ropeStyle ?? source?.ropeStyle ?? .adjacentPairs
         // A resumed run keeps its thread count unless told otherwise (OpenBLAS sums depend on it).
         let threadCount = threads ?? info?.threads ?? ProcessInfo.processInfo.activeProcessorCount
         setTrainingThreads(threadCount)
@@ -149,17 +145,35 @@ struct Train: ParsableCommand {
                 throw OffloadError("[data] \(path): cannot read the file")
             }
             guard let text = String(data: bytes, encoding: .utf8) else { throw OffloadError("[data] \(path): not UTF-8 text") }
-            ids = try tokenizeTrainingText(text, modelPath: sourceModel, config: trainable.config, dataPath: path)
+            ids = try tokenizeTrainingText(text, modelPath: sourceModel, config: modelConfig, dataPath: path)
             dataName = path
         }
-        let windows = try TokenWindows(tokens: ids, seqLen: options.seqLen, vocabSize: trainable.config.vocabSize,
+        let windows = try TokenWindows(tokens: ids, seqLen: options.seqLen, vocabSize: modelConfig.vocabSize,
                                        shuffleSeed: options.shuffleSeed, source: dataName)
-        let session = try TrainingSession(model: trainable, data: windows, options: options, ownsActivations: budget == nil)
-        let budgeted = try budget.flatMap(parseBytes).map { bytes in
-            try attachExecutor(session, budget: bytes)
+        let budgetBytes = budget.flatMap(parseBytes)
+        // Stream the parameters when asked to, or (auto) when weights, gradients and AdamW state
+        // alone would not fit the budget.
+        let stateBytes = 4 * ParameterLayout(config: modelConfig).totalFloats * 4
+        let streams = budgetBytes.map { strategy == "stream" || ((strategy ?? "auto") == "auto" && $0 < stateBytes) } ?? false
+        let run: TrainingRun
+        if let budgetBytes, streams {
+            run = try StreamedRun(self, config: modelConfig, ropeStyle: ropeStyle, data: windows, options: options,
+                                  budget: budgetBytes, source: source, seed: seed, resume: resume.flatMap { r in info.map { (r, $0) } })
+        } else {
+            let trainable: TrainableLlama
+            if let resume, let info {
+                trainable = try Checkpoint.loadModel(resume, info: info)
+            } else if let source {
+                trainable = try TrainableLlama(source: source)
+            } else {
+                trainable = try TrainableLlama.random(config: modelConfig, seed: seed)
+            }
+            let session = try TrainingSession(model: trainable, data: windows, options: options, ownsActivations: budget == nil)
+            let budgeted = try budgetBytes.map { bytes in try attachExecutor(session, budget: bytes) }
+            if let info, let resume { try Checkpoint.restoreOptimizer(resume, info: info, into: session) }
+            run = InMemoryRun(session: session, budgeted: budgeted)
         }
-        if let info, let resume {
-            try Checkpoint.restoreOptimizer(resume, info: info, into: session)
+        if let info {
             if let t = info.threads, t != threadCount {
                 note("warning: the checkpoint was trained with \(t) threads and this run uses \(threadCount); OpenBLAS "
                      + "sums differ with the thread count, so the continuation will not be bit-identical (use --threads \(t))")
@@ -169,14 +183,14 @@ struct Train: ParsableCommand {
             }
         }
         let lastStep = min(options.steps, stopAfter ?? options.steps)
-        guard session.step < lastStep else {
-            throw OffloadError("[train] the checkpoint is already at step \(session.step); ask for more with --steps")
+        guard run.step < lastStep else {
+            throw OffloadError("[train] the checkpoint is already at step \(run.step); ask for more with --steps")
         }
 
-        let c = trainable.config
-        note("train: \(c.name): \(trainable.parameterCount) parameters, \(windows.windowCount) windows of \(options.seqLen) "
+        let c = modelConfig
+        note("train: \(c.name): \(c.parameterCount) parameters, \(windows.windowCount) windows of \(options.seqLen) "
              + "tokens, batch \(options.batch)×\(options.accumulate), \(options.optimizer) lr \(options.lr), "
-             + "\(threadCount) threads, \(formatBytes(session.memoryBytes)) of training state"
+             + "\(threadCount) threads, \(formatBytes(run.stateBytes)) of training state"
              + (info.map { ", resuming at step \($0.step)" } ?? ""))
 
         var logHandle: FileHandle?
@@ -190,14 +204,14 @@ struct Train: ParsableCommand {
         defer { try? logHandle?.close() }
 
         let tty = isatty(STDOUT_FILENO) != 0
-        let startStep = session.step
+        let startStep = run.step
         let t0 = now()
         var lastSaved: Int? = info?.step
         var lastLoss: Float?
-        while session.step < lastStep {
+        while run.step < lastStep {
             let r: StepResult
             do {
-                r = try session.trainStep()
+                r = try run.trainStep()
             } catch let stop as TrainingStopped {
                 if tty { print("") }
                 var message = stop.description
@@ -209,47 +223,76 @@ struct Train: ParsableCommand {
             }
             lastLoss = r.loss
             logHandle?.write(Data((r.jsonLine + "\n").utf8))
-            let done = session.step - startStep, elapsed = now() - t0
-            let eta = elapsed / Double(done) * Double(lastStep - session.step)
-            var line = String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.3g  %.1f tok/s  ETA %@  mem %@",
+            let done = run.step - startStep, elapsed = now() - t0
+            let eta = elapsed / Double(done) * Double(lastStep - run.step)
+            let line = String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.3g  %.1f tok/s  ETA %@  mem %@",
                               r.step, options.steps, r.loss, r.gradNorm, r.lr, r.tokensPerSecond,
-                              formatDuration(eta), formatBytes(residentBytes()))
-            if let (plan, _) = budgeted, let x = session.lastExecuted {
-                line += String(format: "  peak %@ (pred %@)  step %.2f s (pred %.2f s, %.2f×)  disk r/w %@/%@",
-                               formatBytes(x.peakComputeBytes), formatBytes(plan.predictedPeak), r.seconds,
-                               plan.predictedSeconds, r.seconds / plan.predictedSeconds,
-                               formatBytes(x.bytesRead), formatBytes(x.bytesWritten))
-            }
+                              formatDuration(eta), formatBytes(residentBytes())) + run.measured(r)
             if tty {
                 print("\r" + line + "\u{1B}[K", terminator: "")
                 fflush(nil)
             } else {
                 print(line)
             }
-            if let save, let every = saveEvery, session.step % every == 0, session.step < lastStep {
-                try Checkpoint.save(session, to: save, sourceModel: sourceModel, lastLoss: lastLoss)
-                lastSaved = session.step
+            if let save, let every = saveEvery, run.step % every == 0, run.step < lastStep {
+                try run.save(to: save, sourceModel: sourceModel, lastLoss: lastLoss)
+                lastSaved = run.step
             }
         }
         if tty { print("") }
-        if let (plan, _) = budgeted, let x = session.lastExecuted {
+        try run.finish(trace: trace)
+        if let save {
+            try run.save(to: save, sourceModel: sourceModel, lastLoss: lastLoss)
+            note("saved step \(run.step) to \(save)")
+        }
+        let seconds = now() - t0
+        let tokens = (run.step - startStep) * options.tokensPerStep
+        note(String(format: "trained %d steps, %d tokens in %.1f s: %.1f tok/s", run.step - startStep, tokens,
+                    seconds, Double(tokens) / seconds))
+    }
+}
+
+/// What the command's loop needs of a run, in memory or streamed.
+protocol TrainingRun: AnyObject {
+    var step: Int { get }
+    var stateBytes: Int { get }
+    func trainStep() throws -> StepResult
+    /// What the step line adds: measured against predicted, when a budget is set.
+    func measured(_ r: StepResult) -> String
+    func save(to dir: String, sourceModel: String?, lastLoss: Float?) throws
+    /// After the last step: budget summary and trace.
+    func finish(trace: String?) throws
+}
+
+final class InMemoryRun: TrainingRun {
+    let session: TrainingSession
+    let budgeted: (ExecutorPlan, TraceRecorder?)?
+    init(session: TrainingSession, budgeted: (ExecutorPlan, TraceRecorder?)?) { self.session = session; self.budgeted = budgeted }
+    var step: Int { session.step }
+    var stateBytes: Int { session.memoryBytes }
+    func trainStep() throws -> StepResult { try session.trainStep() }
+    func measured(_ r: StepResult) -> String {
+        guard let (plan, _) = budgeted, let x = session.lastExecuted else { return "" }
+        return String(format: "  peak %@ (pred %@)  step %.2f s (pred %.2f s, %.2f×)  disk r/w %@/%@",
+                      formatBytes(x.peakComputeBytes), formatBytes(plan.predictedPeak), r.seconds,
+                      plan.predictedSeconds, r.seconds / plan.predictedSeconds,
+                      formatBytes(x.bytesRead), formatBytes(x.bytesWritten))
+    }
+    func save(to dir: String, sourceModel: String?, lastLoss: Float?) throws {
+        try Checkpoint.save(session, to: dir, sourceModel: sourceModel, lastLoss: lastLoss)
+    }
+    func finish(trace: String?) throws {
+        guard let (plan, recorder) = budgeted else { return }
+        if let x = session.lastExecuted {
             let hwm = peakResidentBytes()
             note("budget \(formatBytes(plan.planningBudget + plan.overhead)): measured compute peak \(formatBytes(x.peakComputeBytes)), "
                  + "process peak resident (VmHWM) \(formatBytes(hwm)) = compute peak + \(formatBytes(hwm - x.peakComputeBytes)) "
                  + "outside the budget (runtime, code, mapped model file, data)")
         }
-        if let path = trace, let recorder = budgeted?.1 {
+        if let path = trace, let recorder {
             try recorder.write(to: path, processName: "offload train")
             note("trace written to \(path)")
         }
-        if let save {
-            try Checkpoint.save(session, to: save, sourceModel: sourceModel, lastLoss: lastLoss)
-            note("saved step \(session.step) to \(save)")
-        }
-        let seconds = now() - t0
-        let tokens = (session.step - startStep) * options.tokensPerStep
-        note(String(format: "trained %d steps, %d tokens in %.1f s: %.1f tok/s", session.step - startStep, tokens,
-                    seconds, Double(tokens) / seconds))
     }
 }
 
@@ -284,7 +327,7 @@ extension Train {
     }
 }
 
-private func note(_ s: String) {
+func note(_ s: String) {
     FileHandle.standardError.write(Data((s + "\n").utf8))
 }
 
