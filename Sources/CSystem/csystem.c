@@ -1,6 +1,7 @@
 // System calls and flags Swift cannot see directly (O_DIRECT, posix_fallocate ...)
 // and the spill-file cleanup that must run inside a signal handler.
 #define _GNU_SOURCE
+#include <malloc.h>
 #include "csystem.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -171,3 +172,5 @@ uint64_t cs_monotonic_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+void cs_map_large_allocations(int bytes) { mallopt(M_MMAP_THRESHOLD, bytes); }

@@ -2,6 +2,7 @@
 // them against a hard limit. Not a general allocator: the planner decides what
 // lives when; this enforces the budget, measures, and reuses freed buffers of
 // the same size so a prefetch does not pay page faults every time.
+import CSystem
 import Foundation
 import Tensors
 
@@ -193,6 +194,11 @@ final class Ledger: @unchecked Sendable {
 /// would take the tier past its limit throws an error naming the tensor, its
 /// size, the budget and what is held, and allocates nothing.
 public final class MemoryTier: @unchecked Sendable {
+    /// Makes freed tensor buffers leave the process's resident memory at once: glibc otherwise raises
+    /// its mapping threshold after the first large free, and later buffers come from its heap, which
+    /// keeps freed memory resident, so a budgeted run's resident size would drift above its budget.
+    public static func mapLargeAllocations(from bytes: Int = 1 << 20) { cs_map_large_allocations(Int32(bytes)) }
+
     let ledger: Ledger
     let cache: BufferCache
 

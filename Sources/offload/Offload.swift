@@ -1,5 +1,6 @@
 // The `offload` command: plan, simulate and run Llama-family models beyond memory.
 import ArgumentParser
+import Memory
 import Kernels
 
 @main
@@ -17,6 +18,7 @@ struct Offload: ParsableCommand {
 
     static func main() {
         BLASSetup.reexecWithAVX512KernelsIfUseful()
+        MemoryTier.mapLargeAllocations()
         main(nil)
     }
 }

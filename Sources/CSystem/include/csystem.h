@@ -46,3 +46,7 @@ void cs_cleanup_install(void);
 
 /// Nanoseconds of CLOCK_MONOTONIC.
 uint64_t cs_monotonic_ns(void);
+
+/// glibc: serve allocations of `bytes` and more with their own mappings, returned to the system on
+/// free, instead of letting the threshold rise after the first large free (mallopt M_MMAP_THRESHOLD).
+void cs_map_large_allocations(int bytes);
