@@ -65,6 +65,9 @@ struct Train: ParsableCommand {
     @Option(help: "With --budget: auto (the fastest plan that fits) or keep, recompute, sqrt, rotor, offload, pofo.")
     var strategy: String?
     @Option(help: "With --budget: a folder for offloaded activations (needed by offload and pofo).") var disk: String?
+    @Option(name: .customLong("disk-limit"),
+            help: "With --disk: the most bytes the spill folder may hold, e.g. 2GB; a run that needs more stops with an error.")
+    var diskLimit: String?
     @Option(help: "With --budget: write the measured Chrome trace of the run to this file.") var trace: String?
     @Option(help: "With --budget: hardware profile JSON (from `offload profile`) for the predictions.") var hardware: String?
 
@@ -72,6 +75,10 @@ struct Train: ParsableCommand {
         if let b = budget, parseBytes(b) == nil { throw ValidationError("--budget '\(b)' is not a size (try 256MB or 4GiB)") }
         if budget == nil && (strategy != nil || disk != nil || trace != nil || hardware != nil) {
             throw ValidationError("--strategy, --disk, --trace and --hardware apply to a budgeted run: give --budget too")
+        }
+        if let l = diskLimit {
+            guard parseBytes(l) != nil else { throw ValidationError("--disk-limit '\(l)' is not a size (try 512MB or 2GiB)") }
+            if disk == nil { throw ValidationError("--disk-limit limits the --disk spill folder: give --disk too") }
         }
         if let s = strategy, s != "auto", ActivationStrategy(rawValue: s) == nil {
             throw ValidationError("--strategy must be auto or one of " + ActivationStrategy.allCases.map(\.rawValue).joined(separator: ", "))
@@ -267,7 +274,9 @@ extension Train {
                                                     optimizerStateBytes: session.optimizerState.bytes,
                                                     useDisk: disk != nil, hardware: hw)
         let recorder = trace != nil ? TraceRecorder() : nil
-        let store = try disk.map { try DiskStore(roots: [$0], trace: recorder) }
+        var diskOptions = DiskStoreOptions()
+        if let limit = diskLimit.flatMap(parseBytes) { diskOptions.capacity = limit }
+        let store = try disk.map { try DiskStore(roots: [$0], options: diskOptions, trace: recorder) }
         session.executor = try TrainingExecutor(trainer: session.trainer, schedule: plan.schedule, computeBudget: bytes,
                                                 optimizerStateBytes: session.optimizerState.bytes, disk: store,
                                                 trace: recorder)
