@@ -88,7 +88,6 @@ public final class DiskStore: @unchecked Sendable {
         }
         cs_cleanup_install()
         self.options = options
-        ledger = Ledger(tier: .disk, limit: options.capacity, trace: trace)
         var made: [SpillFile] = []
         do {
             for root in roots {
@@ -100,6 +99,9 @@ public final class DiskStore: @unchecked Sendable {
             throw error
         }
         files = made
+        let folders = made.map(\.folder)
+        ledger = Ledger(tier: .disk, limit: options.capacity, trace: trace,
+                        place: (folders.count == 1 ? "spill folder " : "spill folders ") + folders.joined(separator: ", "))
         readPool = IOPool(threads: options.threadsPerDirection, name: "offload-read")
         writePool = IOPool(threads: options.threadsPerDirection, name: "offload-write")
     }

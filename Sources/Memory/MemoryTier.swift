@@ -113,6 +113,8 @@ final class BufferCache: @unchecked Sendable {
 final class Ledger: @unchecked Sendable {
     let tier: Tier
     let limit: Int
+    /// Where the bytes go, for the budget error ("spill folder /x/offload-spill-12-1"); nil: the tier's name.
+    let place: String?
     private let lock = NSLock()
     private var _trace: TraceRecorder?
     var trace: TraceRecorder? {
@@ -124,8 +126,8 @@ final class Ledger: @unchecked Sendable {
     private var current = 0
     private var peak = 0
 
-    init(tier: Tier, limit: Int, trace: TraceRecorder?) {
-        self.tier = tier; self.limit = limit; self._trace = trace
+    init(tier: Tier, limit: Int, trace: TraceRecorder?, place: String? = nil) {
+        self.tier = tier; self.limit = limit; self._trace = trace; self.place = place
     }
 
     /// Counts `bytes` (already aligned) for `name`, or throws the budget error
@@ -182,6 +184,11 @@ final class Ledger: @unchecked Sendable {
             .map { "\($0.name) \(formatBytes($0.bytes))" }.joined(separator: ", ")
         let holders = held.isEmpty ? "" : " (largest: \(largest))"
         let operation = tier == .disk ? "[disk]" : "[memory]"
+        if let place {
+            return "\(operation) cannot place \(name) (\(formatBytes(bytes)), \(bytes) bytes) in \(place): it is full: "
+                + "its limit is \(formatBytes(limit)) (\(limit) bytes) and \(formatBytes(current)) is already held by "
+                + "\(held.count) tensors\(holders)"
+        }
         return "\(operation) cannot place \(name) (\(formatBytes(bytes)), \(bytes) bytes) in \(tier.rawValue): "
             + "budget \(formatBytes(limit)) (\(limit) bytes), \(formatBytes(current)) already held by \(held.count) tensors\(holders)"
     }

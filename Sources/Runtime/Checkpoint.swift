@@ -92,6 +92,7 @@ public enum Checkpoint {
         try? fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
         let tmp = parent + "/.\(url.lastPathComponent).tmp-\(getpid())"
         try? fm.removeItem(atPath: tmp)
+        removeStaleTemporaries(of: url.path)
         do {
             try fm.createDirectory(atPath: tmp, withIntermediateDirectories: false)
         } catch {
@@ -116,6 +117,24 @@ public enum Checkpoint {
             try? fm.removeItem(atPath: tmp)
             if let e = error as? OffloadError { throw e }
             throw OffloadError("[checkpoint] \(dir): \(error.localizedDescription)")
+        }
+    }
+
+    /// Removes the `.NAME.tmp-PID` folders that saves killed part-way (SIGKILL, power loss) left beside
+    /// checkpoint `dir`, once their process is gone. Only while `dir` itself is in place: without it a
+    /// temporary folder may be the newest whole checkpoint. `.old-` folders are never touched.
+    static func removeStaleTemporaries(of dir: String) {
+        let fm = FileManager.default
+        let url = URL(fileURLWithPath: dir)
+        let parent = url.deletingLastPathComponent().path
+        let prefix = ".\(url.lastPathComponent).tmp-"
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue,
+              let entries = try? fm.contentsOfDirectory(atPath: parent) else { return }
+        for entry in entries where entry.hasPrefix(prefix) {
+            guard let pid = Int32(entry.dropFirst(prefix.count)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH
+            else { continue }
+            try? fm.removeItem(atPath: parent + "/" + entry)
         }
     }
 

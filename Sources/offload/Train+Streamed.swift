@@ -25,7 +25,7 @@ final class StreamedRun: TrainingRun {
         }
         let hw = try command.hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
         recorder = command.trace != nil ? TraceRecorder() : nil
-        let disk = try DiskStore(roots: [folder], trace: recorder)
+        let disk = try DiskStore(roots: [folder], options: command.diskStoreOptions, trace: recorder)
         session = try StreamedTrainingSession(config: config, ropeStyle: ropeStyle, data: data, options: options,
                                               budget: budget, disk: disk, trace: recorder)
         self.budget = budget

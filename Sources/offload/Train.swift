@@ -65,6 +65,9 @@ struct Train: ParsableCommand {
     @Option(help: "With --budget: auto (the fastest plan that fits; stream when weights, gradients and AdamW state do not fit), keep, recompute, sqrt, rotor, offload, pofo (parameters in memory), or stream (parameters, gradients and AdamW state on --disk, read in per block; needs --disk).")
     var strategy: String?
     @Option(help: "With --budget: a folder for offloaded activations (offload, pofo) and streamed parameters (stream).") var disk: String?
+    @Option(name: .customLong("disk-limit"),
+            help: "With --disk: the most bytes the spill folder may hold, e.g. 2GB; a run that needs more stops with an error.")
+    var diskLimit: String?
     @Option(help: "With --budget: write the measured Chrome trace of the run to this file.") var trace: String?
     @Option(help: "With --budget: hardware profile JSON (from `offload profile`) for the predictions.") var hardware: String?
 
@@ -72,6 +75,10 @@ struct Train: ParsableCommand {
         if let b = budget, parseBytes(b) == nil { throw ValidationError("--budget '\(b)' is not a size (try 256MB or 4GiB)") }
         if budget == nil && (strategy != nil || disk != nil || trace != nil || hardware != nil) {
             throw ValidationError("--strategy, --disk, --trace and --hardware apply to a budgeted run: give --budget too")
+        }
+        if let l = diskLimit {
+            guard parseBytes(l) != nil else { throw ValidationError("--disk-limit '\(l)' is not a size (try 512MB or 2GiB)") }
+            if disk == nil { throw ValidationError("--disk-limit limits the --disk spill folder: give --disk too") }
         }
         if let s = strategy, s != "auto", s != "stream", ActivationStrategy(rawValue: s) == nil {
             throw ValidationError("--strategy must be auto, stream or one of " + ActivationStrategy.allCases.map(\.rawValue).joined(separator: ", "))
@@ -297,6 +304,13 @@ final class InMemoryRun: TrainingRun {
 }
 
 extension Train {
+    /// The spill folder's options: `--disk-limit` caps it.
+    var diskStoreOptions: DiskStoreOptions {
+        var o = DiskStoreOptions()
+        if let limit = diskLimit.flatMap(parseBytes) { o.capacity = limit }
+        return o
+    }
+
     /// Plans the step under `bytes`, prints the plan, and hands the session an executor.
     func attachExecutor(_ session: TrainingSession, budget bytes: Int) throws -> (ExecutorPlan, TraceRecorder?) {
         let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
@@ -310,7 +324,7 @@ extension Train {
                                                     optimizerStateBytes: session.optimizerState.bytes,
                                                     useDisk: disk != nil, hardware: hw)
         let recorder = trace != nil ? TraceRecorder() : nil
-        let store = try disk.map { try DiskStore(roots: [$0], trace: recorder) }
+        let store = try disk.map { try DiskStore(roots: [$0], options: diskStoreOptions, trace: recorder) }
         session.executor = try TrainingExecutor(trainer: session.trainer, schedule: plan.schedule, computeBudget: bytes,
                                                 optimizerStateBytes: session.optimizerState.bytes, disk: store,
                                                 trace: recorder)

@@ -214,6 +214,7 @@ final class DiskStoreTests: XCTestCase {
         let message = errorMessage { try store.write("b", from: try randomBuffer(4097, seed: 2)) }
         XCTAssertTrue(message.hasPrefix("[disk] cannot place b"), message)
         XCTAssertTrue(message.contains("12288 bytes"), message)
+        XCTAssertTrue(message.contains("in spill folder \(store.spillFolders[0]): it is full"), message)
         XCTAssertEqual(store.stats.current, 8192)
         XCTAssertNoThrow(try store.write("b", from: try randomBuffer(4096, seed: 2)))
     }
