@@ -829,6 +829,54 @@ static void softmax_row_scalar(float *s, int n, int keys) {
     for (int j = n; j < keys; j++) s[j] = 0;
 }
 
+#if defined(__x86_64__)
+AVX512 static float max_avx512(const float *s, int n) {
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 16 <= n; j += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(s + j));
+    float m = _mm512_reduce_max_ps(mv);
+    for (; j < n; j++) if (s[j] > m) m = s[j];
+    return m;
+}
+
+AVX512 static double exp_sum_avx512(float *s, int n, float m) {
+    __m512 mb = _mm512_set1_ps(m);
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mb));
+        _mm512_storeu_ps(s + j, e);
+        lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
+    }
+    double sum = _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+    for (; j < n; j++) {
+        __m512 e = exp512(_mm512_set1_ps(s[j] - m));
+        s[j] = _mm512_cvtss_f32(e);
+        sum += (double)s[j];
+    }
+    return sum;
+}
+#endif
+
+float ck_max(const float *s, int n) {
+#if defined(__x86_64__)
+    if (ck_simd_enabled() == 2) return max_avx512(s, n);
+#endif
+    float m = -INFINITY;
+    for (int j = 0; j < n; j++) if (s[j] > m) m = s[j];
+    return m;
+}
+
+double ck_exp_sum(float *s, int n, float m) {
+#if defined(__x86_64__)
+    if (ck_simd_enabled() == 2) return exp_sum_avx512(s, n, m);
+#endif
+    double sum = 0;
+    for (int j = 0; j < n; j++) { s[j] = expf(s[j] - m); sum += (double)s[j]; }
+    return sum;
+}
+
 typedef struct { float *s; int keys, ld, start; } sm_ctx;
 
 static void sm_task(void *p, int begin, int end) {

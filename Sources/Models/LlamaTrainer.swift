@@ -450,12 +450,10 @@ extension LlamaTrainer {
         TrainingThreads.forEachRange(n, minPerThread: 8) { rows in
             for i in rows {
                 let l = out + i * count
-                var m = -Float.infinity
-                for j in 0..<count { m = max(m, l[j]) }
+                let m = Kernels.rowMax(l, count: count)
                 let t = Int(targetBuffer[i])
                 if firstPass && range.contains(t) { targetLogit[i] = l[t - range.lowerBound] }
-                var sum = 0.0
-                for j in 0..<count { let e = expf(l[j] - m); l[j] = e; sum += Double(e) }
+                let sum = exponentiateRow(l, count: count, subtracting: m)
                 guard firstPass else { continue }
                 chunkMax[i * chunks + k] = m
                 if k == 0 {

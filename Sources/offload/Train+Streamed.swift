@@ -47,7 +47,7 @@ final class StreamedRun: TrainingRun {
              + (s.keepsInputs ? "kept in memory" : "on disk") + ") under a RAM budget of \(formatBytes(budget)) "
              + "(at least \(formatBytes(s.minimumBudget)) at this batch); predicted step "
              + String(format: "%.2f s", predictedSeconds) + " (simulator, hardware \(hw.name)); "
-             + "\(formatBytes(stored)) written to the store in " + String(format: "%.1f s", now() - setup))
+             + "\(formatBytes(stored)) (\(stored) bytes) written to the store in " + String(format: "%.1f s", now() - setup))
     }
 
     var step: Int { session.step }

@@ -219,9 +219,10 @@ struct Train: ParsableCommand {
             let r: StepResult
             do {
                 r = try run.trainStep()
-            } catch let stop as TrainingStopped {
+            } catch {
+                // A step that fails (non-finite loss, full disk, I/O error) names the checkpoint left.
                 if tty { print("") }
-                var message = stop.description
+                var message = (error as? OffloadError)?.message ?? "\(error)"
                 if let save {
                     message += lastSaved.map { "; the last checkpoint (step \($0)) in \(save) is kept" }
                         ?? "; no checkpoint was written"

@@ -4,6 +4,7 @@
 // the last checkpoint stays whole. Not the disk store's own fault tests
 // (MemoryTests/DiskStoreTests, SpillCleanupTests).
 import Foundation
+import Tensors
 import XCTest
 
 final class TrainFaultTests: OffloadCommandTestCase {
@@ -17,7 +18,9 @@ final class TrainFaultTests: OffloadCommandTestCase {
     /// The budgeted configurations under test, each the flags it adds to `offload train`.
     /// Append one line per further strategy.
     var budgetArgs: [[String]] {
-        [["--budget", "80000000", "--strategy", "offload", "--disk", spill]]
+        [["--budget", "80000000", "--strategy", "offload", "--disk", spill],
+         // Parameters streamed: updates as gradients complete, so no clipping.
+         ["--budget", "24MB", "--strategy", "stream", "--disk", spill, "--grad-clip", "0"]]
     }
 
     // MARK: kill and resume
@@ -131,6 +134,15 @@ final class TrainFaultTests: OffloadCommandTestCase {
             let full = try offload(train + extra + ["--log", "full\(c).jsonl"])
             XCTAssertEqual(full.status, 0, full.err)
             let reference = try logLines("full\(c).jsonl")
+            // Limits: too small for one step, and enough. Activation offload spills 8.5 MiB per step; a
+            // streamed run holds its store (the plan line says how many bytes) and, while a unit is
+            // rewritten, its new copy too: 1.5 MB above the store fits the small units, not a block's.
+            var (tooSmall, enough, failing) = (4_000_000, 9 << 20, "act.")
+            if extra.contains("stream") {
+                let stored = try XCTUnwrap(full.err.range(of: #"\((\d+) bytes\) written to the store"#, options: .regularExpression)
+                    .flatMap { Int(full.err[$0].dropFirst().split(separator: " ")[0]) }, full.err)
+                (tooSmall, enough, failing) = (stored + 1_500_000, stored + (32 << 20), "")
+            }
 
             let run = "run\(c)", log = "\(run).jsonl"
             let first = try offload(train + extra + ["--save", run, "--save-every", "1", "--stop-after", "2", "--log", log])
@@ -139,15 +151,14 @@ final class TrainFaultTests: OffloadCommandTestCase {
             let checkpoint = files.map { FileManager.default.contents(atPath: "\(work)/\(run)/\($0)") }
             XCTAssertEqual(checkpointStep(run), 2, what)
 
-            // 4 MB is less than the 8.5 MiB this plan spills.
-            let stopped = try offload(["train", "--resume", run, "--log", log, "--disk-limit", "4MB"] + resumeArgs + extra)
+            let stopped = try offload(["train", "--resume", run, "--log", log, "--disk-limit", "\(tooSmall)"] + resumeArgs + extra)
             XCTAssertEqual(stopped.status, 1, "\(what): an error exit, not a crash: \(stopped.err)")
             let errors = stopped.err.split(separator: "\n").filter { $0.hasPrefix("error:") }
             XCTAssertEqual(errors.count, 1, "\(what): \(stopped.err)")
             let error = String(errors.first ?? "")
-            XCTAssertTrue(error.hasPrefix("error: [disk] cannot place act."), error)
+            XCTAssertTrue(error.hasPrefix("error: [disk] cannot place \(failing)"), error)
             XCTAssertTrue(error.contains("in spill folder \(spill)/offload-spill-"), "names the folder: \(error)")
-            XCTAssertTrue(error.contains("it is full: its limit is 3.81 MiB (4000000 bytes)"), error)
+            XCTAssertTrue(error.contains("it is full: its limit is \(formatBytes(tooSmall)) (\(tooSmall) bytes)"), error)
             XCTAssertFalse(stopped.out.contains("step 3/6"), "\(what): step 3 reported done: \(stopped.out)")
             XCTAssertEqual(try logLines(log).count, 2, "\(what): the failed step was logged")
             XCTAssertEqual(spillFolders(), [], "\(what): the spill folder outlived the failed run")
@@ -158,8 +169,8 @@ final class TrainFaultTests: OffloadCommandTestCase {
                                "\(what): checkpoint file \(file) changed")
             }
 
-            // The checkpoint resumes, under a limit that holds the plan's 8.5 MiB, to the uninterrupted run's bits.
-            let resumed = try offload(["train", "--resume", run, "--log", log, "--disk-limit", "9MiB"] + resumeArgs + extra)
+            // The checkpoint resumes, under a limit that holds what the plan spills, to the uninterrupted run's bits.
+            let resumed = try offload(["train", "--resume", run, "--log", log, "--disk-limit", "\(enough)"] + resumeArgs + extra)
             XCTAssertEqual(resumed.status, 0, "\(what): \(resumed.err)")
             XCTAssertTrue(resumed.err.contains("resuming at step 2"), resumed.err)
             let lines = try logLines(log)

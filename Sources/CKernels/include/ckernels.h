@@ -65,6 +65,12 @@ void ck_attention(ck_pool *pool, float *out, const float *q, const float *k, con
 /// softmaxed over columns [0, start + i] and zeroed up to `keys`. Rows are split across the pool.
 void ck_softmax_causal(ck_pool *pool, float *scores, int rows, int keys, int ld, int start);
 
+/// Largest of s[0..n).
+float ck_max(const float *s, int n);
+/// s[j] = e^(s[j] − m) in place for j < n; returns their sum, added in double in a fixed order
+/// (AVX-512: the softmax's e^x, 16 lanes; else expf). The same call gives the same bits every time.
+double ck_exp_sum(float *s, int n, float m);
+
 /// SwiGLU: out[i] = g / (1 + e^-g) · up[i], g = gate[i]; out may alias gate.
 /// AVX-512 uses the same e^x as the softmax (relative error ≈ 2e-7).
 void ck_swiglu(float *out, const float *gate, const float *up, long n);
