@@ -4,9 +4,10 @@
 // when its forward needs them and again for its backward, and updates a unit as
 // soon as its gradient is complete (m and v read in, in parts, then w, m and v
 // written back), so a step holds a few units, one block's activations and the
-// trainer's scratch, whatever the model's size. Block inputs are the only
-// activations kept (in memory, or on disk when the budget is small); every block's
-// forward is recomputed in its backward. Units: the token embedding (and an untied
+// trainer's scratch, whatever the model's size. Activations: when the budget leaves
+// room to read one block's back ahead of its backward, every block's go to disk and
+// come back; otherwise only block inputs are kept (in memory, or on disk when the
+// budget is small) and every block's forward is recomputed in its backward. Units: the token embedding (and an untied
 // output matrix) in the head's vocabulary chunks, each block, the final norm.
 //
 // Reads are issued in the order the step consumes them, as far ahead as the budget
@@ -54,6 +55,9 @@ public final class StreamedTrainer {
     let engine: TransferEngine
     /// Whether block inputs stay in memory between forward and backward (else they go to disk).
     public let keepsInputs: Bool
+    /// Whether every block's activations go to disk in the forward and come back for its backward
+    /// (when the budget leaves room to read one block's ahead) instead of being recomputed.
+    public let offloadsActivations: Bool
     /// Bytes the compute ops may hold at once; reads ahead never eat into it.
     public let reserve: Int
     /// The smallest budget this step runs in.
@@ -132,8 +136,12 @@ public final class StreamedTrainer {
                                + "\(formatBytes(scratch)), one block's activations and gradient \(formatBytes(reserve)), "
                                + "its weights and a part of its optimizer state \(formatBytes(reads)))")
         }
-        // Keep block inputs in memory when that still leaves room to read a few units ahead.
-        keepsInputs = budget - minimumBudget - checkpoints >= 2 * maxBlock
+        // Offload activations when one block's can be read ahead with its weights and state: on a
+        // disk as fast as the cores, writing and reading them back costs less time than recomputing
+        // them, because the transfers overlap compute. Otherwise keep block inputs in memory when that
+        // still leaves room to read a few units ahead, else write them to disk too.
+        offloadsActivations = budget - minimumBudget >= acts + 3 * maxBlock
+        keepsInputs = !offloadsActivations && budget - minimumBudget - checkpoints >= 2 * maxBlock
         memory = MemoryTier(.compute, limit: budget - scratch, trace: trace)
         engine = TransferEngine(memory: memory, disk: disk, trace: trace)
     }
@@ -339,7 +347,7 @@ public final class StreamedTrainer {
         for u in head { w(u); if !tied { state(u) } }
         state(normUnit)
         for (l, u) in blockUnits.enumerated().reversed() {
-            if !keepsInputs { r.append(("x.\(l)", inputBytes)) }
+            if offloadsActivations { r.append(("a.\(l)", actsBytes)) } else if !keepsInputs { r.append(("x.\(l)", inputBytes)) }
             w(u); state(u)
         }
         for u in embeddingUnits {
@@ -358,7 +366,7 @@ public final class StreamedTrainer {
         bytesRead = 0; bytesWritten = 0
         try trainer.setBatch(inputs: inputs, targets: targets)
         planned = plan(); nextPlanned = 0; issued = []
-        awaiting = Set(planned.map(\.name).filter { $0.hasPrefix("x.") || $0.hasPrefix("g.") })
+        awaiting = Set(planned.map(\.name).filter { $0.hasPrefix("x.") || $0.hasPrefix("a.") || $0.hasPrefix("g.") })
         do {
             let (loss, norm) = try runStep(lr: lr, t: steps + 1)
             try drainWrites()
@@ -441,9 +449,19 @@ public final class StreamedTrainer {
                 trainer.blockForward(l, output: floats(out), saving: a,
                                      parameters: ParameterBases(stageStart: u.offset, weights: floats(w), gradients: floats(w)))
             }
-            releaseCompute(acts); w.free()
-            computeHeld -= accountedBytes(x.byteCount)
-            if keepsInputs { kept.append(x) } else { try write("x.\(l)", x) }
+            w.free()
+            if offloadsActivations {
+                // The input goes with the activations (their first slot), for the backward.
+                a.attnIn = floats(acts)
+                a.attnIn.update(from: floats(x), count: n * c.dim)
+                computeHeld -= accountedBytes(acts.byteCount)
+                try write("a.\(l)", acts)
+                releaseCompute(x)
+            } else {
+                releaseCompute(acts)
+                computeHeld -= accountedBytes(x.byteCount)
+                if keepsInputs { kept.append(x) } else { try write("x.\(l)", x) }
+            }
             x = out
             try pump()
         }
@@ -498,6 +516,20 @@ public final class StreamedTrainer {
         releaseCompute(normG)
         // Blocks backward: recompute the forward from the input, backward, update.
         for (l, u) in blockUnits.enumerated().reversed() {
+            if offloadsActivations {
+                let acts = try take("a.\(l)")
+                disk.remove("a.\(l)")
+                let w = try take(Self.key("w", u))
+                let g = try computeBuffer("g \(u.name)", bytes: u.bytes, zero: true)
+                let a = BlockActivations(carving: floats(acts), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
+                let bases = ParameterBases(stageStart: u.offset, weights: floats(w), gradients: floats(g))
+                span("backward blk.\(l)") { trainer.blockBackward(l, dresidual: floats(dres), acts: a, parameters: bases) }
+                acts.free()
+                try addSums(u, floats(g), step: t, loss: loss)
+                try update(u, weights: w, gradients: floats(g), lr: lr, t: t)
+                releaseCompute(g)
+                continue
+            }
             let input = keepsInputs ? kept.removeLast() : try take("x.\(l)")
             if !keepsInputs { disk.remove("x.\(l)") }
             let w = try take(Self.key("w", u))

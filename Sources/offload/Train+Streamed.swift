@@ -30,9 +30,11 @@ final class StreamedRun: TrainingRun {
                                               budget: budget, disk: disk, trace: recorder)
         self.budget = budget
         let s = session.streamer
-        // The simulator's figure for the same order of work: recompute every block, parameters streamed.
+        // The simulator's figure for the same order of work: every block's activations offloaded (or
+        // every block recomputed), parameters streamed.
         let chain = ExecutorPlanning.chain(config: config, batch: options.batch, seqLen: options.seqLen, hardware: hw)
-        let sim = Planner.plan(.recompute, .stream, PlanRequest(chain: chain, hardware: hw, useDisk: true)).simulation
+        let sim = Planner.plan(s.offloadsActivations ? .offload : .recompute, .stream,
+                               PlanRequest(chain: chain, hardware: hw, useDisk: true)).simulation
         predictedSeconds = sim?.stepSeconds ?? .nan
         let setup = now()
         if let (dir, info) = resume {
@@ -43,8 +45,9 @@ final class StreamedRun: TrainingRun {
             try s.initializeRandom(seed: seed)
         }
         let stored = disk.stats.current
-        note("plan: stream (parameters, gradients and AdamW state on \(folder); every block recomputed, its input "
-             + (s.keepsInputs ? "kept in memory" : "on disk") + ") under a RAM budget of \(formatBytes(budget)) "
+        let activations = s.offloadsActivations ? "every block's activations to disk and back"
+            : "every block recomputed, its input " + (s.keepsInputs ? "kept in memory" : "on disk")
+        note("plan: stream (parameters, gradients and AdamW state on \(folder); \(activations)) under a RAM budget of \(formatBytes(budget)) "
              + "(at least \(formatBytes(s.minimumBudget)) at this batch); predicted step "
              + String(format: "%.2f s", predictedSeconds) + " (simulator, hardware \(hw.name)); "
              + "\(formatBytes(stored)) (\(stored) bytes) written to the store in " + String(format: "%.1f s", now() - setup))
