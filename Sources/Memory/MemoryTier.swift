@@ -72,8 +72,12 @@ final class BufferCache: @unchecked Sendable {
     private var free: [Int: [UnsafeMutableRawPointer]] = [:]
     private var held = 0
     let maximum: Int
+    /// Bytes the budget leaves beside what is held now: freed buffers are cached only within it, so
+    /// held plus cached memory never passes the budget (a buffer can outlive its ledger entry while a
+    /// transfer handle still holds it, and reach the cache after later allocations).
+    let room: @Sendable () -> Int
 
-    init(maximum: Int) { self.maximum = maximum }
+    init(maximum: Int, room: @escaping @Sendable () -> Int = { .max }) { self.maximum = maximum; self.room = room }
 
     var bytes: Int { lock.lock(); defer { lock.unlock() }; return held }
 
@@ -87,7 +91,7 @@ final class BufferCache: @unchecked Sendable {
     /// Keeps `p` for reuse; false when the cache is full (the caller frees it).
     func give(_ p: UnsafeMutableRawPointer, capacity: Int) -> Bool {
         lock.lock(); defer { lock.unlock() }
-        guard held + capacity <= maximum else { return false }
+        guard held + capacity <= maximum, held + capacity <= room() else { return false }
         free[capacity, default: []].append(p)
         held += capacity
         return true
@@ -214,7 +218,8 @@ public final class MemoryTier: @unchecked Sendable {
     public init(_ tier: Tier = .compute, limit: Int = .max, trace: TraceRecorder? = nil, reuse: Int = 1 << 30) {
         precondition(tier != .disk, "the disk tier is a DiskStore")
         ledger = Ledger(tier: tier, limit: limit, trace: trace)
-        cache = BufferCache(maximum: max(0, min(reuse, limit)))
+        let ledger = self.ledger
+        cache = BufferCache(maximum: max(0, min(reuse, limit))) { ledger.limit - ledger.stats.current }
     }
 
     /// Bytes of freed buffers kept for reuse (not counted as held).

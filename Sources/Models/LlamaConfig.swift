@@ -59,6 +59,9 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
                     kvHeads: 5, ropeTheta: 100000, contextLength: 8192, tiedEmbeddings: true),
         LlamaConfig(name: "llama-1.5b", vocabSize: 32000, dim: 2048, ffnDim: 5632, layers: 28, heads: 16,
                     kvHeads: 8, contextLength: 4096),
+        // OpenLLaMA 3B's shape: 3.4B parameters, 55 GB of fp32 training state.
+        LlamaConfig(name: "open-llama-3b", vocabSize: 32000, dim: 3200, ffnDim: 8640, layers: 26, heads: 32,
+                    kvHeads: 32, contextLength: 2048),
         LlamaConfig(name: "llama-3.2-1b", vocabSize: 128256, dim: 2048, ffnDim: 8192, layers: 16, heads: 32,
                     kvHeads: 8, ropeTheta: 500000, contextLength: 8192, tiedEmbeddings: true),
         LlamaConfig(name: "llama-3-8b", vocabSize: 128256, dim: 4096, ffnDim: 14336, layers: 32, heads: 32,

@@ -49,9 +49,22 @@ final class ExecutorCommandTests: OffloadCommandTestCase {
     }
 
     func testTooSmallABudgetSaysWhatItNeeds() throws {
+        // Parameters that do not fit are streamed: that needs a spill folder, and a budget of at least one block's step.
         let r = try offload(run + ["--budget", "1MB"])
         XCTAssertNotEqual(r.status, 0)
-        XCTAssertTrue(r.err.contains("does not hold weights, gradients, optimizer state"), r.err)
+        XCTAssertTrue(r.err.contains("does not hold the weights, gradients and AdamW state"), r.err)
+        XCTAssertTrue(r.err.contains("--disk DIR"), r.err)
+        let d = try offload(run + ["--budget", "1MB", "--disk", work, "--grad-clip", "0"])
+        XCTAssertNotEqual(d.status, 0)
+        XCTAssertTrue(d.err.contains("is below the") && d.err.contains("a streamed step needs at batch 2 × 64"), d.err)
+        // Clipping needs every gradient before any update: refused when streaming, with the reason.
+        let c = try offload(run + ["--budget", "30MB", "--disk", work])
+        XCTAssertNotEqual(c.status, 0)
+        XCTAssertTrue(c.err.contains("--grad-clip needs every gradient before any update"), c.err)
+        // A budget that holds the state but not the activations is planned as before.
+        let k = try offload(run + ["--budget", "1MB", "--strategy", "keep"])
+        XCTAssertNotEqual(k.status, 0)
+        XCTAssertTrue(k.err.contains("does not hold weights, gradients, optimizer state"), k.err)
     }
 
     func testBudgetFlagsNeedABudget() throws {
