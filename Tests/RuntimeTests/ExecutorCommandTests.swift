@@ -48,6 +48,52 @@ final class ExecutorCommandTests: OffloadCommandTestCase {
         XCTAssertTrue(trace.contains("\"read act.1.attn_probs\""), "no read span")
     }
 
+    /// Weights, gradients and AdamW state streamed from disk: the same log values and checkpoint bytes.
+    func testStreamedRunMatchesTheInMemoryRun() throws {
+        let noClip = run + ["--grad-clip", "0"]
+        let plain = try offload(noClip + ["--log", "plain.jsonl", "--save", "plain"])
+        XCTAssertEqual(plain.status, 0, plain.err)
+        let budget = 24_000_000
+        let streamed = try offload(noClip + ["--log", "stream.jsonl", "--save", "stream", "--budget", "\(budget)", "--disk", work])
+        XCTAssertEqual(streamed.status, 0, streamed.err)
+        XCTAssertTrue(streamed.err.contains("plan: stream (parameters, gradients and AdamW state on"), streamed.err)
+        let a = try logLines("plain.jsonl"), b = try logLines("stream.jsonl")
+        XCTAssertEqual(b.count, 3)
+        for (x, y) in zip(a, b) {
+            XCTAssertEqual(x["loss"] as? Double, y["loss"] as? Double, "loss at step \(x["step"] ?? "?")")
+            XCTAssertEqual(x["grad_norm"] as? Double, y["grad_norm"] as? Double, "grad norm at step \(x["step"] ?? "?")")
+        }
+        for f in ["model.safetensors", "optimizer.safetensors"] {
+            let x = FileManager.default.contents(atPath: work + "/plain/" + f)
+            XCTAssertNotNil(x, f)
+            XCTAssertEqual(x, FileManager.default.contents(atPath: work + "/stream/" + f), "checkpoint file \(f) differs")
+        }
+        // Every step line: a measured peak within the budget, and disk traffic.
+        func bytes(_ text: Substring) -> Double {
+            let parts = text.split(separator: " ")
+            let units: [String: Double] = ["B": 1, "KiB": 1024, "MiB": 1_048_576, "GiB": 1_073_741_824]
+            let unit = units[String(parts[1])] ?? .nan
+            return (Double(parts[0]) ?? .nan) * unit
+        }
+        let steps = streamed.out.split(separator: "\n").filter { $0.hasPrefix("step ") }
+        XCTAssertEqual(steps.count, 3, streamed.out)
+        for line in steps {
+            let m = try XCTUnwrap(line.firstMatch(of: /peak ([\d.]+ \w+) \(budget ([\d.]+ \w+)\)/), String(line))
+            XCTAssertLessThanOrEqual(bytes(m.1), bytes(m.2), String(line))
+            XCTAssertLessThanOrEqual(bytes(m.2), Double(budget) + 5243, String(line))  // printed to 0.01 MiB
+            XCTAssertTrue(line.contains("disk r/w") && !line.contains("disk r/w 0 B"), String(line))
+        }
+        // The in-memory run resumes the streamed run's checkpoint (and the other way round) bit for bit.
+        let more = try offload(["train", "--resume", "stream", "--data", "text.txt", "--threads", "2", "--steps", "4",
+                                "--save", "stream4", "--log", "s4.jsonl"])
+        XCTAssertEqual(more.status, 0, more.err)
+        let more2 = try offload(["train", "--resume", "plain", "--data", "text.txt", "--threads", "2", "--steps", "4",
+                                 "--save", "plain4", "--log", "p4.jsonl", "--budget", "\(budget)", "--disk", work])
+        XCTAssertEqual(more2.status, 0, more2.err)
+        XCTAssertEqual(FileManager.default.contents(atPath: work + "/stream4/model.safetensors"),
+                       FileManager.default.contents(atPath: work + "/plain4/model.safetensors"))
+    }
+
     func testTooSmallABudgetSaysWhatItNeeds() throws {
         // Parameters that do not fit are streamed: that needs a spill folder, and a budget of at least one block's step.
         let r = try offload(run + ["--budget", "1MB"])
