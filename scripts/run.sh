@@ -22,5 +22,5 @@ head -c 12000 "$WORK/hamlet-all.txt" > "$WORK/hamlet.txt"
   --save "$WORK/fine-tuned" --log "$WORK/train.jsonl"
 .build/release/offload export --checkpoint "$WORK/fine-tuned" --out "$WORK/fine-tuned.gguf" --type q8_0
 args=("$@")
-[ ${#args[@]} -gt 0 ] || args=(--prompt "HAMLET:" --max-tokens 48 --temperature 0)
+[ ${#args[@]} -gt 0 ] || args=(--prompt $'Mar.\nWhat, has this thing appear\'d again tonight?\n\nBer.\n' --max-tokens 48 --temperature 0)
 exec .build/release/offload generate --model "$WORK/fine-tuned.gguf" "${args[@]}"
