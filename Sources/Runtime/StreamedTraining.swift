@@ -60,6 +60,11 @@ public final class StreamedTrainer {
     public let offloadsActivations: Bool
     /// Bytes the compute ops may hold at once; reads ahead never eat into it.
     public let reserve: Int
+    /// What compute holds at once in the backward pass when activations are read back (∂L/∂x and
+    /// one unit's gradient): reads ahead may use the rest of `reserve` then.
+    let backwardReserve: Int
+    /// The reserve of the phase running now.
+    var phaseReserve = 0
     /// The smallest budget this step runs in.
     public let minimumBudget: Int
     /// Optimizer steps done (AdamW's t).
@@ -125,6 +130,7 @@ public final class StreamedTrainer {
         let head = 3 * input + accountedBytes(n * 4) + accountedBytes(n * trainer.headChunkRows * 4) + chunkUnit
             + accountedBytes(normUnit.bytes)
         reserve = max(input + acts + input, head, 3 * input + maxBlock + acts)
+        backwardReserve = input + max(maxBlock, chunkUnit)
         // Reads one op needs at once: a backward's input and weights, then a part of m and v.
         let reads = input + maxBlock + 2 * maxPart + 2 * chunkUnit
         let scratch = trainer.activationBytes
@@ -299,7 +305,7 @@ public final class StreamedTrainer {
             let (name, bytes) = planned[nextPlanned]
             if awaiting.contains(name) { return }
             if let w = pendingWrites[name], !w.isComplete { return }
-            let room = memory.limit - memory.stats.current - max(0, reserve - computeHeld)
+            let room = memory.limit - memory.stats.current - max(0, phaseReserve - computeHeld)
             guard accountedBytes(bytes) <= room, let b = try? memory.allocate(name, bytes: bytes) else { return }
             try issue(name, b)
         }
@@ -429,6 +435,7 @@ public final class StreamedTrainer {
     func runStep(lr: Float, t: Int) throws -> (Float, Double) {
         let c = config, tied = outputUnits.isEmpty
         sums = [:]
+        phaseReserve = reserve
         try pump()
         // Embedding: x.0 from the chunks of token_embd.
         var x = try computeBuffer("x.0", bytes: inputBytes)
@@ -514,6 +521,7 @@ public final class StreamedTrainer {
         try addSums(normUnit, floats(normG), step: t, loss: loss)
         try update(normUnit, weights: normW, gradients: floats(normG), lr: lr, t: t)
         releaseCompute(normG)
+        if offloadsActivations { phaseReserve = backwardReserve }
         // Blocks backward: recompute the forward from the input, backward, update.
         for (l, u) in blockUnits.enumerated().reversed() {
             if offloadsActivations {
@@ -549,6 +557,7 @@ public final class StreamedTrainer {
             releaseCompute(g)
         }
         // Embedding backward, chunk by chunk, and its update.
+        phaseReserve = backwardReserve
         for (k, u) in embeddingUnits.enumerated() {
             let g = tied ? try take(Self.key("g", u)) : try computeBuffer("g \(u.name)", bytes: u.bytes, zero: true)
             if tied { computeHeld += accountedBytes(g.byteCount) }
