@@ -469,11 +469,11 @@ extension LlamaTrainer {
 
     /// Pass 1: final norm of `input` into `norm`/`rstd`, then every chunk's logits (into `logits`: all
     /// of them, (N, vocab) chunk after chunk, when `keepsLogits`; else one chunk's (N, chunk rows)
-    /// at a time). `weights(k)` gives chunk k's rows of the head weight; `parameters` holds
+    /// at a time, except chunks `keep(k)` gives a buffer of their own, which pass 2 then reuses). `weights(k)` gives chunk k's rows of the head weight; `parameters` holds
     /// output_norm. Returns the mean loss against the loaded targets.
     public func headForward(input: UnsafeMutablePointer<Float>, norm: UnsafeMutablePointer<Float>,
                             rstd: UnsafeMutablePointer<Float>, logits: UnsafeMutablePointer<Float>, keepsLogits: Bool,
-                            parameters: ParameterBases? = nil,
+                            parameters: ParameterBases? = nil, keep: ((Int) -> UnsafeMutablePointer<Float>?)? = nil,
                             weights: ((Int) throws -> UnsafePointer<Float>)? = nil) throws -> Float {
         let c = model.config, n = self.n, p = parameters ?? model.resident
         timed("rmsnorm") {
@@ -481,7 +481,7 @@ extension LlamaTrainer {
                            rows: n, dim: c.dim, eps: c.rmsEps)
         }
         for k in 0..<headChunkCount {
-            let range = headChunk(k), out = logits + logitsOffset(k, keeps: keepsLogits)
+            let range = headChunk(k), out = keep?(k) ?? logits + logitsOffset(k, keeps: keepsLogits)
             let w = try weights?(k) ?? UnsafePointer(residentHeadRows(range, in: model.weights.base))
             timed("matmul fwd") { matmulForward(out, norm, w, n: n, inDim: c.dim, outDim: range.count) }
             timed("cross-entropy") { exponentiate(out, chunk: k, firstPass: true) }
@@ -499,16 +499,16 @@ extension LlamaTrainer {
     public func headBackward(dresidual: UnsafeMutablePointer<Float>, input: UnsafeMutablePointer<Float>,
                              norm: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
                              logits: UnsafeMutablePointer<Float>, keepsLogits: Bool, gradientScale: Float = 1,
-                             parameters: ParameterBases? = nil,
+                             parameters: ParameterBases? = nil, keep: ((Int) -> UnsafeMutablePointer<Float>?)? = nil,
                              chunk: ((Int) throws -> (weights: UnsafePointer<Float>, gradients: UnsafeMutablePointer<Float>))? = nil,
                              done: ((Int) throws -> Void)? = nil) throws {
         let c = model.config, n = self.n, p = parameters ?? model.resident
         let dloss = gradientScale / Float(n), chunks = headChunkCount
         for k in 0..<chunks {
-            let range = headChunk(k), out = logits + logitsOffset(k, keeps: keepsLogits)
+            let kept = keep?(k), range = headChunk(k), out = kept ?? logits + logitsOffset(k, keeps: keepsLogits)
             let (w, g) = try chunk?(k) ?? (UnsafePointer(residentHeadRows(range, in: model.weights.base)),
                                            residentHeadRows(range, in: model.gradients.base))
-            if !keepsLogits {
+            if !keepsLogits && kept == nil {
                 timed("matmul fwd") { matmulForward(out, norm, w, n: n, inDim: c.dim, outDim: range.count) }
                 timed("cross-entropy") { exponentiate(out, chunk: k, firstPass: false) }
             }

@@ -481,9 +481,22 @@ public final class StreamedTrainer {
         let logits = try computeBuffer("logits", bytes: n * trainer.headChunkRows * 4)
         let headUnits = tied ? embeddingUnits : outputUnits
         var current: TierBuffer?
+        // Chunks whose logits fit beside the reserve and a few reads ahead stay for pass 2 (which then
+        // skips their product); the others are recomputed there.
+        var keptLogits: [Int: TierBuffer] = [:]
+        let logitsBytes = n * trainer.headChunkRows * 4, margin = 8 * accountedBytes(headUnits[0].bytes)
+        let keep: (Int) -> UnsafeMutablePointer<Float>? = { [self] k in
+            if let b = keptLogits[k] { return floats(b) }
+            let room = memory.limit - memory.stats.current - max(0, phaseReserve - computeHeld)
+            guard room - accountedBytes(logitsBytes) >= margin, let b = try? memory.allocate("logits \(k)", bytes: logitsBytes) else {
+                return nil
+            }
+            keptLogits[k] = b
+            return floats(b)
+        }
         let loss = try span("head pass 1") {
             try trainer.headForward(input: floats(x), norm: floats(norm), rstd: floats(rstd), logits: floats(logits),
-                                    keepsLogits: false, parameters: headBases) { [self] k in
+                                    keepsLogits: false, parameters: headBases, keep: keep) { [self] k in
                 current?.free()
                 current = try take(Self.key("w", headUnits[k]))
                 return UnsafePointer(floats(current!))
@@ -498,6 +511,7 @@ public final class StreamedTrainer {
         try span("head pass 2") {
             try trainer.headBackward(dresidual: floats(dres), input: floats(x), norm: floats(norm), rstd: floats(rstd),
                                      logits: floats(logits), keepsLogits: false, parameters: headBases,
+                                     keep: { keptLogits[$0].map(self.floats) },
                                      chunk: { [self] k in
                                          current = try take(Self.key("w", headUnits[k]))
                                          grad = try computeBuffer("g \(headUnits[k].name)", bytes: headUnits[k].bytes, zero: true)
@@ -505,6 +519,7 @@ public final class StreamedTrainer {
                                      },
                                      done: { [self] k in
                                          let u = headUnits[k]
+                                         keptLogits.removeValue(forKey: k)?.free()
                                          if tied {
                                              current!.free()
                                              computeHeld -= accountedBytes(grad!.byteCount)
