@@ -38,10 +38,14 @@ public final class AlignedBuffer: @unchecked Sendable {
             p = reused
         } else {
             var pointer: UnsafeMutableRawPointer?
-            let r = posix_memalign(&pointer, AlignedBuffer.alignment, capacity)
+            // Large buffers start on a 2 MiB boundary and ask for transparent huge pages: fewer page
+            // faults when fresh, fewer TLB misses in the kernels, and cheaper pinning for direct I/O.
+            let huge = capacity >= 4 << 20
+            let r = posix_memalign(&pointer, huge ? 2 << 20 : AlignedBuffer.alignment, capacity)
             guard r == 0, let fresh = pointer else {
                 throw OffloadError("[memory] cannot allocate \(formatBytes(capacity)) aligned to \(AlignedBuffer.alignment): \(String(cString: strerror(r)))")
             }
+            if huge { _ = madvise(fresh, capacity, 14 /* MADV_HUGEPAGE */) }
             p = fresh
         }
         if capacity > byteCount { memset(p + byteCount, 0, capacity - byteCount) }
