@@ -5,6 +5,7 @@
 # the first), peak resident memory (VmHWM), bytes read and written per step, the simulator's
 # prediction, and the physical limit max(unconstrained step, bytes moved / disk bandwidth),
 # with the disk bandwidth measured by dd (direct I/O, 1 GiB) in the same folder in the same run.
+# The predictions use this machine's profile (`offload profile --disk DIR`), measured at the start.
 #
 # usage: Benchmarks/bench-train-budget.sh [--repeat R] [--steps N] [--batch B] [--seq-len T]
 #                                         [--budgets "256MB 128MB"] [--disk DIR]
@@ -25,6 +26,8 @@ done
 [ -x "$OFFLOAD" ] || { echo "[bench-train-budget] no $OFFLOAD: swift build -c release --product offload" >&2; exit 1; }
 OUT="$REPO/Benchmarks/.work/train-budget-$(date +%Y%m%d-%H%M%S)"; mkdir -p "$OUT" "$DISK"
 echo "[bench-train-budget] B=$BATCH T=$SEQ steps=$STEPS budgets: $BUDGETS; load $(cut -d' ' -f1-3 /proc/loadavg); output in $OUT" >&2
+echo "[bench-train-budget] offload profile" >&2
+"$OFFLOAD" profile --disk "$DISK" --out "$OUT/hardware.json" > "$OUT/profile.txt" 2>&1
 common=(train --model "$MODEL" --data "$DATA" --batch "$BATCH" --seq-len "$SEQ" --steps "$STEPS" --lr 1e-4 --threads 2)
 disk_bw() {  # write then read 1 GiB with direct I/O; prints "write_bytes_per_s read_bytes_per_s"
   local f="$DISK/dd-probe"
@@ -39,7 +42,7 @@ for r in $(seq 1 "$REPEAT"); do
   disk_bw >> "$OUT/dd.txt"
   for b in none $BUDGETS; do
     echo "[bench-train-budget] round $r: budget $b" >&2
-    extra=(); [ "$b" = none ] || extra=(--budget "$b" --disk "$DISK")
+    extra=(); [ "$b" = none ] || extra=(--budget "$b" --disk "$DISK" --hardware "$OUT/hardware.json")
     "$OFFLOAD" "${common[@]}" "${extra[@]}" --log "$OUT/$b-$r.jsonl" > "$OUT/$b-$r.out" 2> "$OUT/$b-$r.err" \
       || { echo "[bench-train-budget] budget $b failed:" >&2; tail -3 "$OUT/$b-$r.err" >&2; exit 1; }
   done

@@ -69,15 +69,6 @@ final class StreamedRun: TrainingRun {
     }
 
     func finish(trace: String?) throws {
-        if let x = session.lastStep {
-            let hwm = peakResidentBytes()
-            note("budget \(formatBytes(budget)): measured compute peak \(formatBytes(x.peakComputeBytes)), "
-                 + "process peak resident (VmHWM) \(formatBytes(hwm)) = compute peak + \(formatBytes(hwm - x.peakComputeBytes)) "
-                 + "outside the budget (runtime, code, mapped model file, data)")
-        }
-        if let path = trace, let recorder {
-            try recorder.write(to: path, processName: "offload train")
-            note("trace written to \(path)")
-        }
+        try reportBudget(budget, peak: session.lastStep?.peakComputeBytes, recorder: recorder, trace: trace)
     }
 }

@@ -291,16 +291,22 @@ final class InMemoryRun: TrainingRun {
     }
     func finish(trace: String?) throws {
         guard let (plan, recorder) = budgeted else { return }
-        if let x = session.lastExecuted {
-            let hwm = peakResidentBytes()
-            note("budget \(formatBytes(plan.planningBudget + plan.overhead)): measured compute peak \(formatBytes(x.peakComputeBytes)), "
-                 + "process peak resident (VmHWM) \(formatBytes(hwm)) = compute peak + \(formatBytes(hwm - x.peakComputeBytes)) "
-                 + "outside the budget (runtime, code, mapped model file, data)")
-        }
-        if let path = trace, let recorder {
-            try recorder.write(to: path, processName: "offload train")
-            note("trace written to \(path)")
-        }
+        try reportBudget(plan.planningBudget + plan.overhead, peak: session.lastExecuted?.peakComputeBytes,
+                         recorder: recorder, trace: trace)
+    }
+}
+
+/// After a budgeted run: the budget against the measured peaks, and the trace file.
+func reportBudget(_ budget: Int, peak: Int?, recorder: TraceRecorder?, trace: String?) throws {
+    if let peak {
+        let hwm = peakResidentBytes()
+        note("budget \(formatBytes(budget)): measured compute peak \(formatBytes(peak)), "
+             + "process peak resident (VmHWM) \(formatBytes(hwm)) = compute peak + \(formatBytes(hwm - peak)) "
+             + "outside the budget (runtime, code, mapped model file, data)")
+    }
+    if let path = trace, let recorder {
+        try recorder.write(to: path, processName: "offload train")
+        note("trace written to \(path)")
     }
 }
 
