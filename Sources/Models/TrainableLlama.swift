@@ -15,10 +15,7 @@ public final class FloatBuffer: @unchecked Sendable {
 
     public init(count: Int) {
         self.count = count
-        // Large buffers on a 2 MiB boundary with transparent huge pages (as the memory tier's).
-        let bytes = max(count, 1) * 4, huge = bytes >= 4 << 20
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: huge ? 2 << 20 : 64)
-        if huge { _ = madvise(raw, bytes, 14 /* MADV_HUGEPAGE */) }
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
         base = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         base.initialize(repeating: 0, count: max(count, 1))
     }

