@@ -152,6 +152,14 @@ public final class StreamedTrainer {
         engine = TransferEngine(memory: memory, disk: disk, trace: trace)
     }
 
+    /// Disk bytes a step adds to the store at most: activations or block inputs written in the
+    /// forward, the tied head's gradient chunks, one unit's new copy while it replaces the old.
+    public var stepDiskBytes: Int {
+        let activations = offloadsActivations ? config.layers * actsBytes : keepsInputs ? 0 : config.layers * inputBytes
+        let headGradients = outputUnits.isEmpty ? embeddingUnits.reduce(0) { $0 + $1.bytes } : 0
+        return activations + headGradients + (units.map(\.bytes).max() ?? 0)
+    }
+
     /// Tensor name on disk of `role` ("w", "m", "v", "g") of `unit` (part `p` for m and v).
     static func key(_ role: String, _ unit: ParameterUnit, part p: Int? = nil) -> String {
         p.map { "\(role).\(unit.name).\($0)" } ?? "\(role).\(unit.name)"

@@ -49,7 +49,8 @@ final class StreamedRun: TrainingRun {
             : "every block recomputed, its input " + (s.keepsInputs ? "kept in memory" : "on disk")
         note("plan: stream (parameters, gradients and AdamW state on \(folder); \(activations)) under a RAM budget of \(formatBytes(budget)) "
              + "(at least \(formatBytes(s.minimumBudget)) at this batch); predicted step "
-             + String(format: "%.2f s", predictedSeconds) + " (simulator, hardware \(hw.name)); "
+             + String(format: "%.2f s", predictedSeconds) + " (simulator, hardware \(hw.name)); peak RAM at most "
+             + "the budget, peak disk \(formatBytes(stored + s.stepDiskBytes)); "
              + "\(formatBytes(stored)) (\(stored) bytes) written to the store in " + String(format: "%.1f s", now() - setup))
     }
 
