@@ -199,39 +199,6 @@ public final class CheckpointFileReader {
 /// offset, and (when given) the file's size and checksum.
 public func readCheckpointTensors(_ tensors: [CheckpointTensor], from path: String,
                                   expectBytes: Int? = nil, expectChecksum: String? = nil) throws {
-    let ctx = "[checkpoint] \(path)"
-    guard let data = FileManager.default.contents(atPath: path) else { throw OffloadError("\(ctx): cannot read the file") }
-    if let expectBytes, data.count != expectBytes {
-        throw OffloadError("\(ctx): file is \(data.count) bytes, expected \(expectBytes) (truncated or replaced?)")
-    }
-    try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
-        if let expectChecksum {
-            var sum = Checksum64()
-            sum.update(raw)
-            guard sum.hex == expectChecksum else {
-                throw OffloadError("\(ctx): checksum \(sum.hex) does not match the recorded \(expectChecksum) (corrupted)")
-            }
-        }
-        guard raw.count >= 8 else { throw OffloadError("\(ctx): too short for a safetensors header") }
-        let n = Int(raw.loadUnaligned(as: UInt64.self).littleEndian)
-        guard n <= raw.count - 8 else { throw OffloadError("\(ctx): header length \(n) runs past the end (\(raw.count))") }
-        guard let header = try? JSONSerialization.jsonObject(with: Data(raw[8 ..< 8 + n])) as? [String: Any] else {
-            throw OffloadError("\(ctx): header is not a JSON object")
-        }
-        let body = 8 + n
-        for t in tensors {
-            guard let info = header[t.name] as? [String: Any] else { throw OffloadError("\(ctx): tensor \(t.name) is missing") }
-            guard info["dtype"] as? String == "F32" else {
-                throw OffloadError("\(ctx): tensor \(t.name) is \(info["dtype"] ?? "?"), expected F32")
-            }
-            let shape = (info["shape"] as? [Any])?.compactMap { ($0 as? NSNumber)?.intValue } ?? []
-            guard shape == t.shape else { throw OffloadError("\(ctx): tensor \(t.name) has shape \(shape), expected \(t.shape)") }
-            let offs = (info["data_offsets"] as? [Any])?.compactMap { ($0 as? NSNumber)?.intValue } ?? []
-            guard offs.count == 2, offs[0] >= 0, offs[1] - offs[0] == t.count * 4, body + offs[1] <= raw.count else {
-                throw OffloadError("\(ctx): tensor \(t.name) has offsets \(offs), which do not hold \(t.count) floats "
-                                   + "inside the file (\(raw.count) bytes)")
-            }
-            UnsafeMutableRawPointer(t.data).copyMemory(from: raw.baseAddress! + body + offs[0], byteCount: t.count * 4)
-        }
-    }
+    let file = try CheckpointFileReader(path: path, expectBytes: expectBytes, expectChecksum: expectChecksum)
+    for t in tensors { try file.read(t.name, shape: t.shape, elements: 0..<t.count, into: t.data) }
 }
