@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -174,3 +175,13 @@ uint64_t cs_monotonic_ns(void) {
 }
 
 void cs_map_large_allocations(int bytes) { mallopt(M_MMAP_THRESHOLD, bytes); }
+
+int cs_move_pages(void *from, size_t length, void *to, int keep_source) {
+#ifndef MREMAP_DONTUNMAP
+    if (keep_source) return EINVAL;
+#define MREMAP_DONTUNMAP 0
+#endif
+    int flags = MREMAP_MAYMOVE | MREMAP_FIXED | (keep_source ? MREMAP_DONTUNMAP : 0);
+    void *p = mremap(from, length, length, flags, to);
+    return p == MAP_FAILED ? errno : 0;
+}

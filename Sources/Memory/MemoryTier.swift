@@ -21,6 +21,7 @@ public final class AlignedBuffer: @unchecked Sendable {
     public let baseAddress: UnsafeMutableRawPointer
 
     private let cache: BufferCache?
+    private let arena: Arena?
 
     public convenience init(byteCount: Int) throws {
         try self.init(byteCount: byteCount, cache: nil)
@@ -28,9 +29,10 @@ public final class AlignedBuffer: @unchecked Sendable {
 
     static func capacity(for byteCount: Int) -> Int { max(accountedBytes(byteCount), alignment) }
 
-    /// A buffer over `reused` memory (taken from `cache`, of the right capacity)
-    /// or fresh memory; it returns to `cache` when the buffer goes.
-    init(byteCount: Int, cache: BufferCache?, reused: UnsafeMutableRawPointer? = nil, hugePages: Bool = false) throws {
+    /// A buffer over `reused` memory (taken from `cache` or `arena`, of the right capacity)
+    /// or fresh memory; it returns to `arena` (when it came from there) or `cache` when the buffer goes.
+    init(byteCount: Int, cache: BufferCache?, reused: UnsafeMutableRawPointer? = nil, hugePages: Bool = false,
+         arena: Arena? = nil) throws {
         guard byteCount >= 0 else { throw OffloadError("[memory] negative buffer size \(byteCount)") }
         let capacity = AlignedBuffer.capacity(for: byteCount)
         let p: UnsafeMutableRawPointer
@@ -54,10 +56,12 @@ public final class AlignedBuffer: @unchecked Sendable {
         self.capacity = capacity
         self.baseAddress = p
         self.cache = cache
+        self.arena = arena.flatMap { $0.owns(p) ? $0 : nil }
     }
 
     deinit {
-        if cache?.give(baseAddress, capacity: capacity) != true { free(baseAddress) }
+        if let arena { arena.give(baseAddress, capacity: capacity) }
+        else if cache?.give(baseAddress, capacity: capacity) != true { free(baseAddress) }
     }
 
     /// The `byteCount` bytes the caller asked for.
@@ -217,6 +221,7 @@ public final class MemoryTier: @unchecked Sendable {
 
     let ledger: Ledger
     let cache: BufferCache
+    let arena: Arena?
 
     /// Whether large buffers ask for transparent huge pages (see `AlignedBuffer`).
     let hugePages: Bool
@@ -226,14 +231,26 @@ public final class MemoryTier: @unchecked Sendable {
     ///     the same size (never more than the budget leaves).
     ///   - hugePages: large buffers on transparent huge pages: faster for buffers that are used
     ///     whole (a training step's units and activations), up to 2 MiB more resident per buffer.
+    ///   - arena: buffers come from one reservation of `limit` bytes (see `Arena`), whose pages are
+    ///     touched once and then reused: for a tier that allocates the same sizes over and over, with
+    ///     all of its budget in use. An allocation the arena cannot place (its free bytes are in
+    ///     pieces, or a freed buffer is still held by a transfer) comes from the system instead.
     public init(_ tier: Tier = .compute, limit: Int = .max, trace: TraceRecorder? = nil, reuse: Int = 1 << 30,
-                hugePages: Bool = false) {
+                hugePages: Bool = false, arena: Bool = false) {
         self.hugePages = hugePages
         precondition(tier != .disk, "the disk tier is a DiskStore")
         ledger = Ledger(tier: tier, limit: limit, trace: trace)
         let ledger = self.ledger
         cache = BufferCache(maximum: max(0, min(reuse, limit))) { ledger.limit - ledger.stats.current }
+        self.arena = arena && limit < Int.max / 2 ? Arena(size: limit, hugePages: hugePages) : nil
     }
+
+    /// Allocations the arena could not place (made by the system instead).
+    public var arenaMisses: Int { missLock.lock(); defer { missLock.unlock() }; return misses }
+    private var misses = 0
+    /// Allocations the arena placed by moving free pieces side by side.
+    public var arenaGathers: Int { arena?.gathers ?? 0 }
+    private let missLock = NSLock()
 
     /// Bytes of freed buffers kept for reuse (not counted as held).
     public var cachedBytes: Int { cache.bytes }
@@ -256,6 +273,13 @@ public final class MemoryTier: @unchecked Sendable {
     public func allocate(_ name: String, bytes: Int) throws -> TierBuffer {
         guard bytes >= 0 else { throw OffloadError("[memory] \(name): negative size \(bytes)") }
         let ticket = try ledger.reserve(name, bytes: accountedBytes(bytes))
+        if let arena {
+            if let p = arena.take(capacity: AlignedBuffer.capacity(for: bytes)) {
+                let storage = try AlignedBuffer(byteCount: bytes, cache: nil, reused: p, arena: arena)
+                return TierBuffer(name: name, storage: storage, ledger: ledger, ticket: ticket)
+            }
+            missLock.lock(); misses += 1; missLock.unlock()
+        }
         // Reuse a freed buffer of the same size; live plus cached memory stays within the budget.
         let reused = cache.take(capacity: AlignedBuffer.capacity(for: bytes))
         if ledger.limit != .max { cache.trim(to: max(0, ledger.limit - ledger.stats.current)) }
@@ -272,30 +296,41 @@ public final class MemoryTier: @unchecked Sendable {
 /// A tensor's bytes in a memory tier, counted against that tier until freed.
 public final class TierBuffer: @unchecked Sendable {
     public let name: String
-    public let storage: AlignedBuffer
+    public let byteCount: Int
     private let ledger: Ledger
     private let lock = NSLock()
     private var ticket: Int?
+    private var _storage: AlignedBuffer?
 
     init(name: String, storage: AlignedBuffer, ledger: Ledger, ticket: Int) {
-        self.name = name; self.storage = storage; self.ledger = ledger; self.ticket = ticket
+        self.name = name; self.byteCount = storage.byteCount; self._storage = storage; self.ledger = ledger; self.ticket = ticket
     }
 
     deinit { free() }
 
     public var tier: Tier { ledger.tier }
-    public var byteCount: Int { storage.byteCount }
+    /// The memory. A transfer in flight holds it too, so it outlives `free()` until the transfer ends.
+    /// - Precondition: not freed.
+    public var storage: AlignedBuffer {
+        lock.lock(); defer { lock.unlock() }
+        guard let s = _storage else { preconditionFailure("[memory] \(name) used after free()") }
+        return s
+    }
     public var baseAddress: UnsafeMutableRawPointer { storage.baseAddress }
     public var bytes: UnsafeMutableRawBufferPointer { storage.bytes }
 
-    /// Returns the bytes to the tier's budget. Idempotent. The memory itself is
-    /// released when the last reference to `storage` goes.
+    /// Returns the bytes to the tier's budget and drops this reference to the memory, which goes
+    /// back to the tier at once unless a transfer still holds it (so memory in use never stays
+    /// above what the budget counts for longer than a transfer). Idempotent.
     public func free() {
         lock.lock()
         let t = ticket
         ticket = nil
+        let s = _storage
+        _storage = nil
         lock.unlock()
         if let t { ledger.release(t) }
+        _ = s  // released here, after the ledger
     }
 
     /// Whether the buffer still counts against its tier.

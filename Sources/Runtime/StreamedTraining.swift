@@ -33,6 +33,9 @@ public struct StreamedStep: Sendable {
     public var peakComputeBytes: Int
     public var bytesRead: Int
     public var bytesWritten: Int
+    /// Allocations so far that the tier's arena could not place (each adds resident memory beyond
+    /// the budget while it lives; see `MemoryTier(arena:)`).
+    public var arenaMisses: Int
 }
 
 /// A piece of the parameters moved as one: `floats` floats at `offset` of the layout.
@@ -148,7 +151,7 @@ public final class StreamedTrainer {
         // still leaves room to read a few units ahead, else write them to disk too.
         offloadsActivations = budget - minimumBudget >= acts + 3 * maxBlock
         keepsInputs = !offloadsActivations && budget - minimumBudget - checkpoints >= 2 * maxBlock
-        memory = MemoryTier(.compute, limit: budget - scratch, trace: trace, hugePages: true)
+        memory = MemoryTier(.compute, limit: budget - scratch, trace: trace, hugePages: true, arena: true)
         engine = TransferEngine(memory: memory, disk: disk, trace: trace)
     }
 
@@ -387,7 +390,7 @@ public final class StreamedTrainer {
             steps += 1
             return StreamedStep(loss: loss, gradNorm: norm, seconds: Date().timeIntervalSince(t0),
                                 peakComputeBytes: trainer.activationBytes + memory.stats.peak,
-                                bytesRead: bytesRead, bytesWritten: bytesWritten)
+                                bytesRead: bytesRead, bytesWritten: bytesWritten, arenaMisses: memory.arenaMisses)
         } catch {
             for h in issued { try? h.wait(); h.buffer.free() }
             issued = []

@@ -63,6 +63,7 @@ final class StreamedRun: TrainingRun {
         return String(format: "  peak %@ (budget %@)  step %.2f s (pred %.2f s, %.2f×)  disk r/w %@/%@",
                       formatBytes(x.peakComputeBytes), formatBytes(budget), r.seconds, predictedSeconds,
                       r.seconds / predictedSeconds, formatBytes(x.bytesRead), formatBytes(x.bytesWritten))
+            + (x.arenaMisses > 0 ? "  arena misses \(x.arenaMisses)" : "")
     }
 
     func save(to dir: String, sourceModel: String?, lastLoss: Float?) throws {

@@ -50,3 +50,9 @@ uint64_t cs_monotonic_ns(void);
 /// glibc: serve allocations of `bytes` and more with their own mappings, returned to the system on
 /// free, instead of letting the threshold rise after the first large free (mallopt M_MMAP_THRESHOLD).
 void cs_map_large_allocations(int bytes);
+
+/// Moves the pages of [from, from + length) (private anonymous memory) to `to`, replacing what was
+/// mapped there (mremap with MREMAP_FIXED): the physical pages go with them, nothing is copied or
+/// zeroed. With `keep_source`, [from, from + length) stays mapped, empty (MREMAP_DONTUNMAP), so no
+/// other mapping can land there meanwhile; otherwise it becomes a hole. Returns 0 or an errno.
+int cs_move_pages(void *from, size_t length, void *to, int keep_source);
