@@ -174,3 +174,9 @@ uint64_t cs_monotonic_ns(void) {
 }
 
 void cs_map_large_allocations(int bytes) { mallopt(M_MMAP_THRESHOLD, bytes); }
+
+void cs_release_free_heap(void) {
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}

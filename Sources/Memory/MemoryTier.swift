@@ -262,6 +262,10 @@ public final class MemoryTier: @unchecked Sendable {
     /// (Tier buffers map their own pages: `AlignedBuffer`.)
     public static func mapLargeAllocations(from bytes: Int = 1 << 20) { cs_map_large_allocations(Int32(bytes)) }
 
+    /// Gives the free memory inside malloc's heaps back to the system: what setup freed (parsed model
+    /// metadata, tokenizer work) would otherwise stay resident beside a budgeted run.
+    public static func releaseFreeHeap() { cs_release_free_heap() }
+
     let ledger: Ledger
     let cache: BufferCache
 

@@ -50,3 +50,7 @@ uint64_t cs_monotonic_ns(void);
 /// glibc: serve allocations of `bytes` and more with their own mappings, returned to the system on
 /// free, instead of letting the threshold rise after the first large free (mallopt M_MMAP_THRESHOLD).
 void cs_map_large_allocations(int bytes);
+
+/// glibc: gives the free memory inside malloc's heaps back to the system (malloc_trim(0)): what
+/// setup freed (parsed file metadata, tokenizer work) otherwise stays resident. Elsewhere a no-op.
+void cs_release_free_heap(void);
