@@ -185,3 +185,9 @@ int cs_move_pages(void *from, size_t length, void *to, int keep_source) {
     void *p = mremap(from, length, length, flags, to);
     return p == MAP_FAILED ? errno : 0;
 }
+
+void cs_release_free_heap(void) {
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}

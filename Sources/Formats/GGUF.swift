@@ -208,6 +208,10 @@ public final class GGUFFile: @unchecked Sendable {
 
     deinit { if let map { munmap(map, fileSize) } }
 
+    /// Drops the file's pages from this process's resident memory: they stay in the page cache, and a
+    /// later read of the mapping maps them back. For a caller that has copied out what it needed.
+    public func dropResidentPages() { if let map { _ = madvise(map, fileSize, MADV_DONTNEED) } }
+
     public var fileName: String { (path as NSString).lastPathComponent }
 
     public func info(_ name: String) -> GGUFTensorInfo? { tensorIndex[name].map { tensors[$0] } }

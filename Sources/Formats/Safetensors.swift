@@ -150,6 +150,10 @@ public final class SafetensorsFile: @unchecked Sendable {
 
     deinit { if let map { munmap(map, fileSize) } }
 
+    /// Drops the file's pages from this process's resident memory: they stay in the page cache, and a
+    /// later read of the mapping maps them back. For a caller that has copied out what it needed.
+    public func dropResidentPages() { if let map { _ = madvise(map, fileSize, MADV_DONTNEED) } }
+
     public func info(_ name: String) -> SafetensorsTensorInfo? { tensorIndex[name].map { tensors[$0] } }
 
     /// The tensor's bytes inside the mapping (valid while this object lives).

@@ -177,13 +177,16 @@ public final class DiskStore: @unchecked Sendable {
     /// runs on an I/O thread when the bytes are on disk or the write failed.
     ///
     /// Space is counted and reserved in a spill file now, so a full budget or a
-    /// full device throws here; `buffer` must not change until completion.
+    /// full device throws here; `buffer` must not change until completion, and is
+    /// pinned until then (a tier buffer freed meanwhile gives its memory back then).
     public func write(_ name: String, from buffer: AlignedBuffer,
                       completion: @escaping @Sendable (OffloadError?) -> Void) throws {
         let extent = try reserve(name, bytes: buffer.byteCount)
         let file = files[extent.file]
         let chunks = chunkRanges(extent.length)
+        buffer.pin()
         let group = ChunkGroup(count: chunks.count) { [self] error in
+            buffer.unpin()
             if let error {
                 release(extent)
                 completion(error)
@@ -205,7 +208,7 @@ public final class DiskStore: @unchecked Sendable {
 
     /// Issues a read of tensor `name` into `buffer` and returns at once;
     /// `completion` runs on an I/O thread when the bytes are in `buffer` or the
-    /// read failed (a failed read is an error, never zeros).
+    /// read failed (a failed read is an error, never zeros). `buffer` is pinned until then.
     public func read(_ name: String, into buffer: AlignedBuffer,
                      completion: @escaping @Sendable (OffloadError?) -> Void) throws {
         lock.lock()
@@ -222,7 +225,9 @@ public final class DiskStore: @unchecked Sendable {
         lock.unlock()
         let file = files[extent.file]
         let chunks = chunkRanges(extent.length)
+        buffer.pin()
         let group = ChunkGroup(count: chunks.count) { [self] error in
+            buffer.unpin()
             lock.lock()
             extent.readers -= 1
             let free = extent.readers == 0 && extent.retired

@@ -11,6 +11,11 @@ import Tensors
 ///
 /// The capacity is rounded up to whole pages and the padding is zeroed, so a
 /// direct read or write of the padded length never touches memory it does not own.
+///
+/// The pages are mapped for the buffer alone and unmapped when it goes (or kept by
+/// its tier's cache): freed memory leaves the process at once. Memory from malloc
+/// would not: a buffer carved from glibc's heap (which serves even large requests
+/// from free heap chunks) stays resident after `free`, outside every budget.
 public final class AlignedBuffer: @unchecked Sendable {
     public static let alignment = 4096
 
@@ -22,6 +27,11 @@ public final class AlignedBuffer: @unchecked Sendable {
 
     private let cache: BufferCache?
     private let arena: Arena?
+    private let lock = NSLock()
+    /// Transfers in flight on the buffer (`pin`); the memory is given back only once none is.
+    private var pins = 0
+    private var releaseAsked = false
+    private var released = false
 
     public convenience init(byteCount: Int) throws {
         try self.init(byteCount: byteCount, cache: nil)
@@ -35,22 +45,7 @@ public final class AlignedBuffer: @unchecked Sendable {
          arena: Arena? = nil) throws {
         guard byteCount >= 0 else { throw OffloadError("[memory] negative buffer size \(byteCount)") }
         let capacity = AlignedBuffer.capacity(for: byteCount)
-        let p: UnsafeMutableRawPointer
-        if let reused {
-            p = reused
-        } else {
-            var pointer: UnsafeMutableRawPointer?
-            // With `hugePages`, large buffers start on a 2 MiB boundary and ask for transparent huge
-            // pages: fewer page faults when fresh, fewer TLB misses in the kernels, cheaper pinning for
-            // direct I/O; but a partly touched huge page is resident whole.
-            let huge = hugePages && capacity >= 4 << 20
-            let r = posix_memalign(&pointer, huge ? 2 << 20 : AlignedBuffer.alignment, capacity)
-            guard r == 0, let fresh = pointer else {
-                throw OffloadError("[memory] cannot allocate \(formatBytes(capacity)) aligned to \(AlignedBuffer.alignment): \(String(cString: strerror(r)))")
-            }
-            if huge { _ = madvise(fresh, capacity, 14 /* MADV_HUGEPAGE */) }
-            p = fresh
-        }
+        let p = try reused ?? AlignedBuffer.mapPages(capacity, hugePages: hugePages)
         if capacity > byteCount { memset(p + byteCount, 0, capacity - byteCount) }
         self.byteCount = byteCount
         self.capacity = capacity
@@ -60,8 +55,59 @@ public final class AlignedBuffer: @unchecked Sendable {
     }
 
     deinit {
+        if !released { giveBack() }
+    }
+
+    /// Fresh zeroed pages of `capacity` bytes. With `hugePages`, large buffers start on a 2 MiB
+    /// boundary and ask for transparent huge pages: fewer page faults when fresh, fewer TLB misses
+    /// in the kernels, cheaper pinning for direct I/O; but a partly touched huge page is resident whole.
+    static func mapPages(_ capacity: Int, hugePages: Bool) throws -> UnsafeMutableRawPointer {
+        let huge = hugePages && capacity >= 4 << 20, hugeSize = 2 << 20
+        let length = huge ? capacity + hugeSize : capacity
+        guard let m = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), m != MAP_FAILED else {
+            throw OffloadError("[memory] cannot allocate \(formatBytes(capacity)): \(String(cString: strerror(errno)))")
+        }
+        guard huge else { return m }
+        // Keep the 2 MiB-aligned `capacity` bytes inside the mapping; unmap the rest.
+        let start = (Int(bitPattern: m) + hugeSize - 1) / hugeSize * hugeSize - Int(bitPattern: m)
+        if start > 0 { munmap(m, start) }
+        if length - start - capacity > 0 { munmap(m + start + capacity, length - start - capacity) }
+        _ = madvise(m + start, capacity, 14 /* MADV_HUGEPAGE */)
+        return m + start
+    }
+
+    static func unmapPages(_ p: UnsafeMutableRawPointer, capacity: Int) { munmap(p, capacity) }
+
+    /// Gives the memory back now (to the cache, or to the system), or, while transfers are in flight
+    /// on the buffer, when the last one ends. Called when a tier's buffer is freed: nothing may
+    /// read or write the buffer after this but those transfers. Idempotent.
+    func release() {
+        lock.lock()
+        let now = !releaseAsked && pins == 0 && !released
+        releaseAsked = true
+        if now { released = true }
+        lock.unlock()
+        if now { giveBack() }
+    }
+
+    /// Marks a transfer in flight on the buffer: a `release` meanwhile waits for `unpin`.
+    public func pin() {
+        lock.lock(); pins += 1; lock.unlock()
+    }
+
+    /// Ends a transfer begun with `pin`.
+    public func unpin() {
+        lock.lock()
+        pins -= 1
+        let now = pins == 0 && releaseAsked && !released
+        if now { released = true }
+        lock.unlock()
+        if now { giveBack() }
+    }
+
+    private func giveBack() {
         if let arena { arena.give(baseAddress, capacity: capacity) }
-        else if cache?.give(baseAddress, capacity: capacity) != true { free(baseAddress) }
+        else if cache?.give(baseAddress, capacity: capacity) != true { AlignedBuffer.unmapPages(baseAddress, capacity: capacity) }
     }
 
     /// The `byteCount` bytes the caller asked for.
@@ -82,8 +128,8 @@ final class BufferCache: @unchecked Sendable {
     private var held = 0
     let maximum: Int
     /// Bytes the budget leaves beside what is held now: freed buffers are cached only within it, so
-    /// held plus cached memory never passes the budget (a buffer can outlive its ledger entry while a
-    /// transfer handle still holds it, and reach the cache after later allocations).
+    /// held plus cached memory never passes the budget (a buffer freed while a transfer is in flight
+    /// on it reaches the cache when the transfer ends, after later allocations).
     let room: @Sendable () -> Int
 
     init(maximum: Int, room: @escaping @Sendable () -> Int = { .max }) { self.maximum = maximum; self.room = room }
@@ -111,7 +157,7 @@ final class BufferCache: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         for capacity in free.keys.sorted(by: >) where held > bytes {
             while held > bytes, let p = free[capacity]?.popLast() {
-                Foundation.free(p)
+                AlignedBuffer.unmapPages(p, capacity: capacity)
                 held -= capacity
             }
         }
@@ -214,10 +260,15 @@ final class Ledger: @unchecked Sendable {
 /// would take the tier past its limit throws an error naming the tensor, its
 /// size, the budget and what is held, and allocates nothing.
 public final class MemoryTier: @unchecked Sendable {
-    /// Makes freed tensor buffers leave the process's resident memory at once: glibc otherwise raises
-    /// its mapping threshold after the first large free, and later buffers come from its heap, which
-    /// keeps freed memory resident, so a budgeted run's resident size would drift above its budget.
+    /// Makes large allocations outside the tiers (the trainer's scratch, Swift arrays) leave the
+    /// process's resident memory when freed: glibc otherwise raises its mapping threshold after the
+    /// first large free and serves later ones from its heap, which keeps freed memory resident.
+    /// (Tier buffers map their own pages: `AlignedBuffer`.)
     public static func mapLargeAllocations(from bytes: Int = 1 << 20) { cs_map_large_allocations(Int32(bytes)) }
+
+    /// Gives the free memory inside malloc's heaps back to the system: what setup freed (parsed model
+    /// metadata, tokenizer work) would otherwise stay resident beside a budgeted run.
+    public static func releaseFreeHeap() { cs_release_free_heap() }
 
     let ledger: Ledger
     let cache: BufferCache
@@ -233,8 +284,8 @@ public final class MemoryTier: @unchecked Sendable {
     ///     whole (a training step's units and activations), up to 2 MiB more resident per buffer.
     ///   - arena: buffers come from one reservation of `limit` bytes (see `Arena`), whose pages are
     ///     touched once and then reused: for a tier that allocates the same sizes over and over, with
-    ///     all of its budget in use. An allocation the arena cannot place (its free bytes are in
-    ///     pieces, or a freed buffer is still held by a transfer) comes from the system instead.
+    ///     all of its budget in use. An allocation the arena cannot place (a freed buffer is still pinned by
+    ///     a transfer in flight) comes from the system instead.
     public init(_ tier: Tier = .compute, limit: Int = .max, trace: TraceRecorder? = nil, reuse: Int = 1 << 30,
                 hugePages: Bool = false, arena: Bool = false) {
         self.hugePages = hugePages
@@ -309,7 +360,7 @@ public final class TierBuffer: @unchecked Sendable {
     deinit { free() }
 
     public var tier: Tier { ledger.tier }
-    /// The memory. A transfer in flight holds it too, so it outlives `free()` until the transfer ends.
+    /// The memory.
     /// - Precondition: not freed.
     public var storage: AlignedBuffer {
         lock.lock(); defer { lock.unlock() }
@@ -319,9 +370,11 @@ public final class TierBuffer: @unchecked Sendable {
     public var baseAddress: UnsafeMutableRawPointer { storage.baseAddress }
     public var bytes: UnsafeMutableRawBufferPointer { storage.bytes }
 
-    /// Returns the bytes to the tier's budget and drops this reference to the memory, which goes
-    /// back to the tier at once unless a transfer still holds it (so memory in use never stays
-    /// above what the budget counts for longer than a transfer). Idempotent.
+    /// Returns the bytes to the tier's budget and the memory to the tier (its arena, cache or the
+    /// system) at once, so that what the ledger counts is what the process holds. Idempotent.
+    /// - Warning: nothing may use the buffer after this (`storage` stops), except a transfer in flight
+    ///   on it (the disk store pins the storage until the transfer ends). A Swift reference kept to the
+    ///   storage does not keep the memory.
     public func free() {
         lock.lock()
         let t = ticket
@@ -330,7 +383,7 @@ public final class TierBuffer: @unchecked Sendable {
         _storage = nil
         lock.unlock()
         if let t { ledger.release(t) }
-        _ = s  // released here, after the ledger
+        s?.release()
     }
 
     /// Whether the buffer still counts against its tier.

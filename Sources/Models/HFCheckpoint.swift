@@ -77,6 +77,8 @@ public final class HFCheckpoint: WeightSource {
         return StoredTensor(name: name, dtype: dtype, shape: info.shape, bytes: bytes)
     }
 
+    public func dropResidentPages() { files.forEach { $0.dropResidentPages() } }
+
     /// HF tensor names present, sorted.
     public var tensorNames: [String] { location.keys.sorted() }
 

@@ -25,9 +25,14 @@ public protocol WeightSource: AnyObject {
     var sourceName: String { get }
     /// The tensor named `name` (GGUF naming). Valid while the source lives.
     func tensor(_ name: String) throws -> StoredTensor
+    /// Drops the mapped file's pages read so far from this process's resident memory; bytes read
+    /// after this are the same (mapped back from the page cache), so it is only a matter of cost.
+    func dropResidentPages()
 }
 
 extension WeightSource {
+    public func dropResidentPages() {}
+
     /// Checks that every parameter the config describes is present with the expected shape.
     public func validateTensors() throws {
         for spec in config.parameterTable {
@@ -56,6 +61,8 @@ public final class GGUFWeights: WeightSource {
         let (info, dtype, bytes) = try file.data(name)
         return StoredTensor(name: name, dtype: dtype, shape: info.shape, bytes: bytes)
     }
+
+    public func dropResidentPages() { file.dropResidentPages() }
 }
 
 extension LlamaConfig {

@@ -216,12 +216,15 @@ public final class StreamedTrainer {
         }
     }
 
-    /// Initial weights from a model file (dequantized to fp32); fresh optimizer.
+    /// Initial weights from a model file (dequantized to fp32); fresh optimizer. The file's pages
+    /// are dropped from resident memory after each unit, so its mapping never holds more than one
+    /// unit's source bytes.
     public func initialize(from source: WeightSource) throws {
         try source.validateTensors()
         try initialize { role, u, p in
             guard role == "w" else { return }
             for (e, r, at) in pieces(of: u) { try TrainableLlama.load(e, from: source, elements: r, into: p + at) }
+            source.dropResidentPages()
         }
     }
 

@@ -36,6 +36,9 @@ final class StreamedRun: TrainingRun {
         let sim = Planner.plan(s.offloadsActivations ? .offload : .recompute, .stream,
                                PlanRequest(chain: chain, hardware: hw, useDisk: true)).simulation
         predictedSeconds = sim?.stepSeconds ?? .nan
+        // Before the store fills the budget: the heap that tokenizing and parsing the model file
+        // left free goes back to the system.
+        MemoryTier.releaseFreeHeap()
         let setup = now()
         if let (dir, info) = resume {
             try session.restore(from: dir, info: info)

@@ -138,12 +138,31 @@ final class BufferReuseTests: XCTestCase {
         _ = small
     }
 
-    func testStorageKeptByACallerIsNotReused() throws {
+    func testFreeGivesTheMemoryBackAtOnce() throws {
+        // What the ledger no longer counts must not stay resident: a buffer still referenced (a local
+        // that lives to the end of its scope) gives its memory back when freed, not when it goes.
+        let tier = MemoryTier(.compute, limit: 1 << 20)
+        let a = try tier.allocate("a", bytes: 8192)
+        let address = a.baseAddress
+        a.free()
+        XCTAssertEqual(tier.cachedBytes, 8192, "freed memory is back in the tier while the buffer is referenced")
+        let b = try tier.allocate("b", bytes: 8192)
+        XCTAssertEqual(b.baseAddress, address)
+        withExtendedLifetime(a) {}
+    }
+
+    func testStorageInATransferIsNotReusedUntilItEnds() throws {
         let tier = MemoryTier(.compute, limit: 1 << 20)
         let a = try tier.allocate("a", bytes: 8192)
         let kept = a.storage
+        kept.pin()  // a transfer in flight, as the disk store marks one
         a.free()
+        XCTAssertEqual(tier.cachedBytes, 0)
         let b = try tier.allocate("b", bytes: 8192)
-        XCTAssertNotEqual(b.baseAddress, kept.baseAddress, "memory still referenced must not be handed out")
+        XCTAssertNotEqual(b.baseAddress, kept.baseAddress, "memory a transfer still uses must not be handed out")
+        kept.unpin()
+        XCTAssertEqual(tier.cachedBytes, 8192, "the memory comes back when the transfer ends")
+        let c = try tier.allocate("c", bytes: 8192)
+        XCTAssertEqual(c.baseAddress, kept.baseAddress)
     }
 }

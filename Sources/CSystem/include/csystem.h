@@ -56,3 +56,6 @@ void cs_map_large_allocations(int bytes);
 /// zeroed. With `keep_source`, [from, from + length) stays mapped, empty (MREMAP_DONTUNMAP), so no
 /// other mapping can land there meanwhile; otherwise it becomes a hole. Returns 0 or an errno.
 int cs_move_pages(void *from, size_t length, void *to, int keep_source);
+/// glibc: gives the free memory inside malloc's heaps back to the system (malloc_trim(0)): what
+/// setup freed (parsed file metadata, tokenizer work) otherwise stays resident. Elsewhere a no-op.
+void cs_release_free_heap(void);
