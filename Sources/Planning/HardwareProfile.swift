@@ -11,7 +11,11 @@ import Tensors
 /// streams), `diskReadBandwidth` / `diskWriteBandwidth` (bytes/s of direct I/O),
 /// `hostLinkBandwidth` (bytes/s between host and compute memory; memcpy on a
 /// CPU-only machine), optional `name`, optional `accelerator` (true when compute memory
-/// is an accelerator's and host memory is separate; missing: false, a CPU-only machine).
+/// is an accelerator's and host memory is separate; missing: false, a CPU-only machine),
+/// optional `diskDuplexBandwidth` (bytes/s of both directions together while the disk reads
+/// and writes at once; missing: the directions do not slow each other) and optional
+/// `ioComputeSecondsPerByte` (compute seconds direct I/O takes from the cores per byte moved
+/// on a CPU-only machine; missing: 0).
 public struct HardwareProfile: Codable, Sendable, Equatable {
     public var name: String
     /// Compute runs on an accelerator with its own memory. False (the default, and what a
@@ -24,13 +28,27 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
     public var diskReadBandwidth: Double
     public var diskWriteBandwidth: Double
     public var hostLinkBandwidth: Double
+    /// Bytes per second of reads and writes together when the disk does both at once; nil: each
+    /// direction keeps its own rate.
+    public var diskDuplexBandwidth: Double?
+    /// Seconds of compute lost per byte of direct I/O beside it (CPU-only machines: the I/O's
+    /// system calls, page pinning and interrupts run on the cores that compute).
+    public var ioComputeSecondsPerByte: Double
 
     public init(name: String = "custom", gemmFlops: Double, memoryBandwidth: Double,
                 diskReadBandwidth: Double, diskWriteBandwidth: Double, hostLinkBandwidth: Double,
-                accelerator: Bool = false) {
+                accelerator: Bool = false, diskDuplexBandwidth: Double? = nil, ioComputeSecondsPerByte: Double = 0) {
         self.name = name; self.accelerator = accelerator; self.gemmFlops = gemmFlops; self.memoryBandwidth = memoryBandwidth
         self.diskReadBandwidth = diskReadBandwidth; self.diskWriteBandwidth = diskWriteBandwidth
         self.hostLinkBandwidth = hostLinkBandwidth
+        self.diskDuplexBandwidth = diskDuplexBandwidth; self.ioComputeSecondsPerByte = ioComputeSecondsPerByte
+    }
+
+    /// What each direction's rate is multiplied by while the disk reads and writes at once: both
+    /// together move `diskDuplexBandwidth`, shared in proportion to their rates alone.
+    public var duplexFactor: Double {
+        guard let d = diskDuplexBandwidth else { return 1 }
+        return min(1, d / (diskReadBandwidth + diskWriteBandwidth))
     }
 
     /// Host memory and compute memory are the same RAM (no accelerator).
@@ -38,6 +56,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case name, gemmFlops, memoryBandwidth, diskReadBandwidth, diskWriteBandwidth, hostLinkBandwidth, accelerator
+        case diskDuplexBandwidth, ioComputeSecondsPerByte
     }
 
     /// Profiles written before `accelerator` existed decode as CPU-only.
@@ -49,7 +68,9 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
                   diskReadBandwidth: try c.decode(Double.self, forKey: .diskReadBandwidth),
                   diskWriteBandwidth: try c.decode(Double.self, forKey: .diskWriteBandwidth),
                   hostLinkBandwidth: try c.decode(Double.self, forKey: .hostLinkBandwidth),
-                  accelerator: try c.decodeIfPresent(Bool.self, forKey: .accelerator) ?? false)
+                  accelerator: try c.decodeIfPresent(Bool.self, forKey: .accelerator) ?? false,
+                  diskDuplexBandwidth: try c.decodeIfPresent(Double.self, forKey: .diskDuplexBandwidth),
+                  ioComputeSecondsPerByte: try c.decodeIfPresent(Double.self, forKey: .ioComputeSecondsPerByte) ?? 0)
     }
 
     /// Measured on the 2-core x86-64 build machine: OpenBLAS sgemm with 2 threads
@@ -71,6 +92,8 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
             var disk_read_bytes_per_second: Double?; var disk_write_bytes_per_second: Double?
             var host_compute_bytes_per_second: Double?
             var accelerator: Bool?
+            var diskDuplexBandwidth: Double?; var disk_duplex_bytes_per_second: Double?
+            var ioComputeSecondsPerByte: Double?; var io_compute_seconds_per_byte: Double?
         }
         let loose: Loose
         do { loose = try JSONDecoder().decode(Loose.self, from: data) } catch {
@@ -91,7 +114,16 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
                                                             "diskWriteBandwidth"),
                                hostLinkBandwidth: try need(l.hostLinkBandwidth ?? l.host_compute_bytes_per_second,
                                                            "hostLinkBandwidth"),
-                               accelerator: l.accelerator ?? false)
+                               accelerator: l.accelerator ?? false,
+                               diskDuplexBandwidth: try (l.diskDuplexBandwidth ?? l.disk_duplex_bytes_per_second)
+                                   .map { try need($0, "diskDuplexBandwidth") },
+                               ioComputeSecondsPerByte: try (l.ioComputeSecondsPerByte ?? l.io_compute_seconds_per_byte)
+                                   .map { v -> Double in
+                                       guard v >= 0, v.isFinite else {
+                                           throw OffloadError("[hardware] \(path): field 'ioComputeSecondsPerByte' must be 0 or more, found \(v)")
+                                       }
+                                       return v
+                                   } ?? 0)
     }
 
     /// Bytes per second moving from one tier to another. Host ↔ compute on a CPU-only

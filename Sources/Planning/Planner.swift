@@ -170,9 +170,11 @@ public enum Planner {
                     result.modelSeconds = t
                     actions = table.actions(0, n - 1, slots)
                 } else {
+                    // Offloads and prefetches run at once on one disk: each at its share of the duplex rate.
+                    let shared = r.useDisk ? r.hardware.duplexFactor : 1
                     let problem = PofoProblem(chain: disc, slots: slots,
-                                              writeRate: r.hardware.bandwidth(from: .compute, to: r.offloadTier) / slot,
-                                              readRate: r.hardware.bandwidth(from: r.offloadTier, to: .compute) / slot)
+                                              writeRate: r.hardware.bandwidth(from: .compute, to: r.offloadTier) * shared / slot,
+                                              readRate: r.hardware.bandwidth(from: r.offloadTier, to: .compute) * shared / slot)
                     var solver = PofoSolver(problem, rotor: table)
                     guard let (t, choices) = solver.solve() else {
                         result.failure = "no schedule fits in \(formatBytes(Int(activationBudget))) for activations"; return result

@@ -63,6 +63,9 @@ struct ScheduleBuilder {
     /// The last compute op emitted: a prefetch issued after it starts when it ends,
     /// so reads run one op ahead of their use instead of all at once.
     var lastCompute: Int?
+    /// Disk bytes moved since the last compute op with a duration: on a CPU-only machine their
+    /// transfers take `hardware.ioComputeSecondsPerByte` each from the next compute op.
+    var ioBytesSinceCompute = 0
 
     init(chain: ModelChain, options: BuildOptions, hardware: HardwareProfile) {
         self.chain = chain; self.hardware = hardware
@@ -130,6 +133,11 @@ struct ScheduleBuilder {
             for r in readers[tier]![n] ?? [] { deps.insert(r) }
         }
         deps.remove(id)
+        var seconds = seconds
+        if stream == .compute && seconds > 0 {
+            seconds += Double(ioBytesSinceCompute) * ioCost
+            ioBytesSinceCompute = 0
+        }
         // Drop deps already implied by stream order.
         let sameStream = deps.filter { ops[$0].stream == stream }
         if let last = sameStream.max() { deps.subtract(sameStream); deps.insert(last) }
@@ -146,8 +154,15 @@ struct ScheduleBuilder {
 
     func bytes(_ names: [String]) -> Int { names.reduce(0) { $0 + (tensors[$1] ?? 0) } }
 
+    /// Compute seconds per byte of disk I/O (CPU-only machines: the cores that compute do the I/O).
+    var ioCost: Double { hardware.hostIsCompute ? hardware.ioComputeSecondsPerByte : 0 }
+
+    /// A training step with disk traffic reads and writes at once (activations or parameters go
+    /// out while others come in): each direction runs at its share of the duplex rate.
     func transferSeconds(_ names: [String], from: Tier, to: Tier) -> Double {
-        Double(bytes(names)) / hardware.bandwidth(from: from, to: to)
+        let disk = from == .disk || to == .disk
+        let shared = disk && chain.mode == .train ? hardware.duplexFactor : 1
+        return Double(bytes(names)) / (hardware.bandwidth(from: from, to: to) * shared)
     }
 
     mutating func move(_ kind: OperationKind, _ names: [String], from: Tier, to: Tier, freeSource: Bool) {
@@ -156,6 +171,7 @@ struct ScheduleBuilder {
         let issue = (kind == .prefetch && to == .compute) ? lastCompute.map { [$0] } ?? [] : []
         emit(kind, stream, tier: to, from: from, reads: names, creates: names,
              seconds: transferSeconds(names, from: from, to: to), extraDeps: issue)
+        if from == .disk || to == .disk { ioBytesSinceCompute += bytes(names) }
         if freeSource { emit(.free, stream, tier: from, frees: names) }
     }
 
@@ -305,9 +321,14 @@ struct ScheduleBuilder {
     }
 
     func schedule(strategy: String) -> Schedule {
-        Schedule(strategy: strategy, model: chain.model, mode: chain.mode.rawValue, stageNames: chain.stages.map(\.name),
-                 tensors: tensors.map { LogicalTensor(name: $0.key, bytes: $0.value) }.sorted { $0.name < $1.name },
-                 initial: initial, operations: ops)
+        var ops = self.ops
+        // Transfers after the last compute op still take their share from it.
+        if ioBytesSinceCompute > 0, let last = ops.lastIndex(where: { $0.stream == .compute && $0.seconds > 0 }) {
+            ops[last].seconds += Double(ioBytesSinceCompute) * ioCost
+        }
+        return Schedule(strategy: strategy, model: chain.model, mode: chain.mode.rawValue, stageNames: chain.stages.map(\.name),
+                        tensors: tensors.map { LogicalTensor(name: $0.key, bytes: $0.value) }.sorted { $0.name < $1.name },
+                        initial: initial, operations: ops)
     }
 }
 

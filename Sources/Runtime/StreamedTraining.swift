@@ -70,6 +70,10 @@ public final class StreamedTrainer {
     var phaseReserve = 0
     /// The smallest budget this step runs in.
     public let minimumBudget: Int
+    /// Head chunks whose pass-1 logits stay in memory for pass 2; the others' logits are computed
+    /// again there. As many as the budget holds above its minimum beside the first reads of the
+    /// backward.
+    public let keptLogitChunks: Int
     /// Optimizer steps done (AdamW's t).
     public private(set) var steps = 0
 
@@ -151,6 +155,9 @@ public final class StreamedTrainer {
         // still leaves room to read a few units ahead, else write them to disk too.
         offloadsActivations = budget - minimumBudget >= acts + 3 * maxBlock
         keepsInputs = !offloadsActivations && budget - minimumBudget - checkpoints >= 2 * maxBlock
+        let ahead = (offloadsActivations ? acts : input) + maxBlock + 2 * maxPart
+        let spare = budget - minimumBudget - ahead - (keepsInputs ? checkpoints : 0)
+        keptLogitChunks = min(trainer.headChunkCount, max(0, spare / accountedBytes(n * trainer.headChunkRows * 4)))
         memory = MemoryTier(.compute, limit: budget - scratch, trace: trace, hugePages: true, arena: true)
         engine = TransferEngine(memory: memory, disk: disk, trace: trace)
     }
@@ -495,14 +502,11 @@ public final class StreamedTrainer {
         let logits = try computeBuffer("logits", bytes: n * trainer.headChunkRows * 4)
         let headUnits = tied ? embeddingUnits : outputUnits
         var current: TierBuffer?
-        // Chunks whose logits fit beside the reserve and a few reads ahead stay for pass 2 (which then
-        // skips their product); the others are recomputed there.
+        // The first `keptLogitChunks` chunks keep their logits for pass 2, which then skips their product.
         var keptLogits: [Int: TierBuffer] = [:]
-        let logitsBytes = n * trainer.headChunkRows * 4, margin = 8 * accountedBytes(headUnits[0].bytes)
         let keep: (Int) -> UnsafeMutablePointer<Float>? = { [self] k in
             if let b = keptLogits[k] { return floats(b) }
-            let room = memory.limit - memory.stats.current - max(0, phaseReserve - computeHeld)
-            guard room - accountedBytes(logitsBytes) >= margin, let b = try? memory.allocate("logits \(k)", bytes: logitsBytes) else {
+            guard k < keptLogitChunks, let b = try? memory.allocate("logits \(k)", bytes: n * trainer.headChunkRows * 4) else {
                 return nil
             }
             keptLogits[k] = b

@@ -134,6 +134,11 @@ struct Profile: ParsableCommand {
         let standard = p.disk.first { $0.requestBytes == defaults.requestBytes && $0.queueDepth == defaults.threadsPerDirection }
         p.diskReadBytesPerSecond = standard?.readBytesPerSecond ?? p.disk.map(\.readBytesPerSecond).max() ?? 0
         p.diskWriteBytesPerSecond = standard?.writeBytesPerSecond ?? p.disk.map(\.writeBytesPerSecond).max() ?? 0
+        if !diskOnly {
+            say("disk reads and writes at once, and GEMM beside them")
+            p.diskDuplexBytesPerSecond = try measureDuplex(folder: disk, bytes: bytes)
+            p.ioComputeSecondsPerByte = try measureInterference(folder: disk, bytes: min(bytes, 64 << 20), quick: quick)
+        }
         return p
     }
 
@@ -168,6 +173,11 @@ struct MeasuredProfile: Codable {
     var hostComputeBytesPerSecond = 0.0
     var diskReadBytesPerSecond = 0.0
     var diskWriteBytesPerSecond = 0.0
+    /// Bytes per second of both directions together while one tensor is read and another written.
+    var diskDuplexBytesPerSecond: Double?
+    /// Compute seconds lost per byte of direct I/O running beside it (on a CPU-only machine the
+    /// transfers' system calls, page pinning and interrupts run on the cores that compute).
+    var ioComputeSecondsPerByte: Double?
     var diskDirectIO = true
     var diskFolder: String
     var threads: Int
@@ -181,6 +191,8 @@ struct MeasuredProfile: Codable {
         case hostComputeBytesPerSecond = "host_compute_bytes_per_second"
         case diskReadBytesPerSecond = "disk_read_bytes_per_second"
         case diskWriteBytesPerSecond = "disk_write_bytes_per_second"
+        case diskDuplexBytesPerSecond = "disk_duplex_bytes_per_second"
+        case ioComputeSecondsPerByte = "io_compute_seconds_per_byte"
         case diskDirectIO = "disk_direct_io", diskFolder = "disk_folder", threads, machine
         case measuredAt = "measured_at", gemm, disk
     }
@@ -214,6 +226,10 @@ struct MeasuredProfile: Codable {
         for d in disk {
             lines.append(pad(formatBytes(d.requestBytes), 12) + lpad("\(d.queueDepth)", 6)
                          + lpad(rate(d.writeBytesPerSecond), 14) + lpad(rate(d.readBytesPerSecond), 14))
+        }
+        if let d = diskDuplexBytesPerSecond { lines.append("reading and writing at once: \(rate(d)) in both directions together") }
+        if let c = ioComputeSecondsPerByte {
+            lines.append(String(format: "GEMM beside direct I/O: %.3f s of compute lost per GiB moved", c * Double(1 << 30)))
         }
         lines.append("")
         lines.append("profile: gemm \(String(format: "%.1f", gemmFlops / 1e9)) GFLOP/s, memory copy \(rate(memcpyBytesPerSecond)), "
@@ -325,6 +341,100 @@ func measureDisk(folder: String, bytes: Int, requestBytes: Int, queueDepth: Int,
     for _ in 0..<passes { read = max(read, Double(bytes) / (try seconds { try store.read("probe", into: buffer) })) }
     return (MeasuredProfile.Disk(requestBytes: requestBytes, queueDepth: queueDepth,
                                  readBytesPerSecond: read, writeBytesPerSecond: write), store.usesDirectIO)
+}
+
+/// Writes one tensor of `bytes` while reading another through one store (the store's default
+/// request size and threads): bytes per second of both directions together; the best of two.
+func measureDuplex(folder: String, bytes: Int) throws -> Double {
+    var o = DiskStoreOptions()
+    o.preallocate = 3 * bytes
+    let store = try DiskStore(roots: [folder], options: o, notice: { _ in })
+    defer { store.close() }
+    let out = try AlignedBuffer(byteCount: bytes), back = try AlignedBuffer(byteCount: bytes)
+    memset(out.baseAddress, 0x5A, bytes)
+    try store.write("in", from: out)
+    var best = 0.0
+    for pass in 0..<2 {
+        let group = DispatchGroup()
+        let failure = Failure()
+        let t = seconds {
+            group.enter()
+            try? store.write("out\(pass)", from: out) { e in failure.set(e); group.leave() }
+            group.enter()
+            try? store.read("in", into: back) { e in failure.set(e); group.leave() }
+            group.wait()
+        }
+        if let e = failure.error { throw e }
+        store.remove("out\(pass)")
+        best = max(best, Double(2 * bytes) / t)
+    }
+    return best
+}
+
+/// Compute seconds that direct I/O beside it takes from a GEMM workload, per byte moved: the
+/// workload alone, then while a thread writes and reads tensors of `bytes` without pause;
+/// alternated three times (the median), so that other load on the machine falls on both.
+func measureInterference(folder: String, bytes: Int, quick: Bool) throws -> Double {
+    let (tokens, n, k) = (512, 1536, 576)  // a 135M-model MLP projection
+    let a = [Float](repeating: 0.5, count: tokens * k), w = [Float](repeating: 0.25, count: n * k)
+    var c = [Float](repeating: 0, count: tokens * n)
+    func workload(_ repeats: Int) -> Double {
+        a.withUnsafeBufferPointer { a in w.withUnsafeBufferPointer { w in c.withUnsafeMutableBufferPointer { c in
+            seconds { for _ in 0..<repeats { sgemm(c.baseAddress!, a.baseAddress!, w.baseAddress!, m: tokens, n: n, k: k) } }
+        } } }
+    }
+    _ = workload(2)
+    let repeats = max(8, Int((quick ? 0.3 : 1.0) / (workload(8) / 8)))
+    var o = DiskStoreOptions()
+    o.preallocate = 4 * bytes
+    let store = try DiskStore(roots: [folder], options: o, notice: { _ in })
+    defer { store.close() }
+    let out = try AlignedBuffer(byteCount: bytes), back = try AlignedBuffer(byteCount: bytes)
+    memset(out.baseAddress, 0x5A, bytes)
+    try store.write("in", from: out)
+    var costs: [Double] = []
+    for _ in 0..<3 {
+        let alone = workload(repeats)
+        let moved = Counter(), stop = Counter(), failure = Failure()
+        let io = Thread {
+            var i = 0
+            while stop.value == 0 && failure.error == nil {
+                do {
+                    try store.write("out\(i % 2)", from: out)
+                    try store.read("in", into: back)
+                    moved.add(2 * bytes)
+                } catch { failure.set(error as? OffloadError ?? OffloadError("[profile] \(error)")) }
+                i += 1
+            }
+            stop.add(1)
+        }
+        io.start()
+        while moved.value == 0 && failure.error == nil { usleep(1000) }  // the I/O is under way
+        let before = moved.value, start = DispatchTime.now().uptimeNanoseconds
+        let beside = workload(repeats)
+        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        let during = Double(moved.value - before)  // in whole transfers: a rate over the elapsed time
+        stop.add(1)
+        while stop.value < 2 { usleep(1000) }
+        if let e = failure.error { throw e }
+        if during > 0 { costs.append((beside - alone) / (during / elapsed * beside)) }
+    }
+    return max(0, median(costs))
+}
+
+/// A first error, set from any thread.
+private final class Failure: @unchecked Sendable {
+    private let lock = NSLock()
+    private var first: OffloadError?
+    var error: OffloadError? { lock.lock(); defer { lock.unlock() }; return first }
+    func set(_ e: OffloadError?) { guard let e else { return }; lock.lock(); if first == nil { first = e }; lock.unlock() }
+}
+
+private final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+    func add(_ x: Int) { lock.lock(); n += x; lock.unlock() }
 }
 
 // MARK: - Spill child (tests of spill-file cleanup)

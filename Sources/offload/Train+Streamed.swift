@@ -31,8 +31,8 @@ final class StreamedRun: TrainingRun {
         self.budget = budget
         let s = session.streamer
         // The simulator's figure for the same order of work: every block's activations offloaded (or
-        // every block recomputed), parameters streamed.
-        let chain = ExecutorPlanning.chain(config: config, batch: options.batch, seqLen: options.seqLen, hardware: hw)
+        // every block recomputed), parameters streamed, the head as the trainer runs it.
+        let chain = s.predictionChain(hardware: hw)
         let sim = Planner.plan(s.offloadsActivations ? .offload : .recompute, .stream,
                                PlanRequest(chain: chain, hardware: hw, useDisk: true)).simulation
         predictedSeconds = sim?.stepSeconds ?? .nan
@@ -48,8 +48,9 @@ final class StreamedRun: TrainingRun {
             try s.initializeRandom(seed: seed)
         }
         let stored = disk.stats.current
-        let activations = s.offloadsActivations ? "every block's activations to disk and back"
-            : "every block recomputed, its input " + (s.keepsInputs ? "kept in memory" : "on disk")
+        let activations = (s.offloadsActivations ? "every block's activations to disk and back"
+            : "every block recomputed, its input " + (s.keepsInputs ? "kept in memory" : "on disk"))
+            + "; head logits of \(s.keptLogitChunks) of \(s.trainer.headChunkCount) vocabulary chunks kept, the others computed twice"
         note("plan: stream (parameters, gradients and AdamW state on \(folder); \(activations)) under a RAM budget of \(formatBytes(budget)) "
              + "(at least \(formatBytes(s.minimumBudget)) at this batch); predicted step "
              + String(format: "%.2f s", predictedSeconds) + " (simulator, hardware \(hw.name)); peak RAM at most "

@@ -39,6 +39,12 @@ final class ProfileCommandTests: XCTestCase {
         // The headline disk numbers are the disk store's default configuration (4 MiB, 4 threads).
         XCTAssertEqual(printed["disk_read_bytes_per_second"] as? Double, disk[3]["read_bytes_per_second"] as? Double)
         XCTAssertEqual((printed["gemm"] as? [Any])?.count, 6)
+        // Both directions at once, and what I/O beside a GEMM takes from it (a 4 MiB tensor moves in
+        // a few milliseconds, so the cost per byte is measured, if noisily, but must be a rate).
+        let duplex = try XCTUnwrap(printed["disk_duplex_bytes_per_second"] as? Double)
+        XCTAssertGreaterThan(duplex, 1e7); XCTAssertLessThan(duplex, 1e14)
+        let ioCost = try XCTUnwrap(printed["io_compute_seconds_per_byte"] as? Double)
+        XCTAssertGreaterThanOrEqual(ioCost, 0); XCTAssertLessThan(ioCost, 1e-6, "a microsecond per byte is not plausible")
         XCTAssertEqual(entries(root), ["profile.json"], "measurement spill folders removed")
     }
 

@@ -393,5 +393,75 @@ final class CPUOnlyTests: XCTestCase {
         let legacy = Data(#"{"name": "x", "gemmFlops": 1, "memoryBandwidth": 1, "diskReadBandwidth": 1, "diskWriteBandwidth": 1, "hostLinkBandwidth": 1}"#.utf8)
         XCTAssertFalse(try JSONDecoder().decode(HardwareProfile.self, from: legacy).accelerator)
         XCTAssertEqual(try JSONDecoder().decode(HardwareProfile.self, from: try JSONEncoder().encode(acceleratorProfile)), acceleratorProfile)
+        // Old profiles have no duplex rate nor I/O cost: the directions are independent and free.
+        XCTAssertNil(try HardwareProfile.load(path: old.path).diskDuplexBandwidth)
+        XCTAssertEqual(try HardwareProfile.load(path: old.path).ioComputeSecondsPerByte, 0)
+        // What `offload profile` writes now.
+        let new = dir.appendingPathComponent("new.json")
+        try Data(#"{"machine": "box", "gemm_flops": 1e11, "memcpy_bytes_per_second": 1e10, "disk_read_bytes_per_second": 1e9, "disk_write_bytes_per_second": 2e9, "host_compute_bytes_per_second": 1e10, "disk_duplex_bytes_per_second": 1.5e9, "io_compute_seconds_per_byte": 1e-10}"#.utf8).write(to: new)
+        let loaded = try HardwareProfile.load(path: new.path)
+        XCTAssertEqual(loaded.diskDuplexBandwidth, 1.5e9)
+        XCTAssertEqual(loaded.ioComputeSecondsPerByte, 1e-10)
+        XCTAssertEqual(loaded.duplexFactor, 0.5, accuracy: 1e-12)
+        XCTAssertEqual(try JSONDecoder().decode(HardwareProfile.self, from: try JSONEncoder().encode(loaded)), loaded)
+        try Data(#"{"machine": "box", "gemm_flops": 1e11, "memcpy_bytes_per_second": 1e10, "disk_read_bytes_per_second": 1e9, "disk_write_bytes_per_second": 2e9, "host_compute_bytes_per_second": 1e10, "io_compute_seconds_per_byte": -1}"#.utf8).write(to: new)
+        XCTAssertThrowsError(try HardwareProfile.load(path: new.path)) {
+            XCTAssertTrue("\($0)".contains("ioComputeSecondsPerByte"), "\($0)")
+        }
+    }
+
+    /// On a CPU-only machine every byte of disk I/O takes `ioComputeSecondsPerByte` from compute:
+    /// the compute ops of a streamed step last that much longer in all, and not at all on an
+    /// accelerator or without disk traffic.
+    func testDirectIOTakesItsComputeCostFromTheCores() throws {
+        let cfg = try LlamaConfig.named("small")
+        let chain = ModelChain.llama(cfg, mode: .train, batch: 1, seqLen: 32, hardware: .defaultCPU)
+        func computeSeconds(_ h: HardwareProfile, _ a: ActivationStrategy, _ p: ParameterPlacement) throws -> (Double, Int) {
+            let plan = Planner.plan(a, p, PlanRequest(chain: chain, hardware: h, useDisk: true))
+            let s = try XCTUnwrap(plan.schedule, plan.failure ?? "")
+            let compute = s.operations.filter { $0.stream == .compute }.reduce(0) { $0 + $1.seconds }
+            let disk = s.operations.filter { ($0.kind == .prefetch || $0.kind == .offload) && ($0.from == .disk || $0.tier == .disk) }
+                .flatMap(\.creates).reduce(0) { $0 + s.tensorBytes[$1]! }
+            return (compute, disk)
+        }
+        var costly = HardwareProfile.defaultCPU
+        costly.ioComputeSecondsPerByte = 1e-9
+        let (base, moved) = try computeSeconds(.defaultCPU, .offload, .stream)
+        let (slower, moved2) = try computeSeconds(costly, .offload, .stream)
+        XCTAssertGreaterThan(moved, 3 * chain.parameterBytes)
+        XCTAssertEqual(moved, moved2)
+        XCTAssertEqual(slower - base, Double(moved) * 1e-9, accuracy: 1e-9 * base)
+        // Keep-all moves nothing: nothing changes.
+        XCTAssertEqual(try computeSeconds(costly, .keep, .keep).0, try computeSeconds(.defaultCPU, .keep, .keep).0)
+        // An accelerator's host cores do the I/O: compute keeps its time.
+        var gpu = acceleratorProfile
+        gpu.ioComputeSecondsPerByte = 1e-9
+        XCTAssertEqual(try computeSeconds(gpu, .offload, .stream).0, try computeSeconds(acceleratorProfile, .offload, .stream).0,
+                       accuracy: 1e-12)
+    }
+
+    /// A training step reads and writes the disk at once: with a duplex rate below the two
+    /// directions' sum, each transfer takes longer by their ratio; generation is not affected.
+    func testDuplexDiskSlowsTrainingTransfersOnly() throws {
+        var shared = HardwareProfile.defaultCPU
+        shared.diskDuplexBandwidth = (shared.diskReadBandwidth + shared.diskWriteBandwidth) / 2
+        XCTAssertEqual(shared.duplexFactor, 0.5, accuracy: 1e-12)
+        var fast = HardwareProfile.defaultCPU
+        fast.diskDuplexBandwidth = 10 * (fast.diskReadBandwidth + fast.diskWriteBandwidth)
+        XCTAssertEqual(fast.duplexFactor, 1)
+        let cfg = try LlamaConfig.named("small")
+        for (mode, slowed) in [(RunMode.train, true), (.generate, false)] {
+            let chain = ModelChain.llama(cfg, mode: mode, batch: 1, seqLen: 32, hardware: .defaultCPU)
+            func transferSeconds(_ h: HardwareProfile) throws -> [Double] {
+                let a: ActivationStrategy = mode == .train ? .offload : .keep
+                let plan = Planner.plan(a, .stream, PlanRequest(chain: chain, hardware: h, useDisk: true))
+                let s = try XCTUnwrap(plan.schedule, plan.failure ?? "")
+                return s.operations.filter { $0.kind == .prefetch || $0.kind == .offload }.map(\.seconds)
+            }
+            let alone = try transferSeconds(.defaultCPU), together = try transferSeconds(shared)
+            XCTAssertFalse(alone.isEmpty)
+            XCTAssertEqual(alone.count, together.count)
+            for (a, t) in zip(alone, together) { XCTAssertEqual(t, slowed ? 2 * a : a, accuracy: 1e-12 * max(1, a), "\(mode)") }
+        }
     }
 }

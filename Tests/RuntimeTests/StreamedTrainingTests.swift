@@ -74,8 +74,14 @@ final class StreamedTrainingTests: XCTestCase {
                 }
                 XCTAssertEqual(differ, 0, "\(name) budget \(budget): \(role) differs in \(differ) values")
             }
-            if extra == 0 { XCTAssertFalse(s.keepsInputs || s.offloadsActivations, "at the minimum, block inputs go to disk") }
-            if extra == 1 << 30 { XCTAssertTrue(s.offloadsActivations, "a large budget offloads activations") }
+            if extra == 0 {
+                XCTAssertFalse(s.keepsInputs || s.offloadsActivations, "at the minimum, block inputs go to disk")
+                XCTAssertEqual(s.keptLogitChunks, 0, "at the minimum, every head chunk's logits are computed twice")
+            }
+            if extra == 1 << 30 {
+                XCTAssertTrue(s.offloadsActivations, "a large budget offloads activations")
+                XCTAssertEqual(s.keptLogitChunks, s.trainer.headChunkCount, "a large budget keeps every chunk's logits")
+            }
         }
     }
 
