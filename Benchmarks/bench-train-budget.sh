@@ -23,11 +23,16 @@ while [ $# -gt 0 ]; do
     *) echo "[bench-train-budget] unknown argument '$1'" >&2; exit 1 ;;
   esac
 done
+[ -x /usr/bin/time ] || { echo "[bench-train-budget] needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 [ -x "$OFFLOAD" ] || { echo "[bench-train-budget] no $OFFLOAD: swift build -c release --product offload" >&2; exit 1; }
 OUT="$REPO/Benchmarks/.work/train-budget-$(date +%Y%m%d-%H%M%S)"; mkdir -p "$OUT" "$DISK"
 echo "[bench-train-budget] B=$BATCH T=$SEQ steps=$STEPS budgets: $BUDGETS; load $(cut -d' ' -f1-3 /proc/loadavg); output in $OUT" >&2
 echo "[bench-train-budget] offload profile" >&2
 "$OFFLOAD" profile --disk "$DISK" --out "$OUT/hardware.json" > "$OUT/profile.txt" 2>&1
+# The unconstrained run's prediction: the planner's keep-all plan on the same profile.
+"$OFFLOAD" plan --model "$MODEL" --batch "$BATCH" --seq-len "$SEQ" --strategy keep --hardware "$OUT/hardware.json" --json \
+  | python3 -c "import json, sys; print(next(s['stepSeconds'] for s in json.load(sys.stdin)['strategies'] if s['name'] == 'keep'))" \
+  > "$OUT/keep-pred.txt"
 common=(train --model "$MODEL" --data "$DATA" --batch "$BATCH" --seq-len "$SEQ" --steps "$STEPS" --lr 1e-4 --threads 2)
 disk_bw() {  # write then read 1 GiB with direct I/O; prints "write_bytes_per_s read_bytes_per_s"
   local f="$DISK/dd-probe"
@@ -43,7 +48,7 @@ for r in $(seq 1 "$REPEAT"); do
   for b in none $BUDGETS; do
     echo "[bench-train-budget] round $r: budget $b" >&2
     extra=(); [ "$b" = none ] || extra=(--budget "$b" --disk "$DISK" --hardware "$OUT/hardware.json")
-    "$OFFLOAD" "${common[@]}" "${extra[@]}" --log "$OUT/$b-$r.jsonl" > "$OUT/$b-$r.out" 2> "$OUT/$b-$r.err" \
+    /usr/bin/time -f "maxrss %M KiB" "$OFFLOAD" "${common[@]}" "${extra[@]}" --log "$OUT/$b-$r.jsonl" > "$OUT/$b-$r.out" 2> "$OUT/$b-$r.err" \
       || { echo "[bench-train-budget] budget $b failed:" >&2; tail -3 "$OUT/$b-$r.err" >&2; exit 1; }
   done
 done
@@ -63,14 +68,15 @@ for c in configs:
         steps = [json.loads(l) for l in open(f"{out}/{c}-{r}.jsonl")]
         secs += [s["seconds"] for s in steps[1:]]
         err = open(f"{out}/{c}-{r}.err").read()
-        m = re.search(r"VmHWM\) ([\d.]+ \w+)", err)
-        if m: hwm.append(size(m.group(1)))
+        m = re.search(r"maxrss (\d+) KiB", err)  # the process's VmHWM, from /usr/bin/time
+        if m: hwm.append(int(m.group(1)) * 1024)
         for line in open(f"{out}/{c}-{r}.out"):
             m = re.search(r"pred ([\d.]+) s,.*disk r/w ([\d.]+ \w+)/([\d.]+ \w+)", line)
             if m: pred.append(float(m.group(1))); rd.append(size(m.group(2))); wr.append(size(m.group(3)))
     rows[c] = dict(min=min(secs), med=statistics.median(secs), hwm=max(hwm) if hwm else float("nan"),
                    rd=statistics.median(rd) if rd else 0, wr=statistics.median(wr) if wr else 0,
                    pred=statistics.median(pred) if pred else float("nan"))
+rows["none"]["pred"] = float(open(f"{out}/keep-pred.txt").read())
 base = rows["none"]["med"]
 print(f"disk (dd, direct, 1 GiB, median of {len(dd)}): write {wbw/1e9:.2f} GB/s, read {rbw/1e9:.2f} GB/s")
 print(f"{'budget':>8} {'step min':>9} {'median':>8} {'VmHWM':>10} {'read/step':>10} {'write/step':>10} "

@@ -469,22 +469,26 @@ extension LlamaTrainer {
 
     /// Pass 1: final norm of `input` into `norm`/`rstd`, then every chunk's logits (into `logits`: all
     /// of them, (N, vocab) chunk after chunk, when `keepsLogits`; else one chunk's (N, chunk rows)
-    /// at a time, except chunks `keep(k)` gives a buffer of their own, which pass 2 then reuses). `weights(k)` gives chunk k's rows of the head weight; `parameters` holds
-    /// output_norm. Returns the mean loss against the loaded targets.
+    /// at a time, except chunks `keep(k)` gives a buffer of their own, which pass 2 then reuses).
+    /// `weights(k)` gives chunk k's rows of the head weight; `computed(k)` is called once chunk k's
+    /// (exponentiated) logits are complete; `parameters` holds output_norm. Returns the mean loss
+    /// against the loaded targets.
     public func headForward(input: UnsafeMutablePointer<Float>, norm: UnsafeMutablePointer<Float>,
                             rstd: UnsafeMutablePointer<Float>, logits: UnsafeMutablePointer<Float>, keepsLogits: Bool,
-                            parameters: ParameterBases? = nil, keep: ((Int) -> UnsafeMutablePointer<Float>?)? = nil,
-                            weights: ((Int) throws -> UnsafePointer<Float>)? = nil) throws -> Float {
+                            parameters: ParameterBases? = nil, keep: ((Int) throws -> UnsafeMutablePointer<Float>?)? = nil,
+                            weights: ((Int) throws -> UnsafePointer<Float>)? = nil,
+                            computed: ((Int) throws -> Void)? = nil) throws -> Float {
         let c = model.config, n = self.n, p = parameters ?? model.resident
         timed("rmsnorm") {
             rmsnormForward(norm, rstd: rstd, input, model.pointer("output_norm.weight", in: p.weights),
                            rows: n, dim: c.dim, eps: c.rmsEps)
         }
         for k in 0..<headChunkCount {
-            let range = headChunk(k), out = keep?(k) ?? logits + logitsOffset(k, keeps: keepsLogits)
+            let range = headChunk(k), out = try keep?(k) ?? logits + logitsOffset(k, keeps: keepsLogits)
             let w = try weights?(k) ?? UnsafePointer(residentHeadRows(range, in: model.weights.base))
             timed("matmul fwd") { matmulForward(out, norm, w, n: n, inDim: c.dim, outDim: range.count) }
             timed("cross-entropy") { exponentiate(out, chunk: k, firstPass: true) }
+            try computed?(k)
         }
         for i in 0..<n {
             losses[i] = Float(Foundation.log(rowSum[i]) + Double(rowMax[i]) - Double(targetLogit[i]))
@@ -499,13 +503,13 @@ extension LlamaTrainer {
     public func headBackward(dresidual: UnsafeMutablePointer<Float>, input: UnsafeMutablePointer<Float>,
                              norm: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
                              logits: UnsafeMutablePointer<Float>, keepsLogits: Bool, gradientScale: Float = 1,
-                             parameters: ParameterBases? = nil, keep: ((Int) -> UnsafeMutablePointer<Float>?)? = nil,
+                             parameters: ParameterBases? = nil, keep: ((Int) throws -> UnsafeMutablePointer<Float>?)? = nil,
                              chunk: ((Int) throws -> (weights: UnsafePointer<Float>, gradients: UnsafeMutablePointer<Float>))? = nil,
                              done: ((Int) throws -> Void)? = nil) throws {
         let c = model.config, n = self.n, p = parameters ?? model.resident
         let dloss = gradientScale / Float(n), chunks = headChunkCount
         for k in 0..<chunks {
-            let kept = keep?(k), range = headChunk(k), out = kept ?? logits + logitsOffset(k, keeps: keepsLogits)
+            let kept = try keep?(k), range = headChunk(k), out = kept ?? logits + logitsOffset(k, keeps: keepsLogits)
             let (w, g) = try chunk?(k) ?? (UnsafePointer(residentHeadRows(range, in: model.weights.base)),
                                            residentHeadRows(range, in: model.gradients.base))
             if !keepsLogits && kept == nil {

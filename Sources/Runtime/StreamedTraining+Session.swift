@@ -103,15 +103,15 @@ public final class StreamedTrainingSession {
 
 extension StreamedTrainer {
     /// The cost model's chain for this trainer's step: the executor's chain, with the head as the
-    /// trainer runs it. Its (B, T, V) probabilities are not saved; pass 2 computes the logits of
-    /// every chunk beyond `keptLogitChunks` again, one more logits product over their share.
+    /// trainer runs it. Its (B, T, V) probabilities are not saved: the logits of chunks beyond
+    /// `keptLogitChunks` go to disk and back (the disk's time overlaps; the cores' share of the I/O
+    /// is counted).
     public func predictionChain(hardware: HardwareProfile) -> ModelChain {
         var chain = ExecutorPlanning.chain(config: config, batch: trainer.batch, seqLen: trainer.seqLen, hardware: hardware)
-        let h = chain.stages.count - 1
-        let recomputed = Double(trainer.headChunkCount - keptLogitChunks) / Double(trainer.headChunkCount)
+        let h = chain.stages.count - 1, chunks = trainer.headChunkCount
         chain.stages[h].saved.removeAll { $0.name == "act.head.probs" }
-        chain.stages[h].backwardSeconds += recomputed * chain.stages[h].forwardFLOPs / hardware.gemmFlops
-        chain.stages[h].backwardFLOPs += recomputed * chain.stages[h].forwardFLOPs
+        let io = hardware.hostIsCompute ? hardware.ioComputeSecondsPerByte : 0
+        chain.stages[h].backwardSeconds += Double(2 * (chunks - keptLogitChunks) * logitsBytes) * io
         return chain
     }
 }

@@ -50,7 +50,8 @@ final class StreamedRun: TrainingRun {
         let stored = disk.stats.current
         let activations = (s.offloadsActivations ? "every block's activations to disk and back"
             : "every block recomputed, its input " + (s.keepsInputs ? "kept in memory" : "on disk"))
-            + "; head logits of \(s.keptLogitChunks) of \(s.trainer.headChunkCount) vocabulary chunks kept, the others computed twice"
+            + "; head logits of \(s.keptLogitChunks) of \(s.trainer.headChunkCount) vocabulary chunks kept, the others "
+            + "to disk and back"
         note("plan: stream (parameters, gradients and AdamW state on \(folder); \(activations)) under a RAM budget of \(formatBytes(budget)) "
              + "(at least \(formatBytes(s.minimumBudget)) at this batch); predicted step "
              + String(format: "%.2f s", predictedSeconds) + " (simulator, hardware \(hw.name)); peak RAM at most "

@@ -76,7 +76,7 @@ final class StreamedTrainingTests: XCTestCase {
             }
             if extra == 0 {
                 XCTAssertFalse(s.keepsInputs || s.offloadsActivations, "at the minimum, block inputs go to disk")
-                XCTAssertEqual(s.keptLogitChunks, 0, "at the minimum, every head chunk's logits are computed twice")
+                XCTAssertEqual(s.keptLogitChunks, 0, "at the minimum, every head chunk's logits go to disk and back")
             }
             if extra == 1 << 30 {
                 XCTAssertTrue(s.offloadsActivations, "a large budget offloads activations")
