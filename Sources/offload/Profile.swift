@@ -343,25 +343,33 @@ func measureDisk(folder: String, bytes: Int, requestBytes: Int, queueDepth: Int,
                                  readBytesPerSecond: read, writeBytesPerSecond: write), store.usesDirectIO)
 }
 
-/// Writes one tensor of `bytes` while reading another through one store (the store's default
-/// request size and threads): bytes per second of both directions together; the best of two.
-func measureDuplex(folder: String, bytes: Int) throws -> Double {
+/// A disk store in `folder` (the store's default request size and threads) holding tensor "in" of
+/// `bytes`, with room for `more` tensors of that size, and buffers to write from and read into.
+private func probeStore(folder: String, bytes: Int, more: Int) throws -> (store: DiskStore, out: AlignedBuffer, back: AlignedBuffer) {
     var o = DiskStoreOptions()
-    o.preallocate = 3 * bytes
+    o.preallocate = (1 + more) * bytes
     let store = try DiskStore(roots: [folder], options: o, notice: { _ in })
-    defer { store.close() }
     let out = try AlignedBuffer(byteCount: bytes), back = try AlignedBuffer(byteCount: bytes)
     memset(out.baseAddress, 0x5A, bytes)
-    try store.write("in", from: out)
+    do { try store.write("in", from: out) } catch { store.close(); throw error }
+    return (store, out, back)
+}
+
+/// Writes one tensor of `bytes` while reading another through one store: bytes per second of both
+/// directions together; the best of two.
+func measureDuplex(folder: String, bytes: Int) throws -> Double {
+    let (store, out, back) = try probeStore(folder: folder, bytes: bytes, more: 2)
+    defer { store.close() }
     var best = 0.0
     for pass in 0..<2 {
         let group = DispatchGroup()
         let failure = Failure()
         let t = seconds {
+            let done: @Sendable (OffloadError?) -> Void = { e in failure.set(e); group.leave() }
             group.enter()
-            try? store.write("out\(pass)", from: out) { e in failure.set(e); group.leave() }
+            do { try store.write("out\(pass)", from: out, completion: done) } catch { done(error as? OffloadError ?? OffloadError("\(error)")) }
             group.enter()
-            try? store.read("in", into: back) { e in failure.set(e); group.leave() }
+            do { try store.read("in", into: back, completion: done) } catch { done(error as? OffloadError ?? OffloadError("\(error)")) }
             group.wait()
         }
         if let e = failure.error { throw e }
@@ -385,13 +393,8 @@ func measureInterference(folder: String, bytes: Int, quick: Bool) throws -> Doub
     }
     _ = workload(2)
     let repeats = max(8, Int((quick ? 0.3 : 1.0) / (workload(8) / 8)))
-    var o = DiskStoreOptions()
-    o.preallocate = 4 * bytes
-    let store = try DiskStore(roots: [folder], options: o, notice: { _ in })
+    let (store, out, back) = try probeStore(folder: folder, bytes: bytes, more: 3)
     defer { store.close() }
-    let out = try AlignedBuffer(byteCount: bytes), back = try AlignedBuffer(byteCount: bytes)
-    memset(out.baseAddress, 0x5A, bytes)
-    try store.write("in", from: out)
     var costs: [Double] = []
     for _ in 0..<3 {
         let alone = workload(repeats)
