@@ -137,7 +137,8 @@ public final class StreamedTrainer {
         // What compute allocates at once: a forward (output, activations); the head (its output x,
         // norm, rstd, a chunk's logits and gradient, the norm's gradient, ∂L/∂x); a backward
         // (∂L/∂x, the block's gradient, activations, recomputed output).
-        let head = 3 * input + accountedBytes(n * 4) + accountedBytes(n * trainer.headChunkRows * 4) + chunkUnit
+        let logits = n * trainer.headChunkRows * 4
+        let head = 3 * input + accountedBytes(n * 4) + accountedBytes(logits) + chunkUnit
             + accountedBytes(normUnit.bytes)
         reserve = max(input + acts + input, head, 3 * input + maxBlock + acts)
         backwardReserve = input + max(maxBlock, chunkUnit)
@@ -160,7 +161,7 @@ public final class StreamedTrainer {
         keepsInputs = !offloadsActivations && budget - minimumBudget - checkpoints >= 2 * maxBlock
         let ahead = (offloadsActivations ? acts : input) + maxBlock + 2 * maxPart
         let spare = budget - minimumBudget - ahead - (keepsInputs ? checkpoints : 0)
-        keptLogitChunks = min(trainer.headChunkCount, max(0, spare / accountedBytes(n * trainer.headChunkRows * 4)))
+        keptLogitChunks = min(trainer.headChunkCount, max(0, spare / accountedBytes(logits)))
         memory = MemoryTier(.compute, limit: budget - scratch, trace: trace, hugePages: true, arena: true)
         engine = TransferEngine(memory: memory, disk: disk, trace: trace)
     }
@@ -516,9 +517,7 @@ public final class StreamedTrainer {
         var keptLogits: [Int: TierBuffer] = [:]
         let keep: (Int) throws -> UnsafeMutablePointer<Float>? = { [self] k in
             if let b = keptLogits[k] { return floats(b) }
-            guard k < keptLogitChunks || spills(k), let b = try? memory.allocate("logits \(k)", bytes: logitsBytes) else {
-                return nil
-            }
+            guard let b = try? memory.allocate("logits \(k)", bytes: logitsBytes) else { return nil }
             keptLogits[k] = b
             return floats(b)
         }
