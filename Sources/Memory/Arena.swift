@@ -115,7 +115,6 @@ final class Arena: @unchecked Sendable {
             if cs_move_pages(p + at, piece.length, base + piece.offset, 0) == 0 { insert(piece) }
             at += piece.length
         }
-        if at < capacity { munmap(p + at, capacity - at) }
     }
 
     /// Adds a free extent, merging it with its neighbours.

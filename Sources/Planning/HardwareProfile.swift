@@ -44,6 +44,10 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
         self.diskDuplexBandwidth = diskDuplexBandwidth; self.ioComputeSecondsPerByte = ioComputeSecondsPerByte
     }
 
+    /// Compute seconds a byte of disk I/O takes from the cores that compute: on a CPU-only machine
+    /// `ioComputeSecondsPerByte`; with an accelerator the host's cores do the I/O, 0.
+    public var ioSecondsOnCompute: Double { hostIsCompute ? ioComputeSecondsPerByte : 0 }
+
     /// What each direction's rate is multiplied by while the disk reads and writes at once: both
     /// together move `diskDuplexBandwidth`, shared in proportion to their rates alone.
     public var duplexFactor: Double {

@@ -135,7 +135,7 @@ struct ScheduleBuilder {
         deps.remove(id)
         var seconds = seconds
         if stream == .compute && seconds > 0 {
-            seconds += Double(ioBytesSinceCompute) * ioCost
+            seconds += Double(ioBytesSinceCompute) * hardware.ioSecondsOnCompute
             ioBytesSinceCompute = 0
         }
         // Drop deps already implied by stream order.
@@ -153,9 +153,6 @@ struct ScheduleBuilder {
     }
 
     func bytes(_ names: [String]) -> Int { names.reduce(0) { $0 + (tensors[$1] ?? 0) } }
-
-    /// Compute seconds per byte of disk I/O (CPU-only machines: the cores that compute do the I/O).
-    var ioCost: Double { hardware.hostIsCompute ? hardware.ioComputeSecondsPerByte : 0 }
 
     /// A training step with disk traffic reads and writes at once (activations or parameters go
     /// out while others come in): each direction runs at its share of the duplex rate.
@@ -324,7 +321,7 @@ struct ScheduleBuilder {
         var ops = self.ops
         // Transfers after the last compute op still take their share from it.
         if ioBytesSinceCompute > 0, let last = ops.lastIndex(where: { $0.stream == .compute && $0.seconds > 0 }) {
-            ops[last].seconds += Double(ioBytesSinceCompute) * ioCost
+            ops[last].seconds += Double(ioBytesSinceCompute) * hardware.ioSecondsOnCompute
         }
         return Schedule(strategy: strategy, model: chain.model, mode: chain.mode.rawValue, stageNames: chain.stages.map(\.name),
                         tensors: tensors.map { LogicalTensor(name: $0.key, bytes: $0.value) }.sorted { $0.name < $1.name },

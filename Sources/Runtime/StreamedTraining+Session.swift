@@ -110,8 +110,7 @@ extension StreamedTrainer {
         var chain = ExecutorPlanning.chain(config: config, batch: trainer.batch, seqLen: trainer.seqLen, hardware: hardware)
         let h = chain.stages.count - 1, chunks = trainer.headChunkCount
         chain.stages[h].saved.removeAll { $0.name == "act.head.probs" }
-        let io = hardware.hostIsCompute ? hardware.ioComputeSecondsPerByte : 0
-        chain.stages[h].backwardSeconds += Double(2 * (chunks - keptLogitChunks) * logitsBytes) * io
+        chain.stages[h].backwardSeconds += Double(2 * (chunks - keptLogitChunks) * logitsBytes) * hardware.ioSecondsOnCompute
         return chain
     }
 }
