@@ -35,7 +35,15 @@ public struct BlockActivations {
     }
 
     public static func floats(config: LlamaConfig, batch: Int, seqLen: Int) -> Int {
-        table(config: config, batch: batch, seqLen: seqLen).reduce(0) { $0 + ($1.floats + 15) / 16 * 16 }
+        BlockHalf.allCases.reduce(0) { $0 + floats(config: config, batch: batch, seqLen: seqLen, half: $1) }
+    }
+
+    /// Entries of `table` that belong to `half`: the attention half's come first (attn_in … att_out).
+    static func entries(_ half: BlockHalf) -> Range<Int> { half == .attention ? 0..<8 : 8..<14 }
+
+    /// Floats of the entries of `half`, each padded as `init(carving:)` lays them out.
+    public static func floats(config: LlamaConfig, batch: Int, seqLen: Int, half: BlockHalf) -> Int {
+        table(config: config, batch: batch, seqLen: seqLen)[entries(half)].reduce(0) { $0 + ($1.floats + 15) / 16 * 16 }
     }
 
     public var attnIn, attnNorm, attnRstd, q, k, v, attProbs, attOut: UnsafeMutablePointer<Float>
@@ -43,14 +51,31 @@ public struct BlockActivations {
 
     /// Views into `base`, which must hold `floats(config:batch:seqLen:)` floats.
     public init(carving base: UnsafeMutablePointer<Float>, config: LlamaConfig, batch: Int, seqLen: Int) {
+        self.init(attention: base, ffn: base + Self.floats(config: config, batch: batch, seqLen: seqLen, half: .attention),
+                  config: config, batch: batch, seqLen: seqLen)
+    }
+
+    /// Views of the attention half's entries into `attention` and the feed-forward half's into `ffn`,
+    /// each holding `floats(config:batch:seqLen:half:)` floats. A half's calls
+    /// (`LlamaTrainer.blockAttentionForward` …) read and write only that half's views, so one half
+    /// may be carved alone: pass its buffer for both (the other half's views are then never used).
+    public init(attention: UnsafeMutablePointer<Float>, ffn: UnsafeMutablePointer<Float>, config: LlamaConfig,
+                batch: Int, seqLen: Int) {
         var p: [UnsafeMutablePointer<Float>] = [], offset = 0
-        for (_, floats) in Self.table(config: config, batch: batch, seqLen: seqLen) {
-            p.append(base + offset)
+        for (i, (_, floats)) in Self.table(config: config, batch: batch, seqLen: seqLen).enumerated() {
+            if i == Self.entries(.ffn).lowerBound { offset = 0 }
+            p.append((i < Self.entries(.ffn).lowerBound ? attention : ffn) + offset)
             offset += (floats + 15) / 16 * 16
         }
         (attnIn, attnNorm, attnRstd, q, k, v, attProbs) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6])
         (attOut, ffnIn, ffnNorm, ffnRstd, gate, up, swiglu) = (p[7], p[8], p[9], p[10], p[11], p[12], p[13])
     }
+}
+
+/// The two halves of a block, each with its own parameters and activations: attention (attn_norm,
+/// q, k, v, o) and the feed-forward network (ffn_norm, gate, up, down).
+public enum BlockHalf: Int, CaseIterable, Sendable {
+    case attention, ffn
 }
 
 public enum ActivationPolicy: String, Sendable, CaseIterable {
@@ -167,15 +192,24 @@ public final class LlamaTrainer {
         }
 
         dscoresCount = attentionBackwardScratch(seqLen: seqLen, threads: 16)
-        let sizes = [n * c.dim, n * c.dim, n * c.qDim, n * c.kvDim, n * c.kvDim, n * c.qDim,
-                     n * c.ffnDim, n * c.ffnDim, n * c.ffnDim, dscoresCount,
-                     policy == .recomputeAll ? n * c.dim : 0]
-        let scratch = FloatBuffer(count: sizes.reduce(0) { $0 + pad($1) })
+        // The attention half's backward scratch and the feed-forward half's share one region: the
+        // halves run one after the other and each writes its scratch before reading it. ∂L/∂x (dres) and
+        // the recomputed output are the whole-model path's (an executor brings its own).
+        let shared = [ownsActivations ? n * c.dim : 0, n * c.dim, policy == .recomputeAll && ownsActivations ? n * c.dim : 0]
+        let attention = [n * c.qDim, n * c.kvDim, n * c.kvDim, n * c.qDim, dscoresCount]
+        let ffn = [n * c.ffnDim, n * c.ffnDim, n * c.ffnDim]
+        func total(_ sizes: [Int]) -> Int { sizes.reduce(0) { $0 + pad($1) } }
+        let scratch = FloatBuffer(count: total(shared) + max(total(attention), total(ffn)))
         scratchBuffer = scratch
         offset = 0
-        let s = sizes.map { take($0, from: scratch.base) }
-        (dres, dxn, dq, dk, dv, datt) = (s[0], s[1], s[2], s[3], s[4], s[5])
-        (dgate, dup, dswiglu, dscores, recomputeOut) = (s[6], s[7], s[8], s[9], s[10])
+        let s = shared.map { take($0, from: scratch.base) }
+        let region = offset
+        let at = attention.map { take($0, from: scratch.base) }
+        offset = region
+        let f = ffn.map { take($0, from: scratch.base) }
+        (dres, dxn, recomputeOut) = (s[0], s[1], s[2])
+        (dq, dk, dv, datt, dscores) = (at[0], at[1], at[2], at[3], at[4])
+        (dgate, dup, dswiglu) = (f[0], f[1], f[2])
         headChunkRows = headChunk ?? Self.headChunkRows(config: c, rows: n)
         let chunks = (c.vocabSize + headChunkRows - 1) / headChunkRows
         let sumOffset = (n * chunks + 2 * n + 1) / 2 * 2  // 8-byte aligned for the Doubles
@@ -198,6 +232,13 @@ public final class LlamaTrainer {
     /// Calling it again on the same input recomputes the same activations bit for bit.
     public func blockForward(_ l: Int, output: UnsafeMutablePointer<Float>, saving acts: BlockActivations,
                              parameters: ParameterBases? = nil) {
+        blockAttentionForward(l, saving: acts, parameters: parameters)
+        blockFFNForward(l, output: output, saving: acts, parameters: parameters)
+    }
+
+    /// The attention half of block `l`'s forward: from `acts.attnIn`, writes the attention half's
+    /// activations and `acts.ffnIn` (the residual after attention), which the feed-forward half reads.
+    public func blockAttentionForward(_ l: Int, saving acts: BlockActivations, parameters: ParameterBases? = nil) {
         let c = model.config, n = self.n, w = model.block(l, in: (parameters ?? model.resident).weights)
         timed("rmsnorm") {
             rmsnormForward(acts.attnNorm, rstd: acts.attnRstd, acts.attnIn, w.attnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
@@ -216,6 +257,12 @@ public final class LlamaTrainer {
         timed("matmul fwd") {
             matmulForward(acts.ffnIn, acts.attOut, w.o, n: n, inDim: c.qDim, outDim: c.dim, accumulate: true)
         }
+    }
+
+    /// The feed-forward half of block `l`'s forward: from `acts.ffnIn`, writes its activations and `output`.
+    public func blockFFNForward(_ l: Int, output: UnsafeMutablePointer<Float>, saving acts: BlockActivations,
+                                parameters: ParameterBases? = nil) {
+        let c = model.config, n = self.n, w = model.block(l, in: (parameters ?? model.resident).weights)
         timed("rmsnorm") {
             rmsnormForward(acts.ffnNorm, rstd: acts.ffnRstd, acts.ffnIn, w.ffnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
         }
@@ -232,9 +279,16 @@ public final class LlamaTrainer {
     /// the block's parameter gradients are added to the model's gradient buffer.
     public func blockBackward(_ l: Int, dresidual: UnsafeMutablePointer<Float>, acts: BlockActivations,
                               parameters: ParameterBases? = nil) {
+        blockFFNBackward(l, dresidual: dresidual, acts: acts, parameters: parameters)
+        blockAttentionBackward(l, dresidual: dresidual, acts: acts, parameters: parameters)
+    }
+
+    /// The feed-forward half of block `l`'s backward: `dresidual` from ∂L/∂output to ∂L/∂ffn_in.
+    public func blockFFNBackward(_ l: Int, dresidual: UnsafeMutablePointer<Float>, acts: BlockActivations,
+                                 parameters: ParameterBases? = nil) {
         let c = model.config, n = self.n, p = parameters ?? model.resident
         let w = model.block(l, in: p.weights), g = model.block(l, in: p.gradients)
-        // MLP: out = ffn_in + swiglu · downᵀ
+        // out = ffn_in + swiglu · downᵀ
         timed("matmul bwd") {
             matmulBackward(dswiglu, g.down, dresidual, acts.swiglu, w.down, n: n, inDim: c.ffnDim, outDim: c.dim)
         }
@@ -248,7 +302,14 @@ public final class LlamaTrainer {
         timed("rmsnorm") {
             rmsnormBackward(dresidual, g.ffnNorm, dxn, acts.ffnIn, w.ffnNorm, rstd: acts.ffnRstd, rows: n, dim: c.dim)
         }
-        // Attention: ffn_in = attn_in + att_out · oᵀ
+    }
+
+    /// The attention half of block `l`'s backward: `dresidual` from ∂L/∂ffn_in to ∂L/∂input.
+    public func blockAttentionBackward(_ l: Int, dresidual: UnsafeMutablePointer<Float>, acts: BlockActivations,
+                                       parameters: ParameterBases? = nil) {
+        let c = model.config, n = self.n, p = parameters ?? model.resident
+        let w = model.block(l, in: p.weights), g = model.block(l, in: p.gradients)
+        // ffn_in = attn_in + att_out · oᵀ
         timed("matmul bwd") { matmulBackward(datt, g.o, dresidual, acts.attOut, w.o, n: n, inDim: c.qDim, outDim: c.dim) }
         timed("attention bwd") {
             attentionBackward(dq, dk, dv, dscores: dscores, scratchCount: dscoresCount, datt, probs: acts.attProbs, acts.q, acts.k, acts.v,

@@ -23,7 +23,7 @@ public final class StreamedTrainingSession {
     public private(set) var lastStep: StreamedStep?
 
     public init(config: LlamaConfig, ropeStyle: RopeStyle, data: TokenWindows, options: TrainingOptions, budget: Int,
-                disk: DiskStore, trace: TraceRecorder? = nil) throws {
+                disk: DiskStore, trace: TraceRecorder? = nil, activations: StreamedActivations? = nil) throws {
         try options.validate()
         guard options.optimizer == "adamw" else {
             throw OffloadError("[train] streamed parameters are updated with AdamW; --optimizer \(options.optimizer) is not streamed yet")
@@ -43,7 +43,8 @@ public final class StreamedTrainingSession {
         let model = try TrainableLlama(config: config, ropeStyle: ropeStyle, resident: false)
         let trainer = try LlamaTrainer(model: model, batch: options.batch, seqLen: options.seqLen, ownsActivations: false)
         let adam = AdamW(beta1: options.beta1, beta2: options.beta2, eps: options.eps, weightDecay: options.weightDecay)
-        streamer = try StreamedTrainer(trainer: trainer, optimizer: adam, budget: budget, disk: disk, trace: trace)
+        streamer = try StreamedTrainer(trainer: trainer, optimizer: adam, budget: budget, disk: disk, trace: trace,
+                                       activations: activations)
     }
 
     /// One optimizer step on the next batch.

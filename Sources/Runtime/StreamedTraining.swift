@@ -4,11 +4,14 @@
 // when its forward needs them and again for its backward, and updates a unit as
 // soon as its gradient is complete (m and v read in, in parts, then w, m and v
 // written back), so a step holds a few units, one block's activations and the
-// trainer's scratch, whatever the model's size. Activations: when the budget leaves
-// room to read one block's back ahead of its backward, every block's go to disk and
-// come back; otherwise only block inputs are kept (in memory, or on disk when the
-// budget is small) and every block's forward is recomputed in its backward. Units: the token embedding (and an untied
-// output matrix) in the head's vocabulary chunks, each block, the final norm.
+// trainer's scratch, whatever the model's size. Units: the token embedding (and an
+// untied output matrix) in the head's vocabulary chunks, each block's two halves
+// (attention; feed-forward), the final norm. Activations (`StreamedActivations`):
+// every half's go to disk in the forward and come back for its backward, or only
+// block inputs are kept (in memory, or on disk when the budget is small) and every
+// block's forward is recomputed in its backward. Halves halve what one backward
+// holds: the feed-forward half's activations, weights and gradient, while the
+// attention half's are read ahead.
 //
 // Reads are issued in the order the step consumes them, as far ahead as the budget
 // leaves room beside what the compute ops will allocate; writes drain behind.
@@ -48,6 +51,14 @@ public struct ParameterUnit: Sendable {
     var bytes: Int { floats * 4 }
 }
 
+/// What a streamed step does with a block's activations between its forward and its backward.
+public enum StreamedActivations: String, Sendable {
+    /// Both halves' go to disk and come back for the backward.
+    case offload
+    /// Only the block's input is kept (in memory or on disk); the backward recomputes the rest.
+    case recompute
+}
+
 public final class StreamedTrainer {
     public let trainer: LlamaTrainer
     public let optimizer: AdamW
@@ -56,18 +67,18 @@ public final class StreamedTrainer {
     public let disk: DiskStore
     public let trace: TraceRecorder?
     let engine: TransferEngine
-    /// Whether block inputs stay in memory between forward and backward (else they go to disk).
+    public let activations: StreamedActivations
+    public var offloadsActivations: Bool { activations == .offload }
+    /// Whether block inputs stay in memory between forward and backward (else they go to disk);
+    /// recomputing only.
     public let keepsInputs: Bool
-    /// Whether every block's activations go to disk in the forward and come back for its backward
-    /// (when the budget leaves room to read one block's ahead) instead of being recomputed.
-    public let offloadsActivations: Bool
-    /// Bytes the compute ops may hold at once; reads ahead never eat into it.
-    public let reserve: Int
-    /// What compute holds at once in the backward pass when activations are read back (∂L/∂x and
-    /// one unit's gradient): reads ahead may use the rest of `reserve` then.
-    let backwardReserve: Int
-    /// The reserve of the phase running now.
+    /// Bytes the compute ops of each phase may hold at once: the forward, the head, the blocks'
+    /// backward, the embedding's backward.
+    let reserves: [Int]
+    /// What reads ahead leave free now: the largest reserve of this phase and the phases after it
+    /// (a read issued now may still be held when a later phase allocates).
     var phaseReserve = 0
+    func enter(phase: Int) { phaseReserve = reserves[phase...].max()! }
     /// The smallest budget this step runs in.
     public let minimumBudget: Int
     /// Head chunks whose pass-1 logits stay in memory for pass 2: as many as the budget holds above
@@ -81,6 +92,7 @@ public final class StreamedTrainer {
     public private(set) var steps = 0
 
     public let embeddingUnits: [ParameterUnit]
+    /// Two per block: its attention half, then its feed-forward half (`blockUnit(_:_:)`).
     public let blockUnits: [ParameterUnit]
     public let normUnit: ParameterUnit
     /// Chunks of output.weight (empty when tied to the embedding).
@@ -90,13 +102,18 @@ public final class StreamedTrainer {
     var config: LlamaConfig { trainer.model.config }
     var n: Int { trainer.batch * trainer.seqLen }
     var inputBytes: Int { n * config.dim * 4 }
-    var actsBytes: Int { BlockActivations.floats(config: config, batch: trainer.batch, seqLen: trainer.seqLen) * 4 }
+    func actsBytes(_ h: BlockHalf) -> Int {
+        BlockActivations.floats(config: config, batch: trainer.batch, seqLen: trainer.seqLen, half: h) * 4
+    }
+    func blockUnit(_ l: Int, _ h: BlockHalf) -> ParameterUnit { blockUnits[2 * l + h.rawValue] }
 
     /// - Parameters:
     ///   - trainer: built with `ownsActivations: false` over a non-resident model.
+    ///   - activations: nil chooses: offload when the budget leaves room to read a half's activations
+    ///     ahead of its backward, or when it is too small to recompute; else recompute.
     ///   - partBytes: most bytes of m (and of v) read at once for an update.
     public init(trainer: LlamaTrainer, optimizer: AdamW, budget: Int, disk: DiskStore, trace: TraceRecorder? = nil,
-                partBytes: Int = 4 << 20) throws {
+                activations: StreamedActivations? = nil, partBytes: Int = 4 << 20) throws {
         guard !trainer.ownsActivations, !trainer.model.isResident else {
             throw OffloadError("[stream] the trainer must own no activations and its model no parameters")
         }
@@ -120,48 +137,65 @@ public final class StreamedTrainer {
             }
         }
         embeddingUnits = chunks("token_embd.weight", "embd")
-        blockUnits = (0..<c.layers).map { l in
-            let r = layout.range(of: .block(l))
-            return unit("blk.\(l)", r.lowerBound, r.count)
+        let halves = (0..<c.layers).flatMap { l in
+            let r = layout.range(of: .block(l)), ffn = layout.entry("blk.\(l).ffn_norm.weight")!.offset
+            return [unit("blk.\(l).attn", r.lowerBound, ffn - r.lowerBound), unit("blk.\(l).ffn", ffn, r.upperBound - ffn)]
         }
+        blockUnits = halves
         let norm = layout.entry("output_norm.weight")!
         normUnit = unit("norm", norm.offset, norm.elements)
         outputUnits = c.tiedEmbeddings ? [] : chunks("output.weight", "out")
 
         self.trainer = trainer; self.optimizer = optimizer; self.budget = budget; self.disk = disk; self.trace = trace
-        let n = trainer.batch * trainer.seqLen
-        let input = accountedBytes(n * c.dim * 4), acts = accountedBytes(BlockActivations.floats(config: c, batch: trainer.batch, seqLen: trainer.seqLen) * 4)
+        let n = trainer.batch * trainer.seqLen, input = accountedBytes(n * c.dim * 4)
+        let halfActs = BlockHalf.allCases.map {
+            accountedBytes(BlockActivations.floats(config: c, batch: trainer.batch, seqLen: trainer.seqLen, half: $0) * 4)
+        }
+        let acts = halfActs.reduce(0, +), maxHalfActs = halfActs.max()!
         let chunkUnit = accountedBytes(trainer.headChunkRows * c.dim * 4)
-        let maxBlock = blockUnits.map { accountedBytes($0.bytes) }.max() ?? 0
-        let maxPart = accountedBytes(min(partBytes, max(maxBlock, chunkUnit)))
-        // What compute allocates at once: a forward (output, activations); the head (its output x,
-        // norm, rstd, a chunk's logits and gradient, the norm's gradient, ∂L/∂x); a backward
-        // (∂L/∂x, the block's gradient, activations, recomputed output).
-        let logits = n * trainer.headChunkRows * 4
-        let head = 3 * input + accountedBytes(n * 4) + accountedBytes(logits) + chunkUnit
-            + accountedBytes(normUnit.bytes)
-        reserve = max(input + acts + input, head, 3 * input + maxBlock + acts)
-        backwardReserve = input + max(maxBlock, chunkUnit)
-        // Reads one op needs at once: a backward's input and weights, then a part of m and v.
-        let reads = input + maxBlock + 2 * maxPart + 2 * chunkUnit
+        let halfW = halves.map { accountedBytes($0.bytes) }.max() ?? 0
+        let blockW = stride(from: 0, to: halves.count, by: 2).map {
+            accountedBytes(halves[$0].bytes) + accountedBytes(halves[$0 + 1].bytes)
+        }.max() ?? 0
+        let maxPart = accountedBytes(min(partBytes, max(halfW, chunkUnit)))
+        let logits = accountedBytes(n * trainer.headChunkRows * 4), normW = accountedBytes(normUnit.bytes)
+        // What each phase's compute ops allocate at once (its reserve), and beside it what one op
+        // reads in at once. Forward: input, output and both halves' activations; one half's weights.
+        // Head: its input, norm, rstd, a chunk's logits and gradient, the norm's gradient, ∂L/∂x; the
+        // norm's weights, a chunk's weights, its logits read back or a part of m and v. Backward,
+        // offloading: ∂L/∂x and a half's gradient; the half's activations and weights, then its weights
+        // and a part of m and v. Backward, recomputing: ∂L/∂x, both halves' activations, the
+        // recomputed output and a half's gradient; the input, the block's weights and a part of m and v.
+        let forwardReserve = 2 * input + acts
+        let headReserve = 3 * input + accountedBytes(n * 4) + logits + chunkUnit + normW
+        let forward = forwardReserve + halfW
+        let head = headReserve + normW + chunkUnit + max(logits, 2 * maxPart)
+        let offloading = input + 2 * halfW + max(maxHalfActs, 2 * maxPart)
+        let recomputing = 2 * input + acts + halfW + input + blockW + 2 * maxPart
         let scratch = trainer.activationBytes
-        let checkpoints = c.layers * input
-        minimumBudget = scratch + reserve + reads
+        let offloadMinimum = scratch + max(forward, head, offloading)
+        let recomputeMinimum = scratch + max(forward, head, recomputing)
+        // Offload when the budget leaves room to read a half's activations and weights ahead of its
+        // backward: on a disk as fast as the cores, writing and reading them back costs less time than
+        // recomputing them, because the transfers overlap compute. Below that, recompute when it fits.
+        let lookahead = maxHalfActs + halfW
+        self.activations = activations
+            ?? (budget >= offloadMinimum + lookahead || budget < recomputeMinimum ? .offload : .recompute)
+        let offloads = self.activations == .offload
+        minimumBudget = offloads ? offloadMinimum : recomputeMinimum
         guard budget >= minimumBudget else {
             throw OffloadError("[stream] a budget of \(formatBytes(budget)) is below the \(formatBytes(minimumBudget)) "
                                + "a streamed step needs at batch \(trainer.batch) × \(trainer.seqLen) (scratch "
-                               + "\(formatBytes(scratch)), one block's activations and gradient \(formatBytes(reserve)), "
-                               + "its weights and a part of its optimizer state \(formatBytes(reads)))")
+                               + "\(formatBytes(scratch)), forward \(formatBytes(forward)), head \(formatBytes(head)), "
+                               + "backward \(formatBytes(offloads ? offloading : recomputing)) "
+                               + (offloads ? "offloading" : "recomputing") + " activations)")
         }
-        // Offload activations when one block's can be read ahead with its weights and state: on a
-        // disk as fast as the cores, writing and reading them back costs less time than recomputing
-        // them, because the transfers overlap compute. Otherwise keep block inputs in memory when that
-        // still leaves room to read a few units ahead, else write them to disk too.
-        offloadsActivations = budget - minimumBudget >= acts + 3 * maxBlock
-        keepsInputs = !offloadsActivations && budget - minimumBudget - checkpoints >= 2 * maxBlock
-        let ahead = (offloadsActivations ? acts : input) + maxBlock + 2 * maxPart
+        reserves = [forwardReserve, headReserve, offloads ? input + halfW : 3 * input + acts + halfW, input + chunkUnit]
+        let checkpoints = c.layers * input
+        keepsInputs = !offloads && budget - minimumBudget - checkpoints >= 2 * blockW
+        let ahead = (offloads ? lookahead : input + blockW) + 2 * maxPart
         let spare = budget - minimumBudget - ahead - (keepsInputs ? checkpoints : 0)
-        keptLogitChunks = min(trainer.headChunkCount, max(0, spare / accountedBytes(logits)))
+        keptLogitChunks = min(trainer.headChunkCount, max(0, spare / logits))
         memory = MemoryTier(.compute, limit: budget - scratch, trace: trace, hugePages: true, arena: true)
         engine = TransferEngine(memory: memory, disk: disk, trace: trace)
     }
@@ -169,7 +203,8 @@ public final class StreamedTrainer {
     /// Disk bytes a step adds to the store at most: activations or block inputs written in the
     /// forward, the tied head's gradient chunks, one unit's new copy while it replaces the old.
     public var stepDiskBytes: Int {
-        let activations = offloadsActivations ? config.layers * actsBytes : keepsInputs ? 0 : config.layers * inputBytes
+        let activations = offloadsActivations ? config.layers * BlockHalf.allCases.map(actsBytes).reduce(0, +)
+            : keepsInputs ? 0 : config.layers * inputBytes
         let headGradients = outputUnits.isEmpty ? embeddingUnits.reduce(0) { $0 + $1.bytes } : 0
         let logits = (0..<trainer.headChunkCount).filter(spills).count * accountedBytes(logitsBytes)
         return activations + headGradients + logits + (units.map(\.bytes).max() ?? 0)
@@ -382,9 +417,14 @@ public final class StreamedTrainer {
             if !tied { state(u) }
         }
         state(normUnit)
-        for (l, u) in blockUnits.enumerated().reversed() {
-            if offloadsActivations { r.append(("a.\(l)", actsBytes)) } else if !keepsInputs { r.append(("x.\(l)", inputBytes)) }
-            w(u); state(u)
+        for l in (0..<config.layers).reversed() {
+            let (attention, ffn) = (blockUnit(l, .attention), blockUnit(l, .ffn))
+            if offloadsActivations {
+                for (h, u) in [(BlockHalf.ffn, ffn), (.attention, attention)] { r.append(("a.\(u.name)", actsBytes(h))); w(u); state(u) }
+            } else {
+                if !keepsInputs { r.append(("x.\(l)", inputBytes)) }
+                w(attention); w(ffn); state(ffn); state(attention)
+            }
         }
         for u in embeddingUnits {
             if tied { r.append((Self.key("g", u), u.bytes)) }
@@ -421,6 +461,17 @@ public final class StreamedTrainer {
     }
 
     func floats(_ b: TierBuffer) -> UnsafeMutablePointer<Float> { b.baseAddress.assumingMemoryBound(to: Float.self) }
+
+    /// Where unit `u`'s parameters are for the trainer's calls: its weights in `w`, its gradient in `g`.
+    func bases(_ u: ParameterUnit, _ w: TierBuffer, _ g: TierBuffer? = nil) -> ParameterBases {
+        ParameterBases(stageStart: u.offset, weights: floats(w), gradients: floats(g ?? w))
+    }
+
+    /// Writes a compute op's buffer out: it stops counting against the reserve now and is freed once on disk.
+    func writeCompute(_ name: String, _ b: TierBuffer) throws {
+        computeHeld -= accountedBytes(b.byteCount)
+        try write(name, b)
+    }
 
     func span<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
         guard let trace else { return try body() }
@@ -465,7 +516,7 @@ public final class StreamedTrainer {
     func runStep(lr: Float, t: Int) throws -> (Float, Double) {
         let c = config, tied = outputUnits.isEmpty
         sums = [:]
-        phaseReserve = reserve
+        enter(phase: 0)
         try pump()
         // Embedding: x.0 from the chunks of token_embd.
         var x = try computeBuffer("x.0", bytes: inputBytes)
@@ -474,28 +525,33 @@ public final class StreamedTrainer {
             span("forward embd.\(k)") { trainer.embeddingForward(output: floats(x), vocabulary: trainer.headChunk(k), table: floats(w)) }
             w.free()
         }
-        // Blocks, saving only their inputs.
+        // Blocks, half by half; each half's activations go to disk as soon as it is done (offloading),
+        // or only the block's input is kept (recomputing).
         var kept: [TierBuffer] = []
-        for (l, u) in blockUnits.enumerated() {
-            let w = try take(Self.key("w", u))
-            let out = try computeBuffer("x.\(l + 1)", bytes: inputBytes)
-            let acts = try computeBuffer("acts", bytes: actsBytes)
-            var a = BlockActivations(carving: floats(acts), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
-            a.attnIn = floats(x)
-            span("forward blk.\(l)") {
-                trainer.blockForward(l, output: floats(out), saving: a,
-                                     parameters: ParameterBases(stageStart: u.offset, weights: floats(w), gradients: floats(w)))
-            }
-            w.free()
+        for l in 0..<c.layers {
+            let (ua, uf) = (blockUnit(l, .attention), blockUnit(l, .ffn))
+            let wa = try take(Self.key("w", ua))
+            let actsA = try computeBuffer("acts \(ua.name)", bytes: actsBytes(.attention))
+            let actsF = try computeBuffer("acts \(uf.name)", bytes: actsBytes(.ffn))
+            var a = BlockActivations(attention: floats(actsA), ffn: floats(actsF), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
             if offloadsActivations {
-                // The input goes with the activations (their first slot), for the backward.
-                a.attnIn = floats(acts)
+                // The input goes with the attention half's activations (their first slot), for the backward.
                 a.attnIn.update(from: floats(x), count: n * c.dim)
-                computeHeld -= accountedBytes(acts.byteCount)
-                try write("a.\(l)", acts)
                 releaseCompute(x)
             } else {
-                releaseCompute(acts)
+                a.attnIn = floats(x)
+            }
+            span("forward \(ua.name)") { trainer.blockAttentionForward(l, saving: a, parameters: bases(ua, wa)) }
+            wa.free()
+            if offloadsActivations { try writeCompute("a.\(ua.name)", actsA) }
+            let wf = try take(Self.key("w", uf))
+            let out = try computeBuffer("x.\(l + 1)", bytes: inputBytes)
+            span("forward \(uf.name)") { trainer.blockFFNForward(l, output: floats(out), saving: a, parameters: bases(uf, wf)) }
+            wf.free()
+            if offloadsActivations {
+                try writeCompute("a.\(uf.name)", actsF)
+            } else {
+                releaseCompute(actsA); releaseCompute(actsF)
                 computeHeld -= accountedBytes(x.byteCount)
                 if keepsInputs { kept.append(x) } else { try write("x.\(l)", x) }
             }
@@ -503,6 +559,7 @@ public final class StreamedTrainer {
             try pump()
         }
         // Head, pass 1: the loss.
+        enter(phase: 1)
         let normW = try take(Self.key("w", normUnit))
         let normG = try computeBuffer("g norm", bytes: normUnit.bytes, zero: true)
         let headBases = ParameterBases(stageStart: normUnit.offset, weights: floats(normW), gradients: floats(normG))
@@ -578,43 +635,55 @@ public final class StreamedTrainer {
         try addSums(normUnit, floats(normG), step: t, loss: loss)
         try update(normUnit, weights: normW, gradients: floats(normG), lr: lr, t: t)
         releaseCompute(normG)
-        if offloadsActivations { phaseReserve = backwardReserve }
-        // Blocks backward: recompute the forward from the input, backward, update.
-        for (l, u) in blockUnits.enumerated().reversed() {
-            if offloadsActivations {
-                let acts = try take("a.\(l)")
-                disk.remove("a.\(l)")
-                let w = try take(Self.key("w", u))
-                let g = try computeBuffer("g \(u.name)", bytes: u.bytes, zero: true)
-                let a = BlockActivations(carving: floats(acts), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
-                let bases = ParameterBases(stageStart: u.offset, weights: floats(w), gradients: floats(g))
-                span("backward blk.\(l)") { trainer.blockBackward(l, dresidual: floats(dres), acts: a, parameters: bases) }
-                acts.free()
-                try addSums(u, floats(g), step: t, loss: loss)
-                try update(u, weights: w, gradients: floats(g), lr: lr, t: t)
-                releaseCompute(g)
-                continue
-            }
-            let input = keepsInputs ? kept.removeLast() : try take("x.\(l)")
-            if !keepsInputs { disk.remove("x.\(l)") }
-            let w = try take(Self.key("w", u))
+        enter(phase: 2)
+        // Blocks backward, the feed-forward half first: each half's update as soon as its gradient is done.
+        // `computed` runs once the half's activations are no longer needed, before its update.
+        func backward(_ l: Int, _ h: BlockHalf, acts a: BlockActivations, weights w: TierBuffer,
+                      computed: () -> Void) throws {
+            let u = blockUnit(l, h)
             let g = try computeBuffer("g \(u.name)", bytes: u.bytes, zero: true)
-            let acts = try computeBuffer("acts", bytes: actsBytes)
-            let out = try computeBuffer("recomputed x.\(l + 1)", bytes: inputBytes)
-            var a = BlockActivations(carving: floats(acts), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
-            a.attnIn = floats(input)
-            let bases = ParameterBases(stageStart: u.offset, weights: floats(w), gradients: floats(g))
-            span("backward blk.\(l)") {
-                trainer.blockForward(l, output: floats(out), saving: a, parameters: bases)
-                trainer.blockBackward(l, dresidual: floats(dres), acts: a, parameters: bases)
+            span("backward \(u.name)") {
+                switch h {
+                case .ffn: trainer.blockFFNBackward(l, dresidual: floats(dres), acts: a, parameters: bases(u, w, g))
+                case .attention: trainer.blockAttentionBackward(l, dresidual: floats(dres), acts: a, parameters: bases(u, w, g))
+                }
             }
-            releaseCompute(acts); releaseCompute(out); input.free()
+            computed()
             try addSums(u, floats(g), step: t, loss: loss)
             try update(u, weights: w, gradients: floats(g), lr: lr, t: t)
             releaseCompute(g)
         }
+        for l in (0..<c.layers).reversed() {
+            if offloadsActivations {
+                for h in [BlockHalf.ffn, .attention] {
+                    let u = blockUnit(l, h), acts = try take("a.\(u.name)")
+                    disk.remove("a.\(u.name)")
+                    let w = try take(Self.key("w", u))
+                    // One half carved alone: the other half's views are never used.
+                    let a = BlockActivations(attention: floats(acts), ffn: floats(acts), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
+                    try backward(l, h, acts: a, weights: w) { acts.free() }
+                }
+                continue
+            }
+            let (ua, uf) = (blockUnit(l, .attention), blockUnit(l, .ffn))
+            let input = keepsInputs ? kept.removeLast() : try take("x.\(l)")
+            if !keepsInputs { disk.remove("x.\(l)") }
+            let wa = try take(Self.key("w", ua)), wf = try take(Self.key("w", uf))
+            let actsA = try computeBuffer("acts \(ua.name)", bytes: actsBytes(.attention))
+            let actsF = try computeBuffer("acts \(uf.name)", bytes: actsBytes(.ffn))
+            let out = try computeBuffer("recomputed x.\(l + 1)", bytes: inputBytes)
+            var a = BlockActivations(attention: floats(actsA), ffn: floats(actsF), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
+            a.attnIn = floats(input)
+            span("recompute blk.\(l)") {
+                trainer.blockAttentionForward(l, saving: a, parameters: bases(ua, wa))
+                trainer.blockFFNForward(l, output: floats(out), saving: a, parameters: bases(uf, wf))
+            }
+            releaseCompute(out)
+            try backward(l, .ffn, acts: a, weights: wf) { releaseCompute(actsF) }
+            try backward(l, .attention, acts: a, weights: wa) { releaseCompute(actsA); input.free() }
+        }
         // Embedding backward, chunk by chunk, and its update.
-        phaseReserve = backwardReserve
+        enter(phase: 3)
         for (k, u) in embeddingUnits.enumerated() {
             let g = tied ? try take(Self.key("g", u)) : try computeBuffer("g \(u.name)", bytes: u.bytes, zero: true)
             if tied { computeHeld += accountedBytes(g.byteCount) }

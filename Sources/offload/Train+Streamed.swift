@@ -27,7 +27,8 @@ final class StreamedRun: TrainingRun {
         recorder = command.trace != nil ? TraceRecorder() : nil
         let disk = try DiskStore(roots: [folder], options: command.diskStoreOptions, trace: recorder)
         session = try StreamedTrainingSession(config: config, ropeStyle: ropeStyle, data: data, options: options,
-                                              budget: budget, disk: disk, trace: recorder)
+                                              budget: budget, disk: disk, trace: recorder,
+                                              activations: command.strategy.flatMap(StreamedActivations.init(rawValue:)))
         self.budget = budget
         let s = session.streamer
         // The simulator's figure for the same order of work: every block's activations offloaded (or
@@ -48,7 +49,7 @@ final class StreamedRun: TrainingRun {
             try s.initializeRandom(seed: seed)
         }
         let stored = disk.stats.current
-        let activations = (s.offloadsActivations ? "every block's activations to disk and back"
+        let activations = (s.offloadsActivations ? "every half-block's activations to disk and back"
             : "every block recomputed, its input " + (s.keepsInputs ? "kept in memory" : "on disk"))
             + "; head logits of \(s.keptLogitChunks) of \(s.trainer.headChunkCount) vocabulary chunks kept, the others "
             + "to disk and back"

@@ -62,7 +62,7 @@ struct Train: ParsableCommand {
 
     @Option(help: "Compute (RAM) budget, e.g. 256MB or 4GiB: the step follows a planned schedule that keeps, recomputes or offloads activations so that it fits. Absent: everything in memory (the fastest path when it fits).")
     var budget: String?
-    @Option(help: "With --budget: auto (the fastest plan that fits; stream when weights, gradients and AdamW state do not fit), keep, recompute, sqrt, rotor, offload, pofo (parameters in memory), or stream (parameters, gradients and AdamW state on --disk, read in per block; needs --disk).")
+    @Option(help: "With --budget: auto (the fastest plan that fits; stream when weights, gradients and AdamW state do not fit), keep, recompute, sqrt, rotor, offload, pofo (parameters in memory), or stream (parameters, gradients and AdamW state on --disk, read in per half-block; needs --disk). When they do not fit, recompute and offload stream them too, with every block recomputed or every block's activations to disk and back.")
     var strategy: String?
     @Option(help: "With --budget: a folder for offloaded activations (offload, pofo) and streamed parameters (stream).") var disk: String?
     @Option(name: .customLong("disk-limit"),
@@ -161,7 +161,8 @@ struct Train: ParsableCommand {
         // Stream the parameters when asked to, or (auto) when weights, gradients and AdamW state
         // alone would not fit the budget.
         let stateBytes = 4 * ParameterLayout(config: modelConfig).totalFloats * 4
-        let streams = budgetBytes.map { strategy == "stream" || ((strategy ?? "auto") == "auto" && $0 < stateBytes) } ?? false
+        let streamable = ["auto", "recompute", "offload"].contains(strategy ?? "auto")
+        let streams = budgetBytes.map { strategy == "stream" || (streamable && $0 < stateBytes) } ?? false
         let run: TrainingRun
         if let budgetBytes, streams {
             run = try StreamedRun(self, config: modelConfig, ropeStyle: ropeStyle, data: windows, options: options,

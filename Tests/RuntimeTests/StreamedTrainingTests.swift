@@ -23,13 +23,14 @@ final class StreamedTrainingTests: XCTestCase {
 
     /// A streamed trainer at `budget`, or at the smallest budget it runs in (nil).
     func streamed(_ c: LlamaConfig, batch: Int, seqLen: Int, headChunk: Int?, budget: Int?,
-                  folder: String) throws -> StreamedTrainer {
+                  activations: StreamedActivations?, folder: String) throws -> StreamedTrainer {
         let model = try TrainableLlama(config: c, resident: false)
         let trainer = try LlamaTrainer(model: model, batch: batch, seqLen: seqLen, ownsActivations: false, headChunk: headChunk)
         let disk = try DiskStore(roots: [folder])
         let opt = AdamW(weightDecay: 0.1)
-        let minimum = try StreamedTrainer(trainer: trainer, optimizer: opt, budget: 1 << 40, disk: disk).minimumBudget
-        return try StreamedTrainer(trainer: trainer, optimizer: opt, budget: budget ?? minimum, disk: disk)
+        let minimum = try StreamedTrainer(trainer: trainer, optimizer: opt, budget: 1 << 40, disk: disk,
+                                          activations: activations ?? .offload).minimumBudget
+        return try StreamedTrainer(trainer: trainer, optimizer: opt, budget: budget ?? minimum, disk: disk, activations: activations)
     }
 
     func check(_ name: String, batch: Int, seqLen: Int, headChunk: Int?) throws {
@@ -52,10 +53,14 @@ final class StreamedTrainingTests: XCTestCase {
         let folder = NSTemporaryDirectory() + "streamed-\(name)-\(getpid())"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
-        for extra in [0, 3 << 20, 1 << 30] {
-            let atMinimum = try streamed(c, batch: batch, seqLen: seqLen, headChunk: headChunk, budget: nil, folder: folder)
+        // Chosen at the smallest budget, a little above it and far above it; recomputing at its own
+        // smallest budget (inputs on disk) and far above it (inputs kept).
+        for (activations, extra) in [(nil, 0), (nil, 3 << 20), (nil, 1 << 30), (.recompute, 0), (.recompute, 1 << 30)] as [(StreamedActivations?, Int)] {
+            let atMinimum = try streamed(c, batch: batch, seqLen: seqLen, headChunk: headChunk, budget: nil,
+                                         activations: activations, folder: folder)
             let budget = atMinimum.minimumBudget + extra
-            let s = extra == 0 ? atMinimum : try streamed(c, batch: batch, seqLen: seqLen, headChunk: headChunk, budget: budget, folder: folder)
+            let s = extra == 0 ? atMinimum : try streamed(c, batch: batch, seqLen: seqLen, headChunk: headChunk, budget: budget,
+                                                          activations: activations, folder: folder)
             try s.initializeRandom(seed: 7)
             var read = 0
             for (i, (inputs, targets)) in data.enumerated() {
@@ -75,11 +80,13 @@ final class StreamedTrainingTests: XCTestCase {
                 XCTAssertEqual(differ, 0, "\(name) budget \(budget): \(role) differs in \(differ) values")
             }
             if extra == 0 {
-                XCTAssertFalse(s.keepsInputs || s.offloadsActivations, "at the minimum, block inputs go to disk")
+                XCTAssertEqual(s.activations, activations ?? .offload, "at the smallest budget, activations go to disk")
+                XCTAssertFalse(s.keepsInputs, "at the smallest budget, nothing stays in memory between the passes")
                 XCTAssertEqual(s.keptLogitChunks, 0, "at the minimum, every head chunk's logits go to disk and back")
             }
             if extra == 1 << 30 {
-                XCTAssertTrue(s.offloadsActivations, "a large budget offloads activations")
+                XCTAssertEqual(s.activations, activations ?? .offload)
+                XCTAssertEqual(s.keepsInputs, activations == .recompute, "a large budget keeps block inputs when recomputing")
                 XCTAssertEqual(s.keptLogitChunks, s.trainer.headChunkCount, "a large budget keeps every chunk's logits")
             }
         }
