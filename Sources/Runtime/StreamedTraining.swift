@@ -168,10 +168,11 @@ public final class StreamedTrainer {
         // recomputed output and a half's gradient; the input, the block's weights and a part of m and v.
         let forwardReserve = 2 * input + acts
         let headReserve = 3 * input + accountedBytes(n * 4) + logits + chunkUnit + normW
+        let offloadReserve = input + halfW, recomputeReserve = 2 * input + acts + halfW
         let forward = forwardReserve + halfW
         let head = headReserve + normW + chunkUnit + max(logits, 2 * maxPart)
-        let offloading = input + 2 * halfW + max(maxHalfActs, 2 * maxPart)
-        let recomputing = 2 * input + acts + halfW + input + blockW + 2 * maxPart
+        let offloading = offloadReserve + halfW + max(maxHalfActs, 2 * maxPart)
+        let recomputing = recomputeReserve + input + blockW + 2 * maxPart
         let scratch = trainer.activationBytes
         let offloadMinimum = scratch + max(forward, head, offloading)
         let recomputeMinimum = scratch + max(forward, head, recomputing)
@@ -190,7 +191,7 @@ public final class StreamedTrainer {
                                + "backward \(formatBytes(offloads ? offloading : recomputing)) "
                                + (offloads ? "offloading" : "recomputing") + " activations)")
         }
-        reserves = [forwardReserve, headReserve, offloads ? input + halfW : 3 * input + acts + halfW, input + chunkUnit]
+        reserves = [forwardReserve, headReserve, offloads ? offloadReserve : recomputeReserve, input + chunkUnit]
         let checkpoints = c.layers * input
         keepsInputs = !offloads && budget - minimumBudget - checkpoints >= 2 * blockW
         let ahead = (offloads ? lookahead : input + blockW) + 2 * maxPart
