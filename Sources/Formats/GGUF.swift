@@ -226,6 +226,26 @@ public final class GGUFFile: @unchecked Sendable {
         return (t, dt, UnsafeRawBufferPointer(start: map! + dataOffset + t.offset, count: n))
     }
 
+    /// A copy of the tensor's bytes, read from the file without touching the mapping. For a caller
+    /// that keeps the mapping out of its resident memory: the page cache may hold the file in large
+    /// folios (after a sequential read of it), and one touch of the mapping maps a whole folio.
+    public func copy(_ name: String) throws -> (info: GGUFTensorInfo, dtype: DType, bytes: [UInt8]) {
+        let (t, dt, view) = try data(name)
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw OffloadError("[gguf] \(fileName): cannot open: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: view.count)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(dataOffset + t.offset + done)) }
+            guard n > 0 else {
+                throw OffloadError("[gguf] \(fileName): cannot read tensor \(name): " + (n == 0 ? "file ends early" : String(cString: strerror(errno))))
+            }
+            done += n
+        }
+        return (t, dt, bytes)
+    }
+
     /// Absolute file offset of a tensor's bytes (for direct I/O).
     public func fileOffset(of name: String) -> Int? { info(name).map { dataOffset + $0.offset } }
 

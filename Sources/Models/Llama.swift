@@ -193,10 +193,8 @@ public final class LlamaModel {
         halfSplitRope = source.ropeStyle == .halfSplit
         rope = RopeTable(headDim: c.headDim, maxPositions: min(maxPositions ?? c.contextLength, c.contextLength),
                          theta: c.ropeTheta)
-        func vector(_ name: String) throws -> [Float] {
-            let t = try source.tensor(name)
-            return Dequantize.toF32(t.dtype, t.bytes, count: t.elements)
-        }
+        // Norms copied out: the matrices are streamed, so nothing maps the file's pages.
+        func vector(_ name: String) throws -> [Float] { try source.vector(name) }
         // A placeholder the forward never reads: the supplier's matrices replace it.
         let none = WeightMatrix(data: UnsafeRawPointer(bitPattern: 64)!, dtype: .f32, rows: 0, cols: 0)
         blocks = try (0..<c.layers).map { i in

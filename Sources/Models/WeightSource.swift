@@ -4,6 +4,7 @@
 // convention the Q and K rows follow (GGUF files permute them for adjacent pairs).
 
 import Formats
+import Kernels
 import Tensors
 
 /// A tensor's bytes as a file holds them. `shape` is row-major, outermost first.
@@ -28,10 +29,17 @@ public protocol WeightSource: AnyObject {
     /// Drops the mapped file's pages read so far from this process's resident memory; bytes read
     /// after this are the same (mapped back from the page cache), so it is only a matter of cost.
     func dropResidentPages()
+    /// A small tensor (a norm) as fp32, copied out without mapping the file's pages into this process.
+    func vector(_ name: String) throws -> [Float]
 }
 
 extension WeightSource {
     public func dropResidentPages() {}
+
+    public func vector(_ name: String) throws -> [Float] {
+        let t = try tensor(name)
+        return Dequantize.toF32(t.dtype, t.bytes, count: t.elements)
+    }
 
     /// Checks that every parameter the config describes is present with the expected shape.
     public func validateTensors() throws {
@@ -63,6 +71,11 @@ public final class GGUFWeights: WeightSource {
     }
 
     public func dropResidentPages() { file.dropResidentPages() }
+
+    public func vector(_ name: String) throws -> [Float] {
+        let (info, dtype, bytes) = try file.copy(name)
+        return bytes.withUnsafeBytes { Dequantize.toF32(dtype, $0, count: info.shape.reduce(1, *)) }
+    }
 }
 
 extension LlamaConfig {
