@@ -94,6 +94,24 @@ final class ExecutorCommandTests: OffloadCommandTestCase {
                        FileManager.default.contents(atPath: work + "/plain4/model.safetensors"))
     }
 
+    func testStreamedRunRecomputesWhenAsked() throws {
+        // Below the parameters' size, --strategy recompute streams them and recomputes every block
+        // instead of offloading its activations: the same losses as the in-memory run.
+        let noClip = run + ["--grad-clip", "0"]
+        let plain = try offload(noClip + ["--log", "plain.jsonl"])
+        XCTAssertEqual(plain.status, 0, plain.err)
+        for strategy in ["recompute", "offload"] {
+            let r = try offload(noClip + ["--log", "\(strategy).jsonl", "--budget", "24000000", "--disk", work, "--strategy", strategy])
+            XCTAssertEqual(r.status, 0, r.err)
+            XCTAssertTrue(r.err.contains(strategy == "recompute" ? "every block recomputed" : "activations to disk and back"), r.err)
+            let a = try logLines("plain.jsonl"), b = try logLines("\(strategy).jsonl")
+            XCTAssertEqual(b.count, 3)
+            for (x, y) in zip(a, b) {
+                XCTAssertEqual(x["loss"] as? Double, y["loss"] as? Double, "\(strategy): loss at step \(x["step"] ?? "?")")
+            }
+        }
+    }
+
     func testTooSmallABudgetSaysWhatItNeeds() throws {
         // Parameters that do not fit are streamed: that needs a spill folder, and a budget of at least one block's step.
         let r = try offload(run + ["--budget", "1MB"])
