@@ -224,10 +224,7 @@ public final class LlamaModel {
             }
             return WeightMatrix(data: t.bytes.baseAddress!, dtype: t.dtype, rows: t.shape[0], cols: t.shape[1])
         }
-        func vector(_ name: String) throws -> [Float] {
-            let t = try source.tensor(name)
-            return Dequantize.toF32(t.dtype, t.bytes, count: t.elements)
-        }
+        func vector(_ name: String) throws -> [Float] { try source.vector(name) }
         try source.validateTensors()
         blocks = try (0..<c.layers).map { i in
             let p = "blk.\(i)."

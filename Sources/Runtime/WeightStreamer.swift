@@ -140,7 +140,7 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
         var total = 0
         for i in order where total < limit { list.append(plan.stages[i]); total += plan.stages[i].bufferBytes }
         let n = min(plan.readerThreads, slots.count)
-        let errors = ErrorBox()
+        let errors = FirstError()
         let stages = list
         let t0 = now()
         DispatchQueue.concurrentPerform(iterations: n) { k in
@@ -367,10 +367,4 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
         }
         trace?.span("split \(s.name)", stream: "read", since: t0)
     }
-}
-
-private final class ErrorBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private(set) var error: Error?
-    func set(_ e: Error) { lock.lock(); if error == nil { error = e }; lock.unlock() }
 }

@@ -363,7 +363,7 @@ func measureDuplex(folder: String, bytes: Int) throws -> Double {
     var best = 0.0
     for pass in 0..<2 {
         let group = DispatchGroup()
-        let failure = Failure()
+        let failure = FirstError()
         let t = seconds {
             let done: @Sendable (OffloadError?) -> Void = { e in failure.set(e); group.leave() }
             group.enter()
@@ -398,7 +398,7 @@ func measureInterference(folder: String, bytes: Int, quick: Bool) throws -> Doub
     var costs: [Double] = []
     for _ in 0..<3 {
         let alone = workload(repeats)
-        let moved = Counter(), stop = Counter(), failure = Failure()
+        let moved = Counter(), stop = Counter(), failure = FirstError()
         let io = Thread {
             var i = 0
             while stop.value == 0 && failure.error == nil {
@@ -423,14 +423,6 @@ func measureInterference(folder: String, bytes: Int, quick: Bool) throws -> Doub
         if during > 0 { costs.append((beside - alone) / (during / elapsed * beside)) }
     }
     return max(0, median(costs))
-}
-
-/// A first error, set from any thread.
-private final class Failure: @unchecked Sendable {
-    private let lock = NSLock()
-    private var first: OffloadError?
-    var error: OffloadError? { lock.lock(); defer { lock.unlock() }; return first }
-    func set(_ e: OffloadError?) { guard let e else { return }; lock.lock(); if first == nil { first = e }; lock.unlock() }
 }
 
 private final class Counter: @unchecked Sendable {
