@@ -34,7 +34,7 @@ public final class AlignedBuffer: @unchecked Sendable {
     private var released = false
 
     public convenience init(byteCount: Int) throws {
-        try self.init(byteCount: byteCount, cache: nil)
+        try self.init(byteCount: byteCount, cache: nil, hugePages: true)
     }
 
     static func capacity(for byteCount: Int) -> Int { max(accountedBytes(byteCount), alignment) }
@@ -61,6 +61,12 @@ public final class AlignedBuffer: @unchecked Sendable {
     /// Fresh zeroed pages of `capacity` bytes. With `hugePages`, large buffers start on a 2 MiB
     /// boundary and ask for transparent huge pages: fewer page faults when fresh, fewer TLB misses
     /// in the kernels, cheaper pinning for direct I/O; but a partly touched huge page is resident whole.
+    ///
+    /// Direct I/O needs them most. The block layer makes one segment of each physically contiguous
+    /// run of a buffer's pages, and a request of more segments than the disk takes (254 on this
+    /// virtio disk) is split. A 4 MiB read into 4 KiB pages reached the disk as 6–8 requests of
+    /// ~600 KiB and ran at 1.1–1.4 GB/s; into huge pages, as one request at 3.4–4.0 GB/s
+    /// (docs/MEMORY.md).
     static func mapPages(_ capacity: Int, hugePages: Bool) throws -> UnsafeMutableRawPointer {
         let huge = hugePages && capacity >= 4 << 20, hugeSize = 2 << 20
         let length = huge ? capacity + hugeSize : capacity
@@ -281,13 +287,14 @@ public final class MemoryTier: @unchecked Sendable {
     ///   - reuse: at most this many bytes of freed buffers are kept for reuse by allocations of
     ///     the same size (never more than the budget leaves).
     ///   - hugePages: large buffers on transparent huge pages: faster for buffers that are used
-    ///     whole (a training step's units and activations), up to 2 MiB more resident per buffer.
+    ///     whole (a training step's units and activations), and direct I/O reaches the disk in
+    ///     whole requests; up to 2 MiB more resident per buffer that is only partly touched.
     ///   - arena: buffers come from one reservation of `limit` bytes (see `Arena`), whose pages are
     ///     touched once and then reused: for a tier that allocates the same sizes over and over, with
     ///     all of its budget in use. An allocation the arena cannot place (a freed buffer is still pinned by
     ///     a transfer in flight) comes from the system instead.
     public init(_ tier: Tier = .compute, limit: Int = .max, trace: TraceRecorder? = nil, reuse: Int = 1 << 30,
-                hugePages: Bool = false, arena: Bool = false) {
+                hugePages: Bool = true, arena: Bool = false) {
         self.hugePages = hugePages
         precondition(tier != .disk, "the disk tier is a DiskStore")
         ledger = Ledger(tier: tier, limit: limit, trace: trace)

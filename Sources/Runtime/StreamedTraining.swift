@@ -197,7 +197,7 @@ public final class StreamedTrainer {
         let ahead = (offloads ? lookahead : input + blockW) + 2 * maxPart
         let spare = budget - minimumBudget - ahead - (keepsInputs ? checkpoints : 0)
         keptLogitChunks = min(trainer.headChunkCount, max(0, spare / logits))
-        memory = MemoryTier(.compute, limit: budget - scratch, trace: trace, hugePages: true, arena: true)
+        memory = MemoryTier(.compute, limit: budget - scratch, trace: trace, arena: true)
         engine = TransferEngine(memory: memory, disk: disk, trace: trace)
     }
 
