@@ -529,8 +529,17 @@ static void run_chunks(ck_pool *pool, uint32_t gen) {
     atomic_fetch_sub_explicit(&pool->inflight, 1, memory_order_acq_rel);
 }
 
+// The index of the pool thread running this code: 0 for the thread that calls pool_run,
+// 1..n-1 for the workers (per-thread scratch in ck_pool_for's tasks).
+static _Thread_local int pool_thread_index = 0;
+
+typedef struct { ck_pool *pool; int index; } worker_arg;
+
 static void *worker_main(void *p) {
-    ck_pool *pool = p;
+    worker_arg arg = *(worker_arg *)p;
+    free(p);
+    ck_pool *pool = arg.pool;
+    pool_thread_index = arg.index;
     uint32_t seen = 0;
     for (;;) {
         uint32_t g;
@@ -556,7 +565,11 @@ ck_pool *ck_pool_create(int threads) {
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->cv, NULL);
     pool->threads = calloc((size_t)threads, sizeof(pthread_t));
-    for (int i = 1; i < threads; i++) pthread_create(&pool->threads[i], NULL, worker_main, pool);
+    for (int i = 1; i < threads; i++) {
+        worker_arg *arg = malloc(sizeof(worker_arg));
+        arg->pool = pool; arg->index = i;
+        pthread_create(&pool->threads[i], NULL, worker_main, arg);
+    }
     return pool;
 }
 
@@ -588,6 +601,18 @@ static void pool_run(ck_pool *pool, ck_range_fn fn, void *ctx, int items, int ch
     for (int spins = 0; atomic_load_explicit(&pool->inflight, memory_order_acquire) > 0; spins++) {
         if (spins < 20000) _mm_pause(); else sched_yield();
     }
+}
+
+typedef struct { ck_task_fn fn; void *ctx; } for_ctx;
+
+static void for_task(void *p, int begin, int end) {
+    for_ctx *c = p;
+    c->fn(c->ctx, begin, end, pool_thread_index);
+}
+
+void ck_pool_for(ck_pool *pool, ck_task_fn fn, void *ctx, int items, int chunk) {
+    for_ctx c = { fn, ctx };
+    pool_run(pool, for_task, &c, items, chunk);
 }
 
 // ------------------------------------------------------------ matvec / matmat

@@ -31,19 +31,29 @@ public func attentionForward(_ pool: ComputePool, _ out: UnsafeMutablePointer<Fl
     let keys = start + rows
     let scale = 1 / Float(d).squareRoot()
     // Bands of 64 query rows: a band attends only to keys up to its last row, so
-    // the work past the diagonal (half of it for a prompt) is never done.
-    let band = 64
-    for h in 0..<shape.heads {
+    // the work past the diagonal (half of it for a prompt) is never done. Every
+    // (head, band) is a task of its own on the pool, with single-threaded sgemms and
+    // its scores in the thread's own band of `scores` (rows × keys floats hold one
+    // band of 64 rows per thread once rows ≥ 64 × threads; below, fewer threads run).
+    let band = 64, bands = (rows + band - 1) / band
+    let slots = max(1, rows / band)
+    let run = { (task: Int, slot: Int) in
+        let h = task / bands, r0 = (task % bands) * band
         let kh = (h / group) * d
-        for r0 in stride(from: 0, to: rows, by: band) {
-            let m = min(band, rows - r0), n = start + r0 + m
-            let sb = scores + r0 * keys
-            Matmul.sgemmNT(m: m, n: n, k: d, alpha: scale, a: q + r0 * qs + h * d, lda: qs, b: k + kh, ldb: kvs,
-                           c: sb, ldc: keys)
-            ck_softmax_causal(pool.pool, sb, Int32(m), Int32(n), Int32(keys), Int32(start + r0))
-            Matmul.sgemmNN(m: m, n: d, k: n, a: sb, lda: keys, b: v + kh, ldb: kvs,
-                           c: out + r0 * qs + h * d, ldc: qs)
+        let m = min(band, rows - r0), n = start + r0 + m
+        let sb = scores + slot * band * keys
+        Matmul.sgemmNT(m: m, n: n, k: d, alpha: scale, a: q + r0 * qs + h * d, lda: qs, b: k + kh, ldb: kvs,
+                       c: sb, ldc: keys)
+        ck_softmax_causal(nil, sb, Int32(m), Int32(n), Int32(keys), Int32(start + r0))
+        Matmul.sgemmNN(m: m, n: d, k: n, a: sb, lda: keys, b: v + kh, ldb: kvs,
+                       c: out + r0 * qs + h * d, ldc: qs)
+    }
+    if slots >= pool.threads {
+        pool.forEach(items: shape.heads * bands) { begin, end, thread in
+            for task in begin..<end { run(task, thread) }
         }
+    } else {
+        for task in 0..<shape.heads * bands { run(task, 0) }
     }
 }
 

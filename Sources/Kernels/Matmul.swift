@@ -57,15 +57,30 @@ public enum Matmul {
             }
             return
         }
-        for (w, y) in outputs {
-            let wf: UnsafePointer<Float>
-            if w.dtype == .f32 {
-                wf = w.data.assumingMemoryBound(to: Float.self)
-            } else {
-                ck_dequantize_rows(pool.pool, w.data, w.ckType, scratch, Int32(w.rows), Int32(cols))
-                wf = UnsafePointer(scratch)
+        // Many rows: slices of each matrix's rows, spread over the pool; a thread dequantizes
+        // its slice into its own part of `scratch` (still in its cache) and multiplies it with
+        // a single-threaded sgemm. Which thread runs a slice never changes its result.
+        let maxRows = outputs.map(\.w.rows).max()!
+        let sliceRows = max(1, min(256, maxRows / pool.threads))
+        var slices: [(output: Int, row: Int)] = []
+        for (j, o) in outputs.enumerated() {
+            for r in stride(from: 0, to: o.w.rows, by: sliceRows) { slices.append((j, r)) }
+        }
+        slices.withUnsafeBufferPointer { slices in
+            pool.forEach(items: slices.count) { begin, end, thread in
+                for (j, r0) in slices[begin..<end] {
+                    let (w, y) = outputs[j], m = min(sliceRows, w.rows - r0)
+                    let wf: UnsafePointer<Float>
+                    if w.dtype == .f32 {
+                        wf = w.data.assumingMemoryBound(to: Float.self) + r0 * cols
+                    } else {
+                        let part = scratch + thread * sliceRows * cols
+                        ck_dequantize_rows(nil, w.data + r0 * w.rowBytes, w.ckType, part, Int32(m), Int32(cols))
+                        wf = UnsafePointer(part)
+                    }
+                    sgemmNT(m: n, n: m, k: cols, a: x, lda: cols, b: wf, ldb: cols, c: y + r0, ldc: w.rows)
+                }
             }
-            sgemmNT(m: n, n: w.rows, k: cols, a: x, lda: cols, b: wf, ldb: cols, c: y, ldc: w.rows)
         }
     }
 

@@ -6,6 +6,7 @@
 import ArgumentParser
 import CBLAS
 import Foundation
+import Kernels
 import Memory
 import Tensors
 
@@ -212,7 +213,7 @@ struct MeasuredProfile: Codable {
 
     func table() -> String {
         var lines = ["offload profile: \(machine), \(measuredAt)", ""]
-        lines.append("GEMM (OpenBLAS sgemm, \(threads) threads)")
+        lines.append("GEMM (OpenBLAS sgemm, \(BLASSetup.coreName) kernels, \(threads) threads)")
         lines.append(pad("shape", 26) + lpad("M", 6) + lpad("N", 6) + lpad("K", 6) + lpad("GFLOP/s", 10))
         for g in gemm {
             lines.append(pad(g.shape, 26) + lpad("\(g.m)", 6) + lpad("\(g.n)", 6) + lpad("\(g.k)", 6)

@@ -79,6 +79,47 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    func testPoolForEachRunsEveryItemOnceOnAPoolThread() {
+        for (items, chunk) in [(1, 1), (37, 1), (1000, 7), (64, 64)] {
+            let seen = UnsafeMutablePointer<Int>.allocate(capacity: items)
+            seen.initialize(repeating: 0, count: items)
+            defer { seen.deallocate() }
+            let badThread = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+            badThread.initialize(to: 0)
+            defer { badThread.deallocate() }
+            pool.forEach(items: items, chunk: chunk) { begin, end, thread in
+                if thread < 0 || thread >= pool.threads { badThread.pointee = 1 }
+                for i in begin..<end { seen[i] += 1 }  // each item belongs to one chunk: no race
+            }
+            XCTAssertEqual(badThread.pointee, 0, "a thread index outside 0..<\(pool.threads)")
+            XCTAssertEqual((0..<items).filter { seen[$0] != 1 }, [], "items run other than once (\(items) items, chunk \(chunk))")
+        }
+    }
+
+    func testSgemmPathWithSeveralMatricesInSlicesMatchesReference() {
+        // Two outputs sharing the input, one longer than the 256-row slices and not a multiple of them.
+        let cols = 64, n = Matmul.directRowLimit + 20
+        let shapes = [45, 600]
+        var g = TestRNG(11)
+        let x = g.floats(n * cols)
+        let ws = shapes.enumerated().map { randomWeights(.q4_1, rows: $0.element, cols: cols, seed: UInt64(20 + $0.offset)) }
+        var y0 = [Float](repeating: .nan, count: n * shapes[0]), y1 = [Float](repeating: .nan, count: n * shapes[1])
+        var scratch = [Float](repeating: 0, count: shapes.max()! * cols)
+        ws[0].withUnsafeBytes { w0 in ws[1].withUnsafeBytes { w1 in
+            let ms = [WeightMatrix(data: w0.baseAddress!, dtype: .q4_1, rows: shapes[0], cols: cols),
+                      WeightMatrix(data: w1.baseAddress!, dtype: .q4_1, rows: shapes[1], cols: cols)]
+            x.withUnsafeBufferPointer { xb in y0.withUnsafeMutableBufferPointer { b0 in y1.withUnsafeMutableBufferPointer { b1 in
+                scratch.withUnsafeMutableBufferPointer { sb in
+                    Matmul.linear(pool, x: xb.baseAddress!, n: n, [(ms[0], b0.baseAddress!), (ms[1], b1.baseAddress!)],
+                                  scratch: sb.baseAddress!)
+                }
+            }}}
+            for (y, m) in zip([y0, y1], ms) {
+                assertClose(y, Matmul.reference(x: x, n: n, w: m), rtol: 1e-4, atol: 1e-4, "output of \(m.rows) rows")
+            }
+        }}
+    }
+
     func testSgemmPathMatchesReference() {
         // More input rows than the direct limit: dequantize + OpenBLAS.
         for dtype in [DType.q4_1, .q8_0, .f32, .f16] {

@@ -15,6 +15,13 @@ ck_pool *ck_pool_create(int threads);
 void ck_pool_destroy(ck_pool *pool);
 int ck_pool_threads(const ck_pool *pool);
 
+/// A task over items [begin, end), run by pool thread `thread` (0 ..< ck_pool_threads).
+typedef void (*ck_task_fn)(void *ctx, int begin, int end, int thread);
+/// Runs fn over items [0, items) in chunks of `chunk` on every thread of the pool; returns
+/// when all are done. Threads claim chunks one at a time, so a descheduled thread delays
+/// nothing. `pool` may be NULL (runs on the calling thread, as thread 0).
+void ck_pool_for(ck_pool *pool, ck_task_fn fn, void *ctx, int items, int chunk);
+
 /// One matrix-vector product y[0..rows) = W[rows, cols] · x. W's rows are
 /// contiguous in `dtype` (cols a multiple of 32 for quantized types).
 typedef struct {
