@@ -251,7 +251,6 @@ AVX2 static void dot_rows_avx2(const uint8_t *row, int dtype, const float *x, in
 // per instruction of the AVX2 path, which is what decode is bound by.
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
-
 AVX512 static inline void nibbles16(const uint8_t *q, __m512 *lo, __m512 *hi) {
     __m128i b = _mm_loadu_si128((const __m128i *)q);
     __m128i l = _mm_and_si128(b, _mm_set1_epi8(15));
