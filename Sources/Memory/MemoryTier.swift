@@ -68,7 +68,7 @@ public final class AlignedBuffer: @unchecked Sendable {
     /// ~600 KiB and ran at 1.1–1.4 GB/s; into huge pages, as one request at 3.4–4.0 GB/s
     /// (docs/MEMORY.md).
     static func mapPages(_ capacity: Int, hugePages: Bool) throws -> UnsafeMutableRawPointer {
-        let huge = hugePages && capacity >= 4 << 20, hugeSize = 2 << 20
+        let huge = hugePages && capacity >= 2 << 20, hugeSize = 2 << 20
         let length = huge ? capacity + hugeSize : capacity
         guard let m = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), m != MAP_FAILED else {
             throw OffloadError("[memory] cannot allocate \(formatBytes(capacity)): \(String(cString: strerror(errno)))")
