@@ -60,7 +60,8 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
     private var named: [String: TierBuffer] = [:]
     private var resident: [Int: TierBuffer] = [:]
     private var slots: [TierBuffer] = []
-    private var splitStaging: [TierBuffer] = []
+    /// Where the compute thread rewrites a taken stage's Q4_1 matrices for the decode kernel.
+    private var splitStaging: TierBuffer?
     private var embeddingBuffer: TierBuffer?
 
     private let cond = NSCondition()
@@ -93,21 +94,20 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
         }
         embeddingDType = dt; embeddingOffset = eo; embeddingRowBytes = rb
         let stagingEach = plan.stages.filter(\.splitsForDecode).flatMap(\.matrices).map(\.byteCount).max() ?? 0
-        if stagingEach > 0 {
-            for i in 0..<plan.readerThreads { splitStaging.append(try tier.allocate("stream.split.\(i)", bytes: stagingEach)) }
-        }
+        if stagingEach > 0 { splitStaging = try tier.allocate("stream.split", bytes: stagingEach) }
         embeddingBuffer = try tier.allocate("stream.embedding", bytes: alignUp(rb) + 2 * AlignedBuffer.alignment)
         for i in 0..<plan.ringSlots { slots.append(try tier.allocate("stream.slot.\(i)", bytes: plan.slotBytes)) }
         slotBusy = Array(repeating: false, count: plan.ringSlots)
         for s in plan.stages where plan.resident.contains(s.index) {
             let b = try tier.allocate("resident.\(s.name)", bytes: s.bufferBytes)
-            try readStage(s, into: b.baseAddress, split: s.splitsForDecode, staging: splitStaging.first)
+            try readRuns(s, into: b.baseAddress)
+            if s.splitsForDecode { splitForDecode(s, at: b.baseAddress) }
             resident[s.index] = b
         }
         readBandwidth = try measureReadBandwidth()
         for i in 0..<plan.readerThreads {
             exited.enter()
-            let t = Thread { [self] in readerLoop(i) }
+            let t = Thread { [self] in readerLoop() }
             t.name = "offload-stream-\(i)"
             t.start()
             threads.append(t)
@@ -243,6 +243,7 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
         cond.unlock()
         if let trace, let tw, waited > 20e-6 { trace.span("wait \(plan.stages[s].name)", stream: "compute", since: tw) }
         if let e = it.error { throw e }
+        if it.split { splitForDecode(plan.stages[s], at: slots[it.slot].baseAddress) }
         computeStart[s] = trace?.now()
         return (UnsafeRawPointer(slots[it.slot].baseAddress), it.split)
     }
@@ -296,7 +297,7 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
 
     // MARK: Readers
 
-    private func readerLoop(_ id: Int) {
+    private func readerLoop() {
         defer { exited.leave() }
         while true {
             cond.lock()
@@ -317,8 +318,7 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
             let t0 = now()
             var err: Error?
             do {
-                try readStage(plan.stages[it.stage], into: slots[it.slot].baseAddress, split: it.split,
-                              staging: splitStaging.isEmpty ? nil : splitStaging[id])
+                try readRuns(plan.stages[it.stage], into: slots[it.slot].baseAddress)
             } catch { err = error }
             let dt = now() - t0
             cond.lock()
@@ -352,19 +352,17 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
         trace?.span("read \(s.name)", stream: "read", since: t0, args: ["bytes": Double(s.bufferBytes)])
     }
 
-    /// Reads stage `s` into `base`; with `split`, rewrites its Q4_1 matrices in
-    /// place into the decode kernel's split layout (same bytes as
-    /// `Matmul.splitForDecode` makes for a resident model).
-    private func readStage(_ s: WeightStage, into base: UnsafeMutableRawPointer, split: Bool,
-                           staging: TierBuffer?) throws {
-        try readRuns(s, into: base)
-        guard split, let staging else { return }
+    /// Rewrites stage `s`'s Q4_1 matrices at `base` in place into the decode kernel's split
+    /// layout (same bytes as `Matmul.splitForDecode` makes for a resident model). On the compute
+    /// thread, which waits for reads most of the time: on a reader, it held the disk idle.
+    private func splitForDecode(_ s: WeightStage, at base: UnsafeMutableRawPointer) {
+        guard let staging = splitStaging else { return }
         let t0 = trace?.now() ?? 0
         for m in s.matrices where m.dtype == .q4_1 {
             let p = base + m.bufferOffset
             ck_split_q4_1(p, staging.baseAddress, Int32(m.rows), Int32(m.cols))
             p.copyMemory(from: staging.baseAddress, byteCount: m.byteCount)
         }
-        trace?.span("split \(s.name)", stream: "read", since: t0)
+        trace?.span("split \(s.name)", stream: "compute", since: t0)
     }
 }

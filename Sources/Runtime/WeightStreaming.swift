@@ -190,16 +190,18 @@ public struct StreamingPlan: Sendable {
         let splitStaging = accountedBytes(stages.filter(\.splitsForDecode).flatMap(\.matrices).map(\.byteCount).max() ?? 0)
         let headRow = stages.last?.matrices.first.map { $0.byteCount / $0.rows } ?? 0
         let embeddingStaging = accountedBytes(alignUp(headRow) + 2 * AlignedBuffer.alignment)
-        func staging(_ readers: Int) -> Int { readers * splitStaging + embeddingStaging }
+        // The compute thread rewrites a stage for the decode kernel as it takes it (the readers
+        // only read): one split staging buffer, however many readers.
+        let staging = splitStaging + embeddingStaging
         // The least that runs: one stage buffer, activations, and the KV cache of one layer staged from disk
         // (a block of several sequences keeps every cache in memory).
-        let bare = scratchBytes + staging(1) + slotBytes
+        let bare = scratchBytes + staging + slotBytes
         minimumBudget = bare + (sequences > 1 ? sequences * c.layers * layerKV : min(kvStaging, c.layers * layerKV))
         guard budget >= minimumBudget else {
             throw OffloadError("[stream] budget \(formatBytes(budget)) (\(budget) bytes) is below the minimum "
                 + "\(formatBytes(minimumBudget)) (\(minimumBudget) bytes) for this prompt and context: one stage buffer "
                 + "\(formatBytes(slotBytes)) + KV cache \(sequences > 1 ? "of \(sequences) sequences \(formatBytes(minimumBudget - bare))" : "staging of one layer \(formatBytes(minimumBudget - bare))") "
-                + "+ activations \(formatBytes(scratchBytes)) + read staging \(formatBytes(staging(1)))")
+                + "+ activations \(formatBytes(scratchBytes)) + read staging \(formatBytes(staging))")
         }
         // KV cache in memory for as many layers as fit (all, when they do); the rest on disk.
         if budget >= bare + sequences * c.layers * layerKV {
@@ -211,9 +213,8 @@ public struct StreamingPlan: Sendable {
             kvCacheBytes = inMemory * layerKV + kvStaging
         }
         let fixed = kvCacheBytes + scratchBytes
-        var slots = budget >= fixed + staging(2) + 2 * slotBytes ? 2 : 1
-        readerThreads = slots
-        stagingBytes = staging(readerThreads)
+        var slots = budget >= fixed + staging + 2 * slotBytes ? 2 : 1
+        stagingBytes = staging
         var left = budget - fixed - stagingBytes - slots * slotBytes
         // Keep as many stages resident as fit; each saves its bytes on every token.
         var resident = Set<Int>()
@@ -225,6 +226,10 @@ public struct StreamingPlan: Sendable {
         }
         // Room left: one more buffer, so two reads can be in flight while a stage computes.
         while slots < maxSlots, left >= slotBytes, resident.count < stages.count { slots += 1; left -= slotBytes }
+        // Readers: one fewer than the buffers, as one is always being computed. With two buffers,
+        // two readers filled both at once, both finished together, and the disk idled while the
+        // compute consumed them; one reader reads the next stage while one computes.
+        readerThreads = max(1, slots - 1)
         self.resident = resident; self.residentBytes = residentBytes; ringSlots = slots
     }
 }
