@@ -34,16 +34,25 @@ public func perplexity(model: LlamaModel, tokens: [Int], seqLen: Int,
         cache.reset()
         let window = Array(tokens[range])
         let logits = try model.forward(Array(window.dropLast()), cache: cache, allLogits: true)
+        // Each row's negative log-likelihood on the pool (a softmax over the whole vocabulary
+        // each), then summed in order: the same total as one thread computes.
+        let rows = window.count - 1
+        var nll = [Double](repeating: 0, count: rows)
         logits.withUnsafeBufferPointer { l in
-            for i in 0..<(window.count - 1) {
-                let row = l.baseAddress! + i * vocab
-                var m = -Float.infinity
-                for j in 0..<vocab { m = max(m, row[j]) }
-                var z = 0.0
-                for j in 0..<vocab { z += Foundation.exp(Double(row[j] - m)) }
-                result.totalNLL += Foundation.log(z) + Double(m) - Double(row[window[i + 1]])
+            nll.withUnsafeMutableBufferPointer { out in
+                model.pool.forEach(items: rows) { begin, end, _ in
+                    for i in begin..<end {
+                        let row = l.baseAddress! + i * vocab
+                        var m = -Float.infinity
+                        for j in 0..<vocab { m = max(m, row[j]) }
+                        var z = 0.0
+                        for j in 0..<vocab { z += Foundation.exp(Double(row[j] - m)) }
+                        out[i] = Foundation.log(z) + Double(m) - Double(row[window[i + 1]])
+                    }
+                }
             }
         }
+        for v in nll { result.totalNLL += v }
         result.tokensScored += window.count - 1
         progress(w + 1, windows.count)
     }
