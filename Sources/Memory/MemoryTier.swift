@@ -34,14 +34,14 @@ public final class AlignedBuffer: @unchecked Sendable {
     private var released = false
 
     public convenience init(byteCount: Int) throws {
-        try self.init(byteCount: byteCount, cache: nil, hugePages: true)
+        try self.init(byteCount: byteCount, cache: nil)
     }
 
     static func capacity(for byteCount: Int) -> Int { max(accountedBytes(byteCount), alignment) }
 
     /// A buffer over `reused` memory (taken from `cache` or `arena`, of the right capacity)
     /// or fresh memory; it returns to `arena` (when it came from there) or `cache` when the buffer goes.
-    init(byteCount: Int, cache: BufferCache?, reused: UnsafeMutableRawPointer? = nil, hugePages: Bool = false,
+    init(byteCount: Int, cache: BufferCache?, reused: UnsafeMutableRawPointer? = nil, hugePages: Bool = true,
          arena: Arena? = nil) throws {
         guard byteCount >= 0 else { throw OffloadError("[memory] negative buffer size \(byteCount)") }
         let capacity = AlignedBuffer.capacity(for: byteCount)

@@ -93,8 +93,7 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
             throw OffloadError("[stream] \(file.fileName): token_embd.weight is missing or not a matrix")
         }
         embeddingDType = dt; embeddingOffset = eo; embeddingRowBytes = rb
-        let stagingEach = plan.stages.filter(\.splitsForDecode).flatMap(\.matrices).map(\.byteCount).max() ?? 0
-        if stagingEach > 0 { splitStaging = try tier.allocate("stream.split", bytes: stagingEach) }
+        if plan.splitStagingBytes > 0 { splitStaging = try tier.allocate("stream.split", bytes: plan.splitStagingBytes) }
         embeddingBuffer = try tier.allocate("stream.embedding", bytes: alignUp(rb) + 2 * AlignedBuffer.alignment)
         for i in 0..<plan.ringSlots { slots.append(try tier.allocate("stream.slot.\(i)", bytes: plan.slotBytes)) }
         slotBusy = Array(repeating: false, count: plan.ringSlots)

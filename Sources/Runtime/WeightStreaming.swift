@@ -164,7 +164,10 @@ public struct StreamingPlan: Sendable {
     /// Layers whose KV cache lives on disk (the last ones), read and written each step.
     public var kvDiskLayers: Set<Int>
     public var scratchBytes: Int
-    /// Split staging (one per reader) and the embedding-row buffer.
+    /// The buffer the compute thread rewrites a stage's Q4_1 matrices in for the decode kernel
+    /// (the largest such matrix; 0 when no stage needs it).
+    public var splitStagingBytes: Int
+    /// Split staging and the embedding-row buffer.
     public var stagingBytes: Int
     public var residentBytes: Int
     /// The smallest budget that runs this prompt and context at all.
@@ -187,12 +190,12 @@ public struct StreamingPlan: Sendable {
         for s in scratch { for (k, v) in s { most[k] = max(most[k] ?? 0, v) } }
         scratchBytes = most.values.reduce(0) { $0 + accountedBytes(max($1, 1) * 4) } + sequences * perSequenceScratch
         slotBytes = stages.map(\.bufferBytes).max() ?? 0
-        let splitStaging = accountedBytes(stages.filter(\.splitsForDecode).flatMap(\.matrices).map(\.byteCount).max() ?? 0)
+        splitStagingBytes = stages.filter(\.splitsForDecode).flatMap(\.matrices).map(\.byteCount).max() ?? 0
         let headRow = stages.last?.matrices.first.map { $0.byteCount / $0.rows } ?? 0
         let embeddingStaging = accountedBytes(alignUp(headRow) + 2 * AlignedBuffer.alignment)
         // The compute thread rewrites a stage for the decode kernel as it takes it (the readers
         // only read): one split staging buffer, however many readers.
-        let staging = splitStaging + embeddingStaging
+        let staging = accountedBytes(splitStagingBytes) + embeddingStaging
         // The least that runs: one stage buffer, activations, and the KV cache of one layer staged from disk
         // (a block of several sequences keeps every cache in memory).
         let bare = scratchBytes + staging + slotBytes
