@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "Memory", dependencies: ["Tensors", "CSystem"], swiftSettings: optimize),
         .target(name: "Formats", dependencies: ["Tensors", "Kernels"], swiftSettings: optimize),
         .target(name: "Models", dependencies: ["Tensors", "Kernels", "Formats"], swiftSettings: optimize),
-        .target(name: "Planning", dependencies: ["Tensors", "Models", "Memory"], swiftSettings: optimize),
+        .target(name: "Planning", dependencies: ["Tensors", "Kernels", "Formats", "Models", "Memory"], swiftSettings: optimize),
         .target(name: "Runtime", dependencies: ["Tensors", "Kernels", "Formats", "Models", "Memory", "Planning",
                                                 "CSystem", "CKernels"],
                 swiftSettings: optimize),

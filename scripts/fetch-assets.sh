@@ -16,7 +16,7 @@ verify() { # file sha
   fi
 }
 
-# fetch_pypi SPEC FILE SHA [--no-binary]: pip download into $DL, verify.
+# fetch_pypi SPEC FILE SHA [PIP OPTIONS]: pip download into $DL, verify.
 fetch_pypi() {
   local spec=$1 file=$2 want=$3 extra=${4:-}
   if [ -f "$DL/$file" ] && verify "$DL/$file" "$want" 2>/dev/null; then return 0; fi
@@ -48,8 +48,12 @@ fi
 # 2. Tokenizer vectors and llama.cpp's source, from the llama-cpp-python sdist.
 LLAMA_SDIST=llama_cpp_python-0.3.36.tar.gz
 if [ ! -f "$CACHE/vocab/.ok" ] || [ ! -f "$CACHE/llama.cpp/.ok" ]; then
+  # pip reads the sdist's metadata with its build backend. Without build isolation, so that pip does
+  # not compile the backend's requirements (CMake) from source first: the backend and CMake as wheels.
+  python3 -c "import scikit_build_core" 2>/dev/null || python3 -m pip install --quiet "scikit-build-core>=0.9" >&2
+  command -v cmake >/dev/null || python3 -m pip install --quiet "cmake>=3.21" >&2
   fetch_pypi llama-cpp-python==0.3.36 $LLAMA_SDIST \
-    832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e "--no-binary :all:"
+    832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e "--no-binary :all: --no-build-isolation"
   say "unpacking vocab test vectors and llama.cpp source"
   tmp=$(mktemp -d)
   tar xzf "$DL/$LLAMA_SDIST" -C "$tmp" llama_cpp_python-0.3.36/vendor/llama.cpp

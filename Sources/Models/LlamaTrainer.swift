@@ -138,6 +138,41 @@ public final class LlamaTrainer {
     /// Bytes of activations and scratch this trainer holds (parameters not included).
     public var activationBytes: Int { activationBuffer.bytes + scratchBuffer.bytes + headState.bytes }
 
+    /// `activationBytes` of a trainer built with these arguments, without building it (what a planner
+    /// sets aside for the trainer's own buffers).
+    public static func activationBytes(config: LlamaConfig, batch: Int, seqLen: Int, policy: ActivationPolicy = .keepAll,
+                                       ownsActivations: Bool = true, headChunk: Int? = nil) -> Int {
+        let s = bufferFloats(config: config, batch: batch, seqLen: seqLen, policy: policy,
+                             ownsActivations: ownsActivations, headChunk: headChunk)
+        return 4 * (s.activations + s.scratch + s.headState)
+    }
+
+    /// Floats of the trainer's three allocations (activations, backward scratch, head state), the
+    /// scratch's parts in carving order, and the head's chunk rows.
+    static func bufferFloats(config c: LlamaConfig, batch: Int, seqLen: Int, policy: ActivationPolicy,
+                             ownsActivations: Bool, headChunk: Int?)
+        -> (activations: Int, scratch: Int, headState: Int, headChunkRows: Int,
+            scratchParts: (shared: [Int], attention: [Int], ffn: [Int])) {
+        let n = batch * seqLen
+        func pad(_ x: Int) -> Int { (x + 15) / 16 * 16 }
+        let perBlock = BlockActivations.floats(config: c, batch: batch, seqLen: seqLen)
+        let blockFloats = !ownsActivations ? 0
+            : policy == .keepAll ? c.layers * perBlock : perBlock + c.layers * pad(n * c.dim)
+        let headFloats = ownsActivations ? 2 * pad(n * c.dim) + 2 * pad(n) + pad(n * c.vocabSize) : pad(n)
+        // The attention half's backward scratch and the feed-forward half's share one region: the
+        // halves run one after the other and each writes its scratch before reading it. ∂L/∂x (dres) and
+        // the recomputed output are the whole-model path's (an executor brings its own).
+        let shared = [ownsActivations ? n * c.dim : 0, n * c.dim, policy == .recomputeAll && ownsActivations ? n * c.dim : 0]
+        let attention = [n * c.qDim, n * c.kvDim, n * c.kvDim, n * c.qDim, attentionBackwardScratch(seqLen: seqLen, threads: 16)]
+        let ffn = [n * c.ffnDim, n * c.ffnDim, n * c.ffnDim]
+        func total(_ sizes: [Int]) -> Int { sizes.reduce(0) { $0 + pad($1) } }
+        let rows = headChunk ?? headChunkRows(config: c, rows: n)
+        let chunks = (c.vocabSize + rows - 1) / rows
+        let sumOffset = (n * chunks + 2 * n + 1) / 2 * 2  // 8-byte aligned for the Doubles
+        return (blockFloats + headFloats, total(shared) + max(total(attention), total(ffn)), sumOffset + 2 * n, rows,
+                (shared, attention, ffn))
+    }
+
     /// - Parameters:
     ///   - ownsActivations: false gives a trainer that holds no block or head
     ///     activations, only the backward scratch and per-row losses: an executor
@@ -159,10 +194,9 @@ public final class LlamaTrainer {
         let n = batch * seqLen
         func pad(_ x: Int) -> Int { (x + 15) / 16 * 16 }
         let perBlock = BlockActivations.floats(config: c, batch: batch, seqLen: seqLen)
-        let blockFloats = !ownsActivations ? 0
-            : policy == .keepAll ? c.layers * perBlock : perBlock + c.layers * pad(n * c.dim)
-        let headFloats = ownsActivations ? 2 * pad(n * c.dim) + 2 * pad(n) + pad(n * c.vocabSize) : pad(n)
-        activationBuffer = FloatBuffer(count: blockFloats + headFloats)
+        let sizes = Self.bufferFloats(config: c, batch: batch, seqLen: seqLen, policy: policy,
+                                      ownsActivations: ownsActivations, headChunk: headChunk)
+        activationBuffer = FloatBuffer(count: sizes.activations)
         var offset = 0
         func take(_ floats: Int, from base: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
             defer { offset += pad(floats) }
@@ -191,29 +225,22 @@ public final class LlamaTrainer {
             (final, finalNorm, finalRstd, logits) = (losses, losses, losses, losses)  // never used
         }
 
-        dscoresCount = attentionBackwardScratch(seqLen: seqLen, threads: 16)
-        // The attention half's backward scratch and the feed-forward half's share one region: the
-        // halves run one after the other and each writes its scratch before reading it. ∂L/∂x (dres) and
-        // the recomputed output are the whole-model path's (an executor brings its own).
-        let shared = [ownsActivations ? n * c.dim : 0, n * c.dim, policy == .recomputeAll && ownsActivations ? n * c.dim : 0]
-        let attention = [n * c.qDim, n * c.kvDim, n * c.kvDim, n * c.qDim, dscoresCount]
-        let ffn = [n * c.ffnDim, n * c.ffnDim, n * c.ffnDim]
-        func total(_ sizes: [Int]) -> Int { sizes.reduce(0) { $0 + pad($1) } }
-        let scratch = FloatBuffer(count: total(shared) + max(total(attention), total(ffn)))
+        dscoresCount = sizes.scratchParts.attention[4]
+        let scratch = FloatBuffer(count: sizes.scratch)
         scratchBuffer = scratch
         offset = 0
-        let s = shared.map { take($0, from: scratch.base) }
+        let s = sizes.scratchParts.shared.map { take($0, from: scratch.base) }
         let region = offset
-        let at = attention.map { take($0, from: scratch.base) }
+        let at = sizes.scratchParts.attention.map { take($0, from: scratch.base) }
         offset = region
-        let f = ffn.map { take($0, from: scratch.base) }
+        let f = sizes.scratchParts.ffn.map { take($0, from: scratch.base) }
         (dres, dxn, recomputeOut) = (s[0], s[1], s[2])
         (dq, dk, dv, datt, dscores) = (at[0], at[1], at[2], at[3], at[4])
         (dgate, dup, dswiglu) = (f[0], f[1], f[2])
-        headChunkRows = headChunk ?? Self.headChunkRows(config: c, rows: n)
+        headChunkRows = sizes.headChunkRows
         let chunks = (c.vocabSize + headChunkRows - 1) / headChunkRows
         let sumOffset = (n * chunks + 2 * n + 1) / 2 * 2  // 8-byte aligned for the Doubles
-        headState = FloatBuffer(count: sumOffset + 2 * n)
+        headState = FloatBuffer(count: sizes.headState)
         (chunkMax, rowMax, targetLogit) = (headState.base, headState.base + n * chunks, headState.base + n * chunks + n)
         rowSum = UnsafeMutableRawPointer(headState.base + sumOffset).bindMemory(to: Double.self, capacity: n)
         positions = (0..<n).map { Int32($0 % seqLen) }  // every row of the batch starts at position 0

@@ -55,6 +55,10 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
         return min(1, d / (diskReadBandwidth + diskWriteBandwidth))
     }
 
+    /// Weight bytes per second a decode step (one row through every matrix) reads from memory: the
+    /// quantized kernels stream the weights once, at the memory bandwidth.
+    public var decodeBytesPerSecond: Double { memoryBandwidth }
+
     /// Host memory and compute memory are the same RAM (no accelerator).
     public var hostIsCompute: Bool { !accelerator }
 

@@ -58,6 +58,9 @@ public struct PlanResult: Sendable {
     /// The combination is not a plan of its own on this hardware (`failure` says why),
     /// e.g. zero-offload on a CPU-only machine, where it is keep.
     public var skipped = false
+    /// Peak bytes against the budget as the run measures them, where that is not the schedule's own
+    /// peak: with what the executor holds outside the schedule, or the streamed step's tier.
+    public var budgetedPeak: Int?
     public var fits: Bool { simulation != nil && failure == nil }
 }
 

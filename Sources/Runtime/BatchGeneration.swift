@@ -8,6 +8,7 @@ import Foundation
 import Formats
 import Memory
 import Models
+import Planning
 import Tensors
 
 public struct BatchOutput: Sendable {
@@ -35,44 +36,21 @@ public struct BatchResult: Sendable {
     public init(outputs: [BatchOutput], blockSize: Int) { self.outputs = outputs; self.blockSize = blockSize }
 }
 
-/// The block size the cost model picks: exhaustive over B = 1...prompts, the
-/// plan for B sequences (resident stages shrink as caches grow) costed as
-/// ceil(prompts ÷ B) blocks × max(B × compute per token, streamed bytes ÷ bandwidth)
-/// per decode step (a short last block costs a whole step's reads).
+/// The block size Planning's cost model picks (`BlockSchedulePlan`), for prompts of these lengths.
 public struct BlockSchedule: Sendable {
-    public var blockSize: Int
-    public var plan: StreamingPlan
+    public var blockSize: Int { planned.blockSize }
+    public var plan: StreamingPlan { planned.plan }
     /// Decode seconds per token (over all prompts) the cost model predicts for `blockSize`.
-    public var predictedSecondsPerToken: Double
+    public var predictedSecondsPerToken: Double { planned.predictedSecondsPerToken }
+    public let planned: BlockSchedulePlan
 
     public init(weights: GGUFWeights, budget: Int, prompts: [[Int]], maxTokens: Int, blockSize forced: Int? = nil,
-                readBandwidth: Double = 1.5e9, computeSecondsPerToken: Double? = nil) throws {
-        let c = weights.config
-        let stages = try weightStages(of: weights.file, config: c)
-        let capacity = min((prompts.map(\.count).max() ?? 1) + maxTokens, c.contextLength)
-        let longest = prompts.map(\.count).max() ?? 1
-        // Decode reads every weight byte once per token; at ~8 GB/s from memory (an estimate the run reports against).
-        let compute = computeSecondsPerToken ?? Double(stages.reduce(0) { $0 + $1.weightBytes }) / 8e9
-        var best: (Int, StreamingPlan, Double)?
-        var firstError: Error?
-        let sizes = forced.map { [$0] } ?? Array(1...max(1, prompts.count))
-        for b in sizes {
-            let scratch = [LlamaModel.scratchFloats(config: c, rows: longest, start: 0),
-                           LlamaModel.scratchFloats(config: c, rows: 1, start: capacity - 1)]
-            let perSeq = accountedBytes(longest * c.dim * 4) + accountedBytes(c.dim * 4)
-            do {
-                let plan = try StreamingPlan(budget: budget, stages: stages, config: c, contextCapacity: capacity,
-                                             scratch: scratch, sequences: b, perSequenceScratch: perSeq)
-                let bytes = Double(plan.streamed.map { stages[$0].bufferBytes }.reduce(0, +))
-                let blocks = Double((prompts.count + b - 1) / b)
-                let cost = blocks * max(Double(b) * compute, bytes / readBandwidth) / Double(prompts.count)
-                if best == nil || cost <= best!.2 * (1 + 1e-9) { best = (b, plan, cost) }   // ties: the larger block
-            } catch {
-                if firstError == nil { firstError = error }
-            }
-        }
-        guard let best else { throw firstError ?? OffloadError("[generate] no block size fits the budget") }
-        blockSize = best.0; plan = best.1; predictedSecondsPerToken = best.2
+                hardware: HardwareProfile = .defaultCPU) throws {
+        do {
+            planned = try BlockSchedulePlan(stages: try weightStages(of: weights.file, config: weights.config),
+                                            config: weights.config, budget: budget, promptLengths: prompts.map(\.count),
+                                            maxTokens: maxTokens, blockSize: forced, hardware: hardware)
+        } catch { throw OffloadError("[generate] \(error)") }
     }
 }
 

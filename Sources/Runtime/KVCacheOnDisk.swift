@@ -10,6 +10,7 @@ internal import CSystem
 import Foundation
 import Memory
 import Models
+import Planning
 import Tensors
 
 public final class DiskKVStore: KVLayerStore, @unchecked Sendable {
@@ -24,10 +25,7 @@ public final class DiskKVStore: KVLayerStore, @unchecked Sendable {
     let trace: TraceRecorder?
 
     /// Positions per page for rows of `kvDim` floats: the fewest whose bytes are whole 4 KiB blocks.
-    public static func pagePositions(kvDim: Int) -> Int {
-        func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
-        return AlignedBuffer.alignment / gcd(AlignedBuffer.alignment, kvDim * 4)
-    }
+    public static func pagePositions(kvDim: Int) -> Int { StreamingPlan.kvPagePositions(kvDim: kvDim) }
 
     /// A store for `layers` layers of `capacity` positions, in a file under `folder`.
     public init(folder: String, config: LlamaConfig, capacity: Int, trace: TraceRecorder? = nil) throws {

@@ -22,8 +22,20 @@ public final class StreamedTrainingSession {
     /// What the last step measured.
     public private(set) var lastStep: StreamedStep?
 
-    public init(config: LlamaConfig, ropeStyle: RopeStyle, data: TokenWindows, options: TrainingOptions, budget: Int,
-                disk: DiskStore, trace: TraceRecorder? = nil, activations: StreamedActivations? = nil) throws {
+    public convenience init(config: LlamaConfig, ropeStyle: RopeStyle, data: TokenWindows, options: TrainingOptions,
+                            budget: Int, disk: DiskStore, trace: TraceRecorder? = nil,
+                            activations: StreamedActivations? = nil) throws {
+        let plan: StreamedTrainingPlan
+        do {
+            plan = try StreamedTrainingPlan(config: config, batch: options.batch, seqLen: options.seqLen, budget: budget,
+                                            activations: activations)
+        } catch { throw OffloadError("[stream] \(error)") }
+        try self.init(config: config, ropeStyle: ropeStyle, data: data, options: options, plan: plan, disk: disk, trace: trace)
+    }
+
+    /// Executes `plan` (Planning's placement of the streamed step) with these options.
+    public init(config: LlamaConfig, ropeStyle: RopeStyle, data: TokenWindows, options: TrainingOptions,
+                plan: StreamedTrainingPlan, disk: DiskStore, trace: TraceRecorder? = nil) throws {
         try options.validate()
         guard options.optimizer == "adamw" else {
             throw OffloadError("[train] streamed parameters are updated with AdamW; --optimizer \(options.optimizer) is not streamed yet")
@@ -43,8 +55,7 @@ public final class StreamedTrainingSession {
         let model = try TrainableLlama(config: config, ropeStyle: ropeStyle, resident: false)
         let trainer = try LlamaTrainer(model: model, batch: options.batch, seqLen: options.seqLen, ownsActivations: false)
         let adam = AdamW(beta1: options.beta1, beta2: options.beta2, eps: options.eps, weightDecay: options.weightDecay)
-        streamer = try StreamedTrainer(trainer: trainer, optimizer: adam, budget: budget, disk: disk, trace: trace,
-                                       activations: activations)
+        streamer = try StreamedTrainer(trainer: trainer, optimizer: adam, plan: plan, disk: disk, trace: trace)
     }
 
     /// One optimizer step on the next batch.
@@ -99,19 +110,5 @@ public final class StreamedTrainingSession {
                 }
             }
         }
-    }
-}
-
-extension StreamedTrainer {
-    /// The cost model's chain for this trainer's step: the executor's chain, with the head as the
-    /// trainer runs it. Its (B, T, V) probabilities are not saved: the logits of chunks beyond
-    /// `keptLogitChunks` go to disk and back (the disk's time overlaps; the cores' share of the I/O
-    /// is counted).
-    public func predictionChain(hardware: HardwareProfile) -> ModelChain {
-        var chain = ExecutorPlanning.chain(config: config, batch: trainer.batch, seqLen: trainer.seqLen, hardware: hardware)
-        let h = chain.stages.count - 1, chunks = trainer.headChunkCount
-        chain.stages[h].saved.removeAll { $0.name == "act.head.probs" }
-        chain.stages[h].backwardSeconds += Double(2 * (chunks - keptLogitChunks) * logitsBytes) * hardware.ioSecondsOnCompute
-        return chain
     }
 }

@@ -25,6 +25,7 @@ import Foundation
 import Kernels
 import Memory
 import Models
+import Planning
 import Tensors
 
 /// What one streamed step did.
@@ -41,179 +42,75 @@ public struct StreamedStep: Sendable {
     public var arenaMisses: Int
 }
 
-/// A piece of the parameters moved as one: `floats` floats at `offset` of the layout.
-public struct ParameterUnit: Sendable {
-    public var name: String
-    public var offset: Int
-    public var floats: Int
-    /// Pieces [start, end) (relative to `offset`) whose m and v are read and updated at a time.
-    public var parts: [Range<Int>]
-    var bytes: Int { floats * 4 }
-}
-
-/// What a streamed step does with a block's activations between its forward and its backward.
-public enum StreamedActivations: String, Sendable {
-    /// Both halves' go to disk and come back for the backward.
-    case offload
-    /// Only the block's input is kept (in memory or on disk); the backward recomputes the rest.
-    case recompute
-}
-
 public final class StreamedTrainer {
     public let trainer: LlamaTrainer
     public let optimizer: AdamW
-    public let budget: Int
+    /// The placement this trainer executes: units, reserves, activations, read order (Planning's).
+    public let plan: StreamedTrainingPlan
+    public var budget: Int { plan.budget }
     public let memory: MemoryTier
     public let disk: DiskStore
     public let trace: TraceRecorder?
     let engine: TransferEngine
-    public let activations: StreamedActivations
-    public var offloadsActivations: Bool { activations == .offload }
-    /// Whether block inputs stay in memory between forward and backward (else they go to disk);
-    /// recomputing only.
-    public let keepsInputs: Bool
-    /// Bytes the compute ops of each phase may hold at once: the forward, the head, the blocks'
-    /// backward, the embedding's backward.
-    let reserves: [Int]
+    public var activations: StreamedActivations { plan.activations }
+    public var offloadsActivations: Bool { plan.offloadsActivations }
+    public var keepsInputs: Bool { plan.keepsInputs }
+    public var minimumBudget: Int { plan.minimumBudget }
+    public var keptLogitChunks: Int { plan.keptLogitChunks }
     /// What reads ahead leave free now: the largest reserve of this phase and the phases after it
     /// (a read issued now may still be held when a later phase allocates).
     var phaseReserve = 0
-    func enter(phase: Int) { phaseReserve = reserves[phase...].max()! }
-    /// The smallest budget this step runs in.
-    public let minimumBudget: Int
-    /// Head chunks whose pass-1 logits stay in memory for pass 2: as many as the budget holds above
-    /// its minimum beside the first reads of the backward. The others' logits go to disk behind the
-    /// compute and come back for pass 2 (`l.k`): on this machine that costs less than computing
-    /// them again (B=16 under 600 MB: 18.8 s per step against 19.3 s).
-    public let keptLogitChunks: Int
-    var logitsBytes: Int { n * trainer.headChunkRows * 4 }
-    func spills(_ k: Int) -> Bool { k >= keptLogitChunks }
+    func enter(phase: Int) { phaseReserve = plan.reserves[phase...].max()! }
+    var logitsBytes: Int { plan.logitsBytes }
+    func spills(_ k: Int) -> Bool { plan.spills(k) }
     /// Optimizer steps done (AdamW's t).
     public private(set) var steps = 0
 
-    public let embeddingUnits: [ParameterUnit]
-    /// Two per block: its attention half, then its feed-forward half (`blockUnit(_:_:)`).
-    public let blockUnits: [ParameterUnit]
-    public let normUnit: ParameterUnit
-    /// Chunks of output.weight (empty when tied to the embedding).
-    public let outputUnits: [ParameterUnit]
-    public var units: [ParameterUnit] { embeddingUnits + blockUnits + [normUnit] + outputUnits }
+    public var embeddingUnits: [ParameterUnit] { plan.embeddingUnits }
+    public var blockUnits: [ParameterUnit] { plan.blockUnits }
+    public var normUnit: ParameterUnit { plan.normUnit }
+    public var outputUnits: [ParameterUnit] { plan.outputUnits }
+    public var units: [ParameterUnit] { plan.units }
 
     var config: LlamaConfig { trainer.model.config }
     var n: Int { trainer.batch * trainer.seqLen }
-    var inputBytes: Int { n * config.dim * 4 }
-    func actsBytes(_ h: BlockHalf) -> Int {
-        BlockActivations.floats(config: config, batch: trainer.batch, seqLen: trainer.seqLen, half: h) * 4
-    }
-    func blockUnit(_ l: Int, _ h: BlockHalf) -> ParameterUnit { blockUnits[2 * l + h.rawValue] }
+    var inputBytes: Int { plan.inputBytes }
+    func actsBytes(_ h: BlockHalf) -> Int { plan.actsBytes(h) }
+    func blockUnit(_ l: Int, _ h: BlockHalf) -> ParameterUnit { plan.blockUnit(l, h) }
 
     /// - Parameters:
-    ///   - trainer: built with `ownsActivations: false` over a non-resident model.
-    ///   - activations: nil chooses: offload when the budget leaves room to read a half's activations
-    ///     ahead of its backward, or when it is too small to recompute; else recompute.
-    ///   - partBytes: most bytes of m (and of v) read at once for an update.
-    public init(trainer: LlamaTrainer, optimizer: AdamW, budget: Int, disk: DiskStore, trace: TraceRecorder? = nil,
-                activations: StreamedActivations? = nil, partBytes: Int = 4 << 20) throws {
+    ///   - trainer: built with `ownsActivations: false` over a non-resident model, at the plan's
+    ///     batch and sequence length.
+    public init(trainer: LlamaTrainer, optimizer: AdamW, plan: StreamedTrainingPlan, disk: DiskStore,
+                trace: TraceRecorder? = nil) throws {
         guard !trainer.ownsActivations, !trainer.model.isResident else {
             throw OffloadError("[stream] the trainer must own no activations and its model no parameters")
         }
-        let m = trainer.model, c = m.config, layout = m.layout
-        let rowFloats = trainer.headChunkRows * c.dim
-        guard rowFloats % 4096 == 0 || trainer.headChunkCount == 1 else {
-            throw OffloadError("[stream] head chunks of \(trainer.headChunkRows) rows are not whole 4096-float blocks")
+        guard trainer.batch == plan.batch, trainer.seqLen == plan.seqLen, trainer.headChunkRows == plan.headChunkRows,
+              trainer.activationBytes == plan.scratchBytes else {
+            throw OffloadError("[stream] internal: the plan is for another trainer shape")
         }
-        func parts(_ floats: Int) -> [Range<Int>] {
-            let per = max(1024, partBytes / 4 / 1024 * 1024)
-            return stride(from: 0, to: floats, by: per).map { $0 ..< min(floats, $0 + per) }
-        }
-        func unit(_ name: String, _ offset: Int, _ floats: Int) -> ParameterUnit {
-            ParameterUnit(name: name, offset: offset, floats: floats, parts: parts(floats))
-        }
-        func chunks(_ tensor: String, _ prefix: String) -> [ParameterUnit] {
-            let e = layout.entry(tensor)!
-            return (0..<trainer.headChunkCount).map { k in
-                let r = trainer.headChunk(k)
-                return unit("\(prefix).\(k)", e.offset + r.lowerBound * c.dim, r.count * c.dim)
-            }
-        }
-        embeddingUnits = chunks("token_embd.weight", "embd")
-        let halves = (0..<c.layers).flatMap { l in
-            let r = layout.range(of: .block(l)), ffn = layout.entry("blk.\(l).ffn_norm.weight")!.offset
-            return [unit("blk.\(l).attn", r.lowerBound, ffn - r.lowerBound), unit("blk.\(l).ffn", ffn, r.upperBound - ffn)]
-        }
-        blockUnits = halves
-        let norm = layout.entry("output_norm.weight")!
-        normUnit = unit("norm", norm.offset, norm.elements)
-        outputUnits = c.tiedEmbeddings ? [] : chunks("output.weight", "out")
-
-        self.trainer = trainer; self.optimizer = optimizer; self.budget = budget; self.disk = disk; self.trace = trace
-        let n = trainer.batch * trainer.seqLen, input = accountedBytes(n * c.dim * 4)
-        let halfActs = BlockHalf.allCases.map {
-            accountedBytes(BlockActivations.floats(config: c, batch: trainer.batch, seqLen: trainer.seqLen, half: $0) * 4)
-        }
-        let acts = halfActs.reduce(0, +), maxHalfActs = halfActs.max()!
-        let chunkUnit = accountedBytes(trainer.headChunkRows * c.dim * 4)
-        let halfW = halves.map { accountedBytes($0.bytes) }.max() ?? 0
-        let blockW = stride(from: 0, to: halves.count, by: 2).map {
-            accountedBytes(halves[$0].bytes) + accountedBytes(halves[$0 + 1].bytes)
-        }.max() ?? 0
-        let maxPart = accountedBytes(min(partBytes, max(halfW, chunkUnit)))
-        let logits = accountedBytes(n * trainer.headChunkRows * 4), normW = accountedBytes(normUnit.bytes)
-        // What each phase's compute ops allocate at once (its reserve), and beside it what one op
-        // reads in at once. Forward: input, output and both halves' activations; one half's weights.
-        // Head: its input, norm, rstd, a chunk's logits and gradient, the norm's gradient, ∂L/∂x; the
-        // norm's weights, a chunk's weights, its logits read back or a part of m and v. Backward,
-        // offloading: ∂L/∂x and a half's gradient; the half's activations and weights, then its weights
-        // and a part of m and v. Backward, recomputing: ∂L/∂x, both halves' activations, the
-        // recomputed output and a half's gradient; the input, the block's weights and a part of m and v.
-        let forwardReserve = 2 * input + acts
-        let headReserve = 3 * input + accountedBytes(n * 4) + logits + chunkUnit + normW
-        let offloadReserve = input + halfW, recomputeReserve = 2 * input + acts + halfW
-        let forward = forwardReserve + halfW
-        let head = headReserve + normW + chunkUnit + max(logits, 2 * maxPart)
-        let offloading = offloadReserve + halfW + max(maxHalfActs, 2 * maxPart)
-        let recomputing = recomputeReserve + input + blockW + 2 * maxPart
-        let scratch = trainer.activationBytes
-        let offloadMinimum = scratch + max(forward, head, offloading)
-        let recomputeMinimum = scratch + max(forward, head, recomputing)
-        // Offload when the budget leaves room to read a half's activations and weights ahead of its
-        // backward: on a disk as fast as the cores, writing and reading them back costs less time than
-        // recomputing them, because the transfers overlap compute. Below that, recompute when it fits.
-        let lookahead = maxHalfActs + halfW
-        self.activations = activations
-            ?? (budget >= offloadMinimum + lookahead || budget < recomputeMinimum ? .offload : .recompute)
-        let offloads = self.activations == .offload
-        minimumBudget = offloads ? offloadMinimum : recomputeMinimum
-        guard budget >= minimumBudget else {
-            throw OffloadError("[stream] a budget of \(formatBytes(budget)) is below the \(formatBytes(minimumBudget)) "
-                               + "a streamed step needs at batch \(trainer.batch) × \(trainer.seqLen) (scratch "
-                               + "\(formatBytes(scratch)), forward \(formatBytes(forward)), head \(formatBytes(head)), "
-                               + "backward \(formatBytes(offloads ? offloading : recomputing)) "
-                               + (offloads ? "offloading" : "recomputing") + " activations)")
-        }
-        reserves = [forwardReserve, headReserve, offloads ? offloadReserve : recomputeReserve, input + chunkUnit]
-        let checkpoints = c.layers * input
-        keepsInputs = !offloads && budget - minimumBudget - checkpoints >= 2 * blockW
-        let ahead = (offloads ? lookahead : input + blockW) + 2 * maxPart
-        let spare = budget - minimumBudget - ahead - (keepsInputs ? checkpoints : 0)
-        keptLogitChunks = min(trainer.headChunkCount, max(0, spare / logits))
-        memory = MemoryTier(.compute, limit: budget - scratch, trace: trace, arena: true)
+        self.trainer = trainer; self.optimizer = optimizer; self.plan = plan; self.disk = disk; self.trace = trace
+        memory = MemoryTier(.compute, limit: plan.budget - plan.scratchBytes, trace: trace, arena: true)
         engine = TransferEngine(memory: memory, disk: disk, trace: trace)
     }
 
-    /// Disk bytes a step adds to the store at most: activations or block inputs written in the
-    /// forward, the tied head's gradient chunks, one unit's new copy while it replaces the old.
-    public var stepDiskBytes: Int {
-        let activations = offloadsActivations ? config.layers * BlockHalf.allCases.map(actsBytes).reduce(0, +)
-            : keepsInputs ? 0 : config.layers * inputBytes
-        let headGradients = outputUnits.isEmpty ? embeddingUnits.reduce(0) { $0 + $1.bytes } : 0
-        let logits = (0..<trainer.headChunkCount).filter(spills).count * accountedBytes(logitsBytes)
-        return activations + headGradients + logits + (units.map(\.bytes).max() ?? 0)
+    /// Plans the step for `budget` (Planning's `StreamedTrainingPlan`) and builds its executor.
+    public convenience init(trainer: LlamaTrainer, optimizer: AdamW, budget: Int, disk: DiskStore, trace: TraceRecorder? = nil,
+                            activations: StreamedActivations? = nil, partBytes: Int = 4 << 20) throws {
+        let plan: StreamedTrainingPlan
+        do {
+            plan = try StreamedTrainingPlan(config: trainer.model.config, batch: trainer.batch, seqLen: trainer.seqLen,
+                                            budget: budget, activations: activations, partBytes: partBytes)
+        } catch { throw OffloadError("[stream] \(error)") }
+        try self.init(trainer: trainer, optimizer: optimizer, plan: plan, disk: disk, trace: trace)
     }
 
-    /// Tensor name on disk of `role` ("w", "m", "v", "g") of `unit` (part `p` for m and v).
+    /// Disk bytes a step adds to the store at most (see `StreamedTrainingPlan.stepDiskBytes`).
+    public var stepDiskBytes: Int { plan.stepDiskBytes }
+
     static func key(_ role: String, _ unit: ParameterUnit, part p: Int? = nil) -> String {
-        p.map { "\(role).\(unit.name).\($0)" } ?? "\(role).\(unit.name)"
+        StreamedTrainingPlan.key(role, unit, part: p)
     }
 
     // MARK: setting up and reading out
@@ -302,7 +199,7 @@ public final class StreamedTrainer {
     var computeHeld = 0
     var pendingWrites: [String: TransferHandle] = [:]
     var writeOrder: [TransferHandle] = []
-    var planned: [(name: String, bytes: Int)] = []
+    var planned: [PlannedRead] = []
     /// Planned reads of tensors this step writes first (block inputs, tied head gradients), not written yet.
     var awaiting = Set<String>()
     var nextPlanned = 0
@@ -364,7 +261,7 @@ public final class StreamedTrainer {
     func pump() throws {
         try pollWrites()
         while nextPlanned < planned.count {
-            let (name, bytes) = planned[nextPlanned]
+            let (name, bytes) = (planned[nextPlanned].name, planned[nextPlanned].bytes)
             if awaiting.contains(name) { return }
             if let w = pendingWrites[name], !w.isComplete { return }
             let room = memory.limit - memory.stats.current - max(0, phaseReserve - computeHeld)
@@ -400,40 +297,6 @@ public final class StreamedTrainer {
         return h.buffer
     }
 
-    /// The step's reads in the order `step` takes them.
-    func plan() -> [(name: String, bytes: Int)] {
-        let tied = outputUnits.isEmpty, head = tied ? embeddingUnits : outputUnits
-        var r: [(String, Int)] = []
-        func w(_ u: ParameterUnit) { r.append((Self.key("w", u), u.bytes)) }
-        func state(_ u: ParameterUnit) {
-            for (i, p) in u.parts.enumerated() { r.append((Self.key("m", u, part: i), p.count * 4)); r.append((Self.key("v", u, part: i), p.count * 4)) }
-        }
-        embeddingUnits.forEach(w)
-        blockUnits.forEach(w)
-        w(normUnit)
-        head.forEach(w)
-        for (k, u) in head.enumerated() {
-            if spills(k) { r.append(("l.\(k)", logitsBytes)) }
-            w(u)
-            if !tied { state(u) }
-        }
-        state(normUnit)
-        for l in (0..<config.layers).reversed() {
-            let (attention, ffn) = (blockUnit(l, .attention), blockUnit(l, .ffn))
-            if offloadsActivations {
-                for (h, u) in [(BlockHalf.ffn, ffn), (.attention, attention)] { r.append(("a.\(u.name)", actsBytes(h))); w(u); state(u) }
-            } else {
-                if !keepsInputs { r.append(("x.\(l)", inputBytes)) }
-                w(attention); w(ffn); state(ffn); state(attention)
-            }
-        }
-        for u in embeddingUnits {
-            if tied { r.append((Self.key("g", u), u.bytes)) }
-            w(u); state(u)
-        }
-        return r
-    }
-
     // MARK: the step
 
     /// One optimizer step on `inputs` / `targets` (B·T ids each) at learning rate `lr`.
@@ -442,7 +305,7 @@ public final class StreamedTrainer {
         memory.resetPeak()
         bytesRead = 0; bytesWritten = 0
         try trainer.setBatch(inputs: inputs, targets: targets)
-        planned = plan(); nextPlanned = 0; issued = []
+        planned = plan.reads; nextPlanned = 0; issued = []
         awaiting = Set(planned.map(\.name).filter { ["x.", "a.", "g.", "l."].contains($0.prefix(2)) })
         do {
             let (loss, norm) = try runStep(lr: lr, t: steps + 1)

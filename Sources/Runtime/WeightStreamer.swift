@@ -10,6 +10,7 @@ import Formats
 import Kernels
 import Memory
 import Models
+import Planning
 import Tensors
 
 /// Measured figures of a streamed run.

@@ -4,6 +4,7 @@ import Foundation
 import Formats
 import Memory
 import Models
+import Planning
 import Runtime
 import Tensors
 
@@ -43,10 +44,14 @@ struct Generate: ParsableCommand {
     @Option(help: ArgumentHelp("With --budget: write a Chrome trace (compute, read and memory events) here.",
                                valueName: "file"))
     var trace: String?
-    @Option(name: .customLong("kv-dir"), help: ArgumentHelp(
-        "With --budget: folder for the KV-cache layers that do not fit (default: the temporary folder).",
+    @Option(name: [.customLong("disk"), .customLong("kv-dir")], help: ArgumentHelp(
+        "With --budget: folder on a local disk for the KV-cache layers that do not fit (default: the temporary "
+            + "folder); the same flag as train's and plan's spill folder (--kv-dir is its old name).",
         valueName: "folder"))
-    var kvDir: String?
+    var disk: String?
+    @Option(help: ArgumentHelp("With --budget: hardware profile JSON (from `offload profile`) for the predicted time per token.",
+                               valueName: "file"))
+    var hardware: String?
 
     func validate() throws {
         guard [prompt != nil, promptTokens != nil, prompts != nil].filter({ $0 }).count == 1 else {
@@ -68,6 +73,9 @@ struct Generate: ParsableCommand {
             throw ValidationError("--budget must be a size such as 512MB, 2GiB or a byte count, got '\(b)'")
         }
         if trace != nil && budget == nil { throw ValidationError("--trace needs --budget (it traces the streamed run)") }
+        if (disk != nil || hardware != nil) && budget == nil {
+            throw ValidationError("--disk and --hardware apply to a budgeted run: give --budget too")
+        }
     }
 
     func run() throws {
@@ -93,9 +101,12 @@ struct Generate: ParsableCommand {
             let capacity = min(ids.count + maxTokens, min(source.config.contextLength, gguf.config.contextLength))
             let (m, s) = try makeStreamingModel(weights: gguf, budget: budget, threads: threads ?? defaultThreads(),
                                                 promptTokens: ids.count, contextCapacity: capacity,
-                                                kvFolder: kvDir ?? NSTemporaryDirectory(), trace: recorder)
+                                                kvFolder: disk ?? NSTemporaryDirectory(), trace: recorder)
             llama = m
             streamer = s
+            let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
+            printPlanRow(generationRow(s.plan, config: gguf.config, hardware: hw), budget: budget, hardware: hw, stepLabel: "per token")
+            note("  \(s.plan.summary)")
         } else {
             llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
         }
@@ -182,7 +193,11 @@ extension Generate {
             guard let gguf = source as? GGUFWeights else {
                 throw OffloadError("[generate] --budget streams weights from a GGUF file; \(model) is a folder")
             }
-            let s = try BlockSchedule(weights: gguf, budget: budget, prompts: ids, maxTokens: maxTokens, blockSize: blockSize)
+            let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
+            let s = try BlockSchedule(weights: gguf, budget: budget, prompts: ids, maxTokens: maxTokens, blockSize: blockSize,
+                                      hardware: hw)
+            printPlanRow(generationRow(s.plan, config: gguf.config, hardware: hw), budget: budget, hardware: hw, stepLabel: "per token")
+            note("  \(s.plan.summary)")
             (result, streamer) = try generateBlocks(weights: gguf, schedule: s, threads: nthreads, prompts: ids,
                                                     maxTokens: maxTokens, sampling: options, seed: seed, stop: stop,
                                                     trace: recorder)

@@ -2,6 +2,7 @@
 // running anything; print the table, or JSON, and draw the chosen plan.
 import ArgumentParser
 import Foundation
+import Formats
 import Models
 import Memory
 import Planning
@@ -32,6 +33,10 @@ struct Plan: ParsableCommand {
     @Option(help: "Directory for the disk tier; offloaded tensors go to disk when given.") var disk: String?
     @Option(help: "Hardware profile JSON (from `offload profile`).") var hardware: String?
     @Option(help: "Strategy to choose: auto, a name from the table (rotor, pofo+stream, ...).") var strategy: String = "auto"
+    @Option(name: .customLong("prompt-tokens"), help: "Generate: tokens of the prompt prefilled in one pass (--seq-len is the whole context).")
+    var promptTokens: Int = 32
+    @Option(help: ArgumentHelp("Generate: prompts run together with FlexGen's block schedule (the block size is planned), as `generate --prompts` with that many lines.", valueName: "count"))
+    var prompts: Int = 1
     @Flag(help: "Print JSON instead of a table.") var json = false
     @Option(help: "Write an SVG of the chosen plan's memory and streams.") var svg: String?
     @Option(help: "Write the chosen schedule as JSON.") var schedule: String?
@@ -45,6 +50,10 @@ struct Plan: ParsableCommand {
         if (model == nil) == (config == nil) { throw ValidationError("give exactly one of --model FILE or --config NAME") }
         if RunMode(rawValue: mode) == nil { throw ValidationError("--mode must be train or generate, not '\(mode)'") }
         if batch < 1 || seqLen < 1 { throw ValidationError("--batch and --seq-len must be at least 1") }
+        if promptTokens < 1 || promptTokens > seqLen {
+            throw ValidationError("--prompt-tokens must be from 1 to --seq-len (\(seqLen)), got \(promptTokens)")
+        }
+        if prompts < 1 { throw ValidationError("--prompts must be at least 1, got \(prompts)") }
         if let b = budget, parseBytes(b) == nil { throw ValidationError("--budget '\(b)' is not a size (try 256MB or 24GiB)") }
         if let b = hostBudget, parseBytes(b) == nil { throw ValidationError("--host-budget '\(b)' is not a size (try 8GiB)") }
     }
@@ -55,21 +64,44 @@ struct Plan: ParsableCommand {
         try cfg.validate()
         let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
         let runMode = RunMode(rawValue: mode)!
+        if runMode == .generate && hw.hostIsCompute { return try planGeneration(cfg, hardware: hw) }
         let chain = ModelChain.llama(cfg, mode: runMode, batch: batch, seqLen: seqLen, hardware: hw)
         let request = PlanRequest(chain: chain, hardware: hw, computeBudget: budget.flatMap(parseBytes),
                                   hostBudget: hostBudget.flatMap(parseBytes), useDisk: disk != nil)
         try request.validate()
-        let all = Planner.compareAll(request)
-        let chosen: PlanResult
-        if strategy == "auto" {
-            guard let b = Planner.best(all) else { throw OffloadError(Planner.infeasibleMessage(request)) }
-            chosen = b
-        } else {
-            guard let c = all.first(where: { $0.name == strategy }) else {
-                throw ValidationError("unknown strategy '\(strategy)'; expected auto or one of: " + all.map(\.name).joined(separator: ", "))
+        var all: [PlanResult]
+        var chosen: PlanResult
+        if runMode == .train && hw.hostIsCompute {
+            // What `offload train --budget` runs: the same planner, the same decision.
+            let r = TrainingPlanRequest(config: cfg, batch: batch, seqLen: seqLen,
+                                        budget: budget.flatMap(parseBytes) ?? Int.max / 4,
+                                        strategy: "auto", useDisk: disk != nil, hardware: hw)
+            all = try TrainingPlanner.compare(r)
+            if strategy == "auto" {
+                do {
+                    chosen = TrainingPlanner.row(for: try TrainingPlanner.choose(r), hardware: hw)
+                } catch {
+                    throw OffloadError("[plan] \(cfg.name) (train, batch \(batch), seq \(seqLen)): \(TrainingPlanner.plain("\(error)"))")
+                }
+            } else {
+                guard let c = all.first(where: { $0.name == strategy }) else {
+                    throw ValidationError("unknown strategy '\(strategy)'; expected auto or one of: " + all.map(\.name).joined(separator: ", "))
+                }
+                guard c.fits else { throw OffloadError("[plan] \(strategy) does not fit: \(TrainingPlanner.plain(c.failure ?? "?"))") }
+                chosen = c
             }
-            guard c.fits else { throw OffloadError("[plan] \(strategy) does not fit: \(c.failure ?? "?")") }
-            chosen = c
+        } else {
+            all = Planner.compareAll(request)
+            if strategy == "auto" {
+                guard let b = Planner.best(all) else { throw OffloadError(Planner.infeasibleMessage(request)) }
+                chosen = b
+            } else {
+                guard let c = all.first(where: { $0.name == strategy }) else {
+                    throw ValidationError("unknown strategy '\(strategy)'; expected auto or one of: " + all.map(\.name).joined(separator: ", "))
+                }
+                guard c.fits else { throw OffloadError("[plan] \(strategy) does not fit: \(c.failure ?? "?")") }
+                chosen = c
+            }
         }
         if json {
             print(try jsonReport(request, all, chosen))
@@ -105,25 +137,16 @@ struct Plan: ParsableCommand {
         } else {
             lines.append("budgets: compute \(r.computeBudget.map(formatBytes) ?? "unlimited"), host \(r.hostBudget.map(formatBytes) ?? "unlimited"), offload to \(r.offloadTier.rawValue); hardware \(r.hardware.name)")
         }
-        func pad(_ s: String, _ w: Int) -> String { s.count >= w ? s : s + String(repeating: " ", count: w - s.count) }
-        func lpad(_ s: String, _ w: Int) -> String { s.count >= w ? s : String(repeating: " ", count: w - s.count) + s }
-        lines.append("  " + pad("strategy", 24) + lpad("step", 11) + (ram ? lpad("RAM peak", 14) : lpad("compute peak", 14) + lpad("host peak", 12))
-                     + lpad("disk peak", 12) + lpad("moved", 12) + lpad("recompute", 11) + lpad("idle", 10) + lpad("plan", 9))
-        for p in all {
-            let mark = p.name == chosen.name ? "* " : "  "
-            guard let s = p.simulation, p.fits else {
-                let why = p.skipped ? "  " + String((p.failure ?? "").prefix(110)) : "  does not fit: " + String((p.failure ?? "").prefix(90))
-                lines.append(mark + pad(p.name, 24) + why)
-                continue
-            }
-            let memory = ram ? lpad(formatBytes(s.combinedPeak([.compute, .host])), 14)
-                : lpad(formatBytes(s.peak[.compute] ?? 0), 14) + lpad(formatBytes(s.peak[.host] ?? 0), 12)
-            lines.append(mark + pad(p.name, 24) + lpad(String(format: "%.3f s", s.stepSeconds), 11)
-                         + memory
-                         + lpad(formatBytes(s.peak[.disk] ?? 0), 12) + lpad(formatBytes(s.totalBytesMoved), 12)
-                         + lpad(String(format: "%.1f%%", 100 * s.recomputeSeconds / max(1e-12, s.computeSeconds - s.recomputeSeconds)), 11)
-                         + lpad(String(format: "%.3f s", s.computeIdleSeconds), 10)
-                         + lpad(String(format: "%.2f s", p.planningSeconds), 9))
+        lines.append(PlanTable.header(ram: ram))
+        // Combinations that are no plan of their own on this machine: one line, not one row each.
+        let skipped = all.filter(\.skipped)
+        for p in all where !p.skipped { lines.append(PlanTable.row(p, chosen: p.name == chosen.name, ram: ram)) }
+        if !skipped.isEmpty {
+            let reasons = Set(skipped.compactMap { $0.failure.map(TrainingPlanner.plain) })
+            lines.append("  (\(skipped.count) combinations not listed: " + reasons.sorted().joined(separator: "; ") + ")")
+        }
+        if ram && c.mode == .train {
+            lines.append("  (zero-offload needs an accelerator: on a CPU-only machine it is keep, the optimizer step in the same RAM)")
         }
         lines.append("* chosen: \(chosen.name)")
         return lines.joined(separator: "\n")
@@ -137,7 +160,7 @@ struct Plan: ParsableCommand {
                 e["stepSeconds"] = s.stepSeconds
                 e["peakBytes"] = Dictionary(uniqueKeysWithValues: s.peak.map { ($0.key.rawValue, $0.value) })
                 // What counts against --budget: compute alone, or all of RAM on a CPU-only machine.
-                e["budgetedPeakBytes"] = r.hardware.hostIsCompute ? s.combinedPeak([.compute, .host]) : (s.peak[.compute] ?? 0)
+                e["budgetedPeakBytes"] = p.budgetedPeak ?? (r.hardware.hostIsCompute ? s.combinedPeak([.compute, .host]) : (s.peak[.compute] ?? 0))
                 e["bytesMoved"] = s.bytesMoved
                 e["recomputeSeconds"] = s.recomputeSeconds
                 e["computeSeconds"] = s.computeSeconds
@@ -161,6 +184,56 @@ struct Plan: ParsableCommand {
 }
 
 extension Plan {
+    /// `--mode generate` on a CPU-only machine: the plan `generate --budget` runs (Planning's
+    /// StreamingPlan over the GGUF's stages, or `offload init`'s f16 layout for --config).
+    func planGeneration(_ cfg: LlamaConfig, hardware hw: HardwareProfile) throws {
+        let clock = Date()
+        let stages: [WeightStage]
+        if let path = model {
+            guard let gguf = try loadWeights(path) as? GGUFWeights else {
+                throw OffloadError("[plan] generate --budget streams weights from a GGUF file; \(path) is a folder")
+            }
+            stages = try weightStages(of: gguf.file, config: cfg)
+        } else {
+            stages = try weightStages(config: cfg)
+        }
+        let budgetBytes = budget.flatMap(parseBytes) ?? Int.max / 4
+        let context = min(seqLen, cfg.contextLength)
+        let row: PlanTable.Row
+        var plan: StreamingPlan?
+        do {
+            let p = try BlockSchedulePlan(stages: stages, config: cfg, budget: budgetBytes,
+                                          promptLengths: Array(repeating: promptTokens, count: prompts),
+                                          maxTokens: context - promptTokens, hardware: hw)
+            plan = p.plan
+            row = generationRow(p.plan, config: cfg, hardware: hw, planning: Date().timeIntervalSince(clock))
+        } catch {
+            row = PlanTable.Row(name: "stream", failure: "\(error)")
+        }
+        if json {
+            var out: [String: Any] = ["model": cfg.name, "mode": "generate", "seqLen": context, "promptTokens": promptTokens,
+                                      "prompts": prompts, "fits": row.failure == nil, "hostIsCompute": true]
+            if budget != nil { out["computeBudget"] = budgetBytes }
+            if let plan, row.failure == nil {
+                out["secondsPerToken"] = row.seconds; out["budgetedPeakBytes"] = row.peak; out["diskPeakBytes"] = row.diskPeak
+                out["bytesReadPerToken"] = row.moved; out["blockSize"] = plan.sequences
+                out["residentStages"] = plan.resident.count; out["streamedStages"] = plan.streamed.count
+                out["streamBuffers"] = plan.ringSlots; out["kvDiskLayers"] = plan.kvDiskLayers.count
+                out["minimumBudget"] = plan.minimumBudget
+            } else { out["failure"] = TrainingPlanner.plain(row.failure ?? "") }
+            let data = try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print("\(cfg.name) generate, prompt \(promptTokens) tokens, context \(context)"
+                  + (prompts > 1 ? ", \(prompts) prompts" : "") + ": \(formatBytes(stages.reduce(0) { $0 + $1.weightBytes })) of weights in \(stages.count) stages")
+            print("budget: RAM \(budget == nil ? "unlimited" : formatBytes(budgetBytes)), KV layers that do not fit on disk; hardware \(hw.name)")
+            print(PlanTable.header(ram: true, stepLabel: "per token"))
+            print(PlanTable.row(row, chosen: row.failure == nil, ram: true))
+            if let plan { print("  \(plan.summary); at least \(formatBytes(plan.minimumBudget)) (\(plan.minimumBudget) bytes)") }
+        }
+        if let failure = row.failure { throw OffloadError("[plan] \(TrainingPlanner.plain(failure))") }
+    }
+
     /// Planner speed: rotor with 500 slots and pofo with 10…50 slots on the 80 blocks
     /// of Llama-3-70B (batch 1, seq 4096), with the step time each plan predicts.
     func runSolverBenchmark() throws {

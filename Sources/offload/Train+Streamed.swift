@@ -17,30 +17,20 @@ final class StreamedRun: TrainingRun {
     let budget: Int
 
     init(_ command: Train, config: LlamaConfig, ropeStyle: RopeStyle, data: TokenWindows, options: TrainingOptions,
-         budget: Int, source: WeightSource?, seed: UInt64, resume: (String, CheckpointInfo)?) throws {
-        guard let folder = command.disk else {
-            throw OffloadError("[train] a budget of \(formatBytes(budget)) does not hold the weights, gradients and AdamW state "
-                               + "(\(formatBytes(4 * ParameterLayout(config: config).totalFloats * 4))): they are streamed "
-                               + "from disk, so give a folder on a local SSD with --disk DIR")
-        }
-        let hw = try command.hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
+         plan: StreamedTrainingPlan, hardware hw: HardwareProfile, source: WeightSource?, seed: UInt64,
+         resume: (String, CheckpointInfo)?) throws {
+        guard let folder = command.disk else { throw OffloadError("[train] a streamed step needs --disk DIR") }
         recorder = command.trace != nil ? TraceRecorder() : nil
         let disk = try DiskStore(roots: [folder], options: command.diskStoreOptions, trace: recorder)
         session = try StreamedTrainingSession(config: config, ropeStyle: ropeStyle, data: data, options: options,
-                                              budget: budget, disk: disk, trace: recorder,
-                                              activations: command.strategy.flatMap(StreamedActivations.init(rawValue:)))
-        self.budget = budget
-        let s = session.streamer
-        // The simulator's figure for the same order of work: every block's activations offloaded (or
-        // every block recomputed), parameters streamed, the head as the trainer runs it.
-        let chain = s.predictionChain(hardware: hw)
-        let sim = Planner.plan(s.offloadsActivations ? .offload : .recompute, .stream,
-                               PlanRequest(chain: chain, hardware: hw, useDisk: true)).simulation
-        predictedSeconds = sim?.stepSeconds ?? .nan
+                                              plan: plan, disk: disk, trace: recorder)
+        budget = plan.budget
+        predictedSeconds = plan.simulate(hardware: hw).simulation?.stepSeconds ?? .nan
         // Before the store fills the budget: the heap that tokenizing and parsing the model file
         // left free goes back to the system.
         MemoryTier.releaseFreeHeap()
         let setup = now()
+        let s = session.streamer
         if let (dir, info) = resume {
             try session.restore(from: dir, info: info)
         } else if let source {
@@ -49,15 +39,9 @@ final class StreamedRun: TrainingRun {
             try s.initializeRandom(seed: seed)
         }
         let stored = disk.stats.current
-        let activations = (s.offloadsActivations ? "every half-block's activations to disk and back"
-            : "every block recomputed, its input " + (s.keepsInputs ? "kept in memory" : "on disk"))
-            + "; head logits of \(s.keptLogitChunks) of \(s.trainer.headChunkCount) vocabulary chunks kept, the others "
-            + "to disk and back"
-        note("plan: stream (parameters, gradients and AdamW state on \(folder); \(activations)) under a RAM budget of \(formatBytes(budget)) "
-             + "(at least \(formatBytes(s.minimumBudget)) at this batch); predicted step "
-             + String(format: "%.2f s", predictedSeconds) + " (simulator, hardware \(hw.name)); peak RAM at most "
-             + "the budget, peak disk \(formatBytes(stored + s.stepDiskBytes)); "
-             + "\(formatBytes(stored)) (\(stored) bytes) written to the store in " + String(format: "%.1f s", now() - setup))
+        note("plan: \(plan.activations.rawValue)+stream: parameters, gradients and AdamW state on \(folder); \(plan.summary); "
+             + "at least \(formatBytes(plan.minimumBudget)) at this batch; \(formatBytes(stored)) (\(stored) bytes) written to "
+             + "the store in " + String(format: "%.1f s", now() - setup))
     }
 
     var step: Int { session.step }

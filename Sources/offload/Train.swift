@@ -80,8 +80,8 @@ struct Train: ParsableCommand {
             guard parseBytes(l) != nil else { throw ValidationError("--disk-limit '\(l)' is not a size (try 512MB or 2GiB)") }
             if disk == nil { throw ValidationError("--disk-limit limits the --disk spill folder: give --disk too") }
         }
-        if let s = strategy, s != "auto", s != "stream", ActivationStrategy(rawValue: s) == nil {
-            throw ValidationError("--strategy must be auto, stream or one of " + ActivationStrategy.allCases.map(\.rawValue).joined(separator: ", "))
+        if let s = strategy, !TrainingPlanRequest.strategies.contains(s) {
+            throw ValidationError("--strategy must be one of " + TrainingPlanRequest.strategies.joined(separator: ", ") + ", not '\(s)'")
         }
         if resume == nil && (model == nil) == (config == nil) {
             throw ValidationError("give either --model FILE or --config NAME (or --resume DIR)")
@@ -158,15 +158,23 @@ struct Train: ParsableCommand {
         let windows = try TokenWindows(tokens: ids, seqLen: options.seqLen, vocabSize: modelConfig.vocabSize,
                                        shuffleSeed: options.shuffleSeed, source: dataName)
         let budgetBytes = budget.flatMap(parseBytes)
-        // Stream the parameters when asked to, or (auto) when weights, gradients and AdamW state
-        // alone would not fit the budget.
-        let stateBytes = 4 * ParameterLayout(config: modelConfig).totalFloats * 4
-        let streamable = ["auto", "recompute", "offload"].contains(strategy ?? "auto")
-        let streams = budgetBytes.map { strategy == "stream" || (streamable && $0 < stateBytes) } ?? false
+        // Planning decides what runs under the budget (the same decision `offload plan` shows): parameters
+        // in memory with the fastest activation strategy that fits, else streamed from --disk.
+        let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
+        let placement = try budgetBytes.map { bytes in
+            do {
+                return try TrainingPlanner.choose(TrainingPlanRequest(config: modelConfig, batch: options.batch,
+                                                                      seqLen: options.seqLen, budget: bytes,
+                                                                      strategy: strategy ?? "auto", useDisk: disk != nil,
+                                                                      hardware: hw))
+            } catch { throw OffloadError("[train] \(TrainingPlanner.plain("\(error)"))") }
+        }
+        if let placement { printPlanRow(TrainingPlanner.row(for: placement, hardware: hw), budget: budgetBytes!, hardware: hw) }
         let run: TrainingRun
-        if let budgetBytes, streams {
+        if case .streamed(let plan)? = placement {
             run = try StreamedRun(self, config: modelConfig, ropeStyle: ropeStyle, data: windows, options: options,
-                                  budget: budgetBytes, source: source, seed: seed, resume: resume.flatMap { r in info.map { (r, $0) } })
+                                  plan: plan, hardware: hw, source: source, seed: seed,
+                                  resume: resume.flatMap { r in info.map { (r, $0) } })
         } else {
             let trainable: TrainableLlama
             if let resume, let info {
@@ -177,7 +185,8 @@ struct Train: ParsableCommand {
                 trainable = try TrainableLlama.random(config: modelConfig, seed: seed)
             }
             let session = try TrainingSession(model: trainable, data: windows, options: options, ownsActivations: budget == nil)
-            let budgeted = try budgetBytes.map { bytes in try attachExecutor(session, budget: bytes) }
+            var budgeted: (ExecutorPlan, TraceRecorder?)?
+            if case .inMemory(let plan)? = placement { budgeted = try attachExecutor(session, plan: plan, hardware: hw) }
             if let info, let resume { try Checkpoint.restoreOptimizer(resume, info: info, into: session) }
             run = InMemoryRun(session: session, budgeted: budgeted)
         }
@@ -319,32 +328,20 @@ extension Train {
         return o
     }
 
-    /// Plans the step under `bytes`, prints the plan, and hands the session an executor.
-    func attachExecutor(_ session: TrainingSession, budget bytes: Int) throws -> (ExecutorPlan, TraceRecorder?) {
-        let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
-        let o = session.options
-        guard o.optimizer == "adamw" else {
+    /// Hands the session an executor of `plan` (Planning's choice for the budget).
+    func attachExecutor(_ session: TrainingSession, plan: ExecutorPlan, hardware hw: HardwareProfile) throws
+        -> (ExecutorPlan, TraceRecorder?) {
+        guard session.options.optimizer == "adamw" else {
             throw OffloadError("[train] --budget plans AdamW steps (its m and v); --optimizer sgd is not planned yet")
         }
-        let chosen = strategy.flatMap { $0 == "auto" ? nil : ActivationStrategy(rawValue: $0) }
-        let (plan, all) = try ExecutorPlanning.plan(strategy: chosen, budget: bytes, model: session.model, batch: o.batch,
-                                                    seqLen: o.seqLen, trainerBytes: session.trainer.activationBytes,
-                                                    optimizerStateBytes: session.optimizerState.bytes,
-                                                    useDisk: disk != nil, hardware: hw)
         let recorder = trace != nil ? TraceRecorder() : nil
         let store = try disk.map { try DiskStore(roots: [$0], options: diskStoreOptions, trace: recorder) }
-        session.executor = try TrainingExecutor(trainer: session.trainer, schedule: plan.schedule, computeBudget: bytes,
+        session.executor = try TrainingExecutor(trainer: session.trainer, schedule: plan.schedule,
+                                                computeBudget: plan.planningBudget + plan.overhead,
                                                 optimizerStateBytes: session.optimizerState.bytes, disk: store,
                                                 trace: recorder)
-        note("plan: \(plan.result.name) under a RAM budget of \(formatBytes(bytes)) (hardware \(hw.name)); predicted step "
-             + String(format: "%.3f s", plan.predictedSeconds) + ", peak RAM \(formatBytes(plan.predictedPeak)) "
-             + "(schedule \(formatBytes(plan.simulation.peak[.compute] ?? 0)) + \(formatBytes(plan.overhead)) held outside it), "
-             + "peak disk \(formatBytes(plan.predictedDiskPeak)), \(formatBytes(plan.simulation.totalBytesMoved)) moved per step")
-        for r in all where r.name != plan.result.name || chosen == nil {
-            let what = r.simulation.map { String(format: "%.3f s", $0.stepSeconds) + ", schedule peak \(formatBytes($0.peak[.compute] ?? 0))" }
-                ?? "does not fit: \(r.failure ?? "?")"
-            note("  \(r.name == plan.result.name ? "*" : " ") \(r.name.padding(toLength: 10, withPad: " ", startingAt: 0)) \(what.prefix(140))")
-        }
+        note("plan: \(plan.result.name), schedule peak \(formatBytes(plan.simulation.peak[.compute] ?? 0)) + "
+             + "\(formatBytes(plan.overhead)) held outside it (weights, gradients, AdamW state, the trainer's scratch)")
         return (plan, recorder)
     }
 }

@@ -1,5 +1,6 @@
 // Runs the built `offload` binary and captures what a user would see.
 import Foundation
+import Tensors
 import XCTest
 
 struct CommandResult {
@@ -21,7 +22,7 @@ enum CLI {
     }
 
     static var cache: String {
-        ProcessInfo.processInfo.environment["OFFLOAD_CACHE"] ?? NSHomeDirectory() + "/.cache/offload"
+        AssetCache.directory
     }
     static var smolLM2: String { cache + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
     static var fixtures: URL {

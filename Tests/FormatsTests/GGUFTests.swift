@@ -21,7 +21,7 @@ private func makeTempDir() throws -> String {
 }
 
 private func realModelPath() throws -> String {
-    let cache = ProcessInfo.processInfo.environment["OFFLOAD_CACHE"] ?? (NSHomeDirectory() + "/.cache/offload")
+    let cache = AssetCache.directory
     let path = cache + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
     guard FileManager.default.fileExists(atPath: path) else {
         XCTFail("missing \(path): run scripts/fetch-assets.sh")

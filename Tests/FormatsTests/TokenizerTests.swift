@@ -8,7 +8,7 @@ import Tensors
 
 final class TokenizerTests: XCTestCase {
     static var cache: String {
-        ProcessInfo.processInfo.environment["OFFLOAD_CACHE"] ?? "\(NSHomeDirectory())/.cache/offload"
+        AssetCache.directory
     }
 
     /// Vocabularies whose llama.cpp test vectors must pass exactly.

@@ -110,7 +110,7 @@ final class HFCheckpointTests: XCTestCase {
                                   kvHeads: 2, ropeTheta: 50000, rmsEps: 1e-6, contextLength: 128)
 
     func realModelPath() throws -> String {
-        let cache = ProcessInfo.processInfo.environment["OFFLOAD_CACHE"] ?? (NSHomeDirectory() + "/.cache/offload")
+        let cache = AssetCache.directory
         let path = cache + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
         guard FileManager.default.fileExists(atPath: path) else {
             XCTFail("missing \(path): run scripts/fetch-assets.sh")

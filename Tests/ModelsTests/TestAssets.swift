@@ -1,10 +1,11 @@
 // Where tests find the fetched assets and the committed fixtures.
 import Foundation
+import Tensors
 import XCTest
 
 enum TestAssets {
     static var cache: String {
-        ProcessInfo.processInfo.environment["OFFLOAD_CACHE"] ?? NSHomeDirectory() + "/.cache/offload"
+        AssetCache.directory
     }
     static var smolLM2: String { cache + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
     static var repoRoot: URL {

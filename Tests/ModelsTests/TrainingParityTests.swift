@@ -3,6 +3,7 @@
 // dequantized GGUF (Fixtures/smollm2/training.json). Skipped when the model or
 // the fixture is absent.
 import Foundation
+import Tensors
 import Formats
 import Kernels
 import Models
@@ -19,7 +20,7 @@ func fixturePath(_ relative: String) -> String? {
 }
 
 func smolLM2Path() -> String {
-    let cache = ProcessInfo.processInfo.environment["OFFLOAD_CACHE"] ?? (NSHomeDirectory() + "/.cache/offload")
+    let cache = AssetCache.directory
     return cache + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 }
 

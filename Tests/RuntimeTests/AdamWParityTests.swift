@@ -3,6 +3,7 @@
 // torch.optim.AdamW produced from the same dequantized GGUF
 // (Fixtures/smollm2/training.json). Fails when the model or fixture is absent (scripts/fetch-assets.sh).
 import Foundation
+import Tensors
 import Models
 import Runtime
 import XCTest
@@ -10,7 +11,7 @@ import XCTest
 final class TrainingAdamWParityTests: XCTestCase {
     func testFiveAdamWStepsFollowTorchsLosses() throws {
         guard let fixture = trainingFixture() else { XCTFail("Fixtures/smollm2/training.json not found"); return }
-        let cache = ProcessInfo.processInfo.environment["OFFLOAD_CACHE"] ?? (NSHomeDirectory() + "/.cache/offload")
+        let cache = AssetCache.directory
         let modelPath = cache + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
         guard FileManager.default.fileExists(atPath: modelPath) else { XCTFail("\(modelPath) not found: run scripts/fetch-assets.sh"); return }
         let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: fixture))) as! [String: Any]

@@ -13,7 +13,7 @@ final class BlockScheduleTests: XCTestCase {
     let maxTokens = 7
 
     func weights() throws -> GGUFWeights {
-        let path = (ProcessInfo.processInfo.environment["OFFLOAD_CACHE"] ?? NSHomeDirectory() + "/.cache/offload")
+        let path = AssetCache.directory
             + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
         guard FileManager.default.fileExists(atPath: path) else {
             XCTFail("missing asset \(path): run scripts/fetch-assets.sh")

@@ -5,6 +5,7 @@
 import Foundation
 import Memory
 import Models
+import Planning
 import Runtime
 import Tensors
 import XCTest

@@ -4,13 +4,14 @@
 import Foundation
 import Formats
 import Models
+import Planning
 import Runtime
 import Tensors
 import XCTest
 
 final class WeightStreamingTests: XCTestCase {
     static var modelPath: String {
-        (ProcessInfo.processInfo.environment["OFFLOAD_CACHE"] ?? NSHomeDirectory() + "/.cache/offload")
+        AssetCache.directory
             + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
     }
     let prompt = [1, 504, 905, 436, 253, 1379, 288, 325, 8167, 28, 564, 4642]   // 12 rows: the sgemm prefill path

@@ -1,0 +1,321 @@
+// Generation under a compute budget, planned: the model's stages (blocks, chunks of
+// the head) as the GGUF lays them out, which stay resident and which are streamed
+// through a ring of stage buffers, how many readers, which KV-cache layers go to
+// disk, and for many prompts the block size of FlexGen's block schedule. Decided
+// here and only here: `offload plan --mode generate` and `offload generate --budget`
+// read the same plan; Runtime's WeightStreamer executes it.
+import Foundation
+import Formats
+import Kernels
+import Memory
+import Models
+import Tensors
+
+// MARK: - Stages
+
+/// One matrix of a stage: where it is in the file and in the stage's buffer.
+public struct StageMatrix: Sendable {
+    public var name: String
+    public var dtype: DType
+    public var rows: Int
+    public var cols: Int
+    /// Head chunks: the first vocabulary row of the chunk.
+    public var firstRow: Int
+    public var fileOffset: Int
+    public var byteCount: Int
+    /// Offset of the matrix's first byte inside the stage buffer.
+    public var bufferOffset: Int
+}
+
+/// A unit of streaming: a block's seven matrices, or a chunk of the head's rows.
+public struct WeightStage: Sendable {
+    public var index: Int
+    public var name: String
+    public var matrices: [StageMatrix]
+    /// Aligned file ranges read into the buffer: (file offset, length, buffer offset).
+    public var runs: [(fileOffset: Int, length: Int, bufferOffset: Int)]
+    /// Bytes of the stage buffer (sum of the runs).
+    public var bufferBytes: Int
+    /// Bytes of the matrices themselves.
+    public var weightBytes: Int { matrices.reduce(0) { $0 + $1.byteCount } }
+    /// Whether decode reads this stage's Q4_1 matrices in the split layout (as the resident path does).
+    public var splitsForDecode: Bool
+
+    init(index: Int, name: String, matrices: [StageMatrix], splits: Bool) {
+        self.index = index; self.name = name; splitsForDecode = splits
+        var ms = matrices.sorted { $0.fileOffset < $1.fileOffset }
+        var runs: [(Int, Int, Int)] = []
+        var bufferEnd = 0
+        // Neighbouring matrices (and the small norms between them) are read in one request.
+        let gapLimit = 64 << 10
+        for i in ms.indices {
+            let a = AlignedBuffer.alignDown(ms[i].fileOffset), e = AlignedBuffer.alignUp(ms[i].fileOffset + ms[i].byteCount)
+            if let last = runs.last, a <= last.0 + last.1 + gapLimit {
+                let newEnd = max(last.0 + last.1, e)
+                bufferEnd += newEnd - (last.0 + last.1)
+                runs[runs.count - 1].1 = newEnd - last.0
+            } else {
+                runs.append((a, e - a, bufferEnd))
+                bufferEnd += e - a
+            }
+            let run = runs[runs.count - 1]
+            ms[i].bufferOffset = run.2 + ms[i].fileOffset - run.0
+        }
+        // Back to the caller's order (the block's q, k, v, o, gate, up, down).
+        let order = Dictionary(uniqueKeysWithValues: matrices.enumerated().map { ($0.element.name, $0.offset) })
+        self.matrices = ms.sorted { order[$0.name]! < order[$1.name]! }
+        self.runs = runs.map { (fileOffset: $0.0, length: $0.1, bufferOffset: $0.2) }
+        bufferBytes = bufferEnd
+    }
+}
+
+/// The stages of a GGUF model in forward order: blocks, then head chunks of
+/// about one block's bytes each.
+/// `splitQ4_1`: the decode kernel reads Q4_1 in the split layout (AVX-512 machines).
+public func weightStages(of file: GGUFFile, config c: LlamaConfig,
+                         splitQ4_1: Bool = Matmul.bestSIMDLevel == 2) throws -> [WeightStage] {
+    func matrix(_ name: String, rows: Int? = nil, firstRow: Int = 0) throws -> StageMatrix {
+        guard let info = file.info(name), let dtype = info.dtype, info.shape.count == 2,
+              let offset = file.fileOffset(of: name) else {
+            throw OffloadError("\(file.fileName): tensor \(name) is missing or not a supported matrix")
+        }
+        let cols = info.shape[1]
+        guard let rowBytes = dtype.byteCount(elements: cols) else {
+            throw OffloadError("\(file.fileName): \(name) rows are not whole \(dtype) blocks")
+        }
+        let n = rows ?? info.shape[0]
+        return StageMatrix(name: name, dtype: dtype, rows: n, cols: cols, firstRow: firstRow,
+                           fileOffset: offset + firstRow * rowBytes, byteCount: n * rowBytes, bufferOffset: 0)
+    }
+    let splitLevel = splitQ4_1
+    var stages: [WeightStage] = []
+    for l in 0..<c.layers {
+        let ms = try BlockMatrices.names.map { try matrix("blk.\(l).\($0).weight") }
+        stages.append(WeightStage(index: l, name: "blk.\(l)", matrices: ms,
+                                  splits: splitLevel && ms.contains { $0.dtype == .q4_1 }))
+    }
+    let headName = c.tiedEmbeddings ? "token_embd.weight" : "output.weight"
+    let head = try matrix(headName)
+    let rowBytes = head.byteCount / head.rows
+    let target = stages.map(\.weightBytes).max() ?? head.byteCount
+    let chunkRows = max(1, min(head.rows, target / rowBytes))
+    for (i, r0) in stride(from: 0, to: head.rows, by: chunkRows).enumerated() {
+        let m = try matrix(headName, rows: min(chunkRows, head.rows - r0), firstRow: r0)
+        stages.append(WeightStage(index: c.layers + i, name: "head.\(i)", matrices: [m], splits: false))
+    }
+    return stages
+}
+
+// MARK: - Plan
+
+/// What a budget buys: which stages stay resident, how many stream buffers,
+/// and every fixed need, in bytes as the compute tier counts them.
+public struct StreamingPlan: Sendable {
+    public var budget: Int
+    public var stages: [WeightStage]
+    /// Sequences run together (the block schedule): each has its own KV cache, kept in memory.
+    public var sequences: Int
+    public var promptTokens: Int
+    public var contextCapacity: Int
+    public var resident: Set<Int>
+    public var ringSlots: Int
+    public var slotBytes: Int
+    public var readerThreads: Int
+    /// KV cache in the compute tier: the layers held there, plus the staging pair when some are on disk.
+    public var kvCacheBytes: Int
+    /// Layers whose KV cache lives on disk (the last ones), read and written each step.
+    public var kvDiskLayers: Set<Int>
+    public var scratchBytes: Int
+    /// The buffer the compute thread rewrites a stage's Q4_1 matrices in for the decode kernel
+    /// (the largest such matrix; 0 when no stage needs it).
+    public var splitStagingBytes: Int
+    /// Split staging and the embedding-row buffer.
+    public var stagingBytes: Int
+    public var residentBytes: Int
+    /// The smallest budget that runs this prompt and context at all.
+    public var minimumBudget: Int
+
+    public var streamed: [Int] { stages.indices.filter { !resident.contains($0) } }
+    public var plannedBytes: Int { kvCacheBytes + scratchBytes + stagingBytes + ringSlots * slotBytes + residentBytes }
+
+    /// Positions per KV page on disk for rows of `kvDim` floats: the fewest whose bytes are whole 4 KiB blocks.
+    public static func kvPagePositions(kvDim: Int) -> Int {
+        func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
+        return AlignedBuffer.alignment / gcd(AlignedBuffer.alignment, kvDim * 4)
+    }
+
+    /// - Parameters:
+    ///   - promptTokens: the longest prompt (its prefill's activations), `contextCapacity` the positions.
+    ///   - sequences: sequences run together (the block schedule): each has its own KV cache
+    ///     (kept in memory) and its hidden state.
+    /// - Throws: when `budget` is below the smallest that runs, naming it and what it is made of.
+    public init(budget: Int, stages: [WeightStage], config c: LlamaConfig, promptTokens: Int, contextCapacity: Int,
+                sequences: Int = 1, maxSlots: Int = 3) throws {
+        let scratch = [LlamaModel.scratchFloats(config: c, rows: max(promptTokens, 1), start: 0),
+                       LlamaModel.scratchFloats(config: c, rows: 1, start: max(contextCapacity - 1, 0))]
+        // A block of several sequences: each keeps its hidden state for the prompt and a row.
+        let perSequenceScratch = sequences > 1 ? accountedBytes(promptTokens * c.dim * 4) + accountedBytes(c.dim * 4) : 0
+        self.budget = budget; self.stages = stages; self.sequences = sequences
+        self.promptTokens = promptTokens; self.contextCapacity = contextCapacity
+        let layerKV = 2 * accountedBytes(contextCapacity * c.kvDim * 4)
+        let page = Self.kvPagePositions(kvDim: c.kvDim)
+        let kvStaging = 2 * accountedBytes((contextCapacity + page - 1) / page * page * c.kvDim * 4)
+        var most: [String: Int] = [:]
+        for s in scratch { for (k, v) in s { most[k] = max(most[k] ?? 0, v) } }
+        scratchBytes = most.values.reduce(0) { $0 + accountedBytes(max($1, 1) * 4) } + sequences * perSequenceScratch
+        slotBytes = stages.map(\.bufferBytes).max() ?? 0
+        splitStagingBytes = stages.filter(\.splitsForDecode).flatMap(\.matrices).map(\.byteCount).max() ?? 0
+        let headRow = stages.last?.matrices.first.map { $0.byteCount / $0.rows } ?? 0
+        let embeddingStaging = accountedBytes(AlignedBuffer.alignUp(headRow) + 2 * AlignedBuffer.alignment)
+        // The compute thread rewrites a stage for the decode kernel as it takes it (the readers
+        // only read): one split staging buffer, however many readers.
+        let staging = accountedBytes(splitStagingBytes) + embeddingStaging
+        // The least that runs: one stage buffer, activations, and the KV cache of one layer staged from disk
+        // (a block of several sequences keeps every cache in memory).
+        let bare = scratchBytes + staging + slotBytes
+        minimumBudget = bare + (sequences > 1 ? sequences * c.layers * layerKV : min(kvStaging, c.layers * layerKV))
+        guard budget >= minimumBudget else {
+            throw OffloadError("budget \(formatBytes(budget)) (\(budget) bytes) is below the minimum "
+                + "\(formatBytes(minimumBudget)) (\(minimumBudget) bytes) for this prompt and context: one stage buffer "
+                + "\(formatBytes(slotBytes)) + KV cache \(sequences > 1 ? "of \(sequences) sequences \(formatBytes(minimumBudget - bare))" : "staging of one layer \(formatBytes(minimumBudget - bare))") "
+                + "+ activations \(formatBytes(scratchBytes)) + read staging \(formatBytes(staging))")
+        }
+        // KV cache in memory for as many layers as fit (all, when they do); the rest on disk.
+        if budget >= bare + sequences * c.layers * layerKV {
+            kvDiskLayers = []
+            kvCacheBytes = sequences * c.layers * layerKV
+        } else {
+            let inMemory = max(0, min(c.layers - 1, (budget - bare - kvStaging) / max(layerKV, 1)))
+            kvDiskLayers = Set(inMemory..<c.layers)
+            kvCacheBytes = inMemory * layerKV + kvStaging
+        }
+        let fixed = kvCacheBytes + scratchBytes
+        var slots = budget >= fixed + staging + 2 * slotBytes ? 2 : 1
+        stagingBytes = staging
+        var left = budget - fixed - stagingBytes - slots * slotBytes
+        // Keep as many stages resident as fit; each saves its bytes on every token.
+        var resident = Set<Int>()
+        var residentBytes = 0
+        for s in stages where accountedBytes(s.bufferBytes) <= left {
+            resident.insert(s.index)
+            residentBytes += accountedBytes(s.bufferBytes)
+            left -= accountedBytes(s.bufferBytes)
+        }
+        // Room left: one more buffer, so two reads can be in flight while a stage computes.
+        while slots < maxSlots, left >= slotBytes, resident.count < stages.count { slots += 1; left -= slotBytes }
+        // Readers: one fewer than the buffers, as one is always being computed. With two buffers,
+        // two readers filled both at once, both finished together, and the disk idled while the
+        // compute consumed them; one reader reads the next stage while one computes.
+        readerThreads = max(1, slots - 1)
+        self.resident = resident; self.residentBytes = residentBytes; ringSlots = slots
+    }
+}
+
+/// The stages of a model of `config`'s shape as `offload init` writes it (matrices of `dtype`,
+/// tensors one after another at GGUF's 32-byte alignment): what `plan --config` plans for.
+public func weightStages(config c: LlamaConfig, dtype: DType = .f16) throws -> [WeightStage] {
+    guard let rowBytes = { (cols: Int) in dtype.byteCount(elements: cols) }(c.dim) else {
+        throw OffloadError("\(c.name): rows of \(c.dim) are not whole \(dtype) blocks")
+    }
+    var offset = 0
+    func place(_ bytes: Int) -> Int { defer { offset = (offset + bytes + 31) / 32 * 32 }; return offset }
+    func matrix(_ name: String, rows: Int, cols: Int, firstRow: Int = 0, at base: Int) -> StageMatrix {
+        let rb = dtype.byteCount(elements: cols) ?? cols * 4
+        return StageMatrix(name: name, dtype: dtype, rows: rows, cols: cols, firstRow: firstRow,
+                           fileOffset: base + firstRow * rb, byteCount: rows * rb, bufferOffset: 0)
+    }
+    let embd = place(c.vocabSize * rowBytes)
+    var stages: [WeightStage] = []
+    let shapes = [(c.qDim, c.dim), (c.kvDim, c.dim), (c.kvDim, c.dim), (c.dim, c.qDim),
+                  (c.ffnDim, c.dim), (c.ffnDim, c.dim), (c.dim, c.ffnDim)]
+    for l in 0..<c.layers {
+        _ = place(c.dim * 4)   // attn_norm
+        var ms: [StageMatrix] = []
+        for (name, (rows, cols)) in zip(BlockMatrices.names, shapes) {
+            if name == "ffn_gate" { _ = place(c.dim * 4) }   // ffn_norm
+            let at = place(rows * (dtype.byteCount(elements: cols) ?? cols * 4))
+            ms.append(matrix("blk.\(l).\(name).weight", rows: rows, cols: cols, at: at))
+        }
+        stages.append(WeightStage(index: l, name: "blk.\(l)", matrices: ms, splits: false))
+    }
+    _ = place(c.dim * 4)   // output_norm
+    let head = c.tiedEmbeddings ? embd : place(c.vocabSize * rowBytes)
+    let target = stages.map(\.weightBytes).max() ?? c.vocabSize * rowBytes
+    let chunkRows = max(1, min(c.vocabSize, target / rowBytes))
+    for (i, r0) in stride(from: 0, to: c.vocabSize, by: chunkRows).enumerated() {
+        let m = matrix(c.tiedEmbeddings ? "token_embd.weight" : "output.weight", rows: min(chunkRows, c.vocabSize - r0),
+                       cols: c.dim, firstRow: r0, at: head)
+        stages.append(WeightStage(index: c.layers + i, name: "head.\(i)", matrices: [m], splits: false))
+    }
+    return stages
+}
+
+// MARK: - Predicted time and the block schedule
+
+extension StreamingPlan {
+    /// Bytes read from disk per decode step of the block: the streamed stages and the KV layers on disk
+    /// (read at the context's length and written a page each).
+    public func bytesReadPerStep(contextLength: Int? = nil, config c: LlamaConfig) -> Int {
+        let weights = streamed.reduce(0) { $0 + stages[$1].bufferBytes }
+        let kv = kvDiskLayers.count * 2 * (contextLength ?? contextCapacity) * c.kvDim * 4
+        return weights + kv
+    }
+
+    /// Predicted seconds per decode step of one sequence at `contextLength` (nil: full context) on
+    /// `hardware`: the longer of the compute (every weight byte read from memory once) and the disk
+    /// reads, which overlap it (one stage ahead).
+    public func predictedDecodeSeconds(hardware hw: HardwareProfile, config c: LlamaConfig, contextLength: Int? = nil) -> Double {
+        let weights = Double(stages.reduce(0) { $0 + $1.weightBytes })
+        let compute = Double(sequences) * weights / hw.decodeBytesPerSecond
+        let disk = Double(bytesReadPerStep(contextLength: contextLength, config: c)) / hw.diskReadBandwidth
+        return max(compute, disk)
+    }
+}
+
+/// FlexGen's block schedule for many prompts: the block size B chosen by exhaustive search over
+/// 1…prompts, each costed with its own plan (resident stages shrink as caches grow) as
+/// ceil(prompts ÷ B) blocks × max(B × compute per token, streamed bytes ÷ disk bandwidth) per decode
+/// step (a short last block costs a whole step's reads).
+public struct BlockSchedulePlan: Sendable {
+    public var blockSize: Int
+    public var plan: StreamingPlan
+    /// Decode seconds per token (over all prompts) the cost model predicts for `blockSize`.
+    public var predictedSecondsPerToken: Double
+
+    public init(stages: [WeightStage], config c: LlamaConfig, budget: Int, promptLengths: [Int], maxTokens: Int,
+                blockSize forced: Int? = nil, hardware hw: HardwareProfile) throws {
+        let longest = promptLengths.max() ?? 1
+        let capacity = min(longest + maxTokens, c.contextLength)
+        var best: (Int, StreamingPlan, Double)?
+        var firstError: Error?
+        let count = max(1, promptLengths.count)
+        for b in forced.map({ [$0] }) ?? Array(1...count) {
+            do {
+                let plan = try StreamingPlan(budget: budget, stages: stages, config: c, promptTokens: longest,
+                                             contextCapacity: capacity, sequences: b)
+                let blocks = Double((count + b - 1) / b)
+                let cost = blocks * plan.predictedDecodeSeconds(hardware: hw, config: c) / Double(count)
+                if best == nil || cost <= best!.2 * (1 + 1e-9) { best = (b, plan, cost) }   // ties: the larger block
+            } catch {
+                if firstError == nil { firstError = error }
+            }
+        }
+        guard let best else { throw firstError ?? OffloadError("no block size fits the budget") }
+        blockSize = best.0; plan = best.1; predictedSecondsPerToken = best.2
+    }
+}
+
+extension StreamingPlan {
+    /// Bytes the KV layers on disk take there.
+    public func kvDiskBytes(config c: LlamaConfig) -> Int {
+        let page = Self.kvPagePositions(kvDim: c.kvDim)
+        return kvDiskLayers.count * 2 * ((contextCapacity + page - 1) / page * page) * c.kvDim * 4
+    }
+
+    /// What the plan table and `generate` say of the placement, in words.
+    public var summary: String {
+        "\(resident.count) of \(stages.count) stages resident, \(stages.count - resident.count) streamed through "
+            + "\(ringSlots) buffer\(ringSlots == 1 ? "" : "s") (\(readerThreads) reader\(readerThreads == 1 ? "" : "s")), KV cache of "
+            + "\(kvDiskLayers.count) layers on disk" + (sequences > 1 ? ", blocks of \(sequences) sequences" : "")
+    }
+}
