@@ -100,7 +100,8 @@ public enum ExecutorPlanning {
                             simulation: nil, modelSeconds: nil, planningSeconds: 0, failure: why), nil)
             }
         }
-        let request = PlanRequest(chain: chain, hardware: hardware, computeBudget: planningBudget, useDisk: useDisk)
+        var request = PlanRequest(chain: chain, hardware: hardware, computeBudget: planningBudget, useDisk: useDisk)
+        request.savingForwardsNeedNoTemporaries = true
         return strategies.map { a in
             var r = Planner.plan(a, .keep, request)
             guard r.fits, let s = r.schedule, let sim = r.simulation else {

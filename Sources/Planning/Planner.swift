@@ -20,6 +20,8 @@ public struct PlanRequest: Sendable {
     /// Memory slots of the rotor and pofo dynamic programs.
     public var rotorSlots: Int
     public var pofoSlots: Int
+    /// The executor computes a saving forward into its saved tensors (see `BuildOptions`).
+    public var savingForwardsNeedNoTemporaries = false
 
     public init(chain: ModelChain, hardware: HardwareProfile = .defaultCPU, computeBudget: Int? = nil,
                 hostBudget: Int? = nil, useDisk: Bool = false, rotorSlots: Int = 500, pofoSlots: Int = 40) {
@@ -106,7 +108,7 @@ public enum Planner {
         var result = PlanResult(name: name, activations: a, parameters: p, kvOffload: kvOffload, schedule: nil,
                                 simulation: nil, modelSeconds: nil, planningSeconds: 0, failure: nil)
         let options = BuildOptions(parameters: p, parameterTier: r.offloadTier, offloadTier: r.offloadTier,
-                                   kvOffload: kvOffload)
+                                   kvOffload: kvOffload, savingForwardsNeedNoTemporaries: r.savingForwardsNeedNoTemporaries)
         if p == .zeroOffload && r.useDisk == false && chain.mode == .generate {
             result.failure = "zero-offload applies to training"; return result
         }

@@ -42,10 +42,14 @@ public struct BuildOptions: Sendable {
     public var offloadTier: Tier
     /// Generation: keep the KV cache off the compute tier and prefetch it per stage.
     public var kvOffload: Bool
+    /// A forward that saves all its activations computes them into the saved tensors themselves and
+    /// needs no temporaries (the CPU executor's forwards do; `forwardTempBytes` is then what a
+    /// forward that does not save needs).
+    public var savingForwardsNeedNoTemporaries: Bool
     public init(parameters: ParameterPlacement = .keep, parameterTier: Tier = .host, offloadTier: Tier = .host,
-                kvOffload: Bool = false) {
+                kvOffload: Bool = false, savingForwardsNeedNoTemporaries: Bool = false) {
         self.parameters = parameters; self.parameterTier = parameterTier; self.offloadTier = offloadTier
-        self.kvOffload = kvOffload
+        self.kvOffload = kvOffload; self.savingForwardsNeedNoTemporaries = savingForwardsNeedNoTemporaries
     }
 }
 
@@ -233,7 +237,9 @@ struct ScheduleBuilder {
                 let kind: OperationKind = forwarded.contains(k) ? .recompute : .forward
                 forwarded.insert(k)
                 emit(kind, .compute, stage: k, save: save, reads: [s.input.name] + weights(k) + kvRead,
-                     creates: creates, frees: frees, temp: s.forwardTempBytes, seconds: s.forwardSeconds)
+                     creates: creates, frees: frees,
+                     temp: save == .all && options.savingForwardsNeedNoTemporaries ? 0 : s.forwardTempBytes,
+                     seconds: s.forwardSeconds)
                 if options.kvOffload, let kv = s.kvCache { emit(.free, .compute, frees: [kv.name]) }
                 if chain.mode == .generate && k == n - 1 { emit(.free, .compute, frees: [chain.output.name]) }
                 // A forward right before its own backward only recomputes what B_k needs: its output is not.

@@ -80,7 +80,7 @@ extension Schedule {
             tiers[p.tier]!.base += b
         }
         for t in Tier.allCases where tiers[t]!.base > tiers[t]!.budget {
-            throw OffloadError("[simulate] \(t.rawValue) tier: resident tensors at the start take \(formatBytes(tiers[t]!.base)), budget \(formatBytes(tiers[t]!.budget))")
+            throw OffloadError("[simulate] what stays in \(t.rawValue) memory for the whole step takes \(formatBytes(tiers[t]!.base)), more than its budget of \(formatBytes(tiers[t]!.budget))")
         }
         var endOf = [Double](repeating: 0, count: operations.count)
         var indexOf: [Int: Int] = [:]
@@ -215,7 +215,7 @@ struct MemoryLine {
         while i >= 0 { suffixMax[i] = max(suffixMax[i + 1], usage[i]); i -= 1 }
         let finalUsage = run
         if finalUsage + hold > budget {
-            throw OffloadError("[simulate] op #\(op.id) (\(op.kind.rawValue)\(op.stage.map { " \($0)" } ?? "")) needs \(formatBytes(hold + temp)) in a tier that holds \(formatBytes(finalUsage)) of its \(formatBytes(budget)) budget with no frees to come")
+            throw OffloadError("[simulate] the \(op.kind.rawValue)\(op.stage.map { " of stage \($0)" } ?? "") (op #\(op.id)) needs \(formatBytes(hold + temp)), but \(formatBytes(finalUsage)) of the \(formatBytes(budget)) budget stay held until after it: \(formatBytes(max(0, budget - finalUsage))) are left")
         }
         // Candidate starts: `from`, then each event time after it.
         var candidates = [from]
@@ -239,7 +239,7 @@ struct MemoryLine {
             if j < n && suffixMax[j] + hold > budget { continue }
             return t
         }
-        throw OffloadError("[simulate] op #\(op.id) (\(op.kind.rawValue)\(op.stage.map { " \($0)" } ?? "")) never fits: needs \(formatBytes(hold + temp)) over a budget of \(formatBytes(budget))")
+        throw OffloadError("[simulate] the \(op.kind.rawValue)\(op.stage.map { " of stage \($0)" } ?? "") (op #\(op.id)) needs \(formatBytes(hold + temp)) beside what the step holds then, and no moment of the \(formatBytes(budget)) budget leaves that much")
     }
 
     func points() -> [MemoryPoint] {

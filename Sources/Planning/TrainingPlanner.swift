@@ -35,6 +35,7 @@ public struct TrainingPlanRequest: Sendable {
 
     /// Strategy names `train --strategy` and `plan --strategy` take for a training step.
     public static let strategies = ["auto", "stream"] + ActivationStrategy.allCases.map(\.rawValue)
+        + StreamedActivations.allCases.map { $0.rawValue + "+stream" }
 }
 
 public enum TrainingPlanner {
@@ -43,7 +44,8 @@ public enum TrainingPlanner {
 
     /// The in-memory strategies `r.strategy` allows (none for `stream`).
     static func inMemoryStrategies(_ r: TrainingPlanRequest) -> [ActivationStrategy] {
-        r.strategy == "stream" ? [] : ActivationStrategy(rawValue: r.strategy).map { [$0] } ?? ActivationStrategy.allCases
+        r.strategy == "stream" || r.strategy.hasSuffix("+stream") ? []
+            : ActivationStrategy(rawValue: r.strategy).map { [$0] } ?? ActivationStrategy.allCases
     }
 
     /// The streamed step's activation choice `r.strategy` allows; nil when it allows no streamed step
@@ -51,7 +53,9 @@ public enum TrainingPlanner {
     static func streamedActivations(_ r: TrainingPlanRequest) -> StreamedActivations?? {
         switch r.strategy {
         case "auto", "stream": return .some(nil)
-        default: return StreamedActivations(rawValue: r.strategy).map { .some($0) }
+        default:
+            let name = r.strategy.hasSuffix("+stream") ? String(r.strategy.dropLast(7)) : r.strategy
+            return StreamedActivations(rawValue: name).map { .some($0) }
         }
     }
 

@@ -196,8 +196,11 @@ extension Generate {
             let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
             let s = try BlockSchedule(weights: gguf, budget: budget, prompts: ids, maxTokens: maxTokens, blockSize: blockSize,
                                       hardware: hw)
-            printPlanRow(generationRow(s.plan, config: gguf.config, hardware: hw), budget: budget, hardware: hw, stepLabel: "per token")
-            note("  \(s.plan.summary)")
+            if !json {   // with --json, standard error carries the JSON summary alone
+                printPlanRow(generationRow(s.plan, config: gguf.config, hardware: hw), budget: budget, hardware: hw,
+                             stepLabel: "per token")
+                note("  \(s.plan.summary)")
+            }
             (result, streamer) = try generateBlocks(weights: gguf, schedule: s, threads: nthreads, prompts: ids,
                                                     maxTokens: maxTokens, sampling: options, seed: seed, stop: stop,
                                                     trace: recorder)

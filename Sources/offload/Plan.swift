@@ -32,7 +32,7 @@ struct Plan: ParsableCommand {
     @Option(name: .customLong("host-budget"), help: "Host memory budget; only for a profile with an accelerator (on a CPU-only one host memory is compute memory).") var hostBudget: String?
     @Option(help: "Directory for the disk tier; offloaded tensors go to disk when given.") var disk: String?
     @Option(help: "Hardware profile JSON (from `offload profile`).") var hardware: String?
-    @Option(help: "Strategy to choose: auto, a name from the table (rotor, pofo+stream, ...).") var strategy: String = "auto"
+    @Option(help: "Train: what `train --strategy` takes (auto, stream, keep, recompute, sqrt, rotor, offload, pofo, offload+stream, recompute+stream): the plan marked is the one `train` runs with it. With an accelerator profile: a row's name.") var strategy: String = "auto"
     @Option(name: .customLong("prompt-tokens"), help: "Generate: tokens of the prompt prefilled in one pass (--seq-len is the whole context).")
     var promptTokens: Int = 32
     @Option(help: ArgumentHelp("Generate: prompts run together with FlexGen's block schedule (the block size is planned), as `generate --prompts` with that many lines.", valueName: "count"))
@@ -73,22 +73,17 @@ struct Plan: ParsableCommand {
         var chosen: PlanResult
         if runMode == .train && hw.hostIsCompute {
             // What `offload train --budget` runs: the same planner, the same decision.
+            guard TrainingPlanRequest.strategies.contains(strategy) else {
+                throw ValidationError("unknown strategy '\(strategy)'; expected one of: " + TrainingPlanRequest.strategies.joined(separator: ", "))
+            }
             let r = TrainingPlanRequest(config: cfg, batch: batch, seqLen: seqLen,
                                         budget: budget.flatMap(parseBytes) ?? Int.max / 4,
-                                        strategy: "auto", useDisk: disk != nil, hardware: hw)
+                                        strategy: strategy, useDisk: disk != nil, hardware: hw)
             all = try TrainingPlanner.compare(r)
-            if strategy == "auto" {
-                do {
-                    chosen = TrainingPlanner.row(for: try TrainingPlanner.choose(r), hardware: hw)
-                } catch {
-                    throw OffloadError("[plan] \(cfg.name) (train, batch \(batch), seq \(seqLen)): \(TrainingPlanner.plain("\(error)"))")
-                }
-            } else {
-                guard let c = all.first(where: { $0.name == strategy }) else {
-                    throw ValidationError("unknown strategy '\(strategy)'; expected auto or one of: " + all.map(\.name).joined(separator: ", "))
-                }
-                guard c.fits else { throw OffloadError("[plan] \(strategy) does not fit: \(TrainingPlanner.plain(c.failure ?? "?"))") }
-                chosen = c
+            do {
+                chosen = TrainingPlanner.row(for: try TrainingPlanner.choose(r), hardware: hw)
+            } catch {
+                throw OffloadError("[plan] \(cfg.name) (train, batch \(batch), seq \(seqLen)): \(TrainingPlanner.plain("\(error)"))")
             }
         } else {
             all = Planner.compareAll(request)
@@ -104,7 +99,16 @@ struct Plan: ParsableCommand {
             }
         }
         if json {
-            print(try jsonReport(request, all, chosen))
+            var extra: [String: Any] = [:]
+            if runMode == .train && hw.hostIsCompute,
+               let least = TrainingPlanner.smallestBudget(TrainingPlanRequest(config: cfg, batch: batch, seqLen: seqLen,
+                                                                              budget: 0, strategy: strategy,
+                                                                              useDisk: disk != nil, hardware: hw)) {
+                extra["minimumBudget"] = least.bytes
+                extra["minimumBudgetPlan"] = least.name
+                extra["stateBytes"] = TrainingPlanner.stateBytes(cfg)
+            }
+            print(try jsonReport(request, all, chosen, extra: extra))
         } else {
             print(table(request, all, chosen))
         }
@@ -152,7 +156,7 @@ struct Plan: ParsableCommand {
         return lines.joined(separator: "\n")
     }
 
-    func jsonReport(_ r: PlanRequest, _ all: [PlanResult], _ chosen: PlanResult) throws -> String {
+    func jsonReport(_ r: PlanRequest, _ all: [PlanResult], _ chosen: PlanResult, extra: [String: Any] = [:]) throws -> String {
         func entry(_ p: PlanResult) -> [String: Any] {
             var e: [String: Any] = ["name": p.name, "activations": p.activations.rawValue, "parameters": p.parameters.rawValue,
                                     "fits": p.fits, "planningSeconds": p.planningSeconds]
@@ -177,6 +181,7 @@ struct Plan: ParsableCommand {
                                   "parameterBytes": r.chain.parameterBytes, "offloadTier": r.offloadTier.rawValue,
                                   "hostIsCompute": r.hardware.hostIsCompute]
         if let b = r.computeBudget { top["computeBudget"] = b }
+        top.merge(extra) { $1 }
         if let b = r.hostBudget { top["hostBudget"] = b }
         let data = try JSONSerialization.data(withJSONObject: top, options: [.prettyPrinted, .sortedKeys])
         return String(decoding: data, as: UTF8.self)
@@ -214,12 +219,16 @@ extension Plan {
             var out: [String: Any] = ["model": cfg.name, "mode": "generate", "seqLen": context, "promptTokens": promptTokens,
                                       "prompts": prompts, "fits": row.failure == nil, "hostIsCompute": true]
             if budget != nil { out["computeBudget"] = budgetBytes }
+            if let least = try? BlockSchedulePlan(stages: stages, config: cfg, budget: Int.max / 4,
+                                                  promptLengths: Array(repeating: promptTokens, count: prompts),
+                                                  maxTokens: context - promptTokens, blockSize: 1, hardware: hw) {
+                out["minimumBudget"] = least.plan.minimumBudget
+            }
             if let plan, row.failure == nil {
                 out["secondsPerToken"] = row.seconds; out["budgetedPeakBytes"] = row.peak; out["diskPeakBytes"] = row.diskPeak
                 out["bytesReadPerToken"] = row.moved; out["blockSize"] = plan.sequences
                 out["residentStages"] = plan.resident.count; out["streamedStages"] = plan.streamed.count
                 out["streamBuffers"] = plan.ringSlots; out["kvDiskLayers"] = plan.kvDiskLayers.count
-                out["minimumBudget"] = plan.minimumBudget
             } else { out["failure"] = TrainingPlanner.plain(row.failure ?? "") }
             let data = try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))

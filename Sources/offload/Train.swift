@@ -310,7 +310,7 @@ final class InMemoryRun: TrainingRun {
 func reportBudget(_ budget: Int, peak: Int?, recorder: TraceRecorder?, trace: String?) throws {
     if let peak {
         let hwm = peakResidentBytes()
-        note("budget \(formatBytes(budget)): measured compute peak \(formatBytes(peak)), "
+        note("budget \(formatBytes(budget)): measured compute peak \(formatBytes(peak)) (\(peak) bytes), "
              + "process peak resident (VmHWM) \(formatBytes(hwm)) = compute peak + \(formatBytes(hwm - peak)) "
              + "outside the budget (runtime, code, mapped model file, data)")
     }

@@ -19,12 +19,12 @@ final class TrainingMemoryTests: XCTestCase {
         let r = try CLI.run(["train", "--config", "smollm2-135m", "--data", data.path, "--batch", "4", "--seq-len", "256",
                              "--steps", "1", "--threads", "2", "--budget", "\(budget)", "--disk", dir.path])
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stderr.contains("plan: stream (parameters, gradients and AdamW state on"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("+stream: parameters, gradients and AdamW state on"), r.stderr)
         func bytes(_ number: Substring, _ unit: Substring) -> Int {
             let units: [Substring: Double] = ["B": 1, "KiB": 1024, "MiB": 1_048_576, "GiB": 1_073_741_824]
             return Int((Double(number) ?? .nan) * (units[unit] ?? .nan))
         }
-        let m = try XCTUnwrap(r.stderr.firstMatch(of: /compute peak ([\d.]+) (\w+), process peak resident \(VmHWM\) ([\d.]+) (\w+)/),
+        let m = try XCTUnwrap(r.stderr.firstMatch(of: /compute peak ([\d.]+) (\w+) \(\d+ bytes\), process peak resident \(VmHWM\) ([\d.]+) (\w+)/),
                               r.stderr)
         let compute = bytes(m.1, m.2), hwm = bytes(m.3, m.4)
         XCTAssertLessThanOrEqual(compute, budget, "compute peak")

