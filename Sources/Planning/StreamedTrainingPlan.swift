@@ -87,17 +87,19 @@ public struct StreamedTrainingPlan: Sendable {
     ///   - activations: nil chooses: offload when the budget leaves room to read a half's activations
     ///     ahead of its backward, or when it is too small to recompute; else recompute.
     ///   - partBytes: most bytes of m (and of v) read at once for an update.
+    ///   - headChunk: vocabulary rows per head chunk (default `LlamaTrainer.headChunkRows`), as the trainer's.
     /// - Throws: when `budget` is below the smallest budget of the activations chosen, naming it.
     public init(config c: LlamaConfig, batch: Int, seqLen: Int, budget: Int, activations: StreamedActivations? = nil,
-                partBytes: Int = 4 << 20) throws {
+                partBytes: Int = 4 << 20, headChunk: Int? = nil) throws {
         guard batch > 0, seqLen > 0 else { throw OffloadError("batch and sequence length must be positive") }
         let layout = ParameterLayout(config: c)
         let n = batch * seqLen
-        let chunkRows = LlamaTrainer.headChunkRows(config: c, rows: n)
+        let chunkRows = headChunk ?? LlamaTrainer.headChunkRows(config: c, rows: n)
         let chunkCount = (c.vocabSize + chunkRows - 1) / chunkRows
         self.config = c; self.batch = batch; self.seqLen = seqLen; self.budget = budget
         headChunkRows = chunkRows; headChunkCount = chunkCount
-        scratchBytes = LlamaTrainer.activationBytes(config: c, batch: batch, seqLen: seqLen, ownsActivations: false)
+        scratchBytes = LlamaTrainer.activationBytes(config: c, batch: batch, seqLen: seqLen, ownsActivations: false,
+                                                    headChunk: chunkRows)
         guard chunkRows * c.dim % 4096 == 0 || chunkCount == 1 else {
             throw OffloadError("head chunks of \(chunkRows) rows are not whole 4096-float blocks")
         }

@@ -101,7 +101,8 @@ public final class StreamedTrainer {
         let plan: StreamedTrainingPlan
         do {
             plan = try StreamedTrainingPlan(config: trainer.model.config, batch: trainer.batch, seqLen: trainer.seqLen,
-                                            budget: budget, activations: activations, partBytes: partBytes)
+                                            budget: budget, activations: activations, partBytes: partBytes,
+                                            headChunk: trainer.headChunkRows)
         } catch { throw OffloadError("[stream] \(error)") }
         try self.init(trainer: trainer, optimizer: optimizer, plan: plan, disk: disk, trace: trace)
     }

@@ -144,7 +144,15 @@ struct Plan: ParsableCommand {
         lines.append(PlanTable.header(ram: ram))
         // Combinations that are no plan of their own on this machine: one line, not one row each.
         let skipped = all.filter(\.skipped)
-        for p in all where !p.skipped { lines.append(PlanTable.row(p, chosen: p.name == chosen.name, ram: ram)) }
+        // Plans that fail for the same reason share one line.
+        var shown = all.filter { !$0.skipped }
+        while let p = shown.first {
+            let same = p.fits ? [p] : Array(shown.prefix { !$0.fits && $0.failure == p.failure })
+            var row = PlanTable.figures(p, ram: ram)
+            row.name = same.map(\.name).joined(separator: ", ")
+            lines.append(PlanTable.row(row, chosen: p.name == chosen.name, ram: ram))
+            shown.removeFirst(same.count)
+        }
         if !skipped.isEmpty {
             let reasons = Set(skipped.compactMap { $0.failure.map(TrainingPlanner.plain) })
             lines.append("  (\(skipped.count) combinations not listed: " + reasons.sorted().joined(separator: "; ") + ")")

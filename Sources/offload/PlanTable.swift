@@ -37,7 +37,10 @@ enum PlanTable {
 
     static func row(_ r: Row, chosen: Bool, ram: Bool) -> String {
         let mark = chosen ? "* " : "  "
-        if let failure = r.failure { return mark + pad(r.name, 20) + "  does not fit: " + TrainingPlanner.plain(failure) }
+        if let failure = r.failure {
+            return mark + r.name + (r.name.count < 20 ? String(repeating: " ", count: 20 - r.name.count) : "")
+                + "  does not fit: " + TrainingPlanner.plain(failure)
+        }
         return mark + pad(r.name, 20) + lpad(String(format: "%.3f s", r.seconds), 11) + lpad(formatBytes(r.peak), 14)
             + (ram ? "" : lpad(formatBytes(r.hostPeak), 12))
             + lpad(formatBytes(r.diskPeak), 12) + lpad(formatBytes(r.moved), 12)

@@ -40,8 +40,9 @@ final class StreamedRun: TrainingRun {
         }
         let stored = disk.stats.current
         note("plan: \(plan.activations.rawValue)+stream: parameters, gradients and AdamW state on \(folder); \(plan.summary); "
-             + "at least \(formatBytes(plan.minimumBudget)) at this batch; \(formatBytes(stored)) (\(stored) bytes) written to "
-             + "the store in " + String(format: "%.1f s", now() - setup))
+             + "at least \(formatBytes(plan.minimumBudget)) at this batch; predicted step "
+             + String(format: "%.3f s", predictedSeconds) + " (simulator, hardware \(hw.name)); "
+             + "\(formatBytes(stored)) (\(stored) bytes) written to the store in " + String(format: "%.1f s", now() - setup))
     }
 
     var step: Int { session.step }

@@ -62,7 +62,7 @@ struct Train: ParsableCommand {
 
     @Option(help: "Compute (RAM) budget, e.g. 256MB or 4GiB: the step follows a planned schedule that keeps, recomputes or offloads activations so that it fits. Absent: everything in memory (the fastest path when it fits).")
     var budget: String?
-    @Option(help: "With --budget: auto (the fastest plan that fits; stream when weights, gradients and AdamW state do not fit), keep, recompute, sqrt, rotor, offload, pofo (parameters in memory), or stream (parameters, gradients and AdamW state on --disk, read in per half-block; needs --disk). When they do not fit, recompute and offload stream them too, with every block recomputed or every block's activations to disk and back.")
+    @Option(help: "With --budget: auto (the fastest plan with parameters in memory that fits, else parameters, gradients and AdamW state streamed from --disk), keep, recompute, sqrt, rotor, offload, pofo (activations; recompute and offload stream the parameters too when no in-memory plan fits), stream, offload+stream or recompute+stream (parameters streamed in half-blocks, activations to disk and back or recomputed). `offload plan` with the same flags shows the plan this runs.")
     var strategy: String?
     @Option(help: "With --budget: a folder for offloaded activations (offload, pofo) and streamed parameters (stream).") var disk: String?
     @Option(name: .customLong("disk-limit"),
@@ -340,7 +340,8 @@ extension Train {
                                                 computeBudget: plan.planningBudget + plan.overhead,
                                                 optimizerStateBytes: session.optimizerState.bytes, disk: store,
                                                 trace: recorder)
-        note("plan: \(plan.result.name), schedule peak \(formatBytes(plan.simulation.peak[.compute] ?? 0)) + "
+        note("plan: \(plan.result.name), predicted step " + String(format: "%.3f s", plan.predictedSeconds)
+             + " (simulator, hardware \(hw.name)), schedule peak \(formatBytes(plan.simulation.peak[.compute] ?? 0)) + "
              + "\(formatBytes(plan.overhead)) held outside it (weights, gradients, AdamW state, the trainer's scratch)")
         return (plan, recorder)
     }

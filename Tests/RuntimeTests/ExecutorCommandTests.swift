@@ -15,7 +15,7 @@ final class ExecutorCommandTests: OffloadCommandTestCase {
         let budgeted = try offload(run + ["--log", "budget.jsonl", "--save", "budget", "--budget", "\(budget)",
                                           "--strategy", "offload", "--disk", work, "--trace", "trace.json"])
         XCTAssertEqual(budgeted.status, 0, budgeted.err)
-        XCTAssertTrue(budgeted.err.contains("* offload ") && budgeted.err.contains("plan: offload, schedule peak"), budgeted.err)
+        XCTAssertTrue(budgeted.err.contains("* offload ") && budgeted.err.contains("plan: offload, predicted step"), budgeted.err)
         for (a, b) in zip(try logLines("plain.jsonl"), try logLines("budget.jsonl")) {
             XCTAssertEqual(a["loss"] as? Double, b["loss"] as? Double, "loss at step \(a["step"] ?? "?")")
             XCTAssertEqual(a["grad_norm"] as? Double, b["grad_norm"] as? Double, "grad norm at step \(a["step"] ?? "?")")
