@@ -267,8 +267,15 @@ extension StreamingPlan {
     public func predictedDecodeSeconds(hardware hw: HardwareProfile, config c: LlamaConfig, contextLength: Int? = nil) -> Double {
         let weights = Double(stages.reduce(0) { $0 + $1.weightBytes })
         let compute = Double(sequences) * weights / hw.decodeBytesPerSecond
-        let disk = Double(bytesReadPerStep(contextLength: contextLength, config: c)) / hw.diskReadBandwidth
+        let disk = Double(bytesReadPerStep(contextLength: contextLength, config: c)) / streamReadBandwidth(hardware: hw)
         return max(compute, disk)
+    }
+
+    /// The disk's rate for this plan's reads: requests of a stage's runs, one per reader at a time.
+    public func streamReadBandwidth(hardware hw: HardwareProfile) -> Double {
+        let runs = streamed.flatMap { stages[$0].runs.map(\.length) }
+        guard !runs.isEmpty else { return hw.diskReadBandwidth }
+        return hw.diskReadBandwidth(requestBytes: runs.reduce(0, +) / runs.count, queueDepth: readerThreads)
     }
 }
 

@@ -34,6 +34,40 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
     /// Seconds of compute lost per byte of direct I/O beside it (CPU-only machines: the I/O's
     /// system calls, page pinning and interrupts run on the cores that compute).
     public var ioComputeSecondsPerByte: Double
+    /// Direct-I/O rates `offload profile` measured per request size and queue depth (its "disk"
+    /// list); nil: only the single rates above.
+    public var diskRates: [DiskRate]?
+
+    /// One measured direct-I/O rate.
+    public struct DiskRate: Codable, Sendable, Equatable {
+        public var requestBytes: Int
+        public var queueDepth: Int
+        public var readBytesPerSecond: Double
+        public var writeBytesPerSecond: Double
+        enum CodingKeys: String, CodingKey {
+            case requestBytes = "request_bytes", queueDepth = "queue_depth"
+            case readBytesPerSecond = "read_bytes_per_second", writeBytesPerSecond = "write_bytes_per_second"
+        }
+        public init(requestBytes: Int, queueDepth: Int, readBytesPerSecond: Double, writeBytesPerSecond: Double) {
+            self.requestBytes = requestBytes; self.queueDepth = queueDepth
+            self.readBytesPerSecond = readBytesPerSecond; self.writeBytesPerSecond = writeBytesPerSecond
+        }
+    }
+
+    /// Bytes per second of direct reads of `requestBytes` each, `queueDepth` at a time: from the
+    /// measured rates at the nearest queue depth, interpolated in the logarithm of the request size
+    /// (clamped to the sizes measured); `diskReadBandwidth` when none were measured.
+    public func diskReadBandwidth(requestBytes: Int, queueDepth: Int) -> Double {
+        guard let rates = diskRates, !rates.isEmpty, requestBytes > 0 else { return diskReadBandwidth }
+        let depth = rates.map(\.queueDepth).min { abs($0 - queueDepth) < abs($1 - queueDepth) }!
+        let line = rates.filter { $0.queueDepth == depth }.sorted { $0.requestBytes < $1.requestBytes }
+        let x = log(Double(requestBytes))
+        guard let upper = line.firstIndex(where: { $0.requestBytes >= requestBytes }) else { return line.last!.readBytesPerSecond }
+        if upper == 0 { return line[0].readBytesPerSecond }
+        let a = line[upper - 1], b = line[upper]
+        let t = (x - log(Double(a.requestBytes))) / (log(Double(b.requestBytes)) - log(Double(a.requestBytes)))
+        return a.readBytesPerSecond + t * (b.readBytesPerSecond - a.readBytesPerSecond)
+    }
 
     public init(name: String = "custom", gemmFlops: Double, memoryBandwidth: Double,
                 diskReadBandwidth: Double, diskWriteBandwidth: Double, hostLinkBandwidth: Double,
@@ -102,6 +136,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
             var accelerator: Bool?
             var diskDuplexBandwidth: Double?; var disk_duplex_bytes_per_second: Double?
             var ioComputeSecondsPerByte: Double?; var io_compute_seconds_per_byte: Double?
+            var disk: [DiskRate]?; var diskRates: [DiskRate]?
         }
         let loose: Loose
         do { loose = try JSONDecoder().decode(Loose.self, from: data) } catch {
@@ -113,7 +148,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
             return v
         }
         let l = loose
-        return HardwareProfile(name: l.name ?? l.machine ?? path,
+        var profile = HardwareProfile(name: l.name ?? l.machine ?? path,
                                gemmFlops: try need(l.gemmFlops ?? l.gemm_flops, "gemmFlops"),
                                memoryBandwidth: try need(l.memoryBandwidth ?? l.memcpy_bytes_per_second, "memoryBandwidth"),
                                diskReadBandwidth: try need(l.diskReadBandwidth ?? l.disk_read_bytes_per_second,
@@ -132,6 +167,10 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
                                        }
                                        return v
                                    } ?? 0)
+        profile.diskRates = (l.diskRates ?? l.disk)?.filter {
+            $0.requestBytes > 0 && $0.queueDepth > 0 && $0.readBytesPerSecond > 0 && $0.readBytesPerSecond.isFinite
+        }
+        return profile
     }
 
     /// Bytes per second moving from one tier to another. Host ↔ compute on a CPU-only

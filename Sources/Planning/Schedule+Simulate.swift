@@ -4,6 +4,13 @@ import Foundation
 import Memory
 import Tensors
 
+/// An op that found no room under its tier's budget (`error` says how much it needed and what was held).
+public struct ScheduleOverflow: Error, CustomStringConvertible {
+    public var op: Int
+    public var error: OffloadError
+    public var description: String { error.description }
+}
+
 /// Budgets per tier in bytes; a missing tier is unlimited.
 public typealias TierBudgets = [Tier: Int]
 
@@ -215,7 +222,7 @@ struct MemoryLine {
         while i >= 0 { suffixMax[i] = max(suffixMax[i + 1], usage[i]); i -= 1 }
         let finalUsage = run
         if finalUsage + hold > budget {
-            throw OffloadError("[simulate] the \(op.kind.rawValue)\(op.stage.map { " of stage \($0)" } ?? "") (op #\(op.id)) needs \(formatBytes(hold + temp)), but \(formatBytes(finalUsage)) of the \(formatBytes(budget)) budget stay held until after it: \(formatBytes(max(0, budget - finalUsage))) are left")
+            throw ScheduleOverflow(op: op.id, error: OffloadError("[simulate] the \(op.kind.rawValue)\(op.stage.map { " of stage \($0)" } ?? "") (op #\(op.id)) needs \(formatBytes(hold + temp)), but \(formatBytes(finalUsage)) of the \(formatBytes(budget)) budget stay held until after it: \(formatBytes(max(0, budget - finalUsage))) are left"))
         }
         // Candidate starts: `from`, then each event time after it.
         var candidates = [from]
@@ -239,7 +246,7 @@ struct MemoryLine {
             if j < n && suffixMax[j] + hold > budget { continue }
             return t
         }
-        throw OffloadError("[simulate] the \(op.kind.rawValue)\(op.stage.map { " of stage \($0)" } ?? "") (op #\(op.id)) needs \(formatBytes(hold + temp)) beside what the step holds then, and no moment of the \(formatBytes(budget)) budget leaves that much")
+        throw ScheduleOverflow(op: op.id, error: OffloadError("[simulate] the \(op.kind.rawValue)\(op.stage.map { " of stage \($0)" } ?? "") (op #\(op.id)) needs \(formatBytes(hold + temp)) beside what the step holds then, and no moment of the \(formatBytes(budget)) budget leaves that much"))
     }
 
     func points() -> [MemoryPoint] {

@@ -127,14 +127,22 @@ public enum TrainingPlanner {
     /// The streamed plan as a table row: the simulator's step time for its order of work, and the
     /// memory, disk and traffic of the plan itself.
     public static func streamedRow(_ plan: StreamedTrainingPlan, hardware: HardwareProfile) -> PlanResult {
-        var row = plan.simulate(hardware: hardware)
-        if var sim = row.simulation {
-            sim.peak = [.compute: plan.predictedPeakBytes, .disk: plan.storedBytes + plan.stepDiskBytes]
-            row.budgetedPeak = plan.predictedPeakBytes
-            sim.bytesMoved = ["disk→compute": plan.bytesReadPerStep, "compute→disk": plan.bytesWrittenPerStep]
-            row.simulation = sim
-            row.failure = nil
+        let clock = Date()
+        var row = PlanResult(name: plan.activations.rawValue + "+stream",
+                             activations: plan.offloadsActivations ? .offload : .recompute, parameters: .stream,
+                             kvOffload: false, schedule: nil, simulation: nil, modelSeconds: nil, planningSeconds: 0,
+                             failure: nil)
+        do {
+            let (schedule, simulation) = try plan.simulation(hardware: hardware)
+            row.schedule = schedule
+            row.simulation = simulation
+            // What --budget limits: the tier the schedule fills and the trainer's own buffers.
+            row.budgetedPeak = (simulation.peak[.compute] ?? 0) + plan.scratchBytes
+            if !simulation.leaks.isEmpty { row.failure = "internal: the streamed schedule leaks \(simulation.leaks.prefix(3))" }
+        } catch {
+            row.failure = "internal: the streamed step's schedule does not simulate: \(error)"
         }
+        row.planningSeconds = Date().timeIntervalSince(clock)
         return row
     }
 

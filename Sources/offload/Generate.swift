@@ -93,6 +93,7 @@ struct Generate: ParsableCommand {
         }
         let llama: LlamaModel
         var streamer: WeightStreamer?
+        var predicted: Double?
         let recorder = trace.map { _ in TraceRecorder() }
         if let budget = budget.flatMap(parseBytes) {
             guard let gguf = source as? GGUFWeights else {
@@ -105,7 +106,9 @@ struct Generate: ParsableCommand {
             llama = m
             streamer = s
             let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
-            printPlanRow(generationRow(s.plan, config: gguf.config, hardware: hw), budget: budget, hardware: hw, stepLabel: "per token")
+            let row = generationRow(s.plan, config: gguf.config, hardware: hw)
+            predicted = row.seconds
+            printPlanRow(row, budget: budget, hardware: hw, stepLabel: "per token")
             note("  \(s.plan.summary)")
         } else {
             llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
@@ -137,7 +140,11 @@ struct Generate: ParsableCommand {
                 "stopped_at_eos": result.stoppedAtEOS, "seed": seed, "threads": llama.pool.threads,
                 "peak_resident_bytes": processPeakResidentBytes(),
             ]
-            if let report { out["streaming"] = report.json }
+            if let report {
+                var r = report.json
+                r["predicted_seconds_per_token"] = predicted
+                out["streaming"] = r
+            }
             print(try jsonString(out))
         } else {
             FileHandle.standardOutput.write(Data((stream.flush() + "\n").utf8))

@@ -25,7 +25,7 @@ final class StreamedRun: TrainingRun {
         session = try StreamedTrainingSession(config: config, ropeStyle: ropeStyle, data: data, options: options,
                                               plan: plan, disk: disk, trace: recorder)
         budget = plan.budget
-        predictedSeconds = plan.simulate(hardware: hw).simulation?.stepSeconds ?? .nan
+        predictedSeconds = TrainingPlanner.streamedRow(plan, hardware: hw).simulation?.stepSeconds ?? .nan
         // Before the store fills the budget: the heap that tokenizing and parsing the model file
         // left free goes back to the system.
         MemoryTier.releaseFreeHeap()

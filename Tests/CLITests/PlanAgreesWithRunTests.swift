@@ -7,6 +7,16 @@ import Tensors
 import XCTest
 
 final class PlanAgreesWithRunTests: XCTestCase {
+    /// This machine's profile (`offload profile --quick`), measured once: the streamed step's peak depends
+    /// on when writes complete, so its prediction uses the disk's and the cores' measured rates.
+    static let hardware: String? = {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("offload-plan-hw-\(getpid())")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let out = dir.appendingPathComponent("hardware.json").path
+        guard let r = try? CLI.run(["profile", "--quick", "--disk", dir.path, "--out", out]), r.status == 0 else { return nil }
+        return out
+    }()
+
     func json(_ text: String) throws -> [String: Any] {
         try XCTUnwrap(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "not JSON: \(text.prefix(300))")
     }
@@ -28,10 +38,11 @@ final class PlanAgreesWithRunTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: dir) }
         let text = dir.appendingPathComponent("data.txt").path
         try String(repeating: "To be, or not to be, that is the question. ", count: 600).write(toFile: text, atomically: true, encoding: .utf8)
-        let shape = ["--config", "small", "--batch", "\(batch)", "--seq-len", "\(seqLen)"]
+        let hw = try XCTUnwrap(Self.hardware, "offload profile --quick failed")
+        let shape = ["--config", "small", "--batch", "\(batch)", "--seq-len", "\(seqLen)", "--hardware", hw]
         let train = ["train"] + shape + ["--data", text, "--steps", "2", "--lr", "1e-3", "--threads", "2"]
         let free = dir.appendingPathComponent("free.jsonl").path
-        let r0 = try CLI.run(train + ["--log", free])
+        let r0 = try CLI.run(train.filter { $0 != "--hardware" && $0 != hw } + ["--log", free])
         XCTAssertEqual(r0.status, 0, r0.stderr)
         let reference = try losses(free)
         let probe = try CLI.run(["plan", "--mode", "train", "--json", "--disk", dir.path] + shape
@@ -67,18 +78,14 @@ final class PlanAgreesWithRunTests: XCTestCase {
             let predicted = try XCTUnwrap(row["budgetedPeakBytes"] as? Int)
             let measured = try XCTUnwrap(measuredPeak(run.stderr), run.stderr)
             XCTAssertLessThanOrEqual(measured, budget, what)
-            if chosen.hasSuffix("+stream") {
-                // The streamed step's reads ahead fill the budget as far as the read order allows: the plan
-                // predicts the budget, an upper bound (measured 2-6% below it near the smallest budget,
-                // 17% with room for everything, where reads wait for activations not yet written).
-                XCTAssertLessThanOrEqual(measured, predicted, "\(what), \(chosen)")
-            } else {
-                // The simulator's peak of the executor's schedule, with what the executor holds outside it:
-                // keep and offload within 2%; recompute-all 3.3% above (small, B=4).
-                XCTAssertLessThanOrEqual(measured, predicted, "\(what), \(chosen)")
-                XCTAssertEqual(Double(measured), Double(predicted), accuracy: 0.04 * Double(predicted),
-                               "\(what), \(chosen): predicted peak \(predicted), measured \(measured)")
-            }
+            // The simulator's peak of the plan's schedule, with what the executor holds outside it. In memory:
+            // within 2% for keep and offload, recompute-all 3.3% above. Streamed: the peak depends on when
+            // writes complete, which the schedule times with the profile's rates: 2-4% near the smallest
+            // budget; where the budget holds the whole step, the run reads ahead as fast as this machine's
+            // writes free room (9-14% above the prediction over runs for this tiny model's short ops).
+            let tolerance = !chosen.hasSuffix("+stream") ? 0.04 : budget < 2 * minimum ? 0.05 : 0.20
+            XCTAssertEqual(Double(measured), Double(predicted), accuracy: tolerance * Double(predicted),
+                           "\(what), \(chosen): predicted peak \(predicted), measured \(measured)")
             XCTAssertTrue(run.stderr.contains("* \(chosen)"), "\(what): train prints the plan row it runs:\n\(run.stderr)")
             XCTAssertEqual(try losses(log), reference, "\(what), \(chosen): losses differ from the unconstrained run")
         }
