@@ -113,8 +113,14 @@ struct Plan: ParsableCommand {
             print(table(request, all, chosen))
         }
         if let path = svg, let sim = chosen.simulation, let s = chosen.schedule {
+            // The schedule's tier is the budget less what the executor holds outside it (weights and optimizer
+            // state in memory, or the streamed trainer's scratch): drawn against that part of the budget.
+            let outside = max(0, (chosen.budgetedPeak ?? 0) - (sim.peak[.compute] ?? 0))
+            var budgets = request.budgets
+            if let b = budgets[.compute] { budgets[.compute] = b - outside }
             let title = "\(cfg.name) \(mode) batch \(batch) seq \(seqLen): \(chosen.name), step \(String(format: "%.3f", sim.stepSeconds)) s"
-            try write(sim.svg(s, budgets: request.budgets, title: title, hostIsCompute: hw.hostIsCompute), to: path)
+                + (outside > 0 ? " (\(formatBytes(outside)) held outside the schedule)" : "")
+            try write(sim.svg(s, budgets: budgets, title: title, hostIsCompute: hw.hostIsCompute), to: path)
         }
         if let path = schedule, let s = chosen.schedule {
             try write(String(decoding: try s.jsonData(), as: UTF8.self), to: path)
