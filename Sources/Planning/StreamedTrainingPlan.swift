@@ -236,65 +236,10 @@ public struct StreamedTrainingPlan: Sendable {
         return r
     }
 
-    /// Bytes written per step: every unit's w, m and v, plus activations (or block inputs), spilled
-    /// logits and a tied head's gradient chunks.
-    public var bytesWrittenPerStep: Int {
-        let state = units.reduce(0) { $0 + 3 * $1.bytes }
-        let tied = outputUnits.isEmpty ? embeddingUnits.reduce(0) { $0 + $1.bytes } : 0
-        let acts = offloadsActivations ? config.layers * BlockHalf.allCases.map(actsBytes).reduce(0, +)
-            : keepsInputs ? 0 : config.layers * inputBytes
-        let logits = (0..<headChunkCount).filter(spills).count * logitsBytes
-        return state + tied + acts + logits
-    }
-    public var bytesReadPerStep: Int { reads.reduce(0) { $0 + $1.bytes } }
-
-    /// Disk bytes a step adds to the store at most: activations or block inputs written in the
-    /// forward, the tied head's gradient chunks, one unit's new copy while it replaces the old.
-    public var stepDiskBytes: Int {
-        let activations = offloadsActivations ? config.layers * BlockHalf.allCases.map(actsBytes).reduce(0, +)
-            : keepsInputs ? 0 : config.layers * inputBytes
-        let headGradients = outputUnits.isEmpty ? embeddingUnits.reduce(0) { $0 + $1.bytes } : 0
-        let logits = (0..<headChunkCount).filter(spills).count * accountedBytes(logitsBytes)
-        return activations + headGradients + logits + (units.map(\.bytes).max() ?? 0)
-    }
-
-    /// Disk bytes between steps: every unit's w, m and v.
-    public var storedBytes: Int { units.reduce(0) { $0 + 3 * $1.bytes } }
-
-    /// The compute peak of the step: the trainer's scratch and the tier, which reads ahead fill up to
-    /// the budget whenever the step reads more than it holds (always, for a model that needs
-    /// streaming); else everything the step reads at once beside the largest phase.
-    public var predictedPeakBytes: Int {
-        min(budget, scratchBytes + (reserves.max() ?? 0) + reads.reduce(0) { $0 + accountedBytes($1.bytes) })
-    }
-
     /// What the plan table says of its placement, in words.
     public var summary: String {
         (offloadsActivations ? "every half-block's activations to disk and back"
             : "every block recomputed, its input " + (keepsInputs ? "kept in memory" : "on disk"))
             + "; head logits of \(keptLogitChunks) of \(headChunkCount) vocabulary chunks kept, the others to disk and back"
-    }
-}
-
-extension StreamedTrainingPlan {
-    /// The cost model's chain for this step: the executor's chain, with the head as the streamed
-    /// step runs it. Its (B, T, V) probabilities are not saved: the logits of chunks beyond
-    /// `keptLogitChunks` go to disk and back (the disk's time overlaps; the cores' share of the I/O
-    /// is counted).
-    public func predictionChain(hardware: HardwareProfile) -> ModelChain {
-        var chain = ExecutorPlanning.chain(config: config, batch: batch, seqLen: seqLen, hardware: hardware)
-        let h = chain.stages.count - 1
-        chain.stages[h].saved.removeAll { $0.name == "act.head.probs" }
-        chain.stages[h].backwardSeconds += Double(2 * (headChunkCount - keptLogitChunks) * logitsBytes) * hardware.ioSecondsOnCompute
-        return chain
-    }
-
-    /// The simulator's step for the same order of work: every block's activations offloaded (or
-    /// every block recomputed), parameters streamed, the head as the trainer runs it.
-    public func simulate(hardware: HardwareProfile) -> PlanResult {
-        var r = Planner.plan(offloadsActivations ? .offload : .recompute, .stream,
-                             PlanRequest(chain: predictionChain(hardware: hardware), hardware: hardware, useDisk: true))
-        r.name = activations.rawValue + "+stream"
-        return r
     }
 }

@@ -107,9 +107,6 @@ public final class StreamedTrainer {
         try self.init(trainer: trainer, optimizer: optimizer, plan: plan, disk: disk, trace: trace)
     }
 
-    /// Disk bytes a step adds to the store at most (see `StreamedTrainingPlan.stepDiskBytes`).
-    public var stepDiskBytes: Int { plan.stepDiskBytes }
-
     static func key(_ role: String, _ unit: ParameterUnit, part p: Int? = nil) -> String {
         StreamedTrainingPlan.key(role, unit, part: p)
     }
