@@ -392,4 +392,16 @@ extension StreamedTrainingPlan {
         }
         throw lastError ?? OffloadError("the streamed step's schedule does not fit its budget")
     }
+
+    /// The compute buffers (`alloc NAME BYTES`) and writes (`write NAME`) of the step's program, in order:
+    /// what the executor's `events` must record.
+    public func events(hardware: HardwareProfile = .defaultCPU) -> [String] {
+        program(hardware: hardware).flatMap { step -> [String] in
+            switch step {
+            case .compute(_, _, _, let allocs, _, _, _): return allocs.filter { !$0.optional }.map { "alloc \($0.name) \($0.bytes)" }
+            case .write(let n, _): return ["write \(diskName(n))"]
+            default: return []
+            }
+        }
+    }
 }

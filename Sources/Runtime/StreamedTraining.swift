@@ -65,6 +65,9 @@ public final class StreamedTrainer {
     func spills(_ k: Int) -> Bool { plan.spills(k) }
     /// Optimizer steps done (AdamW's t).
     public private(set) var steps = 0
+    /// When set, every compute buffer (`alloc NAME BYTES`) and write (`write NAME`) of a step, in order:
+    /// what `StreamedTrainingPlan.events` says the plan's schedule does (a test holds the two together).
+    public var events: [String]?
 
     public var embeddingUnits: [ParameterUnit] { plan.embeddingUnits }
     public var blockUnits: [ParameterUnit] { plan.blockUnits }
@@ -218,6 +221,7 @@ public final class StreamedTrainer {
     /// A compute op's buffer, counted against the reserve.
     func computeBuffer(_ name: String, bytes: Int, zero: Bool = false) throws -> TierBuffer {
         let b = try allocate(name, bytes: bytes)
+        events?.append("alloc \(name) \(bytes)")
         computeHeld += accountedBytes(bytes)
         if zero { b.baseAddress.assumingMemoryBound(to: Float.self).update(repeating: 0, count: bytes / 4) }
         return b
@@ -230,6 +234,7 @@ public final class StreamedTrainer {
 
     /// Writes `b` as `name`; the buffer is freed once on disk.
     func write(_ name: String, _ b: TierBuffer) throws {
+        events?.append("write \(name)")
         if let h = pendingWrites[name] { try h.wait() }
         let h = try engine.write(name, from: b)
         awaiting.remove(name)
@@ -444,6 +449,7 @@ public final class StreamedTrainer {
             guard spills(k) else { return }
             if let b = keptLogits.removeValue(forKey: k) { return try write("l.\(k)", b) }
             // Computed into the shared buffer (no room for its own): written before the next chunk.
+            events?.append("write l.\(k)")
             let h = try engine.write("l.\(k)", from: logits)
             awaiting.remove("l.\(k)")
             bytesWritten += logits.byteCount
