@@ -17,7 +17,9 @@ public struct ExecutorPlan: Sendable {
     public var overhead: Int
     /// The compute budget handed to the planner: the user's budget minus `overhead`.
     public var planningBudget: Int
-    /// Predicted peak compute bytes of the executed step: the simulated peak plus `overhead`.
+    /// Predicted peak compute bytes of the executed step: the schedule's peak plus `overhead`. The
+    /// executor keeps every gradient in one allocation for the whole step (in `overhead`), so the
+    /// schedule's per-stage gradients take no bytes (`BuildOptions.gradientsOutsideSchedule`).
     public var predictedPeak: Int { (simulation.peak[.compute] ?? 0) + overhead }
     public var predictedSeconds: Double { simulation.stepSeconds }
     public var predictedDiskPeak: Int { simulation.peak[.disk] ?? 0 }
@@ -102,6 +104,7 @@ public enum ExecutorPlanning {
         }
         var request = PlanRequest(chain: chain, hardware: hardware, computeBudget: planningBudget, useDisk: useDisk)
         request.savingForwardsNeedNoTemporaries = true
+        request.gradientsOutsideSchedule = true
         return strategies.map { a in
             var r = Planner.plan(a, .keep, request)
             guard r.fits, let s = r.schedule, let sim = r.simulation else {

@@ -22,6 +22,8 @@ public struct PlanRequest: Sendable {
     public var pofoSlots: Int
     /// The executor computes a saving forward into its saved tensors (see `BuildOptions`).
     public var savingForwardsNeedNoTemporaries = false
+    /// The executor holds the gradients outside the schedule (see `BuildOptions`).
+    public var gradientsOutsideSchedule = false
 
     public init(chain: ModelChain, hardware: HardwareProfile = .defaultCPU, computeBudget: Int? = nil,
                 hostBudget: Int? = nil, useDisk: Bool = false, rotorSlots: Int = 500, pofoSlots: Int = 40) {
@@ -107,8 +109,9 @@ public enum Planner {
         if p != .keep { name += "+" + p.rawValue }
         var result = PlanResult(name: name, activations: a, parameters: p, kvOffload: kvOffload, schedule: nil,
                                 simulation: nil, modelSeconds: nil, planningSeconds: 0, failure: nil)
-        let options = BuildOptions(parameters: p, parameterTier: r.offloadTier, offloadTier: r.offloadTier,
+        var options = BuildOptions(parameters: p, parameterTier: r.offloadTier, offloadTier: r.offloadTier,
                                    kvOffload: kvOffload, savingForwardsNeedNoTemporaries: r.savingForwardsNeedNoTemporaries)
+        options.gradientsOutsideSchedule = r.gradientsOutsideSchedule
         if p == .zeroOffload && r.useDisk == false && chain.mode == .generate {
             result.failure = "zero-offload applies to training"; return result
         }

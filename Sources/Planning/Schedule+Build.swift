@@ -46,6 +46,9 @@ public struct BuildOptions: Sendable {
     /// needs no temporaries (the CPU executor's forwards do; `forwardTempBytes` is then what a
     /// forward that does not save needs).
     public var savingForwardsNeedNoTemporaries: Bool
+    /// The executor keeps every gradient in one allocation for the whole step, outside the schedule's
+    /// accounting: the schedule's per-stage gradients take no bytes.
+    public var gradientsOutsideSchedule = false
     public init(parameters: ParameterPlacement = .keep, parameterTier: Tier = .host, offloadTier: Tier = .host,
                 kvOffload: Bool = false, savingForwardsNeedNoTemporaries: Bool = false) {
         self.parameters = parameters; self.parameterTier = parameterTier; self.offloadTier = offloadTier
@@ -89,7 +92,8 @@ struct ScheduleBuilder {
             declare(LogicalTensor(name: chain.boundaryGradName(k), bytes: s.input.bytes))
             for w in s.parameters {
                 declare(w)
-                declare(LogicalTensor(name: ModelChain.gradName(w.name), bytes: w.bytes))
+                declare(LogicalTensor(name: ModelChain.gradName(w.name),
+                                      bytes: options.gradientsOutsideSchedule ? 0 : w.bytes))
                 for a in ModelChain.adamNames(w.name) { declare(LogicalTensor(name: a, bytes: w.bytes)) }
             }
             if let kv = s.kvCache { declare(kv) }
