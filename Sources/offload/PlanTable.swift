@@ -12,7 +12,7 @@ enum PlanTable {
 
     /// `ram`: a CPU-only machine, where one RAM budget covers compute and host memory.
     static func header(ram: Bool, stepLabel: String = "step") -> String {
-        "  " + pad("plan", 20) + lpad(stepLabel, 11) + (ram ? lpad("RAM peak", 14) : lpad("compute peak", 14) + lpad("host peak", 12))
+        "  " + pad("strategy", 20) + lpad(stepLabel, 11) + (ram ? lpad("RAM peak", 14) : lpad("compute peak", 14) + lpad("host peak", 12))
             + lpad("disk peak", 12) + lpad("moved", 12) + lpad("recompute", 11) + lpad("idle", 10) + lpad("plan", 9)
     }
 
