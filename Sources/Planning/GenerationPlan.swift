@@ -261,10 +261,13 @@ extension StreamingPlan {
         return weights + kv
     }
 
-    /// Predicted seconds per decode step of one sequence at `contextLength` (nil: full context) on
-    /// `hardware`: the longer of the compute (every weight byte read from memory once) and the disk
-    /// reads, which overlap it (one stage ahead).
+    /// Predicted seconds per decode step of the block at full context on `hardware`: the simulated
+    /// step of its schedule (compute: every weight byte read from memory once per sequence; reads at
+    /// the profile's rate for the plan's requests, as far ahead as the ring allows). At another
+    /// `contextLength`: the longer of the compute and the disk reads.
     public func predictedDecodeSeconds(hardware hw: HardwareProfile, config c: LlamaConfig, contextLength: Int? = nil) -> Double {
+        // The step's schedule: reads into the ring as slots free, each stage computed once read.
+        if contextLength == nil, let sim = try? schedule(hardware: hw, config: c).simulate() { return sim.stepSeconds }
         let weights = Double(stages.reduce(0) { $0 + $1.weightBytes })
         let compute = Double(sequences) * weights / hw.decodeBytesPerSecond
         let disk = Double(bytesReadPerStep(contextLength: contextLength, config: c)) / streamReadBandwidth(hardware: hw)
@@ -324,5 +327,68 @@ extension StreamingPlan {
         "\(resident.count) of \(stages.count) stages resident, \(stages.count - resident.count) streamed through "
             + "\(ringSlots) buffer\(ringSlots == 1 ? "" : "s") (\(readerThreads) reader\(readerThreads == 1 ? "" : "s")), KV cache of "
             + "\(kvDiskLayers.count) layers on disk" + (sequences > 1 ? ", blocks of \(sequences) sequences" : "")
+    }
+}
+
+extension StreamingPlan {
+    /// One decode step as a Schedule: resident stages and the KV cache in memory from the start; each
+    /// streamed stage read into a ring slot as soon as one is free (the executor's readers), computed,
+    /// and its slot freed; KV layers on disk read before their block and written after. For `--svg`,
+    /// `--schedule` and `--trace` of `plan --mode generate`: the simulator's peak is the plan's bytes.
+    public func schedule(hardware hw: HardwareProfile, config c: LlamaConfig) -> Schedule {
+        var tensors: [LogicalTensor] = [], initial: [Placement] = [], ops: [Operation] = []
+        func emit(_ op: Operation) -> Int { var o = op; o.id = ops.count; ops.append(o); return o.id }
+        let fixed = plannedBytes - ringSlots * slotBytes - residentBytes
+        tensors.append(LogicalTensor(name: "kv cache, activations and staging", bytes: fixed))
+        initial.append(Placement(tensor: "kv cache, activations and staging", tier: .compute))
+        for s in stages {
+            let name = "w.\(s.name)"
+            if resident.contains(s.index) {
+                tensors.append(LogicalTensor(name: name, bytes: accountedBytes(s.bufferBytes)))
+                initial.append(Placement(tensor: name, tier: .compute))
+            } else {
+                tensors.append(LogicalTensor(name: name, bytes: slotBytes))
+                tensors.append(LogicalTensor(name: name + " (file)", bytes: 0))
+                initial.append(Placement(tensor: name + " (file)", tier: .disk))
+            }
+        }
+        let page = Self.kvPagePositions(kvDim: c.kvDim)
+        let kvLayer = 2 * (contextCapacity + page - 1) / page * page * c.kvDim * 4
+        for l in kvDiskLayers { tensors.append(LogicalTensor(name: "kv.\(l)", bytes: 0)); initial.append(Placement(tensor: "kv.\(l)", tier: .disk)) }
+        let bandwidth = streamReadBandwidth(hardware: hw)
+        var computeOf: [Int] = []          // compute op ids of the streamed stages, in order
+        var lastCompute: Int?
+        for s in stages {
+            let name = "w.\(s.name)"
+            var deps = lastCompute.map { [$0] } ?? []
+            var reads = [name]
+            if !resident.contains(s.index) {
+                // A slot frees when the stage `ringSlots` streamed stages back is computed.
+                var readDeps: [Int] = []
+                if computeOf.count >= ringSlots { readDeps.append(computeOf[computeOf.count - ringSlots]) }
+                let r = emit(Operation(id: 0, kind: .prefetch, stream: .read, tier: .compute, from: .disk,
+                                       reads: [name + " (file)"], creates: [name],
+                                       seconds: Double(s.bufferBytes) / bandwidth, deps: readDeps))
+                deps.append(r)
+            }
+            if s.index < c.layers && kvDiskLayers.contains(s.index) {
+                let kv = "kv.\(s.index)"
+                let r = emit(Operation(id: 0, kind: .prefetch, stream: .read, tier: .compute, from: .disk, reads: [kv],
+                                       creates: [], seconds: Double(kvLayer) / bandwidth, deps: lastCompute.map { [$0] } ?? []))
+                deps.append(r)
+                reads = [name]
+            }
+            let id = emit(Operation(id: 0, kind: .forward, stream: .compute, stage: s.index, save: SaveMode.none,
+                                    reads: reads, frees: resident.contains(s.index) ? [] : [name],
+                                    seconds: Double(sequences) * Double(s.weightBytes) / hw.decodeBytesPerSecond, deps: deps))
+            if s.index < c.layers && kvDiskLayers.contains(s.index) {
+                _ = emit(Operation(id: 0, kind: .offload, stream: .write, tier: .disk, from: .compute, reads: [],
+                                   creates: [], seconds: Double(page * c.kvDim * 8) / hw.diskWriteBandwidth, deps: [id]))
+            }
+            if !resident.contains(s.index) { computeOf.append(id) }
+            lastCompute = id
+        }
+        return Schedule(strategy: streamed.isEmpty ? "resident" : "stream", model: c.name, mode: "generate",
+                        stageNames: stages.map(\.name), tensors: tensors, initial: initial, operations: ops)
     }
 }

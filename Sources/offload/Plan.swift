@@ -255,6 +255,18 @@ extension Plan {
             if let plan { print("  \(plan.summary); at least \(formatBytes(plan.minimumBudget)) (\(plan.minimumBudget) bytes)") }
         }
         if let failure = row.failure { throw OffloadError("[plan] \(TrainingPlanner.plain(failure))") }
+        if let plan, svg != nil || schedule != nil || trace != nil {
+            let s = plan.schedule(hardware: hw, config: cfg)
+            let sim = try s.simulate(budgets: budget == nil ? [:] : [.compute: budgetBytes])
+            if let path = svg {
+                let title = "\(cfg.name) generate, one decode step, context \(context): \(s.strategy), "
+                    + String(format: "%.1f ms per token", sim.stepSeconds / Double(plan.sequences) * 1e3)
+                try write(sim.svg(s, budgets: budget == nil ? [:] : [.compute: budgetBytes], title: title,
+                                  hostIsCompute: true), to: path)
+            }
+            if let path = schedule { try write(String(decoding: try s.jsonData(), as: UTF8.self), to: path) }
+            if let path = trace { try write(sim.chromeTrace(s), to: path) }
+        }
     }
 
     /// Planner speed: rotor with 500 slots and pofo with 10…50 slots on the 80 blocks
