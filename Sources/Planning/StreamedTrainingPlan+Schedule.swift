@@ -266,13 +266,13 @@ extension StreamedTrainingPlan {
             }
         }
 
-        // Reads the simulator found no room for where the walk put them go later (the walk frees a buffer
-        // being written at the next poll; the simulation, when its write ends).
+        // Reads the simulator found no room for where the walk put them go later (the walk's timing is the
+        // executor's view; the simulation's may differ where the budget is tight).
         for (r, d) in delays { issueBefore[r] = min(program.count - 1, issueBefore[r] + d) }
         for r in issueBefore.indices.dropFirst() { issueBefore[r] = max(issueBefore[r], issueBefore[r - 1]) }
         // A read is issued no later than the step that takes it.
-        var takeAt = [Int](), k = 0
-        for (i, step) in program.enumerated() { if case .compute(_, _, let takes, _, _, _, _) = step { for _ in takes { takeAt.append(i); k += 1 } } }
+        var takeAt: [Int] = []
+        for (i, step) in program.enumerated() { if case .compute(_, _, let takes, _, _, _, _) = step { for _ in takes { takeAt.append(i) } } }
         for r in issueBefore.indices { issueBefore[r] = min(issueBefore[r], takeAt[r]) }
 
         // The Schedule: reads on the read stream, writes on the write stream, compute in order.
