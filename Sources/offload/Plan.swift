@@ -16,11 +16,18 @@ func loadConfig(modelPath: String) throws -> LlamaConfig {
 struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plan",
-        abstract: "Predict step time and peak memory of every strategy, and pick the fastest that fits.",
+        abstract: "Predict step time and peak memory of every plan a run can use under a budget, and mark the one it runs.",
         discussion: """
-        Strategies: keep, recompute, sqrt, rotor, offload, pofo (activations) × keep, \
-        zero-offload, stream (parameters, gradients, optimizer state). Generation compares \
-        keeping or streaming the weights and keeping or offloading the KV cache.
+        Training (--mode train) lists what `offload train --budget` can run: the activation strategies \
+        keep, recompute, sqrt, rotor, offload and pofo with parameters in memory, then (with --disk) \
+        offload+stream and recompute+stream, parameters, gradients and AdamW state streamed from disk. \
+        The marked plan is the one `train` runs with the same flags; a budget nothing fits in is \
+        refused with the smallest one that runs. Generation (--mode generate) gives what \
+        `generate --budget` runs: resident and streamed stages, KV layers on disk, the block size \
+        for --prompts N, and the time per token.
+        Examples:
+          offload plan --model SmolLM2-135M-Instruct.Q4_1.gguf --batch 4 --seq-len 256 --budget 128MB --disk /tmp
+          offload plan --model SmolLM2-135M-Instruct.Q4_1.gguf --mode generate --seq-len 512 --budget 10MB --svg plan.svg
         """)
 
     @Option(help: "Model file (GGUF or Hugging Face directory).") var model: String?
@@ -28,7 +35,7 @@ struct Plan: ParsableCommand {
     @Option(help: "train or generate.") var mode: String = "train"
     @Option(help: "Sequences per step.") var batch: Int = 1
     @Option(name: .customLong("seq-len"), help: "Tokens per sequence (generate: context length).") var seqLen: Int = 256
-    @Option(help: "Compute memory budget, e.g. 256MB, 24GiB. Without an accelerator (a CPU-only profile) the one RAM budget: compute and host memory together.") var budget: String?
+    @Option(help: "Compute memory budget, e.g. 256MB, 24GiB (absent: unlimited). Without an accelerator (a CPU-only profile) the one RAM budget: compute and host memory together.") var budget: String?
     @Option(name: .customLong("host-budget"), help: "Host memory budget; only for a profile with an accelerator (on a CPU-only one host memory is compute memory).") var hostBudget: String?
     @Option(help: "Directory for the disk tier; offloaded tensors go to disk when given.") var disk: String?
     @Option(help: "Hardware profile JSON (from `offload profile`).") var hardware: String?
