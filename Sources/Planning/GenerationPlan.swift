@@ -214,7 +214,7 @@ public struct StreamingPlan: Sendable {
 /// The stages of a model of `config`'s shape as `offload init` writes it (matrices of `dtype`,
 /// tensors one after another at GGUF's 32-byte alignment): what `plan --config` plans for.
 public func weightStages(config c: LlamaConfig, dtype: DType = .f16) throws -> [WeightStage] {
-    guard let rowBytes = { (cols: Int) in dtype.byteCount(elements: cols) }(c.dim) else {
+    guard let rowBytes = dtype.byteCount(elements: c.dim) else {
         throw OffloadError("\(c.name): rows of \(c.dim) are not whole \(dtype) blocks")
     }
     var offset = 0
