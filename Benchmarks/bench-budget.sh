@@ -36,7 +36,7 @@ steps = [json.loads(l) for l in open(log)]
 med = statistics.median(s["seconds"] for s in steps[1:]) if len(steps) > 1 else steps[0]["seconds"]
 e = open(err).read()
 hwm = int(re.search(r"VmHWM_KB (\d+)", e).group(1)) * 1024
-m = re.search(r"plan: (\S+)", e); plan = m.group(1) if m else "in-memory"
+m = re.search(r"plan: ([^\s,]+)", e); plan = m.group(1) if m else "in-memory"
 m = re.search(r"predicted step ([\d.]+) s", e); pred = float(m.group(1)) if m else float("nan")
 last = [l for l in open(out) if l.startswith("step ")][-1]
 peak = re.search(r"peak ([\d.]+ \S+)", last); rw = re.search(r"disk r/w (\S+ \S+)/(\S+ \S+)", last)
