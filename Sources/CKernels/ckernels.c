@@ -30,15 +30,215 @@ static inline float f16_to_f32(uint16_t h) {
 static inline float bf16_to_f32(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f; }
 static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
-size_t ck_row_bytes(int dtype, int cols) {
+int ck_block_values(int dtype) {
     switch (dtype) {
-    case CK_F32: return (size_t)cols * 4;
-    case CK_F16: case CK_BF16: return (size_t)cols * 2;
-    case CK_Q8_0: return (size_t)cols / 32 * 34;
-    case CK_Q4_0: return (size_t)cols / 32 * 18;
-    case CK_Q4_1: case CK_Q4_1_SPLIT: return (size_t)cols / 32 * 20;
+    case CK_F32: case CK_F16: case CK_BF16: return 1;
+    case CK_Q4_0: case CK_Q4_1: case CK_Q4_1_SPLIT: case CK_Q5_0: case CK_Q5_1: case CK_Q8_0: case CK_IQ4_NL: return 32;
+    case CK_Q2_K: case CK_Q3_K: case CK_Q4_K: case CK_Q5_K: case CK_Q6_K: case CK_IQ4_XS: return 256;
     default: return 0;
     }
+}
+
+int ck_block_bytes(int dtype) {
+    switch (dtype) {
+    case CK_F32: return 4;
+    case CK_F16: case CK_BF16: return 2;
+    case CK_Q4_0: return 18;                 // d, 16 bytes of nibbles
+    case CK_Q4_1: case CK_Q4_1_SPLIT: return 20; // d, m, nibbles
+    case CK_Q5_0: return 22;                 // d, qh[4], qs[16]
+    case CK_Q5_1: return 24;                 // d, m, qh[4], qs[16]
+    case CK_Q8_0: return 34;                 // d, 32 × int8
+    case CK_IQ4_NL: return 18;               // d, qs[16] (indices into kvalues_iq4nl)
+    case CK_Q2_K: return 84;                 // scales[16], qs[64], d, dmin
+    case CK_Q3_K: return 110;                // hmask[32], qs[64], scales[12], d
+    case CK_Q4_K: return 144;                // d, dmin, scales[12], qs[128]
+    case CK_Q5_K: return 176;                // d, dmin, scales[12], qh[32], qs[128]
+    case CK_Q6_K: return 210;                // ql[128], qh[64], scales[16] (int8), d
+    case CK_IQ4_XS: return 136;              // d, scales_h (u16), scales_l[4], qs[128]
+    default: return 0;
+    }
+}
+
+size_t ck_row_bytes(int dtype, int cols) {
+    int values = ck_block_values(dtype);
+    return values ? (size_t)cols / values * ck_block_bytes(dtype) : 0;
+}
+
+// ------------------------------------------------- blocks of the other formats
+// One block to fp32, written as ggml's dequantize_row_* (ggml-quants.c) writes it, so that
+// the values are the same ones llama.cpp and the gguf package compute. Always inlined: the
+// SIMD paths below call them inside their own target attribute, where the compiler
+// vectorizes the loops for that instruction set.
+
+#define INLINE static inline __attribute__((always_inline))
+
+static const int8_t kvalues_iq4nl[16] = { -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113 };
+
+INLINE void get_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
+    if (j < 4) { *d = q[j] & 63; *m = q[j + 4] & 63; }
+    else { *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+}
+
+INLINE void dq_q5_0(const uint8_t *b, float *y) {
+    float d = f16_to_f32(load_u16(b));
+    uint32_t qh; memcpy(&qh, b + 2, 4);
+    const uint8_t *qs = b + 6;
+    for (int j = 0; j < 16; j++) {
+        int x0 = ((qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - 16;
+        int x1 = ((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
+        y[j] = x0 * d; y[j + 16] = x1 * d;
+    }
+}
+
+INLINE void dq_q5_1(const uint8_t *b, float *y) {
+    float d = f16_to_f32(load_u16(b)), m = f16_to_f32(load_u16(b + 2));
+    uint32_t qh; memcpy(&qh, b + 4, 4);
+    const uint8_t *qs = b + 8;
+    for (int j = 0; j < 16; j++) {
+        int x0 = (qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10);
+        int x1 = (qs[j] >> 4) | ((qh >> (j + 12)) & 0x10);
+        y[j] = x0 * d + m; y[j + 16] = x1 * d + m;
+    }
+}
+
+INLINE void dq_iq4_nl(const uint8_t *b, float *y) {
+    float d = f16_to_f32(load_u16(b));
+    const uint8_t *qs = b + 2;
+    for (int j = 0; j < 16; j++) { y[j] = d * kvalues_iq4nl[qs[j] & 0xF]; y[j + 16] = d * kvalues_iq4nl[qs[j] >> 4]; }
+}
+
+INLINE void dq_q2_K(const uint8_t *b, float *y) {
+    const uint8_t *sc = b, *q = b + 16;
+    float d = f16_to_f32(load_u16(b + 80)), min = f16_to_f32(load_u16(b + 82));
+    int is = 0;
+    for (int n = 0; n < 256; n += 128) {
+        for (int shift = 0; shift < 8; shift += 2) {
+            for (int half = 0; half < 2; half++) {
+                uint8_t s = sc[is++];
+                float dl = d * (s & 0xF), ml = min * (s >> 4);
+                for (int l = 0; l < 16; l++) *y++ = dl * ((q[l + 16 * half] >> shift) & 3) - ml;
+            }
+        }
+        q += 32;
+    }
+}
+
+INLINE void dq_q3_K(const uint8_t *b, float *y) {
+    const uint8_t *hm = b, *q = b + 32;
+    float d_all = f16_to_f32(load_u16(b + 108));
+    uint32_t aux[4];
+    memcpy(aux, b + 96, 12);
+    uint32_t tmp = aux[2];
+    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+    aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+    int8_t scales[16]; memcpy(scales, aux, 16);
+    int is = 0; uint8_t m = 1;
+    for (int n = 0; n < 256; n += 128) {
+        for (int shift = 0; shift < 8; shift += 2) {
+            for (int half = 0; half < 2; half++) {
+                float dl = d_all * (scales[is++] - 32);
+                for (int l = 0; l < 16; l++) {
+                    int i = l + 16 * half;
+                    *y++ = dl * (((q[i] >> shift) & 3) - ((hm[i] & m) ? 0 : 4));
+                }
+            }
+            m <<= 1;
+        }
+        q += 32;
+    }
+}
+
+INLINE void dq_q4_K(const uint8_t *b, float *y) {
+    float d = f16_to_f32(load_u16(b)), min = f16_to_f32(load_u16(b + 2));
+    const uint8_t *scales = b + 4, *q = b + 16;
+    for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
+        uint8_t sc, m;
+        get_scale_min_k4(is, scales, &sc, &m);
+        float d1 = d * sc, m1 = min * m;
+        get_scale_min_k4(is + 1, scales, &sc, &m);
+        float d2 = d * sc, m2 = min * m;
+        for (int l = 0; l < 32; l++) *y++ = d1 * (q[l] & 0xF) - m1;
+        for (int l = 0; l < 32; l++) *y++ = d2 * (q[l] >> 4) - m2;
+    }
+}
+
+INLINE void dq_q5_K(const uint8_t *b, float *y) {
+    float d = f16_to_f32(load_u16(b)), min = f16_to_f32(load_u16(b + 2));
+    const uint8_t *scales = b + 4, *qh = b + 16, *ql = b + 48;
+    uint8_t u1 = 1, u2 = 2;
+    for (int j = 0, is = 0; j < 256; j += 64, is += 2, ql += 32, u1 <<= 2, u2 <<= 2) {
+        uint8_t sc, m;
+        get_scale_min_k4(is, scales, &sc, &m);
+        float d1 = d * sc, m1 = min * m;
+        get_scale_min_k4(is + 1, scales, &sc, &m);
+        float d2 = d * sc, m2 = min * m;
+        for (int l = 0; l < 32; l++) *y++ = d1 * ((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
+        for (int l = 0; l < 32; l++) *y++ = d2 * ((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+    }
+}
+
+INLINE void dq_q6_K(const uint8_t *b, float *y) {
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = f16_to_f32(load_u16(b + 208));
+    for (int n = 0; n < 256; n += 128, y += 128, ql += 64, qh += 32, sc += 8) {
+        for (int l = 0; l < 32; l++) {
+            int is = l / 16;
+            int q1 = (int8_t)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+            int q2 = (int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+            int q3 = (int8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+            int q4 = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            y[l] = d * sc[is] * q1;
+            y[l + 32] = d * sc[is + 2] * q2;
+            y[l + 64] = d * sc[is + 4] * q3;
+            y[l + 96] = d * sc[is + 6] * q4;
+        }
+    }
+}
+
+INLINE void dq_iq4_xs(const uint8_t *b, float *y) {
+    float d = f16_to_f32(load_u16(b));
+    uint16_t scales_h = load_u16(b + 2);
+    const uint8_t *scales_l = b + 4, *qs = b + 8;
+    for (int ib = 0; ib < 8; ib++, y += 32, qs += 16) {
+        int ls = ((scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((scales_h >> 2 * ib) & 3) << 4);
+        float dl = d * (ls - 32);
+        for (int j = 0; j < 16; j++) { y[j] = dl * kvalues_iq4nl[qs[j] & 0xF]; y[j + 16] = dl * kvalues_iq4nl[qs[j] >> 4]; }
+    }
+}
+
+// True for the formats handled block by block through dequant_block (everything but the
+// plain floats and the three types with hand-written kernels).
+static inline int is_block_format(int dtype) {
+    switch (dtype) {
+    case CK_Q5_0: case CK_Q5_1: case CK_IQ4_NL: case CK_Q2_K: case CK_Q3_K: case CK_Q4_K: case CK_Q5_K:
+    case CK_Q6_K: case CK_IQ4_XS: return 1;
+    default: return 0;
+    }
+}
+
+INLINE void dequant_block(int dtype, const uint8_t *b, float *y) {
+    switch (dtype) {
+    case CK_Q5_0: dq_q5_0(b, y); break;
+    case CK_Q5_1: dq_q5_1(b, y); break;
+    case CK_IQ4_NL: dq_iq4_nl(b, y); break;
+    case CK_Q2_K: dq_q2_K(b, y); break;
+    case CK_Q3_K: dq_q3_K(b, y); break;
+    case CK_Q4_K: dq_q4_K(b, y); break;
+    case CK_Q5_K: dq_q5_K(b, y); break;
+    case CK_Q6_K: dq_q6_K(b, y); break;
+    case CK_IQ4_XS: dq_iq4_xs(b, y); break;
+    }
+}
+
+// A whole row of a block format; `dtype` is a compile-time constant after inlining into the
+// per-type callers below, so each type gets its own vectorized loop.
+INLINE void dequant_blocks(int dtype, const uint8_t *row, float *dst, int cols) {
+    int qk = ck_block_values(dtype), bb = ck_block_bytes(dtype);
+    for (int b = 0; b < cols / qk; b++) dequant_block(dtype, row + (size_t)b * bb, dst + (size_t)b * qk);
 }
 
 // ------------------------------------------------------------ scalar reference
@@ -72,6 +272,9 @@ static void dequant_row_scalar(const uint8_t *r, int dtype, float *dst, int cols
                 dst[b * 32 + j + 16] = d * (float)(blk[4 + j] >> 4) + m;
             }
         }
+        break;
+    default:
+        dequant_blocks(dtype, r, dst, cols);
         break;
     }
 }
@@ -175,8 +378,11 @@ AVX2 static inline __m256 block_fma_avx2(const __m256 q[4], __m256 d, const floa
 
 // Dot products of one stored row with n inputs (n ≤ 8), written to out[k * out_stride].
 // xsum[k * nb + b] holds the sum of block b of input k (used by Q4_1's min term).
+AVX2 static void dot_rows_blocks_avx2(const uint8_t *row, int dtype, const float *x, int n, int cols,
+                                      float *out, int out_stride);
 AVX2 static void dot_rows_avx2(const uint8_t *row, int dtype, const float *x, int n, int cols,
                                const float *xsum, float *out, int out_stride) {
+    if (is_block_format(dtype)) { dot_rows_blocks_avx2(row, dtype, x, n, cols, out, out_stride); return; }
     int nb = cols / 32;
     __m256 acc[8];
     float macc[8] = {0};
@@ -244,6 +450,50 @@ AVX2 static void dot_rows_avx2(const uint8_t *row, int dtype, const float *x, in
     }
     }
     for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = hsum256(acc[k]) + macc[k];
+}
+
+// The block formats (Q5_*, K-quants, IQ4_*): each block is dequantized into a buffer in L1 by
+// the plain code above, vectorized by the compiler under this target, then multiplied with the
+// n inputs. One switch per row, so each type runs its own loop.
+#define BLOCK_ROW_CASES(DQ) \
+    case CK_Q5_0: DQ(dq_q5_0, 32, 22); break; \
+    case CK_Q5_1: DQ(dq_q5_1, 32, 24); break; \
+    case CK_IQ4_NL: DQ(dq_iq4_nl, 32, 18); break; \
+    case CK_Q2_K: DQ(dq_q2_K, 256, 84); break; \
+    case CK_Q3_K: DQ(dq_q3_K, 256, 110); break; \
+    case CK_Q4_K: DQ(dq_q4_K, 256, 144); break; \
+    case CK_Q5_K: DQ(dq_q5_K, 256, 176); break; \
+    case CK_Q6_K: DQ(dq_q6_K, 256, 210); break; \
+    case CK_IQ4_XS: DQ(dq_iq4_xs, 256, 136); break;
+
+#define DEQUANT_ROW(fn, QK, BB) \
+    for (int b = 0; b < cols / QK; b++) fn(row + (size_t)b * BB, dst + (size_t)b * QK)
+
+AVX2 static void dequant_row_blocks_avx2(const uint8_t *row, int dtype, float *dst, int cols) {
+    switch (dtype) { BLOCK_ROW_CASES(DEQUANT_ROW) }
+}
+
+#define DOT_BLOCKS_AVX2(fn, QK, BB) \
+    for (int b = 0; b < cols / QK; b++) { \
+        const uint8_t *blk = row + (size_t)b * BB; \
+        PREFETCH(blk); \
+        fn(blk, t); \
+        for (int k = 0; k < n; k++) { \
+            const float *xb = x + (size_t)k * cols + b * QK; \
+            for (int i = 0; i < QK; i += 16) { \
+                acc[k] = _mm256_fmadd_ps(_mm256_load_ps(t + i), _mm256_loadu_ps(xb + i), acc[k]); \
+                acc2[k] = _mm256_fmadd_ps(_mm256_load_ps(t + i + 8), _mm256_loadu_ps(xb + i + 8), acc2[k]); \
+            } \
+        } \
+    }
+
+AVX2 static void dot_rows_blocks_avx2(const uint8_t *row, int dtype, const float *x, int n, int cols,
+                                      float *out, int out_stride) {
+    float t[256] __attribute__((aligned(64)));
+    __m256 acc[8], acc2[8];
+    for (int k = 0; k < n; k++) acc[k] = acc2[k] = _mm256_setzero_ps();
+    switch (dtype) { BLOCK_ROW_CASES(DOT_BLOCKS_AVX2) }
+    for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = hsum256(_mm256_add_ps(acc[k], acc2[k]));
 }
 
 // -------------------------------------------------------------------- AVX-512
@@ -389,8 +639,36 @@ AVX512 static inline __m512 block_fma_avx512(__m512 lo, __m512 hi, __m512 d, con
     return _mm512_fmadd_ps(d, s, acc);
 }
 
+AVX512 static void dequant_row_blocks_avx512(const uint8_t *row, int dtype, float *dst, int cols) {
+    switch (dtype) { BLOCK_ROW_CASES(DEQUANT_ROW) }
+}
+
+#define DOT_BLOCKS_AVX512(fn, QK, BB) \
+    for (int b = 0; b < cols / QK; b++) { \
+        const uint8_t *blk = row + (size_t)b * BB; \
+        PREFETCH(blk); PREFETCH(blk + 64); \
+        fn(blk, t); \
+        for (int k = 0; k < n; k++) { \
+            const float *xb = x + (size_t)k * cols + b * QK; \
+            for (int i = 0; i < QK; i += 32) { \
+                acc[k] = _mm512_fmadd_ps(_mm512_load_ps(t + i), _mm512_loadu_ps(xb + i), acc[k]); \
+                acc2[k] = _mm512_fmadd_ps(_mm512_load_ps(t + i + 16), _mm512_loadu_ps(xb + i + 16), acc2[k]); \
+            } \
+        } \
+    }
+
+AVX512 static void dot_rows_blocks_avx512(const uint8_t *row, int dtype, const float *x, int n, int cols,
+                                          float *out, int out_stride) {
+    float t[256] __attribute__((aligned(64)));
+    __m512 acc[8], acc2[8];
+    for (int k = 0; k < n; k++) acc[k] = acc2[k] = _mm512_setzero_ps();
+    switch (dtype) { BLOCK_ROW_CASES(DOT_BLOCKS_AVX512) }
+    for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k], acc2[k]));
+}
+
 AVX512 static void dot_rows_avx512(const uint8_t *row, int dtype, const float *x, int n, int cols,
                                    const float *xsum, float *out, int out_stride) {
+    if (is_block_format(dtype)) { dot_rows_blocks_avx512(row, dtype, x, n, cols, out, out_stride); return; }
     if (n == 1 && (dtype == CK_Q4_1 || dtype == CK_Q8_0)) {
         out[0] = dot_row1_avx512(row, dtype, x, cols, xsum);
         return;
@@ -710,6 +988,8 @@ static void dq_task(void *p, int begin, int end) {
         const uint8_t *row = c->w + rb * r;
         float *d = c->dst + (size_t)r * c->cols;
 #if defined(__x86_64__)
+        if (ck_simd_enabled() == 2 && is_block_format(c->dtype)) { dequant_row_blocks_avx512(row, c->dtype, d, c->cols); continue; }
+        if (ck_simd_enabled() && is_block_format(c->dtype)) { dequant_row_blocks_avx2(row, c->dtype, d, c->cols); continue; }
         if (ck_simd_enabled() == 2 && (c->dtype == CK_Q4_1 || c->dtype == CK_Q8_0)) {
             dequant_row_avx512(row, c->dtype, d, c->cols);
             continue;

@@ -42,27 +42,8 @@ public enum GGUFValueType: UInt32, Sendable {
 
 /// ggml tensor type ids for the types Offload reads and writes.
 public enum GGMLType {
-    public static func dtype(_ id: UInt32) -> DType? {
-        switch id {
-        case 0: return .f32
-        case 1: return .f16
-        case 2: return .q4_0
-        case 3: return .q4_1
-        case 8: return .q8_0
-        case 30: return .bf16
-        default: return nil
-        }
-    }
-    public static func id(_ t: DType) -> UInt32 {
-        switch t {
-        case .f32: return 0
-        case .f16: return 1
-        case .q4_0: return 2
-        case .q4_1: return 3
-        case .q8_0: return 8
-        case .bf16: return 30
-        }
-    }
+    public static func dtype(_ id: UInt32) -> DType? { DType(ggmlID: id) }
+    public static func id(_ t: DType) -> UInt32 { t.ggmlID }
     static let names: [UInt32: String] = [
         0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
         10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
@@ -70,6 +51,8 @@ public enum GGMLType {
         24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16",
     ]
     public static func name(_ id: UInt32) -> String { names[id] ?? "type \(id)" }
+    /// The types Offload reads, by ggml's names.
+    public static var supportedNames: String { DType.allCases.map { name($0.ggmlID) }.joined(separator: ", ") }
 }
 
 /// One tensor's description. `shape` is row-major, outermost first (GGUF's
@@ -190,7 +173,12 @@ public final class GGUFFile: @unchecked Sendable {
                 guard t.offset % align == 0 else {
                     throw r.fail("tensor \(t.name): offset \(t.offset) is not a multiple of the alignment \(align)")
                 }
-                // Only types we can size are checked here; others fail when used.
+                // Only types we can size are checked here; others fail when used. A row (ggml's
+                // ne0, the innermost dimension) must be whole blocks, as ggml requires.
+                if let dt = t.dtype, t.shape.last! % dt.blockElements != 0 {
+                    throw r.fail("tensor \(t.name): rows of \(t.shape.last!) values are not whole \(GGMLType.name(dt.ggmlID)) "
+                                 + "blocks of \(dt.blockElements)")
+                }
                 if let bytes = t.byteCount {
                     let end = dataOffset + t.offset + bytes
                     guard end <= size else {
@@ -221,7 +209,7 @@ public final class GGUFFile: @unchecked Sendable {
         guard let t = info(name) else { throw OffloadError("[gguf] \(fileName): missing tensor \(name)") }
         guard let dt = t.dtype, let n = t.byteCount else {
             throw OffloadError("[gguf] \(fileName): tensor \(name) has unsupported tensor type \(GGMLType.name(t.typeID)); "
-                               + "supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1")
+                               + "supported: \(GGMLType.supportedNames)")
         }
         return (t, dt, UnsafeRawBufferPointer(start: map! + dataOffset + t.offset, count: n))
     }

@@ -41,7 +41,7 @@ public enum Safetensors {
         case .f32: return "F32"
         case .f16: return "F16"
         case .bf16: return "BF16"
-        case .q8_0, .q4_0, .q4_1: return nil
+        default: return nil   // block formats exist only in GGUF
         }
     }
 

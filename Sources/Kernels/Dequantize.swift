@@ -2,6 +2,7 @@
 // the types Offload writes. Plain loops: these run once per tensor per use in
 // prefill, never in the decode hot path (which reads quantized blocks directly).
 
+import CKernels
 import Tensors
 
 @inline(__always) func f16ToF32(_ bits: UInt16) -> Float { Float(Float16(bitPattern: bits)) }
@@ -48,6 +49,10 @@ public enum Dequantize {
                     dst[b * 32 + j + 16] = d * Float(q[j] >> 4) + m
                 }
             }
+        default:
+            // The other block formats (Q5_*, K-quants, IQ4_*): the C kernels' dequantization,
+            // the same code prefill uses (one implementation of each layout).
+            ck_dequantize_rows(nil, src, Int32(dtype.ggmlID), dst, 1, Int32(count))
         }
     }
 

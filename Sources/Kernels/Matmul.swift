@@ -15,16 +15,7 @@ public struct WeightMatrix {
     public init(data: UnsafeRawPointer, dtype: DType, rows: Int, cols: Int) {
         self.data = data; self.dtype = dtype; self.rows = rows; self.cols = cols
     }
-    var ckType: Int32 {
-        switch dtype {
-        case .f32: return Int32(CK_F32)
-        case .f16: return Int32(CK_F16)
-        case .bf16: return Int32(CK_BF16)
-        case .q8_0: return Int32(CK_Q8_0)
-        case .q4_0: return Int32(CK_Q4_0)
-        case .q4_1: return Int32(CK_Q4_1)
-        }
-    }
+    var ckType: Int32 { Int32(dtype.ggmlID) }   // the C kernels use ggml's ids
     public var rowBytes: Int { dtype.byteCount(elements: cols)! }
     /// For Q4_1: the same rows in the split layout of `ck_split_q4_1`, read by
     /// one-vector products (decode), where it is about a quarter faster.

@@ -97,7 +97,7 @@ public final class TrainableLlama {
     }
 
     /// Elements `range` (default all) of parameter `e` of `source`, dequantized to fp32 into `p`.
-    /// A range must start on a multiple of 256 elements (whole quantization blocks).
+    /// A range must start and end on whole quantization blocks (multiples of 256 elements always are).
     public static func load(_ e: ParameterLayout.Entry, from source: WeightSource, elements range: Range<Int>? = nil,
                             into p: UnsafeMutablePointer<Float>) throws {
         let t = try source.tensor(e.name), r = range ?? 0..<e.elements
@@ -105,8 +105,9 @@ public final class TrainableLlama {
             throw OffloadError("[train] \(source.sourceName): tensor \(e.name) holds \(t.bytes.count) bytes, "
                                + "not \(e.elements) \(t.dtype) values")
         }
-        guard r.upperBound <= e.elements, let skip = t.dtype.byteCount(elements: r.lowerBound) else {
-            throw OffloadError("[train] \(source.sourceName): elements \(r) of \(e.name) do not start on a \(t.dtype) block")
+        guard r.upperBound <= e.elements, let skip = t.dtype.byteCount(elements: r.lowerBound),
+              t.dtype.byteCount(elements: r.count) != nil else {
+            throw OffloadError("[train] \(source.sourceName): elements \(r) of \(e.name) are not whole \(t.dtype) blocks")
         }
         Dequantize.toF32(t.dtype, t.bytes.baseAddress! + skip, p, count: r.count)
     }

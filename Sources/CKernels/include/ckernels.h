@@ -6,9 +6,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Element types, by ggml's ids. CK_Q4_1_SPLIT is Offload's own in-memory layout
-// of Q4_1 for decode (see ck_split_q4_1); only ck_matvec/ck_matmat with n = 1 read it.
-enum { CK_F32 = 0, CK_F16 = 1, CK_Q4_0 = 2, CK_Q4_1 = 3, CK_Q8_0 = 8, CK_BF16 = 30, CK_Q4_1_SPLIT = 1003 };
+// Element types, by ggml's ids (block layouts as in ggml-common.h). CK_Q4_1_SPLIT is
+// Offload's own in-memory layout of Q4_1 for decode (see ck_split_q4_1); only
+// ck_matvec/ck_matmat with n = 1 read it.
+enum {
+    CK_F32 = 0, CK_F16 = 1, CK_Q4_0 = 2, CK_Q4_1 = 3, CK_Q5_0 = 6, CK_Q5_1 = 7, CK_Q8_0 = 8,
+    CK_Q2_K = 10, CK_Q3_K = 11, CK_Q4_K = 12, CK_Q5_K = 13, CK_Q6_K = 14, CK_IQ4_NL = 20, CK_IQ4_XS = 23,
+    CK_BF16 = 30, CK_Q4_1_SPLIT = 1003
+};
 
 typedef struct ck_pool ck_pool;
 ck_pool *ck_pool_create(int threads);
@@ -52,8 +57,12 @@ void ck_matvec_reference(const void *w, int dtype, float *y, int rows, const flo
 /// Rows [0, rows) of W (dtype) to fp32 dst (rows × cols), split across the pool.
 void ck_dequantize_rows(ck_pool *pool, const void *w, int dtype, float *dst, int rows, int cols);
 
-/// Bytes in one row of `cols` values of `dtype`.
+/// Bytes in one row of `cols` values of `dtype` (cols a whole number of blocks); 0 for an unknown type.
 size_t ck_row_bytes(int dtype, int cols);
+/// Values per block of `dtype` (1 for plain floats, 32 or 256 for the block formats); 0 for an unknown type.
+int ck_block_values(int dtype);
+/// Bytes per block of `dtype`; 0 for an unknown type.
+int ck_block_bytes(int dtype);
 
 /// The SIMD level in use: 0 scalar, 1 AVX2+FMA+F16C, 2 AVX-512 (F, BW, VL, DQ).
 int ck_simd_enabled(void);
