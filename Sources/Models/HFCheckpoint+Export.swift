@@ -19,6 +19,7 @@ public func exportHFCheckpoint(from source: WeightSource, to folder: String, dty
     let ctx = "[hf export] \((folder as NSString).lastPathComponent)"
     guard !dtype.isQuantized else { throw OffloadError("\(ctx): dtype \(dtype) is not a safetensors type; use f32, f16 or bf16") }
     let cfg = source.config
+    let json = try hfConfigJSON(cfg, dtype: dtype)   // first: a config with no config.json form writes nothing
     do {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
     } catch {
@@ -33,7 +34,6 @@ public func exportHFCheckpoint(from source: WeightSource, to folder: String, dty
         })
     }
     try w.write(to: (folder as NSString).appendingPathComponent("model.safetensors"))
-    let json = hfConfigJSON(cfg, dtype: dtype)
     try writeAtomically(Data(json.utf8), to: (folder as NSString).appendingPathComponent("config.json"),
                         context: "[hf export]")
 }
@@ -50,22 +50,7 @@ public func exportGGUF(from source: WeightSource, to path: String, dtype: DType 
     guard !dtype.isQuantized else { throw OffloadError("\(ctx): dtype \(dtype) is not supported here; use f32, f16 or bf16") }
     let c = source.config
     var w = GGUFWriter()
-    func u32(_ v: Int) -> GGUFValue { .uint(UInt64(v), .uint32) }
-    w.set("general.architecture", .string("llama"))
-    w.set("general.name", .string(c.name))
-    w.set("general.file_type", u32(dtype == .f32 ? 0 : dtype == .f16 ? 1 : 32))
-    w.set("llama.vocab_size", u32(c.vocabSize))
-    w.set("llama.context_length", u32(c.contextLength))
-    w.set("llama.embedding_length", u32(c.dim))
-    w.set("llama.block_count", u32(c.layers))
-    w.set("llama.feed_forward_length", u32(c.ffnDim))
-    w.set("llama.rope.dimension_count", u32(c.headDim))
-    w.set("llama.attention.head_count", u32(c.heads))
-    w.set("llama.attention.head_count_kv", u32(c.kvHeads))
-    w.set("llama.attention.key_length", u32(c.headDim))
-    w.set("llama.attention.value_length", u32(c.headDim))
-    w.set("llama.rope.freq_base", .float(Double(c.ropeTheta), .float32))
-    w.set("llama.attention.layer_norm_rms_epsilon", .float(Double(c.rmsEps), .float32))
+    c.writeGGUF(fileType: dtype == .f32 ? 0 : dtype == .f16 ? 1 : 32, into: &w)
     if let tok = tokenizerFrom ?? (source as? GGUFWeights)?.file {
         for key in tok.metadataKeys where key.hasPrefix("tokenizer.") { w.set(key, tok.metadata[key]!) }
     }
@@ -102,12 +87,27 @@ func convertedTensor(_ source: WeightSource, _ spec: ParameterSpec, to dtype: DT
     case .f32: return f.withUnsafeBytes { Data($0) }
     case .f16: return Quantize.toF16(f).withUnsafeBytes { Data($0) }
     case .bf16: return Quantize.toBF16(f).withUnsafeBytes { Data($0) }
-    case .q8_0, .q4_0, .q4_1: throw OffloadError("[export] \(spec.name): cannot write \(dtype)")
+    default: throw OffloadError("[export] \(spec.name): cannot write \(dtype)")
+    }
+}
+
+/// config.json's `rope_scaling`, as transformers writes it. Per-frequency divisors (from a GGUF's
+/// `rope_freqs.weight`) have no form there.
+func hfRopeScalingJSON(_ s: RopeScaling?) throws -> String {
+    switch s {
+    case nil: return "null"
+    case .linear(let f)?: return "{\"rope_type\": \"linear\", \"factor\": \(f)}"
+    case .llama3(let f, let low, let high, let original)?:
+        return "{\"rope_type\": \"llama3\", \"factor\": \(f), \"low_freq_factor\": \(low), "
+            + "\"high_freq_factor\": \(high), \"original_max_position_embeddings\": \(original)}"
+    case .divisors?:
+        throw OffloadError("[export] RoPE scaling given as per-frequency factors (a GGUF's rope_freqs.weight) "
+                           + "has no Hugging Face config.json form; export as GGUF instead")
     }
 }
 
 /// config.json for transformers' LlamaForCausalLM.
-func hfConfigJSON(_ c: LlamaConfig, dtype: DType) -> String {
+func hfConfigJSON(_ c: LlamaConfig, dtype: DType) throws -> String {
     let torchDtype = dtype == .f16 ? "float16" : dtype == .bf16 ? "bfloat16" : "float32"
     let fields: [(String, String)] = [
         ("_name_or_path", jsonQuoted(c.name)),
@@ -122,7 +122,7 @@ func hfConfigJSON(_ c: LlamaConfig, dtype: DType) -> String {
         ("hidden_act", "\"silu\""),
         ("rms_norm_eps", "\(c.rmsEps)"),
         ("rope_theta", "\(c.ropeTheta)"),
-        ("rope_scaling", "null"),
+        ("rope_scaling", try hfRopeScalingJSON(c.ropeScaling)),
         ("attention_bias", "false"),
         ("mlp_bias", "false"),
         ("vocab_size", "\(c.vocabSize)"),

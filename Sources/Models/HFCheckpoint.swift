@@ -5,6 +5,7 @@
 
 import Foundation
 import Formats
+import Kernels
 import Tensors
 
 public final class HFCheckpoint: WeightSource {
@@ -126,8 +127,31 @@ public final class HFCheckpoint: WeightSource {
         if let act = o["hidden_act"], act != .null, act.string != "silu" {
             throw fail("field hidden_act is \(act), expected \"silu\"")
         }
-        if let rs = o["rope_scaling"], rs != .null {
-            throw fail("field rope_scaling is \(rs); RoPE scaling is not supported")
+        // RoPE: `rope_scaling` (configs written before transformers 5) or `rope_parameters`
+        // (transformers 5, which also moves rope_theta inside it).
+        var ropeTheta = try float("rope_theta", default: 10000)
+        var ropeScaling: RopeScaling?
+        for key in ["rope_parameters", "rope_scaling"] {
+            guard let v = o[key], v != .null else { continue }
+            guard let rp = v.object else { throw fail("field \(key) is \(v), expected an object") }
+            func number(_ name: String) throws -> Float {
+                guard let x = rp[name]?.double, x > 0, x.isFinite else {
+                    throw fail("field \(key).\(name) is \(rp[name].map { "\($0)" } ?? "missing"), expected a positive number")
+                }
+                return Float(x)
+            }
+            if rp["rope_theta"] != nil { ropeTheta = try number("rope_theta") }
+            let type = rp["rope_type"]?.string ?? rp["type"]?.string ?? "default"
+            switch type {
+            case "default": break
+            case "linear": ropeScaling = .linear(factor: try number("factor"))
+            case "llama3":
+                ropeScaling = .llama3(factor: try number("factor"), lowFrequencyFactor: try number("low_freq_factor"),
+                                      highFrequencyFactor: try number("high_freq_factor"),
+                                      originalContext: Int(try number("original_max_position_embeddings")))
+            default:
+                throw fail("field \(key).rope_type is \(jsonQuoted(type)); supported: default, linear, llama3")
+            }
         }
         for key in ["attention_bias", "mlp_bias"] where try bool(key, default: false) {
             throw fail("field \(key) is true; biases are not supported")
@@ -139,10 +163,10 @@ public final class HFCheckpoint: WeightSource {
             layers: try int("num_hidden_layers"), heads: heads,
             kvHeads: try int("num_key_value_heads", default: heads),
             headDim: try int("head_dim", default: dim / max(heads, 1)),
-            ropeTheta: try float("rope_theta", default: 10000),
+            ropeTheta: ropeTheta,
             rmsEps: try float("rms_norm_eps", default: 1e-6),
             contextLength: try int("max_position_embeddings", default: 2048),
-            tiedEmbeddings: try bool("tie_word_embeddings", default: false))
+            tiedEmbeddings: try bool("tie_word_embeddings", default: false), ropeScaling: ropeScaling)
     }
 
     /// The weight_map of model.safetensors.index.json: HF tensor name → shard file name.

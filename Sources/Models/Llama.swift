@@ -191,8 +191,7 @@ public final class LlamaModel {
         work.memory = memory
         pool = ComputePool(threads: threads)
         halfSplitRope = source.ropeStyle == .halfSplit
-        rope = RopeTable(headDim: c.headDim, maxPositions: min(maxPositions ?? c.contextLength, c.contextLength),
-                         theta: c.ropeTheta)
+        rope = c.ropeTable(maxPositions: min(maxPositions ?? c.contextLength, c.contextLength))
         // Norms copied out: the matrices are streamed, so nothing maps the file's pages.
         func vector(_ name: String) throws -> [Float] { try source.vector(name) }
         // A placeholder the forward never reads: the supplier's matrices replace it.
@@ -214,8 +213,7 @@ public final class LlamaModel {
         self.source = source
         pool = ComputePool(threads: threads)
         halfSplitRope = source.ropeStyle == .halfSplit
-        rope = RopeTable(headDim: c.headDim, maxPositions: min(maxPositions ?? c.contextLength, c.contextLength),
-                         theta: c.ropeTheta)
+        rope = c.ropeTable(maxPositions: min(maxPositions ?? c.contextLength, c.contextLength))
         func matrix(_ name: String) throws -> WeightMatrix {
             let t = try source.tensor(name)
             guard t.shape.count == 2 else { throw OffloadError("[model] \(source.sourceName): \(name) is not a matrix") }

@@ -21,15 +21,23 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
     public var rmsEps: Float
     public var contextLength: Int
     public var tiedEmbeddings: Bool
+    /// RoPE frequency scaling (Llama 3.1's `llama3`, `linear`), nil for none.
+    public var ropeScaling: RopeScaling?
 
     public init(name: String, vocabSize: Int, dim: Int, ffnDim: Int, layers: Int, heads: Int,
                 kvHeads: Int, headDim: Int? = nil, ropeTheta: Float = 10000, rmsEps: Float = 1e-5,
-                contextLength: Int = 2048, tiedEmbeddings: Bool = false) {
+                contextLength: Int = 2048, tiedEmbeddings: Bool = false, ropeScaling: RopeScaling? = nil) {
         self.name = name; self.vocabSize = vocabSize; self.dim = dim; self.ffnDim = ffnDim
         self.layers = layers; self.heads = heads; self.kvHeads = kvHeads
         self.headDim = headDim ?? dim / heads
         self.ropeTheta = ropeTheta; self.rmsEps = rmsEps
         self.contextLength = contextLength; self.tiedEmbeddings = tiedEmbeddings
+        self.ropeScaling = ropeScaling
+    }
+
+    /// The RoPE table of this model for positions [0, maxPositions).
+    public func ropeTable(maxPositions: Int) -> RopeTable {
+        RopeTable(headDim: headDim, maxPositions: maxPositions, theta: ropeTheta, scaling: ropeScaling)
     }
 
     public var qDim: Int { heads * headDim }
@@ -45,6 +53,16 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
                  "heads (\(heads)) must be a positive multiple of kv heads (\(kvHeads))")
         try need(headDim > 0 && headDim % 2 == 0, "head dimension (\(headDim)) must be even")
         try need(rmsEps > 0 && ropeTheta > 0, "rms epsilon and rope theta must be positive")
+        switch ropeScaling {
+        case .linear(let f)?: try need(f > 0 && f.isFinite, "linear RoPE scaling factor (\(f)) must be positive")
+        case .llama3(let f, let low, let high, let original)?:
+            try need(f > 0 && low > 0 && high > low && original > 0,
+                     "llama3 RoPE scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and an original context")
+        case .divisors(let d)?:
+            try need(d.count == headDim / 2 && d.allSatisfy { $0 > 0 && $0.isFinite },
+                     "RoPE frequency divisors: \(d.count) values, expected \(headDim / 2) positive ones")
+        case nil: break
+        }
     }
 
     /// Built-in shapes, by the name `--config` takes.
@@ -77,4 +95,5 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
     }
 }
 
+import Kernels
 import Tensors

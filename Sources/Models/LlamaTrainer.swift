@@ -188,7 +188,7 @@ public final class LlamaTrainer {
         }
         self.model = model; self.batch = batch; self.seqLen = seqLen; self.policy = policy
         self.ownsActivations = ownsActivations
-        rope = RopeTable(headDim: c.headDim, maxPositions: seqLen, theta: c.ropeTheta)
+        rope = c.ropeTable(maxPositions: seqLen)
         halfSplit = model.ropeStyle == .halfSplit
         shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
         let n = batch * seqLen

@@ -3,6 +3,7 @@
 // and gets them in the file's own type and layout; `ropeStyle` says which RoPE
 // convention the Q and K rows follow (GGUF files permute them for adjacent pairs).
 
+import Foundation
 import Formats
 import Kernels
 import Tensors
@@ -97,14 +98,79 @@ extension LlamaConfig {
         let vocab = f.int("llama.vocab_size") ?? f.metadata["tokenizer.ggml.tokens"]?.array?.count
             ?? f.info("token_embd.weight")?.shape.first ?? 0
         let tied = f.info("output.weight") == nil
+        let headDim = f.int("llama.attention.key_length") ?? f.int("llama.rope.dimension_count") ?? dim / heads
         self.init(name: f.string("general.name") ?? f.fileName,
                   vocabSize: vocab, dim: dim, ffnDim: try req("feed_forward_length"),
                   layers: try req("block_count"), heads: heads,
                   kvHeads: f.int("llama.attention.head_count_kv") ?? heads,
-                  headDim: f.int("llama.attention.key_length") ?? f.int("llama.rope.dimension_count") ?? dim / heads,
+                  headDim: headDim,
                   ropeTheta: Float(f.double("llama.rope.freq_base") ?? 10000),
                   rmsEps: Float(f.double("llama.attention.layer_norm_rms_epsilon") ?? 1e-5),
-                  contextLength: f.int("llama.context_length") ?? 2048, tiedEmbeddings: tied)
+                  contextLength: f.int("llama.context_length") ?? 2048, tiedEmbeddings: tied,
+                  ropeScaling: try Self.ropeScaling(f, headDim: headDim, ctx: ctx))
         try validate()
+    }
+
+    /// Writes the `llama.*` keys `init(gguf:)` reads (architecture, name and file type too), and
+    /// adds `rope_freqs.weight` for per-frequency RoPE scaling, as convert_hf_to_gguf does.
+    public func writeGGUF(fileType: Int, into w: inout GGUFWriter) {
+        func u32(_ key: String, _ v: Int) { w.set(key, .uint(UInt64(v), .uint32)) }
+        func f32(_ key: String, _ v: Float) { w.set(key, .float(Double(v), .float32)) }
+        w.set("general.architecture", .string("llama"))
+        w.set("general.name", .string(name))
+        u32("general.file_type", fileType)
+        u32("llama.vocab_size", vocabSize)
+        u32("llama.context_length", contextLength)
+        u32("llama.embedding_length", dim)
+        u32("llama.block_count", layers)
+        u32("llama.feed_forward_length", ffnDim)
+        u32("llama.rope.dimension_count", headDim)
+        u32("llama.attention.key_length", headDim)
+        u32("llama.attention.value_length", headDim)
+        u32("llama.attention.head_count", heads)
+        u32("llama.attention.head_count_kv", kvHeads)
+        f32("llama.rope.freq_base", ropeTheta)
+        f32("llama.attention.layer_norm_rms_epsilon", rmsEps)
+        switch ropeScaling {
+        case nil: break
+        case .linear(let factor)?:
+            w.set("llama.rope.scaling.type", .string("linear"))
+            f32("llama.rope.scaling.factor", factor)
+        case let s?:
+            let divisors = s.divisors(for: RopeTable.inverseFrequencies(headDim: headDim, theta: ropeTheta))
+            w.tensors.append(.init(name: "rope_freqs.weight", dtype: .f32, shape: [divisors.count],
+                                   data: divisors.withUnsafeBytes { Data($0) }))
+        }
+    }
+
+    /// RoPE scaling as llama.cpp reads it: `llama.rope.scaling.type` (none or linear with
+    /// `llama.rope.scaling.factor`), or per-frequency divisors in the `rope_freqs.weight` tensor
+    /// (how convert_hf_to_gguf stores Llama 3.1's scaling).
+    static func ropeScaling(_ f: GGUFFile, headDim: Int, ctx: String) throws -> RopeScaling? {
+        let type = f.string("llama.rope.scaling.type") ?? "none"
+        var scaling: RopeScaling?
+        switch type {
+        case "none": break
+        case "linear":
+            guard let factor = f.double("llama.rope.scaling.factor"), factor > 0 else {
+                throw OffloadError("\(ctx): llama.rope.scaling.type is linear but llama.rope.scaling.factor "
+                                   + "is missing or not positive")
+            }
+            if factor != 1 { scaling = .linear(factor: Float(factor)) }
+        default:
+            throw OffloadError("\(ctx): RoPE scaling type '\(type)' (llama.rope.scaling.type) is not supported; "
+                               + "supported: none, linear, and per-frequency factors (rope_freqs.weight)")
+        }
+        if f.info("rope_freqs.weight") != nil {
+            guard scaling == nil else {
+                throw OffloadError("\(ctx): both linear RoPE scaling and rope_freqs.weight; expected one of them")
+            }
+            let (info, dtype, bytes) = try f.data("rope_freqs.weight")
+            guard dtype == .f32, info.elements == headDim / 2 else {
+                throw OffloadError("\(ctx): rope_freqs.weight is \(dtype) \(info.shape), expected f32 [\(headDim / 2)]")
+            }
+            scaling = .divisors(Array(bytes.bindMemory(to: Float.self)))
+        }
+        return scaling
     }
 }

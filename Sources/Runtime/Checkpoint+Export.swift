@@ -59,23 +59,7 @@ extension Checkpoint {
     /// (random `--config` shapes) — a byte-level GPT-2 vocabulary with no merges, so id b is
     /// byte b for llama.cpp as for Offload; ids past 255 are unused.
     public static func llamaMetadata(_ c: LlamaConfig, fileType: Int, byteVocabulary: Bool, into w: inout GGUFWriter) {
-        func u32(_ key: String, _ v: Int) { w.set(key, .uint(UInt64(v), .uint32)) }
-        func f32(_ key: String, _ v: Float) { w.set(key, .float(Double(v), .float32)) }
-        w.set("general.architecture", .string("llama"))
-        w.set("general.name", .string(c.name))
-        u32("general.file_type", fileType)
-        u32("llama.vocab_size", c.vocabSize)
-        u32("llama.context_length", c.contextLength)
-        u32("llama.embedding_length", c.dim)
-        u32("llama.block_count", c.layers)
-        u32("llama.feed_forward_length", c.ffnDim)
-        u32("llama.rope.dimension_count", c.headDim)
-        u32("llama.attention.key_length", c.headDim)
-        u32("llama.attention.value_length", c.headDim)
-        u32("llama.attention.head_count", c.heads)
-        u32("llama.attention.head_count_kv", c.kvHeads)
-        f32("llama.rope.freq_base", c.ropeTheta)
-        f32("llama.attention.layer_norm_rms_epsilon", c.rmsEps)
+        c.writeGGUF(fileType: fileType, into: &w)
         if byteVocabulary, c.vocabSize >= 256 {
             w.set("tokenizer.ggml.model", .string("gpt2"))
             w.set("tokenizer.ggml.pre", .string("default"))

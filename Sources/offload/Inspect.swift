@@ -41,7 +41,7 @@ struct Inspect: ParsableCommand {
                            "heads": c.heads, "kv_heads": c.kvHeads, "head_dim": c.headDim,
                            "rope_theta": Double(c.ropeTheta), "rms_eps": Double(c.rmsEps),
                            "context_length": c.contextLength, "tied_embeddings": c.tiedEmbeddings,
-                           "rope_style": source.ropeStyle.rawValue],
+                           "rope_style": source.ropeStyle.rawValue, "rope_scaling": c.ropeScaling?.summary ?? "none"],
                 "tensors": rows.map { ["name": $0.name, "type": $0.type, "shape": $0.shape, "bytes": $0.bytes] },
                 "memory": ["batch": batch, "seq_len": seqLen, "weight_bytes": est.weightBytes,
                            "kv_cache_bytes": est.kvCacheBytes, "inference_bytes": est.inferenceBytes,
@@ -56,7 +56,7 @@ struct Inspect: ParsableCommand {
         \(source.sourceName): llama, \(c.name)
           parameters      \(formatCount(c.parameterCount)) (\(c.parameterCount))
           layers          \(c.layers), dim \(c.dim), ffn \(c.ffnDim), heads \(c.heads) (kv \(c.kvHeads)), head dim \(c.headDim)
-          vocabulary      \(c.vocabSize), context \(c.contextLength), rope theta \(c.ropeTheta) (\(source.ropeStyle.rawValue))
+          vocabulary      \(c.vocabSize), context \(c.contextLength), rope theta \(c.ropeTheta) (\(source.ropeStyle.rawValue))\(c.ropeScaling.map { ", scaling " + $0.summary } ?? "")
           embeddings      \(c.tiedEmbeddings ? "tied (the head reuses token_embd)" : "untied")
 
         """)

@@ -416,7 +416,11 @@ final class HFCheckpointTests: XCTestCase {
         try check({ $0["model_type"] = "mistral"; $0["architectures"] = ["MistralForCausalLM"] },
                   "[hf] config.json: model_type is \"mistral\"")
         try check({ $0["rope_scaling"] = ["rope_type": "llama3", "factor": 8.0] },
-                  "[hf] config.json: field rope_scaling is {\"factor\": 8", "\"rope_type\": \"llama3\"}; RoPE scaling is not supported")
+                  "[hf] config.json: field rope_scaling.low_freq_factor is missing, expected a positive number")
+        try check({ $0["rope_scaling"] = ["rope_type": "yarn", "factor": 4.0] },
+                  "[hf] config.json: field rope_scaling.rope_type is \"yarn\"; supported: default, linear, llama3")
+        try check({ $0["rope_parameters"] = ["rope_type": "linear", "factor": -2] },
+                  "[hf] config.json: field rope_parameters.factor is -2, expected a positive number")
         try check({ $0["hidden_act"] = "gelu" }, "[hf] config.json: field hidden_act is \"gelu\", expected \"silu\"")
         try check({ $0["attention_bias"] = true }, "[hf] config.json: field attention_bias is true; biases are not supported")
         try check({ $0["num_key_value_heads"] = 3 }, "[config] tiny-untied: heads (4) must be a positive multiple of kv heads (3)")

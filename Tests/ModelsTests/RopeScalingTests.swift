@@ -1,0 +1,111 @@
+// RoPE scaling (Llama 3.1's `llama3`, `linear`) against transformers on tiny random models
+// saved by save_pretrained (Fixtures/rope, scripts/fixtures/make_rope_fixtures.py), through
+// every way such a model reaches Offload: the Hugging Face folder, llama.cpp's own GGUF
+// conversion (the scaling as the rope_freqs tensor), and Offload's exports both ways.
+// The sequence runs to position 95, three times the original context of 32.
+import Foundation
+import Formats
+import Kernels
+import Models
+import XCTest
+
+final class RopeScalingTests: XCTestCase {
+    struct Reference: Decodable {
+        struct Model: Decodable { let folder: String; let logits: String; let shape: [Int]; let gguf: String? }
+        let ids: [Int]
+        let models: [String: Model]
+    }
+    static let root = TestAssets.fixtures.appendingPathComponent("rope")
+    lazy var reference: Reference = try! JSONDecoder().decode(
+        Reference.self, from: Data(contentsOf: Self.root.appendingPathComponent("reference.json")))
+    var dir: String!
+
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("offload-rope-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
+
+    func expected(_ name: String) throws -> [Float] {
+        let data = try Data(contentsOf: Self.root.appendingPathComponent(reference.models[name]!.logits))
+        return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    }
+
+    /// Logits at every position (the prefill path), and the last position again after a decode
+    /// step from a cache filled by the first 95 tokens (the direct path, one row).
+    func logits(_ source: WeightSource) throws -> (all: [Float], decoded: [Float]) {
+        let m = try LlamaModel(source: source, threads: 2)
+        let ids = reference.ids
+        let all = try m.forward(ids, cache: m.makeCache(capacity: ids.count), allLogits: true)
+        let cache = m.makeCache(capacity: ids.count)
+        _ = try m.forward(Array(ids.dropLast()), cache: cache)
+        return (all, try m.forward([ids.last!], cache: cache))
+    }
+
+    func assertMatches(_ got: [Float], _ want: [Float], _ what: String, line: UInt = #line) {
+        XCTAssertEqual(got.count, want.count, what, line: line)
+        let scale = want.map(abs).max()!
+        var worst: Float = 0
+        for i in 0..<min(got.count, want.count) { worst = max(worst, abs(got[i] - want[i])) }
+        XCTAssertLessThan(worst / scale, 1e-4, "\(what): max |Δlogit| \(worst) against max |logit| \(scale)", line: line)
+    }
+
+    func testHuggingFaceFoldersMatchTransformers() throws {
+        for (name, scaling) in [("llama3", RopeScaling.llama3(factor: 8, lowFrequencyFactor: 1, highFrequencyFactor: 4,
+                                                               originalContext: 32)),
+                                ("linear", .linear(factor: 4))] {
+            let hf = try HFCheckpoint(folder: Self.root.appendingPathComponent(name).path)
+            XCTAssertEqual(hf.config.ropeScaling, scaling, name)
+            let want = try expected(name), vocab = reference.models[name]!.shape[1]
+            let (all, decoded) = try logits(hf)
+            assertMatches(all, want, "\(name) all positions")
+            assertMatches(decoded, Array(want.suffix(vocab)), "\(name) decode step at position 95")
+
+            // The test can tell: without the scaling, the far positions are far off.
+            var unscaled = hf.config
+            unscaled.ropeScaling = nil
+            let table = unscaled.ropeTable(maxPositions: 96), scaled = hf.config.ropeTable(maxPositions: 96)
+            XCTAssertGreaterThan(zip(table.cos, scaled.cos).map { abs($0 - $1) }.max()!, 0.5, name)
+        }
+    }
+
+    func testLlamaCppConversionMatchesTransformers() throws {
+        // convert_hf_to_gguf.py writes Llama 3.1's scaling as rope_freqs.weight, one divisor per frequency.
+        let gguf = try GGUFWeights(path: Self.root.appendingPathComponent("llama3.f32.gguf").path)
+        guard case .divisors(let d)? = gguf.config.ropeScaling else {
+            return XCTFail("expected per-frequency divisors, got \(String(describing: gguf.config.ropeScaling))")
+        }
+        XCTAssertEqual(d.count, 8)
+        XCTAssertEqual(d.first, 1)
+        XCTAssertEqual(d.last, 8)
+        let (all, _) = try logits(gguf)
+        assertMatches(all, try expected("llama3"), "llama.cpp's GGUF")
+    }
+
+    func testExportsKeepTheScaling() throws {
+        let hf = try HFCheckpoint(folder: Self.root.appendingPathComponent("llama3").path)
+        // HF → GGUF: the divisors llama.cpp's converter writes, and the same logits.
+        try exportGGUF(from: hf, to: dir + "/m.gguf")
+        let g = try GGUFWeights(path: dir + "/m.gguf")
+        let theirs = try GGUFWeights(path: Self.root.appendingPathComponent("llama3.f32.gguf").path)
+        guard case .divisors(let ours)? = g.config.ropeScaling, case .divisors(let ref)? = theirs.config.ropeScaling else {
+            return XCTFail("the exported GGUF has no rope_freqs.weight")
+        }
+        for (a, b) in zip(ours, ref) { XCTAssertEqual(a, b, accuracy: 1e-6 * b) }
+        assertMatches(try logits(g).all, try expected("llama3"), "Offload's GGUF export")
+        // HF → HF keeps rope_scaling as it was.
+        try exportHFCheckpoint(from: hf, to: dir + "/hf")
+        XCTAssertEqual(try HFCheckpoint(folder: dir + "/hf").config.ropeScaling, hf.config.ropeScaling)
+        // Linear scaling in GGUF is llama.rope.scaling.type/factor, read back as such.
+        let linear = try HFCheckpoint(folder: Self.root.appendingPathComponent("linear").path)
+        try exportGGUF(from: linear, to: dir + "/linear.gguf")
+        let lg = try GGUFWeights(path: dir + "/linear.gguf")
+        XCTAssertEqual(lg.config.ropeScaling, .linear(factor: 4))
+        XCTAssertEqual(lg.file.string("llama.rope.scaling.type"), "linear")
+        assertMatches(try logits(lg).all, try expected("linear"), "linear GGUF export")
+        // Per-frequency divisors have no config.json form: a clear refusal, not a silently wrong model.
+        XCTAssertThrowsError(try exportHFCheckpoint(from: theirs, to: dir + "/nope")) { e in
+            XCTAssertTrue("\(e)".contains("rope_freqs.weight"), "\(e)")
+        }
+    }
+}
