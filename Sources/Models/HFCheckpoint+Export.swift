@@ -56,7 +56,7 @@ public func exportGGUF(from source: WeightSource, to path: String, dtype: DType 
     }
     for spec in c.parameterTable {
         let dt: DType = spec.shape.count == 1 ? .f32 : dtype
-        let data = try convertedTensor(source, spec, to: dt, order: .adjacentPairs)
+        let data = try convertedTensor(source, spec, to: dt, order: c.architecture.ggufRopeStyle)
         w.tensors.append(.init(name: spec.name, dtype: dt, shape: spec.shape, data: data))
     }
     try w.write(to: path)
@@ -111,8 +111,8 @@ func hfConfigJSON(_ c: LlamaConfig, dtype: DType) throws -> String {
     let torchDtype = dtype == .f16 ? "float16" : dtype == .bf16 ? "bfloat16" : "float32"
     let fields: [(String, String)] = [
         ("_name_or_path", jsonQuoted(c.name)),
-        ("architectures", "[\"LlamaForCausalLM\"]"),
-        ("model_type", "\"llama\""),
+        ("architectures", c.architecture == .qwen2 ? "[\"Qwen2ForCausalLM\"]" : "[\"LlamaForCausalLM\"]"),
+        ("model_type", "\"\(c.architecture.rawValue)\""),
         ("hidden_size", "\(c.dim)"),
         ("intermediate_size", "\(c.ffnDim)"),
         ("num_hidden_layers", "\(c.layers)"),
@@ -123,7 +123,7 @@ func hfConfigJSON(_ c: LlamaConfig, dtype: DType) throws -> String {
         ("rms_norm_eps", "\(c.rmsEps)"),
         ("rope_theta", "\(c.ropeTheta)"),
         ("rope_scaling", try hfRopeScalingJSON(c.ropeScaling)),
-        ("attention_bias", "false"),
+        ("attention_bias", c.attentionBias ? "true" : "false"),
         ("mlp_bias", "false"),
         ("vocab_size", "\(c.vocabSize)"),
         ("max_position_embeddings", "\(c.contextLength)"),

@@ -101,10 +101,15 @@ public final class HFCheckpoint: WeightSource {
 
         let archs = o["architectures"]?.array?.compactMap(\.string) ?? []
         let modelType = o["model_type"]?.string
-        guard modelType == "llama" || (modelType == nil && archs.contains("LlamaForCausalLM")) else {
+        let arch: ModelArchitecture
+        if modelType == "llama" || (modelType == nil && archs.contains("LlamaForCausalLM")) {
+            arch = .llama
+        } else if modelType == "qwen2" || (modelType == nil && archs.contains("Qwen2ForCausalLM")) {
+            arch = .qwen2
+        } else {
             throw fail("model_type is \(o["model_type"]?.description ?? "missing") and architectures is "
                        + "\(o["architectures"]?.description ?? "missing"); expected model_type \"llama\" "
-                       + "(LlamaForCausalLM)")
+                       + "(LlamaForCausalLM) or \"qwen2\" (Qwen2ForCausalLM)")
         }
         func int(_ key: String, default d: Int? = nil) throws -> Int {
             guard let v = o[key], v != .null else {
@@ -153,19 +158,24 @@ public final class HFCheckpoint: WeightSource {
                 throw fail("field \(key).rope_type is \(jsonQuoted(type)); supported: default, linear, llama3")
             }
         }
-        for key in ["attention_bias", "mlp_bias"] where try bool(key, default: false) {
-            throw fail("field \(key) is true; biases are not supported")
+        // Qwen2 always has q/k/v biases (its config has no switch); a Llama with biases is refused.
+        for key in ["attention_bias", "mlp_bias"] where arch == .llama || key == "mlp_bias" {
+            if try bool(key, default: false) { throw fail("field \(key) is true; biases are not supported") }
         }
+        var context = try int("max_position_embeddings", default: 2048)
+        // Sliding-window attention equals full attention up to the window: the context stops there.
+        let sliding = arch == .llama ? o["sliding_window"] != nil : try bool("use_sliding_window", default: false)
+        if sliding, let w = o["sliding_window"]?.int, w > 0 { context = min(context, w) }
         let dim = try int("hidden_size"), heads = try int("num_attention_heads")
         return LlamaConfig(
-            name: o["_name_or_path"]?.string.flatMap { $0.isEmpty ? nil : $0 } ?? folderName,
+            name: o["_name_or_path"]?.string.flatMap { $0.isEmpty ? nil : $0 } ?? folderName, architecture: arch,
             vocabSize: try int("vocab_size"), dim: dim, ffnDim: try int("intermediate_size"),
             layers: try int("num_hidden_layers"), heads: heads,
             kvHeads: try int("num_key_value_heads", default: heads),
             headDim: try int("head_dim", default: dim / max(heads, 1)),
             ropeTheta: ropeTheta,
             rmsEps: try float("rms_norm_eps", default: 1e-6),
-            contextLength: try int("max_position_embeddings", default: 2048),
+            contextLength: context,
             tiedEmbeddings: try bool("tie_word_embeddings", default: false), ropeScaling: ropeScaling)
     }
 

@@ -167,6 +167,15 @@ public final class LlamaModel {
     struct Block {
         var attnNorm: [Float], ffnNorm: [Float]
         var q, k, v, o, gate, up, down: WeightMatrix
+        /// q, k, v biases (Qwen2); nil without.
+        var bias: (q: [Float], k: [Float], v: [Float])?
+    }
+
+    /// Block `i`'s q, k, v biases when the model has them (small: always read, never streamed).
+    private static func biases(_ source: WeightSource, _ i: Int) throws -> (q: [Float], k: [Float], v: [Float])? {
+        guard source.config.attentionBias else { return nil }
+        let p = "blk.\(i)."
+        return (try source.vector(p + "attn_q.bias"), try source.vector(p + "attn_k.bias"), try source.vector(p + "attn_v.bias"))
     }
     var blocks: [Block]
     private var decodeCopies: [UnsafeMutableRawPointer] = []
@@ -198,7 +207,7 @@ public final class LlamaModel {
         let none = WeightMatrix(data: UnsafeRawPointer(bitPattern: 64)!, dtype: .f32, rows: 0, cols: 0)
         blocks = try (0..<c.layers).map { i in
             Block(attnNorm: try vector("blk.\(i).attn_norm.weight"), ffnNorm: try vector("blk.\(i).ffn_norm.weight"),
-                  q: none, k: none, v: none, o: none, gate: none, up: none, down: none)
+                  q: none, k: none, v: none, o: none, gate: none, up: none, down: none, bias: try Self.biases(source, i))
         }
         embedding = none
         head = none
@@ -230,7 +239,7 @@ public final class LlamaModel {
                          q: try matrix(p + "attn_q.weight"), k: try matrix(p + "attn_k.weight"),
                          v: try matrix(p + "attn_v.weight"), o: try matrix(p + "attn_output.weight"),
                          gate: try matrix(p + "ffn_gate.weight"), up: try matrix(p + "ffn_up.weight"),
-                         down: try matrix(p + "ffn_down.weight"))
+                         down: try matrix(p + "ffn_down.weight"), bias: try Self.biases(source, i))
         }
         // Decode reads Q4_1 matrices from a split copy (same size, faster kernel).
         var splits: [UnsafeMutableRawPointer] = []
@@ -362,6 +371,12 @@ public final class LlamaModel {
         let kc = cache.k[l] + start * c.kvDim, vc = cache.v[l] + start * c.kvDim
         attnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
         Matmul.linear(pool, x: xn, n: n, [(b.q, q), (b.k, kc), (b.v, vc)], scratch: wscratch)
+        if let bias = blocks[l].bias {
+            for r in 0..<n {
+                for j in 0..<c.qDim { q[r * c.qDim + j] += bias.q[j] }
+                for j in 0..<c.kvDim { kc[r * c.kvDim + j] += bias.k[j]; vc[r * c.kvDim + j] += bias.v[j] }
+            }
+        }
         positions.withUnsafeBufferPointer { pos in
             ropeForward(q, positions: pos.baseAddress!, rows: n, heads: c.heads, table: rope, halfSplit: halfSplitRope)
             ropeForward(kc, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: rope, halfSplit: halfSplitRope)

@@ -8,8 +8,21 @@ public enum RopeStyle: String, Sendable, Codable {
     case halfSplit
 }
 
+/// The model families that share the Llama forward pass, by their GGUF `general.architecture`.
+public enum ModelArchitecture: String, Sendable, Codable, CaseIterable {
+    /// Llama 1–3, Mistral without sliding windows, SmolLM2, TinyLlama…
+    case llama
+    /// Qwen2 / Qwen2.5: Llama's shape plus biases on the q, k and v projections.
+    case qwen2
+
+    /// The RoPE convention of this architecture's GGUF files: llama.cpp's converter permutes
+    /// Llama's Q/K rows to adjacent pairs, and leaves Qwen2's in Hugging Face's halves (NEOX).
+    public var ggufRopeStyle: RopeStyle { self == .llama ? .adjacentPairs : .halfSplit }
+}
+
 public struct LlamaConfig: Sendable, Equatable, Codable {
     public var name: String
+    public var architecture: ModelArchitecture
     public var vocabSize: Int
     public var dim: Int
     public var ffnDim: Int
@@ -24,10 +37,10 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
     /// RoPE frequency scaling (Llama 3.1's `llama3`, `linear`), nil for none.
     public var ropeScaling: RopeScaling?
 
-    public init(name: String, vocabSize: Int, dim: Int, ffnDim: Int, layers: Int, heads: Int,
+    public init(name: String, architecture: ModelArchitecture = .llama, vocabSize: Int, dim: Int, ffnDim: Int, layers: Int, heads: Int,
                 kvHeads: Int, headDim: Int? = nil, ropeTheta: Float = 10000, rmsEps: Float = 1e-5,
                 contextLength: Int = 2048, tiedEmbeddings: Bool = false, ropeScaling: RopeScaling? = nil) {
-        self.name = name; self.vocabSize = vocabSize; self.dim = dim; self.ffnDim = ffnDim
+        self.name = name; self.architecture = architecture; self.vocabSize = vocabSize; self.dim = dim; self.ffnDim = ffnDim
         self.layers = layers; self.heads = heads; self.kvHeads = kvHeads
         self.headDim = headDim ?? dim / heads
         self.ropeTheta = ropeTheta; self.rmsEps = rmsEps
@@ -40,8 +53,31 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
         RopeTable(headDim: headDim, maxPositions: maxPositions, theta: ropeTheta, scaling: ropeScaling)
     }
 
+    /// Biases on the q, k and v projections (Qwen2).
+    public var attentionBias: Bool { architecture == .qwen2 }
+
     public var qDim: Int { heads * headDim }
     public var kvDim: Int { kvHeads * headDim }
+
+    private enum CodingKeys: String, CodingKey {
+        case name, architecture, vocabSize, dim, ffnDim, layers, heads, kvHeads, headDim, ropeTheta, rmsEps
+        case contextLength, tiedEmbeddings, ropeScaling
+    }
+
+    /// Decodes configs saved before `architecture` existed as Llama.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(name: try c.decode(String.self, forKey: .name),
+                  architecture: try c.decodeIfPresent(ModelArchitecture.self, forKey: .architecture) ?? .llama,
+                  vocabSize: try c.decode(Int.self, forKey: .vocabSize), dim: try c.decode(Int.self, forKey: .dim),
+                  ffnDim: try c.decode(Int.self, forKey: .ffnDim), layers: try c.decode(Int.self, forKey: .layers),
+                  heads: try c.decode(Int.self, forKey: .heads), kvHeads: try c.decode(Int.self, forKey: .kvHeads),
+                  headDim: try c.decode(Int.self, forKey: .headDim), ropeTheta: try c.decode(Float.self, forKey: .ropeTheta),
+                  rmsEps: try c.decode(Float.self, forKey: .rmsEps),
+                  contextLength: try c.decode(Int.self, forKey: .contextLength),
+                  tiedEmbeddings: try c.decode(Bool.self, forKey: .tiedEmbeddings),
+                  ropeScaling: try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling))
+    }
 
     /// Checks the relations the kernels rely on.
     public func validate() throws {

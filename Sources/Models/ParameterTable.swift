@@ -30,7 +30,9 @@ extension LlamaConfig {
             ParameterSpec(name: p + "ffn_gate.weight", shape: [ffnDim, dim]),
             ParameterSpec(name: p + "ffn_up.weight", shape: [ffnDim, dim]),
             ParameterSpec(name: p + "ffn_down.weight", shape: [dim, ffnDim]),
-        ]
+        ] + (attentionBias ? [ParameterSpec(name: p + "attn_q.bias", shape: [qDim]),
+                              ParameterSpec(name: p + "attn_k.bias", shape: [kvDim]),
+                              ParameterSpec(name: p + "attn_v.bias", shape: [kvDim])] : [])
     }
 
     public func parameters(of stage: ParameterStage) -> [ParameterSpec] {

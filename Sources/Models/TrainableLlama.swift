@@ -79,6 +79,10 @@ public final class TrainableLlama {
     ///   that touches them passes `ParameterBases`.
     public init(config: LlamaConfig, ropeStyle: RopeStyle = .adjacentPairs, resident: Bool = true) throws {
         try config.validate()
+        guard config.architecture == .llama else {
+            throw OffloadError("[train] \(config.name): training \(config.architecture.rawValue) models (attention biases) "
+                               + "is not supported yet; generate, evaluate and export them")
+        }
         self.config = config
         self.ropeStyle = ropeStyle
         layout = ParameterLayout(config: config)

@@ -57,7 +57,7 @@ extension WeightSource {
 public final class GGUFWeights: WeightSource {
     public let file: GGUFFile
     public let config: LlamaConfig
-    public var ropeStyle: RopeStyle { .adjacentPairs }
+    public var ropeStyle: RopeStyle { config.architecture.ggufRopeStyle }
     public var sourceName: String { file.fileName }
 
     public init(path: String) throws {
@@ -83,59 +83,65 @@ extension LlamaConfig {
     /// Reads the architecture from GGUF metadata (`general.architecture` = llama).
     public init(gguf f: GGUFFile) throws {
         let ctx = "[gguf] \(f.fileName)"
-        let arch = f.string("general.architecture") ?? "?"
-        guard arch == "llama" else {
-            throw OffloadError("\(ctx): architecture '\(arch)' is not supported; expected 'llama'")
+        let archName = f.string("general.architecture") ?? "?"
+        guard let arch = ModelArchitecture(rawValue: archName) else {
+            throw OffloadError("\(ctx): architecture '\(archName)' is not supported; supported: "
+                               + ModelArchitecture.allCases.map(\.rawValue).joined(separator: ", "))
         }
+        let p = archName + "."   // every hyperparameter key is prefixed by the architecture
         func req(_ key: String) throws -> Int {
-            guard let v = f.int("llama." + key), v > 0 else {
-                throw OffloadError("\(ctx): metadata llama.\(key) is missing or not a positive integer")
+            guard let v = f.int(p + key), v > 0 else {
+                throw OffloadError("\(ctx): metadata \(p)\(key) is missing or not a positive integer")
             }
             return v
         }
         let dim = try req("embedding_length")
         let heads = try req("attention.head_count")
-        let vocab = f.int("llama.vocab_size") ?? f.metadata["tokenizer.ggml.tokens"]?.array?.count
+        let vocab = f.int(p + "vocab_size") ?? f.metadata["tokenizer.ggml.tokens"]?.array?.count
             ?? f.info("token_embd.weight")?.shape.first ?? 0
         let tied = f.info("output.weight") == nil
-        let headDim = f.int("llama.attention.key_length") ?? f.int("llama.rope.dimension_count") ?? dim / heads
-        self.init(name: f.string("general.name") ?? f.fileName,
+        let headDim = f.int(p + "attention.key_length") ?? f.int(p + "rope.dimension_count") ?? dim / heads
+        var context = f.int(p + "context_length") ?? 2048
+        // Sliding-window attention (Mistral) equals full attention up to the window: the context stops there.
+        if let window = f.int(p + "attention.sliding_window"), window > 0 { context = min(context, window) }
+        self.init(name: f.string("general.name") ?? f.fileName, architecture: arch,
                   vocabSize: vocab, dim: dim, ffnDim: try req("feed_forward_length"),
                   layers: try req("block_count"), heads: heads,
-                  kvHeads: f.int("llama.attention.head_count_kv") ?? heads,
+                  kvHeads: f.int(p + "attention.head_count_kv") ?? heads,
                   headDim: headDim,
-                  ropeTheta: Float(f.double("llama.rope.freq_base") ?? 10000),
-                  rmsEps: Float(f.double("llama.attention.layer_norm_rms_epsilon") ?? 1e-5),
-                  contextLength: f.int("llama.context_length") ?? 2048, tiedEmbeddings: tied,
-                  ropeScaling: try Self.ropeScaling(f, headDim: headDim, ctx: ctx))
+                  ropeTheta: Float(f.double(p + "rope.freq_base") ?? 10000),
+                  rmsEps: Float(f.double(p + "attention.layer_norm_rms_epsilon") ?? 1e-5),
+                  contextLength: context, tiedEmbeddings: tied,
+                  ropeScaling: try Self.ropeScaling(f, prefix: p, headDim: headDim, ctx: ctx))
         try validate()
     }
 
     /// Writes the `llama.*` keys `init(gguf:)` reads (architecture, name and file type too), and
     /// adds `rope_freqs.weight` for per-frequency RoPE scaling, as convert_hf_to_gguf does.
     public func writeGGUF(fileType: Int, into w: inout GGUFWriter) {
-        func u32(_ key: String, _ v: Int) { w.set(key, .uint(UInt64(v), .uint32)) }
-        func f32(_ key: String, _ v: Float) { w.set(key, .float(Double(v), .float32)) }
-        w.set("general.architecture", .string("llama"))
+        let p = architecture.rawValue + "."
+        func u32(_ key: String, _ v: Int) { w.set(p + key, .uint(UInt64(v), .uint32)) }
+        func f32(_ key: String, _ v: Float) { w.set(p + key, .float(Double(v), .float32)) }
+        w.set("general.architecture", .string(architecture.rawValue))
         w.set("general.name", .string(name))
-        u32("general.file_type", fileType)
-        u32("llama.vocab_size", vocabSize)
-        u32("llama.context_length", contextLength)
-        u32("llama.embedding_length", dim)
-        u32("llama.block_count", layers)
-        u32("llama.feed_forward_length", ffnDim)
-        u32("llama.rope.dimension_count", headDim)
-        u32("llama.attention.key_length", headDim)
-        u32("llama.attention.value_length", headDim)
-        u32("llama.attention.head_count", heads)
-        u32("llama.attention.head_count_kv", kvHeads)
-        f32("llama.rope.freq_base", ropeTheta)
-        f32("llama.attention.layer_norm_rms_epsilon", rmsEps)
+        w.set("general.file_type", .uint(UInt64(fileType), .uint32))
+        u32("vocab_size", vocabSize)
+        u32("context_length", contextLength)
+        u32("embedding_length", dim)
+        u32("block_count", layers)
+        u32("feed_forward_length", ffnDim)
+        u32("rope.dimension_count", headDim)
+        u32("attention.key_length", headDim)
+        u32("attention.value_length", headDim)
+        u32("attention.head_count", heads)
+        u32("attention.head_count_kv", kvHeads)
+        f32("rope.freq_base", ropeTheta)
+        f32("attention.layer_norm_rms_epsilon", rmsEps)
         switch ropeScaling {
         case nil: break
         case .linear(let factor)?:
-            w.set("llama.rope.scaling.type", .string("linear"))
-            f32("llama.rope.scaling.factor", factor)
+            w.set(p + "rope.scaling.type", .string("linear"))
+            f32("rope.scaling.factor", factor)
         case let s?:
             let divisors = s.divisors(for: RopeTable.inverseFrequencies(headDim: headDim, theta: ropeTheta))
             w.tensors.append(.init(name: "rope_freqs.weight", dtype: .f32, shape: [divisors.count],
@@ -146,19 +152,19 @@ extension LlamaConfig {
     /// RoPE scaling as llama.cpp reads it: `llama.rope.scaling.type` (none or linear with
     /// `llama.rope.scaling.factor`), or per-frequency divisors in the `rope_freqs.weight` tensor
     /// (how convert_hf_to_gguf stores Llama 3.1's scaling).
-    static func ropeScaling(_ f: GGUFFile, headDim: Int, ctx: String) throws -> RopeScaling? {
-        let type = f.string("llama.rope.scaling.type") ?? "none"
+    static func ropeScaling(_ f: GGUFFile, prefix p: String, headDim: Int, ctx: String) throws -> RopeScaling? {
+        let type = f.string(p + "rope.scaling.type") ?? "none"
         var scaling: RopeScaling?
         switch type {
         case "none": break
         case "linear":
-            guard let factor = f.double("llama.rope.scaling.factor"), factor > 0 else {
-                throw OffloadError("\(ctx): llama.rope.scaling.type is linear but llama.rope.scaling.factor "
+            guard let factor = f.double(p + "rope.scaling.factor"), factor > 0 else {
+                throw OffloadError("\(ctx): \(p)rope.scaling.type is linear but \(p)rope.scaling.factor "
                                    + "is missing or not positive")
             }
             if factor != 1 { scaling = .linear(factor: Float(factor)) }
         default:
-            throw OffloadError("\(ctx): RoPE scaling type '\(type)' (llama.rope.scaling.type) is not supported; "
+            throw OffloadError("\(ctx): RoPE scaling type '\(type)' (\(p)rope.scaling.type) is not supported; "
                                + "supported: none, linear, and per-frequency factors (rope_freqs.weight)")
         }
         if f.info("rope_freqs.weight") != nil {

@@ -36,7 +36,7 @@ struct Inspect: ParsableCommand {
         let est = c.memoryEstimate(weightBytes: weightBytes, batch: batch, seqLen: seqLen)
         if json {
             let obj: [String: Any] = [
-                "file": file, "architecture": "llama", "name": c.name, "parameters": c.parameterCount,
+                "file": file, "architecture": c.architecture.rawValue, "name": c.name, "parameters": c.parameterCount,
                 "config": ["vocab_size": c.vocabSize, "dim": c.dim, "ffn_dim": c.ffnDim, "layers": c.layers,
                            "heads": c.heads, "kv_heads": c.kvHeads, "head_dim": c.headDim,
                            "rope_theta": Double(c.ropeTheta), "rms_eps": Double(c.rmsEps),
@@ -53,7 +53,7 @@ struct Inspect: ParsableCommand {
             return
         }
         print("""
-        \(source.sourceName): llama, \(c.name)
+        \(source.sourceName): \(c.architecture.rawValue), \(c.name)
           parameters      \(formatCount(c.parameterCount)) (\(c.parameterCount))
           layers          \(c.layers), dim \(c.dim), ffn \(c.ffnDim), heads \(c.heads) (kv \(c.kvHeads)), head dim \(c.headDim)
           vocabulary      \(c.vocabSize), context \(c.contextLength), rope theta \(c.ropeTheta) (\(source.ropeStyle.rawValue))\(c.ropeScaling.map { ", scaling " + $0.summary } ?? "")

@@ -353,14 +353,18 @@ final class GGUFTests: XCTestCase {
     func testUnsupportedTensorTypeWhenRequested() throws {
         var data = try validFile()
         let at = tensorInfoOffset(data, "f32.odd") + 4 + 16
-        patch(&data, at: at, UInt32(12))   // Q4_K
-        let path = try writeBad("q4k.gguf", data)
+        patch(&data, at: at, UInt32(16))   // IQ2_XXS
+        let path = try writeBad("iq2.gguf", data)
         let f = try GGUFFile(path: path)    // the table opens; other tensors stay usable
-        XCTAssertEqual(f.info("f32.odd")?.typeID, 12)
+        XCTAssertEqual(f.info("f32.odd")?.typeID, 16)
         XCTAssertNil(f.info("f32.odd")?.dtype)
         XCTAssertEqual(try f.data("f16.vec").bytes.count, 14)
         assertContains(errorMessage { _ = try f.data("f32.odd") },
-                       "[gguf] q4k.gguf: tensor f32.odd has unsupported tensor type Q4_K")
+                       "[gguf] iq2.gguf: tensor f32.odd has unsupported tensor type IQ2_XXS; supported: F32, F16, BF16, Q8_0")
+        // A type Offload reads, but rows (5 values) that are not whole blocks: refused at open, by ggml's rule.
+        patch(&data, at: at, UInt32(12))   // Q4_K
+        assertContains(errorMessage { _ = try GGUFFile(path: try self.writeBad("q4k.gguf", data)) },
+                       "[gguf] q4k.gguf: tensor f32.odd: rows of 5 values are not whole Q4_K blocks of 256")
         // An id ggml does not define at all.
         patch(&data, at: at, UInt32(999))
         let f2 = try GGUFFile(path: try writeBad("t999.gguf", data))

@@ -1,21 +1,22 @@
-// RoPE scaling (Llama 3.1's `llama3`, `linear`) against transformers on tiny random models
-// saved by save_pretrained (Fixtures/rope, scripts/fixtures/make_rope_fixtures.py), through
-// every way such a model reaches Offload: the Hugging Face folder, llama.cpp's own GGUF
-// conversion (the scaling as the rope_freqs tensor), and Offload's exports both ways.
-// The sequence runs to position 95, three times the original context of 32.
+// Configurations beyond plain Llama — RoPE scaling (Llama 3.1's `llama3`, `linear`) and Qwen2
+// (q/k/v biases, NEOX RoPE in GGUF) — against transformers on tiny random models saved by
+// save_pretrained (Fixtures/tiny, scripts/fixtures/make_tiny_model_fixtures.py), through every
+// way such a model reaches Offload: the Hugging Face folder, llama.cpp's own GGUF conversion,
+// and Offload's exports both ways. The sequence runs to position 95, three times the RoPE-scaled
+// models' original context of 32.
 import Foundation
 import Formats
 import Kernels
 import Models
 import XCTest
 
-final class RopeScalingTests: XCTestCase {
+final class TinyModelParityTests: XCTestCase {
     struct Reference: Decodable {
         struct Model: Decodable { let folder: String; let logits: String; let shape: [Int]; let gguf: String? }
         let ids: [Int]
         let models: [String: Model]
     }
-    static let root = TestAssets.fixtures.appendingPathComponent("rope")
+    static let root = TestAssets.fixtures.appendingPathComponent("tiny")
     lazy var reference: Reference = try! JSONDecoder().decode(
         Reference.self, from: Data(contentsOf: Self.root.appendingPathComponent("reference.json")))
     var dir: String!
@@ -106,6 +107,40 @@ final class RopeScalingTests: XCTestCase {
         // Per-frequency divisors have no config.json form: a clear refusal, not a silently wrong model.
         XCTAssertThrowsError(try exportHFCheckpoint(from: theirs, to: dir + "/nope")) { e in
             XCTAssertTrue("\(e)".contains("rope_freqs.weight"), "\(e)")
+        }
+    }
+
+    func testQwen2MatchesTransformersFromEveryFormat() throws {
+        let want = try expected("qwen2")
+        let hf = try HFCheckpoint(folder: Self.root.appendingPathComponent("qwen2").path)
+        XCTAssertEqual(hf.config.architecture, .qwen2)
+        XCTAssertTrue(hf.config.tiedEmbeddings)
+        XCTAssertEqual(hf.config.ropeTheta, 1_000_000)
+        let (all, decoded) = try logits(hf)
+        assertMatches(all, want, "qwen2 folder, all positions")
+        assertMatches(decoded, Array(want.suffix(64)), "qwen2 folder, decode step")
+        // llama.cpp's conversion: arch qwen2, biases as blk.N.attn_{q,k,v}.bias, Q/K rows in halves (NEOX).
+        let gguf = try GGUFWeights(path: Self.root.appendingPathComponent("qwen2.f32.gguf").path)
+        XCTAssertEqual(gguf.config.architecture, .qwen2)
+        XCTAssertEqual(gguf.ropeStyle, .halfSplit)
+        let (gall, gdecoded) = try logits(gguf)
+        assertMatches(gall, want, "qwen2 GGUF, all positions")
+        assertMatches(gdecoded, Array(want.suffix(64)), "qwen2 GGUF, decode step")
+        // The biases are large (std 0.3, like the weights): a forward that skipped them could not match.
+        XCTAssertGreaterThan(try gguf.vector("blk.0.attn_k.bias").map(abs).max()!, 0.3)
+        // Offload's exports keep the architecture, and the GGUF keeps llama.cpp's row order.
+        try exportGGUF(from: hf, to: dir + "/q.gguf")
+        let exported = try GGUFWeights(path: dir + "/q.gguf")
+        XCTAssertEqual(exported.file.string("general.architecture"), "qwen2")
+        XCTAssertEqual(Data(try exported.tensor("blk.1.attn_q.weight").bytes), Data(try gguf.tensor("blk.1.attn_q.weight").bytes))
+        assertMatches(try logits(exported).all, want, "Offload's GGUF export")
+        try exportHFCheckpoint(from: gguf, to: dir + "/hf")
+        let back = try HFCheckpoint(folder: dir + "/hf")
+        XCTAssertEqual(back.config.architecture, .qwen2)
+        assertMatches(try logits(back).all, want, "Offload's Hugging Face export")
+        // Training refuses it by name rather than dropping the biases.
+        XCTAssertThrowsError(try TrainableLlama(source: gguf)) { e in
+            XCTAssertTrue("\(e)".contains("training qwen2 models"), "\(e)")
         }
     }
 }
