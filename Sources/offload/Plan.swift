@@ -40,8 +40,10 @@ struct Plan: ParsableCommand {
     @Option(help: "Directory for the disk tier; offloaded tensors go to disk when given.") var disk: String?
     @Option(help: "Hardware profile JSON (from `offload profile`).") var hardware: String?
     @Option(help: "Train: what `train --strategy` takes (auto, stream, keep, recompute, sqrt, rotor, offload, pofo, offload+stream, recompute+stream): the plan marked is the one `train` runs with it. With an accelerator profile: a row's name.") var strategy: String = "auto"
-    @Option(name: .customLong("prompt-tokens"), help: "Generate: tokens of the prompt prefilled in one pass (--seq-len is the whole context).")
-    var promptTokens: Int = 32
+    @Option(name: .customLong("prompt-tokens"), help: "Generate: tokens of the prompt prefilled in one pass (--seq-len is the whole context; default 32 or --seq-len when smaller).")
+    var promptTokensOption: Int?
+    /// The prompt length planned for generation.
+    var promptTokens: Int { promptTokensOption ?? min(32, seqLen) }
     @Option(help: ArgumentHelp("Generate: prompts run together with FlexGen's block schedule (the block size is planned), as `generate --prompts` with that many lines.", valueName: "count"))
     var prompts: Int = 1
     @Flag(help: "Print JSON instead of a table.") var json = false
@@ -57,8 +59,8 @@ struct Plan: ParsableCommand {
         if (model == nil) == (config == nil) { throw ValidationError("give exactly one of --model FILE or --config NAME") }
         if RunMode(rawValue: mode) == nil { throw ValidationError("--mode must be train or generate, not '\(mode)'") }
         if batch < 1 || seqLen < 1 { throw ValidationError("--batch and --seq-len must be at least 1") }
-        if promptTokens < 1 || promptTokens > seqLen {
-            throw ValidationError("--prompt-tokens must be from 1 to --seq-len (\(seqLen)), got \(promptTokens)")
+        if let p = promptTokensOption, p < 1 || p > seqLen {
+            throw ValidationError("--prompt-tokens must be from 1 to --seq-len (\(seqLen)), got \(p)")
         }
         if prompts < 1 { throw ValidationError("--prompts must be at least 1, got \(prompts)") }
         if let b = budget, parseBytes(b) == nil { throw ValidationError("--budget '\(b)' is not a size (try 256MB or 24GiB)") }
@@ -138,9 +140,8 @@ struct Plan: ParsableCommand {
     }
 
     func write(_ text: String, to path: String) throws {
-        do { try text.write(toFile: path, atomically: true, encoding: .utf8) } catch {
-            throw OffloadError("[plan] cannot write \(path): \(error.localizedDescription)")
-        }
+        // Our own atomic write: Foundation's leaves an empty TemporaryDirectory.* in /tmp per call on Linux.
+        try writeAtomically(Data(text.utf8), to: path, context: "[plan]")
     }
 
     func table(_ r: PlanRequest, _ all: [PlanResult], _ chosen: PlanResult) -> String {

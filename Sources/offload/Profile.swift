@@ -6,6 +6,7 @@
 import ArgumentParser
 import CBLAS
 import Foundation
+import Formats
 import Kernels
 import Memory
 import Tensors
@@ -85,9 +86,7 @@ struct Profile: ParsableCommand {
         let profile = try measure()
         let data = try profile.encoded()
         if let out {
-            do { try data.write(to: URL(fileURLWithPath: out), options: .atomic) } catch {
-                throw OffloadError("[profile] cannot write \(out): \(error.localizedDescription)")
-            }
+            try writeAtomically(data, to: out, context: "[profile]")
         }
         if json {
             print(String(decoding: data, as: UTF8.self))
