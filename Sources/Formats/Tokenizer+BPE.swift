@@ -1,6 +1,9 @@
-// Byte-level BPE core: GPT-2's byte↔character mapping and the merge loop over
-// one pre-tokenized word. Works on raw bytes; vocabulary strings are mapped back
-// to bytes once, at load time.
+// Byte-level BPE (`tokenizer.ggml.model` = "gpt2"): GPT-2's byte↔character mapping,
+// the merge table built from GGUF metadata, and the merge loop over one pre-tokenized
+// word. Works on raw bytes; vocabulary strings are mapped back to bytes once, at load time.
+
+import Foundation
+import Tensors
 
 /// GPT-2's reversible mapping of the 256 byte values onto printable characters:
 /// printable Latin-1 bytes map to themselves, the other 68 to U+0100 onwards.
@@ -136,5 +139,142 @@ struct MergeHeap {
             }
         }
         return top
+    }
+}
+
+/// What byte-level BPE needs beyond the shared vocabulary: the pre-tokenizer, the merge
+/// table and the token of each byte string. Immutable; `Tokenizer` calls it for each
+/// text fragment between special tokens.
+struct ByteLevelBPE: Sendable {
+    let vocabSize: Int
+    let tokenOfBytes: [[UInt8]: Int32]  // llama.cpp's token_to_id, keyed by the bytes a token stands for
+    let merges: BPEMerges
+    let pre: PreTokenizer
+    let ignoreMerges: Bool
+
+    /// Reads the merges and the `pre` type; returns the bytes each token decodes to as well.
+    /// - Throws: the error `fail` makes, naming what is missing or unsupported.
+    static func load(gguf: GGUFFile, tokens: [String], types: [Tokenizer.TokenType],
+                     fail: (String) -> OffloadError)
+        throws -> (bpe: ByteLevelBPE, pieces: [[UInt8]], preName: String, addsBOS: Bool) {
+        let preName = gguf.string("tokenizer.ggml.pre") ?? "default"
+        guard let (pre, ignoreMerges, preAddsBOS) = PreTokenizer.named(preName) else {
+            throw fail("pre-tokenizer '\(preName)' is not supported; supported: \(PreTokenizer.supportedNames.joined(separator: ", "))")
+        }
+        guard let mergeStrings = gguf.strings("tokenizer.ggml.merges") else {
+            throw fail("tokenizer.ggml.merges is missing or not an array of strings; byte-level BPE needs merges")
+        }
+        let n = tokens.count
+
+        // Bytes each token stands for; byte-level text for normal tokens, raw text otherwise.
+        var pieces = [[UInt8]](repeating: [], count: n)
+        var tokenOfBytes = [[UInt8]: Int32](minimumCapacity: n)
+        for i in 0..<n {
+            let t = tokens[i]
+            let mapped = ByteLevel.decode(t)
+            if let mapped { tokenOfBytes[mapped] = Int32(i) }  // later duplicates win, as in llama.cpp
+            switch types[i] {
+            case .normal: pieces[i] = mapped ?? ByteLevel.decodeLenient(t)
+            case .control, .userDefined, .unknown: pieces[i] = Array(t.utf8)
+            case .byte: pieces[i] = Tokenizer.byteTokenValue(t).map { [$0] } ?? Array(t.utf8)
+            case .unused, .undefined: pieces[i] = []
+            }
+        }
+
+        // Merge table over piece ids. Pieces that are not tokens get ids from n upwards.
+        var extra: [[UInt8]] = []
+        var extraIndex: [[UInt8]: Int32] = [:]
+        func pieceID(_ bytes: [UInt8]) -> Int32 {
+            if let t = tokenOfBytes[bytes] { return t }
+            if let e = extraIndex[bytes] { return e }
+            let id = Int32(n + extra.count)
+            extra.append(bytes)
+            extraIndex[bytes] = id
+            return id
+        }
+        var table = [UInt64: (rank: Int32, merged: Int32)](minimumCapacity: mergeStrings.count)
+        for (rank, m) in mergeStrings.enumerated() {
+            // llama.cpp splits at the first space after the first character.
+            let u = Array(m.utf8)
+            guard u.count > 1, let sp = u[1...].firstIndex(of: 0x20) else { continue }
+            guard let a = ByteLevel.decode(String(decoding: u[..<sp], as: UTF8.self)),
+                  let b = ByteLevel.decode(String(decoding: u[(sp + 1)...], as: UTF8.self)),
+                  !a.isEmpty, !b.isEmpty else { continue }  // can never match a byte-level word
+            let key = UInt64(UInt32(bitPattern: pieceID(a))) << 32 | UInt64(UInt32(bitPattern: pieceID(b)))
+            if table[key] == nil { table[key] = (Int32(rank), pieceID(a + b)) }
+        }
+        let bytePiece = (0..<256).map { pieceID([UInt8($0)]) }
+        let bpe = ByteLevelBPE(vocabSize: n, tokenOfBytes: tokenOfBytes,
+                               merges: BPEMerges(table: table, bytePiece: bytePiece, extraPieces: extra),
+                               pre: pre, ignoreMerges: ignoreMerges)
+        return (bpe, pieces, preName, preAddsBOS)
+    }
+
+    /// Pre-tokenizes one text fragment and appends the BPE tokens of each word.
+    func encodeFragment(_ text: UnsafeBufferPointer<UInt8>, _ r: Range<Int>,
+                        _ cache: inout [WordKey: [Int32]], _ out: inout [Int]) {
+        // Code points, their flags and where each starts in the UTF-8 (the text is valid UTF-8).
+        var cps: [UInt32] = [], flags: [CodepointFlags] = [], starts: [Int] = []
+        cps.reserveCapacity(r.count); flags.reserveCapacity(r.count); starts.reserveCapacity(r.count + 1)
+        let table = CodepointFlags.table
+        var i = r.lowerBound
+        while i < r.upperBound {
+            let b0 = UInt32(text[i])
+            var cp: UInt32, len: Int
+            if b0 < 0x80 { cp = b0; len = 1 }
+            else if b0 < 0xE0 { cp = (b0 & 0x1F) << 6 | UInt32(text[i + 1] & 0x3F); len = 2 }
+            else if b0 < 0xF0 { cp = (b0 & 0x0F) << 12 | UInt32(text[i + 1] & 0x3F) << 6 | UInt32(text[i + 2] & 0x3F); len = 3 }
+            else { cp = (b0 & 0x07) << 18 | UInt32(text[i + 1] & 0x3F) << 12 | UInt32(text[i + 2] & 0x3F) << 6 | UInt32(text[i + 3] & 0x3F); len = 4 }
+            cps.append(cp)
+            flags.append(CodepointFlags(rawValue: table[Int(cp)]))
+            starts.append(i)
+            i += len
+        }
+        starts.append(r.upperBound)
+
+        var c = 0
+        for len in pre.split(cps, flags) {
+            let lo = starts[c], hi = starts[c + len]
+            c += len
+            let key = WordKey(base: text.baseAddress!, start: lo, count: hi - lo)
+            if let ids = cache[key] {
+                for id in ids { out.append(Int(id)) }
+                continue
+            }
+            let ids = encodeWord(UnsafeBufferPointer(rebasing: text[lo..<hi]))
+            cache[key] = ids
+            for id in ids { out.append(Int(id)) }
+        }
+    }
+
+    /// BPE of one pre-tokenized word; pieces that are not tokens fall back to one token per byte.
+    private func encodeWord(_ word: UnsafeBufferPointer<UInt8>) -> [Int32] {
+        if ignoreMerges, let t = tokenOfBytes[Array(word)] { return [t] }
+        var ids: [Int32] = []
+        for p in merges.merge(word) {
+            if Int(p) < vocabSize { ids.append(p); continue }
+            // llama.cpp looks up each UTF-8 byte of the byte-level string on its own, so only
+            // bytes written as one ASCII character (0x21...0x7E) can fall back; others are dropped.
+            for b in merges.extraPieces[Int(p) - vocabSize] where b >= 0x21 && b <= 0x7E {
+                if let t = tokenOfBytes[[b]] { ids.append(t) }
+            }
+        }
+        return ids
+    }
+}
+
+/// A word of the text being encoded, hashed and compared by its bytes without copying them.
+/// Valid only while that text's buffer is.
+struct WordKey: Hashable {
+    let base: UnsafePointer<UInt8>
+    let start: Int
+    let count: Int
+
+    func hash(into h: inout Hasher) {
+        h.combine(bytes: UnsafeRawBufferPointer(start: base + start, count: count))
+    }
+
+    static func == (a: WordKey, b: WordKey) -> Bool {
+        a.count == b.count && memcmp(a.base + a.start, b.base + b.start, a.count) == 0
     }
 }

@@ -1,16 +1,21 @@
-// Byte-level BPE tokenizer (`tokenizer.ggml.model` = "gpt2") built from GGUF metadata,
-// matching llama.cpp's tokenize/detokenize token for token. Not SentencePiece,
-// WordPiece or Unigram: those vocabularies are refused at load with a clear error.
+// Tokenizer built from a GGUF file's `tokenizer.ggml.*` metadata, matching llama.cpp's
+// tokenize/detokenize token for token, for byte-level BPE (`tokenizer.ggml.model` = "gpt2",
+// Tokenizer+BPE.swift) and SentencePiece (`llama`, Tokenizer+SPM.swift) vocabularies. This file
+// holds what both share: special tokens cut out of the text first, BOS, end-of-generation
+// tokens, decoding. WordPiece, Unigram and other models are refused at load with a clear error.
 
 import Foundation
 import Tensors
 
-/// Encodes text to token ids and back, for byte-level BPE vocabularies.
+/// Encodes text to token ids and back, for byte-level BPE and SentencePiece vocabularies.
 ///
 /// Immutable after `init`, so one instance can be shared between threads.
 /// - Note: Encoding follows llama.cpp's `llama_tokenize`: special tokens are cut out of
-///   the text first (longest first), then each remaining fragment is pre-tokenized into
-///   words by the vocabulary's `tokenizer.ggml.pre` rules, and each word is merged by rank.
+///   the text first (longest first), then each remaining fragment is encoded by the
+///   vocabulary's algorithm: byte-level BPE pre-tokenizes it into words by the
+///   `tokenizer.ggml.pre` rules and merges each word by rank; SentencePiece writes spaces as
+///   "▁" (and one in front of a fragment at the start or after a special token, when
+///   `add_space_prefix`), merges highest score first, and falls back to `<0xXX>` byte tokens.
 public final class Tokenizer: Sendable {
     /// llama.cpp's token attributes, from `tokenizer.ggml.token_type`.
     public enum TokenType: Int, Sendable {
@@ -18,29 +23,43 @@ public final class Tokenizer: Sendable {
     }
 
     public let vocabSize: Int
-    /// `tokenizer.ggml.bos_token_id`, nil when the file names none.
+    /// `tokenizer.ggml.bos_token_id`, nil when the file names none (SentencePiece: 1 by default, as in llama.cpp).
     public let bosID: Int?
-    /// `tokenizer.ggml.eos_token_id`, nil when the file names none.
+    /// `tokenizer.ggml.eos_token_id`, nil when the file names none (SentencePiece: 2 by default, as in llama.cpp).
     public let eosID: Int?
     /// Tokens that end generation: EOS plus end-of-turn tokens found by their text (`<|im_end|>`, `<|eot_id|>`…).
     public let endOfGenerationIDs: Set<Int>
-    /// Whether `encode` adds BOS when not told: `tokenizer.ggml.add_bos_token`, else llama.cpp's default for the `pre` type.
+    /// Whether `encode` adds BOS when not told: `tokenizer.ggml.add_bos_token`, else llama.cpp's
+    /// default (true for SentencePiece; for byte-level BPE, the `pre` type's).
     public let addsBOSByDefault: Bool
     /// The `tokenizer.ggml.pre` value in use ("default" when the file has none).
     public let preName: String
     public let types: [TokenType]
 
     private let tokens: [String]
-    private let pieces: [[UInt8]]               // bytes each token decodes to
-    private let tokenOfBytes: [[UInt8]: Int32]  // llama.cpp's token_to_id, keyed by the bytes a token stands for
-    private let merges: BPEMerges
-    private let pre: PreTokenizer
-    private let ignoreMerges: Bool
-    private let specials: [(bytes: [UInt8], id: Int)]  // control, user-defined, unknown; longest first
+    private let pieces: [[UInt8]]            // bytes each token decodes to (llama.cpp's token_to_piece)
+    private let encoder: FragmentEncoder
+    private let specials: [SpecialToken]     // control, user-defined, unknown; longest first
+    private let removesLeadingSpace: Bool    // llama.cpp's add_space_prefix, undone by decode
+
+    /// How text between special tokens becomes tokens.
+    private enum FragmentEncoder: Sendable {
+        case byteLevelBPE(ByteLevelBPE)
+        case sentencePiece(SentencePiece)
+    }
+
+    /// A token cut out of the text before encoding.
+    private struct SpecialToken: Sendable {
+        let bytes: [UInt8]
+        let id: Int
+        /// Whitespace after it is dropped (llama.cpp's RSTRIP attribute).
+        let rstrip: Bool
+    }
 
     /// Builds the tokenizer of a GGUF file's `tokenizer.ggml.*` metadata.
-    /// - Throws: `OffloadError` naming the file when the vocabulary is not byte-level BPE,
-    ///   its `pre` type is unknown to Offload, or the metadata is missing or malformed.
+    /// - Throws: `OffloadError` naming the file when the vocabulary is neither byte-level BPE
+    ///   nor SentencePiece, its `pre` type is unknown to Offload, or the metadata is missing or
+    ///   malformed (naming the key).
     public init(gguf: GGUFFile) throws {
         let file = gguf.fileName
         func fail(_ msg: String) -> OffloadError { OffloadError("[tokenizer] \(file): \(msg)") }
@@ -48,21 +67,15 @@ public final class Tokenizer: Sendable {
         guard let model = gguf.string("tokenizer.ggml.model") else {
             throw fail("no tokenizer.ggml.model in metadata; the file carries no vocabulary")
         }
-        guard model == "gpt2" else {
-            let kinds = ["llama": "SentencePiece", "bert": "WordPiece", "t5": "Unigram", "rwkv": "RWKV",
+        guard model == "gpt2" || model == "llama" else {
+            let kinds = ["bert": "WordPiece", "t5": "Unigram", "rwkv": "RWKV",
                          "gemma4": "SentencePiece-style BPE", "no_vocab": "no vocabulary", "none": "no vocabulary"]
             let kind = kinds[model].map { " (\($0))" } ?? ""
-            throw fail("tokenizer model '\(model)'\(kind) is not supported; supported: gpt2 (byte-level BPE)")
+            throw fail("tokenizer model '\(model)'\(kind) is not supported; supported: gpt2 (byte-level BPE), llama (SentencePiece)")
         }
-        let preName = gguf.string("tokenizer.ggml.pre") ?? "default"
-        guard let (pre, ignoreMerges, preAddsBOS) = PreTokenizer.named(preName) else {
-            throw fail("pre-tokenizer '\(preName)' is not supported; supported: \(PreTokenizer.supportedNames.joined(separator: ", "))")
-        }
+        let isSentencePiece = model == "llama"
         guard let tokens = gguf.strings("tokenizer.ggml.tokens"), !tokens.isEmpty else {
             throw fail("tokenizer.ggml.tokens is missing or not an array of strings")
-        }
-        guard let mergeStrings = gguf.strings("tokenizer.ggml.merges") else {
-            throw fail("tokenizer.ggml.merges is missing or not an array of strings; byte-level BPE needs merges")
         }
         let n = tokens.count
         var types = [TokenType](repeating: .normal, count: n)
@@ -72,68 +85,65 @@ public final class Tokenizer: Sendable {
             }
             for i in 0..<n { types[i] = TokenType(rawValue: raw[i]) ?? .undefined }
         }
-        func specialID(_ key: String) throws -> Int? {
-            guard let v = gguf.metadata[key] else { return nil }
+        /// The id under `key`; when absent, llama.cpp's default for the model if it is a token.
+        func specialID(_ key: String, default fallback: Int?) throws -> Int? {
+            guard let v = gguf.metadata[key] else { return fallback.flatMap { $0 < n ? $0 : nil } }
             guard let id = v.int, id >= 0, id < n else { throw fail("\(key) = \(v) is not a token id below \(n)") }
             return id
         }
-        let bos = try specialID("tokenizer.ggml.bos_token_id")
-        let eos = try specialID("tokenizer.ggml.eos_token_id")
+        let bos = try specialID("tokenizer.ggml.bos_token_id", default: isSentencePiece ? 1 : nil)
+        let eos = try specialID("tokenizer.ggml.eos_token_id", default: isSentencePiece ? 2 : nil)
 
-        // End-of-turn tokens llama.cpp recognises by text; it makes them control tokens if they are not.
-        let endTexts: Set<String> = ["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-                                     "<|end_of_text|>", "<EOT>", "_<EOT>", "<|eom_id|>", "<end_of_utterance>",
-                                     "<｜end▁of▁sentence｜>"]
+        // End-of-generation tokens llama.cpp recognises by text; it makes them control tokens if they
+        // are not (so Phi-3's user-defined </s> is no longer cut out of text unless parseSpecial).
+        let endTexts: Set<String> = ["<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>",
+                                     "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>",
+                                     "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>",
+                                     "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~["]
         var eog = Set<Int>()
         if let eos { eog.insert(eos) }
         for (i, t) in tokens.enumerated() where endTexts.contains(t) {
             eog.insert(i)
             if types[i] != .control { types[i] = .control }
         }
-
-        // Bytes each token stands for; byte-level text for normal tokens, raw text otherwise.
-        var pieces = [[UInt8]](repeating: [], count: n)
-        var tokenOfBytes = [[UInt8]: Int32](minimumCapacity: n)
-        for i in 0..<n {
-            let t = tokens[i]
-            let mapped = ByteLevel.decode(t)
-            if let mapped { tokenOfBytes[mapped] = Int32(i) }  // later duplicates win, as in llama.cpp
-            switch types[i] {
-            case .normal: pieces[i] = mapped ?? ByteLevel.decodeLenient(t)
-            case .control, .userDefined, .unknown: pieces[i] = Array(t.utf8)
-            case .byte: pieces[i] = Tokenizer.byteTokenValue(t).map { [$0] } ?? Array(t.utf8)
-            case .unused, .undefined: pieces[i] = []
-            }
+        // llama.cpp's exceptions: <|end|> only ends a turn where <|return|>/<|call|> (or <|calls|>/<|flush|>)
+        // do not, and </s> is ordinary text where <|tool_response> is the end token.
+        let eogTexts = Set(eog.map { tokens[$0] })
+        func demote(_ text: String, to type: TokenType) {
+            for i in eog where tokens[i] == text { eog.remove(i); types[i] = type }
+        }
+        if eogTexts.contains("<|end|>") && !eogTexts.isDisjoint(with: ["<|call|>", "<|calls|>"])
+            && !eogTexts.isDisjoint(with: ["<|return|>", "<|flush|>"]) {
+            demote("<|end|>", to: .userDefined)
+        }
+        if eogTexts.contains("</s>") && !eogTexts.isDisjoint(with: ["<|tool_response>", "<|plamo:eos|>"]) {
+            demote("</s>", to: .normal)
         }
 
-        // Merge table over piece ids. Pieces that are not tokens get ids from n upwards.
-        var extra: [[UInt8]] = []
-        var extraIndex: [[UInt8]: Int32] = [:]
-        func pieceID(_ bytes: [UInt8]) -> Int32 {
-            if let t = tokenOfBytes[bytes] { return t }
-            if let e = extraIndex[bytes] { return e }
-            let id = Int32(n + extra.count)
-            extra.append(bytes)
-            extraIndex[bytes] = id
-            return id
+        let encoder: FragmentEncoder, pieces: [[UInt8]], preName: String, addsBOS: Bool
+        if isSentencePiece {
+            let unknown = try specialID("tokenizer.ggml.unknown_token_id", default: 0)
+            let loaded = try SentencePiece.load(gguf: gguf, tokens: tokens, types: types, unknownID: unknown, fail: fail)
+            (encoder, pieces) = (.sentencePiece(loaded.spm), loaded.pieces)
+            preName = gguf.string("tokenizer.ggml.pre") ?? "default"  // llama.cpp ignores it for SentencePiece
+            addsBOS = true
+            self.removesLeadingSpace = loaded.spm.addSpacePrefix
+        } else {
+            let loaded = try ByteLevelBPE.load(gguf: gguf, tokens: tokens, types: types, fail: fail)
+            (encoder, pieces) = (.byteLevelBPE(loaded.bpe), loaded.pieces)
+            (preName, addsBOS) = (loaded.preName, loaded.addsBOS)
+            self.removesLeadingSpace = false
         }
-        var table = [UInt64: (rank: Int32, merged: Int32)](minimumCapacity: mergeStrings.count)
-        for (rank, m) in mergeStrings.enumerated() {
-            // llama.cpp splits at the first space after the first character.
-            let u = Array(m.utf8)
-            guard u.count > 1, let sp = u[1...].firstIndex(of: 0x20) else { continue }
-            guard let a = ByteLevel.decode(String(decoding: u[..<sp], as: UTF8.self)),
-                  let b = ByteLevel.decode(String(decoding: u[(sp + 1)...], as: UTF8.self)),
-                  !a.isEmpty, !b.isEmpty else { continue }  // can never match a byte-level word
-            let key = UInt64(UInt32(bitPattern: pieceID(a))) << 32 | UInt64(UInt32(bitPattern: pieceID(b)))
-            if table[key] == nil { table[key] = (Int32(rank), pieceID(a + b)) }
-        }
-        let bytePiece = (0..<256).map { pieceID([UInt8($0)]) }
 
-        // Special tokens cut out of text before pre-tokenizing, longest first (ties: lower id).
-        var specials: [(bytes: [UInt8], id: Int)] = []
+        // Special tokens cut out of text before encoding, longest first (ties: lower id).
+        // llama.cpp drops whitespace after Phi-3's special tokens (by general.name), but not
+        // after <unk>, <s> and <|endoftext|>.
+        let name = (gguf.string("general.name") ?? "").lowercased()
+        let phi3 = name.contains("phi-3") || name.contains("phi3")
+        var specials: [SpecialToken] = []
         for i in 0..<n where [.control, .userDefined, .unknown].contains(types[i]) && !tokens[i].isEmpty {
-            specials.append((Array(tokens[i].utf8), i))
+            let rstrip = phi3 && !["<unk>", "<s>", "<|endoftext|>"].contains(tokens[i])
+            specials.append(SpecialToken(bytes: Array(tokens[i].utf8), id: i, rstrip: rstrip))
         }
         specials.sort { $0.bytes.count != $1.bytes.count ? $0.bytes.count > $1.bytes.count : $0.id < $1.id }
 
@@ -141,15 +151,12 @@ public final class Tokenizer: Sendable {
         self.bosID = bos
         self.eosID = eos
         self.endOfGenerationIDs = eog
-        self.addsBOSByDefault = gguf.bool("tokenizer.ggml.add_bos_token") ?? preAddsBOS
+        self.addsBOSByDefault = gguf.bool("tokenizer.ggml.add_bos_token") ?? addsBOS
         self.preName = preName
         self.types = types
         self.tokens = tokens
         self.pieces = pieces
-        self.tokenOfBytes = tokenOfBytes
-        self.merges = BPEMerges(table: table, bytePiece: bytePiece, extraPieces: extra)
-        self.pre = pre
-        self.ignoreMerges = ignoreMerges
+        self.encoder = encoder
         self.specials = specials
     }
 
@@ -158,7 +165,7 @@ public final class Tokenizer: Sendable {
         try self.init(gguf: GGUFFile(path: path))
     }
 
-    /// The vocabulary string of a token as stored in the file (byte-level characters for normal tokens).
+    /// The vocabulary string of a token as stored in the file (GPT-2 byte characters, or "▁" for spaces in SentencePiece).
     public func tokenText(_ id: Int) -> String? { id >= 0 && id < vocabSize ? tokens[id] : nil }
 
     // MARK: encode
@@ -166,7 +173,7 @@ public final class Tokenizer: Sendable {
     /// Token ids of `text`.
     /// - Parameters:
     ///   - addBOS: prepend `bosID`; nil uses `addsBOSByDefault`. Nothing is added when the file has no BOS.
-    ///   - parseSpecial: match control tokens (`<|im_start|>`…) written in the text as single tokens.
+    ///   - parseSpecial: match control tokens (`<|im_start|>`, `<s>`…) written in the text as single tokens.
     ///     User-defined tokens are always matched, as in llama.cpp and Hugging Face.
     ///     llama.cpp's tokenizer tests use `false`; chat prompts need `true`.
     public func encode(_ text: String, addBOS: Bool? = nil, parseSpecial: Bool = true) -> [Int] {
@@ -176,11 +183,28 @@ public final class Tokenizer: Sendable {
         if bytes.isEmpty { return out }
         out.reserveCapacity(bytes.count / 3)
         bytes.withUnsafeBufferPointer { buf in
-            var cache: [WordKey: [Int32]] = [:]
-            for fragment in partition(buf, parseSpecial: parseSpecial) {
-                switch fragment {
-                case .token(let id): out.append(id)
-                case .text(let r): encodeFragment(buf, r, &cache, &out)
+            let fragments = partition(buf, parseSpecial: parseSpecial)
+            switch encoder {
+            case .byteLevelBPE(let bpe):
+                var cache: [WordKey: [Int32]] = [:]
+                for fragment in fragments {
+                    switch fragment {
+                    case .token(let id): out.append(id)
+                    case .text(let r): bpe.encodeFragment(buf, r, &cache, &out)
+                    }
+                }
+            case .sentencePiece(let spm):
+                // The space prefix goes before text at the start and after each special token.
+                var afterSpecial = true
+                for fragment in fragments {
+                    switch fragment {
+                    case .token(let id):
+                        out.append(id)
+                        afterSpecial = true
+                    case .text(let r):
+                        spm.encodeFragment(buf, r, spacePrefix: spm.addSpacePrefix && afterSpecial, &out)
+                        afterSpecial = false
+                    }
                 }
             }
         }
@@ -213,7 +237,8 @@ public final class Tokenizer: Sendable {
             if remaining == 0 { break }
         }
         for k in candidates where occurs[k] {
-            let needle = specials[k].bytes
+            let special = specials[k]
+            let needle = special.bytes
             var next: [Fragment] = []
             next.reserveCapacity(fragments.count + 2)
             for f in fragments {
@@ -222,8 +247,9 @@ public final class Tokenizer: Sendable {
                 while i + needle.count <= r.upperBound {
                     if text[i] == needle[0] && Self.matches(text, at: i, end: r.upperBound, needle) {
                         if i > start { next.append(.text(start..<i)) }
-                        next.append(.token(specials[k].id))
+                        next.append(.token(special.id))
                         i += needle.count
+                        if special.rstrip { while i < r.upperBound && Self.isSpace(text[i]) { i += 1 } }
                         start = i
                     } else {
                         i += 1
@@ -243,61 +269,13 @@ public final class Tokenizer: Sendable {
         return true
     }
 
-    /// Pre-tokenizes one text fragment and appends the BPE tokens of each word.
-    private func encodeFragment(_ text: UnsafeBufferPointer<UInt8>, _ r: Range<Int>,
-                                _ cache: inout [WordKey: [Int32]], _ out: inout [Int]) {
-        // Code points, their flags and where each starts in the UTF-8 (the text is valid UTF-8).
-        var cps: [UInt32] = [], flags: [CodepointFlags] = [], starts: [Int] = []
-        cps.reserveCapacity(r.count); flags.reserveCapacity(r.count); starts.reserveCapacity(r.count + 1)
-        let table = CodepointFlags.table
-        var i = r.lowerBound
-        while i < r.upperBound {
-            let b0 = UInt32(text[i])
-            var cp: UInt32, len: Int
-            if b0 < 0x80 { cp = b0; len = 1 }
-            else if b0 < 0xE0 { cp = (b0 & 0x1F) << 6 | UInt32(text[i + 1] & 0x3F); len = 2 }
-            else if b0 < 0xF0 { cp = (b0 & 0x0F) << 12 | UInt32(text[i + 1] & 0x3F) << 6 | UInt32(text[i + 2] & 0x3F); len = 3 }
-            else { cp = (b0 & 0x07) << 18 | UInt32(text[i + 1] & 0x3F) << 12 | UInt32(text[i + 2] & 0x3F) << 6 | UInt32(text[i + 3] & 0x3F); len = 4 }
-            cps.append(cp)
-            flags.append(CodepointFlags(rawValue: table[Int(cp)]))
-            starts.append(i)
-            i += len
-        }
-        starts.append(r.upperBound)
-
-        var c = 0
-        for len in pre.split(cps, flags) {
-            let lo = starts[c], hi = starts[c + len]
-            c += len
-            let key = WordKey(base: text.baseAddress!, start: lo, count: hi - lo)
-            if let ids = cache[key] {
-                for id in ids { out.append(Int(id)) }
-                continue
-            }
-            let ids = encodeWord(UnsafeBufferPointer(rebasing: text[lo..<hi]))
-            cache[key] = ids
-            for id in ids { out.append(Int(id)) }
-        }
-    }
-
-    /// BPE of one pre-tokenized word; pieces that are not tokens fall back to one token per byte.
-    private func encodeWord(_ word: UnsafeBufferPointer<UInt8>) -> [Int32] {
-        if ignoreMerges, let t = tokenOfBytes[Array(word)] { return [t] }
-        var ids: [Int32] = []
-        for p in merges.merge(word) {
-            if Int(p) < vocabSize { ids.append(p); continue }
-            // llama.cpp looks up each UTF-8 byte of the byte-level string on its own, so only
-            // bytes written as one ASCII character (0x21...0x7E) can fall back; others are dropped.
-            for b in merges.extraPieces[Int(p) - vocabSize] where b >= 0x21 && b <= 0x7E {
-                if let t = tokenOfBytes[[b]] { ids.append(t) }
-            }
-        }
-        return ids
-    }
+    /// C's `isspace` in the C locale: space, \t, \n, \v, \f, \r.
+    @inline(__always) private static func isSpace(_ b: UInt8) -> Bool { b == 0x20 || (b >= 0x09 && b <= 0x0D) }
 
     // MARK: decode
 
-    /// The bytes token `id` stands for; control and unknown tokens give their text unless `skipSpecial`.
+    /// The bytes token `id` stands for (llama.cpp's `token_to_piece`): a SentencePiece "▁" is a
+    /// space, a byte token its byte; control and unknown tokens give their text unless `skipSpecial`.
     /// - Note: A token can end inside a UTF-8 sequence; use `StreamingDecoder` to print as tokens arrive.
     public func piece(for id: Int, skipSpecial: Bool = false) -> [UInt8] {
         guard id >= 0 && id < vocabSize else { return [] }
@@ -305,17 +283,30 @@ public final class Tokenizer: Sendable {
         return pieces[id]
     }
 
-    /// Concatenated bytes of `ids` (see `piece(for:)`).
-    public func decodeBytes(_ ids: [Int], skipSpecial: Bool = false) -> [UInt8] {
+    /// Bytes of `ids` as llama.cpp's `llama_detokenize` gives them (without removing BOS/EOS):
+    /// the pieces one after another; for SentencePiece vocabularies that add a space prefix,
+    /// the first token's leading space is dropped, as encoding put it there.
+    /// - Parameter continuing: `ids` follow earlier tokens of the same text (a generated
+    ///   continuation), so the first token's leading space is text and stays, as `StreamingDecoder` prints it.
+    public func decodeBytes(_ ids: [Int], skipSpecial: Bool = false, continuing: Bool = false) -> [UInt8] {
         var out: [UInt8] = []
-        for id in ids { out.append(contentsOf: piece(for: id, skipSpecial: skipSpecial)) }
+        for (k, id) in ids.enumerated() {
+            let p = piece(for: id, skipSpecial: skipSpecial)
+            if k == 0 && removesLeadingSpace && !continuing && p.first == 0x20 {
+                out.append(contentsOf: p.dropFirst())
+            } else {
+                out.append(contentsOf: p)
+            }
+        }
         return out
     }
 
-    /// Text of `ids`. Invalid UTF-8 (a sequence cut off by the end of `ids`) becomes U+FFFD.
-    /// - Note: No clean-up of spaces is done: `decode(encode(s, parseSpecial: false)) == s` for any `s`.
-    public func decode(_ ids: [Int], skipSpecial: Bool = false) -> String {
-        String(decoding: decodeBytes(ids, skipSpecial: skipSpecial), as: UTF8.self)
+    /// Text of `ids` (see `decodeBytes`). Invalid UTF-8 (a sequence cut off by the end of `ids`) becomes U+FFFD.
+    /// - Note: No other clean-up of spaces is done: `decode(encode(s, addBOS: false, parseSpecial: false)) == s`
+    ///   for any `s` with byte-level BPE, and with SentencePiece for text without "▁" (U+2581, read back
+    ///   as a space) or user-defined tokens (a space prefix follows them).
+    public func decode(_ ids: [Int], skipSpecial: Bool = false, continuing: Bool = false) -> String {
+        String(decoding: decodeBytes(ids, skipSpecial: skipSpecial, continuing: continuing), as: UTF8.self)
     }
 
     /// Byte value of a `<0xXX>` token.
@@ -326,24 +317,10 @@ public final class Tokenizer: Sendable {
     }
 }
 
-/// A word of the text being encoded, hashed and compared by its bytes without copying them.
-/// Valid only while that text's buffer is.
-struct WordKey: Hashable {
-    let base: UnsafePointer<UInt8>
-    let start: Int
-    let count: Int
-
-    func hash(into h: inout Hasher) {
-        h.combine(bytes: UnsafeRawBufferPointer(start: base + start, count: count))
-    }
-
-    static func == (a: WordKey, b: WordKey) -> Bool {
-        a.count == b.count && memcmp(a.base + a.start, b.base + b.start, a.count) == 0
-    }
-}
-
 /// Turns a stream of tokens into text without splitting a UTF-8 character across
 /// two outputs: bytes of an unfinished character wait for the next token.
+/// - Note: Made for continuations: every piece is printed as it is, a first leading space
+///   included (`decode(ids, continuing: true)` gives the same text).
 public struct StreamingDecoder {
     private let tokenizer: Tokenizer
     private let skipSpecial: Bool

@@ -132,7 +132,7 @@ struct Generate: ParsableCommand {
         if let recorder, let path = trace { try recorder.write(to: path) }
         if json {
             var out: [String: Any] = [
-                "prompt_tokens": ids.count, "tokens": result.tokens, "text": tokenizer.decode(generated),
+                "prompt_tokens": ids.count, "tokens": result.tokens, "text": tokenizer.decode(generated, continuing: true),
                 "prefill_tokens_per_second": result.prefillTokensPerSecond,
                 "decode_tokens_per_second": result.decodeTokensPerSecond,
                 "prefill_seconds": result.prefillSeconds, "decode_seconds": result.decodeSeconds,
@@ -231,7 +231,7 @@ extension Generate {
         for o in result.outputs {
             let generated = o.stoppedAtEOS ? Array(o.tokens.dropLast()) : o.tokens
             print(try jsonString(["index": o.index, "prompt_tokens": o.promptTokens, "tokens": o.tokens,
-                                  "text": tokenizer.decode(generated), "stopped_at_eos": o.stoppedAtEOS] as [String: Any]))
+                                  "text": tokenizer.decode(generated, continuing: true), "stopped_at_eos": o.stoppedAtEOS] as [String: Any]))
         }
         var summary: [String: Any] = [
             "prompts": ids.count, "block_size": result.blockSize, "prompt_tokens": result.promptTokens,

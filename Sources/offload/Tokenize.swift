@@ -8,18 +8,23 @@ struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print the token ids of a text under a model's tokenizer.",
         discussion: """
-        No BOS token is added unless the model's metadata asks for one (tokenizer.ggml.add_bos_token).
+        BOS is added as llama.cpp adds it: when tokenizer.ggml.add_bos_token says so, and by default for
+        SentencePiece vocabularies (Llama 2, Phi-3). Only the vocabulary is read, so a vocabulary-only GGUF
+        (llama.cpp's ggml-vocab-*.gguf) will do.
         Example: offload tokenize --model SmolLM2-135M-Instruct.Q4_1.gguf --text "Hello world"
         """)
 
-    @Option(help: "A GGUF file (its tokenizer.ggml.* metadata is used).") var model: String
+    @Option(help: "A GGUF file (its tokenizer.ggml.* metadata is used) or a Hugging Face folder with a tokenizer.gguf.")
+    var model: String
     @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
     @Option(help: "The text to tokenize.") var text: String
     @Flag(help: "Print JSON: ids and the piece of text each id stands for.") var json = false
 
     func run() throws {
-        let source = try loadWeights(model, sha256: sha256)
-        let tokenizer = try loadTokenizer(for: source, modelPath: model)
+        // A GGUF file's weights are not loaded: its vocabulary is all that is needed.
+        let tokenizer = try checkModelPath(model, sha256: sha256)
+            ? loadTokenizer(for: loadWeights(model), modelPath: model)
+            : Tokenizer(gguf: GGUFFile(path: model))
         let ids = tokenizer.encode(text)
         if json {
             let pieces = ids.map { String(decoding: tokenizer.piece(for: $0), as: UTF8.self) }

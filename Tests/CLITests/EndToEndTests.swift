@@ -28,6 +28,26 @@ final class EndToEndTests: XCTestCase {
         }
     }
 
+    /// llama.cpp's vocabulary-only files have no weights: tokenize reads just the vocabulary.
+    /// The ids are llama.cpp's (Fixtures/spm/llama_cpp_cases.json), BOS included as it adds one.
+    func testTokenizeReadsASentencePieceVocabularyOnlyFile() throws {
+        let llama = CLI.cache + "/vocab/ggml-vocab-llama-spm.gguf"
+        let out = try json(CLI.run(["tokenize", "--model", llama, "--text", "Hello world", "--json"]))
+        XCTAssertEqual(out["ids"] as? [Int], [1, 15043, 3186])
+        XCTAssertEqual(out["pieces"] as? [String], ["<s>", " Hello", " world"])
+        let phi3 = try CLI.run(["tokenize", "--model", CLI.cache + "/vocab/ggml-vocab-phi-3.gguf",
+                                "--text", "<|user|>\nHi<|end|>\n<|assistant|>"])
+        XCTAssertEqual(phi3.status, 0, phi3.stderr)
+        XCTAssertEqual(phi3.stdout, "1 32010 6324 32007 32001\n")
+        let wrong = try CLI.run(["tokenize", "--model", llama, "--text", "x", "--sha256", String(repeating: "0", count: 64)])
+        XCTAssertNotEqual(wrong.status, 0)
+        XCTAssertTrue(wrong.stderr.contains("sha256 mismatch"), wrong.stderr)
+        let bert = try CLI.run(["tokenize", "--model", CLI.cache + "/vocab/ggml-vocab-bert-bge.gguf", "--text", "x"])
+        XCTAssertNotEqual(bert.status, 0)
+        XCTAssertTrue(bert.stderr.contains("ggml-vocab-bert-bge.gguf: tokenizer model 'bert' (WordPiece) is not supported"),
+                      bert.stderr)
+    }
+
     func testGreedyGenerateJSONMatchesReference() throws {
         let p = try reference().prompts[0]
         let out = try json(CLI.run(["generate", "--model", CLI.smolLM2, "--prompt", p.text, "--temperature", "0",

@@ -1,5 +1,6 @@
-// Byte-level BPE tokenizer against llama.cpp's test vectors (ggml-vocab-*.gguf.inp/.out)
-// and against Hugging Face's tokenizer for the SmolLM2 model Offload runs.
+// The tokenizer against llama.cpp's test vectors (ggml-vocab-*.gguf.inp/.out: byte-level BPE and
+// SentencePiece vocabularies) and against Hugging Face's tokenizer for the SmolLM2 model Offload
+// runs. SentencePiece specifics: TokenizerTests+SentencePiece.swift.
 
 import Foundation
 import XCTest
@@ -13,11 +14,9 @@ final class TokenizerTests: XCTestCase {
 
     /// Vocabularies whose llama.cpp test vectors must pass exactly.
     static let supportedVocabs = ["command-r", "deepseek-coder", "deepseek-llm", "falcon", "gpt-2", "llama-bpe",
-                                  "mpt", "qwen2", "qwen35", "refact", "starcoder"]
+                                  "mpt", "qwen2", "qwen35", "refact", "starcoder", "llama-spm", "phi-3"]
     /// Vocabularies that must be refused at load, with the word the error must contain.
-    static let refusedVocabs = ["llama-spm": "'llama' (SentencePiece)", "phi-3": "'llama' (SentencePiece)",
-                                "baichuan": "'llama' (SentencePiece)", "bert-bge": "'bert' (WordPiece)",
-                                "nomic-bert-moe": "'t5' (Unigram)", "gemma-4": "'gemma4'"]
+    static let refusedVocabs = ["bert-bge": "'bert' (WordPiece)", "nomic-bert-moe": "'t5' (Unigram)", "gemma-4": "'gemma4'"]
 
     func asset(_ rel: String) throws -> String {
         let path = "\(Self.cache)/\(rel)"
@@ -80,7 +79,7 @@ final class TokenizerTests: XCTestCase {
                 let msg = "\(error)"
                 XCTAssertTrue(msg.hasPrefix("[tokenizer] ggml-vocab-\(vocab).gguf: tokenizer model "), msg)
                 XCTAssertTrue(msg.contains(word), msg)
-                XCTAssertTrue(msg.contains("supported: gpt2 (byte-level BPE)"), msg)
+                XCTAssertTrue(msg.contains("supported: gpt2 (byte-level BPE), llama (SentencePiece)"), msg)
             }
         }
     }
