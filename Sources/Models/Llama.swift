@@ -6,6 +6,7 @@
 // given (weight streaming under a budget), from it one stage at a time; scratch
 // and KV cache then come from a `ComputeMemory` so a budget counts them.
 
+import Foundation
 import Kernels
 import Tensors
 
@@ -162,20 +163,35 @@ public final class LlamaModel {
     public let source: WeightSource
     public let pool: ComputePool
     let rope: RopeTable
+    /// RoPE of the sliding-window layers when they have their own base (Gemma 3).
+    let localRope: RopeTable?
     let halfSplitRope: Bool
 
     struct Block {
         var attnNorm: [Float], ffnNorm: [Float]
         var q, k, v, o, gate, up, down: WeightMatrix
-        /// q, k, v biases (Qwen2); nil without.
-        var bias: (q: [Float], k: [Float], v: [Float])?
+        /// Vectors beyond Llama's (small: always read, never streamed).
+        var extra: BlockExtras
     }
 
-    /// Block `i`'s q, k, v biases when the model has them (small: always read, never streamed).
-    private static func biases(_ source: WeightSource, _ i: Int) throws -> (q: [Float], k: [Float], v: [Float])? {
-        guard source.config.attentionBias else { return nil }
-        let p = "blk.\(i)."
-        return (try source.vector(p + "attn_q.bias"), try source.vector(p + "attn_k.bias"), try source.vector(p + "attn_v.bias"))
+    /// q, k, v biases (Qwen2); per-head q and k norms and the norms after attention and after
+    /// the feed-forward (Gemma 3).
+    struct BlockExtras {
+        var bias: (q: [Float], k: [Float], v: [Float])?
+        var qkNorm: (q: [Float], k: [Float])?
+        var postNorm: (attention: [Float], ffn: [Float])?
+
+        init(_ source: WeightSource, _ i: Int) throws {
+            let c = source.config, p = "blk.\(i)."
+            if c.attentionBias {
+                bias = (try source.vector(p + "attn_q.bias"), try source.vector(p + "attn_k.bias"),
+                        try source.vector(p + "attn_v.bias"))
+            }
+            if c.architecture == .gemma3 {
+                qkNorm = (try source.vector(p + "attn_q_norm.weight"), try source.vector(p + "attn_k_norm.weight"))
+                postNorm = (try source.vector(p + "post_attention_norm.weight"), try source.vector(p + "post_ffw_norm.weight"))
+            }
+        }
     }
     var blocks: [Block]
     private var decodeCopies: [UnsafeMutableRawPointer] = []
@@ -201,13 +217,14 @@ public final class LlamaModel {
         pool = ComputePool(threads: threads)
         halfSplitRope = source.ropeStyle == .halfSplit
         rope = c.ropeTable(maxPositions: min(maxPositions ?? c.contextLength, c.contextLength))
+        localRope = c.localRopeTable(maxPositions: rope.maxPositions)
         // Norms copied out: the matrices are streamed, so nothing maps the file's pages.
         func vector(_ name: String) throws -> [Float] { try source.vector(name) }
         // A placeholder the forward never reads: the supplier's matrices replace it.
         let none = WeightMatrix(data: UnsafeRawPointer(bitPattern: 64)!, dtype: .f32, rows: 0, cols: 0)
         blocks = try (0..<c.layers).map { i in
             Block(attnNorm: try vector("blk.\(i).attn_norm.weight"), ffnNorm: try vector("blk.\(i).ffn_norm.weight"),
-                  q: none, k: none, v: none, o: none, gate: none, up: none, down: none, bias: try Self.biases(source, i))
+                  q: none, k: none, v: none, o: none, gate: none, up: none, down: none, extra: try BlockExtras(source, i))
         }
         embedding = none
         head = none
@@ -223,6 +240,7 @@ public final class LlamaModel {
         pool = ComputePool(threads: threads)
         halfSplitRope = source.ropeStyle == .halfSplit
         rope = c.ropeTable(maxPositions: min(maxPositions ?? c.contextLength, c.contextLength))
+        localRope = c.localRopeTable(maxPositions: rope.maxPositions)
         func matrix(_ name: String) throws -> WeightMatrix {
             let t = try source.tensor(name)
             guard t.shape.count == 2 else { throw OffloadError("[model] \(source.sourceName): \(name) is not a matrix") }
@@ -239,7 +257,7 @@ public final class LlamaModel {
                          q: try matrix(p + "attn_q.weight"), k: try matrix(p + "attn_k.weight"),
                          v: try matrix(p + "attn_v.weight"), o: try matrix(p + "attn_output.weight"),
                          gate: try matrix(p + "ffn_gate.weight"), up: try matrix(p + "ffn_up.weight"),
-                         down: try matrix(p + "ffn_down.weight"), bias: try Self.biases(source, i))
+                         down: try matrix(p + "ffn_down.weight"), extra: try BlockExtras(source, i))
         }
         // Decode reads Q4_1 matrices from a split copy (same size, faster kernel).
         var splits: [UnsafeMutableRawPointer] = []
@@ -291,7 +309,9 @@ public final class LlamaModel {
         var s = ["x": n * dim, "xn": n * dim, "q": n * c.qDim, "att": n * c.qDim, "g": n * c.ffnDim,
                  "u": n * c.ffnDim, "tmp": n * dim,
                  // Few rows: the direct kernel keeps every head's scores; more: one head at a time (Kernels/Attention).
-                 "scores": n < 4 ? n * max(c.heads, 1) * (start + n) : n * (start + n),
+                 "scores": max(n < 4 ? n * max(c.heads, 1) * (start + n) : n * (start + n),
+                               // a row at a time over its window (sliding-window layers, past the window)
+                               c.slidingWindow.map { start + n > $0.size ? c.heads * $0.size : 0 } ?? 0),
                  "w": n > Matmul.directRowLimit ? maxWeightElements : 0]
         if allLogits && n > Matmul.directRowLimit { s["head"] = 4096 * dim }
         return s
@@ -319,6 +339,7 @@ public final class LlamaModel {
         for (i, t) in tokens.enumerated() {
             Dequantize.toF32(embedding.dtype, embedding.data + t * embedding.rowBytes, x + i * dim, count: dim)
         }
+        scaleEmbeddings(x, rows: n)
         for (l, b) in blocks.enumerated() {
             blockForward(l, b.attnNorm, b.ffnNorm, BlockMatrices(q: b.q, k: b.k, v: b.v, o: b.o, gate: b.gate, up: b.up, down: b.down),
                          x: x, n: n, start: start, cache: cache, positions: positions, scratch)
@@ -344,7 +365,21 @@ public final class LlamaModel {
                                c: lb.baseAddress! + r0, ldc: c.vocabSize)
             }
         }
+        capLogits(&logits)
         return logits
+    }
+
+    /// Gemma 3 scales the embeddings by √dim (in fp32, as llama.cpp and transformers do).
+    private func scaleEmbeddings(_ x: UnsafeMutablePointer<Float>, rows: Int) {
+        guard config.architecture == .gemma3 else { return }
+        let s = Float(config.dim).squareRoot()
+        for i in 0..<rows * config.dim { x[i] *= s }
+    }
+
+    /// logits = cap · tanh(logits / cap) when the model caps them.
+    private func capLogits(_ logits: inout [Float]) {
+        guard let cap = config.finalLogitSoftcap else { return }
+        for i in logits.indices { logits[i] = cap * Foundation.tanh(logits[i] / cap) }
     }
 
     /// Scratch one block's forward writes; every path (resident, streamed, block
@@ -371,23 +406,49 @@ public final class LlamaModel {
         let kc = cache.k[l] + start * c.kvDim, vc = cache.v[l] + start * c.kvDim
         attnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
         Matmul.linear(pool, x: xn, n: n, [(b.q, q), (b.k, kc), (b.v, vc)], scratch: wscratch)
-        if let bias = blocks[l].bias {
+        let extra = blocks[l].extra
+        if let bias = extra.bias {
             for r in 0..<n {
                 for j in 0..<c.qDim { q[r * c.qDim + j] += bias.q[j] }
                 for j in 0..<c.kvDim { kc[r * c.kvDim + j] += bias.k[j]; vc[r * c.kvDim + j] += bias.v[j] }
             }
         }
-        positions.withUnsafeBufferPointer { pos in
-            ropeForward(q, positions: pos.baseAddress!, rows: n, heads: c.heads, table: rope, halfSplit: halfSplitRope)
-            ropeForward(kc, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: rope, halfSplit: halfSplitRope)
+        if let norm = extra.qkNorm {   // each head's q and k RMS-normalized (Gemma 3)
+            norm.q.withUnsafeBufferPointer { rmsnormForward(q, q, $0.baseAddress!, rows: n * c.heads, dim: c.headDim, eps: c.rmsEps) }
+            norm.k.withUnsafeBufferPointer { rmsnormForward(kc, kc, $0.baseAddress!, rows: n * c.kvHeads, dim: c.headDim, eps: c.rmsEps) }
         }
-        attentionForward(pool, att, q, cache.k[l], cache.v[l], scores: scores, rows: n, start: start, shape: shape)
+        let local = c.isLocalLayer(l), table = local ? localRope ?? rope : rope
+        positions.withUnsafeBufferPointer { pos in
+            ropeForward(q, positions: pos.baseAddress!, rows: n, heads: c.heads, table: table, halfSplit: halfSplitRope)
+            ropeForward(kc, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: table, halfSplit: halfSplitRope)
+        }
+        if local, let w = c.slidingWindow?.size, start + n > w {
+            // Rows whose window starts past position 0 see only their last w keys: one row at a time,
+            // from the first key of its window (the row's own position is the last).
+            for i in 0..<n {
+                let pos = start + i, lo = max(0, pos - w + 1)
+                attentionForward(pool, att + i * c.qDim, q + i * c.qDim, cache.k[l] + lo * c.kvDim, cache.v[l] + lo * c.kvDim,
+                                 scores: scores, rows: 1, start: pos - lo, shape: shape)
+            }
+        } else {
+            attentionForward(pool, att, q, cache.k[l], cache.v[l], scores: scores, rows: n, start: start, shape: shape)
+        }
         Matmul.linear(pool, x: att, n: n, [(b.o, tmp)], scratch: wscratch)
+        if let post = extra.postNorm {
+            post.attention.withUnsafeBufferPointer { rmsnormForward(tmp, tmp, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
+        }
         for i in 0..<n * dim { x[i] += tmp[i] }
         ffnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
         Matmul.linear(pool, x: xn, n: n, [(b.gate, g), (b.up, u)], scratch: wscratch)
-        swigluForward(g, g, u, count: n * c.ffnDim)
+        if c.architecture == .gemma3 {
+            geluTanhGateForward(g, g, u, count: n * c.ffnDim)
+        } else {
+            swigluForward(g, g, u, count: n * c.ffnDim)
+        }
         Matmul.linear(pool, x: g, n: n, [(b.down, tmp)], scratch: wscratch)
+        if let post = extra.postNorm {
+            post.ffn.withUnsafeBufferPointer { rmsnormForward(tmp, tmp, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
+        }
         for i in 0..<n * dim { x[i] += tmp[i] }
     }
 
@@ -428,6 +489,7 @@ public final class LlamaModel {
         try supplier.beginForward(rows: decode ? 1 : 2)
         for (i, s) in seqs.enumerated() {
             for (j, t) in s.tokens.enumerated() { try supplier.embeddingRow(token: t, into: xs[i] + j * dim) }
+            scaleEmbeddings(xs[i], rows: s.tokens.count)
         }
         for (l, b) in blocks.enumerated() {
             let m = try supplier.block(l)
@@ -453,6 +515,7 @@ public final class LlamaModel {
             supplier.release(stage: c.layers + h)
         }
         supplier.endForward()
+        for i in logits.indices { capLogits(&logits[i]) }
         return logits
     }
 
@@ -471,6 +534,7 @@ public final class LlamaModel {
         let positions = (0..<n).map { Int32(start + $0) }
         try supplier.beginForward(rows: n)
         for (i, t) in tokens.enumerated() { try supplier.embeddingRow(token: t, into: x + i * dim) }
+        scaleEmbeddings(x, rows: n)
         for (l, b) in blocks.enumerated() {
             let onDisk = cache.diskLayers.contains(l)
             if onDisk, start > 0 { try cache.store!.load(layer: l, count: start, k: cache.k[l], v: cache.v[l]) }
@@ -492,6 +556,7 @@ public final class LlamaModel {
             }
         }
         supplier.endForward()
+        capLogits(&logits)
         return logits
     }
 

@@ -14,6 +14,10 @@ public enum ModelArchitecture: String, Sendable, Codable, CaseIterable {
     case llama
     /// Qwen2 / Qwen2.5: Llama's shape plus biases on the q, k and v projections.
     case qwen2
+    /// Gemma 3 (text): embeddings scaled by √dim, RMSNorm of each head's q and k, norms after
+    /// attention and after the feed-forward too, GELU-tanh gate, and local layers (five of every
+    /// six) that attend only to a sliding window, with their own RoPE base.
+    case gemma3
 
     /// The RoPE convention of this architecture's GGUF files: llama.cpp's converter permutes
     /// Llama's Q/K rows to adjacent pairs, and leaves Qwen2's in Hugging Face's halves (NEOX).
@@ -36,6 +40,22 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
     public var tiedEmbeddings: Bool
     /// RoPE frequency scaling (Llama 3.1's `llama3`, `linear`), nil for none.
     public var ropeScaling: RopeScaling?
+    /// Local (sliding-window) attention layers (Gemma 3): the window, in positions a query sees
+    /// (itself included), and every how many layers one is global (layer l is global when
+    /// (l + 1) is a multiple of it). nil: every layer attends to the whole context.
+    public var slidingWindow: (size: Int, pattern: Int, ropeTheta: Float)? {
+        get { windowSize.map { ($0, windowPattern ?? 6, localRopeTheta ?? 10000) } }
+        set { windowSize = newValue?.size; windowPattern = newValue?.pattern; localRopeTheta = newValue?.ropeTheta }
+    }
+    var windowSize: Int?, windowPattern: Int?, localRopeTheta: Float?
+    /// logits = cap · tanh(logits / cap) when set (GGUF `final_logit_softcapping`).
+    public var finalLogitSoftcap: Float?
+
+    /// Whether layer `l` attends only to the sliding window.
+    public func isLocalLayer(_ l: Int) -> Bool {
+        guard let w = slidingWindow else { return false }
+        return (l + 1) % w.pattern != 0
+    }
 
     public init(name: String, architecture: ModelArchitecture = .llama, vocabSize: Int, dim: Int, ffnDim: Int, layers: Int, heads: Int,
                 kvHeads: Int, headDim: Int? = nil, ropeTheta: Float = 10000, rmsEps: Float = 1e-5,
@@ -53,6 +73,12 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
         RopeTable(headDim: headDim, maxPositions: maxPositions, theta: ropeTheta, scaling: ropeScaling)
     }
 
+    /// The sliding-window layers' RoPE table when their base differs (Gemma 3: 10,000, unscaled).
+    public func localRopeTable(maxPositions: Int) -> RopeTable? {
+        guard let w = slidingWindow, w.ropeTheta != ropeTheta || ropeScaling != nil else { return nil }
+        return RopeTable(headDim: headDim, maxPositions: maxPositions, theta: w.ropeTheta)
+    }
+
     /// Biases on the q, k and v projections (Qwen2).
     public var attentionBias: Bool { architecture == .qwen2 }
 
@@ -61,7 +87,7 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
 
     private enum CodingKeys: String, CodingKey {
         case name, architecture, vocabSize, dim, ffnDim, layers, heads, kvHeads, headDim, ropeTheta, rmsEps
-        case contextLength, tiedEmbeddings, ropeScaling
+        case contextLength, tiedEmbeddings, ropeScaling, windowSize, windowPattern, localRopeTheta, finalLogitSoftcap
     }
 
     /// Decodes configs saved before `architecture` existed as Llama.
@@ -77,6 +103,10 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
                   contextLength: try c.decode(Int.self, forKey: .contextLength),
                   tiedEmbeddings: try c.decode(Bool.self, forKey: .tiedEmbeddings),
                   ropeScaling: try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling))
+        windowSize = try c.decodeIfPresent(Int.self, forKey: .windowSize)
+        windowPattern = try c.decodeIfPresent(Int.self, forKey: .windowPattern)
+        localRopeTheta = try c.decodeIfPresent(Float.self, forKey: .localRopeTheta)
+        finalLogitSoftcap = try c.decodeIfPresent(Float.self, forKey: .finalLogitSoftcap)
     }
 
     /// Checks the relations the kernels rely on.
@@ -98,6 +128,9 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
             try need(d.count == headDim / 2 && d.allSatisfy { $0 > 0 && $0.isFinite },
                      "RoPE frequency divisors: \(d.count) values, expected \(headDim / 2) positive ones")
         case nil: break
+        }
+        if let w = slidingWindow {
+            try need(w.size > 0 && w.pattern > 0 && w.ropeTheta > 0, "sliding window \(w) must be positive")
         }
     }
 

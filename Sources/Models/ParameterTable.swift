@@ -33,6 +33,10 @@ extension LlamaConfig {
         ] + (attentionBias ? [ParameterSpec(name: p + "attn_q.bias", shape: [qDim]),
                               ParameterSpec(name: p + "attn_k.bias", shape: [kvDim]),
                               ParameterSpec(name: p + "attn_v.bias", shape: [kvDim])] : [])
+          + (architecture == .gemma3 ? [ParameterSpec(name: p + "attn_q_norm.weight", shape: [headDim]),
+                                        ParameterSpec(name: p + "attn_k_norm.weight", shape: [headDim]),
+                                        ParameterSpec(name: p + "post_attention_norm.weight", shape: [dim]),
+                                        ParameterSpec(name: p + "post_ffw_norm.weight", shape: [dim])] : [])
     }
 
     public func parameters(of stage: ParameterStage) -> [ParameterSpec] {

@@ -80,8 +80,9 @@ public final class TrainableLlama {
     public init(config: LlamaConfig, ropeStyle: RopeStyle = .adjacentPairs, resident: Bool = true) throws {
         try config.validate()
         guard config.architecture == .llama else {
-            throw OffloadError("[train] \(config.name): training \(config.architecture.rawValue) models (attention biases) "
-                               + "is not supported yet; generate, evaluate and export them")
+            let what = config.architecture == .qwen2 ? "q/k/v biases" : "per-head q/k norms, post-norms, GELU"
+            throw OffloadError("[train] \(config.name): training \(config.architecture.rawValue) models (\(what) have no "
+                               + "backward pass yet) is not supported; generate and evaluate them")
         }
         self.config = config
         self.ropeStyle = ropeStyle

@@ -113,12 +113,24 @@ extension LlamaConfig {
                   rmsEps: Float(f.double(p + "attention.layer_norm_rms_epsilon") ?? 1e-5),
                   contextLength: context, tiedEmbeddings: tied,
                   ropeScaling: try Self.ropeScaling(f, prefix: p, headDim: headDim, ctx: ctx))
+        if arch == .gemma3 {
+            // Gemma 3: the window is local layers' own; it does not cap the context as it does elsewhere.
+            contextLength = f.int(p + "context_length") ?? 2048
+            if let window = f.int(p + "attention.sliding_window"), window > 0 {
+                let pattern = f.int(p + "attention.sliding_window_pattern") ?? 6
+                slidingWindow = (window, pattern, Float(f.double(p + "rope.freq_base_swa") ?? 10000))
+            }
+            finalLogitSoftcap = f.double(p + "final_logit_softcapping").map(Float.init).flatMap { $0 > 0 ? $0 : nil }
+        }
         try validate()
     }
 
     /// Writes the `llama.*` keys `init(gguf:)` reads (architecture, name and file type too), and
     /// adds `rope_freqs.weight` for per-frequency RoPE scaling, as convert_hf_to_gguf does.
-    public func writeGGUF(fileType: Int, into w: inout GGUFWriter) {
+    public func writeGGUF(fileType: Int, into w: inout GGUFWriter) throws {
+        guard architecture != .gemma3 else {
+            throw OffloadError("[export] \(name): writing gemma3 models is not supported yet")
+        }
         let p = architecture.rawValue + "."
         func u32(_ key: String, _ v: Int) { w.set(p + key, .uint(UInt64(v), .uint32)) }
         func f32(_ key: String, _ v: Float) { w.set(p + key, .float(Double(v), .float32)) }

@@ -30,7 +30,7 @@ extension Checkpoint {
                                   metadataFrom source: GGUFFile? = nil) throws {
         let c = model.config
         var w = GGUFWriter()
-        llamaMetadata(c, fileType: type == .f32 ? 0 : type == .f16 ? 1 : 7, byteVocabulary: source == nil, into: &w)
+        try llamaMetadata(c, fileType: type == .f32 ? 0 : type == .f16 ? 1 : 7, byteVocabulary: source == nil, into: &w)
         if let source {
             for key in source.metadataKeys where key.hasPrefix("tokenizer.") || (key.hasPrefix("general.")
                 && !w.metadata.contains { $0.key == key } && key != "general.alignment" && key != "general.file_type") {
@@ -58,8 +58,8 @@ extension Checkpoint {
     /// The `llama.*` keys `LlamaConfig(gguf:)` reads, and — for models trained on UTF-8 bytes
     /// (random `--config` shapes) — a byte-level GPT-2 vocabulary with no merges, so id b is
     /// byte b for llama.cpp as for Offload; ids past 255 are unused.
-    public static func llamaMetadata(_ c: LlamaConfig, fileType: Int, byteVocabulary: Bool, into w: inout GGUFWriter) {
-        c.writeGGUF(fileType: fileType, into: &w)
+    public static func llamaMetadata(_ c: LlamaConfig, fileType: Int, byteVocabulary: Bool, into w: inout GGUFWriter) throws {
+        try c.writeGGUF(fileType: fileType, into: &w)
         if byteVocabulary, c.vocabSize >= 256 {
             w.set("tokenizer.ggml.model", .string("gpt2"))
             w.set("tokenizer.ggml.pre", .string("default"))

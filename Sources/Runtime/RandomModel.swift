@@ -16,7 +16,7 @@ public enum RandomModel {
                                  progress: @escaping (Int, Int) -> Void = { _, _ in }) throws {
         try c.validate()
         var w = GGUFWriter()
-        Checkpoint.llamaMetadata(c, fileType: type == .f32 ? 0 : type == .f16 ? 1 : 7, byteVocabulary: true, into: &w)
+        try Checkpoint.llamaMetadata(c, fileType: type == .f32 ? 0 : type == .f16 ? 1 : 7, byteVocabulary: true, into: &w)
         var rng = SeededGenerator(seed: seed)
         let specs = c.parameterTable
         var total = 0

@@ -8,6 +8,7 @@ enum TestAssets {
         AssetCache.directory
     }
     static var smolLM2: String { cache + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
+    static var gemma3: String { cache + "/models/gemma-3-270m-q4_k_m.gguf" }
     static var repoRoot: URL {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     }
