@@ -15,9 +15,10 @@ enum TestAssets {
     static var fixtures: URL { repoRoot.appendingPathComponent("Fixtures") }
 
     /// The path, or a test failure telling how to get it (never a skip).
-    static func require(_ path: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+    static func require(_ path: String, hint: String = "run scripts/fetch-assets.sh",
+                        file: StaticString = #filePath, line: UInt = #line) throws -> String {
         guard FileManager.default.fileExists(atPath: path) else {
-            XCTFail("missing asset \(path): run scripts/fetch-assets.sh", file: file, line: line)
+            XCTFail("missing asset \(path): \(hint)", file: file, line: line)
             throw CocoaError(.fileNoSuchFile)
         }
         return path

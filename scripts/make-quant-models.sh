@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Requantizes the cached SmolLM2 Q4_1 GGUF into the K-, legacy 5-bit and IQ4 types with
+# llama.cpp's llama-quantize, as test models for those formats (see Fixtures/quants/).
+# Requantizing from Q4_1 loses quality, but these are format tests, not usable models.
+# Idempotent: a type whose output exists is skipped; outputs are written to .tmp, then moved.
+#   usage: scripts/make-quant-models.sh [TYPE...]   (default: every type in TYPES)
+#   input: $CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-assets.sh)
+#   tool:  $LLAMA_BUILD/bin/llama-quantize (scripts/build-llama-cpp.sh llama-quantize)
+#   output: $QUANT_DIR/SmolLM2-135M-Instruct.<TYPE>.gguf
+#   env: OFFLOAD_CACHE (default ~/.cache/offload), LLAMA_BUILD (default $CACHE/llama.cpp-build),
+#        QUANT_DIR (default $CACHE/models/quant), JOBS (threads, default 2; the machine is shared)
+set -euo pipefail
+CACHE="${OFFLOAD_CACHE:-$HOME/.cache/offload}"
+BUILD="${LLAMA_BUILD:-$CACHE/llama.cpp-build}"
+OUT_DIR="${QUANT_DIR:-$CACHE/models/quant}"
+JOBS="${JOBS:-2}"
+QUANTIZE="$BUILD/bin/llama-quantize"
+SRC="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+SRC_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+# None of these needs an importance matrix (only IQ1/IQ2/IQ3_XXS and Q2_K_S do). SmolLM2's
+# hidden size, 576, is not a multiple of 256, so every tensor but ffn_down falls back to a
+# 32-block type (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K -> Q4_0, IQ4_XS -> IQ4_NL).
+# The Q2_K mix then holds no Q2_K tensor at all (its ffn_down is Q3_K), hence Q2_K_pure:
+# --pure quantizes every tensor to Q2_K, so ffn_down is Q2_K and the rest falls back to Q4_0.
+TYPES=(Q4_K_M Q4_K_S Q5_K_M Q6_K Q3_K_M Q2_K Q2_K_pure Q5_0 Q5_1 IQ4_NL IQ4_XS)
+[ $# -gt 0 ] && TYPES=("$@")
+
+say() { echo "[quant] $*" >&2; }
+
+[ -x "$QUANTIZE" ] || { say "no $QUANTIZE: run scripts/build-llama-cpp.sh llama-quantize first"; exit 1; }
+[ -f "$SRC" ] || { say "no $SRC: run scripts/fetch-assets.sh first"; exit 1; }
+got=$(sha256sum "$SRC" | cut -d' ' -f1)
+[ "$got" = "$SRC_SHA" ] || { say "sha256 mismatch for $SRC: expected $SRC_SHA, found $got"; exit 1; }
+mkdir -p "$OUT_DIR"
+
+for t in "${TYPES[@]}"; do
+  out="$OUT_DIR/SmolLM2-135M-Instruct.$t.gguf"
+  if [ -f "$out" ]; then say "have $t"; continue; fi
+  say "quantizing $t"
+  rm -f "$out.tmp"
+  flags=(--allow-requantize); qtype=$t
+  case "$t" in *_pure) flags+=(--pure); qtype=${t%_pure} ;; esac
+  # The log goes to a file: it is long (a line per tensor) and only wanted on failure.
+  if ! "$QUANTIZE" "${flags[@]}" "$SRC" "$out.tmp" "$qtype" "$JOBS" >"$out.log" 2>&1; then
+    rm -f "$out.tmp"; tail -n 20 "$out.log" >&2; say "llama-quantize failed for $t (log: $out.log)"; exit 1
+  fi
+  mv "$out.tmp" "$out"; rm -f "$out.log"
+done
+
+# The files Fixtures/quants/ was computed from. llama-quantize's quantizers are plain C in
+# ggml-base (no ISA flags): native (AVX-512) and GGML_NATIVE=OFF builds, and any thread count,
+# gave these same bytes on x86-64. Another compiler or CPU may round differently; a mismatch
+# is reported, not fatal, and means the fixtures no longer describe the file.
+declare -A PINNED=(
+  [Q4_K_M]=dc0f3a02e821146247a0af6895adf9872124f368682cb110cb9ed09ff2a9f9f1
+  [Q4_K_S]=7d9eb1146bf78d98207372d1db5f4aad16ec094f11f8edd661627eda54f7cf53
+  [Q5_K_M]=8170c7ef444692b3b2fe63459c326def0358807ef9be6e3cb020efb86a71015e
+  [Q6_K]=a969ae2086dd4945a7c61594bf72b2bcc3b7df8571c92aed8f213918673a7f80
+  [Q3_K_M]=01045a8fee6c962e4f7b0f80dccf937503738f61f987c305378fd3f527eac9d4
+  [Q2_K]=1733ab14bc423774519aa464e0d74e190617e877c9d0aa07a698b500d1788895
+  [Q2_K_pure]=dc183fb648339d62e10b7f7a2cbafa8a502ff5e6c8c284b821c1d890426777a2
+  [Q5_0]=2f90a7511cf340144dda963a9fd73f708601517f0f8038d31c9069654526be44
+  [Q5_1]=d0fe3cbb20771ac9dab0f4dd5aaa259785158177f6503d4dca32f4495dcffaea
+  [IQ4_NL]=b4d1842a26d8952bd7b609eb2062f7352aeb609c1ac5017542be18f83bc1776e
+  [IQ4_XS]=5a4caecc8f966f75ff79b8f1522f76aedd2381d0722df17254e212f01526c7ba
+)
+
+# The ggml type of every tensor, with counts: K-quant files are mixes, and this is what
+# Offload must be able to read from each. One python for all files (its start-up is slow).
+args=()
+for t in "${TYPES[@]}"; do args+=("$t" "$OUT_DIR/SmolLM2-135M-Instruct.$t.gguf" "${PINNED[$t]:-}"); done
+python3 - "${args[@]}" <<'PY'
+import collections, hashlib, os, sys
+from gguf import GGUFReader
+a = sys.argv[1:]
+for name, path, pinned in zip(a[0::3], a[1::3], a[2::3]):
+    with open(path, "rb") as f:
+        sha = hashlib.file_digest(f, "sha256").hexdigest()
+    if pinned and sha != pinned:
+        print(f"[quant] WARNING: {name} sha256 {sha} differs from the pinned {pinned}: "
+              "Fixtures/quants/ was made from the pinned file", file=sys.stderr)
+    mix = collections.Counter(t.tensor_type.name for t in GGUFReader(path).tensors)
+    print(f"[quant] {name:9} {os.path.getsize(path):9d} {sha}  "
+          + ", ".join(f"{k} x{v}" for k, v in sorted(mix.items())), file=sys.stderr)
+PY
+say "ready in $OUT_DIR"
