@@ -669,7 +669,7 @@ AVX512 static inline __m512 u8x16_ps(__m128i b) { return _mm512_cvtepi32_ps(_mm5
 AVX512 static void dot_rows_q4_K_avx512(const uint8_t *row, const float *x, int n, int cols, const float *xsum,
                                         float *out, int out_stride) {
     int nsb = cols / 256, nb = cols / 32;
-    __m512 acc[8];
+    __m512 acc[8], a1[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
     float macc[8] = {0};
     for (int k = 0; k < n; k++) acc[k] = _mm512_setzero_ps();
     const __m128i m4 = _mm_set1_epi8(15);
@@ -685,6 +685,15 @@ AVX512 static void dot_rows_q4_K_avx512(const uint8_t *row, const float *x, int 
             __m512 h0 = u8x16_ps(_mm_and_si128(_mm_srli_epi16(b0, 4), m4)), h1 = u8x16_ps(_mm_and_si128(_mm_srli_epi16(b1, 4), m4));
             __m512 dl = _mm512_set1_ps(d * sc[2 * j]), dh = _mm512_set1_ps(d * sc[2 * j + 1]);
             float ml = dmin * mn[2 * j], mh = dmin * mn[2 * j + 1];
+            if (n == 1) {   // decode: four independent accumulators (FMA latency)
+                const float *xb = x + s * 256 + 64 * j;
+                __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xb)));
+                __m512 sh = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xb + 48), _mm512_mul_ps(h0, _mm512_loadu_ps(xb + 32)));
+                a1[2 * (j & 1)] = _mm512_fmadd_ps(dl, sl, a1[2 * (j & 1)]);
+                a1[2 * (j & 1) + 1] = _mm512_fmadd_ps(dh, sh, a1[2 * (j & 1) + 1]);
+                macc[0] += ml * xsum[s * 8 + 2 * j] + mh * xsum[s * 8 + 2 * j + 1];
+                continue;
+            }
             for (int k = 0; k < n; k++) {
                 const float *xb = x + (size_t)k * cols + s * 256 + 64 * j;
                 __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xb)));
@@ -695,13 +704,14 @@ AVX512 static void dot_rows_q4_K_avx512(const uint8_t *row, const float *x, int 
             }
         }
     }
+    if (n == 1) acc[0] = _mm512_add_ps(_mm512_add_ps(a1[0], a1[1]), _mm512_add_ps(a1[2], a1[3]));
     for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(acc[k]) - macc[k];
 }
 
 AVX512 static void dot_rows_q5_K_avx512(const uint8_t *row, const float *x, int n, int cols, const float *xsum,
                                         float *out, int out_stride) {
     int nsb = cols / 256, nb = cols / 32;
-    __m512 acc[8];
+    __m512 acc[8], a1[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
     float macc[8] = {0};
     for (int k = 0; k < n; k++) acc[k] = _mm512_setzero_ps();
     const __m128i m4 = _mm_set1_epi8(15);
@@ -725,6 +735,15 @@ AVX512 static void dot_rows_q5_K_avx512(const uint8_t *row, const float *x, int 
             __m512 h1 = u8x16_ps(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(b1, 4), m4), _mm_slli_epi16(bh1, 4)));
             __m512 dl = _mm512_set1_ps(d * sc[2 * j]), dh = _mm512_set1_ps(d * sc[2 * j + 1]);
             float ml = dmin * mn[2 * j], mh = dmin * mn[2 * j + 1];
+            if (n == 1) {   // decode: four independent accumulators (FMA latency)
+                const float *xb = x + s * 256 + 64 * j;
+                __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xb)));
+                __m512 sh = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xb + 48), _mm512_mul_ps(h0, _mm512_loadu_ps(xb + 32)));
+                a1[2 * (j & 1)] = _mm512_fmadd_ps(dl, sl, a1[2 * (j & 1)]);
+                a1[2 * (j & 1) + 1] = _mm512_fmadd_ps(dh, sh, a1[2 * (j & 1) + 1]);
+                macc[0] += ml * xsum[s * 8 + 2 * j] + mh * xsum[s * 8 + 2 * j + 1];
+                continue;
+            }
             for (int k = 0; k < n; k++) {
                 const float *xb = x + (size_t)k * cols + s * 256 + 64 * j;
                 __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xb)));
@@ -735,6 +754,7 @@ AVX512 static void dot_rows_q5_K_avx512(const uint8_t *row, const float *x, int 
             }
         }
     }
+    if (n == 1) acc[0] = _mm512_add_ps(_mm512_add_ps(a1[0], a1[1]), _mm512_add_ps(a1[2], a1[3]));
     for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(acc[k]) - macc[k];
 }
 
@@ -780,26 +800,81 @@ AVX512 static void dot_rows_q6_K_avx512(const uint8_t *row, const float *x, int 
     for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(acc[k]);
 }
 
+// One Q5_0 block as 32 signed values in two vectors: (nibble | fifth bit << 4) - 16, built in
+// bytes (the fifth bits come from qh as a 32-bit lane mask) and widened once.
+AVX512 static inline void q5_0_values(const uint8_t *blk, __m512 *lo, __m512 *hi) {
+    uint32_t qh; memcpy(&qh, blk + 2, 4);
+    __m128i q = _mm_loadu_si128((const __m128i *)(blk + 6)), m4 = _mm_set1_epi8(15), s16 = _mm_set1_epi8(16);
+    __m128i l = _mm_or_si128(_mm_and_si128(q, m4), _mm_maskz_mov_epi8(_cvtu32_mask16(qh & 0xFFFF), s16));
+    __m128i h = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_maskz_mov_epi8(_cvtu32_mask16(qh >> 16), s16));
+    *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_sub_epi8(l, s16)));
+    *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_sub_epi8(h, s16)));
+}
+
 AVX512 static void dot_rows_q5_0_avx512(const uint8_t *row, const float *x, int n, int cols, float *out, int out_stride) {
-    int nb = cols / 32;
+    int nb = cols / 32, b = 0;
+    if (n == 1) {   // decode: two blocks per step into independent accumulators (FMA latency, not throughput)
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (; b + 2 <= nb; b += 2) {
+            const uint8_t *k0 = row + (size_t)b * 22, *k1 = k0 + 22;
+            PREFETCH(k0); PREFETCH(k0 + 64);
+            __m512 l0, h0, l1, h1;
+            q5_0_values(k0, &l0, &h0); q5_0_values(k1, &l1, &h1);
+            const float *x0 = x + b * 32;
+            __m512 s0 = _mm512_fmadd_ps(h0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(x0)));
+            __m512 s1 = _mm512_fmadd_ps(h1, _mm512_loadu_ps(x0 + 48), _mm512_mul_ps(l1, _mm512_loadu_ps(x0 + 32)));
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k0)), s0, a0);
+            a1 = _mm512_fmadd_ps(_mm512_set1_ps(h2f(k1)), s1, a1);
+        }
+        for (; b < nb; b++) {
+            const uint8_t *k0 = row + (size_t)b * 22;
+            __m512 l0, h0; q5_0_values(k0, &l0, &h0);
+            a0 = block_fma_avx512(l0, h0, _mm512_set1_ps(h2f(k0)), x + b * 32, a0);
+        }
+        out[0] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        return;
+    }
     __m512 acc[8];
     for (int k = 0; k < n; k++) acc[k] = _mm512_setzero_ps();
-    const __m128i m4 = _mm_set1_epi8(15);
-    const __m512i sixteen = _mm512_set1_epi32(16);
-    for (int b = 0; b < nb; b++) {
+    for (; b < nb; b++) {
         const uint8_t *blk = row + (size_t)b * 22;
         PREFETCH(blk);
-        uint32_t qh; memcpy(&qh, blk + 2, 4);
-        __m128i q = _mm_loadu_si128((const __m128i *)(blk + 6));
-        // Value i's fifth bit is bit i of qh: set 16 in the lanes the mask names, then subtract 16.
-        __m512i lo = _mm512_cvtepu8_epi32(_mm_and_si128(q, m4)), hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), m4));
-        lo = _mm512_mask_or_epi32(lo, (__mmask16)(qh & 0xFFFF), lo, sixteen);
-        hi = _mm512_mask_or_epi32(hi, (__mmask16)(qh >> 16), hi, sixteen);
-        __m512 vl = _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, sixteen)), vh = _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, sixteen));
+        __m512 vl, vh; q5_0_values(blk, &vl, &vh);
         __m512 d = _mm512_set1_ps(h2f(blk));
         for (int k = 0; k < n; k++) acc[k] = block_fma_avx512(vl, vh, d, x + (size_t)k * cols + b * 32, acc[k]);
     }
     for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(acc[k]);
+}
+
+// Q5_1: Q5_0's values unsigned (no -16), times d, plus the block's min m times the input's block sum.
+AVX512 static void dot_rows_q5_1_avx512(const uint8_t *row, const float *x, int n, int cols, const float *xsum,
+                                        float *out, int out_stride) {
+    int nb = cols / 32;
+    __m512 acc[8], a1 = _mm512_setzero_ps();
+    float macc[8] = {0}, m1 = 0;
+    for (int k = 0; k < n; k++) acc[k] = _mm512_setzero_ps();
+    const __m128i m4 = _mm_set1_epi8(15), s16 = _mm_set1_epi8(16);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk = row + (size_t)b * 24;
+        PREFETCH(blk);
+        uint32_t qh; memcpy(&qh, blk + 4, 4);
+        __m128i q = _mm_loadu_si128((const __m128i *)(blk + 8));
+        __m128i l = _mm_or_si128(_mm_and_si128(q, m4), _mm_maskz_mov_epi8(_cvtu32_mask16(qh & 0xFFFF), s16));
+        __m128i h = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_maskz_mov_epi8(_cvtu32_mask16(qh >> 16), s16));
+        __m512 vl = u8x16_ps(l), vh = u8x16_ps(h), d = _mm512_set1_ps(h2f(blk));
+        float m = h2f(blk + 2);
+        if (n == 1 && (b & 1)) {   // decode: odd blocks into a second accumulator (FMA latency)
+            a1 = block_fma_avx512(vl, vh, d, x + b * 32, a1);
+            m1 += m * xsum[b];
+            continue;
+        }
+        for (int k = 0; k < n; k++) {
+            acc[k] = block_fma_avx512(vl, vh, d, x + (size_t)k * cols + b * 32, acc[k]);
+            macc[k] += m * xsum[(size_t)k * nb + b];
+        }
+    }
+    if (n == 1) { acc[0] = _mm512_add_ps(acc[0], a1); macc[0] += m1; }
+    for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(acc[k]) + macc[k];
 }
 
 AVX512 static void dot_rows_blocks_avx512(const uint8_t *row, int dtype, const float *x, int n, int cols,
@@ -818,6 +893,7 @@ AVX512 static void dot_rows_avx512(const uint8_t *row, int dtype, const float *x
     case CK_Q5_K: dot_rows_q5_K_avx512(row, x, n, cols, xsum, out, out_stride); return;
     case CK_Q6_K: dot_rows_q6_K_avx512(row, x, n, cols, out, out_stride); return;
     case CK_Q5_0: dot_rows_q5_0_avx512(row, x, n, cols, out, out_stride); return;
+    case CK_Q5_1: dot_rows_q5_1_avx512(row, x, n, cols, xsum, out, out_stride); return;
     }
     if (is_block_format(dtype)) { dot_rows_blocks_avx512(row, dtype, x, n, cols, out, out_stride); return; }
     if (n == 1 && (dtype == CK_Q4_1 || dtype == CK_Q8_0)) {
