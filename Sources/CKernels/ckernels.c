@@ -846,6 +846,131 @@ AVX512 static void dot_rows_q5_0_avx512(const uint8_t *row, const float *x, int 
     for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(acc[k]);
 }
 
+// Q2_K and Q3_K: 2-bit values (Q3_K: plus a high bit from hmask) in groups of 16 with their own
+// scale (Q2_K: and min), built in bytes and widened once per group. Q2_K's mins multiply the
+// input itself (a vector accumulator), since its groups are 16 values, not xsum's 32.
+AVX512 static void dot_rows_q2_K_avx512(const uint8_t *row, const float *x, int n, int cols, float *out, int out_stride) {
+    __m512 acc[2][8], macc[8];   // two accumulators per input: the 16-value groups alternate (FMA latency)
+    for (int k = 0; k < n; k++) acc[0][k] = acc[1][k] = macc[k] = _mm512_setzero_ps();
+    __m512 r0 = _mm512_setzero_ps(), r1 = r0, rm0 = r0, rm1 = r0;
+    const __m128i m3 = _mm_set1_epi8(3);
+    for (int s = 0; s < cols / 256; s++) {
+        const uint8_t *blk = row + (size_t)s * 84, *sc = blk;
+        PREFETCH(blk); PREFETCH(blk + 64);
+        float d = h2f(blk + 80), dmin = h2f(blk + 82);
+        for (int h = 0; h < 2; h++) {
+            __m128i q0 = _mm_loadu_si128((const __m128i *)(blk + 16 + 32 * h));
+            __m128i q1 = _mm_loadu_si128((const __m128i *)(blk + 32 + 32 * h));
+            for (int j = 0; j < 4; j++) {
+                for (int g = 0; g < 2; g++) {
+                    int is = 8 * h + 2 * j + g;
+                    __m128i v = _mm_and_si128(_mm_srli_epi16(g ? q1 : q0, 2 * j), m3);
+                    __m512 vf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
+                    __m512 dl = _mm512_set1_ps(d * (sc[is] & 0xF)), ml = _mm512_set1_ps(dmin * (sc[is] >> 4));
+                    if (n == 1) {   // decode: accumulators in registers, alternating by group
+                        __m512 xv = _mm512_loadu_ps(x + s * 256 + 128 * h + 32 * j + 16 * g);
+                        if (g) { r1 = _mm512_fmadd_ps(dl, _mm512_mul_ps(vf, xv), r1); rm1 = _mm512_fmadd_ps(ml, xv, rm1); }
+                        else { r0 = _mm512_fmadd_ps(dl, _mm512_mul_ps(vf, xv), r0); rm0 = _mm512_fmadd_ps(ml, xv, rm0); }
+                        continue;
+                    }
+                    for (int k = 0; k < n; k++) {
+                        __m512 xv = _mm512_loadu_ps(x + (size_t)k * cols + s * 256 + 128 * h + 32 * j + 16 * g);
+                        acc[g][k] = _mm512_fmadd_ps(dl, _mm512_mul_ps(vf, xv), acc[g][k]);
+                        macc[k] = _mm512_fmadd_ps(ml, xv, macc[k]);
+                    }
+                }
+            }
+        }
+    }
+    if (n == 1) { acc[0][0] = r0; acc[1][0] = r1; macc[0] = _mm512_add_ps(rm0, rm1); }
+    for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(_mm512_sub_ps(_mm512_add_ps(acc[0][k], acc[1][k]), macc[k]));
+}
+
+AVX512 static void dot_rows_q3_K_avx512(const uint8_t *row, const float *x, int n, int cols, float *out, int out_stride) {
+    __m512 acc[2][8];   // two accumulators per input: the 16-value groups alternate (FMA latency)
+    for (int k = 0; k < n; k++) acc[0][k] = acc[1][k] = _mm512_setzero_ps();
+    __m512 r0 = _mm512_setzero_ps(), r1 = r0;
+    const __m128i m3 = _mm_set1_epi8(3), four = _mm_set1_epi8(4);
+    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+    for (int s = 0; s < cols / 256; s++) {
+        const uint8_t *blk = row + (size_t)s * 110, *hm = blk, *q = blk + 32;
+        PREFETCH(blk); PREFETCH(blk + 64);
+        float d = h2f(blk + 108);
+        uint32_t aux[4];
+        memcpy(aux, blk + 96, 12);
+        uint32_t tmp = aux[2];
+        aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+        aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+        aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+        aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+        const int8_t *scales = (const int8_t *)aux;
+        __m128i hm0 = _mm_loadu_si128((const __m128i *)hm), hm1 = _mm_loadu_si128((const __m128i *)(hm + 16));
+        for (int h = 0; h < 2; h++) {
+            __m128i q0 = _mm_loadu_si128((const __m128i *)(q + 32 * h)), q1 = _mm_loadu_si128((const __m128i *)(q + 32 * h + 16));
+            for (int j = 0; j < 4; j++) {
+                __m128i bit = _mm_set1_epi8((char)(1 << (4 * h + j)));
+                for (int g = 0; g < 2; g++) {
+                    int is = 8 * h + 2 * j + g;
+                    __m128i v = _mm_and_si128(_mm_srli_epi16(g ? q1 : q0, 2 * j), m3);
+                    // A clear hmask bit subtracts 4.
+                    __mmask16 high = _mm_test_epi8_mask(g ? hm1 : hm0, bit);
+                    v = _mm_sub_epi8(v, _mm_maskz_mov_epi8((__mmask16)~high, four));
+                    __m512 vf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+                    __m512 dl = _mm512_set1_ps(d * (scales[is] - 32));
+                    if (n == 1) {   // decode: accumulators in registers, alternating by group
+                        __m512 xv = _mm512_loadu_ps(x + s * 256 + 128 * h + 32 * j + 16 * g);
+                        if (g) r1 = _mm512_fmadd_ps(dl, _mm512_mul_ps(vf, xv), r1);
+                        else r0 = _mm512_fmadd_ps(dl, _mm512_mul_ps(vf, xv), r0);
+                        continue;
+                    }
+                    for (int k = 0; k < n; k++) {
+                        __m512 xv = _mm512_loadu_ps(x + (size_t)k * cols + s * 256 + 128 * h + 32 * j + 16 * g);
+                        acc[g][k] = _mm512_fmadd_ps(dl, _mm512_mul_ps(vf, xv), acc[g][k]);
+                    }
+                }
+            }
+        }
+    }
+    if (n == 1) { acc[0][0] = r0; acc[1][0] = r1; }
+    for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][k], acc[1][k]));
+}
+
+// IQ4_NL / IQ4_XS: each nibble indexes kvalues_iq4nl; one byte shuffle looks all 16 up at once.
+AVX512 static inline void iq4_values(const uint8_t *qs, __m512 *lo, __m512 *hi) {
+    const __m128i table = _mm_loadu_si128((const __m128i *)kvalues_iq4nl), m4 = _mm_set1_epi8(15);
+    __m128i q = _mm_loadu_si128((const __m128i *)qs);
+    *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(table, _mm_and_si128(q, m4))));
+    *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(q, 4), m4))));
+}
+
+AVX512 static void dot_rows_iq4_avx512(const uint8_t *row, int dtype, const float *x, int n, int cols, float *out,
+                                       int out_stride) {
+    __m512 acc[8], a1 = _mm512_setzero_ps();
+    for (int k = 0; k < n; k++) acc[k] = _mm512_setzero_ps();
+    int nb = cols / 32;
+    for (int b = 0; b < nb; b++) {   // 32-value groups: an IQ4_NL block, or an eighth of an IQ4_XS one
+        const uint8_t *qs;
+        float d;
+        if (dtype == CK_IQ4_NL) {
+            const uint8_t *blk = row + (size_t)b * 18;
+            PREFETCH(blk);
+            qs = blk + 2; d = h2f(blk);
+        } else {
+            const uint8_t *blk = row + (size_t)(b / 8) * 136;
+            int ib = b % 8;
+            if (ib == 0) { PREFETCH(blk); PREFETCH(blk + 64); }
+            int ls = ((blk[4 + ib / 2] >> 4 * (ib % 2)) & 0xF) | (((load_u16(blk + 2) >> 2 * ib) & 3) << 4);
+            qs = blk + 8 + 16 * ib; d = h2f(blk) * (ls - 32);
+        }
+        __m512 vl, vh; iq4_values(qs, &vl, &vh);
+        __m512 dv = _mm512_set1_ps(d);
+        if (n == 1 && (b & 1)) { a1 = block_fma_avx512(vl, vh, dv, x + b * 32, a1); continue; }
+        for (int k = 0; k < n; k++) acc[k] = block_fma_avx512(vl, vh, dv, x + (size_t)k * cols + b * 32, acc[k]);
+    }
+    if (n == 1) acc[0] = _mm512_add_ps(acc[0], a1);
+    for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(acc[k]);
+}
+
 // Q5_1: Q5_0's values unsigned (no -16), times d, plus the block's min m times the input's block sum.
 AVX512 static void dot_rows_q5_1_avx512(const uint8_t *row, const float *x, int n, int cols, const float *xsum,
                                         float *out, int out_stride) {
@@ -894,6 +1019,9 @@ AVX512 static void dot_rows_avx512(const uint8_t *row, int dtype, const float *x
     case CK_Q6_K: dot_rows_q6_K_avx512(row, x, n, cols, out, out_stride); return;
     case CK_Q5_0: dot_rows_q5_0_avx512(row, x, n, cols, out, out_stride); return;
     case CK_Q5_1: dot_rows_q5_1_avx512(row, x, n, cols, xsum, out, out_stride); return;
+    case CK_IQ4_NL: case CK_IQ4_XS: dot_rows_iq4_avx512(row, dtype, x, n, cols, out, out_stride); return;
+    case CK_Q2_K: dot_rows_q2_K_avx512(row, x, n, cols, out, out_stride); return;
+    case CK_Q3_K: dot_rows_q3_K_avx512(row, x, n, cols, out, out_stride); return;
     }
     if (is_block_format(dtype)) { dot_rows_blocks_avx512(row, dtype, x, n, cols, out, out_stride); return; }
     if (n == 1 && (dtype == CK_Q4_1 || dtype == CK_Q8_0)) {
