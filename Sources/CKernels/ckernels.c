@@ -3,6 +3,7 @@
 // run time.
 #define _GNU_SOURCE
 #include "ckernels.h"
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -239,6 +240,293 @@ INLINE void dequant_block(int dtype, const uint8_t *b, float *y) {
 INLINE void dequant_blocks(int dtype, const uint8_t *row, float *dst, int cols) {
     int qk = ck_block_values(dtype), bb = ck_block_bytes(dtype);
     for (int b = 0; b < cols / qk; b++) dequant_block(dtype, row + (size_t)b * bb, dst + (size_t)b * qk);
+}
+
+// ------------------------------------------------------------------ quantizers
+// fp32 to the block layouts above, following ggml's reference quantizers (ggml-quants.c:
+// quantize_row_*_ref, make_qkx2_quants, make_qx_quants; no importance matrix), step for
+// step, so a file Offload writes holds the blocks llama-quantize writes from the same
+// fp32 values. Not a hot path: a tensor is quantized once, when a file is written.
+
+// fp32 to fp16 bits, rounding to nearest even: ggml_compute_fp32_to_fp16.
+static inline uint16_t f32_to_f16(float f) {
+    float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+    uint32_t w; memcpy(&w, &f, 4);
+    uint32_t shl1_w = w + w, sign = w & 0x80000000u, bias = shl1_w & 0xFF000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    uint32_t bb = (bias >> 1) + 0x07800000u; float fb; memcpy(&fb, &bb, 4);
+    base = fb + base;
+    uint32_t bits; memcpy(&bits, &base, 4);
+    uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+static inline void store_u16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+
+#define QMIN(a, b) ((a) < (b) ? (a) : (b))
+#define QMAX(a, b) ((a) > (b) ? (a) : (b))
+#define GROUP_MAX_EPS 1e-15f
+
+static inline int nearest_int(float fval) {
+    float val = fval + 12582912.f;
+    int i; memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+static void q_q8_0(const float *x, uint8_t *b) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) amax = QMAX(amax, fabsf(x[j]));
+    float d = amax / 127, id = d ? 1.0f / d : 0.0f;
+    store_u16(b, f32_to_f16(d));
+    for (int j = 0; j < 32; j++) b[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+}
+
+static void q_q5_0(const float *x, uint8_t *b) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < 32; j++) if (amax < fabsf(x[j])) { amax = fabsf(x[j]); max = x[j]; }
+    float d = max / -16, id = d ? 1.0f / d : 0.0f;
+    store_u16(b, f32_to_f16(d));
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; j++) {
+        uint8_t xi0 = QMIN(31, (int8_t)(x[j] * id + 16.5f)), xi1 = QMIN(31, (int8_t)(x[j + 16] * id + 16.5f));
+        b[6 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= ((xi0 & 0x10u) >> 4) << j;
+        qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    }
+    memcpy(b + 2, &qh, 4);
+}
+
+static void q_q5_1(const float *x, uint8_t *b) {
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (int j = 0; j < 32; j++) { if (x[j] < min) min = x[j]; if (x[j] > max) max = x[j]; }
+    float d = (max - min) / 31, id = d ? 1.0f / d : 0.0f;
+    store_u16(b, f32_to_f16(d)); store_u16(b + 2, f32_to_f16(min));
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; j++) {
+        uint8_t xi0 = (uint8_t)((x[j] - min) * id + 0.5f), xi1 = (uint8_t)((x[j + 16] - min) * id + 0.5f);
+        b[8 + j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= ((xi0 & 0x10u) >> 4) << j;
+        qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    }
+    memcpy(b + 4, &qh, 4);
+}
+
+// ggml's make_qkx2_quants: a scale and min for n values in [0, nmax], searched over nstep
+// candidate scales by weighted least squares.
+static float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L, float *the_min,
+                              uint8_t *Laux, float rmin, float rdelta, int nstep) {
+    float min = x[0], max = x[0], sum_w = weights[0], sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        sum_w += weights[i]; sum_x += weights[i] * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) { for (int i = 0; i < n; ++i) L[i] = 0; *the_min = -min; return 0.f; }
+    float iscale = nmax / (max - min), scale = 1 / iscale, best_error = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(iscale * (x[i] - min));
+        L[i] = QMAX(0, QMIN(nmax, l));
+        float diff = scale * L[i] + min - x[i];
+        best_error += weights[i] * diff * diff;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * is + nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = nearest_int(iscale * (x[i] - min));
+            l = QMAX(0, QMIN(nmax, l));
+            Laux[i] = l;
+            float w = weights[i];
+            sum_l += w * l; sum_l2 += w * l * l; sum_xl += w * l * x[i];
+        }
+        float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) { this_min = 0; this_scale = sum_xl / sum_l2; }
+            float cur_error = 0;
+            for (int i = 0; i < n; ++i) {
+                float diff = this_scale * Laux[i] + this_min - x[i];
+                cur_error += weights[i] * diff * diff;
+            }
+            if (cur_error < best_error) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best_error = cur_error; scale = this_scale; min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+// Q4_K (nmax 15) and Q5_K (nmax 31) share everything up to the packing of the values:
+// 8 sub-blocks of 32 with 6-bit scales and mins relative to the f16 d and dmin.
+static void q_k_scales_mins(const float *x, uint8_t *b, int nmax, float rmin, int nstep, uint8_t *L) {
+    uint8_t Laux[32];
+    float weights[32], mins[8], scales[8], max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+        float av_x = sqrtf(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
+        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    uint8_t *sc = b + 4;
+    memset(sc, 0, 12);
+    float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f, inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    for (int j = 0; j < 8; ++j) {
+        uint8_t ls = QMIN(63, (uint8_t)nearest_int(inv_scale * scales[j]));
+        uint8_t lm = QMIN(63, (uint8_t)nearest_int(inv_min * mins[j]));
+        if (j < 4) { sc[j] = ls; sc[j + 4] = lm; }
+        else {
+            sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+            sc[j - 4] |= ((ls >> 4) << 6);
+            sc[j - 0] |= ((lm >> 4) << 6);
+        }
+    }
+    store_u16(b, f32_to_f16(max_scale / 63.f));
+    store_u16(b + 2, f32_to_f16(max_min / 63.f));
+    float d_all = f16_to_f32(load_u16(b)), dmin_all = f16_to_f32(load_u16(b + 2));
+    for (int j = 0; j < 8; ++j) {
+        uint8_t s, m;
+        get_scale_min_k4(j, sc, &s, &m);
+        float d = d_all * s;
+        if (!d) continue;
+        float dm = dmin_all * m;
+        for (int ii = 0; ii < 32; ++ii) {
+            int l = nearest_int((x[32 * j + ii] + dm) / d);
+            L[32 * j + ii] = QMAX(0, QMIN(nmax, l));
+        }
+    }
+}
+
+static void q_q4_K(const float *x, uint8_t *b) {
+    uint8_t L[256];
+    q_k_scales_mins(x, b, 15, -1.f, 20, L);
+    uint8_t *q = b + 16;
+    for (int j = 0; j < 256; j += 64, q += 32)
+        for (int l = 0; l < 32; ++l) q[l] = L[j + l] | (L[j + l + 32] << 4);
+}
+
+static void q_q5_K(const float *x, uint8_t *b) {
+    uint8_t L[256];
+    q_k_scales_mins(x, b, 31, -0.5f, 15, L);
+    uint8_t *qh = b + 16, *ql = b + 48;
+    memset(qh, 0, 32);
+    uint8_t m1 = 1, m2 = 2;
+    for (int n = 0; n < 256; n += 64, m1 <<= 2, m2 <<= 2, ql += 32) {
+        for (int j = 0; j < 32; ++j) {
+            int l1 = L[n + j], l2 = L[n + j + 32];
+            if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
+            if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
+            ql[j] = l1 | (l2 << 4);
+        }
+    }
+}
+
+// ggml's make_qx_quants with rmse_type 1 and no weights (what Q6_K's reference uses):
+// a signed scale for n values in [-nmax, nmax), the best of 19 candidates by x²-weighted error.
+static float make_qx_quants(int n, int nmax, const float *x, int8_t *L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; ++i) { float ax = fabsf(x[i]); if (ax > amax) { amax = ax; max = x[i]; } }
+    if (amax < GROUP_MAX_EPS) { for (int i = 0; i < n; ++i) L[i] = 0; return 0.f; }
+    float iscale = -nmax / max, sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = QMAX(-nmax, QMIN(nmax - 1, nearest_int(iscale * x[i])));
+        L[i] = l + nmax;
+        float w = x[i] * x[i];
+        sumlx += w * x[i] * l; suml2 += w * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f, best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = QMAX(-nmax, QMIN(nmax - 1, nearest_int(iscale * x[i])));
+            float w = x[i] * x[i];
+            sumlx += w * x[i] * l; suml2 += w * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; ++i) L[i] = nmax + QMAX(-nmax, QMIN(nmax - 1, nearest_int(iscale * x[i])));
+            scale = sumlx / suml2; best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+static void q_q6_K(const float *x, uint8_t *b) {
+    int8_t L[256];
+    float scales[16], max_scale = 0, max_abs_scale = 0;
+    uint8_t *ql = b, *qh = b + 128;
+    int8_t *sc = (int8_t *)(b + 192);
+    for (int ib = 0; ib < 16; ++ib) {
+        float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+        scales[ib] = scale;
+        if (fabsf(scale) > max_abs_scale) { max_abs_scale = fabsf(scale); max_scale = scale; }
+    }
+    if (max_abs_scale < GROUP_MAX_EPS) { memset(b, 0, 210); return; }
+    float iscale = -128.f / max_scale;
+    store_u16(b + 208, f32_to_f16(1 / iscale));
+    for (int ib = 0; ib < 16; ++ib) sc[ib] = (int8_t)QMIN(127, nearest_int(iscale * scales[ib]));
+    float d_all = f16_to_f32(load_u16(b + 208));
+    for (int j = 0; j < 16; ++j) {
+        float d = d_all * sc[j];
+        if (!d) continue;
+        for (int ii = 0; ii < 16; ++ii) {
+            int l = QMAX(-32, QMIN(31, nearest_int(x[16 * j + ii] / d)));
+            L[16 * j + ii] = l + 32;
+        }
+    }
+    for (int j = 0; j < 256; j += 128, ql += 64, qh += 32) {
+        for (int l = 0; l < 32; ++l) {
+            uint8_t q1 = L[j + l] & 0xF, q2 = L[j + l + 32] & 0xF, q3 = L[j + l + 64] & 0xF, q4 = L[j + l + 96] & 0xF;
+            ql[l] = q1 | (q3 << 4);
+            ql[l + 32] = q2 | (q4 << 4);
+            qh[l] = (L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6);
+        }
+    }
+}
+
+int ck_can_quantize(int dtype) {
+    switch (dtype) {
+    case CK_Q8_0: case CK_Q5_0: case CK_Q5_1: case CK_Q4_K: case CK_Q5_K: case CK_Q6_K: return 1;
+    default: return 0;
+    }
+}
+
+typedef struct { const float *src; int dtype; uint8_t *dst; int cols; } qz_ctx;
+
+static void qz_task(void *p, int begin, int end, int thread) {
+    (void)thread;
+    const qz_ctx *c = p;
+    int qk = ck_block_values(c->dtype), bb = ck_block_bytes(c->dtype), nb = c->cols / qk;
+    for (int r = begin; r < end; r++) {
+        const float *x = c->src + (size_t)r * c->cols;
+        uint8_t *row = c->dst + (size_t)r * nb * bb;
+        for (int i = 0; i < nb; i++) {
+            const float *xb = x + (size_t)i * qk;
+            uint8_t *b = row + (size_t)i * bb;
+            switch (c->dtype) {
+            case CK_Q8_0: q_q8_0(xb, b); break;
+            case CK_Q5_0: q_q5_0(xb, b); break;
+            case CK_Q5_1: q_q5_1(xb, b); break;
+            case CK_Q4_K: q_q4_K(xb, b); break;
+            case CK_Q5_K: q_q5_K(xb, b); break;
+            case CK_Q6_K: q_q6_K(xb, b); break;
+            }
+        }
+    }
+}
+
+size_t ck_quantize_rows(ck_pool *pool, const float *src, int dtype, void *dst, int rows, int cols) {
+    int qk = ck_block_values(dtype);
+    if (!ck_can_quantize(dtype) || qk == 0 || cols % qk != 0 || rows < 0) return 0;
+    qz_ctx c = { src, dtype, dst, cols };
+    ck_pool_for(pool, qz_task, &c, rows, 16);
+    return (size_t)rows * ck_row_bytes(dtype, cols);
 }
 
 // ------------------------------------------------------------ scalar reference

@@ -81,18 +81,41 @@ public enum Quantize {
     /// fp32 → Q8_0 blocks, as ggml's reference quantizer does (d = amax/127).
     public static func toQ8_0(_ src: [Float]) -> [UInt8] {
         precondition(src.count % 32 == 0)
-        var out = [UInt8](repeating: 0, count: src.count / 32 * 34)
-        for b in 0..<src.count / 32 {
-            var amax: Float = 0
-            for j in 0..<32 { amax = max(amax, abs(src[b * 32 + j])) }
-            let d = amax / 127
-            let id: Float = d != 0 ? 1 / d : 0
-            let dh = Float16(d).bitPattern
-            out[b * 34] = UInt8(dh & 0xFF); out[b * 34 + 1] = UInt8(dh >> 8)
-            for j in 0..<32 {
-                out[b * 34 + 2 + j] = UInt8(bitPattern: Int8((src[b * 32 + j] * id).rounded()))
+        return [UInt8](unsafeUninitializedCapacity: src.count / 32 * 34) { buf, n in
+            n = src.withUnsafeBufferPointer {
+                ck_quantize_rows(nil, $0.baseAddress, Int32(DType.q8_0.ggmlID), buf.baseAddress, 1, Int32(src.count))
             }
         }
-        return out
+    }
+
+    /// Whether `rows(_:to:cols:)` writes `dtype`.
+    public static func canWrite(_ dtype: DType) -> Bool {
+        switch dtype {
+        case .f32, .f16, .bf16: return true
+        default: return ck_can_quantize(Int32(dtype.ggmlID)) != 0
+        }
+    }
+
+    /// fp32 rows of `cols` values to `dtype`'s bytes: plain floats rounded to nearest even, block
+    /// formats (Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) as ggml's reference quantizers write them.
+    /// Rows are split across `pool` when given.
+    public static func rows(_ src: [Float], to dtype: DType, cols: Int, pool: ComputePool? = nil) throws -> [UInt8] {
+        guard cols > 0, src.count % cols == 0, let bytes = dtype.byteCount(elements: src.count),
+              cols % dtype.blockElements == 0 else {
+            throw OffloadError("[quantize] \(src.count) values in rows of \(cols) are not whole \(dtype) rows")
+        }
+        switch dtype {
+        case .f32: return src.withUnsafeBytes { Array($0) }
+        case .f16: return toF16(src).withUnsafeBytes { Array($0) }
+        case .bf16: return toBF16(src).withUnsafeBytes { Array($0) }
+        default:
+            guard canWrite(dtype) else { throw OffloadError("[quantize] writing \(dtype) is not supported") }
+            return [UInt8](unsafeUninitializedCapacity: bytes) { buf, n in
+                n = src.withUnsafeBufferPointer {
+                    ck_quantize_rows(pool?.pool, $0.baseAddress, Int32(dtype.ggmlID), buf.baseAddress,
+                                     Int32(src.count / cols), Int32(cols))
+                }
+            }
+        }
     }
 }

@@ -90,3 +90,11 @@ double ck_exp_sum(float *s, int n, float m);
 /// SwiGLU: out[i] = g / (1 + e^-g) · up[i], g = gate[i]; out may alias gate.
 /// AVX-512 uses the same e^x as the softmax (relative error ≈ 2e-7).
 void ck_swiglu(float *out, const float *gate, const float *up, long n);
+
+/// 1 when ck_quantize_rows writes `dtype` (Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), else 0.
+int ck_can_quantize(int dtype);
+/// fp32 rows (rows × cols) to `dtype` blocks at dst (rows × ck_row_bytes(dtype, cols) bytes), as
+/// ggml's reference quantizers write them (no importance matrix), rows split across the pool.
+/// Returns the bytes written, or 0 (writing nothing) for a type it cannot write or cols not a
+/// whole number of blocks.
+size_t ck_quantize_rows(ck_pool *pool, const float *src, int dtype, void *dst, int rows, int cols);
