@@ -1,7 +1,7 @@
 // A training checkpoint's weights as a GGUF file that `offload generate` and
 // llama.cpp load: llama.* metadata from the config, the tokenizer copied from the
 // GGUF training started from (when there was one), norms in f32 and matrices in
-// the chosen type. Q/K rows are written in GGUF's adjacent-pair RoPE order.
+// the chosen type's mix (llama-quantize's, see ExportType). Q/K rows are written in GGUF's adjacent-pair RoPE order.
 
 import Foundation
 import Formats
@@ -9,9 +9,6 @@ import Kernels
 import Models
 import Tensors
 
-public enum ExportType: String, CaseIterable, Sendable {
-    case f32, f16, q8_0
-}
 
 extension Checkpoint {
     /// Writes the checkpoint in `dir` as a GGUF file at `out` (atomically).
@@ -30,26 +27,21 @@ extension Checkpoint {
                                   metadataFrom source: GGUFFile? = nil) throws {
         let c = model.config
         var w = GGUFWriter()
-        try llamaMetadata(c, fileType: type == .f32 ? 0 : type == .f16 ? 1 : 7, byteVocabulary: source == nil, into: &w)
+        try llamaMetadata(c, fileType: type.fileType, byteVocabulary: source == nil, into: &w)
         if let source {
             for key in source.metadataKeys where key.hasPrefix("tokenizer.") || (key.hasPrefix("general.")
                 && !w.metadata.contains { $0.key == key } && key != "general.alignment" && key != "general.file_type") {
                 if let v = source.metadata[key] { w.set(key, v) }
             }
         }
+        let tied = !model.layout.entries.contains { $0.name == "output.weight" }
         for e in model.layout.entries {
             var values = Array(UnsafeBufferPointer(start: model.weights.base + e.offset, count: e.elements))
             if model.ropeStyle == .halfSplit, e.name.hasSuffix("attn_q.weight") || e.name.hasSuffix("attn_k.weight") {
                 values = halfSplitToAdjacentPairs(values, rows: e.spec.shape[0], cols: e.spec.shape[1], headDim: c.headDim)
             }
-            var dtype: DType = e.spec.shape.count == 1 ? .f32 : (type == .f32 ? .f32 : type == .f16 ? .f16 : .q8_0)
-            if dtype == .q8_0, e.spec.shape[1] % 32 != 0 { dtype = .f16 }   // rows must be whole Q8_0 blocks
-            let data: Data
-            switch dtype {
-            case .f16: data = Quantize.toF16(values).withUnsafeBytes { Data($0) }
-            case .q8_0: data = Data(Quantize.toQ8_0(values))
-            default: data = values.withUnsafeBytes { Data($0) }
-            }
+            let dtype = type.dtype(tensor: e.name, shape: e.spec.shape, layers: c.layers, tiedEmbeddings: tied)
+            let data = Data(try Quantize.rows(values, to: dtype, cols: e.spec.shape.last ?? 1))
             w.tensors.append(.init(name: e.name, dtype: dtype, shape: e.spec.shape, data: data))
         }
         try w.write(to: out)
