@@ -1,7 +1,8 @@
 // Conversion between checkpoint layouts: any WeightSource to a Hugging Face
 // folder (config.json + model.safetensors) or to a GGUF file. Quantized tensors
-// are dequantized; Q and K rows are reordered when the RoPE conventions differ.
-// Tensors are produced one at a time for safetensors; the GGUF writer holds the file.
+// are dequantized (and, for a quantized GGUF, quantized again in llama-quantize's mixes);
+// Q and K rows are reordered when the RoPE conventions differ.
+// Tensors are produced one at a time (safetensors, GGUF mixes), so a file may exceed memory.
 
 import Foundation
 import Formats
@@ -62,9 +63,42 @@ public func exportGGUF(from source: WeightSource, to path: String, dtype: DType 
     try w.write(to: path)
 }
 
+/// Writes `source` as a GGUF file in `type`'s mix: each matrix in the type llama-quantize gives
+/// it (`ExportType.dtype(tensor:…)`), quantized as ggml's reference quantizers do, norms in f32.
+///
+/// Tensors are converted and written one at a time, so the file may be larger than memory.
+/// `tokenizer.*` metadata comes from `tokenizerFrom`, or from the source when it is a GGUF file.
+/// `progress(done, total, name, dtype)` follows each tensor.
+public func exportGGUF(from source: WeightSource, to path: String, type: ExportType,
+                       tokenizerFrom: GGUFFile? = nil, pool: ComputePool? = nil,
+                       progress: @escaping (_ done: Int, _ total: Int, _ name: String, _ dtype: DType) -> Void
+                           = { _, _, _, _ in }) throws {
+    let c = source.config
+    var w = GGUFWriter()
+    try c.writeGGUF(fileType: type.fileType, into: &w)
+    if let tok = tokenizerFrom ?? (source as? GGUFWeights)?.file {
+        for key in tok.metadataKeys where key.hasPrefix("tokenizer.") { w.set(key, tok.metadata[key]!) }
+    }
+    let specs = c.parameterTable
+    let tied = !specs.contains { $0.name == "output.weight" }
+    var done = 0
+    for spec in specs {
+        let dt = type.dtype(tensor: spec.name, shape: spec.shape, layers: c.layers, tiedEmbeddings: tied)
+        w.tensors.append(.init(name: spec.name, dtype: dt, shape: spec.shape) { h in
+            let data = try convertedTensor(source, spec, to: dt, order: c.architecture.ggufRopeStyle, pool: pool)
+            try h.write(contentsOf: data)
+            source.dropResidentPages()
+            done += 1
+            progress(done, specs.count, spec.name, dt)
+        })
+    }
+    try w.write(to: path)
+}
+
 /// One parameter of `source` as `dtype` bytes with Q/K rows in `order`. Copies
 /// the stored bytes when no conversion is needed, so f32 → f32 is exact.
-func convertedTensor(_ source: WeightSource, _ spec: ParameterSpec, to dtype: DType, order: RopeStyle) throws -> Data {
+func convertedTensor(_ source: WeightSource, _ spec: ParameterSpec, to dtype: DType, order: RopeStyle,
+                      pool: ComputePool? = nil) throws -> Data {
     let t = try source.tensor(spec.name)
     guard t.shape == spec.shape else {
         throw OffloadError("[export] \(source.sourceName): tensor \(spec.name) has shape \(t.shape), expected \(spec.shape)")
@@ -83,12 +117,8 @@ func convertedTensor(_ source: WeightSource, _ spec: ParameterSpec, to dtype: DT
         f = order == .halfSplit ? try RopeRowOrder.toHalfSplit(f, heads: heads, cols: cols)
                                 : try RopeRowOrder.toAdjacentPairs(f, heads: heads, cols: cols)
     }
-    switch dtype {
-    case .f32: return f.withUnsafeBytes { Data($0) }
-    case .f16: return Quantize.toF16(f).withUnsafeBytes { Data($0) }
-    case .bf16: return Quantize.toBF16(f).withUnsafeBytes { Data($0) }
-    default: throw OffloadError("[export] \(spec.name): cannot write \(dtype)")
-    }
+    guard Quantize.canWrite(dtype) else { throw OffloadError("[export] \(spec.name): cannot write \(dtype)") }
+    return Data(try Quantize.rows(f, to: dtype, cols: spec.shape.last ?? 1, pool: pool))
 }
 
 /// config.json's `rope_scaling`, as transformers writes it. Per-frequency divisors (from a GGUF's

@@ -16,14 +16,14 @@ public enum RandomModel {
                                  progress: @escaping (Int, Int) -> Void = { _, _ in }) throws {
         try c.validate()
         var w = GGUFWriter()
-        try Checkpoint.llamaMetadata(c, fileType: type == .f32 ? 0 : type == .f16 ? 1 : 7, byteVocabulary: true, into: &w)
+        try Checkpoint.llamaMetadata(c, fileType: type.fileType, byteVocabulary: true, into: &w)
         var rng = SeededGenerator(seed: seed)
         let specs = c.parameterTable
         var total = 0
         var dtypes: [DType] = []
+        let tied = !specs.contains { $0.name == "output.weight" }
         for spec in specs {
-            var dtype: DType = spec.shape.count == 1 ? .f32 : (type == .f32 ? .f32 : type == .f16 ? .f16 : .q8_0)
-            if dtype == .q8_0, spec.shape[1] % 32 != 0 { dtype = .f16 }
+            let dtype = type.dtype(tensor: spec.name, shape: spec.shape, layers: c.layers, tiedEmbeddings: tied)
             dtypes.append(dtype)
             total += dtype.byteCount(elements: spec.elements)!
         }
@@ -34,7 +34,7 @@ public enum RandomModel {
                 if spec.shape.count == 1 {
                     try [Float](repeating: 1, count: spec.elements).withUnsafeBytes { try h.write(contentsOf: Data($0)) }
                 } else {
-                    // Whole rows per chunk (Q8_0 blocks never straddle a chunk), about 4M values.
+                    // Whole rows per chunk (blocks never straddle a chunk), about 4M values.
                     let cols = spec.shape[1], rowsPerChunk = max(1, (4 << 20) / cols)
                     var values = [Float](repeating: 0, count: rowsPerChunk * cols)
                     let scale = Float(0.02 * 3.0.squareRoot()) / Float(1 << 23)
@@ -42,11 +42,7 @@ public enum RandomModel {
                         let n = min(rowsPerChunk, spec.shape[0] - r0) * cols
                         for i in 0..<n { values[i] = Float(Int64(rng.next() >> 40) - (1 << 23)) * scale }
                         let chunk = Array(values[0..<n])
-                        switch dtype {
-                        case .f16: try Quantize.toF16(chunk).withUnsafeBytes { try h.write(contentsOf: Data($0)) }
-                        case .q8_0: try h.write(contentsOf: Data(Quantize.toQ8_0(chunk)))
-                        default: try chunk.withUnsafeBytes { try h.write(contentsOf: Data($0)) }
-                        }
+                        try h.write(contentsOf: Data(try Quantize.rows(chunk, to: dtype, cols: cols)))
                     }
                 }
                 done += bytes

@@ -17,12 +17,12 @@ struct Init: ParsableCommand {
 
     @Option(help: "Built-in shape: \(LlamaConfig.builtIn.map(\.name).joined(separator: ", ")).") var config: String
     @Option(help: "The GGUF file to write (atomically).") var out: String
-    @Option(help: "Type of the weight matrices: f32, f16 or q8_0 (norms stay f32).") var type = "f16"
+    @Option(help: "Type of the file: \(ExportType.names) (llama-quantize's mixes; norms stay f32).") var type = "f16"
     @Option(help: "Seed of the random weights.") var seed: UInt64 = 0
 
     func validate() throws {
         guard ExportType(rawValue: type) != nil else {
-            throw ValidationError("--type must be f32, f16 or q8_0, got '\(type)'")
+            throw ValidationError("--type must be one of \(ExportType.names), got '\(type)'")
         }
     }
 

@@ -18,7 +18,7 @@ final class ExportTests: XCTestCase {
         try Checkpoint.save(s, to: dir)
         let prompt = Array(corpus(12).reversed())
         let before = try LlamaTrainer(model: m, batch: 1, seqLen: 12).logits(inputs: prompt)
-        for (type, tol) in [(ExportType.f32, Float(1e-4)), (.f16, 2e-2), (.q8_0, 5e-2)] {
+        for (type, tol) in [(ExportType.f32, Float(1e-4)), (.f16, 2e-2), (.q8_0, 5e-2), (.q6_k, 5e-2), (.q4_k_m, 0.15)] {
             try Checkpoint.exportGGUF(dir, to: out, type: type)
             let weights = try GGUFWeights(path: out)
             let loaded = try LlamaModel(source: weights, threads: 2)

@@ -1,0 +1,99 @@
+// Offload's quantized export against llama-quantize on the same fp32 source: per tensor, the
+// same type, an RMSE against the fp32 values within 5% of llama-quantize's, and (since both
+// follow ggml's reference quantizers) mostly the very same bytes. Sources and figures:
+// Fixtures/quantize/llama-quantize.json (scripts/fixtures/make_quantize_fixtures.py). Then the
+// files load in Offload and give logits close to the unquantized model's.
+import Foundation
+import Formats
+import Kernels
+import Models
+import Runtime
+import Tensors
+import XCTest
+
+final class QuantizeExportTests: XCTestCase {
+    struct Comparison { var worstRatio = 0.0, worstTensor = "", identical = 0, tensors = 0 }
+
+    /// Writes `source` in `mix`, checks every tensor against the fixture's llama-quantize figures.
+    func compare(_ source: WeightSource, _ mix: ExportType, _ want: [String: QuantizeFixture.Tensor],
+                 dir: String, pool: ComputePool) throws -> Comparison {
+        let out = dir + "/\(mix.rawValue).gguf"
+        try exportGGUF(from: source, to: out, type: mix, pool: pool)
+        let file = try GGUFFile(path: out)
+        XCTAssertEqual(Set(file.tensors.map(\.name)), Set(want.keys), "\(mix): tensors")
+        var c = Comparison()
+        for name in file.tensors.map(\.name) {
+            let (info, dtype, bytes) = try file.data(name)
+            let w = try XCTUnwrap(want[name])
+            XCTAssertEqual(dtype.rawValue, w.type, "\(mix) \(name): type")
+            let s = try source.tensor(name)
+            let x = Dequantize.toF32(s.dtype, s.bytes, count: s.elements)
+            let y = Dequantize.toF32(dtype, bytes, count: info.shape.reduce(1, *))
+            var sum = 0.0
+            for i in x.indices { let d = Double(y[i]) - Double(x[i]); sum += d * d }
+            let rmse = (sum / Double(x.count)).squareRoot()
+            let ratio = w.rmse > 0 ? rmse / w.rmse : (rmse == 0 ? 1 : .infinity)
+            XCTAssertLessThanOrEqual(ratio, 1.05, "\(mix) \(name): RMSE \(rmse) against llama-quantize's \(w.rmse)")
+            if ratio > c.worstRatio { c.worstRatio = ratio; c.worstTensor = name }
+            var h = SHA256(); h.update(bytes)
+            if h.finalizeHex() == w.sha256 { c.identical += 1 }
+            c.tensors += 1
+        }
+        print("[quantize] \(source.sourceName) \(mix.rawValue): worst RMSE ratio \(String(format: "%.5f", c.worstRatio)) "
+              + "(\(c.worstTensor)), \(c.identical)/\(c.tensors) tensors bit-identical to llama-quantize")
+        // Both implement ggml's reference quantizers: a difference is a rare last-bit tie.
+        XCTAssertGreaterThanOrEqual(Double(c.identical), 0.9 * Double(c.tensors), "\(mix): bit-identical tensors")
+        return c
+    }
+
+    func testRandomModelMatchesLlamaQuantize() throws {
+        let f = try QuantizeFixture.load()
+        let dir = NSTemporaryDirectory() + "offload-quant-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // The fixture's source: `offload init --config small --type f32 --seed 7`.
+        try RandomModel.writeGGUF(config: try LlamaConfig.named("small"), to: dir + "/f32.gguf", type: .f32, seed: 7)
+        let source = try GGUFWeights(path: dir + "/f32.gguf")
+        let pool = ComputePool(threads: 2)
+        for mix: ExportType in [.q4_k_m, .q5_k_m, .q6_k, .q8_0, .f16] {
+            _ = try compare(source, mix, try XCTUnwrap(f.sources["small"]?[mix.rawValue]), dir: dir, pool: pool)
+        }
+    }
+
+    func testSmolLM2MatchesLlamaQuantizeAndKeepsItsLogits() throws {
+        let f = try QuantizeFixture.load()
+        let dir = NSTemporaryDirectory() + "offload-quant-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // The fixture's source is this file's values as f32 (exactly its dequantized Q4_1 values).
+        let source = try GGUFWeights(path: try TestAssets.require(TestAssets.smolLM2))
+        let pool = ComputePool(threads: 2)
+        // Prompt 5 of Fixtures/smollm2 (a 106-token paragraph): logits at every position.
+        struct Reference: Decodable { struct Prompt: Decodable { let ids: [Int] }; let prompts: [Prompt] }
+        let prompt = try JSONDecoder().decode(Reference.self, from: Data(contentsOf:
+            TestAssets.fixtures.appendingPathComponent("smollm2/reference.json"))).prompts[5].ids
+        let vocab = source.config.vocabSize
+        let reference = try LlamaModel(source: source, threads: 2)
+        let want = try reference.forward(prompt, cache: reference.makeCache(), allLogits: true)
+        func argmaxes(_ l: [Float]) -> [Int] {
+            (0..<prompt.count).map { p in (p * vocab ..< (p + 1) * vocab).max { l[$0] < l[$1] }! - p * vocab }
+        }
+        let wantTop = argmaxes(want)
+        // Relative RMS difference of all logits from the unquantized model's, and the share of
+        // positions whose greedy token is unchanged. Measured: 0.113 and 93/106 (q4_k_m), 0.044 and
+        // 101/106 (q6_k), 0.023 and 105/106 (q8_0); bounds ~1.5× the difference.
+        for (mix, bound, agree): (ExportType, Double, Double) in [(.q4_k_m, 0.17, 0.8), (.q6_k, 0.065, 0.9),
+                                                                    (.q8_0, 0.035, 0.95)] {
+            _ = try compare(source, mix, try XCTUnwrap(f.sources["smollm2"]?[mix.rawValue]), dir: dir, pool: pool)
+            let m = try LlamaModel(source: try GGUFWeights(path: dir + "/\(mix.rawValue).gguf"), threads: 2)
+            let got = try m.forward(prompt, cache: m.makeCache(), allLogits: true)
+            var d = 0.0, n = 0.0
+            for i in want.indices { d += Double(got[i] - want[i]) * Double(got[i] - want[i]); n += Double(want[i] * want[i]) }
+            let rel = (d / n).squareRoot()
+            let same = Double(zip(wantTop, argmaxes(got)).filter { $0 == $1 }.count) / Double(prompt.count)
+            print("[quantize] SmolLM2 \(mix.rawValue): logits' relative RMS difference \(rel), greedy token kept at \(same)")
+            XCTAssertLessThan(rel, bound, "\(mix) logits")
+            XCTAssertGreaterThanOrEqual(same, agree, "\(mix) greedy tokens")
+        }
+    }
+}
