@@ -60,6 +60,48 @@ final class QuantizeExportTests: XCTestCase {
         }
     }
 
+    /// llama-quantize run now (scripts/test.sh builds it) on a model whose rows exercise every type
+    /// the mixes write: 320 values (Q5_0, Q5_1, Q8_0 fallbacks) and 512 (Q4_K, Q5_K, Q6_K); tied
+    /// embeddings, so token_embd takes the output's rule.
+    func testAgainstLlamaQuantizeRunNow() throws {
+        let tool = try TestAssets.require(TestAssets.cache + "/llama.cpp-build/bin/llama-quantize",
+                                          hint: "run scripts/build-llama-cpp.sh llama-quantize")
+        let dir = NSTemporaryDirectory() + "offload-quant-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let c = LlamaConfig(name: "quant-check", vocabSize: 512, dim: 320, ffnDim: 512, layers: 8, heads: 5, kvHeads: 1,
+                            contextLength: 256, tiedEmbeddings: true)
+        let src = dir + "/f32.gguf"
+        try RandomModel.writeGGUF(config: c, to: src, type: .f32, seed: 3)
+        let source = try GGUFWeights(path: src)
+        let pool = ComputePool(threads: 2)
+        var seen = Set<DType>()
+        for mix: ExportType in [.q4_k_m, .q5_k_m, .q6_k, .q8_0] {
+            let theirs = dir + "/llama.\(mix.rawValue).gguf"
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: tool)
+            p.arguments = [src, theirs, mix.rawValue.uppercased(), "2"]
+            p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
+            try p.run(); p.waitUntilExit()
+            XCTAssertEqual(p.terminationStatus, 0, "llama-quantize \(mix.rawValue)")
+            let file = try GGUFFile(path: theirs)
+            var want: [String: QuantizeFixture.Tensor] = [:]
+            for info in file.tensors {
+                let (_, dtype, bytes) = try file.data(info.name)
+                let s = try source.tensor(info.name)
+                let x = Dequantize.toF32(s.dtype, s.bytes, count: s.elements)
+                let y = Dequantize.toF32(dtype, bytes, count: info.elements)
+                var sum = 0.0
+                for i in x.indices { let d = Double(y[i]) - Double(x[i]); sum += d * d }
+                var h = SHA256(); h.update(bytes)
+                want[info.name] = .init(type: dtype.rawValue, rmse: (sum / Double(x.count)).squareRoot(), sha256: h.finalizeHex())
+                seen.insert(dtype)
+            }
+            _ = try compare(source, mix, want, dir: dir, pool: pool)
+        }
+        XCTAssertEqual(seen, [.f32, .q4_k, .q5_k, .q6_k, .q5_0, .q5_1, .q8_0], "every type the mixes write was checked")
+    }
+
     func testSmolLM2MatchesLlamaQuantizeAndKeepsItsLogits() throws {
         let f = try QuantizeFixture.load()
         let dir = NSTemporaryDirectory() + "offload-quant-\(UUID().uuidString)"
