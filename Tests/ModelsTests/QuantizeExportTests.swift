@@ -102,6 +102,29 @@ final class QuantizeExportTests: XCTestCase {
         XCTAssertEqual(seen, [.f32, .q4_k, .q5_k, .q6_k, .q5_0, .q5_1, .q8_0], "every type the mixes write was checked")
     }
 
+    /// A Hugging Face folder (half-split Q/K rows) quantizes to the same tensors as the GGUF it came
+    /// from: rows are put back in GGUF order before quantizing.
+    func testHuggingFaceFolderQuantizesAsItsGGUF() throws {
+        let dir = NSTemporaryDirectory() + "offload-quant-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try RandomModel.writeGGUF(config: try LlamaConfig.named("small"), to: dir + "/f32.gguf", type: .f32, seed: 9)
+        let gguf = try GGUFWeights(path: dir + "/f32.gguf")
+        try exportHFCheckpoint(from: gguf, to: dir + "/hf")
+        let hf = try HFCheckpoint(folder: dir + "/hf")
+        XCTAssertNotEqual(hf.ropeStyle, gguf.ropeStyle, "the folder's Q/K rows are in the other order")
+        try exportGGUF(from: gguf, to: dir + "/a.gguf", type: .q4_k_m)
+        try exportGGUF(from: hf, to: dir + "/b.gguf", type: .q4_k_m)
+        let a = try GGUFFile(path: dir + "/a.gguf"), b = try GGUFFile(path: dir + "/b.gguf")
+        XCTAssertEqual(a.tensors.map(\.name), b.tensors.map(\.name))
+        for t in a.tensors {
+            let x = try a.data(t.name), y = try b.data(t.name)
+            XCTAssertEqual(x.dtype, y.dtype, t.name)
+            XCTAssertTrue(x.bytes.elementsEqual(y.bytes), "\(t.name): bytes differ")
+        }
+        XCTAssertEqual(a.info("blk.0.attn_q.weight")?.dtype, .q4_k)
+    }
+
     func testSmolLM2MatchesLlamaQuantizeAndKeepsItsLogits() throws {
         let f = try QuantizeFixture.load()
         let dir = NSTemporaryDirectory() + "offload-quant-\(UUID().uuidString)"
