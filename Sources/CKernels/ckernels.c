@@ -1881,3 +1881,34 @@ void ck_swiglu(float *out, const float *gate, const float *up, long n) {
 #endif
     for (long i = 0; i < n; i++) out[i] = gate[i] / (1 + expf(-gate[i])) * up[i];
 }
+
+// GELU with PyTorch's tanh approximation, as a sigmoid: 0.5·(1 + tanh(u)) = 1 / (1 + e^(-2u)),
+// u = √(2/π)·(g + 0.044715·g³).
+#define GELU_2BETA 1.5957691216057308f   // 2·√(2/π)
+#define GELU_KAPPA 0.044715f
+#if defined(__x86_64__)
+AVX512 static void gelu_tanh_gate_avx512(float *out, const float *gate, const float *up, long n) {
+    long i = 0;
+    __m512 one = _mm512_set1_ps(1.0f), b2 = _mm512_set1_ps(-GELU_2BETA), kappa = _mm512_set1_ps(GELU_KAPPA);
+    for (; i + 16 <= n; i += 16) {
+        __m512 g = _mm512_loadu_ps(gate + i);
+        __m512 inner = _mm512_fmadd_ps(_mm512_mul_ps(kappa, g), _mm512_mul_ps(g, g), g);
+        __m512 e = exp512(_mm512_mul_ps(b2, inner));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1 + expf(-GELU_2BETA * (g + GELU_KAPPA * g * g * g))) * up[i];
+    }
+}
+#endif
+
+void ck_gelu_tanh_gate(float *out, const float *gate, const float *up, long n) {
+#if defined(__x86_64__)
+    if (ck_simd_enabled() == 2) { gelu_tanh_gate_avx512(out, gate, up, n); return; }
+#endif
+    for (long i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1 + expf(-GELU_2BETA * (g + GELU_KAPPA * g * g * g))) * up[i];
+    }
+}

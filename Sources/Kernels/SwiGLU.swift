@@ -2,7 +2,6 @@
 // it can use the vectorized exponential (decode spends ~5% of a token here otherwise).
 
 import CKernels
-import Foundation
 
 /// out, gate, up: (count). out may alias gate.
 public func swigluForward(_ out: UnsafeMutablePointer<Float>, _ gate: UnsafePointer<Float>,
@@ -14,9 +13,5 @@ public func swigluForward(_ out: UnsafeMutablePointer<Float>, _ gate: UnsafePoin
 /// 0.5·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))); out may alias gate.
 public func geluTanhGateForward(_ out: UnsafeMutablePointer<Float>, _ gate: UnsafePointer<Float>,
                                 _ up: UnsafePointer<Float>, count: Int) {
-    let beta = Float(2.0 / Double.pi).squareRoot(), kappa: Float = 0.044715
-    for i in 0..<count {
-        let g = gate[i]
-        out[i] = 0.5 * g * (1 + Foundation.tanh(beta * (g + kappa * g * g * g))) * up[i]
-    }
+    ck_gelu_tanh_gate(out, gate, up, count)
 }

@@ -91,6 +91,10 @@ double ck_exp_sum(float *s, int n, float m);
 /// AVX-512 uses the same e^x as the softmax (relative error ≈ 2e-7).
 void ck_swiglu(float *out, const float *gate, const float *up, long n);
 
+/// Gemma's gate: out[i] = gelu_tanh(gate[i]) · up[i] (PyTorch's tanh approximation, computed as
+/// g / (1 + e^(-2u))); out may alias gate. AVX-512 uses the softmax's e^x.
+void ck_gelu_tanh_gate(float *out, const float *gate, const float *up, long n);
+
 /// 1 when ck_quantize_rows writes `dtype` (Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), else 0.
 int ck_can_quantize(int dtype);
 /// fp32 rows (rows × cols) to `dtype` blocks at dst (rows × ck_row_bytes(dtype, cols) bytes), as
