@@ -42,6 +42,6 @@ let package = Package(
         .testTarget(name: "MemoryTests", dependencies: ["Memory", "Tensors"]),
         .testTarget(name: "PlanningTests", dependencies: ["Planning", "Models", "Memory"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Models", "Formats", "Tensors", "Planning", "Memory", "CSystem"]),
-        .testTarget(name: "CLITests", dependencies: ["offload", "Formats", "Tensors"]),
+        .testTarget(name: "CLITests", dependencies: ["offload", "Formats", "Models", "Tensors"]),
     ]
 )

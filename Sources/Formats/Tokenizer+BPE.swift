@@ -164,6 +164,22 @@ struct ByteLevelBPE: Sendable {
         guard let mergeStrings = gguf.strings("tokenizer.ggml.merges") else {
             throw fail("tokenizer.ggml.merges is missing or not an array of strings; byte-level BPE needs merges")
         }
+        // llama.cpp splits each merge at the first space after the first character.
+        let merges: [(String, String)] = mergeStrings.compactMap { m in
+            let u = Array(m.utf8)
+            guard u.count > 1, let sp = u[1...].firstIndex(of: 0x20) else { return nil }
+            return (String(decoding: u[..<sp], as: UTF8.self), String(decoding: u[(sp + 1)...], as: UTF8.self))
+        }
+        let (bpe, pieces) = build(tokens: tokens, types: types, merges: merges, pre: pre, ignoreMerges: ignoreMerges)
+        return (bpe, pieces, preName, preAddsBOS)
+    }
+
+    /// The vocabulary from its parts, whatever file they came from: tokens in GPT-2's byte
+    /// characters, merges (left, right) in rank order. Tokens in `outsideModel` (Hugging Face's
+    /// added tokens that are not in the BPE vocabulary) are never the result of merging.
+    static func build(tokens: [String], types: [Tokenizer.TokenType], merges: [(String, String)],
+                      pre: PreTokenizer, ignoreMerges: Bool,
+                      outsideModel: Set<Int> = []) -> (bpe: ByteLevelBPE, pieces: [[UInt8]]) {
         let n = tokens.count
 
         // Bytes each token stands for; byte-level text for normal tokens, raw text otherwise.
@@ -172,7 +188,7 @@ struct ByteLevelBPE: Sendable {
         for i in 0..<n {
             let t = tokens[i]
             let mapped = ByteLevel.decode(t)
-            if let mapped { tokenOfBytes[mapped] = Int32(i) }  // later duplicates win, as in llama.cpp
+            if let mapped, !outsideModel.contains(i) { tokenOfBytes[mapped] = Int32(i) }  // later duplicates win, as in llama.cpp
             switch types[i] {
             case .normal: pieces[i] = mapped ?? ByteLevel.decodeLenient(t)
             case .control, .userDefined, .unknown: pieces[i] = Array(t.utf8)
@@ -192,13 +208,9 @@ struct ByteLevelBPE: Sendable {
             extraIndex[bytes] = id
             return id
         }
-        var table = [UInt64: (rank: Int32, merged: Int32)](minimumCapacity: mergeStrings.count)
-        for (rank, m) in mergeStrings.enumerated() {
-            // llama.cpp splits at the first space after the first character.
-            let u = Array(m.utf8)
-            guard u.count > 1, let sp = u[1...].firstIndex(of: 0x20) else { continue }
-            guard let a = ByteLevel.decode(String(decoding: u[..<sp], as: UTF8.self)),
-                  let b = ByteLevel.decode(String(decoding: u[(sp + 1)...], as: UTF8.self)),
+        var table = [UInt64: (rank: Int32, merged: Int32)](minimumCapacity: merges.count)
+        for (rank, (left, right)) in merges.enumerated() {
+            guard let a = ByteLevel.decode(left), let b = ByteLevel.decode(right),
                   !a.isEmpty, !b.isEmpty else { continue }  // can never match a byte-level word
             let key = UInt64(UInt32(bitPattern: pieceID(a))) << 32 | UInt64(UInt32(bitPattern: pieceID(b)))
             if table[key] == nil { table[key] = (Int32(rank), pieceID(a + b)) }
@@ -207,7 +219,7 @@ struct ByteLevelBPE: Sendable {
         let bpe = ByteLevelBPE(vocabSize: n, tokenOfBytes: tokenOfBytes,
                                merges: BPEMerges(table: table, bytePiece: bytePiece, extraPieces: extra),
                                pre: pre, ignoreMerges: ignoreMerges)
-        return (bpe, pieces, preName, preAddsBOS)
+        return (bpe, pieces)
     }
 
     /// Pre-tokenizes one text fragment and appends the BPE tokens of each word.

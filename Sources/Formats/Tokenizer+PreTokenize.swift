@@ -357,3 +357,27 @@ extension PreTokenizer {
         0x104D8...0x104FB, 0x10C80...0x10CB2, 0x10CC0...0x10CF2, 0x118A0...0x118DF, 0x1E900...0x1E943,
     ]
 }
+
+extension PreTokenizer {
+    /// The Split patterns of Hugging Face tokenizer.json files that a step above implements, by the
+    /// llama.cpp `pre` type whose rules they are (each written as in those files, after JSON unescaping).
+    static let huggingFaceSplits: [(name: String, pattern: String, step: PreTokenizeStep)] = [
+        ("gpt-2", #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"#, .gpt2),
+        ("llama3", #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#,
+         .llama3(digitRun: 3, marks: false)),
+        ("qwen2", #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#,
+         .llama3(digitRun: 1, marks: false)),
+        ("qwen35", #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#,
+         .llama3(digitRun: 1, marks: true)),
+        ("digits", #"\p{N}"#, .isolate(.number)),
+        ("digit-runs", #"\p{N}+"#, .isolate(.numberRun)),
+    ]
+
+    /// The step for a Hugging Face `Split` pattern (behavior Isolated), or nil when Offload has none.
+    /// A carriage return or line feed written as itself matches as `\r` / `\n` would.
+    static func huggingFaceSplit(_ pattern: String) -> (name: String, step: PreTokenizeStep)? {
+        let p = pattern.replacingOccurrences(of: "\r", with: #"\r"#).replacingOccurrences(of: "\n", with: #"\n"#)
+        let bytes = Array(p.utf8)
+        return huggingFaceSplits.first { Array($0.pattern.utf8) == bytes }.map { ($0.name, $0.step) }
+    }
+}

@@ -1,8 +1,10 @@
 // SentencePiece vocabularies (`tokenizer.ggml.model` = "llama": Llama 1/2, Mistral v1, Phi-3,
 // Baichuan) encoded as llama.cpp's `llm_tokenizer_spm` does: spaces become "▁", then the
 // adjacent pair whose merged text is the highest-scoring token merges first, and what stays
-// out of the vocabulary falls back to `<0xXX>` byte tokens. No Unicode normalization (llama.cpp
-// does none); not SentencePiece's Unigram model (`t5`).
+// out of the vocabulary falls back to `<0xXX>` byte tokens. The same loop runs the Hugging Face
+// form of these vocabularies (a tokenizer.json BPE with byte_fallback), where the pair with the
+// lowest merge rank goes first instead. No Unicode normalization (llama.cpp does none); not
+// SentencePiece's Unigram model (`t5`).
 
 import Foundation
 import Tensors
@@ -14,7 +16,10 @@ import Tensors
 struct SentencePiece: Sendable {
     let table: TokenTable
     let scores: [Float]
-    /// llama.cpp's `byte_to_token`: `<0xXX>`, else the one-byte token, else `unknownID`.
+    /// Hugging Face's rule, when set: (left token << 32 | right token) → (merge rank, merged token).
+    /// Only listed pairs merge, lowest rank first; `scores` is then unused.
+    let mergeRanks: [UInt64: (rank: Int32, merged: Int32)]?
+    /// llama.cpp's `byte_to_token`: `<0xXX>`, else the one-byte token, else `unknownID` (-1: the byte is dropped).
     let byteTokens: [Int32]
     /// `tokenizer.ggml.add_space_prefix` (default true): a fragment at the start of the text or
     /// after a special token is encoded with a space in front; decoding drops it again.
@@ -37,18 +42,31 @@ struct SentencePiece: Sendable {
         }
         guard let raw = gguf.doubles(key) else { throw fail("\(key) is not an array of numbers") }
         guard raw.count >= n else { throw fail("\(key) has \(raw.count) entries for the \(n) tokens") }
-        let scores = raw.prefix(n).map { Float($0) }
-
         // llama.cpp renames empty tokens so that each text names one token; later duplicates win.
         let texts = tokens.enumerated().map { i, t in Array((t.isEmpty ? "[EMPTY_\(i)]" : t).utf8) }
+        return build(texts: texts, pieceTexts: texts, tokens: tokens, types: types, scores: raw.prefix(n).map { Float($0) },
+                     mergeRanks: nil, unknownID: Int32(unknownID ?? 0),
+                     addSpacePrefix: gguf.bool("tokenizer.ggml.add_space_prefix") ?? true)
+    }
+
+    /// The vocabulary from its parts, whatever file they came from.
+    /// - Parameters:
+    ///   - texts: what each token matches in merging and lookup (llama.cpp's `token_to_id`); give a
+    ///     token that must never be formed a text no valid UTF-8 contains.
+    ///   - pieceTexts: the text each token decodes to before "▁" becomes a space.
+    ///   - tokens: each token's text as the file writes it (for byte tokens' values).
+    ///   - unknownID: the token a byte without a `<0xXX>` or one-byte token becomes; -1 drops it.
+    static func build(texts: [[UInt8]], pieceTexts: [[UInt8]], tokens: [String], types: [Tokenizer.TokenType], scores: [Float],
+                      mergeRanks: [UInt64: (rank: Int32, merged: Int32)]?, unknownID: Int32,
+                      addSpacePrefix: Bool) -> (spm: SentencePiece, pieces: [[UInt8]]) {
+        let n = tokens.count
         let table = TokenTable(texts)
         let hex = Array("0123456789ABCDEF".utf8)
-        let unknown = Int32(unknownID ?? 0)
         let byteTokens: [Int32] = (0..<256).map { b in
             let name: [UInt8] = [0x3C, 0x30, 0x78, hex[b >> 4], hex[b & 15], 0x3E]  // <0xXX>
             if let t = table.id(name) { return t }
             // llama.cpp aborts when neither exists; Offload writes the unknown token instead.
-            return table.id([UInt8(b)]) ?? unknown
+            return table.id([UInt8(b)]) ?? unknownID
         }
 
         // llama.cpp's token_to_piece: normal tokens with ▁ read as a space, byte tokens as
@@ -56,9 +74,9 @@ struct SentencePiece: Sendable {
         var pieces = [[UInt8]](repeating: [], count: n)
         for i in 0..<n {
             switch types[i] {
-            case .normal: pieces[i] = unescapeSpaces(texts[i])
-            case .control, .userDefined, .unknown: pieces[i] = texts[i]
-            case .byte: pieces[i] = Tokenizer.byteTokenValue(tokens[i]).map { [$0] } ?? texts[i]
+            case .normal: pieces[i] = unescapeSpaces(pieceTexts[i])
+            case .control, .userDefined, .unknown: pieces[i] = pieceTexts[i]
+            case .byte: pieces[i] = Tokenizer.byteTokenValue(tokens[i]).map { [$0] } ?? pieceTexts[i]
             case .unused, .undefined: pieces[i] = []
             }
         }
@@ -69,9 +87,8 @@ struct SentencePiece: Sendable {
                 joined[pair >> 6] |= 1 << UInt64(pair & 63)
             }
         }
-        let spm = SentencePiece(table: table, scores: scores, byteTokens: byteTokens,
-                                addSpacePrefix: gguf.bool("tokenizer.ggml.add_space_prefix") ?? true,
-                                joinedBytes: joined)
+        let spm = SentencePiece(table: table, scores: scores, mergeRanks: mergeRanks, byteTokens: byteTokens,
+                                addSpacePrefix: addSpacePrefix, joinedBytes: joined)
         return (spm, pieces)
     }
 
@@ -111,6 +128,7 @@ struct SentencePiece: Sendable {
         var count: Int32  // 0 once merged into the symbol on its left
         var prev: Int32
         var next: Int32
+        var id: Int32     // the token this text is, -1 for a character that is none
     }
 
     /// llama.cpp's `llm_tokenizer_spm_session::tokenize` over text whose spaces are already "▁".
@@ -142,6 +160,8 @@ struct SentencePiece: Sendable {
     ///   is a token, so a final symbol that is not a token is one unmerged character, and no
     ///   pair of symbols (two characters at least) has that text. Such a character falls back
     ///   to byte tokens, as there.
+    /// - Note: With `mergeRanks` (Hugging Face's BPE) a character that is no token never merges:
+    ///   Hugging Face turns it into byte tokens before merging.
     private func merge(_ s: UnsafeBufferPointer<UInt8>, _ symbols: inout [Symbol], _ heap: inout BigramHeap,
                        _ out: inout [Int]) {
         guard let base = s.baseAddress, s.count > 0 else { return }
@@ -153,18 +173,28 @@ struct SentencePiece: Sendable {
             let index = Int32(symbols.count)
             offset += len
             symbols.append(Symbol(start: Int32(offset - len), count: Int32(len), prev: index - 1,
-                                  next: offset == s.count ? -1 : index + 1))
+                                  next: offset == s.count ? -1 : index + 1,
+                                  id: table.id(base + offset - len, len) ?? -1))
         }
 
         heap.removeAll()
         let maxLength = table.maxLength
+        let ranks = mergeRanks
         symbols.withUnsafeMutableBufferPointer { sym in
-            // A bigram is a candidate when its merged text is a token; its priority is that token's score.
+            // A bigram is a candidate when its merged text is a token; its priority is that token's
+            // score (llama.cpp), or minus the pair's merge rank (Hugging Face: listed pairs only).
             func tryAdd(_ left: Int32, _ right: Int32) {
                 guard left >= 0, right >= 0 else { return }
-                let size = Int(sym[Int(left)].count + sym[Int(right)].count)
-                guard size <= maxLength, let id = table.id(base + Int(sym[Int(left)].start), size) else { return }
-                heap.push(Bigram(score: scores[Int(id)], left: left, right: right, size: Int32(size)))
+                let l = sym[Int(left)], r = sym[Int(right)]
+                let size = Int(l.count + r.count)
+                if let ranks {
+                    guard l.id >= 0, r.id >= 0,
+                          let m = ranks[UInt64(UInt32(bitPattern: l.id)) << 32 | UInt64(UInt32(bitPattern: r.id))] else { return }
+                    heap.push(Bigram(score: -Float(m.rank), left: left, right: right, size: Int32(size), merged: m.merged))
+                } else {
+                    guard size <= maxLength, let id = table.id(base + Int(l.start), size) else { return }
+                    heap.push(Bigram(score: scores[Int(id)], left: left, right: right, size: Int32(size), merged: id))
+                }
             }
             for i in 1..<sym.count { tryAdd(Int32(i - 1), Int32(i)) }
             while let b = heap.pop() {
@@ -172,6 +202,7 @@ struct SentencePiece: Sendable {
                 // Skip candidates made stale by an earlier merge on either side.
                 if sym[l].count == 0 || sym[r].count == 0 || sym[l].count + sym[r].count != b.size { continue }
                 sym[l].count += sym[r].count
+                sym[l].id = b.merged
                 sym[r].count = 0
                 sym[l].next = sym[r].next
                 if sym[r].next >= 0 { sym[Int(sym[r].next)].prev = b.left }
@@ -181,11 +212,13 @@ struct SentencePiece: Sendable {
             var i: Int32 = 0
             while i >= 0 {
                 let symbol = sym[Int(i)]
-                let start = Int(symbol.start), count = Int(symbol.count)
-                if let id = table.id(base + start, count) {
-                    out.append(Int(id))
+                if symbol.id >= 0 {
+                    out.append(Int(symbol.id))
                 } else {
-                    for j in start..<(start + count) { out.append(Int(byteTokens[Int(base[j])])) }
+                    let start = Int(symbol.start)
+                    for j in start..<(start + Int(symbol.count)) where byteTokens[Int(base[j])] >= 0 {
+                        out.append(Int(byteTokens[Int(base[j])]))
+                    }
                 }
                 i = symbol.next
             }
@@ -196,12 +229,14 @@ struct SentencePiece: Sendable {
     private static let utf8Length = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4]
 }
 
-/// A merge candidate: symbols `left` and `right`, whose merged text (`size` bytes) is a token of score `score`.
+/// A merge candidate: symbols `left` and `right`, whose merged text (`size` bytes) is token `merged`
+/// of priority `score`.
 struct Bigram {
     var score: Float
     var left: Int32
     var right: Int32
     var size: Int32
+    var merged: Int32
 }
 
 /// Binary max-heap of bigrams: highest score first, ties to the leftmost (llama.cpp's `llm_bigram_spm::comparator`).

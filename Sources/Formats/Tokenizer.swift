@@ -1,7 +1,8 @@
 // Tokenizer built from a GGUF file's `tokenizer.ggml.*` metadata, matching llama.cpp's
 // tokenize/detokenize token for token, for byte-level BPE (`tokenizer.ggml.model` = "gpt2",
-// Tokenizer+BPE.swift) and SentencePiece (`llama`, Tokenizer+SPM.swift) vocabularies. This file
-// holds what both share: special tokens cut out of the text first, BOS, end-of-generation
+// Tokenizer+BPE.swift) and SentencePiece (`llama`, Tokenizer+SPM.swift) vocabularies, or from a
+// Hugging Face tokenizer.json mapped onto the same two algorithms (Tokenizer+HFJSON.swift). This
+// file holds what all share: special tokens cut out of the text first, BOS, end-of-generation
 // tokens, decoding. WordPiece, Unigram and other models are refused at load with a clear error.
 
 import Foundation
@@ -16,6 +17,9 @@ import Tensors
 ///   `tokenizer.ggml.pre` rules and merges each word by rank; SentencePiece writes spaces as
 ///   "▁" (and one in front of a fragment at the start or after a special token, when
 ///   `add_space_prefix`), merges highest score first, and falls back to `<0xXX>` byte tokens.
+///   A tokenizer.json follows Hugging Face instead (`init(huggingFaceJSON:)`): added tokens are
+///   found leftmost-longest, SentencePiece-style merges go by rank, and "▁" goes where its
+///   normalizer or Metaspace pre-tokenizer puts it.
 public final class Tokenizer: Sendable {
     /// llama.cpp's token attributes, from `tokenizer.ggml.token_type`.
     public enum TokenType: Int, Sendable {
@@ -24,15 +28,20 @@ public final class Tokenizer: Sendable {
 
     public let vocabSize: Int
     /// `tokenizer.ggml.bos_token_id`, nil when the file names none (SentencePiece: 1 by default, as in llama.cpp).
+    /// For a tokenizer.json: the token its post-processor puts before the text, else tokenizer_config.json's `bos_token`.
     public let bosID: Int?
     /// `tokenizer.ggml.eos_token_id`, nil when the file names none (SentencePiece: 2 by default, as in llama.cpp).
+    /// For a tokenizer.json: tokenizer_config.json's `eos_token`.
     public let eosID: Int?
     /// Tokens that end generation: EOS plus end-of-turn tokens found by their text (`<|im_end|>`, `<|eot_id|>`…).
     public let endOfGenerationIDs: Set<Int>
     /// Whether `encode` adds BOS when not told: `tokenizer.ggml.add_bos_token`, else llama.cpp's
-    /// default (true for SentencePiece; for byte-level BPE, the `pre` type's).
+    /// default (true for SentencePiece; for byte-level BPE, the `pre` type's). For a tokenizer.json:
+    /// whether its post-processor puts a token before the text.
     public let addsBOSByDefault: Bool
-    /// The `tokenizer.ggml.pre` value in use ("default" when the file has none).
+    /// The `tokenizer.ggml.pre` value in use ("default" when the file has none). For a tokenizer.json,
+    /// its rules in the same terms: the steps joined by "+" ("llama3", "digits+gpt-2"), or how a
+    /// SentencePiece-style one writes "▁" ("metaspace-first", "prepend-normalizer").
     public let preName: String
     public let types: [TokenType]
 
@@ -41,26 +50,92 @@ public final class Tokenizer: Sendable {
     private let encoder: FragmentEncoder
     private let specials: [SpecialToken]     // control, user-defined, unknown; longest first
     private let removesLeadingSpace: Bool    // llama.cpp's add_space_prefix, undone by decode
+    private let spacePrefix: SpacePrefixRule
+    private let specialMatching: SpecialMatching
+    private let normalizesNFC: Bool
 
     /// How text between special tokens becomes tokens.
-    private enum FragmentEncoder: Sendable {
+    enum FragmentEncoder: Sendable {
         case byteLevelBPE(ByteLevelBPE)
         case sentencePiece(SentencePiece)
     }
 
     /// A token cut out of the text before encoding.
-    private struct SpecialToken: Sendable {
+    struct SpecialToken: Sendable {
         let bytes: [UInt8]
         let id: Int
-        /// Whitespace after it is dropped (llama.cpp's RSTRIP attribute).
+        /// Whitespace after it is dropped (llama.cpp's RSTRIP attribute, Hugging Face's `rstrip`).
         let rstrip: Bool
+        /// Whitespace before it is dropped (Hugging Face's `lstrip`; only `SpecialMatching.leftmostLongest`
+        /// reads it, as GGUF vocabularies have no such attribute).
+        var lstrip = false
+    }
+
+    /// Which text fragments a SentencePiece vocabulary encodes with a space ("▁") in front.
+    enum SpacePrefixRule: Sendable, Equatable {
+        /// None (`add_space_prefix` false, Metaspace `prepend_scheme: never`).
+        case never
+        /// The fragment at the start of the text and each one after a special token: llama.cpp,
+        /// and Hugging Face's normalizer `Prepend("▁")`, which runs on each fragment.
+        case everyFragment
+        /// Hugging Face's Metaspace pre-tokenizer: every fragment (`always`) or only the one at
+        /// the start of the text (`first`), and never one that already begins with a space or "▁".
+        case metaspace(firstOnly: Bool)
+    }
+
+    /// How special tokens written in the text are found.
+    enum SpecialMatching: Sendable {
+        /// llama.cpp's `tokenizer_st_partition`: each special token in turn, longest first,
+        /// cuts every occurrence out of what is left.
+        case longestFirst
+        /// Hugging Face's added-token matcher: one pass from the left, the longest token
+        /// starting at each position.
+        case leftmostLongest
+    }
+
+    /// Everything a tokenizer is made of, as a file's reader assembles it.
+    struct Parts {
+        var bosID: Int?
+        var eosID: Int?
+        var endOfGenerationIDs: Set<Int>
+        var addsBOSByDefault: Bool
+        var preName: String
+        var types: [TokenType]
+        var tokens: [String]
+        var pieces: [[UInt8]]
+        var encoder: FragmentEncoder
+        var specials: [SpecialToken]
+        var removesLeadingSpace: Bool
+        var spacePrefix: SpacePrefixRule
+        var specialMatching: SpecialMatching
+        var normalizesNFC = false
+    }
+
+    init(parts p: Parts) {
+        self.vocabSize = p.tokens.count
+        self.bosID = p.bosID
+        self.eosID = p.eosID
+        self.endOfGenerationIDs = p.endOfGenerationIDs
+        self.addsBOSByDefault = p.addsBOSByDefault
+        self.preName = p.preName
+        self.types = p.types
+        self.tokens = p.tokens
+        self.pieces = p.pieces
+        self.encoder = p.encoder
+        self.specials = p.specials.sorted {
+            $0.bytes.count != $1.bytes.count ? $0.bytes.count > $1.bytes.count : $0.id < $1.id
+        }
+        self.removesLeadingSpace = p.removesLeadingSpace
+        self.spacePrefix = p.spacePrefix
+        self.specialMatching = p.specialMatching
+        self.normalizesNFC = p.normalizesNFC
     }
 
     /// Builds the tokenizer of a GGUF file's `tokenizer.ggml.*` metadata.
     /// - Throws: `OffloadError` naming the file when the vocabulary is neither byte-level BPE
     ///   nor SentencePiece, its `pre` type is unknown to Offload, or the metadata is missing or
     ///   malformed (naming the key).
-    public init(gguf: GGUFFile) throws {
+    public convenience init(gguf: GGUFFile) throws {
         let file = gguf.fileName
         func fail(_ msg: String) -> OffloadError { OffloadError("[tokenizer] \(file): \(msg)") }
 
@@ -96,6 +171,44 @@ public final class Tokenizer: Sendable {
 
         // End-of-generation tokens llama.cpp recognises by text; it makes them control tokens if they
         // are not (so Phi-3's user-defined </s> is no longer cut out of text unless parseSpecial).
+        let eog = Self.endOfGeneration(tokens: tokens, eos: eos) { i, type in types[i] = type }
+
+        let encoder: FragmentEncoder, pieces: [[UInt8]], preName: String, addsBOS: Bool, removesLeadingSpace: Bool
+        if isSentencePiece {
+            let unknown = try specialID("tokenizer.ggml.unknown_token_id", default: 0)
+            let loaded = try SentencePiece.load(gguf: gguf, tokens: tokens, types: types, unknownID: unknown, fail: fail)
+            (encoder, pieces) = (.sentencePiece(loaded.spm), loaded.pieces)
+            preName = gguf.string("tokenizer.ggml.pre") ?? "default"  // llama.cpp ignores it for SentencePiece
+            addsBOS = true
+            removesLeadingSpace = loaded.spm.addSpacePrefix
+        } else {
+            let loaded = try ByteLevelBPE.load(gguf: gguf, tokens: tokens, types: types, fail: fail)
+            (encoder, pieces) = (.byteLevelBPE(loaded.bpe), loaded.pieces)
+            (preName, addsBOS) = (loaded.preName, loaded.addsBOS)
+            removesLeadingSpace = false
+        }
+
+        // Special tokens cut out of text before encoding. llama.cpp drops whitespace after Phi-3's
+        // special tokens (by general.name), but not after <unk>, <s> and <|endoftext|>.
+        let name = (gguf.string("general.name") ?? "").lowercased()
+        let phi3 = name.contains("phi-3") || name.contains("phi3")
+        var specials: [SpecialToken] = []
+        for i in 0..<n where [.control, .userDefined, .unknown].contains(types[i]) && !tokens[i].isEmpty {
+            let rstrip = phi3 && !["<unk>", "<s>", "<|endoftext|>"].contains(tokens[i])
+            specials.append(SpecialToken(bytes: Array(tokens[i].utf8), id: i, rstrip: rstrip))
+        }
+
+        self.init(parts: Parts(
+            bosID: bos, eosID: eos, endOfGenerationIDs: eog,
+            addsBOSByDefault: gguf.bool("tokenizer.ggml.add_bos_token") ?? addsBOS,
+            preName: preName, types: types, tokens: tokens, pieces: pieces, encoder: encoder, specials: specials,
+            removesLeadingSpace: removesLeadingSpace, spacePrefix: removesLeadingSpace ? .everyFragment : .never,
+            specialMatching: .longestFirst))
+    }
+
+    /// Tokens that end generation: `eos` and those llama.cpp recognises by their text. `retype` is
+    /// called for each that llama.cpp makes a control token or turns back into ordinary text.
+    static func endOfGeneration(tokens: [String], eos: Int?, retype: (Int, TokenType) -> Void) -> Set<Int> {
         let endTexts: Set<String> = ["<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>",
                                      "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>",
                                      "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>",
@@ -104,13 +217,13 @@ public final class Tokenizer: Sendable {
         if let eos { eog.insert(eos) }
         for (i, t) in tokens.enumerated() where endTexts.contains(t) {
             eog.insert(i)
-            if types[i] != .control { types[i] = .control }
+            retype(i, .control)
         }
         // llama.cpp's exceptions: <|end|> only ends a turn where <|return|>/<|call|> (or <|calls|>/<|flush|>)
         // do not, and </s> is ordinary text where <|tool_response> is the end token.
         let eogTexts = Set(eog.map { tokens[$0] })
         func demote(_ text: String, to type: TokenType) {
-            for i in eog where tokens[i] == text { eog.remove(i); types[i] = type }
+            for i in eog where tokens[i] == text { eog.remove(i); retype(i, type) }
         }
         if eogTexts.contains("<|end|>") && !eogTexts.isDisjoint(with: ["<|call|>", "<|calls|>"])
             && !eogTexts.isDisjoint(with: ["<|return|>", "<|flush|>"]) {
@@ -119,45 +232,7 @@ public final class Tokenizer: Sendable {
         if eogTexts.contains("</s>") && !eogTexts.isDisjoint(with: ["<|tool_response>", "<|plamo:eos|>"]) {
             demote("</s>", to: .normal)
         }
-
-        let encoder: FragmentEncoder, pieces: [[UInt8]], preName: String, addsBOS: Bool
-        if isSentencePiece {
-            let unknown = try specialID("tokenizer.ggml.unknown_token_id", default: 0)
-            let loaded = try SentencePiece.load(gguf: gguf, tokens: tokens, types: types, unknownID: unknown, fail: fail)
-            (encoder, pieces) = (.sentencePiece(loaded.spm), loaded.pieces)
-            preName = gguf.string("tokenizer.ggml.pre") ?? "default"  // llama.cpp ignores it for SentencePiece
-            addsBOS = true
-            self.removesLeadingSpace = loaded.spm.addSpacePrefix
-        } else {
-            let loaded = try ByteLevelBPE.load(gguf: gguf, tokens: tokens, types: types, fail: fail)
-            (encoder, pieces) = (.byteLevelBPE(loaded.bpe), loaded.pieces)
-            (preName, addsBOS) = (loaded.preName, loaded.addsBOS)
-            self.removesLeadingSpace = false
-        }
-
-        // Special tokens cut out of text before encoding, longest first (ties: lower id).
-        // llama.cpp drops whitespace after Phi-3's special tokens (by general.name), but not
-        // after <unk>, <s> and <|endoftext|>.
-        let name = (gguf.string("general.name") ?? "").lowercased()
-        let phi3 = name.contains("phi-3") || name.contains("phi3")
-        var specials: [SpecialToken] = []
-        for i in 0..<n where [.control, .userDefined, .unknown].contains(types[i]) && !tokens[i].isEmpty {
-            let rstrip = phi3 && !["<unk>", "<s>", "<|endoftext|>"].contains(tokens[i])
-            specials.append(SpecialToken(bytes: Array(tokens[i].utf8), id: i, rstrip: rstrip))
-        }
-        specials.sort { $0.bytes.count != $1.bytes.count ? $0.bytes.count > $1.bytes.count : $0.id < $1.id }
-
-        self.vocabSize = n
-        self.bosID = bos
-        self.eosID = eos
-        self.endOfGenerationIDs = eog
-        self.addsBOSByDefault = gguf.bool("tokenizer.ggml.add_bos_token") ?? addsBOS
-        self.preName = preName
-        self.types = types
-        self.tokens = tokens
-        self.pieces = pieces
-        self.encoder = encoder
-        self.specials = specials
+        return eog
     }
 
     /// Convenience: open a GGUF file and build its tokenizer.
@@ -179,11 +254,12 @@ public final class Tokenizer: Sendable {
     public func encode(_ text: String, addBOS: Bool? = nil, parseSpecial: Bool = true) -> [Int] {
         var out: [Int] = []
         if addBOS ?? addsBOSByDefault, let bosID { out.append(bosID) }
-        let bytes = Array(text.utf8)
+        let bytes = Array((normalizesNFC ? text.precomposedStringWithCanonicalMapping : text).utf8)
         if bytes.isEmpty { return out }
         out.reserveCapacity(bytes.count / 3)
         bytes.withUnsafeBufferPointer { buf in
-            let fragments = partition(buf, parseSpecial: parseSpecial)
+            let fragments = specialMatching == .longestFirst
+                ? partition(buf, parseSpecial: parseSpecial) : partitionLeftmostLongest(buf, parseSpecial: parseSpecial)
             switch encoder {
             case .byteLevelBPE(let bpe):
                 var cache: [WordKey: [Int32]] = [:]
@@ -194,7 +270,6 @@ public final class Tokenizer: Sendable {
                     }
                 }
             case .sentencePiece(let spm):
-                // The space prefix goes before text at the start and after each special token.
                 var afterSpecial = true
                 for fragment in fragments {
                     switch fragment {
@@ -202,13 +277,26 @@ public final class Tokenizer: Sendable {
                         out.append(id)
                         afterSpecial = true
                     case .text(let r):
-                        spm.encodeFragment(buf, r, spacePrefix: spm.addSpacePrefix && afterSpecial, &out)
+                        spm.encodeFragment(buf, r, spacePrefix: spacePrefix(buf, r, afterSpecial: afterSpecial), &out)
                         afterSpecial = false
                     }
                 }
             }
         }
         return out
+    }
+
+    /// Whether the SentencePiece fragment `text[r]` gets a "▁" in front (see `SpacePrefixRule`).
+    private func spacePrefix(_ text: UnsafeBufferPointer<UInt8>, _ r: Range<Int>, afterSpecial: Bool) -> Bool {
+        switch spacePrefix {
+        case .never: return false
+        case .everyFragment: return afterSpecial
+        case .metaspace(let firstOnly):
+            if firstOnly && r.lowerBound != 0 { return false }
+            let startsWithSpace = text[r.lowerBound] == 0x20
+                || (r.count >= 3 && text[r.lowerBound] == 0xE2 && text[r.lowerBound + 1] == 0x96 && text[r.lowerBound + 2] == 0x81)
+            return !startsWithSpace
+        }
     }
 
     private enum Fragment { case text(Range<Int>), token(Int) }
@@ -259,6 +347,39 @@ public final class Tokenizer: Sendable {
             }
             fragments = next
         }
+        return fragments
+    }
+
+    /// Cuts special tokens out of the text the way Hugging Face's added-token matcher does: from
+    /// the left, the longest special token that starts at each position; `lstrip`/`rstrip`
+    /// tokens take the whitespace before/after them with them.
+    private func partitionLeftmostLongest(_ text: UnsafeBufferPointer<UInt8>, parseSpecial: Bool) -> [Fragment] {
+        var byFirst = [[Int]](repeating: [], count: 256)   // longest first, as `specials` is sorted
+        var any = false
+        for (k, s) in specials.enumerated() where parseSpecial || types[s.id] == .userDefined {
+            byFirst[Int(s.bytes[0])].append(k)
+            any = true
+        }
+        if !any { return [.text(0..<text.count)] }
+        var fragments: [Fragment] = []
+        var start = 0, i = 0
+        while i < text.count {
+            let candidates = byFirst[Int(text[i])]
+            guard !candidates.isEmpty,
+                  let k = candidates.first(where: { Self.matches(text, at: i, end: text.count, specials[$0].bytes) }) else {
+                i += 1
+                continue
+            }
+            let special = specials[k]
+            var textEnd = i
+            if special.lstrip { while textEnd > start && Self.isSpace(text[textEnd - 1]) { textEnd -= 1 } }
+            if textEnd > start { fragments.append(.text(start..<textEnd)) }
+            fragments.append(.token(special.id))
+            i += special.bytes.count
+            if special.rstrip { while i < text.count && Self.isSpace(text[i]) { i += 1 } }
+            start = i
+        }
+        if text.count > start { fragments.append(.text(start..<text.count)) }
         return fragments
     }
 

@@ -264,14 +264,19 @@ extension Generate {
     }
 }
 
-/// The tokenizer of a GGUF model (HF folders: the GGUF tokenizer is not there, so
-/// the folder must hold a `tokenizer.gguf` — a vocabulary-only GGUF — for text I/O).
+/// The tokenizer of a model: a GGUF file's own vocabulary, or a Hugging Face folder's (see `folderTokenizer`).
 func loadTokenizer(for source: WeightSource, modelPath: String) throws -> Tokenizer {
     if let g = source as? GGUFWeights { return try Tokenizer(gguf: g.file) }
-    let path = (modelPath as NSString).appendingPathComponent("tokenizer.gguf")
-    guard FileManager.default.fileExists(atPath: path) else {
-        throw OffloadError("[tokenizer] \(modelPath): Hugging Face folders need a tokenizer.gguf beside config.json "
-                           + "(tokenizer.json is not read yet)")
-    }
-    return try Tokenizer(gguf: GGUFFile(path: path))
+    return try folderTokenizer(modelPath)
+}
+
+/// The tokenizer of a Hugging Face folder: its `tokenizer.gguf` (a vocabulary-only GGUF, read
+/// as llama.cpp reads it) when there is one, else its `tokenizer.json` (read as transformers
+/// reads it, with `tokenizer_config.json` beside it).
+func folderTokenizer(_ folder: String) throws -> Tokenizer {
+    let gguf = (folder as NSString).appendingPathComponent("tokenizer.gguf")
+    if FileManager.default.fileExists(atPath: gguf) { return try Tokenizer(gguf: GGUFFile(path: gguf)) }
+    let json = (folder as NSString).appendingPathComponent("tokenizer.json")
+    if FileManager.default.fileExists(atPath: json) { return try Tokenizer(huggingFaceJSON: json) }
+    throw OffloadError("[tokenizer] \(folder): no tokenizer.json or tokenizer.gguf in the folder; text input needs one")
 }

@@ -10,20 +10,22 @@ struct Tokenize: ParsableCommand {
         discussion: """
         BOS is added as llama.cpp adds it: when tokenizer.ggml.add_bos_token says so, and by default for
         SentencePiece vocabularies (Llama 2, Phi-3). Only the vocabulary is read, so a vocabulary-only GGUF
-        (llama.cpp's ggml-vocab-*.gguf) will do.
+        (llama.cpp's ggml-vocab-*.gguf) will do. A Hugging Face folder's tokenizer.gguf is read if there is
+        one, else its tokenizer.json, whose ids are transformers' (BOS as its post-processor adds it); a
+        tokenizer.json file can be given directly.
         Example: offload tokenize --model SmolLM2-135M-Instruct.Q4_1.gguf --text "Hello world"
         """)
 
-    @Option(help: "A GGUF file (its tokenizer.ggml.* metadata is used) or a Hugging Face folder with a tokenizer.gguf.")
+    @Option(help: "A GGUF file (its tokenizer.ggml.* metadata is used), a Hugging Face folder with a tokenizer.json or tokenizer.gguf, or a tokenizer.json.")
     var model: String
     @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
     @Option(help: "The text to tokenize.") var text: String
     @Flag(help: "Print JSON: ids and the piece of text each id stands for.") var json = false
 
     func run() throws {
-        // A GGUF file's weights are not loaded: its vocabulary is all that is needed.
-        let tokenizer = try checkModelPath(model, sha256: sha256)
-            ? loadTokenizer(for: loadWeights(model), modelPath: model)
+        // No weights are loaded: the vocabulary is all that is needed.
+        let tokenizer = try checkModelPath(model, sha256: sha256) ? folderTokenizer(model)
+            : model.hasSuffix(".json") ? Tokenizer(huggingFaceJSON: model)
             : Tokenizer(gguf: GGUFFile(path: model))
         let ids = tokenizer.encode(text)
         if json {
