@@ -954,9 +954,31 @@ AVX512 static void dequant_row_blocks_avx512(const uint8_t *row, int dtype, floa
 // 16 unsigned bytes as 16 floats.
 AVX512 static inline __m512 u8x16_ps(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)); }
 
+// One 64-value chunk j of super-block s of a Q4_K or Q5_K row: values l0, l1 (sub-block 2j) and
+// h0, h1 (2j + 1), their scales dl, dh and mins ml, mh, into the accumulators of n inputs (decode:
+// four independent ones, a1, against the FMA latency).
+AVX512 static inline void kquant_chunk(__m512 l0, __m512 l1, __m512 h0, __m512 h1, __m512 dl, __m512 dh,
+                                       float ml, float mh, const float *x, int n, int cols, const float *xsum,
+                                       int s, int j, __m512 a1[4], __m512 *acc, float *macc) {
+    int nb = cols / 32;
+    for (int k = 0; k < n; k++) {
+        const float *xb = x + (size_t)k * cols + s * 256 + 64 * j;
+        __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xb)));
+        __m512 sh = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xb + 48), _mm512_mul_ps(h0, _mm512_loadu_ps(xb + 32)));
+        const float *xs = xsum + (size_t)k * nb + s * 8 + 2 * j;
+        macc[k] += ml * xs[0] + mh * xs[1];
+        if (n == 1) {
+            a1[2 * (j & 1)] = _mm512_fmadd_ps(dl, sl, a1[2 * (j & 1)]);
+            a1[2 * (j & 1) + 1] = _mm512_fmadd_ps(dh, sh, a1[2 * (j & 1) + 1]);
+        } else {
+            acc[k] = _mm512_fmadd_ps(dh, sh, _mm512_fmadd_ps(dl, sl, acc[k]));
+        }
+    }
+}
+
 AVX512 static void dot_rows_q4_K_avx512(const uint8_t *row, const float *x, int n, int cols, const float *xsum,
                                         float *out, int out_stride) {
-    int nsb = cols / 256, nb = cols / 32;
+    int nsb = cols / 256;
     __m512 acc[8], a1[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
     float macc[8] = {0};
     for (int k = 0; k < n; k++) acc[k] = _mm512_setzero_ps();
@@ -973,23 +995,7 @@ AVX512 static void dot_rows_q4_K_avx512(const uint8_t *row, const float *x, int 
             __m512 h0 = u8x16_ps(_mm_and_si128(_mm_srli_epi16(b0, 4), m4)), h1 = u8x16_ps(_mm_and_si128(_mm_srli_epi16(b1, 4), m4));
             __m512 dl = _mm512_set1_ps(d * sc[2 * j]), dh = _mm512_set1_ps(d * sc[2 * j + 1]);
             float ml = dmin * mn[2 * j], mh = dmin * mn[2 * j + 1];
-            if (n == 1) {   // decode: four independent accumulators (FMA latency)
-                const float *xb = x + s * 256 + 64 * j;
-                __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xb)));
-                __m512 sh = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xb + 48), _mm512_mul_ps(h0, _mm512_loadu_ps(xb + 32)));
-                a1[2 * (j & 1)] = _mm512_fmadd_ps(dl, sl, a1[2 * (j & 1)]);
-                a1[2 * (j & 1) + 1] = _mm512_fmadd_ps(dh, sh, a1[2 * (j & 1) + 1]);
-                macc[0] += ml * xsum[s * 8 + 2 * j] + mh * xsum[s * 8 + 2 * j + 1];
-                continue;
-            }
-            for (int k = 0; k < n; k++) {
-                const float *xb = x + (size_t)k * cols + s * 256 + 64 * j;
-                __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xb)));
-                __m512 sh = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xb + 48), _mm512_mul_ps(h0, _mm512_loadu_ps(xb + 32)));
-                acc[k] = _mm512_fmadd_ps(dh, sh, _mm512_fmadd_ps(dl, sl, acc[k]));
-                const float *xs = xsum + (size_t)k * nb + s * 8 + 2 * j;
-                macc[k] += ml * xs[0] + mh * xs[1];
-            }
+            kquant_chunk(l0, l1, h0, h1, dl, dh, ml, mh, x, n, cols, xsum, s, j, a1, acc, macc);
         }
     }
     if (n == 1) acc[0] = _mm512_add_ps(_mm512_add_ps(a1[0], a1[1]), _mm512_add_ps(a1[2], a1[3]));
@@ -998,7 +1004,7 @@ AVX512 static void dot_rows_q4_K_avx512(const uint8_t *row, const float *x, int 
 
 AVX512 static void dot_rows_q5_K_avx512(const uint8_t *row, const float *x, int n, int cols, const float *xsum,
                                         float *out, int out_stride) {
-    int nsb = cols / 256, nb = cols / 32;
+    int nsb = cols / 256;
     __m512 acc[8], a1[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
     float macc[8] = {0};
     for (int k = 0; k < n; k++) acc[k] = _mm512_setzero_ps();
@@ -1023,23 +1029,7 @@ AVX512 static void dot_rows_q5_K_avx512(const uint8_t *row, const float *x, int 
             __m512 h1 = u8x16_ps(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(b1, 4), m4), _mm_slli_epi16(bh1, 4)));
             __m512 dl = _mm512_set1_ps(d * sc[2 * j]), dh = _mm512_set1_ps(d * sc[2 * j + 1]);
             float ml = dmin * mn[2 * j], mh = dmin * mn[2 * j + 1];
-            if (n == 1) {   // decode: four independent accumulators (FMA latency)
-                const float *xb = x + s * 256 + 64 * j;
-                __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xb)));
-                __m512 sh = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xb + 48), _mm512_mul_ps(h0, _mm512_loadu_ps(xb + 32)));
-                a1[2 * (j & 1)] = _mm512_fmadd_ps(dl, sl, a1[2 * (j & 1)]);
-                a1[2 * (j & 1) + 1] = _mm512_fmadd_ps(dh, sh, a1[2 * (j & 1) + 1]);
-                macc[0] += ml * xsum[s * 8 + 2 * j] + mh * xsum[s * 8 + 2 * j + 1];
-                continue;
-            }
-            for (int k = 0; k < n; k++) {
-                const float *xb = x + (size_t)k * cols + s * 256 + 64 * j;
-                __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xb)));
-                __m512 sh = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xb + 48), _mm512_mul_ps(h0, _mm512_loadu_ps(xb + 32)));
-                acc[k] = _mm512_fmadd_ps(dh, sh, _mm512_fmadd_ps(dl, sl, acc[k]));
-                const float *xs = xsum + (size_t)k * nb + s * 8 + 2 * j;
-                macc[k] += ml * xs[0] + mh * xs[1];
-            }
+            kquant_chunk(l0, l1, h0, h1, dl, dh, ml, mh, x, n, cols, xsum, s, j, a1, acc, macc);
         }
     }
     if (n == 1) acc[0] = _mm512_add_ps(_mm512_add_ps(a1[0], a1[1]), _mm512_add_ps(a1[2], a1[3]));

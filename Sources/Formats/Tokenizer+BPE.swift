@@ -74,7 +74,7 @@ struct BPEMerges: Sendable {
             prev[i] = Int32(i - 1)
             next[i] = i + 1 < n ? Int32(i + 1) : -1
         }
-        var heap = MergeHeap()
+        var heap = PriorityHeap<MergeCandidate>()
         func push(_ l: Int32, _ r: Int32) {
             guard l >= 0, r >= 0 else { return }
             let lp = piece[Int(l)], rp = piece[Int(r)]
@@ -103,25 +103,36 @@ struct BPEMerges: Sendable {
     }
 }
 
-/// Binary min-heap of merge candidates ordered by (rank, left position).
-struct MergeHeap {
-    struct Candidate { var rank: Int32; var left: Int32; var leftPiece: Int32; var rightPiece: Int32; var merged: Int32 }
-    private var items: [Candidate] = []
-
-    @inline(__always) private static func less(_ a: Candidate, _ b: Candidate) -> Bool {
+/// A merge candidate of byte-level BPE: the pieces at `leftPiece` and `rightPiece` (starting at
+/// position `left`) merge into token `merged` of priority `rank`.
+struct MergeCandidate: HeapOrdered {
+    var rank: Int32; var left: Int32; var leftPiece: Int32; var rightPiece: Int32; var merged: Int32
+    /// Lowest rank first, ties to the leftmost.
+    @inline(__always) static func before(_ a: MergeCandidate, _ b: MergeCandidate) -> Bool {
         a.rank < b.rank || (a.rank == b.rank && a.left < b.left)
     }
+}
 
-    mutating func push(_ c: Candidate) {
-        items.append(c)
+/// Elements a `PriorityHeap` orders: `before(a, b)` when a comes out first.
+protocol HeapOrdered { static func before(_ a: Self, _ b: Self) -> Bool }
+
+/// A binary heap popping the element that comes `before` all others first; the merge queue of
+/// both tokenizers (BPE by rank, SentencePiece by score).
+struct PriorityHeap<Element: HeapOrdered> {
+    private var items: [Element] = []
+
+    mutating func removeAll() { items.removeAll(keepingCapacity: true) }
+
+    mutating func push(_ e: Element) {
+        items.append(e)
         var i = items.count - 1
         while i > 0 {
             let p = (i - 1) / 2
-            if Self.less(items[i], items[p]) { items.swapAt(i, p); i = p } else { break }
+            if Element.before(items[i], items[p]) { items.swapAt(i, p); i = p } else { break }
         }
     }
 
-    mutating func pop() -> Candidate? {
+    mutating func pop() -> Element? {
         guard let top = items.first else { return nil }
         let last = items.removeLast()
         if !items.isEmpty {
@@ -131,8 +142,8 @@ struct MergeHeap {
             while true {
                 let l = 2 * i + 1, r = l + 1
                 var m = i
-                if l < n && Self.less(items[l], items[m]) { m = l }
-                if r < n && Self.less(items[r], items[m]) { m = r }
+                if l < n && Element.before(items[l], items[m]) { m = l }
+                if r < n && Element.before(items[r], items[m]) { m = r }
                 if m == i { break }
                 items.swapAt(i, m)
                 i = m

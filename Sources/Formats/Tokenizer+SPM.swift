@@ -138,7 +138,7 @@ struct SentencePiece: Sendable {
     /// the same, with a small queue instead of one over millions of symbols.
     private func encodeEscaped(_ s: UnsafeBufferPointer<UInt8>, _ out: inout [Int]) {
         var symbols: [Symbol] = []
-        var heap = BigramHeap()
+        var heap = PriorityHeap<Bigram>()
         var start = 0, offset = 0
         while offset < s.count {
             let len = min(Self.utf8Length[Int(s[offset] >> 4)], s.count - offset)
@@ -162,7 +162,7 @@ struct SentencePiece: Sendable {
     ///   to byte tokens, as there.
     /// - Note: With `mergeRanks` (Hugging Face's BPE) a character that is no token never merges:
     ///   Hugging Face turns it into byte tokens before merging.
-    private func merge(_ s: UnsafeBufferPointer<UInt8>, _ symbols: inout [Symbol], _ heap: inout BigramHeap,
+    private func merge(_ s: UnsafeBufferPointer<UInt8>, _ symbols: inout [Symbol], _ heap: inout PriorityHeap<Bigram>,
                        _ out: inout [Int]) {
         guard let base = s.baseAddress, s.count > 0 else { return }
         // Split into UTF-8 characters (llama.cpp's unicode_len_utf8: by the lead byte's top bits).
@@ -239,45 +239,12 @@ struct Bigram {
     var merged: Int32
 }
 
-/// Binary max-heap of bigrams: highest score first, ties to the leftmost (llama.cpp's `llm_bigram_spm::comparator`).
-/// - Note: Valid candidates never tie on both score and left symbol, so this order is the one
-///   `std::priority_queue` gives, whatever its internal layout.
-struct BigramHeap {
-    private var items: [Bigram] = []
-
-    mutating func removeAll() { items.removeAll(keepingCapacity: true) }
-
-    @inline(__always) private static func before(_ a: Bigram, _ b: Bigram) -> Bool {
+extension Bigram: HeapOrdered {
+    /// Highest score first, ties to the leftmost (llama.cpp's `llm_bigram_spm::comparator`). Valid
+    /// candidates never tie on both score and left symbol, so this order is the one
+    /// `std::priority_queue` gives, whatever its internal layout.
+    @inline(__always) static func before(_ a: Bigram, _ b: Bigram) -> Bool {
         a.score > b.score || (a.score == b.score && a.left < b.left)
-    }
-
-    mutating func push(_ b: Bigram) {
-        items.append(b)
-        var i = items.count - 1
-        while i > 0 {
-            let p = (i - 1) / 2
-            if Self.before(items[i], items[p]) { items.swapAt(i, p); i = p } else { break }
-        }
-    }
-
-    mutating func pop() -> Bigram? {
-        guard let top = items.first else { return nil }
-        let last = items.removeLast()
-        if !items.isEmpty {
-            items[0] = last
-            var i = 0
-            let n = items.count
-            while true {
-                let l = 2 * i + 1, r = l + 1
-                var m = i
-                if l < n && Self.before(items[l], items[m]) { m = l }
-                if r < n && Self.before(items[r], items[m]) { m = r }
-                if m == i { break }
-                items.swapAt(i, m)
-                i = m
-            }
-        }
-        return top
     }
 }
 
