@@ -65,22 +65,50 @@ declare -A PINNED=(
   [IQ4_XS]=5a4caecc8f966f75ff79b8f1522f76aedd2381d0722df17254e212f01526c7ba
 )
 
-# The ggml type of every tensor, with counts: K-quant files are mixes, and this is what
-# Offload must be able to read from each. One python for all files (its start-up is slow).
-args=()
-for t in "${TYPES[@]}"; do args+=("$t" "$OUT_DIR/SmolLM2-135M-Instruct.$t.gguf" "${PINNED[$t]:-}"); done
-python3 - "${args[@]}" <<'PY'
-import collections, hashlib, os, sys
+# Each file against its pinned sha256, and — where the gguf package is installed (fixture
+# makers have it; CI need not) — the ggml type of every tensor, with counts: K-quant files are
+# mixes, and this is what Offload must be able to read from each.
+report() { # name path pinned
+  local sha; sha=$(sha256sum "$2" | cut -d' ' -f1)
+  if [ -n "$3" ] && [ "$sha" != "$3" ]; then
+    say "WARNING: $1 sha256 $sha differs from the pinned $3: the fixtures were made from the pinned file"
+  fi
+  if python3 -c "import gguf" 2>/dev/null; then
+    python3 - "$1" "$2" "$sha" <<'PY'
+import collections, os, sys
 from gguf import GGUFReader
-a = sys.argv[1:]
-for name, path, pinned in zip(a[0::3], a[1::3], a[2::3]):
-    with open(path, "rb") as f:
-        sha = hashlib.file_digest(f, "sha256").hexdigest()
-    if pinned and sha != pinned:
-        print(f"[quant] WARNING: {name} sha256 {sha} differs from the pinned {pinned}: "
-              "Fixtures/quants/ was made from the pinned file", file=sys.stderr)
-    mix = collections.Counter(t.tensor_type.name for t in GGUFReader(path).tensors)
-    print(f"[quant] {name:9} {os.path.getsize(path):9d} {sha}  "
-          + ", ".join(f"{k} x{v}" for k, v in sorted(mix.items())), file=sys.stderr)
+name, path, sha = sys.argv[1:]
+mix = collections.Counter(t.tensor_type.name for t in GGUFReader(path).tensors)
+print(f"[quant] {name:9} {os.path.getsize(path):9d} {sha}  "
+      + ", ".join(f"{k} x{v}" for k, v in sorted(mix.items())), file=sys.stderr)
 PY
+  else
+    say "$1 $(stat -c %s "$2") $sha"
+  fi
+}
+for t in "${TYPES[@]}"; do report "$t" "$OUT_DIR/SmolLM2-135M-Instruct.$t.gguf" "${PINNED[$t]:-}"; done
+
+# K-quants on every matrix: a tiny random model whose rows are all multiples of 256
+# (Fixtures/tiny/kquant.f16.gguf, scripts/fixtures/make_kquant_tiny_fixtures.py).
+TINY_SRC="$(cd "$(dirname "$0")/.." && pwd)/Fixtures/tiny/kquant.f16.gguf"
+declare -A TINY_PINNED=(
+  [Q4_K_M]=87e47c760bca133f2d3ef9a1e261a1dd2feea7397c039302305fcc9fc4d85d2c
+  [Q4_K_S]=982a43526572d082091e852b67bfe8471f3ec7df7f00c0f8009ab3c7d1563453
+  [Q5_K_M]=afd0bbfa010f1bdcf307a58ec2e381ff8347aea8f700c33eec1a56e5926bb6e2
+  [Q6_K]=eb37b791f8aa9a71376473baf0ade358ddab4a95e092c48508bd859f3589cd00
+  [Q3_K_M]=cc465140f9abb91f84b44d7326b125efad1ef818a8b91a6ab285817cd7036d62
+  [Q2_K]=b5d127932343810dfa22db4d144bd3c48a044555a0aaa80508a376393e47e675
+  [IQ4_XS]=0cef9de6d9239a689994da46e0592e54083c80be96ce5cb61a3380f18d807801
+)
+for t in Q4_K_M Q4_K_S Q5_K_M Q6_K Q3_K_M Q2_K IQ4_XS; do
+  out="$OUT_DIR/tiny-kquant.$t.gguf"
+  if [ ! -f "$out" ]; then
+    rm -f "$out.tmp"
+    if ! "$QUANTIZE" "$TINY_SRC" "$out.tmp" "$t" "$JOBS" >"$out.log" 2>&1; then
+      rm -f "$out.tmp"; tail -n 20 "$out.log" >&2; say "llama-quantize failed for tiny $t (log: $out.log)"; exit 1
+    fi
+    mv "$out.tmp" "$out"; rm -f "$out.log"
+  fi
+  report "tiny $t" "$out" "${TINY_PINNED[$t]:-}"
+done
 say "ready in $OUT_DIR"

@@ -1,4 +1,4 @@
-// SmolLM2-135M requantized by llama.cpp's own llama-quantize into every K-quant mix, the 5-bit
+// SmolLM2-135M (and a tiny model with K-quants on every matrix) quantized by llama.cpp's own llama-quantize into every K-quant mix, the 5-bit
 // legacy types and IQ4 (scripts/make-quant-models.sh), against Hugging Face transformers in fp32
 // on the same files dequantized by the gguf package (scripts/fixtures/make_quant_fixtures.py):
 // the tensor-type mix, the top 20 logits at every prompt position, and greedy continuations.
@@ -71,6 +71,42 @@ final class QuantizedSmolLM2Tests: XCTestCase {
             }
         }
         print("[quant] worst top-20 logit error relative to the top logit: \(worst.0) (\(worst.1))")
+        XCTAssertLessThan(worst.0, 1e-4, "at \(worst.1)")
+    }
+
+    /// SmolLM2's rows of 576 put most tensors in 32-value fallback types; a tiny random model with
+    /// rows of 256 and 512 (Fixtures/tiny/kquant.f16.gguf, quantized by llama-quantize in
+    /// scripts/make-quant-models.sh) has a K-quant or IQ4_XS block on every matrix.
+    func testKQuantsOnEveryMatrixMatchTransformers() throws {
+        struct Refs: Decodable {
+            struct File: Decodable { var file: String; var sha256: String; var tensor_types: [String: Int]; var topk: [[[Double]]] }
+            var ids: [Int]
+            var files: [String: File]
+        }
+        let refs = try JSONDecoder().decode(Refs.self, from: Data(contentsOf: TestAssets.fixtures.appendingPathComponent("tiny/kquant_refs.json")))
+        XCTAssertEqual(Set(refs.files.keys), ["Q4_K_M", "Q4_K_S", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "IQ4_XS"])
+        var worst: (Double, String) = (0, "")
+        for (type, f) in refs.files.sorted(by: { $0.key < $1.key }) {
+            let path = try TestAssets.require(TestAssets.cache + "/models/quant/" + f.file, hint: "run scripts/make-quant-models.sh")
+            XCTAssertEqual(try sha256Hex(ofFile: path), f.sha256, "\(f.file) is not the file the fixture was computed from")
+            let w = try GGUFWeights(path: path)
+            var mix: [String: Int] = [:]
+            for t in w.file.tensors { mix[GGMLType.name(t.typeID), default: 0] += 1 }
+            XCTAssertEqual(mix, f.tensor_types, type)
+            for t in w.file.tensors where t.shape.count == 2 {
+                XCTAssertEqual(t.dtype?.blockElements, 256, "\(type): \(t.name) is \(GGMLType.name(t.typeID)), not a 256-value type")
+            }
+            let m = try LlamaModel(source: w, threads: 2)
+            let logits = try m.forward(refs.ids, cache: m.makeCache(capacity: refs.ids.count), allLogits: true)
+            for (pos, top) in f.topk.enumerated() {
+                let scale = max(abs(top[0][1]), 1)
+                for pair in top {
+                    let err = abs(Double(logits[pos * w.config.vocabSize + Int(pair[0])]) - pair[1]) / scale
+                    if err > worst.0 { worst = (err, "\(type) position \(pos)") }
+                }
+            }
+        }
+        print("[quant] tiny model, worst top-16 logit error relative to the top logit: \(worst.0) (\(worst.1))")
         XCTAssertLessThan(worst.0, 1e-4, "at \(worst.1)")
     }
 }
