@@ -117,7 +117,11 @@ extension LlamaConfig {
             // Gemma 3: the window is local layers' own; it does not cap the context as it does elsewhere.
             contextLength = f.int(p + "context_length") ?? 2048
             if let window = f.int(p + "attention.sliding_window"), window > 0 {
-                let pattern = f.int(p + "attention.sliding_window_pattern") ?? 6
+                let key = p + "attention.sliding_window_pattern"
+                guard f.metadata[key] == nil || f.int(key) != nil else {
+                    throw OffloadError("\(ctx): \(key) is not a number; a per-layer pattern is not supported")
+                }
+                let pattern = f.int(key) ?? 6
                 slidingWindow = (window, pattern, Float(f.double(p + "rope.freq_base_swa") ?? 10000))
             }
             finalLogitSoftcap = f.double(p + "final_logit_softcapping").map(Float.init).flatMap { $0 > 0 ? $0 : nil }
