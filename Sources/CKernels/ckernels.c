@@ -740,9 +740,10 @@ AVX2 static void dot_rows_avx2(const uint8_t *row, int dtype, const float *x, in
     for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = hsum256(acc[k]) + macc[k];
 }
 
-// The block formats (Q5_*, K-quants, IQ4_*): each block is dequantized into a buffer in L1 by
-// the plain code above, vectorized by the compiler under this target, then multiplied with the
-// n inputs. One switch per row, so each type runs its own loop.
+// The block formats (Q5_*, K-quants, IQ4_*) on AVX2, and prefill's dequantization of the types
+// without a hand-written AVX-512 dequantizer: each block is dequantized by the plain code above,
+// vectorized by the compiler under the caller's target (AVX2 dot products: into a buffer in L1,
+// then multiplied with the n inputs). One switch per row, so each type runs its own loop.
 #define BLOCK_ROW_CASES(DQ) \
     case CK_Q5_0: DQ(dq_q5_0, 32, 22); break; \
     case CK_Q5_1: DQ(dq_q5_1, 32, 24); break; \
@@ -930,20 +931,6 @@ AVX512 static inline __m512 block_fma_avx512(__m512 lo, __m512 hi, __m512 d, con
 AVX512 static void dequant_row_blocks_avx512(const uint8_t *row, int dtype, float *dst, int cols) {
     switch (dtype) { BLOCK_ROW_CASES(DEQUANT_ROW) }
 }
-
-#define DOT_BLOCKS_AVX512(fn, QK, BB) \
-    for (int b = 0; b < cols / QK; b++) { \
-        const uint8_t *blk = row + (size_t)b * BB; \
-        PREFETCH(blk); PREFETCH(blk + 64); \
-        fn(blk, t); \
-        for (int k = 0; k < n; k++) { \
-            const float *xb = x + (size_t)k * cols + b * QK; \
-            for (int i = 0; i < QK; i += 32) { \
-                acc[k] = _mm512_fmadd_ps(_mm512_load_ps(t + i), _mm512_loadu_ps(xb + i), acc[k]); \
-                acc2[k] = _mm512_fmadd_ps(_mm512_load_ps(t + i + 16), _mm512_loadu_ps(xb + i + 16), acc2[k]); \
-            } \
-        } \
-    }
 
 // Hand-written kernels for the types of the common mixes (Q4_K_M, Q5_K_M, Q6_K: Q4_K, Q6_K,
 // Q5_0 and Q5_K), which decode spends nearly all its time in: the quantized values go from the
@@ -1342,15 +1329,6 @@ AVX512 static void dot_rows_q5_1_avx512(const uint8_t *row, const float *x, int 
     for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(acc[k]) + macc[k];
 }
 
-AVX512 static void dot_rows_blocks_avx512(const uint8_t *row, int dtype, const float *x, int n, int cols,
-                                          float *out, int out_stride) {
-    float t[256] __attribute__((aligned(64)));
-    __m512 acc[8], acc2[8];
-    for (int k = 0; k < n; k++) acc[k] = acc2[k] = _mm512_setzero_ps();
-    switch (dtype) { BLOCK_ROW_CASES(DOT_BLOCKS_AVX512) }
-    for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[k], acc2[k]));
-}
-
 AVX512 static void dot_rows_avx512(const uint8_t *row, int dtype, const float *x, int n, int cols,
                                    const float *xsum, float *out, int out_stride) {
     switch (dtype) {
@@ -1363,7 +1341,6 @@ AVX512 static void dot_rows_avx512(const uint8_t *row, int dtype, const float *x
     case CK_Q2_K: dot_rows_q2_K_avx512(row, x, n, cols, out, out_stride); return;
     case CK_Q3_K: dot_rows_q3_K_avx512(row, x, n, cols, out, out_stride); return;
     }
-    if (is_block_format(dtype)) { dot_rows_blocks_avx512(row, dtype, x, n, cols, out, out_stride); return; }
     if (n == 1 && (dtype == CK_Q4_1 || dtype == CK_Q8_0)) {
         out[0] = dot_row1_avx512(row, dtype, x, cols, xsum);
         return;
