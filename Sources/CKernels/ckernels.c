@@ -941,7 +941,7 @@ AVX512 static void dequant_row_blocks_avx512(const uint8_t *row, int dtype, floa
 // 16 unsigned bytes as 16 floats.
 AVX512 static inline __m512 u8x16_ps(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)); }
 
-// One 64-value chunk j of super-block s of a Q4_K or Q5_K row: values l0, l1 (sub-block 2j) and
+// One 64-value chunk j of super-block s of a Q4_K or Q5_K row (dot_rows_q45_K_avx512): values l0, l1 (sub-block 2j) and
 // h0, h1 (2j + 1), their scales dl, dh and mins ml, mh, into the accumulators of n inputs (decode:
 // four independent ones, a1, against the FMA latency).
 AVX512 static inline void kquant_chunk(__m512 l0, __m512 l1, __m512 h0, __m512 h1, __m512 dl, __m512 dh,
@@ -963,23 +963,35 @@ AVX512 static inline void kquant_chunk(__m512 l0, __m512 l1, __m512 h0, __m512 h
     }
 }
 
-AVX512 static void dot_rows_q4_K_avx512(const uint8_t *row, const float *x, int n, int cols, const float *xsum,
-                                        float *out, int out_stride) {
-    int nsb = cols / 256;
+// Q4_K and Q5_K share everything but Q5_K's fifth bits (`fifth`: 176-byte blocks with qh[32]
+// before the nibbles; else 144-byte blocks). Inlined into one wrapper per type, so that for Q4_K
+// `fifth` is the constant 0 and the fifth-bit work folds away.
+AVX512 static inline __attribute__((always_inline)) void dot_rows_q45_K_avx512(const uint8_t *row, const float *x, int n, int cols, const float *xsum,
+                                         float *out, int out_stride, int fifth) {
+    int nsb = cols / 256, bb = fifth ? 176 : 144;
     __m512 acc[8], a1[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
     float macc[8] = {0};
     for (int k = 0; k < n; k++) acc[k] = _mm512_setzero_ps();
-    const __m128i m4 = _mm_set1_epi8(15);
+    const __m128i m4 = _mm_set1_epi8(15), one = _mm_set1_epi8(1), zero = _mm_setzero_si128();
     for (int s = 0; s < nsb; s++) {
-        const uint8_t *blk = row + (size_t)s * 144, *q = blk + 16;
+        const uint8_t *blk = row + (size_t)s * bb, *q = blk + (fifth ? 48 : 16);
         PREFETCH(blk); PREFETCH(blk + 64); PREFETCH(blk + 128);
         float d = h2f(blk), dmin = h2f(blk + 2);
         uint8_t sc[8], mn[8];
         for (int j = 0; j < 8; j++) get_scale_min_k4(j, blk + 4, &sc[j], &mn[j]);
+        __m128i h0b = fifth ? _mm_loadu_si128((const __m128i *)(blk + 16)) : zero;
+        __m128i h1b = fifth ? _mm_loadu_si128((const __m128i *)(blk + 32)) : zero;
         for (int j = 0; j < 4; j++) {
+            // Fifth bits (zero for Q4_K): bit 2j of qh[l] for the low nibbles, bit 2j+1 for the high ones.
+            __m128i bl0 = _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h0b, 2 * j), one), 4);
+            __m128i bl1 = _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h1b, 2 * j), one), 4);
+            __m128i bh0 = _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h0b, 2 * j + 1), one), 4);
+            __m128i bh1 = _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h1b, 2 * j + 1), one), 4);
             __m128i b0 = _mm_loadu_si128((const __m128i *)(q + 32 * j)), b1 = _mm_loadu_si128((const __m128i *)(q + 32 * j + 16));
-            __m512 l0 = u8x16_ps(_mm_and_si128(b0, m4)), l1 = u8x16_ps(_mm_and_si128(b1, m4));
-            __m512 h0 = u8x16_ps(_mm_and_si128(_mm_srli_epi16(b0, 4), m4)), h1 = u8x16_ps(_mm_and_si128(_mm_srli_epi16(b1, 4), m4));
+            __m512 l0 = u8x16_ps(_mm_or_si128(_mm_and_si128(b0, m4), bl0));
+            __m512 l1 = u8x16_ps(_mm_or_si128(_mm_and_si128(b1, m4), bl1));
+            __m512 h0 = u8x16_ps(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(b0, 4), m4), bh0));
+            __m512 h1 = u8x16_ps(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(b1, 4), m4), bh1));
             __m512 dl = _mm512_set1_ps(d * sc[2 * j]), dh = _mm512_set1_ps(d * sc[2 * j + 1]);
             float ml = dmin * mn[2 * j], mh = dmin * mn[2 * j + 1];
             kquant_chunk(l0, l1, h0, h1, dl, dh, ml, mh, x, n, cols, xsum, s, j, a1, acc, macc);
@@ -989,38 +1001,13 @@ AVX512 static void dot_rows_q4_K_avx512(const uint8_t *row, const float *x, int 
     for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(acc[k]) - macc[k];
 }
 
+AVX512 static void dot_rows_q4_K_avx512(const uint8_t *row, const float *x, int n, int cols, const float *xsum,
+                                        float *out, int out_stride) {
+    dot_rows_q45_K_avx512(row, x, n, cols, xsum, out, out_stride, 0);
+}
 AVX512 static void dot_rows_q5_K_avx512(const uint8_t *row, const float *x, int n, int cols, const float *xsum,
                                         float *out, int out_stride) {
-    int nsb = cols / 256;
-    __m512 acc[8], a1[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
-    float macc[8] = {0};
-    for (int k = 0; k < n; k++) acc[k] = _mm512_setzero_ps();
-    const __m128i m4 = _mm_set1_epi8(15);
-    for (int s = 0; s < nsb; s++) {
-        const uint8_t *blk = row + (size_t)s * 176, *qh = blk + 16, *q = blk + 48;
-        PREFETCH(blk); PREFETCH(blk + 64); PREFETCH(blk + 128);
-        float d = h2f(blk), dmin = h2f(blk + 2);
-        uint8_t sc[8], mn[8];
-        for (int j = 0; j < 8; j++) get_scale_min_k4(j, blk + 4, &sc[j], &mn[j]);
-        __m128i h0b = _mm_loadu_si128((const __m128i *)qh), h1b = _mm_loadu_si128((const __m128i *)(qh + 16));
-        for (int j = 0; j < 4; j++) {
-            // Fifth bits: bit 2j of qh[l] for the low nibbles, bit 2j+1 for the high ones.
-            __m128i bl0 = _mm_and_si128(_mm_srli_epi16(h0b, 2 * j), _mm_set1_epi8(1));
-            __m128i bl1 = _mm_and_si128(_mm_srli_epi16(h1b, 2 * j), _mm_set1_epi8(1));
-            __m128i bh0 = _mm_and_si128(_mm_srli_epi16(h0b, 2 * j + 1), _mm_set1_epi8(1));
-            __m128i bh1 = _mm_and_si128(_mm_srli_epi16(h1b, 2 * j + 1), _mm_set1_epi8(1));
-            __m128i b0 = _mm_loadu_si128((const __m128i *)(q + 32 * j)), b1 = _mm_loadu_si128((const __m128i *)(q + 32 * j + 16));
-            __m512 l0 = u8x16_ps(_mm_or_si128(_mm_and_si128(b0, m4), _mm_slli_epi16(bl0, 4)));
-            __m512 l1 = u8x16_ps(_mm_or_si128(_mm_and_si128(b1, m4), _mm_slli_epi16(bl1, 4)));
-            __m512 h0 = u8x16_ps(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(b0, 4), m4), _mm_slli_epi16(bh0, 4)));
-            __m512 h1 = u8x16_ps(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(b1, 4), m4), _mm_slli_epi16(bh1, 4)));
-            __m512 dl = _mm512_set1_ps(d * sc[2 * j]), dh = _mm512_set1_ps(d * sc[2 * j + 1]);
-            float ml = dmin * mn[2 * j], mh = dmin * mn[2 * j + 1];
-            kquant_chunk(l0, l1, h0, h1, dl, dh, ml, mh, x, n, cols, xsum, s, j, a1, acc, macc);
-        }
-    }
-    if (n == 1) acc[0] = _mm512_add_ps(_mm512_add_ps(a1[0], a1[1]), _mm512_add_ps(a1[2], a1[3]));
-    for (int k = 0; k < n; k++) out[(size_t)k * out_stride] = _mm512_reduce_add_ps(acc[k]) - macc[k];
+    dot_rows_q45_K_avx512(row, x, n, cols, xsum, out, out_stride, 1);
 }
 
 AVX512 static void dot_rows_q6_K_avx512(const uint8_t *row, const float *x, int n, int cols, float *out, int out_stride) {
