@@ -1558,6 +1558,7 @@ typedef struct {
     int njobs, n, cols, total_rows;
     const float *x;
     const float *xsum;
+    int exact; // each input vector through the one-vector kernels (ck_matmat_exact)
 } mv_ctx;
 
 static void mv_task(void *p, int begin, int end) {
@@ -1568,20 +1569,25 @@ static void mv_task(void *p, int begin, int end) {
     for (int j = 0; j < c->njobs; j++) {
         const ck_matvec_job *job = &c->jobs[j];
         int lo = begin > base ? begin - base : 0, hi = end - base < job->rows ? end - base : job->rows;
-        if (job->dtype == CK_Q4_1_SPLIT) { // decode only: one input vector
+        if (job->dtype == CK_Q4_1_SPLIT) { // one-vector kernel (decode), once per input vector
             uint8_t *blocks = NULL;
+            int nb = c->cols / 32;
             for (int r = lo; r < hi; r++) {
+                for (int k = 0; k < c->n; k++) {
+                    const float *x = c->x + (size_t)k * c->cols;
+                    float *y = job->y + (size_t)k * job->rows + r;
 #if defined(__x86_64__)
-                if (simd == 2) {
-                    job->y[r] = dot_row1_q4_1_split(job->w, job->rows, r, c->x, c->cols, c->xsum);
-                    continue;
-                }
+                    if (simd == 2) {
+                        *y = dot_row1_q4_1_split(job->w, job->rows, r, x, c->cols, c->xsum + (size_t)k * nb);
+                        continue;
+                    }
 #endif
-                // Without AVX-512 (only when a test lowers the level): back to blocks, then the plain path.
-                if (!blocks) blocks = malloc(ck_row_bytes(CK_Q4_1, c->cols));
-                if (!tmp) tmp = malloc((size_t)c->cols * sizeof(float));
-                split_row_to_q4_1(job->w, job->rows, r, c->cols, blocks);
-                dot_rows_scalar(blocks, CK_Q4_1, c->x, 1, c->cols, tmp, job->y + r, job->rows);
+                    // Without AVX-512 (only when a test lowers the level): back to blocks, then the plain path.
+                    if (!blocks) blocks = malloc(ck_row_bytes(CK_Q4_1, c->cols));
+                    if (!tmp) tmp = malloc((size_t)c->cols * sizeof(float));
+                    split_row_to_q4_1(job->w, job->rows, r, c->cols, blocks);
+                    dot_rows_scalar(blocks, CK_Q4_1, x, 1, c->cols, tmp, y, job->rows);
+                }
             }
             free(blocks);
             base += job->rows;
@@ -1591,8 +1597,10 @@ static void mv_task(void *p, int begin, int end) {
         size_t rb = ck_row_bytes(job->dtype, c->cols);
         for (int r = lo; r < hi; r++) {
             const uint8_t *row = (const uint8_t *)job->w + rb * r;
-            for (int k0 = 0; k0 < c->n; k0 += 8) {
-                int kn = c->n - k0 < 8 ? c->n - k0 : 8;
+            // Exact: one vector at a time, the row still in L1 for the next (the kernels
+            // specialize n = 1, so a row's result with n > 1 can differ in its last bits).
+            for (int k0 = 0; k0 < c->n; k0 += c->exact ? 1 : 8) {
+                int kn = c->exact ? 1 : c->n - k0 < 8 ? c->n - k0 : 8;
 #if defined(__x86_64__)
                 if (simd == 2) {
                     dot_rows_avx512(row, job->dtype, c->x + (size_t)k0 * c->cols, kn, c->cols,
@@ -1615,7 +1623,7 @@ static void mv_task(void *p, int begin, int end) {
     free(tmp);
 }
 
-void ck_matmat(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int n, int cols) {
+static void matmat(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int n, int cols, int exact) {
     int total = 0;
     for (int j = 0; j < njobs; j++) total += jobs[j].rows;
     int nb = cols / 32;
@@ -1627,9 +1635,17 @@ void ck_matmat(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float 
             for (int i = 0; i < 32; i++) s += x[(size_t)k * cols + b * 32 + i];
             xsum[k * nb + b] = s;
         }
-    mv_ctx c = { jobs, njobs, n, cols, total, x, xsum };
+    mv_ctx c = { jobs, njobs, n, cols, total, x, xsum, exact };
     pool_run(pool, mv_task, &c, total, 32);
     if (xsum != stack_sum) free(xsum);
+}
+
+void ck_matmat(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int n, int cols) {
+    matmat(pool, jobs, njobs, x, n, cols, 0);
+}
+
+void ck_matmat_exact(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int n, int cols) {
+    matmat(pool, jobs, njobs, x, n, cols, 1);
 }
 
 void ck_matvec(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int cols) {

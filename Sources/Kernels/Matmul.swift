@@ -31,20 +31,28 @@ public enum Matmul {
     nonisolated(unsafe) public static var directRowLimit = 8
 
     /// y_j[n, W_j.rows] = x[n, cols] · W_jᵀ for every (W_j, y_j) pair; all W_j share `cols`.
-    /// `scratch` must hold max(W_j.rows × cols) floats when n > directRowLimit.
+    /// `scratch` must hold max(W_j.rows × cols) floats when n > directRowLimit and not `exact`.
+    /// `exact`: each of the n rows is computed bit for bit as `linear` computes it alone (n = 1),
+    /// whatever n: independent sequences decoded together (`LlamaModel.forwardDecode`) share
+    /// each weight row's read and keep their own results.
     public static func linear(_ pool: ComputePool, x: UnsafePointer<Float>, n: Int,
                               _ outputs: [(w: WeightMatrix, y: UnsafeMutablePointer<Float>)],
-                              scratch: UnsafeMutablePointer<Float>) {
+                              scratch: UnsafeMutablePointer<Float>, exact: Bool = false) {
         guard let cols = outputs.first?.w.cols else { return }
-        if n <= directRowLimit {
+        if n <= directRowLimit || exact {
+            let oneVector = n == 1 || exact
             var jobs = outputs.map { o -> ck_matvec_job in
-                if n == 1, let split = o.w.split {
+                if oneVector, let split = o.w.split {
                     return ck_matvec_job(w: split, dtype: Int32(CK_Q4_1_SPLIT), y: o.y, rows: Int32(o.w.rows))
                 }
                 return ck_matvec_job(w: o.w.data, dtype: o.w.ckType, y: o.y, rows: Int32(o.w.rows))
             }
             jobs.withUnsafeMutableBufferPointer { j in
-                ck_matmat(pool.pool, j.baseAddress, Int32(j.count), x, Int32(n), Int32(cols))
+                if exact {
+                    ck_matmat_exact(pool.pool, j.baseAddress, Int32(j.count), x, Int32(n), Int32(cols))
+                } else {
+                    ck_matmat(pool.pool, j.baseAddress, Int32(j.count), x, Int32(n), Int32(cols))
+                }
             }
             return
         }

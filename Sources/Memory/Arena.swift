@@ -10,7 +10,7 @@
 // (mremap, no copy) side by side into a fresh range of addresses, and moved
 // back when the buffer is freed. The pieces' own addresses stay mapped, empty,
 // meanwhile (MREMAP_DONTUNMAP): nothing else may be placed there.
-import CSystem
+import CPlatform
 import Foundation
 import Tensors
 

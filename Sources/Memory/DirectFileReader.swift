@@ -1,7 +1,7 @@
 // Direct reads of ranges of an existing file (a GGUF's weights): O_DIRECT, so every
 // byte comes from the device and none from the page cache. The disk store
 // (DiskStore) owns files it writes; this reads files it does not own.
-import CSystem
+import CPlatform
 import Foundation
 import Tensors
 

@@ -3,7 +3,7 @@
 // Spill files live in a folder of their own that is removed at exit, on error
 // and on SIGINT/SIGTERM; folders left by killed runs are removed at start.
 // Not a file format: the files mean nothing once the process is gone.
-import CSystem
+import CPlatform
 import Foundation
 import Tensors
 

@@ -2,7 +2,7 @@
 // them against a hard limit. Not a general allocator: the planner decides what
 // lives when; this enforces the budget, measures, and reuses freed buffers of
 // the same size so a prefetch does not pay page faults every time.
-import CSystem
+import CPlatform
 import Foundation
 import Tensors
 

@@ -21,7 +21,7 @@
 //   "thread_name" metadata event. Streams used here: "compute", "read",
 //   "write", "memory"; the read and write streams carry one span per transfer.
 // * Times are microseconds from the start of the run (the recorder's creation).
-import CSystem
+import CPlatform
 import Foundation
 import Tensors
 

@@ -395,17 +395,36 @@ public final class LlamaModel {
                      scores: try work.get("scores", sizes["scores"]!), wscratch: try work.get("w", sizes["w"]!))
     }
 
+    /// Rows [row, row + count) of a forward's `x` are positions [start, start + count) of `cache`'s sequence.
+    struct Segment {
+        var row: Int, count: Int, start: Int, cache: KVCache
+    }
+
     /// One block on `n` rows of `x` (in place), appending keys and values at `start`.
     @inline(__always)
     private func blockForward(_ l: Int, _ attnNorm: [Float], _ ffnNorm: [Float], _ b: BlockMatrices,
                               x: UnsafeMutablePointer<Float>, n: Int, start: Int, cache: KVCache, positions: [Int32],
                               _ s: BlockScratch) {
+        blockForward(l, attnNorm, ffnNorm, b, x: x, n: n, [Segment(row: 0, count: n, start: start, cache: cache)],
+                     positions: positions, s, exact: false)
+    }
+
+    /// One block on `n` rows of `x` (in place) that belong to one or more sequences (`segments`,
+    /// in row order). With one segment, keys and values are written straight into its cache; with
+    /// several, into `g` and `u` (free until the feed-forward), then copied to each cache. `exact`: matrix products compute each
+    /// row as alone (several decode sequences at once, each bit-identical to its own forward).
+    @inline(__always)
+    private func blockForward(_ l: Int, _ attnNorm: [Float], _ ffnNorm: [Float], _ b: BlockMatrices,
+                              x: UnsafeMutablePointer<Float>, n: Int, _ segments: [Segment], positions: [Int32],
+                              _ s: BlockScratch, exact: Bool) {
         let (xn, q, att, g, u, tmp, scores, wscratch) = (s.xn, s.q, s.att, s.g, s.u, s.tmp, s.scores, s.wscratch)
         let c = config, dim = c.dim
         let shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
-        let kc = cache.k[l] + start * c.kvDim, vc = cache.v[l] + start * c.kvDim
+        let one = segments.count == 1 ? segments[0] : nil
+        let kc = one.map { $0.cache.k[l] + $0.start * c.kvDim } ?? g
+        let vc = one.map { $0.cache.v[l] + $0.start * c.kvDim } ?? u
         attnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
-        Matmul.linear(pool, x: xn, n: n, [(b.q, q), (b.k, kc), (b.v, vc)], scratch: wscratch)
+        Matmul.linear(pool, x: xn, n: n, [(b.q, q), (b.k, kc), (b.v, vc)], scratch: wscratch, exact: exact)
         let extra = blocks[l].extra
         if let bias = extra.bias {
             for r in 0..<n {
@@ -422,34 +441,117 @@ public final class LlamaModel {
             ropeForward(q, positions: pos.baseAddress!, rows: n, heads: c.heads, table: table, halfSplit: halfSplitRope)
             ropeForward(kc, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: table, halfSplit: halfSplitRope)
         }
-        if local, let w = c.slidingWindow?.size, start + n > w {
-            // Rows whose window starts past position 0 see only their last w keys: one row at a time,
-            // from the first key of its window (the row's own position is the last).
-            for i in 0..<n {
-                let pos = start + i, lo = max(0, pos - w + 1)
-                attentionForward(pool, att + i * c.qDim, q + i * c.qDim, cache.k[l] + lo * c.kvDim, cache.v[l] + lo * c.kvDim,
-                                 scores: scores, rows: 1, start: pos - lo, shape: shape)
+        if one == nil {
+            for seg in segments {
+                let bytes = seg.count * c.kvDim * MemoryLayout<Float>.size
+                memcpy(seg.cache.k[l] + seg.start * c.kvDim, kc + seg.row * c.kvDim, bytes)
+                memcpy(seg.cache.v[l] + seg.start * c.kvDim, vc + seg.row * c.kvDim, bytes)
             }
-        } else {
-            attentionForward(pool, att, q, cache.k[l], cache.v[l], scores: scores, rows: n, start: start, shape: shape)
         }
-        Matmul.linear(pool, x: att, n: n, [(b.o, tmp)], scratch: wscratch)
+        for seg in segments {
+            let (cache, start, rows) = (seg.cache, seg.start, seg.count)
+            let segAtt = att + seg.row * c.qDim, segQ = q + seg.row * c.qDim
+            if local, let w = c.slidingWindow?.size, start + rows > w {
+                // Rows whose window starts past position 0 see only their last w keys: one row at a time,
+                // from the first key of its window (the row's own position is the last).
+                for i in 0..<rows {
+                    let pos = start + i, lo = max(0, pos - w + 1)
+                    attentionForward(pool, segAtt + i * c.qDim, segQ + i * c.qDim, cache.k[l] + lo * c.kvDim,
+                                     cache.v[l] + lo * c.kvDim, scores: scores, rows: 1, start: pos - lo, shape: shape)
+                }
+            } else {
+                attentionForward(pool, segAtt, segQ, cache.k[l], cache.v[l], scores: scores, rows: rows, start: start,
+                                 shape: shape)
+            }
+        }
+        Matmul.linear(pool, x: att, n: n, [(b.o, tmp)], scratch: wscratch, exact: exact)
         if let post = extra.postNorm {
             post.attention.withUnsafeBufferPointer { rmsnormForward(tmp, tmp, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
         }
         for i in 0..<n * dim { x[i] += tmp[i] }
         ffnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
-        Matmul.linear(pool, x: xn, n: n, [(b.gate, g), (b.up, u)], scratch: wscratch)
+        Matmul.linear(pool, x: xn, n: n, [(b.gate, g), (b.up, u)], scratch: wscratch, exact: exact)
         if c.architecture == .gemma3 {
             geluTanhGateForward(g, g, u, count: n * c.ffnDim)
         } else {
             swigluForward(g, g, u, count: n * c.ffnDim)
         }
-        Matmul.linear(pool, x: g, n: n, [(b.down, tmp)], scratch: wscratch)
+        Matmul.linear(pool, x: g, n: n, [(b.down, tmp)], scratch: wscratch, exact: exact)
         if let post = extra.postNorm {
             post.ffn.withUnsafeBufferPointer { rmsnormForward(tmp, tmp, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
         }
         for i in 0..<n * dim { x[i] += tmp[i] }
+    }
+
+    /// One decode step of several independent sequences: token i runs at the next position of
+    /// cache i, and the logits of each are bit-identical to `forward([token], cache:)` alone
+    /// (matrix products run with `exact`, attention per sequence). The weights are read once
+    /// for all of them, from memory or, when streaming, from the supplier: the step of a server's
+    /// continuous batching. Caches must be distinct.
+    public func forwardDecode(_ seqs: [(token: Int, cache: KVCache)]) throws -> [[Float]] {
+        let c = config, n = seqs.count, dim = c.dim
+        guard n > 0 else { return [] }
+        guard Set(seqs.map { ObjectIdentifier($0.cache) }).count == n else {
+            throw OffloadError("[model] a decode batch holds the same sequence twice")
+        }
+        for (t, cache) in seqs {
+            guard cache.length < cache.capacity else {
+                throw OffloadError("[model] context full: \(cache.length + 1) tokens exceed the cache of \(cache.capacity)")
+            }
+            guard cache.diskLayers.isEmpty else { throw OffloadError("[model] batched decode keeps KV caches in memory") }
+            guard t >= 0 && t < c.vocabSize else {
+                throw OffloadError("[model] token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
+            }
+        }
+        if n == 1 && supplier == nil { return [try forward([seqs[0].token], cache: seqs[0].cache)] }
+        var sizes = LlamaModel.scratchFloats(config: c, rows: n, start: 0)
+        sizes["w"] = 0   // exact products never dequantize to scratch
+        sizes["scores"] = seqs.map { LlamaModel.scratchFloats(config: c, rows: 1, start: $0.cache.length)["scores"]! }.max()!
+        let scratch = try blockScratch(sizes)
+        let x = try work.get("x", n * dim)
+        let segments = seqs.enumerated().map { Segment(row: $0, count: 1, start: $1.cache.length, cache: $1.cache) }
+        let positions = seqs.map { Int32($0.cache.length) }
+        if let supplier {
+            try supplier.beginForward(rows: 1)
+            for (i, s) in seqs.enumerated() { try supplier.embeddingRow(token: s.token, into: x + i * dim) }
+        } else {
+            for (i, s) in seqs.enumerated() {
+                Dequantize.toF32(embedding.dtype, embedding.data + s.token * embedding.rowBytes, x + i * dim, count: dim)
+            }
+        }
+        scaleEmbeddings(x, rows: n)
+        for (l, b) in blocks.enumerated() {
+            let m = try supplier?.block(l) ?? BlockMatrices(q: b.q, k: b.k, v: b.v, o: b.o, gate: b.gate, up: b.up, down: b.down)
+            blockForward(l, b.attnNorm, b.ffnNorm, m, x: x, n: n, segments, positions: positions, scratch, exact: true)
+            supplier?.release(stage: l)
+        }
+        for s in seqs { s.cache.length += 1 }
+        outputNorm.withUnsafeBufferPointer { rmsnormForward(scratch.xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
+        var flat = [Float](repeating: 0, count: n * c.vocabSize)
+        try flat.withUnsafeMutableBufferPointer { fb in
+            // Logits row i of the batch: vocabulary-major per sequence, as `forward` returns them.
+            guard let supplier else {
+                Matmul.linear(pool, x: scratch.xn, n: n, [(head, fb.baseAddress!)], scratch: scratch.wscratch, exact: true)
+                return
+            }
+            // Chunks of vocabulary rows: each chunk's logits, sequence-major, then into place.
+            var chunk = [Float](repeating: 0, count: 0)
+            for h in 0..<supplier.headChunkCount {
+                let (firstRow, m) = try supplier.headChunk(h)
+                if chunk.count < n * m.rows { chunk = [Float](repeating: 0, count: n * m.rows) }
+                chunk.withUnsafeMutableBufferPointer { cb in
+                    Matmul.linear(pool, x: scratch.xn, n: n, [(m, cb.baseAddress!)], scratch: scratch.wscratch, exact: true)
+                    for i in 0..<n {
+                        (fb.baseAddress! + i * c.vocabSize + firstRow).update(from: cb.baseAddress! + i * m.rows, count: m.rows)
+                    }
+                }
+                supplier.release(stage: c.layers + h)
+            }
+        }
+        if supplier != nil { supplier!.endForward() }
+        var logits = (0..<n).map { Array(flat[$0 * c.vocabSize..<($0 + 1) * c.vocabSize]) }
+        for i in logits.indices { capLogits(&logits[i]) }
+        return logits
     }
 
     /// Streaming, the block schedule: one forward over several sequences in which

@@ -6,7 +6,7 @@
 //
 // - Note: not the DiskStore: its tensors are read whole into buffers of their
 //   own size, and a layer's cache is a growing prefix read into one staging buffer.
-internal import CSystem
+internal import CPlatform
 import Foundation
 import Memory
 import Models

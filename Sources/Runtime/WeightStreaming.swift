@@ -3,7 +3,7 @@
 // KV layers on disk), and the figures a streamed run reports. The model runs the
 // same kernels as without a budget.
 internal import CKernels
-internal import CSystem
+internal import CPlatform
 import Foundation
 import Formats
 import Kernels
@@ -23,13 +23,13 @@ import Tensors
 ///
 /// KV-cache layers the plan puts on disk go to a file in `kvFolder`.
 public func makeStreamingModel(weights: GGUFWeights, budget: Int, threads: Int, promptTokens: Int,
-                               contextCapacity: Int, kvFolder: String = NSTemporaryDirectory(),
+                               contextCapacity: Int, sequences: Int = 1, kvFolder: String = NSTemporaryDirectory(),
                                trace: TraceRecorder? = nil) throws -> (LlamaModel, WeightStreamer) {
     let c = weights.config
     let plan: StreamingPlan
     do {
         plan = try StreamingPlan(budget: budget, stages: try weightStages(of: weights.file, config: c), config: c,
-                                 promptTokens: promptTokens, contextCapacity: contextCapacity)
+                                 promptTokens: promptTokens, contextCapacity: contextCapacity, sequences: sequences)
     } catch { throw OffloadError("[stream] \(error)") }
     let streamer = try WeightStreamer(plan: plan, file: weights.file, config: c, trace: trace)
     let model = try LlamaModel(source: weights, threads: threads, supplier: streamer, memory: streamer)

@@ -1,6 +1,6 @@
 // The disk store: bit-exact round trips, O_DIRECT fallback, full devices,
 // read errors, extent reuse, budgets and stale-folder cleanup.
-import CSystem
+import CPlatform
 import Foundation
 import Memory
 import Tensors

@@ -44,6 +44,11 @@ void ck_matvec(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float 
 /// n × rows, row-major). Each weight row is read once for all n inputs.
 void ck_matmat(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int n, int cols);
 
+/// ck_matmat where input vector k's outputs are bit-identical to ck_matvec on
+/// that vector alone (any n): batched decode of independent sequences shares
+/// each weight row's read (it stays in cache) without changing any sequence's bits.
+void ck_matmat_exact(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int n, int cols);
+
 /// Q4_1 rows re-laid out for the decode kernel, same 20 bytes per block: all
 /// nibbles (rows × nb × 16 bytes), then every block's scale d (rows × nb fp16),
 /// then every min m (rows × nb fp16). Reading 16 scales at once takes the

@@ -2,7 +2,7 @@
 // and the spill-file cleanup that must run inside a signal handler.
 #define _GNU_SOURCE
 #include <malloc.h>
-#include "csystem.h"
+#include "cplatform.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>

@@ -1,0 +1,281 @@
+// Continuous batching for a server: requests arrive at any time; each is prefilled
+// alone as it is admitted, then joins the running sequences, and every decode step
+// runs all of them in one forward (`LlamaModel.forwardDecode`) that reads the
+// weights once. Each sequence's tokens are exactly those `Generator` makes for it
+// alone: batching changes throughput, never tokens. Admission is bounded: at most
+// `maxConcurrent` sequences run, at most `maxQueue` wait, and a sequence whose KV
+// cache does not fit the budget waits until one finishes.
+
+import Foundation
+import Models
+import Tensors
+
+public enum FinishReason: String, Sendable {
+    /// A stop token (end of generation), or the client's stop sequence (`cancel(_:reason:)`).
+    case stop
+    /// `maxTokens` reached, or the context is full.
+    case length
+    /// The client went away.
+    case cancelled
+}
+
+public struct ServeRequest: Sendable {
+    public var prompt: [Int]
+    public var maxTokens: Int
+    public var sampling: SamplingOptions
+    public var seed: UInt64
+    /// Token ids that end the sequence (not reported as tokens).
+    public var stop: Set<Int>
+    public init(prompt: [Int], maxTokens: Int, sampling: SamplingOptions, seed: UInt64, stop: Set<Int>) {
+        self.prompt = prompt; self.maxTokens = maxTokens; self.sampling = sampling; self.seed = seed; self.stop = stop
+    }
+}
+
+public enum ServeEvent: Sendable {
+    case token(Int)
+    /// The last event of a request that ran.
+    case finished(FinishReason, promptTokens: Int, completionTokens: Int)
+    /// The last event of a request that could not run (the message says why).
+    case failed(String)
+}
+
+public enum AdmissionError: Error, CustomStringConvertible {
+    case queueFull(waiting: Int)
+    case shuttingDown
+    public var description: String {
+        switch self {
+        case .queueFull(let n): "the server is busy: \(n) requests are already waiting"
+        case .shuttingDown: "the server is shutting down"
+        }
+    }
+}
+
+/// Counters for `/metrics`, read under the engine's lock.
+public struct ServingStats: Sendable {
+    public var requests = 0, finished = 0, cancelled = 0, failed = 0, rejected = 0
+    public var promptTokens = 0, generatedTokens = 0
+    public var running = 0, waiting = 0
+    public var kvBytes = 0
+    public var decodeSteps = 0, decodeSeconds = 0.0, prefillSeconds = 0.0
+    /// Seconds from arrival to first token, of every request that got one.
+    public var timeToFirstToken: [Double] = []
+}
+
+public final class ServingEngine: @unchecked Sendable {
+    public let model: LlamaModel
+    public let maxConcurrent: Int
+    public let maxQueue: Int
+
+    private struct Pending {
+        var id: Int, request: ServeRequest, onEvent: @Sendable (ServeEvent) -> Void, arrival: Double
+    }
+    private final class Running {
+        let id: Int, request: ServeRequest, onEvent: @Sendable (ServeEvent) -> Void
+        let cache: KVCache
+        var sampler: Sampler
+        var generated = 0
+        var next = 0
+        init(_ p: Pending, cache: KVCache) {
+            id = p.id; request = p.request; onEvent = p.onEvent; self.cache = cache
+            sampler = Sampler(options: p.request.sampling, seed: p.request.seed)
+        }
+    }
+
+    private let cond = NSCondition()
+    private var waiting: [Pending] = []
+    private var running: [Running] = []
+    private var cancelled: [Int: FinishReason] = [:]
+    private var nextID = 0
+    private var stopping = false
+    private var thread: Thread?
+    private var _stats = ServingStats()
+
+    public init(model: LlamaModel, maxConcurrent: Int, maxQueue: Int) {
+        precondition(maxConcurrent >= 1 && maxQueue >= 0)
+        self.model = model; self.maxConcurrent = maxConcurrent; self.maxQueue = maxQueue
+    }
+
+    public var stats: ServingStats { cond.lock(); defer { cond.unlock() }; return _stats }
+
+    /// Queues `request`; `onEvent` is called on the engine's thread with each token, then one
+    /// `.finished` or `.failed`. Returns the request's id (for `cancel`).
+    @discardableResult
+    public func submit(_ request: ServeRequest, onEvent: @escaping @Sendable (ServeEvent) -> Void) throws -> Int {
+        cond.lock(); defer { cond.unlock() }
+        guard !stopping else { throw AdmissionError.shuttingDown }
+        guard waiting.count < maxQueue + max(0, maxConcurrent - running.count) else {
+            _stats.rejected += 1
+            throw AdmissionError.queueFull(waiting: waiting.count)
+        }
+        let id = nextID
+        nextID += 1
+        waiting.append(Pending(id: id, request: request, onEvent: onEvent, arrival: now()))
+        _stats.requests += 1
+        _stats.waiting = waiting.count
+        cond.signal()
+        return id
+    }
+
+    /// Ends request `id` before its next step (a client that went away, or a stop sequence
+    /// found in its text); its KV cache is freed then. It still gets its `.finished` event.
+    public func cancel(_ id: Int, reason: FinishReason = .cancelled) {
+        cond.lock(); defer { cond.unlock() }
+        cancelled[id] = reason
+        cond.signal()
+    }
+
+    public func start() {
+        let t = Thread { [self] in loop() }
+        t.name = "offload-serving"
+        t.stackSize = 8 << 20
+        thread = t
+        t.start()
+    }
+
+    /// Stops after the current step; waiting and running requests are failed.
+    public func shutdown() {
+        cond.lock()
+        stopping = true
+        cond.signal()
+        cond.unlock()
+        while thread?.isFinished == false { usleep(1000) }
+    }
+
+    private func loop() {
+        while true {
+            cond.lock()
+            while !stopping && waiting.isEmpty && running.isEmpty && cancelled.isEmpty { cond.wait() }
+            if stopping {
+                let all = waiting.map(\.onEvent) + running.map(\.onEvent)
+                waiting.removeAll(); running.removeAll()
+                cond.unlock()
+                all.forEach { $0(.failed("the server is shutting down")) }
+                return
+            }
+            // Cancelled requests leave first, so their slots and memory go to the queue.
+            var ended: [(Running, FinishReason)] = []
+            running.removeAll { r in
+                guard let why = cancelled[r.id] else { return false }
+                ended.append((r, why)); return true
+            }
+            var dropped: [Pending] = []
+            waiting.removeAll { p in
+                guard cancelled[p.id] != nil else { return false }
+                dropped.append(p); return true
+            }
+            cancelled.removeAll()
+            var admitted: [Pending] = []
+            while running.count + admitted.count < maxConcurrent, !waiting.isEmpty {
+                admitted.append(waiting.removeFirst())
+            }
+            cond.unlock()
+            for (r, why) in ended { finish(r, why) }
+            ended.removeAll()   // their caches go back to memory before the queue asks for it
+            for p in dropped {
+                p.onEvent(.finished(.cancelled, promptTokens: p.request.prompt.count, completionTokens: 0))
+                update { $0.cancelled += 1 }
+            }
+            var requeue: [Pending] = []
+            for p in admitted {
+                if !requeue.isEmpty { requeue.append(p); continue }   // keep arrival order
+                if !prefill(p) { requeue.append(p) }
+            }
+            if !requeue.isEmpty {
+                cond.lock(); waiting.insert(contentsOf: requeue, at: 0); cond.unlock()
+            }
+            decodeStep()
+            update { s in
+                s.running = running.count
+                s.kvBytes = running.reduce(0) { $0 + $1.cache.bytes }
+            }
+            cond.lock(); _stats.waiting = waiting.count; cond.unlock()
+        }
+    }
+
+    private func update(_ body: (inout ServingStats) -> Void) {
+        cond.lock(); body(&_stats); cond.unlock()
+    }
+
+    /// Prefills `p` alone (as `Generator` does) and takes its first token. False when its KV
+    /// cache does not fit now but may once running sequences finish.
+    private func prefill(_ p: Pending) -> Bool {
+        let r = p.request
+        let capacity = min(r.prompt.count + r.maxTokens, model.maxPositions)
+        guard !r.prompt.isEmpty, r.prompt.count < capacity || r.maxTokens == 0 else {
+            fail(p, r.prompt.isEmpty ? "the prompt has no tokens"
+                    : "the prompt (\(r.prompt.count) tokens) fills the context (\(model.maxPositions))")
+            return true
+        }
+        let cache: KVCache
+        do {
+            cache = try model.newCache(capacity: capacity, name: "kv.r\(p.id)")
+        } catch {
+            if running.isEmpty {   // nothing will free memory: it can never fit
+                fail(p, "its KV cache (\(r.prompt.count) + \(r.maxTokens) tokens) does not fit the memory budget: \(error)")
+                return true
+            }
+            return false
+        }
+        let seq = Running(p, cache: cache)
+        let t0 = now()
+        let logits: [Float]
+        do {
+            logits = try model.forward(r.prompt, cache: cache)
+        } catch {
+            fail(p, "\(error)")
+            return true
+        }
+        let t1 = now()
+        update { s in
+            s.promptTokens += r.prompt.count
+            s.prefillSeconds += t1 - t0
+            s.timeToFirstToken.append(t1 - p.arrival)
+        }
+        if r.maxTokens == 0 { finish(seq, .length); return true }
+        running.append(seq)
+        if !take(seq, logits) { running.removeLast() }
+        return true
+    }
+
+    /// Samples `seq`'s next token; false when the sequence has ended (its event is sent).
+    private func take(_ seq: Running, _ logits: [Float]) -> Bool {
+        let t = seq.sampler.sample(logits)
+        if seq.request.stop.contains(t) { finish(seq, .stop); return false }
+        seq.generated += 1
+        seq.next = t
+        update { $0.generatedTokens += 1 }
+        seq.onEvent(.token(t))
+        if seq.generated >= seq.request.maxTokens || seq.cache.length >= seq.cache.capacity {
+            finish(seq, .length); return false
+        }
+        return true
+    }
+
+    private func decodeStep() {
+        guard !running.isEmpty else { return }
+        let t0 = now()
+        let batch = running
+        do {
+            let logits = try model.forwardDecode(batch.map { ($0.next, $0.cache) })
+            var keep: [Running] = []
+            for (seq, l) in zip(batch, logits) where take(seq, l) { keep.append(seq) }
+            running = keep
+        } catch {
+            for seq in batch { seq.onEvent(.failed("\(error)")) }
+            update { $0.failed += batch.count }
+            running = []
+        }
+        let dt = now() - t0
+        update { $0.decodeSteps += 1; $0.decodeSeconds += dt }
+    }
+
+    private func finish(_ seq: Running, _ why: FinishReason) {
+        seq.onEvent(.finished(why, promptTokens: seq.request.prompt.count, completionTokens: seq.generated))
+        update { if why == .cancelled { $0.cancelled += 1 } else { $0.finished += 1 } }
+    }
+
+    private func fail(_ p: Pending, _ message: String) {
+        p.onEvent(.failed(message))
+        update { $0.failed += 1 }
+    }
+}
