@@ -16,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         // HTTP for `offload serve` (without the configuration-file and full-Foundation traits).
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // C shims: what Swift cannot see on its own.
@@ -34,7 +36,9 @@ let package = Package(
                                                 "CPlatform", "CKernels"],
                 swiftSettings: optimize),
         .target(name: "Server", dependencies: ["Tensors", "Formats", "Models", "Runtime",
-                                               .product(name: "Hummingbird", package: "hummingbird")],
+                                               .product(name: "Hummingbird", package: "hummingbird"),
+                                               .product(name: "NIOCore", package: "swift-nio"),
+                                               .product(name: "HTTPTypes", package: "swift-http-types")],
                 swiftSettings: optimize),
         .executableTarget(name: "offload", dependencies: [
             "Tensors", "Kernels", "Formats", "Models", "Memory", "Planning", "Runtime", "Server",

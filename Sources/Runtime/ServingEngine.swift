@@ -57,8 +57,16 @@ public struct ServingStats: Sendable {
     public var running = 0, waiting = 0
     public var kvBytes = 0
     public var decodeSteps = 0, decodeSeconds = 0.0, prefillSeconds = 0.0
-    /// Seconds from arrival to first token, of every request that got one.
-    public var timeToFirstToken: [Double] = []
+    /// Seconds from arrival to first token: a histogram (counts per bucket, not cumulative).
+    public static let firstTokenBuckets: [Double] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+    public var firstTokenCounts = [Int](repeating: 0, count: firstTokenBuckets.count)
+    public var firstTokenCount = 0
+    public var firstTokenSeconds = 0.0
+    mutating func recordFirstToken(_ seconds: Double) {
+        if let i = Self.firstTokenBuckets.firstIndex(where: { seconds <= $0 }) { firstTokenCounts[i] += 1 }
+        firstTokenCount += 1
+        firstTokenSeconds += seconds
+    }
 }
 
 public final class ServingEngine: @unchecked Sendable {
@@ -229,7 +237,7 @@ public final class ServingEngine: @unchecked Sendable {
         update { s in
             s.promptTokens += r.prompt.count
             s.prefillSeconds += t1 - t0
-            s.timeToFirstToken.append(t1 - p.arrival)
+            s.recordFirstToken(t1 - p.arrival)
         }
         if r.maxTokens == 0 { finish(seq, .length); return true }
         running.append(seq)
