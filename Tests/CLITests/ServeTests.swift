@@ -1,0 +1,232 @@
+// `offload serve` as users' tools reach it: the official OpenAI Python client for
+// completions and streaming (Support/openai_client.py), raw HTTP for the error cases.
+// Greedy text through the server equals `offload generate` on the same prompt, alone
+// and with 8 requests at once (batching changes throughput, never tokens).
+import Foundation
+import XCTest
+
+/// `offload serve` on a free loopback port, stopped (SIGINT) when released.
+final class ServerProcess: @unchecked Sendable {
+    let process = Process()
+    private(set) var port = 0
+    private let lock = NSLock()
+    private var log = ""
+
+    init(_ args: [String], environment: [String: String] = [:]) throws {
+        process.executableURL = URL(fileURLWithPath: CLI.binary)
+        process.arguments = ["serve", "--port", "0"] + args
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { $1 }
+        process.environment = env
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        err.fileHandleForReading.readabilityHandler = { [weak self] h in
+            let d = h.availableData
+            guard let self, !d.isEmpty else { return }
+            self.lock.lock(); self.log += String(decoding: d, as: UTF8.self); self.lock.unlock()
+        }
+        try process.run()
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline && process.isRunning {
+            if let r = stderr.range(of: #"listening on http://127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
+                port = Int(stderr[r].split(separator: ":").last!)!
+                return
+            }
+            usleep(20_000)
+        }
+        process.terminate()
+        throw OffloadTestError("offload serve did not start listening: \(stderr)")
+    }
+
+    var stderr: String { lock.lock(); defer { lock.unlock() }; return log }
+    var base: String { "http://127.0.0.1:\(port)" }
+
+    func stop() {
+        if process.isRunning { process.interrupt(); process.waitUntilExit() }
+    }
+    deinit { stop() }
+
+    /// Resident memory of the server process (kB), from /proc.
+    var residentKB: Int {
+        guard let s = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8),
+              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+        return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    }
+}
+
+struct OffloadTestError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+enum OpenAIClient {
+    static var python: String { CLI.cache + "/openai-venv/bin/python" }
+    static var script: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Support/openai_client.py").path
+    }
+
+    /// Runs `calls` through Support/openai_client.py against `server`; one result per call.
+    static func run(_ calls: [[String: Any]], server: ServerProcess, apiKey: String? = nil,
+                    file: StaticString = #filePath, line: UInt = #line) throws -> [[String: Any]] {
+        guard FileManager.default.isExecutableFile(atPath: python) else {
+            XCTFail("missing \(python): run scripts/fetch-assets.sh (it installs the openai client)", file: file, line: line)
+            throw CocoaError(.fileNoSuchFile)
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = [script]
+        var env = ProcessInfo.processInfo.environment
+        env["OFFLOAD_SERVER"] = server.base
+        env["OFFLOAD_API_KEY"] = apiKey
+        p.environment = env
+        let input = Pipe(), out = Pipe(), err = Pipe()
+        p.standardInput = input; p.standardOutput = out; p.standardError = err
+        try p.run()
+        input.fileHandleForWriting.write(try JSONSerialization.data(withJSONObject: calls))
+        try input.fileHandleForWriting.close()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0, let results = try JSONSerialization.jsonObject(with: o) as? [[String: Any]] else {
+            XCTFail("client failed: \(String(decoding: e, as: UTF8.self))", file: file, line: line)
+            throw CocoaError(.fileReadCorruptFile)
+        }
+        for r in results where r["exception"] != nil { XCTFail("client: \(r["exception"]!)", file: file, line: line) }
+        return results
+    }
+}
+
+final class ServeTests: XCTestCase {
+    static let model = "SmolLM2-135M-Instruct.Q4_1"
+    let prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The tide",
+                   "In 1492, Columbus", "Water boils at", "My favourite colour is", "import numpy as np\n"]
+
+    /// `offload generate`'s greedy text for `prompt`.
+    func generated(_ prompt: String, maxTokens: Int) throws -> String {
+        let r = try CLI.run(["generate", "--model", CLI.smolLM2, "--prompt", prompt, "--max-tokens", "\(maxTokens)",
+                             "--temperature", "0", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let j = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        return try XCTUnwrap(j["text"] as? String)
+    }
+
+    func testCompletionsThroughTheOpenAIClientEqualGenerateAloneAndConcurrently() throws {
+        let server = try ServerProcess(["--model", CLI.smolLM2, "--max-concurrent", "8"])
+        let want = try prompts.map { try generated($0, maxTokens: 16) }
+        func call(_ i: Int, stream: Bool) -> [String: Any] {
+            var c: [String: Any] = ["op": "completion", "model": Self.model, "prompt": prompts[i], "max_tokens": 16,
+                                    "temperature": 0, "stream": stream]
+            if stream { c["stream_options"] = ["include_usage": true] }
+            return c
+        }
+        // Alone: plain and streamed.
+        let alone = try OpenAIClient.run([call(0, stream: false), call(0, stream: true)], server: server)
+        XCTAssertEqual(alone[0]["text"] as? String, want[0])
+        XCTAssertEqual(alone[1]["text"] as? String, want[0])
+        XCTAssertEqual(alone[0]["object"] as? String, "text_completion")
+        let usage = try XCTUnwrap(alone[0]["usage"] as? [String: Any])
+        XCTAssertEqual(usage["completion_tokens"] as? Int, 16)
+        XCTAssertGreaterThan(alone[1]["chunks"] as? Int ?? 0, 2, "streamed in several events")
+        // Eight at once, half streamed: the same texts.
+        let together = try OpenAIClient.run([["op": "concurrent", "calls": prompts.indices.map { call($0, stream: $0 % 2 == 0) }]],
+                                            server: server)
+        let results = try XCTUnwrap(together[0]["results"] as? [[String: Any]])
+        XCTAssertEqual(results.map { $0["text"] as? String ?? "<\($0)>" }, want)
+        // The metrics counted every token the responses report, and decode steps were shared.
+        let tokens = try (alone + results).map { r -> Int in
+            let u = try XCTUnwrap(r["usage"] as? [String: Any], "usage of \(r)")
+            return try XCTUnwrap(u["completion_tokens"] as? Int)
+        }.reduce(0, +)
+        let metrics = try OpenAIClient.run([["op": "raw", "method": "GET", "path": "/metrics"]], server: server)[0]
+        let text = try XCTUnwrap(metrics["body"] as? String)
+        XCTAssertTrue(text.contains("offload_generated_tokens_total \(tokens)\n"), "\(tokens) tokens: \(text)")
+        let steps = try XCTUnwrap(text.split(separator: "\n").first { $0.hasPrefix("offload_decode_steps_total ") })
+        XCTAssertLessThan(Int(steps.split(separator: " ")[1])!, tokens / 2, "decode steps not shared: \(steps)")
+    }
+
+    func testStopSequencesMaxTokensAndSamplingOptions() throws {
+        let server = try ServerProcess(["--model", CLI.smolLM2])
+        let full = try generated(prompts[0], maxTokens: 16)   // " Paris.\n\nThe answer is..." or similar
+        let stopAt = String(full.dropFirst(3).prefix(2))
+        let r = try OpenAIClient.run([
+            ["op": "completion", "model": Self.model, "prompt": prompts[0], "max_tokens": 16, "temperature": 0, "stop": [stopAt]],
+            ["op": "completion", "model": Self.model, "prompt": prompts[0], "max_tokens": 16, "temperature": 0, "stop": stopAt,
+             "stream": true],
+            ["op": "completion", "model": Self.model, "prompt": prompts[0], "max_tokens": 3, "temperature": 0],
+            ["op": "completion", "model": Self.model, "prompt": prompts[1], "max_tokens": 12, "temperature": 0.9, "seed": 7],
+            ["op": "completion", "model": Self.model, "prompt": prompts[1], "max_tokens": 12, "temperature": 0.9, "seed": 7],
+        ], server: server)
+        let cut = String(full[..<full.range(of: stopAt)!.lowerBound])
+        XCTAssertEqual(r[0]["text"] as? String, cut)
+        XCTAssertEqual(r[0]["finish_reason"] as? String, "stop")
+        XCTAssertEqual(r[1]["text"] as? String, cut, "a stop string split over streamed tokens")
+        XCTAssertEqual(r[1]["finish_reason"] as? String, "stop")
+        XCTAssertEqual(r[2]["finish_reason"] as? String, "length")
+        XCTAssertTrue(full.hasPrefix(r[2]["text"] as? String ?? "?"))
+        XCTAssertEqual(r[3]["text"] as? String, r[4]["text"] as? String, "the same seed samples the same text")
+    }
+
+    func testBadRequestsGetOpenAIShapedErrorsAndTheServerKeepsServing() throws {
+        let server = try ServerProcess(["--model", CLI.smolLM2, "--api-key", "sekret", "--max-body", "4KB",
+                                        "--context", "64"])
+        let auth = ["Content-Type": "application/json", "Authorization": "Bearer sekret"]
+        func raw(_ body: String?, path: String = "/v1/completions", method: String = "POST",
+                 headers: [String: String]? = nil) -> [String: Any] {
+            var c: [String: Any] = ["op": "raw", "method": method, "path": path, "headers": headers ?? auth]
+            if let body { c["body"] = body }
+            return c
+        }
+        let good = #"{"model": "\#(Self.model)", "prompt": "Hi", "max_tokens": 2}"#
+        let long = String(repeating: "word ", count: 100)
+        let cases: [(call: [String: Any], status: Int, param: String?)] = [
+            (raw("{\"model\": "), 400, nil),                                                 // malformed JSON
+            (raw("[1, 2]"), 400, nil),                                                        // not an object
+            (raw(#"{"model": "\#(Self.model)", "prompt": "Hi", "max_tokens": "2"}"#), 400, "max_tokens"),
+            (raw(#"{"model": "\#(Self.model)", "prompt": 5}"#), 400, "prompt"),
+            (raw(#"{"model": "\#(Self.model)", "prompt": "Hi", "temperature": true}"#), 400, "temperature"),
+            (raw(#"{"model": "\#(Self.model)", "prompt": "Hi", "n": 3}"#), 400, "n"),
+            (raw(#"{"model": "gpt-9", "prompt": "Hi"}"#), 404, "model"),
+            (raw(#"{"model": "\#(Self.model)", "prompt": "\#(long)"}"#), 400, "prompt"),     // past --context 64
+            (raw(#"{"model": "\#(Self.model)", "prompt": "\#(String(repeating: "x", count: 5000))"}"#), 413, nil),
+            (raw(good, headers: ["Content-Type": "application/json"]), 401, nil),           // no key
+            (raw(good, headers: ["Content-Type": "application/json", "Authorization": "Bearer wrong"]), 401, nil),
+            (raw(nil, path: "/v1/nothing", method: "GET"), 404, nil),
+            (raw(#"{"model": "\#(Self.model)", "messages": "hello"}"#, path: "/v1/chat/completions"), 400, nil),
+        ]
+        let results = try OpenAIClient.run(cases.map(\.call) + [raw(good)], server: server)
+        for ((_, status, param), r) in zip(cases, results) {
+            XCTAssertEqual(r["status"] as? Int, status, "\(r)")
+            let error = (r["json"] as? [String: Any])?["error"] as? [String: Any]
+            XCTAssertNotNil(error?["message"] as? String, "OpenAI error shape: \(r)")
+            XCTAssertNotNil(error?["type"] as? String, "\(r)")
+            if let param { XCTAssertEqual(error?["param"] as? String, param, "\(r)") }
+        }
+        // And after all of that it still answers.
+        XCTAssertEqual(results.last?["status"] as? Int, 200, "\(results.last!)")
+        // The client library sees the same statuses.
+        let viaClient = try OpenAIClient.run([["op": "completion", "model": "gpt-9", "prompt": "Hi"]], server: server,
+                                             apiKey: "sekret")
+        XCTAssertEqual(viaClient[0]["status"] as? Int, 404)
+    }
+
+    func testAFullQueueAnswers429AndADisconnectedStreamFreesItsSequence() throws {
+        let server = try ServerProcess(["--model", CLI.smolLM2, "--max-concurrent", "1", "--max-queue", "1"])
+        let long: [String: Any] = ["op": "completion", "model": Self.model, "prompt": "Count:", "max_tokens": 200,
+                                   "temperature": 0]
+        let results = try OpenAIClient.run([["op": "concurrent", "calls": Array(repeating: long, count: 4)]], server: server)
+        let statuses = try XCTUnwrap(results[0]["results"] as? [[String: Any]]).map { $0["status"] as? Int ?? 200 }
+        XCTAssertEqual(statuses.filter { $0 == 200 }.count, 2, "one running and one waiting: \(statuses)")
+        XCTAssertEqual(statuses.filter { $0 == 429 }.count, 2, "\(statuses)")
+        // A client that hangs up after the first event: its sequence is cancelled, and the next request runs.
+        let body = #"{"model": "\#(Self.model)", "prompt": "Count:", "max_tokens": 2000, "stream": true}"#
+        let r = try OpenAIClient.run([["op": "disconnect", "path": "/v1/completions", "body": body],
+                                      ["op": "completion", "model": Self.model, "prompt": "Hi", "max_tokens": 2]], server: server)
+        XCTAssertEqual(r[0]["got_event"] as? Bool, true)
+        XCTAssertNotNil(r[1]["text"] as? String, "\(r[1])")
+        let metrics = try OpenAIClient.run([["op": "raw", "method": "GET", "path": "/metrics"]], server: server)[0]
+        let text = try XCTUnwrap(metrics["body"] as? String)
+        XCTAssertTrue(text.contains("offload_requests_finished_total{reason=\"cancelled\"} 1"), text)
+        XCTAssertTrue(text.contains("offload_running_sequences 0"), text)
+    }
+}
