@@ -19,6 +19,7 @@ NATIVE="${LLAMA_NATIVE:-ON}"
 # are for cross-checking our fixtures; quantize makes the K-/IQ-quant test models
 # (scripts/make-quant-models.sh).
 TARGETS=(llama-bench llama-simple llama-completion llama-perplexity llama-tokenize llama-quantize)
+# llama-server (the peer of `offload serve` in Benchmarks/bench-serve.sh) is built only when named.
 # Named targets build just those. It saves little: libllama, ggml and common, which every tool
 # links, are most of the work (llama-quantize alone ~8 min on 2 cores, all six ~8.5 min).
 [ $# -gt 0 ] && TARGETS=("$@")
@@ -33,13 +34,17 @@ missing=()
 for t in "${TARGETS[@]}"; do [ -x "$BUILD/bin/$t" ] || missing+=("$t"); done
 if [ ${#missing[@]} -eq 0 ]; then say "already built in $BUILD/bin: ${TARGETS[*]}"; exit 0; fi
 
+SERVER=OFF
+for t in "${TARGETS[@]}"; do [ "$t" = llama-server ] && SERVER=ON; done
+[ -f "$BUILD/CMakeCache.txt" ] && grep -q "LLAMA_BUILD_SERVER:BOOL=ON" "$BUILD/CMakeCache.txt" && SERVER=ON
+
 say "configuring in $BUILD (GGML_NATIVE=$NATIVE)"
 # LLAMA_CURL is deprecated (ignored) in this version; passing OFF keeps older sources quiet too.
 cmake -S "$SRC" -B "$BUILD" \
   -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE="$NATIVE" \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER="$SERVER" -DLLAMA_BUILD_APP=OFF \
   -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON \
   -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF \
   -DBUILD_SHARED_LIBS=OFF >&2

@@ -921,6 +921,67 @@ AVX512 static float dot_row1_q4_1_split(const uint8_t *base, int rows, int r, co
     return _mm512_reduce_add_ps(a) + _mm512_reduce_add_ps(macc);
 }
 
+// dot_row1_q4_1_split for up to 4 input vectors at once (x: kn × cols, xsum: kn × nb, y: out_stride
+// apart), each vector's arithmetic exactly that of dot_row1_q4_1_split (same operations, same order,
+// same accumulators), so results are bit-identical; the nibbles are unpacked once for all of them.
+AVX512 static void dot_rowsN_q4_1_split(const uint8_t *base, int rows, int r, const float *x, int kn, int cols,
+                                        const float *xsum, float *y, size_t out_stride) {
+    int nb = cols / 32;
+    const uint8_t *nib = base + (size_t)r * nb * 16;
+    const uint16_t *dp = (const uint16_t *)(base + (size_t)rows * nb * 16) + (size_t)r * nb;
+    const uint16_t *mp = dp + (size_t)rows * nb;
+    __m512 a0[4], a1[4], a2[4], a3[4], macc[4];
+    for (int k = 0; k < kn; k++) {
+        a0[k] = _mm512_setzero_ps(); a1[k] = _mm512_setzero_ps(); a2[k] = _mm512_setzero_ps();
+        a3[k] = _mm512_setzero_ps(); macc[k] = _mm512_setzero_ps();
+    }
+    float d[16] __attribute__((aligned(64)));
+    for (int g = 0; g < nb; g += 16) {
+        int cnt = nb - g < 16 ? nb - g : 16;
+        __mmask16 mask = (__mmask16)((1u << cnt) - 1);
+        __m512 dv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, dp + g));
+        __m512 mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, mp + g));
+        for (int k = 0; k < kn; k++)
+            macc[k] = _mm512_fmadd_ps(mv, _mm512_maskz_loadu_ps(mask, xsum + (size_t)k * nb + g), macc[k]);
+        _mm512_store_ps(d, dv);
+        int b = 0;
+        for (; b + 4 <= cnt; b += 4) {
+            const uint8_t *q = nib + (size_t)(g + b) * 16;
+            PREFETCH(q);
+            __m512 l0, h0, l1, h1, l2, h2, l3, h3;
+            nibbles16(q, &l0, &h0); nibbles16(q + 16, &l1, &h1);
+            nibbles16(q + 32, &l2, &h2); nibbles16(q + 48, &l3, &h3);
+            __m512 d0 = _mm512_set1_ps(d[b]), d1 = _mm512_set1_ps(d[b + 1]);
+            __m512 d2 = _mm512_set1_ps(d[b + 2]), d3 = _mm512_set1_ps(d[b + 3]);
+            for (int k = 0; k < kn; k++) {
+                const float *x0 = x + (size_t)k * cols + (size_t)(g + b) * 32;
+                __m512 s0 = _mm512_fmadd_ps(h0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(x0)));
+                __m512 s1 = _mm512_fmadd_ps(h1, _mm512_loadu_ps(x0 + 48), _mm512_mul_ps(l1, _mm512_loadu_ps(x0 + 32)));
+                __m512 s2 = _mm512_fmadd_ps(h2, _mm512_loadu_ps(x0 + 80), _mm512_mul_ps(l2, _mm512_loadu_ps(x0 + 64)));
+                __m512 s3 = _mm512_fmadd_ps(h3, _mm512_loadu_ps(x0 + 112), _mm512_mul_ps(l3, _mm512_loadu_ps(x0 + 96)));
+                a0[k] = _mm512_fmadd_ps(d0, s0, a0[k]);
+                a1[k] = _mm512_fmadd_ps(d1, s1, a1[k]);
+                a2[k] = _mm512_fmadd_ps(d2, s2, a2[k]);
+                a3[k] = _mm512_fmadd_ps(d3, s3, a3[k]);
+            }
+        }
+        for (; b < cnt; b++) {
+            const uint8_t *q = nib + (size_t)(g + b) * 16;
+            __m512 l0, h0; nibbles16(q, &l0, &h0);
+            __m512 d0 = _mm512_set1_ps(d[b]);
+            for (int k = 0; k < kn; k++) {
+                const float *x0 = x + (size_t)k * cols + (size_t)(g + b) * 32;
+                __m512 s0 = _mm512_fmadd_ps(h0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(x0)));
+                a0[k] = _mm512_fmadd_ps(d0, s0, a0[k]);
+            }
+        }
+    }
+    for (int k = 0; k < kn; k++) {
+        __m512 a = _mm512_add_ps(_mm512_add_ps(a0[k], a1[k]), _mm512_add_ps(a2[k], a3[k]));
+        y[(size_t)k * out_stride] = _mm512_reduce_add_ps(a) + _mm512_reduce_add_ps(macc[k]);
+    }
+}
+
 // acc + d · (q · x) for one 32-value block (lo: values 0–15, hi: 16–31).
 AVX512 static inline __m512 block_fma_avx512(__m512 lo, __m512 hi, __m512 d, const float *xb, __m512 acc) {
     __m512 s = _mm512_mul_ps(lo, _mm512_loadu_ps(xb));
@@ -1577,6 +1638,13 @@ static void mv_task(void *p, int begin, int end) {
                     const float *x = c->x + (size_t)k * c->cols;
                     float *y = job->y + (size_t)k * job->rows + r;
 #if defined(__x86_64__)
+                    if (simd == 2 && c->n > 1) {   // exact: several vectors, each as dot_row1_q4_1_split
+                        int kn = c->n - k < 4 ? c->n - k : 4;
+                        dot_rowsN_q4_1_split(job->w, job->rows, r, x, kn, c->cols, c->xsum + (size_t)k * nb, y,
+                                             (size_t)job->rows);
+                        k += kn - 1;
+                        continue;
+                    }
                     if (simd == 2) {
                         *y = dot_row1_q4_1_split(job->w, job->rows, r, x, c->cols, c->xsum + (size_t)k * nb);
                         continue;
