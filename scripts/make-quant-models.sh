@@ -6,7 +6,8 @@
 #   usage: scripts/make-quant-models.sh [TYPE...]   (default: every type in TYPES)
 #   input: $CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-assets.sh)
 #   tool:  $LLAMA_BUILD/bin/llama-quantize (scripts/build-llama-cpp.sh llama-quantize)
-#   output: $QUANT_DIR/SmolLM2-135M-Instruct.<TYPE>.gguf
+#   output: $QUANT_DIR/SmolLM2-135M-Instruct.<TYPE>.gguf; and $CACHE/models/tiny/kquant.<TYPE>.gguf
+#           from scripts/make-tiny-models.py's kquant.f16.gguf (run by this script)
 #   env: OFFLOAD_CACHE (default ~/.cache/offload), LLAMA_BUILD (default $CACHE/llama.cpp-build),
 #        QUANT_DIR (default $CACHE/models/quant), JOBS (threads, default 2; the machine is shared)
 set -euo pipefail
@@ -88,21 +89,26 @@ PY
 }
 for t in "${TYPES[@]}"; do report "$t" "$OUT_DIR/SmolLM2-135M-Instruct.$t.gguf" "${PINNED[$t]:-}"; done
 
-# K-quants on every matrix: a tiny random model whose rows are all multiples of 256
-# (Fixtures/tiny/kquant.f16.gguf, scripts/fixtures/make_kquant_tiny_fixtures.py).
-TINY_SRC="$(cd "$(dirname "$0")/.." && pwd)/Fixtures/tiny/kquant.f16.gguf"
+# K-quants on every matrix: a tiny random model whose rows are all multiples of 256, made with
+# the standard library by scripts/make-tiny-models.py (idempotent: it checks its pinned sha256s),
+# quantized into $CACHE/models/tiny/kquant.<TYPE>.gguf (Fixtures/tiny/kquant_refs.json,
+# scripts/fixtures/make_kquant_tiny_fixtures.py). A few milliseconds each, so a file that is
+# not the pinned one (e.g. from an older source) is simply made again.
+TINY_DIR="$CACHE/models/tiny"
+TINY_SRC="$TINY_DIR/kquant.f16.gguf"
+python3 "$(cd "$(dirname "$0")" && pwd)/make-tiny-models.py"
 declare -A TINY_PINNED=(
-  [Q4_K_M]=87e47c760bca133f2d3ef9a1e261a1dd2feea7397c039302305fcc9fc4d85d2c
-  [Q4_K_S]=982a43526572d082091e852b67bfe8471f3ec7df7f00c0f8009ab3c7d1563453
-  [Q5_K_M]=afd0bbfa010f1bdcf307a58ec2e381ff8347aea8f700c33eec1a56e5926bb6e2
-  [Q6_K]=eb37b791f8aa9a71376473baf0ade358ddab4a95e092c48508bd859f3589cd00
-  [Q3_K_M]=cc465140f9abb91f84b44d7326b125efad1ef818a8b91a6ab285817cd7036d62
-  [Q2_K]=b5d127932343810dfa22db4d144bd3c48a044555a0aaa80508a376393e47e675
-  [IQ4_XS]=0cef9de6d9239a689994da46e0592e54083c80be96ce5cb61a3380f18d807801
+  [Q4_K_M]=f973f4e3da51a33fc64169d25519e8695c43c153ae25ef68131d41b210151313
+  [Q4_K_S]=35d2b2ecb9194765b6126dbc99d12706657b6ccf3ebfa205375b7dbcf0884c13
+  [Q5_K_M]=80ed9941d6c678b544b6812b3f034beabbd62c061344920f786cf38acd6ef91a
+  [Q6_K]=d0e039f9b99fc7b5819caf809ef454eef1e8a5446b18a6862e803567db1ba17e
+  [Q3_K_M]=cfe569d14c787ed91ab14fddbea37b0a011d67e13e979a579dc8e95bc126e12b
+  [Q2_K]=033cc2849fab15355d31511b4d77ed57508a0fc74c86814f9a4199894878e9e9
+  [IQ4_XS]=9153bc2da3c08829e903d547025ea1537db1a61abc7bbb2724f148da79f5d73d
 )
 for t in Q4_K_M Q4_K_S Q5_K_M Q6_K Q3_K_M Q2_K IQ4_XS; do
-  out="$OUT_DIR/tiny-kquant.$t.gguf"
-  if [ ! -f "$out" ]; then
+  out="$TINY_DIR/kquant.$t.gguf"
+  if ! { [ -f "$out" ] && [ "$(sha256sum "$out" | cut -d' ' -f1)" = "${TINY_PINNED[$t]}" ]; }; then
     rm -f "$out.tmp"
     if ! "$QUANTIZE" "$TINY_SRC" "$out.tmp" "$t" "$JOBS" >"$out.log" 2>&1; then
       rm -f "$out.tmp"; tail -n 20 "$out.log" >&2; say "llama-quantize failed for tiny $t (log: $out.log)"; exit 1
@@ -111,4 +117,4 @@ for t in Q4_K_M Q4_K_S Q5_K_M Q6_K Q3_K_M Q2_K IQ4_XS; do
   fi
   report "tiny $t" "$out" "${TINY_PINNED[$t]:-}"
 done
-say "ready in $OUT_DIR"
+say "ready in $OUT_DIR and $TINY_DIR"

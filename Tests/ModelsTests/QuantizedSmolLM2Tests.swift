@@ -75,8 +75,9 @@ final class QuantizedSmolLM2Tests: XCTestCase {
     }
 
     /// SmolLM2's rows of 576 put most tensors in 32-value fallback types; a tiny random model with
-    /// rows of 256 and 512 (Fixtures/tiny/kquant.f16.gguf, quantized by llama-quantize in
-    /// scripts/make-quant-models.sh) has a K-quant or IQ4_XS block on every matrix.
+    /// rows of 256 and 512 (kquant.f16.gguf, made into the cache by scripts/make-tiny-models.py and
+    /// quantized by llama-quantize in scripts/make-quant-models.sh) has a K-quant or IQ4_XS block on
+    /// every matrix.
     func testKQuantsOnEveryMatrixMatchTransformers() throws {
         struct Refs: Decodable {
             struct File: Decodable { var file: String; var sha256: String; var tensor_types: [String: Int]; var topk: [[[Double]]] }
@@ -87,7 +88,8 @@ final class QuantizedSmolLM2Tests: XCTestCase {
         XCTAssertEqual(Set(refs.files.keys), ["Q4_K_M", "Q4_K_S", "Q5_K_M", "Q6_K", "Q3_K_M", "Q2_K", "IQ4_XS"])
         var worst: (Double, String) = (0, "")
         for (type, f) in refs.files.sorted(by: { $0.key < $1.key }) {
-            let path = try TestAssets.require(TestAssets.cache + "/models/quant/" + f.file, hint: "run scripts/make-quant-models.sh")
+            let path = try TestAssets.require(TestAssets.tiny + "/" + f.file,
+                                              hint: "run scripts/test.sh, or scripts/make-quant-models.sh (it makes the tiny models, then quantizes them)")
             XCTAssertEqual(try sha256Hex(ofFile: path), f.sha256, "\(f.file) is not the file the fixture was computed from")
             let w = try GGUFWeights(path: path)
             var mix: [String: Int] = [:]

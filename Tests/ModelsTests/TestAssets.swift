@@ -9,6 +9,10 @@ enum TestAssets {
     }
     static var smolLM2: String { cache + "/models/SmolLM2-135M-Instruct.Q4_1.gguf" }
     static var gemma3: String { cache + "/models/gemma-3-270m-q4_k_m.gguf" }
+    /// The tiny random models of the parity tests: made (never committed) by
+    /// scripts/make-tiny-models.py, the K-quant files by scripts/make-quant-models.sh.
+    static var tiny: String { cache + "/models/tiny" }
+    static let tinyHint = "run scripts/test.sh, or python3 scripts/make-tiny-models.py (it makes the tiny models into the cache)"
     static var repoRoot: URL {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     }

@@ -1,9 +1,11 @@
 // Configurations beyond plain Llama — RoPE scaling (Llama 3.1's `llama3`, `linear`) and Qwen2
-// (q/k/v biases, NEOX RoPE in GGUF) — against transformers on tiny random models saved by
-// save_pretrained (Fixtures/tiny, scripts/fixtures/make_tiny_model_fixtures.py), through every
-// way such a model reaches Offload: the Hugging Face folder, llama.cpp's own GGUF conversion,
-// and Offload's exports both ways. The sequence runs to position 95, three times the RoPE-scaled
-// models' original context of 32.
+// (q/k/v biases, NEOX RoPE in GGUF) — against transformers on tiny random models, through every
+// way such a model reaches Offload: the Hugging Face folder, llama.cpp's GGUF conversion, and
+// Offload's exports both ways. The sequence runs to position 95, three times the RoPE-scaled
+// models' original context of 32. The models are made into the cache by
+// scripts/make-tiny-models.py (standard library; folders as save_pretrained writes them, GGUFs as
+// llama.cpp's convert_hf_to_gguf.py writes them, both checked byte for byte when the references
+// were made); the references, in Fixtures/tiny, by scripts/fixtures/make_tiny_model_fixtures.py.
 import Foundation
 import Formats
 import Kernels
@@ -12,7 +14,10 @@ import XCTest
 
 final class TinyModelParityTests: XCTestCase {
     struct Reference: Decodable {
-        struct Model: Decodable { let folder: String; let logits: String; let shape: [Int]; let gguf: String? }
+        struct Model: Decodable {
+            let folder: String; let logits: String; let shape: [Int]
+            let safetensors_sha256: String; let gguf: String?; let gguf_sha256: String?
+        }
         let ids: [Int]
         let models: [String: Model]
     }
@@ -26,6 +31,23 @@ final class TinyModelParityTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     }
     override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
+
+    /// The model's Hugging Face folder in the cache, checked to hold the weights the reference was computed from.
+    func folder(_ name: String) throws -> String {
+        let path = TestAssets.tiny + "/" + reference.models[name]!.folder
+        let weights = try TestAssets.require(path + "/model.safetensors", hint: TestAssets.tinyHint)
+        XCTAssertEqual(try sha256Hex(ofFile: weights), reference.models[name]!.safetensors_sha256,
+                       "\(weights) is not the file Fixtures/tiny/reference.json was computed from")
+        return path
+    }
+
+    /// The model's GGUF in the cache, checked likewise.
+    func ggufPath(_ name: String) throws -> String {
+        let m = reference.models[name]!
+        let path = try TestAssets.require(TestAssets.tiny + "/" + m.gguf!, hint: TestAssets.tinyHint)
+        XCTAssertEqual(try sha256Hex(ofFile: path), m.gguf_sha256, "\(path) is not the file Fixtures/tiny/reference.json was computed from")
+        return path
+    }
 
     func expected(_ name: String) throws -> [Float] {
         let data = try Data(contentsOf: Self.root.appendingPathComponent(reference.models[name]!.logits))
@@ -55,7 +77,7 @@ final class TinyModelParityTests: XCTestCase {
         for (name, scaling) in [("llama3", RopeScaling.llama3(factor: 8, lowFrequencyFactor: 1, highFrequencyFactor: 4,
                                                                originalContext: 32)),
                                 ("linear", .linear(factor: 4))] {
-            let hf = try HFCheckpoint(folder: Self.root.appendingPathComponent(name).path)
+            let hf = try HFCheckpoint(folder: try folder(name))
             XCTAssertEqual(hf.config.ropeScaling, scaling, name)
             let want = try expected(name), vocab = reference.models[name]!.shape[1]
             let (all, decoded) = try logits(hf)
@@ -71,24 +93,29 @@ final class TinyModelParityTests: XCTestCase {
     }
 
     func testLlamaCppConversionMatchesTransformers() throws {
-        // convert_hf_to_gguf.py writes Llama 3.1's scaling as rope_freqs.weight, one divisor per frequency.
-        let gguf = try GGUFWeights(path: Self.root.appendingPathComponent("llama3.f32.gguf").path)
+        // convert_hf_to_gguf.py writes Llama 3.1's scaling as rope_freqs.weight, one divisor per frequency
+        // (the file is the converter's bytes; pinned here by value). With head 16, theta 1e4 and an original
+        // context of 32, the wavelengths are 2π·10⁴^(i/8): band 0 (6.3) is below 32/4 and keeps its frequency,
+        // band 1 (19.87) is smoothed, 1/((1−s)/8 + s) with s = (32/19.87 − 1)/3, and the rest are above 32: ÷8.
+        let gguf = try GGUFWeights(path: try ggufPath("llama3"))
         guard case .divisors(let d)? = gguf.config.ropeScaling else {
             return XCTFail("expected per-frequency divisors, got \(String(describing: gguf.config.ropeScaling))")
         }
         XCTAssertEqual(d.count, 8)
         XCTAssertEqual(d.first, 1)
-        XCTAssertEqual(d.last, 8)
+        if d.count == 8 { XCTAssertEqual(d[1], 3.299539, accuracy: 1e-5) }
+        XCTAssertEqual(Array(d.dropFirst(2)), Array(repeating: 8, count: 6))
+        XCTAssertEqual(gguf.file.tensors.first?.name, "rope_freqs.weight")
         let (all, _) = try logits(gguf)
         assertMatches(all, try expected("llama3"), "llama.cpp's GGUF")
     }
 
     func testExportsKeepTheScaling() throws {
-        let hf = try HFCheckpoint(folder: Self.root.appendingPathComponent("llama3").path)
+        let hf = try HFCheckpoint(folder: try folder("llama3"))
         // HF → GGUF: the divisors llama.cpp's converter writes, and the same logits.
         try exportGGUF(from: hf, to: dir + "/m.gguf")
         let g = try GGUFWeights(path: dir + "/m.gguf")
-        let theirs = try GGUFWeights(path: Self.root.appendingPathComponent("llama3.f32.gguf").path)
+        let theirs = try GGUFWeights(path: try ggufPath("llama3"))
         guard case .divisors(let ours)? = g.config.ropeScaling, case .divisors(let ref)? = theirs.config.ropeScaling else {
             return XCTFail("the exported GGUF has no rope_freqs.weight")
         }
@@ -98,7 +125,7 @@ final class TinyModelParityTests: XCTestCase {
         try exportHFCheckpoint(from: hf, to: dir + "/hf")
         XCTAssertEqual(try HFCheckpoint(folder: dir + "/hf").config.ropeScaling, hf.config.ropeScaling)
         // Linear scaling in GGUF is llama.rope.scaling.type/factor, read back as such.
-        let linear = try HFCheckpoint(folder: Self.root.appendingPathComponent("linear").path)
+        let linear = try HFCheckpoint(folder: try folder("linear"))
         try exportGGUF(from: linear, to: dir + "/linear.gguf")
         let lg = try GGUFWeights(path: dir + "/linear.gguf")
         XCTAssertEqual(lg.config.ropeScaling, .linear(factor: 4))
@@ -112,7 +139,7 @@ final class TinyModelParityTests: XCTestCase {
 
     func testQwen2MatchesTransformersFromEveryFormat() throws {
         let want = try expected("qwen2")
-        let hf = try HFCheckpoint(folder: Self.root.appendingPathComponent("qwen2").path)
+        let hf = try HFCheckpoint(folder: try folder("qwen2"))
         XCTAssertEqual(hf.config.architecture, .qwen2)
         XCTAssertTrue(hf.config.tiedEmbeddings)
         XCTAssertEqual(hf.config.ropeTheta, 1_000_000)
@@ -120,7 +147,7 @@ final class TinyModelParityTests: XCTestCase {
         assertMatches(all, want, "qwen2 folder, all positions")
         assertMatches(decoded, Array(want.suffix(64)), "qwen2 folder, decode step")
         // llama.cpp's conversion: arch qwen2, biases as blk.N.attn_{q,k,v}.bias, Q/K rows in halves (NEOX).
-        let gguf = try GGUFWeights(path: Self.root.appendingPathComponent("qwen2.f32.gguf").path)
+        let gguf = try GGUFWeights(path: try ggufPath("qwen2"))
         XCTAssertEqual(gguf.config.architecture, .qwen2)
         XCTAssertEqual(gguf.ropeStyle, .halfSplit)
         let (gall, gdecoded) = try logits(gguf)

@@ -1,0 +1,411 @@
+#!/usr/bin/env python3
+"""Makes the tiny random-weight models the parity tests read, into $CACHE/models/tiny/, with
+nothing but Python's standard library (CI's python has no numpy or torch). Model files are
+never committed: they are made here, deterministically, and pinned by sha256 below.
+
+  llama3/  linear/  qwen2/  kquant/   Hugging Face folders: config.json, generation_config.json
+                                      and model.safetensors (float32), as transformers 5's
+                                      save_pretrained writes them
+  llama3.f32.gguf  qwen2.f32.gguf     the folders as llama.cpp's convert_hf_to_gguf.py converts them
+  kquant.f16.gguf                     (f32, f16 matrices for kquant; a 64/256-token stand-in
+                                      vocabulary; Llama's Q/K rows permuted to adjacent pairs,
+                                      Llama 3.1's scaling as rope_freqs.weight): byte for byte
+                                      what the converter writes from these folders, which
+                                      scripts/fixtures/make_tiny_model_fixtures.py checks
+  (scripts/make-quant-models.sh then makes kquant.<TYPE>.gguf from kquant.f16.gguf with
+  llama.cpp's llama-quantize.)
+
+Shapes: llama3/linear/qwen2 have vocabulary 64, hidden 32, feed-forward 64, 2 layers, 2 heads of
+16, 1 KV head; kquant has every row a multiple of 256 (hidden 256, feed-forward 512, vocabulary
+256, 1 layer, 4 heads of 64, 2 KV heads) so that llama-quantize gives every matrix a K-quant block.
+
+Weights: each tensor from its own splitmix64 stream, seeded by the sha256 of "<model>/<tensor
+name>". Matrices (and qwen2's biases) are approximately N(0, std²) -- the sum of four 16-bit
+uniforms, centred and scaled (Irwin-Hall), std 0.3 for the small models (so RoPE and biases move
+logits visibly) and 0.1 for kquant; norm weights are uniform in [0.5, 1.5). Only integer
+arithmetic and correctly rounded float operations are used (no libm), so every platform makes
+the same bytes.
+
+Idempotent: files that exist with their pinned sha256 are kept; otherwise every file is made in a
+temporary folder, checked against its pin, and moved into place.
+    python3 scripts/make-tiny-models.py           # env: OFFLOAD_CACHE (default ~/.cache/offload)
+    python3 scripts/make-tiny-models.py --pins    # print the sha256s of freshly made files (after
+                                                  # changing this script: paste them into PINS)
+"""
+import hashlib
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+import tempfile
+
+PINS = {
+    "llama3/config.json": "ae4c9ebd052607a2ad901fad13ac193cf1193ff8dc1e906243c4191a5cc44aa9",
+    "llama3/generation_config.json": "92a5c418526e535ff093b96e8d3288d73c828b7968340737b0efe3f8ce94d8a8",
+    "llama3/model.safetensors": "764cfd710892370bc9b058be6a8b97c5d881e58e842b080185c88cc0781220c6",
+    "linear/config.json": "62900f595d7b738d81f70c78a90c818fd1defb32131318d48a05a4180b97a1a3",
+    "linear/generation_config.json": "92a5c418526e535ff093b96e8d3288d73c828b7968340737b0efe3f8ce94d8a8",
+    "linear/model.safetensors": "d332ecd56d8d82c389b26830ce61ae52caff26e6b8de93bcf461dec5feb985ea",
+    "qwen2/config.json": "cc9e5a3f820d1dc5d0a661b06f49ee6300674fea6d2961b79f68471703129f1a",
+    "qwen2/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
+    "qwen2/model.safetensors": "649567e467598231566f03dd08570fcb2c6b6d2d4273ca3cec7984cda022cfe1",
+    "kquant/config.json": "31e73e2a71caf8009a1ab3f9386510ef937564ed1ff5a18679f353ed451e4b61",
+    "kquant/generation_config.json": "92a5c418526e535ff093b96e8d3288d73c828b7968340737b0efe3f8ce94d8a8",
+    "kquant/model.safetensors": "d509fae63e35aff5bf38026b1d14dd7fe75942edc1a22b63e815d808a2417a9e",
+    "llama3.f32.gguf": "94ffa5a7d19d82732bc4b0b54b5a612ea8ffba8bc0e9504aead5ba2d3566af12",
+    "qwen2.f32.gguf": "33910d848048ca28716c6bddec8fdc06ec4c04bc4e8aad2da5d9cdacfcc2efdd",
+    "kquant.f16.gguf": "d1485b4f4ef7dc4e11ff88c6fa9deaa6d3ddf8f2f6522eb7a1158052bf0958cd",
+}
+
+MASK = (1 << 64) - 1
+TRANSFORMERS_VERSION = "5.24.0"   # what the config files say wrote them (the format they follow)
+
+
+def say(msg):
+    print(f"[tiny] {msg}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+class SplitMix64:
+    def __init__(self, seed):
+        self.state = seed & MASK
+
+    def next(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+        return z ^ (z >> 31)
+
+
+SD4 = 37837.22668          # standard deviation of the sum of four uniform 16-bit integers: 65536/sqrt(3)
+F32 = struct.Struct("<f")
+
+
+def f32(x):
+    """x rounded to the nearest float32 (ties to even), as a Python float."""
+    return F32.unpack(F32.pack(x))[0]
+
+
+def stream(model, name):
+    return SplitMix64(int.from_bytes(hashlib.sha256(f"{model}/{name}".encode()).digest()[:8], "little"))
+
+
+def normal(model, name, count, std):
+    rng, out = stream(model, name), []
+    for _ in range(count):
+        z = rng.next()
+        s = (z & 0xFFFF) + ((z >> 16) & 0xFFFF) + ((z >> 32) & 0xFFFF) + (z >> 48)
+        out.append(f32((s - 131070) / SD4 * std))
+    return out
+
+
+def uniform(model, name, count, lo, hi):
+    rng = stream(model, name)
+    return [f32(lo + (rng.next() >> 11) * (hi - lo) / 9007199254740992.0) for _ in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The models
+
+
+SMALL = dict(vocab=64, hidden=32, ff=64, layers=2, heads=2, kv_heads=1, head_dim=16, std=0.3)
+KQUANT = dict(vocab=256, hidden=256, ff=512, layers=1, heads=4, kv_heads=2, head_dim=64, std=0.1)
+
+MODELS = {
+    # name: (shape, architecture, tied head, rope_parameters, GGUF output type or None)
+    "llama3": (SMALL, "llama", False, {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                       "original_max_position_embeddings": 32, "rope_theta": 10000.0,
+                                       "rope_type": "llama3"}, "f32"),
+    "linear": (SMALL, "llama", False, {"factor": 4.0, "rope_theta": 10000.0, "rope_type": "linear"}, None),
+    "qwen2": (SMALL, "qwen2", True, {"rope_theta": 1000000.0, "rope_type": "default"}, "f32"),
+    "kquant": (KQUANT, "llama", False, {"rope_theta": 10000.0, "rope_type": "default"}, "f16"),
+}
+
+
+def hf_tensors(name):
+    """{HF name: (shape, float values)}: the folder's weights."""
+    shape, arch, tied, _, _ = MODELS[name]
+    h, ff, v, hd = shape["hidden"], shape["ff"], shape["vocab"], shape["head_dim"]
+    q, kv = shape["heads"] * hd, shape["kv_heads"] * hd
+    mats = {"model.embed_tokens.weight": [v, h]}
+    if not tied:
+        mats["lm_head.weight"] = [v, h]
+    norms = {"model.norm.weight": [h]}
+    for i in range(shape["layers"]):
+        p = f"model.layers.{i}."
+        mats.update({p + "self_attn.q_proj.weight": [q, h], p + "self_attn.k_proj.weight": [kv, h],
+                     p + "self_attn.v_proj.weight": [kv, h], p + "self_attn.o_proj.weight": [h, q],
+                     p + "mlp.gate_proj.weight": [ff, h], p + "mlp.up_proj.weight": [ff, h],
+                     p + "mlp.down_proj.weight": [h, ff]})
+        if arch == "qwen2":
+            mats.update({p + "self_attn.q_proj.bias": [q], p + "self_attn.k_proj.bias": [kv],
+                         p + "self_attn.v_proj.bias": [kv]})
+        norms.update({p + "input_layernorm.weight": [h], p + "post_attention_layernorm.weight": [h]})
+    out = {}
+    for n, s in mats.items():
+        out[n] = (s, normal(name, n, math.prod(s), shape["std"]))
+    for n, s in norms.items():
+        out[n] = (s, uniform(name, n, math.prod(s), 0.5, 1.5))
+    return dict(sorted(out.items()))
+
+
+def config_json(name):
+    """config.json as transformers 5.24 writes it for this model (json, indent 2, sorted keys)."""
+    shape, arch, tied, rope, _ = MODELS[name]
+    c = {"architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
+         "attention_dropout": 0.0, "dtype": "float32", "head_dim": shape["head_dim"], "hidden_act": "silu",
+         "hidden_size": shape["hidden"], "initializer_range": 0.02, "intermediate_size": shape["ff"],
+         "max_position_embeddings": 256, "model_type": arch, "num_attention_heads": shape["heads"],
+         "num_hidden_layers": shape["layers"], "num_key_value_heads": shape["kv_heads"], "pad_token_id": None,
+         "rms_norm_eps": 1e-05, "rope_parameters": rope, "tie_word_embeddings": tied,
+         "transformers_version": TRANSFORMERS_VERSION, "use_cache": True, "vocab_size": shape["vocab"]}
+    if arch == "llama":
+        c.update({"attention_bias": False, "bos_token_id": 1, "eos_token_id": 2, "mlp_bias": False,
+                  "pretraining_tp": 1})
+    else:
+        c.update({"bos_token_id": None, "eos_token_id": None, "layer_types": ["full_attention"] * shape["layers"],
+                  "max_window_layers": 28, "sliding_window": None, "use_sliding_window": False})
+    return json.dumps(c, indent=2, sort_keys=True) + "\n"
+
+
+def generation_config_json(name):
+    arch = MODELS[name][1]
+    c = {"_from_model_config": True, "output_attentions": False, "output_hidden_states": False,
+         "transformers_version": TRANSFORMERS_VERSION, "use_cache": True}
+    if arch == "llama":
+        c.update({"bos_token_id": 1, "eos_token_id": 2})
+    return json.dumps(c, indent=2, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def f32_bytes(values):
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def f16_bytes(values):
+    # Each value is already a float32; float32 -> float16 rounds to nearest even, as numpy does.
+    return struct.pack(f"<{len(values)}e", *values)
+
+
+def safetensors_bytes(tensors):
+    """safetensors as the Rust library writes it: header length (u64), the JSON header (metadata
+    first, then tensors by name, compact), padded with spaces to 8 bytes, then the data in order."""
+    header, data, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for n, (shape, values) in tensors.items():
+        b = f32_bytes(values)
+        header[n] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(b)]}
+        data.append(b)
+        offset += len(b)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(data)
+
+
+GGUF_UINT32, GGUF_INT32, GGUF_FLOAT32, GGUF_STRING, GGUF_ARRAY = 4, 5, 6, 8, 9
+GGML_F32, GGML_F16 = 0, 1
+ALIGN = 32
+
+
+def gguf_bytes(kvs, tensors):
+    """GGUF v3. kvs: [(key, type, value)] (an array: (key, GGUF_ARRAY, (element type, values)));
+    tensors: [(name, ggml type, row-major shape, bytes)], each aligned to 32 bytes."""
+    out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)))
+
+    def string(s):
+        b = s.encode()
+        out.extend(struct.pack("<Q", len(b)) + b)
+
+    def scalar(t, v):
+        if t == GGUF_STRING:
+            string(v)
+        else:
+            out.extend(struct.pack({GGUF_UINT32: "<I", GGUF_INT32: "<i", GGUF_FLOAT32: "<f"}[t], v))
+
+    for key, t, v in kvs:
+        string(key)
+        out.extend(struct.pack("<I", t))
+        if t == GGUF_ARRAY:
+            et, items = v
+            out.extend(struct.pack("<IQ", et, len(items)))
+            for x in items:
+                scalar(et, x)
+        else:
+            scalar(t, v)
+    offset = 0
+    for name, gt, shape, data in tensors:
+        string(name)
+        out.extend(struct.pack("<I", len(shape)) + b"".join(struct.pack("<Q", d) for d in reversed(shape)))
+        out.extend(struct.pack("<IQ", gt, offset))
+        offset += len(data) + (-len(data) % ALIGN)
+    out.extend(b"\0" * (-len(out) % ALIGN))
+    for _, _, _, data in tensors:
+        out.extend(data + b"\0" * (-len(data) % ALIGN))
+    return bytes(out)
+
+
+GGUF_NAMES = {"input_layernorm.weight": "attn_norm.weight", "mlp.down_proj.weight": "ffn_down.weight",
+              "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+              "post_attention_layernorm.weight": "ffn_norm.weight", "self_attn.k_proj.bias": "attn_k.bias",
+              "self_attn.k_proj.weight": "attn_k.weight", "self_attn.o_proj.weight": "attn_output.weight",
+              "self_attn.q_proj.bias": "attn_q.bias", "self_attn.q_proj.weight": "attn_q.weight",
+              "self_attn.v_proj.bias": "attn_v.bias", "self_attn.v_proj.weight": "attn_v.weight"}
+
+
+def gguf_name(n):
+    if n == "lm_head.weight":
+        return "output.weight"
+    if n == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if n == "model.norm.weight":
+        return "output_norm.weight"
+    _, _, i, rest = n.split(".", 3)
+    return f"blk.{i}.{GGUF_NAMES[rest]}"
+
+
+def permute(values, shape, heads):
+    """convert_hf_to_gguf's LlamaModel.permute: each head's rows from halves to adjacent pairs
+    (reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2))."""
+    rows, cols = shape
+    half = rows // heads // 2
+    out = []
+    for h in range(heads):
+        for i in range(half):
+            for j in range(2):
+                r = h * 2 * half + j * half + i
+                out.extend(values[r * cols:(r + 1) * cols])
+    return out
+
+
+def llama3_rope_factors(rope, head_dim):
+    """convert_hf_to_gguf's rope_freqs.weight for Llama 3.1's scaling, in float32 as torch computes
+    it there: a Python number over a float32 tensor is the tensor's reciprocal times the number
+    (rounded to float32), and each float32 operation is emulated exactly by the double operation
+    rounded to float32. Only the power is a libm call: freq = 1 / base^(2i/dim)."""
+    base, factor = rope["rope_theta"], rope["factor"]
+    lo, hi, old = rope["low_freq_factor"], rope["high_freq_factor"], rope["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old / lo, old / hi
+    rdiv = lambda number, x: f32(f32(1 / x) * f32(number))   # number / tensor
+    out = []
+    for i in range(0, head_dim, 2):
+        freq = rdiv(1.0, f32(base ** f32(f32(i) / head_dim)))
+        wavelen = rdiv(2 * math.pi, freq)
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = f32(f32(rdiv(old, wavelen) - lo) / f32(hi - lo))
+            out.append(rdiv(1, f32(f32(f32(1 - smooth) / factor) + smooth)))
+    return out
+
+
+def size_label(n):
+    """gguf-py's size label for n parameters (all models here are below a million)."""
+    scaled = n * 1e-3
+    return f"{scaled:.{max(2 - len(str(round(scaled)).lstrip('0')), 0)}f}K"
+
+
+def gguf_file(name, tensors):
+    shape, arch, tied, rope, outtype = MODELS[name]
+    gt = GGML_F32 if outtype == "f32" else GGML_F16
+    out = []
+    if rope["rope_type"] == "llama3":
+        out.append(("rope_freqs.weight", GGML_F32, [shape["head_dim"] // 2],
+                    f32_bytes(llama3_rope_factors(rope, shape["head_dim"]))))
+    for n, (s, values) in tensors.items():
+        if arch == "llama" and n.endswith("q_proj.weight"):
+            values = permute(values, s, shape["heads"])
+        elif arch == "llama" and n.endswith("k_proj.weight"):
+            values = permute(values, s, shape["kv_heads"])
+        # The converter keeps 1-D tensors (norms, biases) in float32.
+        out.append((gguf_name(n), gt if len(s) == 2 else GGML_F32, s,
+                    (f16_bytes if gt == GGML_F16 and len(s) == 2 else f32_bytes)(values)))
+    a, v = arch, shape["vocab"]
+    kvs = [("general.architecture", GGUF_STRING, arch), ("general.type", GGUF_STRING, "model"),
+           ("general.name", GGUF_STRING, name.capitalize()),
+           ("general.size_label", GGUF_STRING, size_label(sum(math.prod(t[2]) for t in out))),
+           (f"{a}.block_count", GGUF_UINT32, shape["layers"]), (f"{a}.context_length", GGUF_UINT32, 256),
+           (f"{a}.embedding_length", GGUF_UINT32, shape["hidden"]),
+           (f"{a}.feed_forward_length", GGUF_UINT32, shape["ff"]),
+           (f"{a}.attention.head_count", GGUF_UINT32, shape["heads"]),
+           (f"{a}.attention.head_count_kv", GGUF_UINT32, shape["kv_heads"]),
+           (f"{a}.rope.freq_base", GGUF_FLOAT32, rope["rope_theta"]),
+           (f"{a}.attention.layer_norm_rms_epsilon", GGUF_FLOAT32, 1e-05),
+           (f"{a}.attention.key_length", GGUF_UINT32, shape["head_dim"]),
+           (f"{a}.attention.value_length", GGUF_UINT32, shape["head_dim"]),
+           ("general.file_type", GGUF_UINT32, 0 if gt == GGML_F32 else 1)]
+    if arch == "llama":
+        kvs += [("llama.vocab_size", GGUF_UINT32, v), ("llama.rope.dimension_count", GGUF_UINT32, shape["head_dim"])]
+    kvs += [("general.quantization_version", GGUF_UINT32, 2),
+            # The stand-in vocabulary make_tiny_model_fixtures.py patches into the converter
+            # (the folders have no tokenizer).
+            ("tokenizer.ggml.model", GGUF_STRING, "gpt2"), ("tokenizer.ggml.pre", GGUF_STRING, "default"),
+            ("tokenizer.ggml.tokens", GGUF_ARRAY, (GGUF_STRING, [chr(65 + i) if i < 26 else f"<t{i}>" for i in range(v)])),
+            ("tokenizer.ggml.token_type", GGUF_ARRAY, (GGUF_INT32, [1] * v))]
+    return gguf_bytes(kvs, out)
+
+
+def make(folder):
+    """Writes every file into folder; returns {relative path: bytes length}."""
+    for name, (_, _, _, _, outtype) in MODELS.items():
+        tensors = hf_tensors(name)
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
+        files = {f"{name}/config.json": config_json(name).encode(),
+                 f"{name}/generation_config.json": generation_config_json(name).encode(),
+                 f"{name}/model.safetensors": safetensors_bytes(tensors)}
+        if outtype:
+            files[f"{name}.{outtype}.gguf"] = gguf_file(name, tensors)
+        for rel, b in files.items():
+            with open(os.path.join(folder, rel), "wb") as f:
+                f.write(b)
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def main():
+    cache = os.environ.get("OFFLOAD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "offload")
+    out = os.path.join(cache, "models", "tiny")
+    if "--pins" in sys.argv[1:]:
+        with tempfile.TemporaryDirectory() as tmp:
+            make(tmp)
+            for rel in PINS:
+                print(f'    "{rel}": "{sha256(os.path.join(tmp, rel))}",')
+        return
+    have = lambda rel: os.path.isfile(os.path.join(out, rel)) and sha256(os.path.join(out, rel)) == PINS[rel]
+    if all(have(rel) for rel in PINS):
+        say(f"have {len(PINS)} files in {out}")
+        return
+    os.makedirs(out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".make-", dir=out)
+    try:
+        say(f"making tiny models into {out}")
+        make(tmp)
+        bad = [(rel, sha256(os.path.join(tmp, rel))) for rel in PINS if sha256(os.path.join(tmp, rel)) != PINS[rel]]
+        for rel, got in bad:
+            say(f"sha256 mismatch for {rel}: expected {PINS[rel]}, made {got}")
+        if bad:
+            say("the generator no longer makes the pinned files (changed script, or a platform that rounds "
+                "differently); if the script was changed on purpose, update PINS (--pins) and the references")
+            sys.exit(1)
+        for rel in PINS:   # each file renamed into place whole: a reader never sees a partial file
+            os.makedirs(os.path.dirname(os.path.join(out, rel)), exist_ok=True)
+            os.replace(os.path.join(tmp, rel), os.path.join(out, rel))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(f"ready in {out}")
+
+
+if __name__ == "__main__":
+    main()
