@@ -88,6 +88,11 @@ public final class KVCache {
 
     public var bytes: Int { 2 * layers * capacity * kvDim * 4 }
     public func reset() { length = 0 }
+    /// Forgets positions from `n` on (a conversation that diverges from what the cache holds).
+    public func truncate(to n: Int) {
+        precondition(n >= 0 && n <= length, "truncate(to: \(n)) of a cache of \(length)")
+        length = n
+    }
 }
 
 /// Memory a budget counts: the executor of a plan hands out buffers by name.

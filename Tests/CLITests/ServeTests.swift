@@ -230,3 +230,43 @@ final class ServeTests: XCTestCase {
         XCTAssertTrue(text.contains("offload_running_sequences 0"), text)
     }
 }
+
+final class ServeFuzzTests: XCTestCase {
+    /// 1,000 malformed or hostile requests (Support/fuzz_requests.py): no crash, no 5xx, every
+    /// error in OpenAI's shape, the server still answers, and its memory is back near idle.
+    func testThousandHostileRequestsLeaveTheServerUpAndItsMemoryAtIdle() throws {
+        let server = try ServerProcess(["--model", CLI.smolLM2, "--context", "128", "--max-body", "64KB"])
+        let warm: [[String: Any]] = (0..<4).map { _ in
+            ["op": "completion", "model": ServeTests.model, "prompt": "Count to ten:", "max_tokens": 100, "temperature": 0,
+             "stream": true]
+        }
+        _ = try OpenAIClient.run([["op": "concurrent", "calls": warm]], server: server)
+        let idle = server.residentKB
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: OpenAIClient.python)
+        p.arguments = [URL(fileURLWithPath: OpenAIClient.script).deletingLastPathComponent()
+            .appendingPathComponent("fuzz_requests.py").path, ServeTests.model, "1000"]
+        p.environment = ProcessInfo.processInfo.environment.merging(["OFFLOAD_SERVER": server.base]) { $1 }
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        let summary = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let statuses = try XCTUnwrap(summary["statuses"] as? [String: Int])
+        XCTAssertEqual(statuses.values.reduce(0, +), 1000)
+        XCTAssertTrue(server.process.isRunning, "the server died: \(server.stderr.suffix(2000))")
+        for (s, n) in statuses {
+            XCTAssertFalse(s.hasPrefix("5") || s.hasPrefix("exception"), "\(n) requests got \(s): \(statuses)")
+        }
+        XCTAssertEqual(summary["bad_error_shape"] as? Int, 0, "errors not in OpenAI's shape: \(statuses)")
+        // Still serving, and the dropped streams freed their sequences.
+        let after = try OpenAIClient.run([["op": "completion", "model": ServeTests.model, "prompt": "Hi", "max_tokens": 2],
+                                          ["op": "raw", "method": "GET", "path": "/metrics"]], server: server)
+        XCTAssertNotNil(after[0]["text"] as? String, "\(after[0])")
+        XCTAssertTrue((after[1]["body"] as? String ?? "").contains("offload_running_sequences 0"))
+        let grown = server.residentKB - idle
+        XCTAssertLessThan(grown, 32 * 1024, "resident memory grew by \(grown) kB over 1,000 requests (idle \(idle) kB)")
+    }
+}
