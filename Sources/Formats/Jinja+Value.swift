@@ -646,21 +646,28 @@ enum PyText {
     }
 
     static func string<S: Sequence>(_ scalars: S) -> String where S.Element == Unicode.Scalar {
-        var v = String.UnicodeScalarView()
-        v.append(contentsOf: scalars)
-        return String(v)
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(scalars.underestimatedCount)
+        for c in scalars { UTF8.encode(c) { bytes.append($0) } }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// str.strip / lstrip / rstrip: whitespace, or any of `chars`.
     static func strip(_ s: String, chars: String?, left: Bool, right: Bool) -> String {
-        let scalars = Array(s.unicodeScalars)
+        let v = s.unicodeScalars
         let set = chars.map { Set($0.unicodeScalars) }
         func strippable(_ c: Unicode.Scalar) -> Bool { set.map { $0.contains(c) } ?? isSpace(c) }
-        var a = 0, b = scalars.count
-        if left { while a < b && strippable(scalars[a]) { a += 1 } }
-        if right { while b > a && strippable(scalars[b - 1]) { b -= 1 } }
-        if a == 0 && b == scalars.count { return s }
-        return string(scalars[a..<b])
+        var a = v.startIndex, b = v.endIndex
+        if left { while a < b && strippable(v[a]) { a = v.index(after: a) } }
+        if right {
+            while b > a {
+                let p = v.index(before: b)
+                guard strippable(v[p]) else { break }
+                b = p
+            }
+        }
+        if a == v.startIndex && b == v.endIndex { return s }
+        return String(v[a..<b])
     }
 
     static func upper(_ s: String) -> String { s.uppercased() }
