@@ -269,7 +269,7 @@ struct TokenTable: Sendable {
         var slots = [Int32](repeating: -1, count: capacity)
         bytes.withUnsafeBufferPointer { b in
             for (i, t) in texts.enumerated() {
-                var s = Int(Self.hash(b.baseAddress! + offsets[i], t.count)) & (capacity - 1)
+                var s = Int(truncatingIfNeeded: Self.hash(b.baseAddress! + offsets[i], t.count)) & (capacity - 1)
                 while slots[s] >= 0 {
                     let o = Int(slots[s])
                     if offsets[o + 1] - offsets[o] == t.count
@@ -295,7 +295,7 @@ struct TokenTable: Sendable {
     /// The id of the token whose text is the `count` bytes at `p`.
     func id(_ p: UnsafePointer<UInt8>, _ count: Int) -> Int32? {
         let mask = slots.count - 1
-        var s = Int(Self.hash(p, count)) & mask
+        var s = Int(truncatingIfNeeded: Self.hash(p, count)) & mask
         return bytes.withUnsafeBufferPointer { b in
             while true {
                 let t = slots[s]

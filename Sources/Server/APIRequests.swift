@@ -2,6 +2,7 @@
 // wrong type or value gets an error naming the field (OpenAI's error shape), and the
 // errors themselves.
 import Foundation
+import Formats
 import Runtime
 
 /// An error answered as OpenAI answers it: a status and {"error": {message, type, param, code}}.
@@ -43,7 +44,7 @@ struct GenerationParameters {
 
 enum ChatContent {
     /// Messages as (role, text); a content given as parts keeps its text parts, joined.
-    static func messages(_ body: [String: Any]) throws -> [(role: String, content: String)] {
+    static func messages(_ body: [String: Any]) throws -> [ChatMessage] {
         guard let raw = body["messages"] else { throw APIError.invalid("messages", "'messages' is required") }
         guard let list = raw as? [Any], !list.isEmpty else {
             throw APIError.invalid("messages", "'messages' must be a non-empty array of {role, content} objects")
@@ -60,8 +61,8 @@ enum ChatContent {
                                        "messages[\(i)].role '\(role)' is not one of system, developer, user, assistant, tool")
             }
             switch m["content"] {
-            case let s as String: return (role, s)
-            case is NSNull, nil where role == "assistant": return (role, "")
+            case let s as String: return ChatMessage(role: role, content: s)
+            case is NSNull, nil where role == "assistant": return ChatMessage(role: role, content: "")
             case let parts as [Any]:
                 var text = ""
                 for (j, p) in parts.enumerated() {
@@ -74,7 +75,7 @@ enum ChatContent {
                     }
                     text += t
                 }
-                return (role, text)
+                return ChatMessage(role: role, content: text)
             default:
                 throw APIError.invalid("messages[\(i)].content", "messages[\(i)].content must be a string or an array of text parts")
             }

@@ -26,7 +26,7 @@ public struct ServerOptions: Sendable {
 }
 
 /// Renders chat messages into the prompt text (the model's chat template, with the generation prompt).
-public typealias ChatRenderer = @Sendable ([(role: String, content: String)]) throws -> String
+public typealias ChatRenderer = @Sendable ([ChatMessage]) throws -> String
 
 public final class OpenAIServer: @unchecked Sendable {
     let engine: ServingEngine

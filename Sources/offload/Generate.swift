@@ -6,6 +6,7 @@ import Memory
 import Models
 import Planning
 import Runtime
+import Server
 import Tensors
 
 struct Generate: ParsableCommand {
@@ -29,6 +30,10 @@ struct Generate: ParsableCommand {
     @Option(name: .customLong("prompt-tokens"),
             help: "Use a synthetic prompt of N random token ids instead of --prompt (benchmarking).")
     var promptTokens: Int?
+    @Flag(help: ArgumentHelp("Treat --prompt as a user message: render it with the model's chat template (after "
+                             + "--system) and generate the assistant's answer, as `offload serve` and `offload chat` do."))
+    var chat = false
+    @Option(help: "With --chat: a system message before the user's.") var system: String?
     @Option(name: .customLong("max-tokens"), help: "Tokens to generate at most.") var maxTokens = 128
     @Option(help: "Sampling temperature; 0 picks the most likely token (greedy).") var temperature: Float = 0.8
     @Option(name: .customLong("top-k"), help: "Sample among the K most likely tokens (0: all).") var topK = 40
@@ -61,6 +66,8 @@ struct Generate: ParsableCommand {
         if blockSize != nil && (prompts == nil || budget == nil) {
             throw ValidationError("--block-size needs --prompts and --budget")
         }
+        if chat && prompt == nil { throw ValidationError("--chat needs --prompt (the user's message)") }
+        if system != nil && !chat { throw ValidationError("--system needs --chat") }
         if let n = promptTokens, n <= 0 { throw ValidationError("--prompt-tokens must be positive, got \(n)") }
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be 0 or more, got \(maxTokens)") }
         guard temperature >= 0, temperature.isFinite else {
@@ -84,9 +91,15 @@ struct Generate: ParsableCommand {
         if let file = prompts { return try runPrompts(file: file, source: source, tokenizer: tokenizer) }
         let seed = seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
         var ids: [Int]
-        if let text = prompt {
-            ids = tokenizer.encode(text)
-            if ids.isEmpty, let bos = tokenizer.bosID { ids = [bos] }
+        if let text = prompt, chat {
+            guard let template = try chatTemplate(for: source, modelPath: model) else {
+                throw OffloadError("[generate] --chat: \(model) has no chat template")
+            }
+            let messages = (system.map { [ChatMessage(role: "system", content: $0)] } ?? [])
+                + [ChatMessage(role: "user", content: text)]
+            ids = chatPromptTokens(try template.render(messages, addGenerationPrompt: true), tokenizer: tokenizer)
+        } else if let text = prompt {
+            ids = completionPromptTokens(text, tokenizer: tokenizer)
         } else {
             var rng = SeededGenerator(seed: seed)
             ids = (0..<promptTokens!).map { _ in Int.random(in: 0..<source.config.vocabSize, using: &rng) }

@@ -14,7 +14,7 @@ struct Offload: ParsableCommand {
         cost, and runs the plan.
         """,
         subcommands: [Generate.self, Tokenize.self, Eval.self, Inspect.self, Plan.self, Profile.self,
-                      Train.self, Export.self, QuantizeModel.self, Init.self, Serve.self])
+                      Train.self, Export.self, QuantizeModel.self, Init.self, Serve.self, Chat.self])
 
     static func main() {
         BLASSetup.reexecWithAVX512KernelsIfUseful()

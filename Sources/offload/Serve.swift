@@ -67,7 +67,13 @@ struct Serve: ParsableCommand {
     func run() throws {
         let source = try loadWeights(model, sha256: sha256)
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
-        let render = try chatRenderer(for: source, modelPath: model, tokenizer: tokenizer)
+        let template = try chatTemplate(for: source, modelPath: model)
+        var render: ChatRenderer?
+        if let template {
+            render = { @Sendable (messages: [ChatMessage]) throws -> String in
+                try template.render(messages, addGenerationPrompt: true)
+            }
+        }
         let nthreads = threads ?? defaultThreads()
         let ctx = min(context ?? min(source.config.contextLength, 4096), source.config.contextLength)
         let llama: LlamaModel
@@ -136,7 +142,8 @@ func modelID(_ path: String) -> String {
     return name
 }
 
-/// The model's chat template as a renderer; nil when the model has none.
-func chatRenderer(for source: WeightSource, modelPath: String, tokenizer: Tokenizer) throws -> ChatRenderer? {
-    nil
+/// The model's chat template; nil when the model declares none (a malformed one is an error).
+func chatTemplate(for source: WeightSource, modelPath: String) throws -> ChatTemplate? {
+    if let g = source as? GGUFWeights { return try ChatTemplate.ifDeclared(gguf: g.file) }
+    return try ChatTemplate.ifDeclared(folder: modelPath)
 }

@@ -1,0 +1,142 @@
+// `offload chat`: a terminal conversation that keeps its KV cache between turns.
+import ArgumentParser
+import Foundation
+import Formats
+import Models
+import Runtime
+import Server
+import Tensors
+
+/// Set by SIGINT while an answer is being generated (the answer stops, the program goes on).
+nonisolated(unsafe) private var interrupted: sig_atomic_t = 0
+nonisolated(unsafe) private var answering: sig_atomic_t = 0
+
+struct Chat: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Chat with the model in the terminal, keeping the conversation's KV cache between turns.",
+        discussion: """
+        Each turn renders the whole conversation with the model's chat template and prefills only \
+        the tokens the cache does not already hold, then streams the answer. Type /reset to start \
+        over, /exit (or Ctrl-D) to leave; Ctrl-C stops the current answer.
+        Example: offload chat --model SmolLM2-135M-Instruct.Q4_1.gguf --system "You are terse."
+        """)
+
+    @Option(help: "A GGUF file or a Hugging Face model folder.") var model: String
+    @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
+    @Option(help: "A system message that opens the conversation.") var system: String?
+    @Option(name: .customLong("max-tokens"), help: "Tokens per answer at most.") var maxTokens = 512
+    @Option(help: "Sampling temperature; 0 picks the most likely token (greedy).") var temperature: Float = 0.8
+    @Option(name: .customLong("top-k"), help: "Sample among the K most likely tokens (0: all).") var topK = 40
+    @Option(name: .customLong("top-p"), help: "Sample within the smallest set of tokens with this total probability.")
+    var topP: Float = 0.95
+    @Option(help: "Random seed (default: a random one).") var seed: UInt64?
+    @Option(help: ArgumentHelp("Positions the conversation may use (default: the model's, at most 4096).",
+                               valueName: "n"))
+    var context: Int?
+    @Option(help: ArgumentHelp("Compute memory budget (\"256MB\", \"1GiB\", bytes): weights that do not fit are "
+                               + "streamed from the GGUF file.", valueName: "bytes"))
+    var budget: String?
+    @Option(help: "Compute threads (default: all cores).") var threads: Int?
+
+    func validate() throws {
+        guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1, got \(maxTokens)") }
+        guard temperature >= 0, temperature.isFinite else {
+            throw ValidationError("--temperature must be a number ≥ 0, got \(temperature)")
+        }
+        guard topK >= 0 else { throw ValidationError("--top-k must be 0 or more, got \(topK)") }
+        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
+        if let n = context, n < 2 { throw ValidationError("--context must be at least 2, got \(n)") }
+        if let b = budget, parseBytes(b) == nil || parseBytes(b)! <= 0 {
+            throw ValidationError("--budget must be a size such as 512MB, 2GiB or a byte count, got '\(b)'")
+        }
+        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
+    }
+
+    func run() throws {
+        let source = try loadWeights(model, sha256: sha256)
+        let tokenizer = try loadTokenizer(for: source, modelPath: model)
+        guard let template = try chatTemplate(for: source, modelPath: model) else {
+            throw OffloadError("[chat] \(model) has no chat template; use `offload generate --prompt` for plain text")
+        }
+        let nthreads = threads ?? defaultThreads()
+        let ctx = min(context ?? min(source.config.contextLength, 4096), source.config.contextLength)
+        let llama: LlamaModel
+        var streamer: WeightStreamer?
+        if let budget = budget.flatMap(parseBytes) {
+            guard let gguf = source as? GGUFWeights else {
+                throw OffloadError("[chat] --budget streams weights from a GGUF file; \(model) is a folder")
+            }
+            let (m, s) = try makeStreamingModel(weights: gguf, budget: budget, threads: nthreads, promptTokens: ctx,
+                                                contextCapacity: ctx)
+            (llama, streamer) = (m, s)
+            note("[chat] budget \(formatBytes(budget)): \(s.plan.summary)")
+        } else {
+            llama = try LlamaModel(source: source, threads: nthreads, maxPositions: ctx)
+        }
+        defer { streamer?.stop() }
+        signal(SIGINT) { _ in
+            if answering != 0 { interrupted = 1; return }
+            _exit(130)
+        }
+        let cache = try llama.newCache(capacity: ctx)
+        var cached: [Int] = []   // the tokens whose keys and values the cache holds, in order
+        var messages: [ChatMessage] = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
+        var sampler = Sampler(options: SamplingOptions(temperature: temperature, topK: topK, topP: topP),
+                              seed: seed ?? UInt64.random(in: 0...UInt64(UInt32.max)))
+        let stop = tokenizer.endOfGenerationIDs
+        let interactive = isatty(0) != 0
+        note("[chat] \(modelID(model)), \(ctx) positions; /reset starts over, /exit leaves, Ctrl-C stops an answer")
+        while true {
+            if interactive { FileHandle.standardOutput.write(Data("> ".utf8)) }
+            guard let line = readLine(strippingNewline: true) else { break }
+            let input = line.trimmingCharacters(in: .whitespaces)
+            if input.isEmpty { continue }
+            if input == "/exit" || input == "/quit" { break }
+            if input == "/reset" {
+                messages = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
+                note("[chat] conversation reset")
+                continue
+            }
+            messages.append(ChatMessage(role: "user", content: line))
+            let prompt = chatPromptTokens(try template.render(messages, addGenerationPrompt: true), tokenizer: tokenizer)
+            guard prompt.count < ctx else {
+                messages.removeLast()
+                note("[chat] the conversation (\(prompt.count) tokens) fills the context of \(ctx): /reset to start over")
+                continue
+            }
+            // Keep what the cache holds of this prompt; prefill only the rest.
+            var keep = 0
+            while keep < min(cached.count, prompt.count - 1) && cached[keep] == prompt[keep] { keep += 1 }
+            cache.truncate(to: keep)
+            cached.removeSubrange(keep...)
+            let t0 = now()
+            var logits = try llama.forward(Array(prompt[keep...]), cache: cache)
+            cached += prompt[keep...]
+            let prefill = now() - t0
+            var decoder = StreamingDecoder(tokenizer: tokenizer)
+            var answer = "", generated = 0
+            interrupted = 0; answering = 1
+            let t1 = now()
+            while generated < maxTokens && interrupted == 0 {
+                let next = sampler.sample(logits)
+                if stop.contains(next) { break }
+                generated += 1
+                let piece = decoder.append(next)
+                answer += piece
+                FileHandle.standardOutput.write(Data(piece.utf8))
+                guard cache.length < cache.capacity else { break }
+                logits = try llama.forward([next], cache: cache)
+                cached.append(next)
+            }
+            answering = 0
+            let rest = decoder.flush()
+            answer += rest
+            FileHandle.standardOutput.write(Data((rest + "\n").utf8))
+            if interrupted != 0 { note("[chat] stopped") }
+            messages.append(ChatMessage(role: "assistant", content: answer))
+            note(String(format: "[chat] prefilled %d new tokens (%d reused from the cache) in %.2f s; %d tokens at %.1f tok/s",
+                        prompt.count - keep, keep, prefill, generated,
+                        generated > 0 ? Double(generated) / max(now() - t1, 1e-9) : 0))
+        }
+    }
+}
