@@ -145,6 +145,68 @@ final class ServeTests: XCTestCase {
         XCTAssertLessThan(Int(steps.split(separator: " ")[1])!, tokens / 2, "decode steps not shared: \(steps)")
     }
 
+    /// `offload generate --chat`'s greedy answer to `user` (after `system`).
+    func chatAnswer(_ user: String, system: String? = nil, maxTokens: Int) throws -> String {
+        let r = try CLI.run(["generate", "--model", CLI.smolLM2, "--chat", "--prompt", user, "--max-tokens", "\(maxTokens)",
+                             "--temperature", "0", "--json"] + (system.map { ["--system", $0] } ?? []))
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let j = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        return try XCTUnwrap(j["text"] as? String)
+    }
+
+    func testChatThroughTheOpenAIClientEqualsGenerateWithTheChatTemplate() throws {
+        let server = try ServerProcess(["--model", CLI.smolLM2, "--max-concurrent", "8"])
+        let questions = ["What is the capital of France?", "Name a prime number.", "Say hello in Spanish.",
+                         "What colour is the sky?", "How many legs has a spider?", "Write a haiku about tea.",
+                         "What is 2 + 2?", "Who wrote Hamlet?"]
+        let system = "You answer in one short sentence."
+        let want = try questions.enumerated().map { i, q in try chatAnswer(q, system: i % 2 == 0 ? system : nil, maxTokens: 24) }
+        func call(_ i: Int, stream: Bool) -> [String: Any] {
+            var messages: [[String: Any]] = [["role": "user", "content": questions[i]]]
+            if i % 2 == 0 { messages.insert(["role": "system", "content": system], at: 0) }
+            return ["op": "chat", "model": Self.model, "messages": messages, "max_tokens": 24, "temperature": 0,
+                    "stream": stream]
+        }
+        let alone = try OpenAIClient.run([call(0, stream: false), call(1, stream: true)], server: server)
+        XCTAssertEqual(alone[0]["text"] as? String, want[0])
+        XCTAssertEqual(alone[0]["object"] as? String, "chat.completion")
+        XCTAssertEqual(alone[1]["text"] as? String, want[1])
+        let together = try OpenAIClient.run([["op": "concurrent", "calls": questions.indices.map { call($0, stream: $0 % 3 == 0) }]],
+                                            server: server)
+        let results = try XCTUnwrap(together[0]["results"] as? [[String: Any]])
+        XCTAssertEqual(results.map { $0["text"] as? String ?? "<\($0)>" }, want)
+        // The template ended each answer with its end-of-turn token, not the length limit.
+        XCTAssertEqual(alone[0]["finish_reason"] as? String, "stop")
+    }
+
+    func testChatCommandKeepsTheConversationInItsCache() throws {
+        let first = try chatAnswer("What is the capital of France?", maxTokens: 40)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = ["chat", "--model", CLI.smolLM2, "--temperature", "0", "--max-tokens", "40"]
+        let input = Pipe(), out = Pipe(), err = Pipe()
+        p.standardInput = input; p.standardOutput = out; p.standardError = err
+        try p.run()
+        input.fileHandleForWriting.write(Data("What is the capital of France?\nAnd of Italy?\n/reset\nWhat is the capital of France?\n/exit\n".utf8))
+        try input.fileHandleForWriting.close()
+        let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, e)
+        let answers = o.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        XCTAssertEqual(answers.first, first, "the first answer is generate --chat's")
+        XCTAssertEqual(answers.count, 4, o)   // three answers and the last newline
+        XCTAssertEqual(answers[2], first, "after /reset the same question gets the same answer")
+        // Turn two prefilled only its new tokens; after /reset the cache still held the first turn's prompt.
+        let turns = e.split(separator: "\n").filter { $0.contains("prefilled") }
+        XCTAssertEqual(turns.count, 3, e)
+        func reused(_ line: Substring) -> Int { Int(line.split(separator: "(")[1].split(separator: " ")[0])! }
+        XCTAssertEqual(reused(turns[0]), 0)
+        XCTAssertGreaterThan(reused(turns[1]), 30, String(turns[1]))
+        XCTAssertGreaterThan(reused(turns[2]), 30, String(turns[2]))
+        XCTAssertTrue(e.contains("conversation reset"), e)
+    }
+
     func testStopSequencesMaxTokensAndSamplingOptions() throws {
         let server = try ServerProcess(["--model", CLI.smolLM2])
         let full = try generated(prompts[0], maxTokens: 16)   // " Paris.\n\nThe answer is..." or similar
