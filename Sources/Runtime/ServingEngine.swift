@@ -92,6 +92,8 @@ public final class ServingEngine: @unchecked Sendable {
     private let cond = NSCondition()
     private var waiting: [Pending] = []
     private var running: [Running] = []
+    /// Sequences admitted and not yet ended (running, or being prefilled): what `maxConcurrent` bounds.
+    private var occupied = 0
     private var cancelled: [Int: FinishReason] = [:]
     private var nextID = 0
     private var stopping = false
@@ -111,7 +113,7 @@ public final class ServingEngine: @unchecked Sendable {
     public func submit(_ request: ServeRequest, onEvent: @escaping @Sendable (ServeEvent) -> Void) throws -> Int {
         cond.lock(); defer { cond.unlock() }
         guard !stopping else { throw AdmissionError.shuttingDown }
-        guard waiting.count < maxQueue + max(0, maxConcurrent - running.count) else {
+        guard waiting.count < maxQueue + max(0, maxConcurrent - occupied) else {
             _stats.rejected += 1
             throw AdmissionError.queueFull(waiting: waiting.count)
         }
@@ -173,8 +175,9 @@ public final class ServingEngine: @unchecked Sendable {
             }
             cancelled.removeAll()
             var admitted: [Pending] = []
-            while running.count + admitted.count < maxConcurrent, !waiting.isEmpty {
+            while occupied < maxConcurrent, !waiting.isEmpty {
                 admitted.append(waiting.removeFirst())
+                occupied += 1
             }
             cond.unlock()
             for (r, why) in ended { finish(r, why) }
@@ -189,7 +192,7 @@ public final class ServingEngine: @unchecked Sendable {
                 if !prefill(p) { requeue.append(p) }
             }
             if !requeue.isEmpty {
-                cond.lock(); waiting.insert(contentsOf: requeue, at: 0); cond.unlock()
+                cond.lock(); waiting.insert(contentsOf: requeue, at: 0); occupied -= requeue.count; cond.unlock()
             }
             decodeStep()
             update { s in
@@ -271,6 +274,7 @@ public final class ServingEngine: @unchecked Sendable {
         } catch {
             for seq in batch { seq.onEvent(.failed("\(error)")) }
             update { $0.failed += batch.count }
+            cond.lock(); occupied -= batch.count; cond.unlock()
             running = []
         }
         let dt = now() - t0
@@ -279,11 +283,15 @@ public final class ServingEngine: @unchecked Sendable {
 
     private func finish(_ seq: Running, _ why: FinishReason) {
         seq.onEvent(.finished(why, promptTokens: seq.request.prompt.count, completionTokens: seq.generated))
-        update { if why == .cancelled { $0.cancelled += 1 } else { $0.finished += 1 } }
+        cond.lock()
+        occupied -= 1
+        if why == .cancelled { _stats.cancelled += 1 } else { _stats.finished += 1 }
+        cond.unlock()
     }
 
+    /// An admitted request that could not run.
     private func fail(_ p: Pending, _ message: String) {
         p.onEvent(.failed(message))
-        update { $0.failed += 1 }
+        cond.lock(); occupied -= 1; _stats.failed += 1; cond.unlock()
     }
 }

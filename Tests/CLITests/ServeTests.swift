@@ -274,10 +274,16 @@ final class ServeTests: XCTestCase {
 
     func testAFullQueueAnswers429AndADisconnectedStreamFreesItsSequence() throws {
         let server = try ServerProcess(["--model", CLI.smolLM2, "--max-concurrent", "1", "--max-queue", "1"])
-        let long: [String: Any] = ["op": "completion", "model": Self.model, "prompt": "Count:", "max_tokens": 200,
-                                   "temperature": 0]
+        // Sampled with a fixed seed: 300 tokens that do not end early (checked below), so the first
+        // request still runs when the others arrive.
+        let long: [String: Any] = ["op": "completion", "model": Self.model, "prompt": "Once upon a time", "max_tokens": 300,
+                                   "temperature": 1, "seed": 3]
         let results = try OpenAIClient.run([["op": "concurrent", "calls": Array(repeating: long, count: 4)]], server: server)
-        let statuses = try XCTUnwrap(results[0]["results"] as? [[String: Any]]).map { $0["status"] as? Int ?? 200 }
+        let answered = try XCTUnwrap(results[0]["results"] as? [[String: Any]])
+        let statuses = answered.map { $0["status"] as? Int ?? 200 }
+        for r in answered where r["usage"] != nil {
+            XCTAssertEqual((r["usage"] as? [String: Any])?["completion_tokens"] as? Int, 300, "ended early: \(r)")
+        }
         XCTAssertEqual(statuses.filter { $0 == 200 }.count, 2, "one running and one waiting: \(statuses)")
         XCTAssertEqual(statuses.filter { $0 == 429 }.count, 2, "\(statuses)")
         // A client that hangs up after the first event: its sequence is cancelled, and the next request runs.
