@@ -921,6 +921,44 @@ AVX512 static float dot_row1_q4_1_split(const uint8_t *base, int rows, int r, co
     return _mm512_reduce_add_ps(a) + _mm512_reduce_add_ps(macc);
 }
 
+// dot_row1_avx512's Q8_0 path for up to 8 input vectors at once (y: out_stride apart), each
+// vector's arithmetic exactly that one's (two interleaved accumulators, the same final sum), so
+// results are bit-identical; each block's bytes are widened once for all of them.
+AVX512 static void dot_rowsN_q8_0(const uint8_t *row, const float *x, int kn, int cols, float *y, size_t out_stride) {
+    int nb = cols / 32, b = 0;
+    __m512 a0[8], a1[8];
+    for (int k = 0; k < kn; k++) { a0[k] = _mm512_setzero_ps(); a1[k] = _mm512_setzero_ps(); }
+    for (; b + 2 <= nb; b += 2) {
+        const uint8_t *k0 = row + b * 34, *k1 = k0 + 34;
+        PREFETCH(k0); PREFETCH(k0 + 64);
+        __m512 l0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k0 + 2))));
+        __m512 h0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k0 + 18))));
+        __m512 l1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k1 + 2))));
+        __m512 h1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k1 + 18))));
+        __m512 d0 = _mm512_set1_ps(h2f(k0)), d1 = _mm512_set1_ps(h2f(k1));
+        for (int k = 0; k < kn; k++) {
+            const float *x0 = x + (size_t)k * cols + b * 32;
+            __m512 s0 = _mm512_fmadd_ps(h0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(x0)));
+            __m512 s1 = _mm512_fmadd_ps(h1, _mm512_loadu_ps(x0 + 48), _mm512_mul_ps(l1, _mm512_loadu_ps(x0 + 32)));
+            a0[k] = _mm512_fmadd_ps(d0, s0, a0[k]);
+            a1[k] = _mm512_fmadd_ps(d1, s1, a1[k]);
+        }
+    }
+    for (; b < nb; b++) {
+        const uint8_t *k0 = row + b * 34;
+        __m512 l0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k0 + 2))));
+        __m512 h0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(k0 + 18))));
+        __m512 d0 = _mm512_set1_ps(h2f(k0));
+        for (int k = 0; k < kn; k++) {
+            const float *x0 = x + (size_t)k * cols + b * 32;
+            __m512 s0 = _mm512_fmadd_ps(h0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(x0)));
+            a0[k] = _mm512_fmadd_ps(d0, s0, a0[k]);
+        }
+    }
+    float m0 = 0, m1 = 0;   // dot_row1_avx512 adds its (zero) min terms for Q8_0 too
+    for (int k = 0; k < kn; k++) y[(size_t)k * out_stride] = _mm512_reduce_add_ps(_mm512_add_ps(a0[k], a1[k])) + (m0 + m1);
+}
+
 // dot_row1_q4_1_split for up to 4 input vectors at once (x: kn × cols, xsum: kn × nb, y: out_stride
 // apart), each vector's arithmetic exactly that of dot_row1_q4_1_split (same operations, same order,
 // same accumulators), so results are bit-identical; the nibbles are unpacked once for all of them.
@@ -1670,6 +1708,13 @@ static void mv_task(void *p, int begin, int end) {
             for (int k0 = 0; k0 < c->n; k0 += c->exact ? 1 : 8) {
                 int kn = c->exact ? 1 : c->n - k0 < 8 ? c->n - k0 : 8;
 #if defined(__x86_64__)
+                if (c->exact && simd == 2 && job->dtype == CK_Q8_0 && c->n > 1) {   // each vector as dot_row1_avx512
+                    int m = c->n - k0 < 8 ? c->n - k0 : 8;
+                    dot_rowsN_q8_0(row, c->x + (size_t)k0 * c->cols, m, c->cols, job->y + (size_t)k0 * job->rows + r,
+                                   (size_t)job->rows);
+                    k0 += m - 1;
+                    continue;
+                }
                 if (simd == 2) {
                     dot_rows_avx512(row, job->dtype, c->x + (size_t)k0 * c->cols, kn, c->cols,
                                     c->xsum + (size_t)k0 * (c->cols / 32), job->y + (size_t)k0 * job->rows + r, job->rows);
