@@ -25,11 +25,7 @@ struct Chat: ParsableCommand {
     @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
     @Option(help: "A system message that opens the conversation.") var system: String?
     @Option(name: .customLong("max-tokens"), help: "Tokens per answer at most.") var maxTokens = 512
-    @Option(help: "Sampling temperature; 0 picks the most likely token (greedy).") var temperature: Float = 0.8
-    @Option(name: .customLong("top-k"), help: "Sample among the K most likely tokens (0: all).") var topK = 40
-    @Option(name: .customLong("top-p"), help: "Sample within the smallest set of tokens with this total probability.")
-    var topP: Float = 0.95
-    @Option(help: "Random seed (default: a random one).") var seed: UInt64?
+    @OptionGroup var sampling: SamplingFlags
     @Option(help: ArgumentHelp("Positions the conversation may use (default: the model's, at most 4096).",
                                valueName: "n"))
     var context: Int?
@@ -40,15 +36,8 @@ struct Chat: ParsableCommand {
 
     func validate() throws {
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1, got \(maxTokens)") }
-        guard temperature >= 0, temperature.isFinite else {
-            throw ValidationError("--temperature must be a number ≥ 0, got \(temperature)")
-        }
-        guard topK >= 0 else { throw ValidationError("--top-k must be 0 or more, got \(topK)") }
-        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
         if let n = context, n < 2 { throw ValidationError("--context must be at least 2, got \(n)") }
-        if let b = budget, parseBytes(b) == nil || parseBytes(b)! <= 0 {
-            throw ValidationError("--budget must be a size such as 512MB, 2GiB or a byte count, got '\(b)'")
-        }
+        try validateBudget(budget)
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
     }
 
@@ -81,8 +70,7 @@ struct Chat: ParsableCommand {
         let cache = try llama.newCache(capacity: ctx)
         var cached: [Int] = []   // the tokens whose keys and values the cache holds, in order
         var messages: [ChatMessage] = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
-        var sampler = Sampler(options: SamplingOptions(temperature: temperature, topK: topK, topP: topP),
-                              seed: seed ?? UInt64.random(in: 0...UInt64(UInt32.max)))
+        var sampler = Sampler(options: sampling.options, seed: sampling.seedOrRandom)
         let stop = tokenizer.endOfGenerationIDs
         let interactive = isatty(0) != 0
         note("[chat] \(modelID(model)), \(ctx) positions; /reset starts over, /exit leaves, Ctrl-C stops an answer")

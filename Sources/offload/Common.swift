@@ -1,7 +1,9 @@
 // Shared by the commands: loading a model, JSON output, errors.
+import ArgumentParser
 import Foundation
 import Formats
 import Models
+import Runtime
 import Tensors
 
 /// A GGUF file, or a Hugging Face folder (config.json + safetensors). With
@@ -34,3 +36,31 @@ func jsonString(_ obj: Any) throws -> String {
 }
 
 func defaultThreads() -> Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
+
+/// The sampling flags `generate` and `chat` share.
+struct SamplingFlags: ParsableArguments {
+    @Option(help: "Sampling temperature; 0 picks the most likely token (greedy).") var temperature: Float = 0.8
+    @Option(name: .customLong("top-k"), help: "Sample among the K most likely tokens (0: all).") var topK = 40
+    @Option(name: .customLong("top-p"), help: "Sample within the smallest set of tokens with this total probability.")
+    var topP: Float = 0.95
+    @Option(help: "Random seed (default: a random one; generate --json prints it).") var seed: UInt64?
+
+    func validate() throws {
+        guard temperature >= 0, temperature.isFinite else {
+            throw ValidationError("--temperature must be a number ≥ 0, got \(temperature)")
+        }
+        guard topK >= 0 else { throw ValidationError("--top-k must be 0 or more, got \(topK)") }
+        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
+    }
+
+    var options: SamplingOptions { SamplingOptions(temperature: temperature, topK: topK, topP: topP) }
+    /// --seed, or a random one.
+    var seedOrRandom: UInt64 { seed ?? UInt64.random(in: 0...UInt64(UInt32.max)) }
+}
+
+/// Checks a --budget value (nil: none given).
+func validateBudget(_ budget: String?) throws {
+    if let b = budget, parseBytes(b) == nil || parseBytes(b)! <= 0 {
+        throw ValidationError("--budget must be a size such as 512MB, 2GiB or a byte count, got '\(b)'")
+    }
+}

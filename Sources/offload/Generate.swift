@@ -35,11 +35,7 @@ struct Generate: ParsableCommand {
     var chat = false
     @Option(help: "With --chat: a system message before the user's.") var system: String?
     @Option(name: .customLong("max-tokens"), help: "Tokens to generate at most.") var maxTokens = 128
-    @Option(help: "Sampling temperature; 0 picks the most likely token (greedy).") var temperature: Float = 0.8
-    @Option(name: .customLong("top-k"), help: "Sample among the K most likely tokens (0: all).") var topK = 40
-    @Option(name: .customLong("top-p"), help: "Sample within the smallest set of tokens with this total probability.")
-    var topP: Float = 0.95
-    @Option(help: "Random seed (default: a random one, printed with --json).") var seed: UInt64?
+    @OptionGroup var sampling: SamplingFlags
     @Option(help: "Compute threads (default: all cores).") var threads: Int?
     @Flag(name: .customLong("ignore-eos"), help: "Keep generating past the end-of-sequence token.") var ignoreEOS = false
     @Flag(help: "Print one JSON object at the end instead of streaming text.") var json = false
@@ -70,15 +66,8 @@ struct Generate: ParsableCommand {
         if system != nil && !chat { throw ValidationError("--system needs --chat") }
         if let n = promptTokens, n <= 0 { throw ValidationError("--prompt-tokens must be positive, got \(n)") }
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be 0 or more, got \(maxTokens)") }
-        guard temperature >= 0, temperature.isFinite else {
-            throw ValidationError("--temperature must be a number ≥ 0, got \(temperature)")
-        }
-        guard topK >= 0 else { throw ValidationError("--top-k must be 0 or more, got \(topK)") }
-        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
-        if let b = budget, parseBytes(b) == nil || parseBytes(b)! <= 0 {
-            throw ValidationError("--budget must be a size such as 512MB, 2GiB or a byte count, got '\(b)'")
-        }
+        try validateBudget(budget)
         if trace != nil && budget == nil { throw ValidationError("--trace needs --budget (it traces the streamed run)") }
         if (disk != nil || hardware != nil) && budget == nil {
             throw ValidationError("--disk and --hardware apply to a budgeted run: give --budget too")
@@ -89,7 +78,7 @@ struct Generate: ParsableCommand {
         let source = try loadWeights(model, sha256: sha256)
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
         if let file = prompts { return try runPrompts(file: file, source: source, tokenizer: tokenizer) }
-        let seed = seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
+        let seed = sampling.seedOrRandom
         var ids: [Int]
         if let text = prompt, chat {
             guard let template = try chatTemplate(for: source, modelPath: model) else {
@@ -127,7 +116,7 @@ struct Generate: ParsableCommand {
             llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
         }
         defer { streamer?.stop() }
-        var sampler = Sampler(options: SamplingOptions(temperature: temperature, topK: topK, topP: topP), seed: seed)
+        var sampler = Sampler(options: sampling.options, seed: seed)
         var stream = StreamingDecoder(tokenizer: tokenizer)
         let stop: Set<Int> = ignoreEOS ? [] : tokenizer.endOfGenerationIDs
         let start = now()
@@ -201,8 +190,8 @@ extension Generate {
             let e = tokenizer.encode(t)
             return e.isEmpty ? tokenizer.bosID.map { [$0] } ?? [] : e
         }
-        let seed = seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
-        let options = SamplingOptions(temperature: temperature, topK: topK, topP: topP)
+        let seed = sampling.seedOrRandom
+        let options = sampling.options
         let stop: Set<Int> = ignoreEOS ? [] : tokenizer.endOfGenerationIDs
         let nthreads = threads ?? defaultThreads()
         let result: BatchResult

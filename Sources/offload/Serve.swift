@@ -54,9 +54,7 @@ struct Serve: ParsableCommand {
         if let n = maxConcurrent, n < 1 { throw ValidationError("--max-concurrent must be at least 1, got \(n)") }
         guard maxQueue >= 0 else { throw ValidationError("--max-queue must be 0 or more, got \(maxQueue)") }
         if let n = context, n < 2 { throw ValidationError("--context must be at least 2, got \(n)") }
-        if let b = budget, parseBytes(b) == nil || parseBytes(b)! <= 0 {
-            throw ValidationError("--budget must be a size such as 512MB, 2GiB or a byte count, got '\(b)'")
-        }
+        try validateBudget(budget)
         guard let b = parseBytes(maxBody), b > 0 else {
             throw ValidationError("--max-body must be a size such as 1MB or a byte count, got '\(maxBody)'")
         }
