@@ -140,6 +140,15 @@ extension GenerationParameters {
         default: throw APIError.invalid("stop", "'stop' must be a string or an array of at most 4 strings")
         }
         stop = stop.filter { !$0.isEmpty }
+        // Refused rather than ignored: a client asking for these would silently get less.
+        switch body["logprobs"] {
+        case nil, is NSNull: break
+        case let n as NSNumber where (isJSONBool(n) && !n.boolValue) || (!isJSONBool(n) && n.intValue == 0): break
+        default: throw APIError.invalid("logprobs", "'logprobs' is not supported by this server")
+        }
+        if let tools = body["tools"], !(tools is NSNull), !((tools as? [Any])?.isEmpty ?? false) {
+            throw APIError.invalid("tools", "'tools' (function calling) is not supported by this server")
+        }
         stream = try bool("stream") ?? false
         switch body["stream_options"] {
         case nil, is NSNull: includeUsage = false

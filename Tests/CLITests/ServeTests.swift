@@ -248,6 +248,7 @@ final class ServeTests: XCTestCase {
             (raw(#"{"model": "\#(Self.model)", "prompt": 5}"#), 400, "prompt"),
             (raw(#"{"model": "\#(Self.model)", "prompt": "Hi", "temperature": true}"#), 400, "temperature"),
             (raw(#"{"model": "\#(Self.model)", "prompt": "Hi", "n": 3}"#), 400, "n"),
+            (raw(#"{"model": "\#(Self.model)", "prompt": "Hi", "logprobs": 2}"#), 400, "logprobs"),
             (raw(#"{"model": "gpt-9", "prompt": "Hi"}"#), 404, "model"),
             (raw(#"{"model": "\#(Self.model)", "prompt": "\#(long)"}"#), 400, "prompt"),     // past --context 64
             (raw(#"{"model": "\#(Self.model)", "prompt": "\#(String(repeating: "x", count: 5000))"}"#), 413, nil),
