@@ -4,25 +4,31 @@ nothing but Python's standard library (CI's python has no numpy or torch). Model
 never committed: they are made here, deterministically, and pinned by sha256 below.
 
   llama3/  linear/  qwen2/  kquant/   Hugging Face folders: config.json, generation_config.json
-                                      and model.safetensors (float32), as transformers 5's
+  gemma3/  gemma3cap/                 and model.safetensors (float32), as transformers 5's
                                       save_pretrained writes them
   llama3.f32.gguf  qwen2.f32.gguf     the folders as llama.cpp's convert_hf_to_gguf.py converts them
-  kquant.f16.gguf                     (f32, f16 matrices for kquant; a 64/256-token stand-in
+  gemma3.f32.gguf  kquant.f16.gguf    (f32, f16 matrices for kquant; a 64/256-token stand-in
                                       vocabulary; Llama's Q/K rows permuted to adjacent pairs,
-                                      Llama 3.1's scaling as rope_freqs.weight): byte for byte
-                                      what the converter writes from these folders, which
-                                      scripts/fixtures/make_tiny_model_fixtures.py checks
+                                      Llama 3.1's scaling as rope_freqs.weight, Gemma's norm
+                                      weights + 1): byte for byte what the converter writes from
+                                      these folders, which scripts/fixtures/make_tiny_model_fixtures.py
+                                      checks
   (scripts/make-quant-models.sh then makes kquant.<TYPE>.gguf from kquant.f16.gguf with
   llama.cpp's llama-quantize.)
 
 Shapes: llama3/linear/qwen2 have vocabulary 64, hidden 32, feed-forward 64, 2 layers, 2 heads of
 16, 1 KV head; kquant has every row a multiple of 256 (hidden 256, feed-forward 512, vocabulary
-256, 1 layer, 4 heads of 64, 2 KV heads) so that llama-quantize gives every matrix a K-quant block.
+256, 1 layer, 4 heads of 64, 2 KV heads) so that llama-quantize gives every matrix a K-quant block;
+gemma3 has vocabulary 64, hidden 32, feed-forward 64, 6 layers (0-4 local with a sliding window of
+8, 5 global), 4 heads of 16, 2 KV heads, RoPE base 1e6 global and 1e4 local, tied head; gemma3cap
+is the same shape with other weights, linear RoPE scaling ×8 on the global layer and
+final_logit_softcapping 10.
 
 Weights: each tensor from its own splitmix64 stream, seeded by the sha256 of "<model>/<tensor
 name>". Matrices (and qwen2's biases) are approximately N(0, std²) -- the sum of four 16-bit
 uniforms, centred and scaled (Irwin-Hall), std 0.3 for the small models (so RoPE and biases move
-logits visibly) and 0.1 for kquant; norm weights are uniform in [0.5, 1.5). Only integer
+logits visibly) and 0.1 for kquant; norm weights are uniform in [0.5, 1.5) (Gemma's, which its
+RMSNorm multiplies by as 1 + weight, in [-0.5, 0.5)). Only integer
 arithmetic and correctly rounded float operations are used (no libm), so every platform makes
 the same bytes.
 
@@ -57,6 +63,13 @@ PINS = {
     "llama3.f32.gguf": "94ffa5a7d19d82732bc4b0b54b5a612ea8ffba8bc0e9504aead5ba2d3566af12",
     "qwen2.f32.gguf": "33910d848048ca28716c6bddec8fdc06ec4c04bc4e8aad2da5d9cdacfcc2efdd",
     "kquant.f16.gguf": "d1485b4f4ef7dc4e11ff88c6fa9deaa6d3ddf8f2f6522eb7a1158052bf0958cd",
+    "gemma3/config.json": "c15318b9072434973a87bf476bcd80a033796ca1f2be5ff823e42eb7c7fe7fe0",
+    "gemma3/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
+    "gemma3/model.safetensors": "590596b5ee1d5595ab6348a9224159c4088bb91d033ddf20402a767eb2d3d957",
+    "gemma3cap/config.json": "a29addd83553fa0c58b457f0db0a3b5f1ecd6bdae6047c585e9cb5668076574d",
+    "gemma3cap/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
+    "gemma3cap/model.safetensors": "41bc379d2ebeaace008942c7b60e6ecda7da5eb400847989675c38abc8a5aae1",
+    "gemma3.f32.gguf": "02f4220453df2577a4974f55db674082c009be7e872fd5e30775ad47d6fc09dd",
 }
 
 MASK = (1 << 64) - 1
@@ -115,6 +128,9 @@ def uniform(model, name, count, lo, hi):
 
 
 SMALL = dict(vocab=64, hidden=32, ff=64, layers=2, heads=2, kv_heads=1, head_dim=16, std=0.3)
+# Gemma 3: 6 layers, the last global and five with a sliding window of 8 (shorter than the tests'
+# sequences); 4 heads of 16 (head_dim ≠ hidden/heads) over 2 KV heads.
+GEMMA = dict(vocab=64, hidden=32, ff=64, layers=6, heads=4, kv_heads=2, head_dim=16, std=0.3, window=8, pattern=6)
 KQUANT = dict(vocab=256, hidden=256, ff=512, layers=1, heads=4, kv_heads=2, head_dim=64, std=0.1)
 
 MODELS = {
@@ -125,7 +141,15 @@ MODELS = {
     "linear": (SMALL, "llama", False, {"factor": 4.0, "rope_theta": 10000.0, "rope_type": "linear"}, None),
     "qwen2": (SMALL, "qwen2", True, {"rope_theta": 1000000.0, "rope_type": "default"}, "f32"),
     "kquant": (KQUANT, "llama", False, {"rope_theta": 10000.0, "rope_type": "default"}, "f16"),
+    # Gemma 3's rope_parameters: global layers' base (and, in gemma3cap, linear scaling) and the
+    # local layers' base, 10,000 (what llama.cpp assumes: its converter does not write it).
+    "gemma3": (GEMMA, "gemma3", True, {"full_attention": {"rope_theta": 1000000.0, "rope_type": "default"},
+                                       "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}}, "f32"),
+    "gemma3cap": (GEMMA, "gemma3", True, {"full_attention": {"factor": 8.0, "rope_theta": 1000000.0, "rope_type": "linear"},
+                                          "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}}, None),
 }
+# Gemma 3's final_logit_softcapping (null for the others).
+SOFTCAP = {"gemma3cap": 10.0}
 
 
 def hf_tensors(name):
@@ -143,6 +167,9 @@ def hf_tensors(name):
                      p + "self_attn.v_proj.weight": [kv, h], p + "self_attn.o_proj.weight": [h, q],
                      p + "mlp.gate_proj.weight": [ff, h], p + "mlp.up_proj.weight": [ff, h],
                      p + "mlp.down_proj.weight": [h, ff]})
+        if arch == "gemma3":
+            norms.update({p + "pre_feedforward_layernorm.weight": [h], p + "post_feedforward_layernorm.weight": [h],
+                          p + "self_attn.q_norm.weight": [hd], p + "self_attn.k_norm.weight": [hd]})
         if arch == "qwen2":
             mats.update({p + "self_attn.q_proj.bias": [q], p + "self_attn.k_proj.bias": [kv],
                          p + "self_attn.v_proj.bias": [kv]})
@@ -151,13 +178,17 @@ def hf_tensors(name):
     for n, s in mats.items():
         out[n] = (s, normal(name, n, math.prod(s), shape["std"]))
     for n, s in norms.items():
-        out[n] = (s, uniform(name, n, math.prod(s), 0.5, 1.5))
+        # Gemma's RMSNorm multiplies by (1 + weight): its weights are around 0.
+        lo, hi = (-0.5, 0.5) if arch == "gemma3" else (0.5, 1.5)
+        out[n] = (s, uniform(name, n, math.prod(s), lo, hi))
     return dict(sorted(out.items()))
 
 
 def config_json(name):
     """config.json as transformers 5.24 writes it for this model (json, indent 2, sorted keys)."""
     shape, arch, tied, rope, _ = MODELS[name]
+    if arch == "gemma3":
+        return gemma3_config_json(name)
     c = {"architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
          "attention_dropout": 0.0, "dtype": "float32", "head_dim": shape["head_dim"], "hidden_act": "silu",
          "hidden_size": shape["hidden"], "initializer_range": 0.02, "intermediate_size": shape["ff"],
@@ -171,6 +202,25 @@ def config_json(name):
     else:
         c.update({"bos_token_id": None, "eos_token_id": None, "layer_types": ["full_attention"] * shape["layers"],
                   "max_window_layers": 28, "sliding_window": None, "use_sliding_window": False})
+    return json.dumps(c, indent=2, sort_keys=True) + "\n"
+
+
+def gemma3_config_json(name):
+    """What save_pretrained writes for Gemma3ForCausalLM (Gemma3TextConfig, transformers 5.24)."""
+    shape, _, tied, rope, _ = MODELS[name]
+    n, p = shape["layers"], shape["pattern"]
+    c = {"_sliding_window_pattern": p, "architectures": ["Gemma3ForCausalLM"], "attention_bias": False,
+         "attention_dropout": 0.0, "attn_logit_softcapping": None, "bos_token_id": None, "dtype": "float32",
+         "eos_token_id": None, "final_logit_softcapping": SOFTCAP.get(name), "head_dim": shape["head_dim"],
+         "hidden_activation": "gelu_pytorch_tanh", "hidden_size": shape["hidden"], "initializer_range": 0.02,
+         "intermediate_size": shape["ff"],
+         "layer_types": ["sliding_attention" if (i + 1) % p else "full_attention" for i in range(n)],
+         "max_position_embeddings": 256, "model_type": "gemma3_text", "num_attention_heads": shape["heads"],
+         "num_hidden_layers": n, "num_key_value_heads": shape["kv_heads"], "pad_token_id": None,
+         "query_pre_attn_scalar": shape["head_dim"], "rms_norm_eps": 1e-06, "rope_parameters": rope,
+         "sliding_window": shape["window"], "tie_word_embeddings": tied,
+         "transformers_version": TRANSFORMERS_VERSION, "use_bidirectional_attention": False, "use_cache": True,
+         "vocab_size": shape["vocab"]}
     return json.dumps(c, indent=2, sort_keys=True) + "\n"
 
 
@@ -260,7 +310,14 @@ GGUF_NAMES = {"input_layernorm.weight": "attn_norm.weight", "mlp.down_proj.weigh
               "self_attn.v_proj.bias": "attn_v.bias", "self_attn.v_proj.weight": "attn_v.weight"}
 
 
-def gguf_name(n):
+# Gemma 3's blocks (convert_hf_to_gguf's tensor map): GGUF's ffn_norm is the norm before the feed-forward.
+GEMMA3_GGUF_NAMES = {**GGUF_NAMES, "post_attention_layernorm.weight": "post_attention_norm.weight",
+                     "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+                     "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+                     "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"}
+
+
+def gguf_name(n, arch="llama"):
     if n == "lm_head.weight":
         return "output.weight"
     if n == "model.embed_tokens.weight":
@@ -268,7 +325,7 @@ def gguf_name(n):
     if n == "model.norm.weight":
         return "output_norm.weight"
     _, _, i, rest = n.split(".", 3)
-    return f"blk.{i}.{GGUF_NAMES[rest]}"
+    return f"blk.{i}.{(GEMMA3_GGUF_NAMES if arch == 'gemma3' else GGUF_NAMES)[rest]}"
 
 
 def permute(values, shape, heads):
@@ -318,7 +375,7 @@ def gguf_file(name, tensors):
     shape, arch, tied, rope, outtype = MODELS[name]
     gt = GGML_F32 if outtype == "f32" else GGML_F16
     out = []
-    if rope["rope_type"] == "llama3":
+    if rope.get("rope_type") == "llama3":
         out.append(("rope_freqs.weight", GGML_F32, [shape["head_dim"] // 2],
                     f32_bytes(llama3_rope_factors(rope, shape["head_dim"]))))
     for n, (s, values) in tensors.items():
@@ -326,10 +383,13 @@ def gguf_file(name, tensors):
             values = permute(values, s, shape["heads"])
         elif arch == "llama" and n.endswith("k_proj.weight"):
             values = permute(values, s, shape["kv_heads"])
+        elif arch == "gemma3" and n.endswith("norm.weight"):
+            # Gemma3RMSNorm multiplies by (1 + weight): the converter stores weight + 1 (float32 addition).
+            values = [f32(x + 1.0) for x in values]
         # The converter keeps 1-D tensors (norms, biases) in float32.
-        out.append((gguf_name(n), gt if len(s) == 2 else GGML_F32, s,
+        out.append((gguf_name(n, arch), gt if len(s) == 2 else GGML_F32, s,
                     (f16_bytes if gt == GGML_F16 and len(s) == 2 else f32_bytes)(values)))
-    a, v = arch, shape["vocab"]
+    a, v, gemma = arch, shape["vocab"], arch == "gemma3"
     kvs = [("general.architecture", GGUF_STRING, arch), ("general.type", GGUF_STRING, "model"),
            ("general.name", GGUF_STRING, name.capitalize()),
            ("general.size_label", GGUF_STRING, size_label(sum(math.prod(t[2]) for t in out))),
@@ -338,11 +398,15 @@ def gguf_file(name, tensors):
            (f"{a}.feed_forward_length", GGUF_UINT32, shape["ff"]),
            (f"{a}.attention.head_count", GGUF_UINT32, shape["heads"]),
            (f"{a}.attention.head_count_kv", GGUF_UINT32, shape["kv_heads"]),
-           (f"{a}.rope.freq_base", GGUF_FLOAT32, rope["rope_theta"]),
-           (f"{a}.attention.layer_norm_rms_epsilon", GGUF_FLOAT32, 1e-05),
-           (f"{a}.attention.key_length", GGUF_UINT32, shape["head_dim"]),
-           (f"{a}.attention.value_length", GGUF_UINT32, shape["head_dim"]),
-           ("general.file_type", GGUF_UINT32, 0 if gt == GGML_F32 else 1)]
+           (f"{a}.rope.freq_base", GGUF_FLOAT32, rope["full_attention"]["rope_theta"] if gemma else rope["rope_theta"])]
+    if gemma:
+        kvs.append((f"{a}.rope.freq_base_swa", GGUF_FLOAT32, rope["sliding_attention"]["rope_theta"]))
+    kvs += [(f"{a}.attention.layer_norm_rms_epsilon", GGUF_FLOAT32, 1e-06 if gemma else 1e-05),
+            (f"{a}.attention.key_length", GGUF_UINT32, shape["head_dim"]),
+            (f"{a}.attention.value_length", GGUF_UINT32, shape["head_dim"]),
+            ("general.file_type", GGUF_UINT32, 0 if gt == GGML_F32 else 1)]
+    if gemma:
+        kvs.append((f"{a}.attention.sliding_window", GGUF_UINT32, shape["window"]))
     if arch == "llama":
         kvs += [("llama.vocab_size", GGUF_UINT32, v), ("llama.rope.dimension_count", GGUF_UINT32, shape["head_dim"])]
     kvs += [("general.quantization_version", GGUF_UINT32, 2),
