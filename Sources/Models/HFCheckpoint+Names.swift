@@ -16,14 +16,37 @@ public enum HFNames {
         ("ffn_up", "mlp.up_proj"),
         ("ffn_down", "mlp.down_proj"),
     ]
+    /// Gemma 3's blocks: four norms per block (pre and post, around attention and the
+    /// feed-forward) and per-head q/k norms; GGUF's ffn_norm is the norm before the feed-forward.
+    private static let gemma3BlockPairs: [(gguf: String, hf: String)] = [
+        ("attn_norm", "input_layernorm"),
+        ("attn_q", "self_attn.q_proj"),
+        ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"),
+        ("attn_output", "self_attn.o_proj"),
+        ("attn_q_norm", "self_attn.q_norm"),
+        ("attn_k_norm", "self_attn.k_norm"),
+        ("post_attention_norm", "post_attention_layernorm"),
+        ("ffn_norm", "pre_feedforward_layernorm"),
+        ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"),
+        ("ffn_down", "mlp.down_proj"),
+        ("post_ffw_norm", "post_feedforward_layernorm"),
+    ]
+    private static func pairs(_ a: ModelArchitecture) -> [(gguf: String, hf: String)] {
+        a == .gemma3 ? gemma3BlockPairs : blockPairs
+    }
     private static let globalPairs: [(gguf: String, hf: String)] = [
         ("token_embd.weight", "model.embed_tokens.weight"),
         ("output_norm.weight", "model.norm.weight"),
         ("output.weight", "lm_head.weight"),
     ]
 
-    /// The Hugging Face name of a GGUF tensor name, or nil for names outside the Llama layout.
-    public static func hf(_ gguf: String) -> String? {
+    /// The Hugging Face name of a GGUF tensor name, or nil for names outside the architecture's layout.
+    public static func hf(_ gguf: String) -> String? { hf(gguf, architecture: .llama) }
+
+    public static func hf(_ gguf: String, architecture: ModelArchitecture) -> String? {
+        let blockPairs = pairs(architecture)
         if let p = globalPairs.first(where: { $0.gguf == gguf }) { return p.hf }
         let parts = gguf.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 4, parts[0] == "blk", let i = Int(parts[1]), i >= 0, String(i) == parts[1],
@@ -31,8 +54,11 @@ public enum HFNames {
         return "model.layers.\(i).\(p.hf).\(parts[3])"
     }
 
-    /// The GGUF name of a Hugging Face tensor name, or nil for names outside the Llama layout.
-    public static func gguf(_ hf: String) -> String? {
+    /// The GGUF name of a Hugging Face tensor name, or nil for names outside the architecture's layout.
+    public static func gguf(_ hf: String) -> String? { gguf(hf, architecture: .llama) }
+
+    public static func gguf(_ hf: String, architecture: ModelArchitecture) -> String? {
+        let blockPairs = pairs(architecture)
         if let p = globalPairs.first(where: { $0.hf == hf }) { return p.gguf }
         let prefix = "model.layers."
         guard hf.hasPrefix(prefix) else { return nil }

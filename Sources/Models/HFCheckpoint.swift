@@ -1,7 +1,9 @@
 // Weights from a Hugging Face Llama checkpoint folder: config.json plus one
 // model.safetensors or shards listed in model.safetensors.index.json. Tensors
 // are served as the files hold them (memory-mapped, HF row order); the model
-// applies the half-split RoPE convention, so nothing is copied or permuted.
+// applies the half-split RoPE convention, so nothing is copied or permuted. Gemma 3's norm
+// weights are the one exception: its RMSNorm multiplies by (1 + weight), and llama.cpp's converter
+// stores weight + 1, so those small vectors are served with 1 added (in fp32), as GGUF has them.
 
 import Foundation
 import Formats
@@ -17,6 +19,12 @@ public final class HFCheckpoint: WeightSource {
     public let files: [SafetensorsFile]
     /// HF tensor name → index into `files`.
     private let location: [String: Int]
+    /// Where the text model's tensors are: "model." (Gemma3ForCausalLM, Llama, Qwen2), or a
+    /// multimodal Gemma 3 checkpoint's "language_model.model." / "model.language_model.".
+    private let modelPrefix: String
+    private let headName: String
+    /// Gemma 3's norm weights plus 1, as fp32 (GGUF name → values), owned here.
+    private var shiftedNorms: [String: UnsafeMutableRawBufferPointer] = [:]
 
     public init(folder: String) throws {
         self.folder = folder
@@ -60,16 +68,48 @@ public final class HFCheckpoint: WeightSource {
         }
         self.files = files
         self.location = location
-        if location["lm_head.weight"] == nil { parsed.tiedEmbeddings = true }
+        if parsed.architecture == .gemma3 {
+            // A multimodal Gemma 3 checkpoint: only its text model is run here; a vision tower is refused.
+            let vision = location.keys.filter { $0.contains("vision_tower.") || $0.contains("multi_modal_projector.") }
+            if let first = vision.min() {
+                throw OffloadError("[hf] \(name): holds a vision tower (\(vision.count) tensors, e.g. \(first)); only "
+                                   + "Gemma 3's text model is supported (a Gemma3ForCausalLM checkpoint)")
+            }
+        }
+        let prefixes = [("model.", "lm_head.weight"), ("language_model.model.", "language_model.lm_head.weight"),
+                        ("model.language_model.", "lm_head.weight")]
+        (modelPrefix, headName) = prefixes.first { location[$0.0 + "embed_tokens.weight"] != nil } ?? prefixes[0]
+        if location[headName] == nil { parsed.tiedEmbeddings = true }
         config = parsed
         try config.validate()
         try validateTensors()
+        if config.architecture == .gemma3 {
+            for spec in config.parameterTable where spec.name.hasSuffix("norm.weight") {
+                let values = try vector(spec.name).map { $0 + 1 }
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: values.count * 4, alignment: 64)
+                values.withUnsafeBytes { buffer.copyMemory(from: $0) }
+                shiftedNorms[spec.name] = buffer
+            }
+        }
+        try validateTensors()
+    }
+
+    deinit { shiftedNorms.values.forEach { $0.deallocate() } }
+
+    /// The Hugging Face name this folder holds the GGUF-named tensor under.
+    public func hfName(_ name: String) -> String? {
+        guard let hf = HFNames.hf(name, architecture: config.architecture) else { return nil }
+        if hf == "lm_head.weight" { return headName }
+        return hf.hasPrefix("model.") ? modelPrefix + hf.dropFirst("model.".count) : hf
     }
 
     /// The tensor GGUF names `name`, read under its Hugging Face name.
     public func tensor(_ name: String) throws -> StoredTensor {
-        guard let hf = HFNames.hf(name) else {
-            throw OffloadError("[hf] \(sourceName): \(name) is not a Llama tensor name")
+        if let b = shiftedNorms[name] {
+            return StoredTensor(name: name, dtype: .f32, shape: [b.count / 4], bytes: UnsafeRawBufferPointer(b))
+        }
+        guard let hf = hfName(name) else {
+            throw OffloadError("[hf] \(sourceName): \(name) is not a \(config.architecture.rawValue) tensor name")
         }
         guard let i = location[hf] else {
             throw OffloadError("[hf] \(sourceName): missing tensor \(hf) (\(name))")
@@ -101,6 +141,10 @@ public final class HFCheckpoint: WeightSource {
 
         let archs = o["architectures"]?.array?.compactMap(\.string) ?? []
         let modelType = o["model_type"]?.string
+        if modelType == "gemma3_text" || modelType == "gemma3"
+            || (modelType == nil && (archs.contains("Gemma3ForCausalLM") || archs.contains("Gemma3ForConditionalGeneration"))) {
+            return try parseGemma3Config(o, folderName: folderName)
+        }
         let arch: ModelArchitecture
         if modelType == "llama" || (modelType == nil && archs.contains("LlamaForCausalLM")) {
             arch = .llama
@@ -109,7 +153,7 @@ public final class HFCheckpoint: WeightSource {
         } else {
             throw fail("model_type is \(o["model_type"]?.description ?? "missing") and architectures is "
                        + "\(o["architectures"]?.description ?? "missing"); expected model_type \"llama\" "
-                       + "(LlamaForCausalLM) or \"qwen2\" (Qwen2ForCausalLM)")
+                       + "(LlamaForCausalLM), \"qwen2\" (Qwen2ForCausalLM) or \"gemma3_text\" (Gemma3ForCausalLM)")
         }
         func int(_ key: String, default d: Int? = nil) throws -> Int {
             guard let v = o[key], v != .null else {
