@@ -78,13 +78,13 @@ public final class ServingEngine: @unchecked Sendable {
         var id: Int, request: ServeRequest, onEvent: @Sendable (ServeEvent) -> Void, arrival: Double
     }
     private final class Running {
-        let id: Int, request: ServeRequest, onEvent: @Sendable (ServeEvent) -> Void
+        let id: Int, request: ServeRequest, onEvent: @Sendable (ServeEvent) -> Void, arrival: Double
         let cache: KVCache
         var sampler: Sampler
         var generated = 0
         var next = 0
         init(_ p: Pending, cache: KVCache) {
-            id = p.id; request = p.request; onEvent = p.onEvent; self.cache = cache
+            id = p.id; request = p.request; onEvent = p.onEvent; arrival = p.arrival; self.cache = cache
             sampler = Sampler(options: p.request.sampling, seed: p.request.seed)
         }
     }
@@ -186,11 +186,7 @@ public final class ServingEngine: @unchecked Sendable {
                 p.onEvent(.finished(.cancelled, promptTokens: p.request.prompt.count, completionTokens: 0))
                 update { $0.cancelled += 1 }
             }
-            var requeue: [Pending] = []
-            for p in admitted {
-                if !requeue.isEmpty { requeue.append(p); continue }   // keep arrival order
-                if !prefill(p) { requeue.append(p) }
-            }
+            let requeue = prefill(admitted)
             if !requeue.isEmpty {
                 cond.lock(); waiting.insert(contentsOf: requeue, at: 0); occupied -= requeue.count; cond.unlock()
             }
@@ -207,45 +203,68 @@ public final class ServingEngine: @unchecked Sendable {
         cond.lock(); body(&_stats); cond.unlock()
     }
 
-    /// Prefills `p` alone (as `Generator` does) and takes its first token. False when its KV
-    /// cache does not fit now but may once running sequences finish.
-    private func prefill(_ p: Pending) -> Bool {
-        let r = p.request
-        let capacity = min(r.prompt.count + r.maxTokens, model.maxPositions)
-        guard !r.prompt.isEmpty, r.prompt.count < capacity || r.maxTokens == 0 else {
-            fail(p, r.prompt.isEmpty ? "the prompt has no tokens"
-                    : "the prompt (\(r.prompt.count) tokens) fills the context (\(model.maxPositions))")
-            return true
-        }
-        let cache: KVCache
-        do {
-            cache = try model.newCache(capacity: capacity, name: "kv.r\(p.id)")
-        } catch {
-            if running.isEmpty {   // nothing will free memory: it can never fit
-                fail(p, "its KV cache (\(r.prompt.count) + \(r.maxTokens) tokens) does not fit the memory budget: \(error)")
-                return true
+    /// Gives each admitted request its KV cache, in arrival order, until one does not fit (it and
+    /// those after it are returned, to wait), then prefills them and takes their first tokens:
+    /// alone on a resident model (as `Generator` does); with streamed weights, together in one
+    /// pass over them (`forwardBlock`: each sequence runs its own kernels on each loaded stage,
+    /// so its logits are its prefill's alone, and the weights are read once for all of them).
+    private func prefill(_ admitted: [Pending]) -> [Pending] {
+        var group: [Running] = [], requeue: [Pending] = []
+        for p in admitted {
+            if !requeue.isEmpty { requeue.append(p); continue }   // keep arrival order
+            let r = p.request
+            let capacity = min(r.prompt.count + r.maxTokens, model.maxPositions)
+            guard !r.prompt.isEmpty, r.prompt.count < capacity || r.maxTokens == 0 else {
+                fail(p, r.prompt.isEmpty ? "the prompt has no tokens"
+                        : "the prompt (\(r.prompt.count) tokens) fills the context (\(model.maxPositions))")
+                continue
             }
-            return false
+            do {
+                group.append(Running(p, cache: try model.newCache(capacity: capacity, name: "kv.r\(p.id)")))
+            } catch {
+                if running.isEmpty && group.isEmpty {   // nothing will free memory: it can never fit
+                    fail(p, "its KV cache (\(r.prompt.count) + \(r.maxTokens) tokens) does not fit the memory budget: \(error)")
+                } else {
+                    requeue.append(p)
+                }
+            }
         }
-        let seq = Running(p, cache: cache)
+        guard !group.isEmpty else { return requeue }
         let t0 = now()
-        let logits: [Float]
-        do {
-            logits = try model.forward(r.prompt, cache: cache)
-        } catch {
-            fail(p, "\(error)")
-            return true
+        var logits = [[Float]?](repeating: nil, count: group.count)
+        if model.supplier != nil && group.count > 1 {
+            // Prompts of one token run in the decode layout, longer ones in the prefill layout: two passes.
+            for part in [group.indices.filter { group[$0].request.prompt.count > 1 },
+                         group.indices.filter { group[$0].request.prompt.count == 1 }] where !part.isEmpty {
+                do {
+                    let l = try model.forwardBlock(part.map { (group[$0].request.prompt, group[$0].cache) })
+                    for (i, x) in zip(part, l) { logits[i] = x }
+                } catch {
+                    for i in part { failRunning(group[i], "\(error)") }
+                }
+            }
+        } else {
+            for (i, seq) in group.enumerated() {
+                do { logits[i] = try model.forward(seq.request.prompt, cache: seq.cache) } catch {
+                    failRunning(seq, "\(error)")
+                }
+            }
         }
         let t1 = now()
         update { s in
-            s.promptTokens += r.prompt.count
+            for (seq, l) in zip(group, logits) where l != nil {
+                s.promptTokens += seq.request.prompt.count
+                s.recordFirstToken(t1 - seq.arrival)
+            }
             s.prefillSeconds += t1 - t0
-            s.recordFirstToken(t1 - p.arrival)
         }
-        if r.maxTokens == 0 { finish(seq, .length); return true }
-        running.append(seq)
-        if !take(seq, logits) { running.removeLast() }
-        return true
+        for (seq, l) in zip(group, logits) {
+            guard let l else { continue }
+            if seq.request.maxTokens == 0 { finish(seq, .length); continue }
+            running.append(seq)
+            if !take(seq, l) { running.removeLast() }
+        }
+        return requeue
     }
 
     /// Samples `seq`'s next token; false when the sequence has ended (its event is sent).
@@ -287,6 +306,12 @@ public final class ServingEngine: @unchecked Sendable {
         occupied -= 1
         if why == .cancelled { _stats.cancelled += 1 } else { _stats.finished += 1 }
         cond.unlock()
+    }
+
+    /// An admitted request whose prefill failed.
+    private func failRunning(_ seq: Running, _ message: String) {
+        seq.onEvent(.failed(message))
+        cond.lock(); occupied -= 1; _stats.failed += 1; cond.unlock()
     }
 
     /// An admitted request that could not run.
