@@ -1761,6 +1761,37 @@ void ck_matmat_exact(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const 
     matmat(pool, jobs, njobs, x, n, cols, 1);
 }
 
+typedef struct { const uint8_t *src; uint8_t *nib, *dp, *mp; } split_ctx;
+
+static void split_task(void *p, int begin, int end) {
+    split_ctx *c = p;
+    for (size_t i = (size_t)begin; i < (size_t)end; i++) {
+        const uint8_t *blk = c->src + i * 20;
+        memcpy(c->nib + i * 16, blk + 4, 16);
+        memcpy(c->dp + i * 2, blk, 2);
+        memcpy(c->mp + i * 2, blk + 2, 2);
+    }
+}
+
+typedef struct { uint8_t *dst; const uint8_t *src; size_t bytes; } copy_ctx;
+#define COPY_CHUNK 65536
+
+static void copy_task(void *p, int begin, int end) {
+    copy_ctx *c = p;
+    size_t a = (size_t)begin * COPY_CHUNK, e = (size_t)end * COPY_CHUNK;
+    if (e > c->bytes) e = c->bytes;
+    memcpy(c->dst + a, c->src + a, e - a);
+}
+
+void ck_split_q4_1_inplace(ck_pool *pool, void *data, void *staging, int rows, int cols) {
+    size_t nb = (size_t)cols / 32, blocks = (size_t)rows * nb;
+    uint8_t *nib = staging, *dp = nib + blocks * 16, *mp = dp + blocks * 2;
+    split_ctx sc = { data, nib, dp, mp };
+    pool_run(pool, split_task, &sc, (int)blocks, 4096);
+    copy_ctx cc = { data, staging, blocks * 20 };
+    pool_run(pool, copy_task, &cc, (int)((cc.bytes + COPY_CHUNK - 1) / COPY_CHUNK), 4);
+}
+
 void ck_matvec(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const float *x, int cols) {
     ck_matmat(pool, jobs, njobs, x, 1, cols);
 }

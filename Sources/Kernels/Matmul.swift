@@ -126,6 +126,13 @@ public enum Matmul {
         return p
     }
 
+    /// Rewrites the Q4_1 matrix at `data` in place into the split layout of `splitForDecode`
+    /// (same bytes), through `staging` (as large as the matrix), on the pool (the calling thread when nil).
+    public static func splitInPlace(_ pool: ComputePool?, _ data: UnsafeMutableRawPointer,
+                                    staging: UnsafeMutableRawPointer, rows: Int, cols: Int) {
+        ck_split_q4_1_inplace(pool?.pool, data, staging, Int32(rows), Int32(cols))
+    }
+
     /// Dequantizes all rows of `w` into `dst` (rows × cols floats) on the pool.
     public static func dequantize(_ pool: ComputePool, _ w: WeightMatrix, into dst: UnsafeMutablePointer<Float>) {
         ck_dequantize_rows(pool.pool, w.data, w.ckType, dst, Int32(w.rows), Int32(w.cols))

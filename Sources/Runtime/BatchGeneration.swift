@@ -62,6 +62,7 @@ public func generateBlocks(weights: GGUFWeights, schedule: BlockSchedule, thread
     let c = weights.config
     let streamer = try WeightStreamer(plan: schedule.plan, file: weights.file, config: c, trace: trace)
     let model = try LlamaModel(source: weights, threads: threads, supplier: streamer, memory: streamer)
+    streamer.computePool = model.pool
     var result = BatchResult(outputs: [], blockSize: schedule.blockSize)
     let t0 = now()
     for blockStart in stride(from: 0, to: prompts.count, by: schedule.blockSize) {

@@ -63,6 +63,8 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
     private var slots: [TierBuffer] = []
     /// Where the compute thread rewrites a taken stage's Q4_1 matrices for the decode kernel.
     private var splitStaging: TierBuffer?
+    /// The model's compute threads, which split stages for decode (on the calling thread when nil).
+    public var computePool: ComputePool?
     private var embeddingBuffer: TierBuffer?
 
     private let cond = NSCondition()
@@ -359,9 +361,7 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
         guard let staging = splitStaging else { return }
         let t0 = trace?.now() ?? 0
         for m in s.matrices where m.dtype == .q4_1 {
-            let p = base + m.bufferOffset
-            ck_split_q4_1(p, staging.baseAddress, Int32(m.rows), Int32(m.cols))
-            p.copyMemory(from: staging.baseAddress, byteCount: m.byteCount)
+            Matmul.splitInPlace(computePool, base + m.bufferOffset, staging: staging.baseAddress, rows: m.rows, cols: m.cols)
         }
         trace?.span("split \(s.name)", stream: "compute", since: t0)
     }

@@ -33,6 +33,7 @@ public func makeStreamingModel(weights: GGUFWeights, budget: Int, threads: Int, 
     } catch { throw OffloadError("[stream] \(error)") }
     let streamer = try WeightStreamer(plan: plan, file: weights.file, config: c, trace: trace)
     let model = try LlamaModel(source: weights, threads: threads, supplier: streamer, memory: streamer)
+    streamer.computePool = model.pool
     if !plan.kvDiskLayers.isEmpty {
         let store = try DiskKVStore(folder: kvFolder, config: c, capacity: contextCapacity, trace: trace)
         model.kvDiskLayers = plan.kvDiskLayers

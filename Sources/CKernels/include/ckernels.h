@@ -56,6 +56,9 @@ void ck_matmat_exact(ck_pool *pool, const ck_matvec_job *jobs, int njobs, const 
 /// rows × cols / 32 × 20 bytes.
 void ck_split_q4_1(const void *src, void *dst, int rows, int cols);
 
+/// ck_split_q4_1 of `data` in place, through `staging` (as large as the matrix), on the pool.
+void ck_split_q4_1_inplace(ck_pool *pool, void *data, void *staging, int rows, int cols);
+
 /// Plain scalar reference: y = W · x, for tests of the fast paths.
 void ck_matvec_reference(const void *w, int dtype, float *y, int rows, const float *x, int cols);
 
