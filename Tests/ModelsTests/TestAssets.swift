@@ -1,5 +1,6 @@
 // Where tests find the fetched assets and the committed fixtures.
 import Foundation
+import Models
 import Tensors
 import XCTest
 
@@ -27,4 +28,15 @@ enum TestAssets {
         }
         return path
     }
+}
+
+/// Logits of `ids` at every position (the prefill path), and the last position again after a decode
+/// step from a cache filled by all but the last token (the direct path, one row): what the tiny-model
+/// parity tests hold against transformers.
+func prefillAndDecodeLogits(_ source: WeightSource, _ ids: [Int]) throws -> (all: [Float], decoded: [Float]) {
+    let m = try LlamaModel(source: source, threads: 2)
+    let all = try m.forward(ids, cache: m.makeCache(capacity: ids.count), allLogits: true)
+    let cache = m.makeCache(capacity: ids.count)
+    _ = try m.forward(Array(ids.dropLast()), cache: cache)
+    return (all, try m.forward([ids.last!], cache: cache))
 }

@@ -54,15 +54,10 @@ final class TinyModelParityTests: XCTestCase {
         return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
     }
 
-    /// Logits at every position (the prefill path), and the last position again after a decode
-    /// step from a cache filled by the first 95 tokens (the direct path, one row).
+    /// Prefill logits of the reference ids, and the last one again by a decode step (for Gemma 3, through
+    /// the sliding window's row-at-a-time branch).
     func logits(_ source: WeightSource) throws -> (all: [Float], decoded: [Float]) {
-        let m = try LlamaModel(source: source, threads: 2)
-        let ids = reference.ids
-        let all = try m.forward(ids, cache: m.makeCache(capacity: ids.count), allLogits: true)
-        let cache = m.makeCache(capacity: ids.count)
-        _ = try m.forward(Array(ids.dropLast()), cache: cache)
-        return (all, try m.forward([ids.last!], cache: cache))
+        try prefillAndDecodeLogits(source, reference.ids)
     }
 
     func assertMatches(_ got: [Float], _ want: [Float], _ what: String, line: UInt = #line) {
