@@ -127,7 +127,14 @@ struct Serve: ParsableCommand {
         done.wait()
         engine.shutdown()
         streamer?.stop()
-        if let e = failure.error { throw OffloadError("[serve] \(e)") }
+        if let e = failure.error {
+            let text = "\(e)"
+            if text.contains("Address already in use") {
+                throw OffloadError("[serve] cannot listen on \(host):\(port): the address is already in use "
+                                   + "(another server? pick another --port, or 0 for any free one)")
+            }
+            throw OffloadError("[serve] cannot serve on \(host):\(port): \(text)")
+        }
     }
 }
 

@@ -273,6 +273,19 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(viaClient[0]["status"] as? Int, 404)
     }
 
+    func testAPortInUseAndAMissingModelAreClearErrors() throws {
+        let first = try ServerProcess(["--model", CLI.smolLM2])
+        let r = try CLI.run(["serve", "--model", CLI.smolLM2, "--port", "\(first.port)"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("127.0.0.1:\(first.port)") && r.stderr.contains("already in use"), r.stderr)
+        let missing = try CLI.run(["serve", "--model", "/nonexistent/model.gguf"])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(missing.stderr.contains("/nonexistent/model.gguf"), missing.stderr)
+        let noTemplate = try CLI.run(["chat", "--model", CLI.cache + "/models/gemma-3-270m-q4_k_m.gguf"])
+        XCTAssertNotEqual(noTemplate.status, 0)
+        XCTAssertTrue(noTemplate.stderr.contains("has no chat template"), noTemplate.stderr)
+    }
+
     func testAFullQueueAnswers429AndADisconnectedStreamFreesItsSequence() throws {
         let server = try ServerProcess(["--model", CLI.smolLM2, "--max-concurrent", "1", "--max-queue", "1"])
         // Sampled with a fixed seed: 300 tokens that do not end early (checked below), so the first
