@@ -499,6 +499,8 @@ public final class LlamaModel {
         guard Set(seqs.map { ObjectIdentifier($0.cache) }).count == n else {
             throw OffloadError("[model] a decode batch holds the same sequence twice")
         }
+        // One sequence: the plain decode step (which also serves a cache with layers on disk).
+        if n == 1 { return [try forward([seqs[0].token], cache: seqs[0].cache)] }
         for (t, cache) in seqs {
             guard cache.length < cache.capacity else {
                 throw OffloadError("[model] context full: \(cache.length + 1) tokens exceed the cache of \(cache.capacity)")
@@ -508,7 +510,6 @@ public final class LlamaModel {
                 throw OffloadError("[model] token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
             }
         }
-        if n == 1 && supplier == nil { return [try forward([seqs[0].token], cache: seqs[0].cache)] }
         var sizes = LlamaModel.scratchFloats(config: c, rows: n, start: 0)
         sizes["w"] = 0   // exact products never dequantize to scratch
         sizes["scores"] = seqs.map { LlamaModel.scratchFloats(config: c, rows: 1, start: $0.cache.length)["scores"]! }.max()!

@@ -315,6 +315,36 @@ public struct BlockSchedulePlan: Sendable {
     }
 }
 
+/// What `offload serve --budget` runs: the KV caches of `sequences` sequences of `context` positions
+/// in memory beside the streamed weights, every decode step one pass over the weights for all of them.
+/// `sequences` is the one asked for, else the most (up to `upTo`) that fit; `offload plan --mode serve`
+/// reports the same plan.
+public struct ServingPlan: Sendable {
+    public var sequences: Int { plan.sequences }
+    public var plan: StreamingPlan
+
+    public init(stages: [WeightStage], config c: LlamaConfig, budget: Int, context: Int, sequences forced: Int? = nil,
+                upTo: Int = 16) throws {
+        var smallest: Error?   // the refusal of the fewest sequences tried: its minimum is the one that matters
+        for n in forced.map({ [$0] }) ?? Array((1...max(upTo, 1)).reversed()) {
+            do {
+                // Prefill scratch for a whole context of prompt, or for one decode row of each sequence.
+                plan = try StreamingPlan(budget: budget, stages: stages, config: c, promptTokens: max(context, n),
+                                         contextCapacity: context, sequences: n)
+                return
+            } catch {
+                smallest = error
+            }
+        }
+        throw smallest ?? OffloadError("no number of sequences fits the budget")
+    }
+
+    /// Predicted decode seconds per token when every sequence is running.
+    public func predictedSecondsPerToken(hardware hw: HardwareProfile, config c: LlamaConfig) -> Double {
+        plan.predictedDecodeSeconds(hardware: hw, config: c) / Double(sequences)
+    }
+}
+
 extension StreamingPlan {
     /// Bytes the KV layers on disk take there.
     public func kvDiskBytes(config c: LlamaConfig) -> Int {

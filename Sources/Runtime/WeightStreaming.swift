@@ -31,11 +31,19 @@ public func makeStreamingModel(weights: GGUFWeights, budget: Int, threads: Int, 
         plan = try StreamingPlan(budget: budget, stages: try weightStages(of: weights.file, config: c), config: c,
                                  promptTokens: promptTokens, contextCapacity: contextCapacity, sequences: sequences)
     } catch { throw OffloadError("[stream] \(error)") }
+    return try makeStreamingModel(weights: weights, plan: plan, threads: threads, kvFolder: kvFolder, trace: trace)
+}
+
+/// A model that streams its weights as `plan` places them.
+public func makeStreamingModel(weights: GGUFWeights, plan: StreamingPlan, threads: Int,
+                               kvFolder: String = NSTemporaryDirectory(),
+                               trace: TraceRecorder? = nil) throws -> (LlamaModel, WeightStreamer) {
+    let c = weights.config
     let streamer = try WeightStreamer(plan: plan, file: weights.file, config: c, trace: trace)
     let model = try LlamaModel(source: weights, threads: threads, supplier: streamer, memory: streamer)
     streamer.computePool = model.pool
     if !plan.kvDiskLayers.isEmpty {
-        let store = try DiskKVStore(folder: kvFolder, config: c, capacity: contextCapacity, trace: trace)
+        let store = try DiskKVStore(folder: kvFolder, config: c, capacity: plan.contextCapacity, trace: trace)
         model.kvDiskLayers = plan.kvDiskLayers
         model.kvStore = store
         streamer.kvStore = store

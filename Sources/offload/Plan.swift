@@ -32,7 +32,11 @@ struct Plan: ParsableCommand {
 
     @Option(help: "Model file (GGUF or Hugging Face directory).") var model: String?
     @Option(help: "Built-in model shape: \(LlamaConfig.builtIn.map(\.name).joined(separator: ", ")).") var config: String?
-    @Option(help: "train or generate.") var mode: String = "train"
+    @Option(help: "train, generate or serve.") var mode: String = "train"
+    @Option(name: .customLong("max-concurrent"), help: ArgumentHelp(
+        "Serve: sequences decoded together, as `serve --max-concurrent` (default: as many as fit, up to 16).",
+        valueName: "n"))
+    var maxConcurrent: Int?
     @Option(help: "Sequences per step.") var batch: Int = 1
     @Option(name: .customLong("seq-len"), help: "Tokens per sequence (generate: context length).") var seqLen: Int = 256
     @Option(help: "Compute memory budget, e.g. 256MB, 24GiB (absent: unlimited). Without an accelerator (a CPU-only profile) the one RAM budget: compute and host memory together.") var budget: String?
@@ -57,7 +61,11 @@ struct Plan: ParsableCommand {
     func validate() throws {
         if benchmarkSolvers { return }
         if (model == nil) == (config == nil) { throw ValidationError("give exactly one of --model FILE or --config NAME") }
-        if RunMode(rawValue: mode) == nil { throw ValidationError("--mode must be train or generate, not '\(mode)'") }
+        if RunMode(rawValue: mode) == nil && mode != "serve" {
+            throw ValidationError("--mode must be train, generate or serve, not '\(mode)'")
+        }
+        if let n = maxConcurrent, n < 1 { throw ValidationError("--max-concurrent must be at least 1, got \(n)") }
+        if maxConcurrent != nil && mode != "serve" { throw ValidationError("--max-concurrent applies to --mode serve") }
         if batch < 1 || seqLen < 1 { throw ValidationError("--batch and --seq-len must be at least 1") }
         if let p = promptTokensOption, p < 1 || p > seqLen {
             throw ValidationError("--prompt-tokens must be from 1 to --seq-len (\(seqLen)), got \(p)")
@@ -72,6 +80,7 @@ struct Plan: ParsableCommand {
         let cfg = try model.map { try loadConfig(modelPath: $0) } ?? LlamaConfig.named(config ?? "")
         try cfg.validate()
         let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
+        if mode == "serve" { return try planServing(cfg, hardware: hw) }
         let runMode = RunMode(rawValue: mode)!
         if runMode == .generate && hw.hostIsCompute { return try planGeneration(cfg, hardware: hw) }
         let chain = ModelChain.llama(cfg, mode: runMode, batch: batch, seqLen: seqLen, hardware: hw)
@@ -274,6 +283,41 @@ extension Plan {
             }
             if let path = schedule { try write(String(decoding: try s.jsonData(), as: UTF8.self), to: path) }
             if let path = trace { try write(sim.chromeTrace(s), to: path) }
+        }
+    }
+
+    /// `--mode serve`: the plan `serve --budget B --context SEQ_LEN [--max-concurrent N]` runs: how many
+    /// sequences' KV caches fit beside the streamed weights, and the predicted time per token with all running.
+    func planServing(_ cfg: LlamaConfig, hardware hw: HardwareProfile) throws {
+        guard let path = model, let gguf = try loadWeights(path) as? GGUFWeights else {
+            throw OffloadError("[plan] --mode serve plans `offload serve --budget`, which streams a GGUF file: give --model FILE.gguf")
+        }
+        guard let budgetBytes = budget.flatMap(parseBytes) else {
+            throw OffloadError("[plan] --mode serve needs --budget (without one, serve keeps every weight in memory)")
+        }
+        let context = min(seqLen, cfg.contextLength)
+        let stages = try weightStages(of: gguf.file, config: cfg)
+        let serving: ServingPlan
+        do {
+            serving = try ServingPlan(stages: stages, config: cfg, budget: budgetBytes, context: context,
+                                      sequences: maxConcurrent)
+        } catch { throw OffloadError("[plan] \(TrainingPlanner.plain("\(error)"))") }
+        let perToken = serving.predictedSecondsPerToken(hardware: hw, config: cfg)
+        let p = serving.plan
+        if json {
+            let out: [String: Any] = [
+                "model": cfg.name, "mode": "serve", "seqLen": context, "computeBudget": budgetBytes,
+                "sequences": serving.sequences, "secondsPerToken": perToken, "budgetedPeakBytes": p.plannedBytes,
+                "residentStages": p.resident.count, "streamedStages": p.streamed.count, "streamBuffers": p.ringSlots,
+                "minimumBudget": p.minimumBudget,
+            ]
+            let data = try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print("\(cfg.name) serve, \(serving.sequences) sequence\(serving.sequences == 1 ? "" : "s") of \(context) positions under \(formatBytes(budgetBytes)); hardware \(hw.name)")
+            print("  \(p.summary)")
+            print(String(format: "  predicted %.1f ms per token with every sequence running (%.1f tok/s); planned peak %@",
+                         perToken * 1e3, 1 / perToken, formatBytes(p.plannedBytes)))
         }
     }
 

@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import Formats
 import Models
+import Planning
 import Runtime
 import Server
 import Tensors
@@ -81,23 +82,19 @@ struct Serve: ParsableCommand {
             guard let gguf = source as? GGUFWeights else {
                 throw OffloadError("[serve] --budget streams weights from a GGUF file; \(model) is a folder")
             }
-            // As many sequences as fit (or exactly --max-concurrent), each with a KV cache of `ctx` positions.
-            var made: (LlamaModel, WeightStreamer)?
-            var firstError: Error?
-            for n in maxConcurrent.map({ [$0] }) ?? Array((1...slots).reversed()) {
-                do {
-                    made = try makeStreamingModel(weights: gguf, budget: budget, threads: nthreads,
-                                                  promptTokens: max(ctx, n), contextCapacity: ctx, sequences: n)
-                    slots = n
-                    break
-                } catch { firstError = firstError ?? error }
+            // As many sequences as fit (or exactly --max-concurrent), each with a KV cache of `ctx` positions:
+            // the plan `offload plan --mode serve` reports for the same flags.
+            let serving: ServingPlan
+            do {
+                serving = try ServingPlan(stages: try weightStages(of: gguf.file, config: gguf.config), config: gguf.config,
+                                          budget: budget, context: ctx, sequences: maxConcurrent, upTo: slots)
+            } catch {
+                throw OffloadError("[serve] \(error) (lower --context or --max-concurrent, or raise --budget)")
             }
-            guard let made else {
-                throw OffloadError("[serve] \(firstError.map { "\($0)" } ?? "nothing fits")"
-                                   + " (lower --context or --max-concurrent, or raise --budget)")
-            }
+            slots = serving.sequences
+            let made = try makeStreamingModel(weights: gguf, plan: serving.plan, threads: nthreads)
             (llama, streamer) = made
-            note("[serve] budget \(formatBytes(budget)): \(made.1.plan.summary)")
+            note("[serve] budget \(formatBytes(budget)): \(serving.plan.summary)")
         } else {
             llama = try LlamaModel(source: source, threads: nthreads, maxPositions: ctx)
         }
@@ -118,7 +115,7 @@ struct Serve: ParsableCommand {
         Task.detached {
             do {
                 try await server.run { port in
-                    note("[serve] \(id): listening on http://\(hostName):\(port)/v1 (\(sequences) sequences of \(ctx) positions, "
+                    note("[serve] \(id): listening on http://\(hostName):\(port)/v1 (\(sequences) sequence\(sequences == 1 ? "" : "s") of \(ctx) positions, "
                          + "\(nthreads) threads\(chatNote))")
                 }
             } catch { failure.error = error }

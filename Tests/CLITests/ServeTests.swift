@@ -273,6 +273,27 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(viaClient[0]["status"] as? Int, 404)
     }
 
+    /// `plan --mode serve` answers for `serve --budget`: the same number of sequences, and the
+    /// served text under the budget (KV on disk when only one sequence fits) is generate's.
+    func testPlanAnswersForServeUnderABudget() throws {
+        for (budget, want) in [("32MB", 7), ("8MB", 1)] {
+            let plan = try CLI.run(["plan", "--model", CLI.smolLM2, "--mode", "serve", "--budget", budget, "--seq-len", "64",
+                                    "--json"])
+            XCTAssertEqual(plan.status, 0, plan.stderr)
+            let j = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(plan.stdout.utf8)) as? [String: Any])
+            let planned = try XCTUnwrap(j["sequences"] as? Int)
+            XCTAssertEqual(planned, want, "SmolLM2's 46 KB of KV per position at \(budget)")
+            let server = try ServerProcess(["--model", CLI.smolLM2, "--budget", budget, "--context", "64"])
+            XCTAssertTrue(server.stderr.contains("(\(planned) sequence\(planned == 1 ? "" : "s") of 64 positions"), server.stderr)
+            let r = try OpenAIClient.run([["op": "completion", "model": Self.model, "prompt": prompts[0], "max_tokens": 12,
+                                           "temperature": 0]], server: server)
+            XCTAssertEqual(r[0]["text"] as? String, try generated(prompts[0], maxTokens: 12), "under \(budget)")
+        }
+        let refused = try CLI.run(["plan", "--model", CLI.smolLM2, "--mode", "serve", "--budget", "3MB", "--seq-len", "64"])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.stderr.contains("below the minimum"), refused.stderr)
+    }
+
     func testAPortInUseAndAMissingModelAreClearErrors() throws {
         let first = try ServerProcess(["--model", CLI.smolLM2])
         let r = try CLI.run(["serve", "--model", CLI.smolLM2, "--port", "\(first.port)"])
