@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // C shims: what Swift cannot see on its own.
@@ -38,7 +39,8 @@ let package = Package(
         .target(name: "Server", dependencies: ["Tensors", "Formats", "Models", "Runtime",
                                                .product(name: "Hummingbird", package: "hummingbird"),
                                                .product(name: "NIOCore", package: "swift-nio"),
-                                               .product(name: "HTTPTypes", package: "swift-http-types")],
+                                               .product(name: "HTTPTypes", package: "swift-http-types"),
+                                               .product(name: "Logging", package: "swift-log")],
                 swiftSettings: optimize),
         .executableTarget(name: "offload", dependencies: [
             "Tensors", "Kernels", "Formats", "Models", "Memory", "Planning", "Runtime", "Server",

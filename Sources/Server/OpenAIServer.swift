@@ -7,6 +7,7 @@ import Foundation
 import Formats
 import HTTPTypes
 import Hummingbird
+import Logging
 import NIOCore
 import Runtime
 import Tensors
@@ -61,9 +62,12 @@ public final class OpenAIServer: @unchecked Sendable {
         }
         router.post("/v1/chat/completions") { request, _ in try await self.complete(request, chat: true) }
         router.post("/v1/completions") { request, _ in try await self.complete(request, chat: false) }
+        // The command prints its own line when listening; the framework's log only for warnings and errors.
+        var logger = Logger(label: "offload.serve")
+        logger.logLevel = .warning
         let app = Application(router: router,
                               configuration: .init(address: .hostname(options.host, port: options.port), serverName: "offload"),
-                              onServerRunning: { channel in onListening(channel.localAddress?.port ?? 0) })
+                              onServerRunning: { channel in onListening(channel.localAddress?.port ?? 0) }, logger: logger)
         try await app.runService()
     }
 
