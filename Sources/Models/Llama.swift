@@ -554,7 +554,7 @@ public final class LlamaModel {
                 supplier.release(stage: c.layers + h)
             }
         }
-        if supplier != nil { supplier!.endForward() }
+        supplier?.endForward()
         var logits = (0..<n).map { Array(flat[$0 * c.vocabSize..<($0 + 1) * c.vocabSize]) }
         for i in logits.indices { capLogits(&logits[i]) }
         return logits

@@ -40,3 +40,19 @@ func prefillAndDecodeLogits(_ source: WeightSource, _ ids: [Int]) throws -> (all
     _ = try m.forward(Array(ids.dropLast()), cache: cache)
     return (all, try m.forward([ids.last!], cache: cache))
 }
+
+/// Fixtures/tiny/reference.json: transformers' logits for the tiny models the generator makes.
+struct TinyReference: Decodable {
+    struct Model: Decodable {
+        let folder: String; let logits: String; let shape: [Int]
+        let safetensors_sha256: String; let config_sha256: String?; let gguf: String?; let gguf_sha256: String?
+        let greedy_prompt: Int?; let greedy: [Int]?; let greedy_margin: [Float]?
+    }
+    let ids: [Int]
+    let models: [String: Model]
+
+    static let root = TestAssets.fixtures.appendingPathComponent("tiny")
+    static func load() -> TinyReference {
+        try! JSONDecoder().decode(TinyReference.self, from: Data(contentsOf: root.appendingPathComponent("reference.json")))
+    }
+}

@@ -13,17 +13,8 @@ import Models
 import XCTest
 
 final class TinyModelParityTests: XCTestCase {
-    struct Reference: Decodable {
-        struct Model: Decodable {
-            let folder: String; let logits: String; let shape: [Int]
-            let safetensors_sha256: String; let gguf: String?; let gguf_sha256: String?
-        }
-        let ids: [Int]
-        let models: [String: Model]
-    }
-    static let root = TestAssets.fixtures.appendingPathComponent("tiny")
-    lazy var reference: Reference = try! JSONDecoder().decode(
-        Reference.self, from: Data(contentsOf: Self.root.appendingPathComponent("reference.json")))
+    static let root = TinyReference.root
+    lazy var reference = TinyReference.load()
     var dir: String!
 
     override func setUpWithError() throws {
