@@ -566,18 +566,35 @@ extension LlamaTrainer {
                             parameters: ParameterBases? = nil, keep: ((Int) throws -> UnsafeMutablePointer<Float>?)? = nil,
                             weights: ((Int) throws -> UnsafePointer<Float>)? = nil,
                             computed: ((Int) throws -> Void)? = nil) throws -> Float {
-        let c = model.config, n = self.n, p = parameters ?? model.resident
-        timed("rmsnorm") {
-            rmsnormForward(norm, rstd: rstd, input, model.pointer("output_norm.weight", in: p.weights),
-                           rows: n, dim: c.dim, eps: c.rmsEps)
-        }
+        let p = parameters ?? model.resident
+        headNormForward(input: input, norm: norm, rstd: rstd, weights: model.pointer("output_norm.weight", in: p.weights))
         for k in 0..<headChunkCount {
-            let range = headChunk(k), out = try keep?(k) ?? logits + logitsOffset(k, keeps: keepsLogits)
-            let w = try weights?(k) ?? UnsafePointer(residentHeadRows(range, in: model.weights.base))
-            timed("matmul fwd") { matmulForward(out, norm, w, n: n, inDim: c.dim, outDim: range.count) }
-            timed("cross-entropy") { exponentiate(out, chunk: k, firstPass: true) }
+            let out = try keep?(k) ?? logits + logitsOffset(k, keeps: keepsLogits)
+            let w = try weights?(k) ?? UnsafePointer(residentHeadRows(headChunk(k), in: model.weights.base))
+            headChunkForward(k, logits: out, norm: norm, weights: w)
             try computed?(k)
         }
+        return headLoss()
+    }
+
+    /// The head's final norm of `input` (N, dim) into `norm` and `rstd`, with output_norm's `weights`.
+    public func headNormForward(input: UnsafeMutablePointer<Float>, norm: UnsafeMutablePointer<Float>,
+                                rstd: UnsafeMutablePointer<Float>, weights: UnsafePointer<Float>) {
+        let c = model.config
+        timed("rmsnorm") { rmsnormForward(norm, rstd: rstd, input, weights, rows: n, dim: c.dim, eps: c.rmsEps) }
+    }
+
+    /// Pass 1 of chunk `k` (in order, from 0): its logits into `logits` (N, chunk rows) from the chunk's
+    /// weight rows, exponentiated, folded into each row's running max and sum.
+    public func headChunkForward(_ k: Int, logits out: UnsafeMutablePointer<Float>, norm: UnsafeMutablePointer<Float>,
+                                 weights w: UnsafePointer<Float>) {
+        let c = model.config, range = headChunk(k)
+        timed("matmul fwd") { matmulForward(out, norm, w, n: n, inDim: c.dim, outDim: range.count) }
+        timed("cross-entropy") { exponentiate(out, chunk: k, firstPass: true) }
+    }
+
+    /// After every chunk's pass 1: the mean loss against the loaded targets.
+    public func headLoss() -> Float {
         for i in 0..<n {
             losses[i] = Float(Foundation.log(rowSum[i]) + Double(rowMax[i]) - Double(targetLogit[i]))
         }
@@ -594,37 +611,58 @@ extension LlamaTrainer {
                              parameters: ParameterBases? = nil, keep: ((Int) throws -> UnsafeMutablePointer<Float>?)? = nil,
                              chunk: ((Int) throws -> (weights: UnsafePointer<Float>, gradients: UnsafeMutablePointer<Float>))? = nil,
                              done: ((Int) throws -> Void)? = nil) throws {
-        let c = model.config, n = self.n, p = parameters ?? model.resident
-        let dloss = gradientScale / Float(n), chunks = headChunkCount
-        for k in 0..<chunks {
+        let p = parameters ?? model.resident
+        for k in 0..<headChunkCount {
             let kept = try keep?(k), range = headChunk(k), out = kept ?? logits + logitsOffset(k, keeps: keepsLogits)
             let (w, g) = try chunk?(k) ?? (UnsafePointer(residentHeadRows(range, in: model.weights.base)),
                                            residentHeadRows(range, in: model.gradients.base))
-            if !keepsLogits && kept == nil {
-                timed("matmul fwd") { matmulForward(out, norm, w, n: n, inDim: c.dim, outDim: range.count) }
-                timed("cross-entropy") { exponentiate(out, chunk: k, firstPass: false) }
-            }
-            timed("cross-entropy") {
-                let count = range.count
-                TrainingThreads.forEachRange(n, minPerThread: 8) { rows in
-                    for i in rows {
-                        let scale = Float(Foundation.exp(Double(chunkMax[i * chunks + k]) - Double(rowMax[i])) / rowSum[i])
-                        let d = out + i * count
-                        for j in 0..<count { d[j] = d[j] * scale * dloss }
-                        let t = Int(targetBuffer[i])
-                        if range.contains(t) { d[t - range.lowerBound] -= dloss }
-                    }
-                }
-            }
-            timed("matmul bwd") {
-                matmulBackward(dxn, g, out, norm, w, n: n, inDim: c.dim, outDim: range.count, accumulateInput: k > 0)
-            }
+            headChunkBackward(k, logits: out, computed: keepsLogits || kept != nil, norm: norm, weights: w, gradients: g,
+                              gradientScale: gradientScale)
             try done?(k)
         }
-        dresidual.update(repeating: 0, count: n * c.dim)
+        headNormBackward(dresidual: dresidual, input: input, rstd: rstd,
+                         weights: model.pointer("output_norm.weight", in: p.weights),
+                         gradients: model.pointer("output_norm.weight", in: p.gradients))
+    }
+
+    /// Pass 2 of chunk `k` (in order, from 0): its logits (pass 1's in `logits` when `computed`, else
+    /// computed again there) become ∂L/∂logits; the chunk's weight gradient is added into `gradients`
+    /// and ∂L/∂norm accumulated.
+    public func headChunkBackward(_ k: Int, logits out: UnsafeMutablePointer<Float>, computed: Bool,
+                                  norm: UnsafeMutablePointer<Float>, weights w: UnsafePointer<Float>,
+                                  gradients g: UnsafeMutablePointer<Float>, gradientScale: Float = 1) {
+        let c = model.config, n = self.n, range = headChunk(k), chunks = headChunkCount
+        let dloss = gradientScale / Float(n)
+        if !computed {
+            timed("matmul fwd") { matmulForward(out, norm, w, n: n, inDim: c.dim, outDim: range.count) }
+            timed("cross-entropy") { exponentiate(out, chunk: k, firstPass: false) }
+        }
+        timed("cross-entropy") {
+            let count = range.count
+            TrainingThreads.forEachRange(n, minPerThread: 8) { rows in
+                for i in rows {
+                    let scale = Float(Foundation.exp(Double(chunkMax[i * chunks + k]) - Double(rowMax[i])) / rowSum[i])
+                    let d = out + i * count
+                    for j in 0..<count { d[j] = d[j] * scale * dloss }
+                    let t = Int(targetBuffer[i])
+                    if range.contains(t) { d[t - range.lowerBound] -= dloss }
+                }
+            }
+        }
+        timed("matmul bwd") {
+            matmulBackward(dxn, g, out, norm, w, n: n, inDim: c.dim, outDim: range.count, accumulateInput: k > 0)
+        }
+    }
+
+    /// After every chunk's pass 2: the final norm's backward; `dresidual` (N, dim) receives ∂L/∂input and
+    /// output_norm's gradient is added into `gradients`.
+    public func headNormBackward(dresidual: UnsafeMutablePointer<Float>, input: UnsafeMutablePointer<Float>,
+                                 rstd: UnsafeMutablePointer<Float>, weights: UnsafePointer<Float>,
+                                 gradients: UnsafeMutablePointer<Float>) {
+        let dim = model.config.dim
+        dresidual.update(repeating: 0, count: n * dim)
         timed("rmsnorm") {
-            rmsnormBackward(dresidual, model.pointer("output_norm.weight", in: p.gradients), dxn, input,
-                            model.pointer("output_norm.weight", in: p.weights), rstd: rstd, rows: n, dim: c.dim)
+            rmsnormBackward(dresidual, gradients, dxn, input, weights, rstd: rstd, rows: n, dim: dim)
         }
     }
 }

@@ -31,6 +31,32 @@ public enum OperationKind: String, Codable, Sendable {
     case forward, recompute, backward, optimizerStep, prefetch, offload, free
 }
 
+/// What a compute op runs when it is finer than a chain stage (the streamed step works on
+/// half-blocks, vocabulary chunks and parts of a unit's optimizer state). The executor
+/// dispatches on it; the buffers it works on are the op's `reads` and `creates`.
+public enum StepAction: Codable, Sendable, Equatable {
+    /// Only allocates its `creates` and frees its `frees`.
+    case memory
+    case embeddingForward(chunk: Int)
+    case attentionForward(layer: Int)
+    case ffnForward(layer: Int)
+    /// The head's final norm.
+    case headNorm
+    /// Pass 1 of a head chunk; after the last one, the loss.
+    case headForward(chunk: Int)
+    /// Pass 2 of a head chunk.
+    case headBackward(chunk: Int)
+    /// The final norm's backward, once every chunk's pass 2 is done.
+    case headNormBackward
+    /// A block's forward again, from its input, for its backward.
+    case recompute(layer: Int)
+    case ffnBackward(layer: Int)
+    case attentionBackward(layer: Int)
+    case embeddingBackward(chunk: Int)
+    /// AdamW on part `part` of a parameter unit, with its gradient in buffer `gradient`.
+    case update(unit: String, part: Int, gradient: String)
+}
+
 /// A named tensor the schedule talks about: `act.7.attn_in`, `w.7.ffn_up`,
 /// `grad.7.ffn_up`, `adam.m.7.ffn_up`, `kv.7`.
 public struct LogicalTensor: Codable, Sendable, Equatable {
@@ -67,13 +93,16 @@ public struct Operation: Codable, Sendable, Equatable {
     public var seconds: Double
     /// Ops that must end before this one starts (besides the previous op on its stream).
     public var deps: [Int]
+    /// For compute ops finer than a stage: what the op runs.
+    public var action: StepAction?
 
     public init(id: Int, kind: OperationKind, stream: Stream, stage: Int? = nil, save: SaveMode? = nil,
                 tier: Tier = .compute, from: Tier? = nil, reads: [String] = [], creates: [String] = [],
-                frees: [String] = [], tempBytes: Int = 0, seconds: Double = 0, deps: [Int] = []) {
+                frees: [String] = [], tempBytes: Int = 0, seconds: Double = 0, deps: [Int] = [],
+                action: StepAction? = nil) {
         self.id = id; self.kind = kind; self.stream = stream; self.stage = stage; self.save = save
         self.tier = tier; self.from = from; self.reads = reads; self.creates = creates; self.frees = frees
-        self.tempBytes = tempBytes; self.seconds = seconds; self.deps = deps
+        self.tempBytes = tempBytes; self.seconds = seconds; self.deps = deps; self.action = action
     }
 }
 

@@ -23,19 +23,22 @@ public final class StreamedTrainingSession {
     public private(set) var lastStep: StreamedStep?
 
     public convenience init(config: LlamaConfig, ropeStyle: RopeStyle, data: TokenWindows, options: TrainingOptions,
-                            budget: Int, disk: DiskStore, trace: TraceRecorder? = nil,
+                            budget: Int, disk: DiskStore, hardware: HardwareProfile = .defaultCPU, trace: TraceRecorder? = nil,
                             activations: StreamedActivations? = nil) throws {
         let plan: StreamedTrainingPlan
         do {
             plan = try StreamedTrainingPlan(config: config, batch: options.batch, seqLen: options.seqLen, budget: budget,
                                             activations: activations)
         } catch { throw OffloadError("[stream] \(error)") }
-        try self.init(config: config, ropeStyle: ropeStyle, data: data, options: options, plan: plan, disk: disk, trace: trace)
+        try self.init(config: config, ropeStyle: ropeStyle, data: data, options: options, plan: plan, disk: disk,
+                      hardware: hardware, trace: trace)
     }
 
-    /// Executes `plan` (Planning's placement of the streamed step) with these options.
+    /// Executes `plan` (Planning's placement of the streamed step) with these options: its schedule as
+    /// timed on `hardware`.
     public init(config: LlamaConfig, ropeStyle: RopeStyle, data: TokenWindows, options: TrainingOptions,
-                plan: StreamedTrainingPlan, disk: DiskStore, trace: TraceRecorder? = nil) throws {
+                plan: StreamedTrainingPlan, disk: DiskStore, hardware: HardwareProfile = .defaultCPU,
+                trace: TraceRecorder? = nil) throws {
         try options.validate()
         guard options.optimizer == "adamw" else {
             throw OffloadError("[train] streamed parameters are updated with AdamW; --optimizer \(options.optimizer) is not streamed yet")
@@ -55,7 +58,7 @@ public final class StreamedTrainingSession {
         let model = try TrainableLlama(config: config, ropeStyle: ropeStyle, resident: false)
         let trainer = try LlamaTrainer(model: model, batch: options.batch, seqLen: options.seqLen, ownsActivations: false)
         let adam = AdamW(beta1: options.beta1, beta2: options.beta2, eps: options.eps, weightDecay: options.weightDecay)
-        streamer = try StreamedTrainer(trainer: trainer, optimizer: adam, plan: plan, disk: disk, trace: trace)
+        streamer = try StreamedTrainer(trainer: trainer, optimizer: adam, plan: plan, disk: disk, hardware: hardware, trace: trace)
     }
 
     /// One optimizer step on the next batch.

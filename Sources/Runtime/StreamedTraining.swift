@@ -13,10 +13,13 @@
 // holds: the feed-forward half's activations, weights and gradient, while the
 // attention half's are read ahead.
 //
-// Reads are issued in the order the step consumes them, as far ahead as the budget
-// leaves room beside what the compute ops will allocate; writes drain behind.
-// Everything is allocated from one MemoryTier whose limit is the budget minus the
-// trainer's scratch. Same kernels, same calls, same order of every sum as the
+// The trainer decides none of this: it runs the plan's Schedule (Planning's
+// `StreamedTrainingPlan.simulation`, the one `offload plan` simulates) op by op. Each
+// compute op's `action` says which kernels run on its buffers; reads are issued where
+// the schedule issues them (later only when the machine lags the schedule's timing:
+// a write back not done, no room yet); writes drain behind, each freeing its buffer
+// once on disk. Everything is allocated from one MemoryTier whose limit is the budget
+// minus the trainer's scratch. Same kernels, same calls, same order of every sum as the
 // in-memory step: the losses, gradient norms and updated weights are bit-identical.
 // Not here: gradient clipping and accumulation (they need every gradient before
 // any update), SGD.
@@ -47,6 +50,10 @@ public final class StreamedTrainer {
     public let optimizer: AdamW
     /// The placement this trainer executes: units, reserves, activations, read order (Planning's).
     public let plan: StreamedTrainingPlan
+    /// The step this trainer runs, op by op: the plan's schedule as the simulator ran it on `hardware`.
+    public let schedule: Schedule
+    /// What the simulator predicts for `schedule` (peak of the tier, without the trainer's scratch; time).
+    public let simulation: Simulation
     public var budget: Int { plan.budget }
     public let memory: MemoryTier
     public let disk: DiskStore
@@ -57,35 +64,28 @@ public final class StreamedTrainer {
     public var keepsInputs: Bool { plan.keepsInputs }
     public var minimumBudget: Int { plan.minimumBudget }
     public var keptLogitChunks: Int { plan.keptLogitChunks }
-    /// What reads ahead leave free now: the largest reserve of this phase and the phases after it
-    /// (a read issued now may still be held when a later phase allocates).
-    var phaseReserve = 0
-    func enter(phase: Int) { phaseReserve = plan.reserves[phase...].max()! }
-    var logitsBytes: Int { plan.logitsBytes }
-    func spills(_ k: Int) -> Bool { plan.spills(k) }
     /// Optimizer steps done (AdamW's t).
     public private(set) var steps = 0
-    /// When set, every compute buffer (`alloc NAME BYTES`) and write (`write NAME`) of a step, in order:
-    /// what `StreamedTrainingPlan.events` says the plan's schedule does (a test holds the two together).
-    public var events: [String]?
 
     public var embeddingUnits: [ParameterUnit] { plan.embeddingUnits }
     public var blockUnits: [ParameterUnit] { plan.blockUnits }
     public var normUnit: ParameterUnit { plan.normUnit }
     public var outputUnits: [ParameterUnit] { plan.outputUnits }
     public var units: [ParameterUnit] { plan.units }
+    let unitsByName: [String: ParameterUnit]
+    /// Exact bytes of the schedule's buffers, by name (a read's by its name on disk).
+    let bufferBytes: [String: Int]
 
     var config: LlamaConfig { trainer.model.config }
     var n: Int { trainer.batch * trainer.seqLen }
-    var inputBytes: Int { plan.inputBytes }
-    func actsBytes(_ h: BlockHalf) -> Int { plan.actsBytes(h) }
     func blockUnit(_ l: Int, _ h: BlockHalf) -> ParameterUnit { plan.blockUnit(l, h) }
 
     /// - Parameters:
     ///   - trainer: built with `ownsActivations: false` over a non-resident model, at the plan's
     ///     batch and sequence length.
+    ///   - hardware: the profile the plan's schedule is timed with: where it issues each read.
     public init(trainer: LlamaTrainer, optimizer: AdamW, plan: StreamedTrainingPlan, disk: DiskStore,
-                trace: TraceRecorder? = nil) throws {
+                hardware: HardwareProfile = .defaultCPU, trace: TraceRecorder? = nil) throws {
         guard !trainer.ownsActivations, !trainer.model.isResident else {
             throw OffloadError("[stream] the trainer must own no activations and its model no parameters")
         }
@@ -94,12 +94,16 @@ public final class StreamedTrainer {
             throw OffloadError("[stream] internal: the plan is for another trainer shape")
         }
         self.trainer = trainer; self.optimizer = optimizer; self.plan = plan; self.disk = disk; self.trace = trace
+        (schedule, simulation) = try plan.simulation(hardware: hardware)
+        unitsByName = Dictionary(uniqueKeysWithValues: plan.units.map { ($0.name, $0) })
+        bufferBytes = plan.bufferBytes
         memory = MemoryTier(.compute, limit: plan.budget - plan.scratchBytes, trace: trace, arena: true)
         engine = TransferEngine(memory: memory, disk: disk, trace: trace)
     }
 
     /// Plans the step for `budget` (Planning's `StreamedTrainingPlan`) and builds its executor.
-    public convenience init(trainer: LlamaTrainer, optimizer: AdamW, budget: Int, disk: DiskStore, trace: TraceRecorder? = nil,
+    public convenience init(trainer: LlamaTrainer, optimizer: AdamW, budget: Int, disk: DiskStore,
+                            hardware: HardwareProfile = .defaultCPU, trace: TraceRecorder? = nil,
                             activations: StreamedActivations? = nil, partBytes: Int = 4 << 20) throws {
         let plan: StreamedTrainingPlan
         do {
@@ -107,7 +111,7 @@ public final class StreamedTrainer {
                                             budget: budget, activations: activations, partBytes: partBytes,
                                             headChunk: trainer.headChunkRows)
         } catch { throw OffloadError("[stream] \(error)") }
-        try self.init(trainer: trainer, optimizer: optimizer, plan: plan, disk: disk, trace: trace)
+        try self.init(trainer: trainer, optimizer: optimizer, plan: plan, disk: disk, hardware: hardware, trace: trace)
     }
 
     static func key(_ role: String, _ unit: ParameterUnit, part p: Int? = nil) -> String {
@@ -196,16 +200,11 @@ public final class StreamedTrainer {
 
     // MARK: memory and transfers
 
-    /// Bytes compute ops hold now (reads ahead leave `reserve` minus this free).
-    var computeHeld = 0
-    var pendingWrites: [String: TransferHandle] = [:]
-    var writeOrder: [TransferHandle] = []
-    var planned: [PlannedRead] = []
-    /// Planned reads of tensors this step writes first (block inputs, tied head gradients), not written yet.
-    var awaiting = Set<String>()
-    var nextPlanned = 0
-    var issued: [TransferHandle] = []
     var bytesRead = 0, bytesWritten = 0
+    /// Writes in the order they were issued; each frees its buffer once on disk.
+    var writeOrder: [TransferHandle] = []
+    /// The latest write of each name on disk.
+    var pendingWrites: [String: TransferHandle] = [:]
 
     func allocate(_ name: String, bytes: Int) throws -> TierBuffer {
         while true {
@@ -218,26 +217,10 @@ public final class StreamedTrainer {
         }
     }
 
-    /// A compute op's buffer, counted against the reserve.
-    func computeBuffer(_ name: String, bytes: Int, zero: Bool = false) throws -> TierBuffer {
-        let b = try allocate(name, bytes: bytes)
-        events?.append("alloc \(name) \(bytes)")
-        computeHeld += accountedBytes(bytes)
-        if zero { b.baseAddress.assumingMemoryBound(to: Float.self).update(repeating: 0, count: bytes / 4) }
-        return b
-    }
-
-    func releaseCompute(_ b: TierBuffer) {
-        computeHeld -= accountedBytes(b.byteCount)
-        b.free()
-    }
-
     /// Writes `b` as `name`; the buffer is freed once on disk.
     func write(_ name: String, _ b: TierBuffer) throws {
-        events?.append("write \(name)")
         if let h = pendingWrites[name] { try h.wait() }
         let h = try engine.write(name, from: b)
-        awaiting.remove(name)
         pendingWrites[name] = h
         writeOrder.append(h)
         bytesWritten += b.byteCount
@@ -260,84 +243,110 @@ public final class StreamedTrainer {
 
     func drainWrites() throws { while try drainOneWrite() {} }
 
-    /// Issues planned reads while the budget leaves the compute reserve free.
-    func pump() throws {
-        try pollWrites()
-        while nextPlanned < planned.count {
-            let (name, bytes) = (planned[nextPlanned].name, planned[nextPlanned].bytes)
-            if awaiting.contains(name) { return }
-            if let w = pendingWrites[name], !w.isComplete { return }
-            let room = memory.limit - memory.stats.current - max(0, phaseReserve - computeHeld)
-            guard accountedBytes(bytes) <= room, let b = try? memory.allocate(name, bytes: bytes) else { return }
-            try issue(name, b)
-        }
-    }
+    // MARK: the step: the schedule, op by op
 
-    func issue(_ name: String, _ b: TierBuffer) throws {
-        if let w = pendingWrites[name] { try w.wait() }
-        do { issued.append(try engine.read(name, into: b)) } catch { b.free(); throw error }
-        nextPlanned += 1
-        bytesRead += b.byteCount
+    /// A read: `landing` (its buffer's name) from `disk`; `buffer` once allocated, `handle` once issued.
+    final class Read {
+        let disk: String, landing: String, bytes: Int
+        var buffer: TierBuffer?
+        var handle: TransferHandle?
+        init(disk: String, landing: String, bytes: Int) { self.disk = disk; self.landing = landing; self.bytes = bytes }
     }
+    /// What happens to memory between compute ops, at the simulated time it happens: a read's buffer is
+    /// allocated as it is issued; a written buffer is freed once on disk.
+    enum MemoryEvent { case issue(Read), freeWritten(String) }
+    /// The step's memory events in the simulation's order, each after the compute op (by its ordinal
+    /// among the step's compute ops; -1: before the first) that ended last before it; `nextEvent` is
+    /// the first not done yet.
+    var events: [(after: Int, event: MemoryEvent)] = []
+    var nextEvent = 0
+    /// Reads allocated and not yet issued to the disk (their tensor's write is not done), in order.
+    var waiting: [Read] = []
+    var reads: [String: Read] = [:]
+    /// Buffers by the schedule's names: compute buffers and landed reads.
+    var live: [String: TierBuffer] = [:]
+    /// Buffers handed to a write, freed when the schedule frees them (once on disk).
+    var writing: [String: TransferHandle] = [:]
+    /// The landing of each name on disk taken last (a unit's weights are read twice a step).
+    var latest: [String: String] = [:]
+    /// Landings whose copy on disk goes once they have arrived (tensors this step wrote).
+    var removeOnArrival = Set<String>()
 
-    /// The next planned read, which must be `name`: issued now if it was not yet, then waited for.
-    func take(_ name: String) throws -> TierBuffer {
-        if issued.isEmpty {
-            guard nextPlanned < planned.count, planned[nextPlanned].name == name else {
-                throw OffloadError("[stream] internal: read \(name) out of order (next planned: "
-                                   + "\(nextPlanned < planned.count ? planned[nextPlanned].name : "none"))")
+    /// Does the memory events the simulation has happen after compute op `ordinal` ended: the compute
+    /// tier then holds what the simulated one holds. A written buffer whose write the disk has not
+    /// finished yet is waited for.
+    func advance(through ordinal: Int) throws {
+        while nextEvent < events.count, events[nextEvent].after <= ordinal {
+            switch events[nextEvent].event {
+            case .issue(let r):
+                r.buffer = try allocate(r.landing, bytes: r.bytes)
+                waiting.append(r)
+            case .freeWritten(let name):
+                guard let h = writing.removeValue(forKey: name) else {
+                    // Logits that found no room of their own were written from the shared buffer at once.
+                    if name.hasPrefix("l.") { nextEvent += 1; continue }
+                    throw OffloadError("[stream] internal: the schedule frees \(name), which is not being written")
+                }
+                if let trace, !h.isComplete {
+                    try trace.measure("wait write \(h.name)", stream: "compute") { try h.wait() }
+                } else {
+                    try h.wait()
+                }
+                h.buffer.free()
             }
-            try issue(name, try allocate(name, bytes: planned[nextPlanned].bytes))
+            nextEvent += 1
         }
-        let h = issued.removeFirst()
-        guard h.name == name else { throw OffloadError("[stream] internal: took \(h.name) for \(name)") }
+        try issueWaiting()
+    }
+
+    /// Issues allocated reads in order while each one's tensor is on disk (its write back done).
+    func issueWaiting(force: Bool = false) throws {
+        while let r = waiting.first {
+            if let w = pendingWrites[r.disk] {
+                guard force || w.isComplete else { return }
+                try w.wait()
+            }
+            r.handle = try engine.read(r.disk, into: r.buffer!)
+            bytesRead += r.bytes
+            waiting.removeFirst()
+        }
+    }
+
+    /// The read landing as `landing`, waited for.
+    func take(_ landing: String) throws -> TierBuffer {
+        guard let r = reads[landing] else { throw OffloadError("[stream] internal: \(landing) is taken but never read") }
+        // Issued by the schedule before the op that takes it; the simulator's times can only tie here.
+        while r.buffer == nil, nextEvent < events.count { try advance(through: events[nextEvent].after) }
+        while r.handle == nil, !waiting.isEmpty { try issueWaiting(force: true) }
+        guard let h = r.handle else { throw OffloadError("[stream] internal: \(landing) is taken before it is read") }
         if let trace, !h.isComplete {
-            try trace.measure("wait \(name)", stream: "compute") { try h.wait() }
+            try trace.measure("wait \(h.name)", stream: "compute") { try h.wait() }
         } else {
             try h.wait()
         }
-        try pump()
+        reads[landing] = nil
+        if removeOnArrival.remove(landing) != nil { disk.remove(h.name) }
+        live[landing] = h.buffer
+        latest[h.name] = landing
         return h.buffer
     }
 
-    // MARK: the step
-
-    /// One optimizer step on `inputs` / `targets` (B·T ids each) at learning rate `lr`.
-    public func step(inputs: [Int], targets: [Int], lr: Float) throws -> StreamedStep {
-        let t0 = Date()
-        memory.resetPeak()
-        bytesRead = 0; bytesWritten = 0
-        try trainer.setBatch(inputs: inputs, targets: targets)
-        planned = plan.reads; nextPlanned = 0; issued = []
-        awaiting = Set(planned.map(\.name).filter { ["x.", "a.", "g.", "l."].contains($0.prefix(2)) })
-        do {
-            let (loss, norm) = try runStep(lr: lr, t: steps + 1)
-            try drainWrites()
-            steps += 1
-            return StreamedStep(loss: loss, gradNorm: norm, seconds: Date().timeIntervalSince(t0),
-                                peakComputeBytes: trainer.activationBytes + memory.stats.peak,
-                                bytesRead: bytesRead, bytesWritten: bytesWritten, arenaMisses: memory.arenaMisses)
-        } catch {
-            for h in issued { try? h.wait(); h.buffer.free() }
-            issued = []
-            try? engine.waitAll()
-            while (try? drainOneWrite()) == true {}
-            writeOrder = []; pendingWrites = [:]; computeHeld = 0
-            throw error
-        }
+    func buffer(_ name: String) throws -> TierBuffer {
+        guard let b = live[name] else { throw OffloadError("[stream] internal: the schedule uses \(name), which is not in memory") }
+        return b
     }
 
     func floats(_ b: TierBuffer) -> UnsafeMutablePointer<Float> { b.baseAddress.assumingMemoryBound(to: Float.self) }
-
-    /// Where unit `u`'s parameters are for the trainer's calls: its weights in `w`, its gradient in `g`.
-    func bases(_ u: ParameterUnit, _ w: TierBuffer, _ g: TierBuffer? = nil) -> ParameterBases {
-        ParameterBases(stageStart: u.offset, weights: floats(w), gradients: floats(g ?? w))
+    func floats(_ name: String) throws -> UnsafeMutablePointer<Float> { floats(try buffer(name)) }
+    /// The latest read of `disk` (a unit's weights: "w.NAME").
+    func landed(_ disk: String) throws -> UnsafeMutablePointer<Float> {
+        guard let l = latest[disk] else { throw OffloadError("[stream] internal: \(disk) was not read") }
+        return try floats(l)
     }
 
-    /// Writes a compute op's buffer out: it stops counting against the reserve now and is freed once on disk.
-    func writeCompute(_ name: String, _ b: TierBuffer) throws {
-        computeHeld -= accountedBytes(b.byteCount)
-        try write(name, b)
+    /// Where unit `u`'s parameters are for the trainer's calls: its weights at `w`, its gradient at `g`.
+    func bases(_ u: ParameterUnit, _ w: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>? = nil) -> ParameterBases {
+        ParameterBases(stageStart: u.offset, weights: w, gradients: g ?? w)
     }
 
     func span<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
@@ -347,22 +356,28 @@ public final class StreamedTrainer {
         return try body()
     }
 
-    /// AdamW on unit `u`: w and g in memory, m and v read part by part; w, m, v written back.
-    func update(_ u: ParameterUnit, weights w: TierBuffer, gradients g: UnsafeMutablePointer<Float>, lr: Float, t: Int) throws {
-        let wp = floats(w)
-        for (i, r) in u.parts.enumerated() {
-            let m = try take(Self.key("m", u, part: i)), v = try take(Self.key("v", u, part: i))
-            let mp = floats(m), vp = floats(v)
-            span("update \(u.name).\(i)") {
-                TrainingThreads.forEachRange(r.count, minPerThread: 1 << 15) { s in
-                    optimizer.update(wp + r.lowerBound + s.lowerBound, gradient: g + r.lowerBound + s.lowerBound,
-                                     state: [mp + s.lowerBound, vp + s.lowerBound], count: s.count, lr: lr, step: t)
-                }
-            }
-            try write(Self.key("m", u, part: i), m)
-            try write(Self.key("v", u, part: i), v)
+    /// One optimizer step on `inputs` / `targets` (B·T ids each) at learning rate `lr`.
+    public func step(inputs: [Int], targets: [Int], lr: Float) throws -> StreamedStep {
+        let t0 = Date()
+        memory.resetPeak()
+        bytesRead = 0; bytesWritten = 0
+        try trainer.setBatch(inputs: inputs, targets: targets)
+        do {
+            let (loss, norm) = try run(lr: lr, t: steps + 1)
+            try drainWrites()
+            steps += 1
+            return StreamedStep(loss: loss, gradNorm: norm, seconds: Date().timeIntervalSince(t0),
+                                peakComputeBytes: trainer.activationBytes + memory.stats.peak,
+                                bytesRead: bytesRead, bytesWritten: bytesWritten, arenaMisses: memory.arenaMisses)
+        } catch {
+            try? engine.waitAll()
+            while (try? drainOneWrite()) == true {}
+            for b in live.values { b.free() }
+            for h in writing.values { h.buffer.free() }
+            for r in reads.values { r.buffer?.free() }
+            events = []; waiting = []; reads = [:]; live = [:]; writing = [:]; removeOnArrival = []
+            throw error
         }
-        try write(Self.key("w", u), w)
     }
 
     /// Sums of squares of the gradients per parameter, in table order once complete.
@@ -380,192 +395,208 @@ public final class StreamedTrainer {
         }
     }
 
-    func runStep(lr: Float, t: Int) throws -> (Float, Double) {
-        let c = config, tied = outputUnits.isEmpty
-        sums = [:]
-        enter(phase: 0)
-        try pump()
-        // Embedding: x.0 from the chunks of token_embd.
-        var x = try computeBuffer("x.0", bytes: inputBytes)
-        for (k, u) in embeddingUnits.enumerated() {
-            let w = try take(Self.key("w", u))
-            span("forward embd.\(k)") { trainer.embeddingForward(output: floats(x), vocabulary: trainer.headChunk(k), table: floats(w)) }
-            w.free()
-        }
-        // Blocks, half by half; each half's activations go to disk as soon as it is done (offloading),
-        // or only the block's input is kept (recomputing).
-        var kept: [TierBuffer] = []
-        for l in 0..<c.layers {
-            let (ua, uf) = (blockUnit(l, .attention), blockUnit(l, .ffn))
-            let wa = try take(Self.key("w", ua))
-            let actsA = try computeBuffer("acts \(ua.name)", bytes: actsBytes(.attention))
-            let actsF = try computeBuffer("acts \(uf.name)", bytes: actsBytes(.ffn))
-            var a = BlockActivations(attention: floats(actsA), ffn: floats(actsF), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
-            if offloadsActivations {
-                // The input goes with the attention half's activations (their first slot), for the backward.
-                a.attnIn.update(from: floats(x), count: n * c.dim)
-                releaseCompute(x)
-            } else {
-                a.attnIn = floats(x)
+    /// The schedule, op by op: each compute op when the one before it is done, its buffers allocated
+    /// before it runs and freed after; writes issued as the schedule issues them; reads allocated and
+    /// issued, and written buffers freed, in the simulation's order between compute ops. So the tier
+    /// holds what the simulated tier holds, whatever the disk's speed (a slower disk makes the step wait).
+    func run(lr: Float, t: Int) throws -> (Float, Double) {
+        sums = [:]; latest = [:]; reads = [:]; events = []; nextEvent = 0
+        let times = Dictionary(uniqueKeysWithValues: simulation.ops.map { ($0.id, $0) })
+        // The memory events, from the schedule: a read's reservation (host stream) starts as the read is
+        // issued; a written buffer's free (write stream, compute tier) ends once it is on disk.
+        var reservation: [String: Double] = [:]
+        var timed: [(time: Double, event: MemoryEvent)] = []
+        for op in schedule.operations {
+            switch (op.stream, op.kind) {
+            case (.host, _):
+                reservation[op.creates[0]] = times[op.id]!.start
+            case (.read, .prefetch):
+                let landing = op.creates[0]
+                let r = Read(disk: op.reads[0], landing: landing, bytes: bufferBytes[op.reads[0]]!)
+                reads[landing] = r
+                timed.append((reservation["issued " + landing]!, .issue(r)))
+            case (.write, .free) where op.tier == .compute:
+                for n in op.frees { timed.append((times[op.id]!.end, .freeWritten(n))) }
+            default: break
             }
-            span("forward \(ua.name)") { trainer.blockAttentionForward(l, saving: a, parameters: bases(ua, wa)) }
-            wa.free()
-            if offloadsActivations { try writeCompute("a.\(ua.name)", actsA) }
-            let wf = try take(Self.key("w", uf))
-            let out = try computeBuffer("x.\(l + 1)", bytes: inputBytes)
-            span("forward \(uf.name)") { trainer.blockFFNForward(l, output: floats(out), saving: a, parameters: bases(uf, wf)) }
-            wf.free()
-            if offloadsActivations {
-                try writeCompute("a.\(uf.name)", actsF)
-            } else {
-                releaseCompute(actsA); releaseCompute(actsF)
-                computeHeld -= accountedBytes(x.byteCount)
-                if keepsInputs { kept.append(x) } else { try write("x.\(l)", x) }
+        }
+        // The executor does nothing while a compute op runs, so each event goes between two compute ops:
+        // before the first op that starts once it happened in the simulation, and, for an event during an
+        // op, after that op. A written buffer's free at the very instant an op starts goes before it; a
+        // read's allocation then goes before it only if the op takes time (an op of no time only frees or
+        // only allocates, and the read may have waited for its frees). Between two compute ops, events go
+        // in the simulation's time order, frees first at one instant. So the tier never holds more than
+        // the simulated one, and at the simulated peak it holds the same.
+        let computes = schedule.operations.filter { $0.stream == .compute }.map { times[$0.id]! }
+        let eps = 1e-12
+        func ordinal(_ t: Double, free: Bool) -> Int {
+            func before(_ c: SimulatedOp) -> Bool {
+                free ? c.start >= t - eps : c.start > t + eps || (abs(c.start - t) <= eps && c.end > c.start + eps)
             }
-            x = out
-            try pump()
+            var lo = 0, hi = computes.count
+            while lo < hi { let m = (lo + hi) / 2; if before(computes[m]) { hi = m } else { lo = m + 1 } }
+            return lo - 1
         }
-        // Head, pass 1: the loss.
-        enter(phase: 1)
-        let normW = try take(Self.key("w", normUnit))
-        let normG = try computeBuffer("g norm", bytes: normUnit.bytes, zero: true)
-        let headBases = ParameterBases(stageStart: normUnit.offset, weights: floats(normW), gradients: floats(normG))
-        let norm = try computeBuffer("head norm", bytes: inputBytes)
-        let rstd = try computeBuffer("head rstd", bytes: n * 4)
-        let logits = try computeBuffer("logits", bytes: n * trainer.headChunkRows * 4)
-        let headUnits = tied ? embeddingUnits : outputUnits
-        var current: TierBuffer?
-        // The first `keptLogitChunks` chunks keep their logits in memory for pass 2, the others go to
-        // disk behind the compute; pass 2 then skips their product (it recomputes only a kept chunk
-        // that found no room).
-        var keptLogits: [Int: TierBuffer] = [:]
-        let keep: (Int) throws -> UnsafeMutablePointer<Float>? = { [self] k in
-            if let b = keptLogits[k] { return floats(b) }
-            guard let b = try? memory.allocate("logits \(k)", bytes: logitsBytes) else { return nil }
-            keptLogits[k] = b
-            return floats(b)
-        }
-        let computed: (Int) throws -> Void = { [self] k in
-            guard spills(k) else { return }
-            if let b = keptLogits.removeValue(forKey: k) { return try write("l.\(k)", b) }
-            // Computed into the shared buffer (no room for its own): written before the next chunk.
-            events?.append("write l.\(k)")
-            let h = try engine.write("l.\(k)", from: logits)
-            awaiting.remove("l.\(k)")
-            bytesWritten += logits.byteCount
-            try h.wait()
-        }
-        let loss = try span("head pass 1") {
-            try trainer.headForward(input: floats(x), norm: floats(norm), rstd: floats(rstd), logits: floats(logits),
-                                    keepsLogits: false, parameters: headBases, keep: keep, weights: { [self] k in
-                current?.free()
-                current = try take(Self.key("w", headUnits[k]))
-                return UnsafePointer(floats(current!))
-            }, computed: computed)
-        }
-        current?.free(); current = nil
-        guard loss.isFinite else { throw TrainingStopped(step: t, loss: loss, gradNorm: .nan) }
-        // Head, pass 2: chunk gradients (written out when tied, the embedding adds to them; else
-        // complete: update), ∂L/∂x, then the final norm's update.
-        let dres = try computeBuffer("dres", bytes: inputBytes)
-        var grad: TierBuffer?
-        try span("head pass 2") {
-            try trainer.headBackward(dresidual: floats(dres), input: floats(x), norm: floats(norm), rstd: floats(rstd),
-                                     logits: floats(logits), keepsLogits: false, parameters: headBases,
-                                     keep: { [self] k in
-                                         if spills(k) {
-                                             keptLogits[k] = try take("l.\(k)")
-                                             disk.remove("l.\(k)")
-                                         }
-                                         return keptLogits[k].map(floats)
-                                     },
-                                     chunk: { [self] k in
-                                         current = try take(Self.key("w", headUnits[k]))
-                                         grad = try computeBuffer("g \(headUnits[k].name)", bytes: headUnits[k].bytes, zero: true)
-                                         return (UnsafePointer(floats(current!)), floats(grad!))
-                                     },
-                                     done: { [self] k in
-                                         let u = headUnits[k]
-                                         keptLogits.removeValue(forKey: k)?.free()
-                                         if tied {
-                                             current!.free()
-                                             computeHeld -= accountedBytes(grad!.byteCount)
-                                             try write(Self.key("g", u), grad!)
-                                         } else {
-                                             try addSums(u, floats(grad!), step: t, loss: loss)
-                                             try update(u, weights: current!, gradients: floats(grad!), lr: lr, t: t)
-                                             releaseCompute(grad!)
-                                         }
-                                         current = nil; grad = nil
-                                     })
-        }
-        for b in [norm, rstd, logits, x] { releaseCompute(b) }
-        try addSums(normUnit, floats(normG), step: t, loss: loss)
-        try update(normUnit, weights: normW, gradients: floats(normG), lr: lr, t: t)
-        releaseCompute(normG)
-        enter(phase: 2)
-        // Blocks backward, the feed-forward half first: each half's update as soon as its gradient is done.
-        // `computed` runs once the half's activations are no longer needed, before its update.
-        func backward(_ l: Int, _ h: BlockHalf, acts a: BlockActivations, weights w: TierBuffer,
-                      computed: () -> Void) throws {
-            let u = blockUnit(l, h)
-            let g = try computeBuffer("g \(u.name)", bytes: u.bytes, zero: true)
-            span("backward \(u.name)") {
-                switch h {
-                case .ffn: trainer.blockFFNBackward(l, dresidual: floats(dres), acts: a, parameters: bases(u, w, g))
-                case .attention: trainer.blockAttentionBackward(l, dresidual: floats(dres), acts: a, parameters: bases(u, w, g))
-                }
-            }
-            computed()
-            try addSums(u, floats(g), step: t, loss: loss)
-            try update(u, weights: w, gradients: floats(g), lr: lr, t: t)
-            releaseCompute(g)
-        }
-        for l in (0..<c.layers).reversed() {
-            if offloadsActivations {
-                for h in [BlockHalf.ffn, .attention] {
-                    let u = blockUnit(l, h), acts = try take("a.\(u.name)")
-                    disk.remove("a.\(u.name)")
-                    let w = try take(Self.key("w", u))
-                    // One half carved alone: the other half's views are never used.
-                    let a = BlockActivations(attention: floats(acts), ffn: floats(acts), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
-                    try backward(l, h, acts: a, weights: w) { acts.free() }
-                }
+        events = timed.enumerated().map { i, e -> (after: Int, free: Bool, time: Double, index: Int, event: MemoryEvent) in
+            let free: Bool
+            if case .freeWritten = e.event { free = true } else { free = false }
+            return (ordinal(e.time, free: free), free, e.time, i, e.event)
+        }.sorted { a, b in
+            if a.after != b.after { return a.after < b.after }
+            if a.time != b.time { return a.time < b.time }
+            if a.free != b.free { return a.free }
+            return a.index < b.index
+        }.map { ($0.after, $0.event) }
+        var loss = Float.nan
+        var recomputed: BlockActivations?
+        var lastRead = "", ordinal = 0
+        for op in schedule.operations {
+            switch (op.stream, op.kind) {
+            case (.host, _), (.write, .free), (.read, .free) where op.tier == .compute:
                 continue
+            case (.read, .prefetch):
+                lastRead = op.creates[0]
+            case (.read, .free):
+                // A tensor this step wrote goes from disk once read back.
+                removeOnArrival.insert(lastRead)
+            case (.write, .offload):
+                let source = op.reads[0], name = op.creates[0]
+                if source == "logits" || (source.hasPrefix("l.") && live[source] == nil) {
+                    // A head chunk's logits computed in the shared buffer: on disk before the next chunk uses it.
+                    let h = try engine.write(name, from: try buffer("logits"))
+                    bytesWritten += h.buffer.byteCount
+                    try h.wait()
+                } else {
+                    let b = try buffer(source)
+                    live[source] = nil
+                    if let h = pendingWrites[name] { try h.wait() }
+                    let h = try engine.write(name, from: b)
+                    pendingWrites[name] = h
+                    writing[source] = h
+                    bytesWritten += b.byteCount
+                }
+            case (.compute, _):
+                guard let action = op.action else { throw OffloadError("[stream] internal: op #\(op.id) says nothing to run") }
+                try advance(through: ordinal - 1)
+                ordinal += 1
+                var took: [TierBuffer] = []
+                for r in op.reads { took.append(try take(r)) }
+                for name in op.creates {
+                    guard let bytes = bufferBytes[name] else { throw OffloadError("[stream] internal: no size for \(name)") }
+                    if name.hasPrefix("l.") {
+                        // Logits of their own only when the tier has room; else the shared buffer.
+                        if let b = try? memory.allocate(name, bytes: bytes) { live[name] = b }
+                        continue
+                    }
+                    let b = try allocate(name, bytes: bytes)
+                    if name.hasPrefix("g ") { floats(b).update(repeating: 0, count: bytes / 4) }
+                    live[name] = b
+                }
+                if let l = try execute(action, took: took, loss: loss, recomputed: &recomputed, lr: lr, t: t) { loss = l }
+                for name in op.frees { live.removeValue(forKey: name)?.free() }
+                try issueWaiting()
+            default:
+                throw OffloadError("[stream] internal: op #\(op.id) (\(op.kind.rawValue) on \(op.stream.rawValue)) is not one this executor runs")
             }
-            let (ua, uf) = (blockUnit(l, .attention), blockUnit(l, .ffn))
-            let input = keepsInputs ? kept.removeLast() : try take("x.\(l)")
-            if !keepsInputs { disk.remove("x.\(l)") }
-            let wa = try take(Self.key("w", ua)), wf = try take(Self.key("w", uf))
-            let actsA = try computeBuffer("acts \(ua.name)", bytes: actsBytes(.attention))
-            let actsF = try computeBuffer("acts \(uf.name)", bytes: actsBytes(.ffn))
-            let out = try computeBuffer("recomputed x.\(l + 1)", bytes: inputBytes)
-            var a = BlockActivations(attention: floats(actsA), ffn: floats(actsF), config: c, batch: trainer.batch, seqLen: trainer.seqLen)
-            a.attnIn = floats(input)
-            span("recompute blk.\(l)") {
-                trainer.blockAttentionForward(l, saving: a, parameters: bases(ua, wa))
-                trainer.blockFFNForward(l, output: floats(out), saving: a, parameters: bases(uf, wf))
-            }
-            releaseCompute(out)
-            try backward(l, .ffn, acts: a, weights: wf) { releaseCompute(actsF) }
-            try backward(l, .attention, acts: a, weights: wa) { releaseCompute(actsA); input.free() }
         }
-        // Embedding backward, chunk by chunk, and its update.
-        enter(phase: 3)
-        for (k, u) in embeddingUnits.enumerated() {
-            let g = tied ? try take(Self.key("g", u)) : try computeBuffer("g \(u.name)", bytes: u.bytes, zero: true)
-            if tied { computeHeld += accountedBytes(g.byteCount) }
-            span("backward embd.\(k)") {
-                trainer.embeddingBackward(dresidual: floats(dres), vocabulary: trainer.headChunk(k), gradients: floats(g))
-            }
-            try addSums(u, floats(g), step: t, loss: loss)
-            let w = try take(Self.key("w", u))
-            try update(u, weights: w, gradients: floats(g), lr: lr, t: t)
-            releaseCompute(g)
-            if tied { disk.remove(Self.key("g", u)) }
+        try advance(through: .max)
+        guard live.isEmpty, reads.isEmpty, writing.isEmpty else {
+            throw OffloadError("[stream] internal: the step ended holding "
+                               + (live.keys.sorted() + reads.keys.sorted() + writing.keys.sorted()).joined(separator: ", "))
         }
-        releaseCompute(dres)
         let total = trainer.model.layout.entries.reduce(0.0) { $0 + (sums[$1.name] ?? 0) }
         return (loss, total.squareRoot())
+    }
+
+    /// Runs one compute op's kernels on its buffers; returns the loss once the head's pass 1 is complete.
+    func execute(_ action: StepAction, took: [TierBuffer], loss: Float, recomputed: inout BlockActivations?,
+                 lr: Float, t: Int) throws -> Float? {
+        let c = config, tied = outputUnits.isEmpty, headUnits = tied ? embeddingUnits : outputUnits
+        func acts(_ attention: UnsafeMutablePointer<Float>, _ ffn: UnsafeMutablePointer<Float>) -> BlockActivations {
+            BlockActivations(attention: attention, ffn: ffn, config: c, batch: trainer.batch, seqLen: trainer.seqLen)
+        }
+        switch action {
+        case .memory:
+            break
+        case .embeddingForward(let k):
+            let x = try floats("x.0")
+            span("forward embd.\(k)") { trainer.embeddingForward(output: x, vocabulary: trainer.headChunk(k), table: floats(took[0])) }
+        case .attentionForward(let l):
+            let u = blockUnit(l, .attention), x = try floats("x.\(l)")
+            var a = acts(try floats("acts \(u.name)"), try floats("acts \(blockUnit(l, .ffn).name)"))
+            // Offloading, the input goes with the attention half's activations (their first slot); recomputing,
+            // it is kept as it is.
+            if offloadsActivations { a.attnIn.update(from: x, count: n * c.dim) } else { a.attnIn = x }
+            span("forward \(u.name)") { trainer.blockAttentionForward(l, saving: a, parameters: bases(u, floats(took[0]))) }
+        case .ffnForward(let l):
+            let u = blockUnit(l, .ffn), ffn = try floats("acts \(u.name)")
+            // The attention half's activations may be on their way to disk: only the feed-forward half's are used.
+            var a = acts(live["acts \(blockUnit(l, .attention).name)"].map(floats) ?? ffn, ffn)
+            if !offloadsActivations { a.attnIn = try floats("x.\(l)") }
+            let out = try floats("x.\(l + 1)")
+            span("forward \(u.name)") { trainer.blockFFNForward(l, output: out, saving: a, parameters: bases(u, floats(took[0]))) }
+        case .headNorm:
+            trainer.headNormForward(input: try floats("x.\(c.layers)"), norm: try floats("head norm"), rstd: try floats("head rstd"),
+                                    weights: floats(took[0]))
+        case .headForward(let k):
+            let out = try live["l.\(k)"].map(floats) ?? floats("logits"), norm = try floats("head norm")
+            span("head pass 1 chunk \(k)") { trainer.headChunkForward(k, logits: out, norm: norm, weights: floats(took[0])) }
+            if k == headUnits.count - 1 {
+                let loss = trainer.headLoss()
+                guard loss.isFinite else { throw TrainingStopped(step: t, loss: loss, gradNorm: .nan) }
+                return loss
+            }
+        case .headBackward(let k):
+            let u = headUnits[k]
+            // Its logits: read back from disk, or kept in a buffer of their own, or computed again in the shared one.
+            let own = took.count == 2 ? floats(took[0]) : live["l.\(k)"].map(floats)
+            let out = try own ?? floats("logits"), g = try floats("g \(u.name)"), norm = try floats("head norm")
+            span("head pass 2 chunk \(k)") {
+                trainer.headChunkBackward(k, logits: out, computed: own != nil, norm: norm, weights: floats(took.last!), gradients: g)
+            }
+        case .headNormBackward:
+            trainer.headNormBackward(dresidual: try floats("dres"), input: try floats("x.\(c.layers)"), rstd: try floats("head rstd"),
+                                     weights: try landed(Self.key("w", normUnit)), gradients: try floats("g norm"))
+        case .recompute(let l):
+            let ua = blockUnit(l, .attention), uf = blockUnit(l, .ffn)
+            var a = acts(try floats("acts \(ua.name)"), try floats("acts \(uf.name)"))
+            a.attnIn = try floats("x.\(l)")
+            let out = try floats("recomputed x.\(l + 1)")
+            let wa = floats(took[took.count - 2]), wf = floats(took[took.count - 1])
+            span("recompute blk.\(l)") {
+                trainer.blockAttentionForward(l, saving: a, parameters: bases(ua, wa))
+                trainer.blockFFNForward(l, output: out, saving: a, parameters: bases(uf, wf))
+            }
+            recomputed = a
+        case .ffnBackward(let l), .attentionBackward(let l):
+            let h: BlockHalf
+            if case .ffnBackward = action { h = .ffn } else { h = .attention }
+            let u = blockUnit(l, h), g = try floats("g \(u.name)"), w = try landed(Self.key("w", u)), dres = try floats("dres")
+            // Offloading: the half's activations read back, carved alone (the other half's views are never used).
+            let a = offloadsActivations ? acts(floats(took[0]), floats(took[0])) : recomputed!
+            span("backward \(u.name)") {
+                switch h {
+                case .ffn: trainer.blockFFNBackward(l, dresidual: dres, acts: a, parameters: bases(u, w, g))
+                case .attention: trainer.blockAttentionBackward(l, dresidual: dres, acts: a, parameters: bases(u, w, g))
+                }
+            }
+        case .embeddingBackward(let k):
+            let u = embeddingUnits[k]
+            let g = tied ? try landed(Self.key("g", u)) : try floats("g \(u.name)"), dres = try floats("dres")
+            span("backward embd.\(k)") { trainer.embeddingBackward(dresidual: dres, vocabulary: trainer.headChunk(k), gradients: g) }
+        case .update(let name, let part, let gradient):
+            guard let u = unitsByName[name] else { throw OffloadError("[stream] internal: no parameter unit \(name)") }
+            let w = try landed(Self.key("w", u))
+            let g = try live[gradient].map(floats) ?? landed(gradient)
+            if part == 0 { try addSums(u, g, step: t, loss: loss) }
+            let r = u.parts[part], mp = floats(took[0]), vp = floats(took[1])
+            span("update \(u.name).\(part)") {
+                TrainingThreads.forEachRange(r.count, minPerThread: 1 << 15) { s in
+                    optimizer.update(w + r.lowerBound + s.lowerBound, gradient: g + r.lowerBound + s.lowerBound,
+                                     state: [mp + s.lowerBound, vp + s.lowerBound], count: s.count, lr: lr, step: t)
+                }
+            }
+        }
+        return nil
     }
 }

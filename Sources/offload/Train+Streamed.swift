@@ -23,9 +23,9 @@ final class StreamedRun: TrainingRun {
         recorder = command.trace != nil ? TraceRecorder() : nil
         let disk = try DiskStore(roots: [folder], options: command.diskStoreOptions, trace: recorder)
         session = try StreamedTrainingSession(config: config, ropeStyle: ropeStyle, data: data, options: options,
-                                              plan: plan, disk: disk, trace: recorder)
+                                              plan: plan, disk: disk, hardware: hw, trace: recorder)
         budget = plan.budget
-        predictedSeconds = TrainingPlanner.streamedRow(plan, hardware: hw).simulation?.stepSeconds ?? .nan
+        predictedSeconds = session.streamer.simulation.stepSeconds
         // Before the store fills the budget: the heap that tokenizing and parsing the model file
         // left free goes back to the system.
         MemoryTier.releaseFreeHeap()
