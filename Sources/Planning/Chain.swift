@@ -102,6 +102,8 @@ extension ModelChain {
         func seconds(flops: Double, bytes: Double) -> Double {
             flops / hardware.gemmFlops + bytes / hardware.memoryBandwidth
         }
+        // The trainer's measured kernel rates, when the profile has them (training only).
+        let training = mode == .train ? hardware.training : nil
         var stages: [ChainStage] = []
         // Embedding: gather rows. Backward scatters into the gradient.
         let embParams = params(.embedding, prefix: "embd")
@@ -134,20 +136,24 @@ extension ModelChain {
             let wp = params(.block(i), prefix: "\(i)")
             let wBytes = wp.reduce(0) { $0 + $1.bytes }
             let elementwise = Double(bt * (6 * d + 4 * ff) * f4)
-            let fwdSeconds = mode == .train
+            var fwdSeconds = mode == .train
                 ? seconds(flops: matFlops + attnFlops, bytes: elementwise + Double(B * H * T * T * f4 * 2))
                 : max(matFlops / hardware.gemmFlops, Double(wBytes + kvBytes) / hardware.memoryBandwidth)
                     + attnFlops / hardware.gemmFlops
+            var bwdSeconds = mode == .train
+                ? seconds(flops: 2 * (matFlops + attnFlops), bytes: 2 * elementwise + Double(savedBytes)) : 0
+            if mode == .train, let k = hardware.training {
+                fwdSeconds = matFlops / k.matmulFlops + attnFlops / k.attentionFlops + elementwise / k.elementwiseBytesPerSecond
+                bwdSeconds = 2 * matFlops / k.matmulBackwardFlops + 2 * attnFlops / k.attentionBackwardFlops
+                    + (2 * elementwise + Double(savedBytes)) / k.elementwiseBytesPerSecond
+            }
             stages.append(ChainStage(
                 name: "\(i)", input: t(p + "attn_in", bt * d), saved: saved,
                 forwardTempBytes: (bt * max(d, ff) + (mode == .train ? B * H * T * T : B * H * ctx)) * f4,
                 backwardTempBytes: (2 * bt * ff + 2 * bt * d + B * H * T * T) * f4,
                 forwardFLOPs: matFlops + attnFlops, backwardFLOPs: 2 * (matFlops + attnFlops),
-                forwardSeconds: fwdSeconds,
-                backwardSeconds: mode == .train
-                    ? seconds(flops: 2 * (matFlops + attnFlops), bytes: 2 * elementwise + Double(savedBytes)) : 0,
+                forwardSeconds: fwdSeconds, backwardSeconds: bwdSeconds,
                 parameters: wp, borrowed: [], kvCache: kv))
-            _ = savedBytes
         }
         // Head: final norm, output projection, softmax cross-entropy.
         var headParams = params(.head, prefix: "head")
@@ -160,11 +166,15 @@ extension ModelChain {
             name: "head", input: t("act.head.in", bt * d), saved: headSaved,
             forwardTempBytes: bt * V * f4, backwardTempBytes: (bt * V + bt * d) * f4,
             forwardFLOPs: headFlops, backwardFLOPs: 2 * headFlops,
-            forwardSeconds: seconds(flops: headFlops, bytes: Double(bt * V * f4 * 3)),
-            backwardSeconds: mode == .train ? seconds(flops: 2 * headFlops, bytes: Double(bt * V * f4 * 2)) : 0,
+            forwardSeconds: training.map { headFlops / $0.matmulFlops + Double(bt * V) / $0.crossEntropyLogitsPerSecond }
+                ?? seconds(flops: headFlops, bytes: Double(bt * V * f4 * 3)),
+            backwardSeconds: mode != .train ? 0
+                : training.map { 2 * headFlops / $0.matmulBackwardFlops + Double(bt * V) / $0.crossEntropyLogitsPerSecond }
+                    ?? seconds(flops: 2 * headFlops, bytes: Double(bt * V * f4 * 2)),
             parameters: headParams, borrowed: borrowed, kvCache: nil))
         return ModelChain(model: c.name, mode: mode, batch: batch, seqLen: seqLen, stages: stages,
                           output: LogicalTensor(name: "act.loss", bytes: f4),
-                          optimizerSecondsPerParameterByte: 7.0 / hardware.memoryBandwidth)
+                          optimizerSecondsPerParameterByte: training.map { 1 / (4 * $0.adamwParametersPerSecond) }
+                              ?? 7.0 / hardware.memoryBandwidth)
     }
 }

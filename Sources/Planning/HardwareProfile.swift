@@ -37,6 +37,46 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
     /// Direct-I/O rates `offload profile` measured per request size and queue depth (its "disk"
     /// list); nil: only the single rates above.
     public var diskRates: [DiskRate]?
+    /// Rates of the trainer's own kernels, measured by `offload profile` on a training step; nil:
+    /// training time is modelled from `gemmFlops` and `memoryBandwidth` alone.
+    public var training: TrainingKernelRates?
+
+    /// How fast this machine runs the training step's kernels, each in the units the cost model counts
+    /// them in (`ModelChain.llama`): so the model's time for a stage is the work it counts over these
+    /// rates, whatever the kernels' overheads beyond peak GEMM and memory bandwidth.
+    public struct TrainingKernelRates: Codable, Sendable, Equatable {
+        /// Matrix products of the forward (blocks and head), FLOP/s.
+        public var matmulFlops: Double
+        /// Matrix products of the backward (both products of each), FLOP/s.
+        public var matmulBackwardFlops: Double
+        /// Causal attention, counted as 2·B·H·T²·head_dim FLOPs forward and twice that backward.
+        public var attentionFlops: Double
+        public var attentionBackwardFlops: Double
+        /// Norms, RoPE and SwiGLU, forward and backward, per byte of the model's elementwise count.
+        public var elementwiseBytesPerSecond: Double
+        /// Cross-entropy over the vocabulary (each pass), logits per second.
+        public var crossEntropyLogitsPerSecond: Double
+        /// AdamW, parameters per second.
+        public var adamwParametersPerSecond: Double
+        enum CodingKeys: String, CodingKey {
+            case matmulFlops = "matmul_flops_per_second", matmulBackwardFlops = "matmul_backward_flops_per_second"
+            case attentionFlops = "attention_flops_per_second", attentionBackwardFlops = "attention_backward_flops_per_second"
+            case elementwiseBytesPerSecond = "elementwise_bytes_per_second"
+            case crossEntropyLogitsPerSecond = "cross_entropy_logits_per_second"
+            case adamwParametersPerSecond = "adamw_parameters_per_second"
+        }
+        public init(matmulFlops: Double, matmulBackwardFlops: Double, attentionFlops: Double, attentionBackwardFlops: Double,
+                    elementwiseBytesPerSecond: Double, crossEntropyLogitsPerSecond: Double, adamwParametersPerSecond: Double) {
+            self.matmulFlops = matmulFlops; self.matmulBackwardFlops = matmulBackwardFlops
+            self.attentionFlops = attentionFlops; self.attentionBackwardFlops = attentionBackwardFlops
+            self.elementwiseBytesPerSecond = elementwiseBytesPerSecond
+            self.crossEntropyLogitsPerSecond = crossEntropyLogitsPerSecond; self.adamwParametersPerSecond = adamwParametersPerSecond
+        }
+        var isValid: Bool {
+            [matmulFlops, matmulBackwardFlops, attentionFlops, attentionBackwardFlops, elementwiseBytesPerSecond,
+             crossEntropyLogitsPerSecond, adamwParametersPerSecond].allSatisfy { $0 > 0 && $0.isFinite }
+        }
+    }
 
     /// One measured direct-I/O rate.
     public struct DiskRate: Codable, Sendable, Equatable {
@@ -98,7 +138,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case name, gemmFlops, memoryBandwidth, diskReadBandwidth, diskWriteBandwidth, hostLinkBandwidth, accelerator
-        case diskDuplexBandwidth, ioComputeSecondsPerByte
+        case diskDuplexBandwidth, ioComputeSecondsPerByte, training
     }
 
     /// Profiles written before `accelerator` existed decode as CPU-only.
@@ -113,6 +153,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
                   accelerator: try c.decodeIfPresent(Bool.self, forKey: .accelerator) ?? false,
                   diskDuplexBandwidth: try c.decodeIfPresent(Double.self, forKey: .diskDuplexBandwidth),
                   ioComputeSecondsPerByte: try c.decodeIfPresent(Double.self, forKey: .ioComputeSecondsPerByte) ?? 0)
+        training = try c.decodeIfPresent(TrainingKernelRates.self, forKey: .training)
     }
 
     /// Measured on the 2-core x86-64 build machine: OpenBLAS sgemm with 2 threads
@@ -137,6 +178,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
             var diskDuplexBandwidth: Double?; var disk_duplex_bytes_per_second: Double?
             var ioComputeSecondsPerByte: Double?; var io_compute_seconds_per_byte: Double?
             var disk: [DiskRate]?; var diskRates: [DiskRate]?
+            var training: TrainingKernelRates?; var training_kernels: TrainingKernelRates?
         }
         let loose: Loose
         do { loose = try JSONDecoder().decode(Loose.self, from: data) } catch {
@@ -167,6 +209,10 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
                                        }
                                        return v
                                    } ?? 0)
+        if let t = l.training ?? l.training_kernels {
+            guard t.isValid else { throw OffloadError("[hardware] \(path): every training kernel rate must be positive") }
+            profile.training = t
+        }
         profile.diskRates = (l.diskRates ?? l.disk)?.filter {
             $0.requestBytes > 0 && $0.queueDepth > 0 && $0.readBytesPerSecond > 0 && $0.readBytesPerSecond.isFinite
         }

@@ -97,7 +97,9 @@ public final class StreamedTrainer {
         (schedule, simulation) = try plan.simulation(hardware: hardware)
         unitsByName = Dictionary(uniqueKeysWithValues: plan.units.map { ($0.name, $0) })
         bufferBytes = plan.bufferBytes
-        memory = MemoryTier(.compute, limit: plan.budget - plan.scratchBytes, trace: trace, arena: true)
+        // What the simulated step holds at most: the executor never holds more, whatever the disk's timing.
+        memory = MemoryTier(.compute, limit: simulation.peak[.compute] ?? plan.budget - plan.scratchBytes, trace: trace,
+                            arena: true)
         engine = TransferEngine(memory: memory, disk: disk, trace: trace)
     }
 
@@ -275,11 +277,24 @@ public final class StreamedTrainer {
     /// Does the memory events the simulation has happen after compute op `ordinal` ended: the compute
     /// tier then holds what the simulated one holds. A written buffer whose write the disk has not
     /// finished yet is waited for.
-    func advance(through ordinal: Int) throws {
+    ///
+    /// Where the disk is behind the profile's timing, the compute does not wait for it: a written buffer
+    /// the schedule frees stays until its write is done, and the reads after it in the schedule's order
+    /// wait until the tier has room (the tier's limit is the simulated peak). `force`: the compute needs
+    /// a read now, so writes are waited for until it has room.
+    func advance(through ordinal: Int, force: Bool = false) throws {
+        try pollWrites()
         while nextEvent < events.count, events[nextEvent].after <= ordinal {
             switch events[nextEvent].event {
             case .issue(let r):
-                r.buffer = try allocate(r.landing, bytes: r.bytes)
+                if let b = try? memory.allocate(r.landing, bytes: r.bytes) {
+                    r.buffer = b
+                } else if force {
+                    r.buffer = try allocate(r.landing, bytes: r.bytes)
+                } else {
+                    try issueWaiting()
+                    return
+                }
                 waiting.append(r)
             case .freeWritten(let name):
                 guard let h = writing.removeValue(forKey: name) else {
@@ -287,12 +302,7 @@ public final class StreamedTrainer {
                     if name.hasPrefix("l.") { nextEvent += 1; continue }
                     throw OffloadError("[stream] internal: the schedule frees \(name), which is not being written")
                 }
-                if let trace, !h.isComplete {
-                    try trace.measure("wait write \(h.name)", stream: "compute") { try h.wait() }
-                } else {
-                    try h.wait()
-                }
-                h.buffer.free()
+                if h.isComplete { h.buffer.free() } else { writeOrder.append(h) }   // freed once on disk
             }
             nextEvent += 1
         }
@@ -316,7 +326,7 @@ public final class StreamedTrainer {
     func take(_ landing: String) throws -> TierBuffer {
         guard let r = reads[landing] else { throw OffloadError("[stream] internal: \(landing) is taken but never read") }
         // Issued by the schedule before the op that takes it; the simulator's times can only tie here.
-        while r.buffer == nil, nextEvent < events.count { try advance(through: events[nextEvent].after) }
+        while r.buffer == nil, nextEvent < events.count { try advance(through: events[nextEvent].after, force: true) }
         while r.handle == nil, !waiting.isEmpty { try issueWaiting(force: true) }
         guard let h = r.handle else { throw OffloadError("[stream] internal: \(landing) is taken before it is read") }
         if let trace, !h.isComplete {
@@ -499,7 +509,8 @@ public final class StreamedTrainer {
                 throw OffloadError("[stream] internal: op #\(op.id) (\(op.kind.rawValue) on \(op.stream.rawValue)) is not one this executor runs")
             }
         }
-        try advance(through: .max)
+        try advance(through: .max, force: true)
+        try drainWrites()
         guard live.isEmpty, reads.isEmpty, writing.isEmpty else {
             throw OffloadError("[stream] internal: the step ended holding "
                                + (live.keys.sorted() + reads.keys.sorted() + writing.keys.sorted()).joined(separator: ", "))

@@ -9,6 +9,9 @@ import Foundation
 import Formats
 import Kernels
 import Memory
+import Models
+import Planning
+import Runtime
 import Tensors
 
 struct Profile: ParsableCommand {
@@ -112,6 +115,8 @@ struct Profile: ParsableCommand {
             say("memory copy")
             p.memcpyBytesPerSecond = measureMemcpy(bytes: quick ? 64 << 20 : 256 << 20)
             p.hostComputeBytesPerSecond = p.memcpyBytesPerSecond  // the same memory on a CPU-only machine
+            say("training kernels on a training step (SmolLM2-135M's layer shape, batch 4 × 256)")
+            p.training = try measureTrainingKernels(threads: threads, repeats: quick ? 2 : 3)
         }
         let bytes = quick ? min(parseBytes(diskBytes)!, 64 << 20) : parseBytes(diskBytes)!
         say("disk \(disk), \(formatBytes(bytes)) per measurement")
@@ -185,6 +190,7 @@ struct MeasuredProfile: Codable {
     var measuredAt: String
     var gemm: [Gemm] = []
     var disk: [Disk] = []
+    var training: HardwareProfile.TrainingKernelRates?
 
     enum CodingKeys: String, CodingKey {
         case gemmFlops = "gemm_flops", memcpyBytesPerSecond = "memcpy_bytes_per_second"
@@ -194,7 +200,7 @@ struct MeasuredProfile: Codable {
         case diskDuplexBytesPerSecond = "disk_duplex_bytes_per_second"
         case ioComputeSecondsPerByte = "io_compute_seconds_per_byte"
         case diskDirectIO = "disk_direct_io", diskFolder = "disk_folder", threads, machine
-        case measuredAt = "measured_at", gemm, disk
+        case measuredAt = "measured_at", gemm, disk, training = "training_kernels"
     }
 
     init(threads: Int, diskFolder: String) {
@@ -220,6 +226,16 @@ struct MeasuredProfile: Codable {
         }
         lines.append("")
         lines.append("memory copy: \(rate(memcpyBytesPerSecond))")
+        if let t = training {
+            lines.append("")
+            lines.append("training kernels (a step at SmolLM2-135M's layer shape, batch 4 × 256, \(threads) threads)")
+            lines.append(String(format: "  matrix products %.1f GFLOP/s forward, %.1f backward; attention %.1f / %.1f GFLOP/s",
+                                t.matmulFlops / 1e9, t.matmulBackwardFlops / 1e9, t.attentionFlops / 1e9,
+                                t.attentionBackwardFlops / 1e9))
+            lines.append("  norms, RoPE, SwiGLU \(rate(t.elementwiseBytesPerSecond)); cross-entropy "
+                         + String(format: "%.0f M logits/s; AdamW %.0f M parameters/s", t.crossEntropyLogitsPerSecond / 1e6,
+                                  t.adamwParametersPerSecond / 1e6))
+        }
         lines.append("")
         lines.append("disk \(diskFolder) (\(diskDirectIO ? "O_DIRECT" : "buffered: O_DIRECT refused"))")
         lines.append(pad("request", 12) + lpad("depth", 6) + lpad("write", 14) + lpad("read", 14))
@@ -452,4 +468,59 @@ private func runSpillChild(folder: String, then: String) throws {
     default:
         while true { sleep(60) }
     }
+}
+
+/// The trainer's own kernels, timed on forward-backward steps of a two-layer model with
+/// SmolLM2-135M's layer shape (dim 576, 9 heads, 3 KV heads, FFN 1536; 8192-token vocabulary) at
+/// batch 4 × 256, and AdamW over its parameters: each kind's best time over `repeats` steps, as a
+/// rate in the units the cost model counts its work in (`ModelChain.llama`), so the planner's
+/// training times are this machine's for these kernels.
+func measureTrainingKernels(threads: Int, repeats: Int) throws -> HardwareProfile.TrainingKernelRates {
+    let c = LlamaConfig(name: "profile", vocabSize: 8192, dim: 576, ffnDim: 1536, layers: 2, heads: 9, kvHeads: 3)
+    let batch = 4, seqLen = 256, n = batch * seqLen
+    setTrainingThreads(threads)
+    let model = try TrainableLlama.random(config: c, seed: 1)
+    let trainer = try LlamaTrainer(model: model, batch: batch, seqLen: seqLen)
+    var rng = SeededGenerator(seed: 2)
+    let tokens = (0...n).map { _ in Int.random(in: 0..<c.vocabSize, using: &rng) }
+    let inputs = Array(tokens[0..<n]), targets = Array(tokens[1...])
+    try trainer.forwardBackward(inputs: inputs, targets: targets)   // warm up
+    var best: [String: Double] = [:]
+    trainer.profiling = true
+    for _ in 0..<repeats {
+        model.zeroGradients()
+        trainer.resetProfile()
+        try trainer.forwardBackward(inputs: inputs, targets: targets)
+        for (kind, s) in trainer.profile { best[kind] = min(best[kind] ?? .infinity, s) }
+    }
+    trainer.profiling = false
+    let adam = AdamW(weightDecay: 0.1), state = OptimizerState(for: adam, layout: model.layout)
+    adam.step(model, state: state, lr: 1e-4)
+    var adamSeconds = Double.infinity
+    for _ in 0..<repeats {
+        let t0 = now()
+        adam.step(model, state: state, lr: 1e-4)
+        adamSeconds = min(adamSeconds, now() - t0)
+    }
+    // The work as the cost model counts it, for this model and batch.
+    let L = Double(c.layers), N = Double(n), d = Double(c.dim), V = Double(c.vocabSize)
+    let matForward = L * 2 * N * Double(c.dim * c.qDim + 2 * c.dim * c.kvDim + c.qDim * c.dim + 3 * c.dim * c.ffnDim)
+        + 2 * N * d * V
+    let attention = L * 2 * Double(batch * c.heads) * Double(seqLen * seqLen) * Double(c.headDim)
+    let chain = ModelChain.llama(c, mode: .train, batch: batch, seqLen: seqLen, hardware: .defaultCPU)
+    let saved = Double(chain.stages[1].saved.reduce(0) { $0 + $1.bytes })
+    let elementwise = L * (3 * N * Double(6 * c.dim + 4 * c.ffnDim) * 4 + saved)
+    func seconds(_ kinds: String...) throws -> Double {
+        let s = kinds.reduce(0) { $0 + (best[$1] ?? 0) }
+        guard s > 0 else { throw OffloadError("[profile] the training step timed no \(kinds.joined(separator: ", ")) kernels") }
+        return s
+    }
+    return HardwareProfile.TrainingKernelRates(
+        matmulFlops: matForward / (try seconds("matmul fwd")),
+        matmulBackwardFlops: 2 * matForward / (try seconds("matmul bwd")),
+        attentionFlops: attention / (try seconds("attention fwd")),
+        attentionBackwardFlops: 2 * attention / (try seconds("attention bwd")),
+        elementwiseBytesPerSecond: elementwise / (try seconds("rmsnorm", "rope", "swiglu")),
+        crossEntropyLogitsPerSecond: 2 * N * V / (try seconds("cross-entropy")),
+        adamwParametersPerSecond: Double(model.parameterCount) / adamSeconds)
 }
