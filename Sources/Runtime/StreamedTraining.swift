@@ -262,6 +262,8 @@ public final class StreamedTrainer {
     /// the first not done yet.
     var events: [(after: Int, event: MemoryEvent)] = []
     var nextEvent = 0
+    /// Frees done ahead of a read that waits for room (indices into `events`).
+    var freedEarly = Set<Int>()
     /// Reads allocated and not yet issued to the disk (their tensor's write is not done), in order.
     var waiting: [Read] = []
     var reads: [String: Read] = [:]
@@ -284,7 +286,16 @@ public final class StreamedTrainer {
     /// a read now, so writes are waited for until it has room.
     func advance(through ordinal: Int, force: Bool = false) throws {
         try pollWrites()
+        func free(_ name: String) throws {
+            guard let h = writing.removeValue(forKey: name) else {
+                // Logits that found no room of their own were written from the shared buffer at once.
+                if name.hasPrefix("l.") { return }
+                throw OffloadError("[stream] internal: the schedule frees \(name), which is not being written")
+            }
+            if h.isComplete { h.buffer.free() } else { writeOrder.append(h) }   // freed once on disk
+        }
         while nextEvent < events.count, events[nextEvent].after <= ordinal {
+            if freedEarly.remove(nextEvent) != nil { nextEvent += 1; continue }
             switch events[nextEvent].event {
             case .issue(let r):
                 if let b = try? memory.allocate(r.landing, bytes: r.bytes) {
@@ -292,17 +303,17 @@ public final class StreamedTrainer {
                 } else if force {
                     r.buffer = try allocate(r.landing, bytes: r.bytes)
                 } else {
+                    // The frees due by now still happen (their buffers go once on disk), so what the
+                    // compute allocates meanwhile can wait for them.
+                    for j in nextEvent + 1 ..< events.count where events[j].after <= ordinal && !freedEarly.contains(j) {
+                        if case .freeWritten(let name) = events[j].event { try free(name); freedEarly.insert(j) }
+                    }
                     try issueWaiting()
                     return
                 }
                 waiting.append(r)
             case .freeWritten(let name):
-                guard let h = writing.removeValue(forKey: name) else {
-                    // Logits that found no room of their own were written from the shared buffer at once.
-                    if name.hasPrefix("l.") { nextEvent += 1; continue }
-                    throw OffloadError("[stream] internal: the schedule frees \(name), which is not being written")
-                }
-                if h.isComplete { h.buffer.free() } else { writeOrder.append(h) }   // freed once on disk
+                try free(name)
             }
             nextEvent += 1
         }
@@ -408,9 +419,10 @@ public final class StreamedTrainer {
     /// The schedule, op by op: each compute op when the one before it is done, its buffers allocated
     /// before it runs and freed after; writes issued as the schedule issues them; reads allocated and
     /// issued, and written buffers freed, in the simulation's order between compute ops. So the tier
-    /// holds what the simulated tier holds, whatever the disk's speed (a slower disk makes the step wait).
+    /// holds what the simulated tier holds while the disk keeps the profile's pace, and less when it lags
+    /// (`advance`).
     func run(lr: Float, t: Int) throws -> (Float, Double) {
-        sums = [:]; latest = [:]; reads = [:]; events = []; nextEvent = 0
+        sums = [:]; latest = [:]; reads = [:]; events = []; nextEvent = 0; freedEarly = []
         let times = Dictionary(uniqueKeysWithValues: simulation.ops.map { ($0.id, $0) })
         // The memory events, from the schedule: a read's reservation (host stream) starts as the read is
         // issued; a written buffer's free (write stream, compute tier) ends once it is on disk.

@@ -79,8 +79,8 @@ final class PlanAgreesWithRunTests: XCTestCase {
             let measured = try XCTUnwrap(measuredPeak(run.stderr), run.stderr)
             XCTAssertLessThanOrEqual(measured, budget, what)
             // The simulator's peak of the plan's schedule, with what the executor holds outside it: within 2%
-            // (streamed, the executor does the schedule's allocations and frees in the simulation's order,
-            // so the two are equal to the byte).
+            // (streamed, the executor does the schedule's allocations and frees in the simulation's order
+            // in a tier capped at its peak: equal unless the disk lags the profile's pace).
             XCTAssertEqual(Double(measured), Double(predicted), accuracy: 0.02 * Double(predicted),
                            "\(what), \(chosen): predicted peak \(predicted), measured \(measured)")
             XCTAssertTrue(run.stderr.contains("* \(chosen)"), "\(what): train prints the plan row it runs:\n\(run.stderr)")

@@ -45,6 +45,17 @@ final class ProfileCommandTests: XCTestCase {
         XCTAssertGreaterThan(duplex, 1e7); XCTAssertLessThan(duplex, 1e14)
         let ioCost = try XCTUnwrap(printed["io_compute_seconds_per_byte"] as? Double)
         XCTAssertGreaterThanOrEqual(ioCost, 0); XCTAssertLessThan(ioCost, 1e-6, "a microsecond per byte is not plausible")
+        // The trainer's own kernels, timed on a training step: every rate measured and plausible, and
+        // attention below the matrix products (it is not one big GEMM).
+        let training = try XCTUnwrap(printed["training_kernels"] as? [String: Double], "training_kernels")
+        for key in ["matmul_flops_per_second", "matmul_backward_flops_per_second", "attention_flops_per_second",
+                    "attention_backward_flops_per_second", "elementwise_bytes_per_second",
+                    "cross_entropy_logits_per_second", "adamw_parameters_per_second"] {
+            let value = try XCTUnwrap(training[key], key)
+            XCTAssertGreaterThan(value, 1e6, "\(key) = \(value): not measured")
+            XCTAssertLessThan(value, 1e14, "\(key) = \(value): not plausible")
+        }
+        XCTAssertLessThan(training["attention_flops_per_second"]!, training["matmul_flops_per_second"]!)
         XCTAssertEqual(entries(root), ["profile.json"], "measurement spill folders removed")
     }
 

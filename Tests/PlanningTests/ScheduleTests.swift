@@ -410,6 +410,44 @@ final class CPUOnlyTests: XCTestCase {
         }
     }
 
+    /// With the trainer's measured kernel rates, a training stage's time is each kind of work over its
+    /// rate: halving one rate adds exactly that kind's work once more, and nothing else changes.
+    func testTrainingKernelRatesTimeEachKindOfWork() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kernels-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("p.json")
+        let rates = #""matmul_flops_per_second": 3e11, "matmul_backward_flops_per_second": 2.5e11, "attention_flops_per_second": 6e10, "attention_backward_flops_per_second": 1.5e11, "elementwise_bytes_per_second": 2e10, "cross_entropy_logits_per_second": 4e9, "adamw_parameters_per_second": 8e8"#
+        try Data(#"{"machine": "box", "gemm_flops": 1e11, "memcpy_bytes_per_second": 1e10, "disk_read_bytes_per_second": 1e9, "disk_write_bytes_per_second": 1e9, "host_compute_bytes_per_second": 1e10, "training_kernels": {"#.utf8
+                 + Data(rates.utf8) + Data("}}".utf8)).write(to: file)
+        let hw = try HardwareProfile.load(path: file.path)
+        let k = try XCTUnwrap(hw.training)
+        XCTAssertEqual(try JSONDecoder().decode(HardwareProfile.self, from: try JSONEncoder().encode(hw)), hw)
+        let c = try LlamaConfig.named("small"), B = 2, T = 64
+        let chain = ModelChain.llama(c, mode: .train, batch: B, seqLen: T, hardware: hw)
+        var slowAttention = hw
+        slowAttention.training!.attentionFlops /= 2
+        let slower = ModelChain.llama(c, mode: .train, batch: B, seqLen: T, hardware: slowAttention)
+        let attention = 2 * Double(B * c.heads) * Double(T * T) * Double(c.headDim)
+        XCTAssertEqual(slower.stages[1].forwardSeconds - chain.stages[1].forwardSeconds, attention / k.attentionFlops,
+                       accuracy: 1e-12)
+        XCTAssertEqual(slower.stages[1].backwardSeconds, chain.stages[1].backwardSeconds)
+        XCTAssertEqual(slower.stages.last!.forwardSeconds, chain.stages.last!.forwardSeconds, "the head has no attention")
+        // The head: its product and one pass of cross-entropy over every logit, each way.
+        let n = Double(B * T), logits = n * Double(c.vocabSize), product = 2 * n * Double(c.dim * c.vocabSize)
+        XCTAssertEqual(chain.stages.last!.forwardSeconds, product / k.matmulFlops + logits / k.crossEntropyLogitsPerSecond,
+                       accuracy: 1e-12)
+        XCTAssertEqual(chain.stages.last!.backwardSeconds,
+                       2 * product / k.matmulBackwardFlops + logits / k.crossEntropyLogitsPerSecond, accuracy: 1e-12)
+        XCTAssertEqual(chain.optimizerSecondsPerParameterByte, 1 / (4 * k.adamwParametersPerSecond), accuracy: 1e-20)
+        // Generation is not training: its decode times stay on the peak rates.
+        XCTAssertEqual(ModelChain.llama(c, mode: .generate, batch: 1, seqLen: T, hardware: hw).stages[1].forwardSeconds,
+                       ModelChain.llama(c, mode: .generate, batch: 1, seqLen: T, hardware: slowAttention).stages[1].forwardSeconds)
+        try Data(#"{"machine": "box", "gemm_flops": 1e11, "memcpy_bytes_per_second": 1e10, "disk_read_bytes_per_second": 1e9, "disk_write_bytes_per_second": 1e9, "host_compute_bytes_per_second": 1e10, "training_kernels": {"#.utf8
+                 + Data(rates.replacingOccurrences(of: "6e10", with: "0").utf8) + Data("}}".utf8)).write(to: file)
+        XCTAssertThrowsError(try HardwareProfile.load(path: file.path)) { XCTAssertTrue("\($0)".contains("training kernel"), "\($0)") }
+    }
+
     /// On a CPU-only machine every byte of disk I/O takes `ioComputeSecondsPerByte` from compute:
     /// the compute ops of a streamed step last that much longer in all, and not at all on an
     /// accelerator or without disk traffic.

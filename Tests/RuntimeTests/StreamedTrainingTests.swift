@@ -66,9 +66,11 @@ final class StreamedTrainingTests: XCTestCase {
             var read = 0
             for (i, (inputs, targets)) in data.enumerated() {
                 let r = try s.step(inputs: inputs, targets: targets, lr: lr)
-                // The executor ran the schedule the simulator ran: the same peak, to the byte.
+                // The executor ran the schedule the simulator ran: never above its peak, and within 2% of
+                // it (equal unless the disk lagged the profile's timing, which lets the compute go on).
                 let predicted = (s.simulation.peak[.compute] ?? 0) + s.plan.scratchBytes
-                XCTAssertEqual(Double(r.peakComputeBytes), Double(predicted), accuracy: 0,
+                XCTAssertLessThanOrEqual(r.peakComputeBytes, predicted, "\(name) budget \(budget): above the schedule's peak")
+                XCTAssertEqual(Double(r.peakComputeBytes), Double(predicted), accuracy: 0.02 * Double(predicted),
                                "\(name) budget \(budget): measured peak against the schedule's at step \(i + 1)")
                 XCTAssertEqual(r.loss.bitPattern, losses[i].bitPattern, "\(name) budget \(budget): loss at step \(i + 1)")
                 XCTAssertEqual(r.gradNorm.bitPattern, norms[i].bitPattern, "\(name) budget \(budget): grad norm at step \(i + 1)")
