@@ -116,7 +116,7 @@ struct Profile: ParsableCommand {
             p.memcpyBytesPerSecond = measureMemcpy(bytes: quick ? 64 << 20 : 256 << 20)
             p.hostComputeBytesPerSecond = p.memcpyBytesPerSecond  // the same memory on a CPU-only machine
             say("training kernels on a training step (SmolLM2-135M's layer shape, batch 4 × 256)")
-            p.training = try measureTrainingKernels(threads: threads, repeats: quick ? 2 : 3)
+            p.training = try measureTrainingKernels(threads: threads, repeats: quick ? 3 : 5)
         }
         let bytes = quick ? min(parseBytes(diskBytes)!, 64 << 20) : parseBytes(diskBytes)!
         say("disk \(disk), \(formatBytes(bytes)) per measurement")
@@ -472,7 +472,7 @@ private func runSpillChild(folder: String, then: String) throws {
 
 /// The trainer's own kernels, timed on forward-backward steps of a two-layer model with
 /// SmolLM2-135M's layer shape (dim 576, 9 heads, 3 KV heads, FFN 1536; 8192-token vocabulary) at
-/// batch 4 × 256, and AdamW over its parameters (median of `repeats`), each kind as a rate in the
+/// batch 4 × 256, and AdamW over 32M parameters (the fastest of `repeats`), each kind as a rate in the
 /// units the cost model counts its work in (`ModelChain.llama`), so the planner's training times are
 /// this machine's for these kernels.
 func measureTrainingKernels(threads: Int, repeats: Int) throws -> HardwareProfile.TrainingKernelRates {
@@ -487,7 +487,8 @@ func measureTrainingKernels(threads: Int, repeats: Int) throws -> HardwareProfil
     try trainer.forwardBackward(inputs: inputs, targets: targets)   // warm up
     // Each step's kernels by kind, and the step's wall time: what no kind names (the embedding, the
     // loss, the threads' hand-offs) is shared among the kinds in proportion, so the rates add up to
-    // the whole step. The step of median wall time is the one used.
+    // the whole step. The fastest step is the one used: what the machine does when nothing else takes
+    // its cores (on a shared machine a long run is slower by whatever else runs beside it).
     var steps: [(wall: Double, kinds: [String: Double])] = []
     trainer.profiling = true
     for _ in 0..<repeats {
@@ -498,7 +499,7 @@ func measureTrainingKernels(threads: Int, repeats: Int) throws -> HardwareProfil
         steps.append((now() - t0, trainer.profile))
     }
     trainer.profiling = false
-    let step = steps.sorted { $0.wall < $1.wall }[steps.count / 2]
+    let step = steps.min { $0.wall < $1.wall }!
     let scale = step.wall / max(step.kinds.values.reduce(0, +), 1e-9)
     let best = step.kinds.mapValues { $0 * scale }
     // AdamW over 32M parameters (512 MiB of weights, gradients, m and v: from memory, as a model's are).
@@ -506,14 +507,14 @@ func measureTrainingKernels(threads: Int, repeats: Int) throws -> HardwareProfil
     let arrays = (0..<4).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: count) }
     defer { arrays.forEach { $0.deallocate() } }
     for a in arrays { a.update(repeating: 0.5, count: count) }
-    let adamSeconds = median((0...repeats).map { t in
+    let adamSeconds = ((0...repeats).map { t in
         let t0 = now()
         TrainingThreads.forEachRange(count, minPerThread: 1 << 15) { s in
             adam.update(arrays[0] + s.lowerBound, gradient: arrays[1] + s.lowerBound,
                         state: [arrays[2] + s.lowerBound, arrays[3] + s.lowerBound], count: s.count, lr: 1e-4, step: t + 1)
         }
         return now() - t0
-    }.dropFirst().map { $0 })
+    }.dropFirst().min()!)
     // The work as the cost model counts it, for this model and batch.
     let L = Double(c.layers), N = Double(n), d = Double(c.dim), V = Double(c.vocabSize)
     let matForward = L * 2 * N * Double(c.dim * c.qDim + 2 * c.dim * c.kvDim + c.qDim * c.dim + 3 * c.dim * c.ffnDim)
