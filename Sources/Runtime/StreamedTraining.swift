@@ -257,9 +257,9 @@ public final class StreamedTrainer {
     /// What happens to memory between compute ops, at the simulated time it happens: a read's buffer is
     /// allocated as it is issued; a written buffer is freed once on disk.
     enum MemoryEvent { case issue(Read), freeWritten(String) }
-    /// The step's memory events in the simulation's order, each after the compute op (by its ordinal
-    /// among the step's compute ops; -1: before the first) that ended last before it; `nextEvent` is
-    /// the first not done yet.
+    /// The step's memory events in the simulation's order, each to be done after compute op `after` (its
+    /// ordinal among the step's compute ops; -1: before the first; see `run`); `nextEvent` is the first
+    /// not done yet.
     var events: [(after: Int, event: MemoryEvent)] = []
     var nextEvent = 0
     /// Frees done ahead of a read that waits for room (indices into `events`).
@@ -277,8 +277,7 @@ public final class StreamedTrainer {
     var removeOnArrival = Set<String>()
 
     /// Does the memory events the simulation has happen after compute op `ordinal` ended: the compute
-    /// tier then holds what the simulated one holds. A written buffer whose write the disk has not
-    /// finished yet is waited for.
+    /// tier then holds what the simulated one holds.
     ///
     /// Where the disk is behind the profile's timing, the compute does not wait for it: a written buffer
     /// the schedule frees stays until its write is done, and the reads after it in the schedule's order
