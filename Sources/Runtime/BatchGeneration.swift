@@ -55,14 +55,18 @@ public struct BlockSchedule: Sendable {
 }
 
 /// Runs `prompts` in blocks of `schedule.blockSize` with the block schedule.
-/// Sequence i samples with `seed + i`; outputs are in input order.
+/// Sequence i samples with `seed + i`; outputs are in input order. KV layers the plan puts on disk
+/// (blocks of one sequence, at the smallest budgets) go to a file in `kvFolder`.
 public func generateBlocks(weights: GGUFWeights, schedule: BlockSchedule, threads: Int, prompts: [[Int]],
                            maxTokens: Int, sampling: SamplingOptions, seed: UInt64, stop: Set<Int>,
+                           kvFolder: String = NSTemporaryDirectory(),
                            trace: TraceRecorder? = nil) throws -> (BatchResult, WeightStreamer) {
-    let c = weights.config
-    let streamer = try WeightStreamer(plan: schedule.plan, file: weights.file, config: c, trace: trace)
-    let model = try LlamaModel(source: weights, threads: threads, supplier: streamer, memory: streamer)
-    streamer.computePool = model.pool
+    let (model, streamer) = try makeStreamingModel(weights: weights, plan: schedule.plan, threads: threads,
+                                                   kvFolder: kvFolder, trace: trace)
+    // A block of one sequence is the plain forward (the same arithmetic), which also serves KV layers on disk.
+    func forward(_ seqs: [(tokens: [Int], cache: KVCache)]) throws -> [[Float]] {
+        seqs.count == 1 ? [try model.forward(seqs[0].tokens, cache: seqs[0].cache)] : try model.forwardBlock(seqs)
+    }
     var result = BatchResult(outputs: [], blockSize: schedule.blockSize)
     let t0 = now()
     for blockStart in stride(from: 0, to: prompts.count, by: schedule.blockSize) {
@@ -78,7 +82,7 @@ public func generateBlocks(weights: GGUFWeights, schedule: BlockSchedule, thread
         // Prompts of one token run in the decode layout, longer ones in the prefill layout: two blocks.
         for group in [idx.indices.filter { prompts[idx[$0]].count > 1 }, idx.indices.filter { prompts[idx[$0]].count == 1 }]
             where !group.isEmpty {
-            let l = try model.forwardBlock(group.map { (prompts[idx[$0]], caches[$0]) })
+            let l = try forward(group.map { (prompts[idx[$0]], caches[$0]) })
             for (k, j) in group.enumerated() { logits[j] = l[k] }
         }
         result.prefillSeconds += now() - tp
@@ -96,7 +100,7 @@ public func generateBlocks(weights: GGUFWeights, schedule: BlockSchedule, thread
         while !active.isEmpty {
             let step = active
             active = []
-            let l = try model.forwardBlock(step.map { ([outs[$0].tokens.last!], caches[$0]) })
+            let l = try forward(step.map { ([outs[$0].tokens.last!], caches[$0]) })
             result.decodeTokens += step.count
             for (k, j) in step.enumerated() { logits[j] = l[k]; take(j) }
         }

@@ -212,7 +212,7 @@ extension Generate {
             }
             (result, streamer) = try generateBlocks(weights: gguf, schedule: s, threads: nthreads, prompts: ids,
                                                     maxTokens: maxTokens, sampling: options, seed: seed, stop: stop,
-                                                    trace: recorder)
+                                                    kvFolder: disk ?? NSTemporaryDirectory(), trace: recorder)
             schedule = s
         } else {
             // No budget: one prompt after another on the resident model (the reference the blocks match).

@@ -130,4 +130,48 @@ final class PlanAgreesWithRunTests: XCTestCase {
             XCTAssertEqual(out["tokens"] as? [Int], tokens, "\(what): tokens differ from the unbudgeted run")
         }
     }
+
+    /// `generate --prompts` against `plan --mode generate --prompts N`: the same feasibility, the same
+    /// smallest budget, the same block size, the peak within 2%, and the outputs of the unbudgeted run
+    /// (at the smallest budgets a block is one sequence whose KV layers go to disk).
+    func testBlockSchedulePlanAgreesWithTheRun() throws {
+        let model = CLI.smolLM2
+        guard FileManager.default.fileExists(atPath: model) else { XCTFail("missing \(model): run scripts/fetch-assets.sh"); return }
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("prompts.txt")
+        try String(repeating: "The tide came in and\n", count: 4).write(to: file, atomically: true, encoding: .utf8)
+        let maxTokens = 8
+        let gen = ["generate", "--model", model, "--prompts", file.path, "--max-tokens", "\(maxTokens)",
+                   "--temperature", "0", "--ignore-eos", "--threads", "2"]
+        let free = try CLI.run(gen)
+        XCTAssertEqual(free.status, 0, free.stderr)
+        let first = try json(String(free.stdout.split(separator: "\n")[0]))
+        let promptTokens = try XCTUnwrap(first["prompt_tokens"] as? Int)
+        let shape = ["plan", "--mode", "generate", "--model", model, "--prompts", "4", "--prompt-tokens", "\(promptTokens)",
+                     "--seq-len", "\(promptTokens + maxTokens)", "--json", "--disk", dir.path]
+        let minimum = try XCTUnwrap(try json(try CLI.run(shape + ["--budget", "1GB"]).stdout)["minimumBudget"] as? Int)
+        var blockSizes = Set<Int>()
+        for budget in [minimum - 4096, minimum, minimum + (512 << 10), 8 << 20, 40 << 20] {
+            let plan = try CLI.run(shape + ["--budget", "\(budget)"])
+            let run = try CLI.run(gen + ["--budget", "\(budget)", "--disk", dir.path, "--json"])
+            let what = "budget \(budget) (minimum \(minimum))"
+            let p = try json(plan.stdout)
+            XCTAssertEqual(p["fits"] as? Bool, run.status == 0, "\(what):\n\(plan.stdout)\n\(run.stderr.suffix(600))")
+            XCTAssertEqual(run.status == 0, budget >= minimum, what)
+            guard run.status == 0 else {
+                XCTAssertTrue(run.stderr.contains("\(minimum) bytes"), "\(what): the refusal names the minimum: \(run.stderr)")
+                continue
+            }
+            let summary = try json(String(run.stderr.split(separator: "\n").last ?? ""))
+            let measured = try XCTUnwrap((summary["streaming"] as? [String: Any])?["peak_compute_bytes"] as? Int)
+            let predicted = try XCTUnwrap(p["budgetedPeakBytes"] as? Int)
+            XCTAssertLessThanOrEqual(measured, budget, what)
+            XCTAssertEqual(Double(measured), Double(predicted), accuracy: 0.02 * Double(predicted), "\(what): peak")
+            XCTAssertEqual(summary["block_size"] as? Int, p["blockSize"] as? Int, "\(what): block size")
+            blockSizes.insert(summary["block_size"] as? Int ?? 0)
+            XCTAssertEqual(run.stdout, free.stdout, "\(what): outputs differ from the unbudgeted run")
+        }
+        XCTAssertEqual(blockSizes, [1, 4], "the grid covers blocks of one sequence (KV on disk) and of all four")
+    }
 }
