@@ -115,7 +115,7 @@ struct Profile: ParsableCommand {
             say("memory copy")
             p.memcpyBytesPerSecond = measureMemcpy(bytes: quick ? 64 << 20 : 256 << 20)
             p.hostComputeBytesPerSecond = p.memcpyBytesPerSecond  // the same memory on a CPU-only machine
-            say("training kernels on a training step (SmolLM2-135M's layer shape, batch 4 × 256)")
+            say("training kernels on a training step (SmolLM2-135M's layer shape and vocabulary, batch 4 × 256)")
             p.training = try measureTrainingKernels(threads: threads, repeats: quick ? 3 : 5)
         }
         let bytes = quick ? min(parseBytes(diskBytes)!, 64 << 20) : parseBytes(diskBytes)!
@@ -228,7 +228,7 @@ struct MeasuredProfile: Codable {
         lines.append("memory copy: \(rate(memcpyBytesPerSecond))")
         if let t = training {
             lines.append("")
-            lines.append("training kernels (a step at SmolLM2-135M's layer shape, batch 4 × 256, \(threads) threads)")
+            lines.append("training kernels (a step at SmolLM2-135M's layer shape and vocabulary, batch 4 × 256, \(threads) threads)")
             lines.append(String(format: "  matrix products %.1f GFLOP/s forward, %.1f backward; attention %.1f / %.1f GFLOP/s",
                                 t.matmulFlops / 1e9, t.matmulBackwardFlops / 1e9, t.attentionFlops / 1e9,
                                 t.attentionBackwardFlops / 1e9))
@@ -471,12 +471,12 @@ private func runSpillChild(folder: String, then: String) throws {
 }
 
 /// The trainer's own kernels, timed on forward-backward steps of a two-layer model with
-/// SmolLM2-135M's layer shape (dim 576, 9 heads, 3 KV heads, FFN 1536; 8192-token vocabulary) at
+/// SmolLM2-135M's layer shape and vocabulary (dim 576, 9 heads, 3 KV heads, FFN 1536, 49152 tokens) at
 /// batch 4 × 256, and AdamW over 32M parameters (the fastest of `repeats`), each kind as a rate in the
 /// units the cost model counts its work in (`ModelChain.llama`), so the planner's training times are
 /// this machine's for these kernels.
 func measureTrainingKernels(threads: Int, repeats: Int) throws -> HardwareProfile.TrainingKernelRates {
-    let c = LlamaConfig(name: "profile", vocabSize: 8192, dim: 576, ffnDim: 1536, layers: 2, heads: 9, kvHeads: 3)
+    let c = LlamaConfig(name: "profile", vocabSize: 49152, dim: 576, ffnDim: 1536, layers: 2, heads: 9, kvHeads: 3)
     let batch = 4, seqLen = 256, n = batch * seqLen
     setTrainingThreads(threads)
     let model = try TrainableLlama.random(config: c, seed: 1)
