@@ -450,7 +450,7 @@ public final class StreamedTrainer {
         // the simulated one, and at the simulated peak it holds the same.
         let computes = schedule.operations.filter { $0.stream == .compute }.map { times[$0.id]! }
         let eps = 1e-12
-        func ordinal(_ t: Double, free: Bool) -> Int {
+        func slot(_ t: Double, free: Bool) -> Int {
             func before(_ c: SimulatedOp) -> Bool {
                 free ? c.start >= t - eps : c.start > t + eps || (abs(c.start - t) <= eps && c.end > c.start + eps)
             }
@@ -461,7 +461,7 @@ public final class StreamedTrainer {
         events = timed.enumerated().map { i, e -> (after: Int, free: Bool, time: Double, index: Int, event: MemoryEvent) in
             let free: Bool
             if case .freeWritten = e.event { free = true } else { free = false }
-            return (ordinal(e.time, free: free), free, e.time, i, e.event)
+            return (slot(e.time, free: free), free, e.time, i, e.event)
         }.sorted { a, b in
             if a.after != b.after { return a.after < b.after }
             if a.time != b.time { return a.time < b.time }
