@@ -84,6 +84,42 @@ extension ModelChain {
     /// normalized input and the (B, T, V) probabilities.
     /// - Note: generation (`mode == .generate`) describes one decode step: one new
     ///   token for each of `batch` sequences with `seqLen` tokens of context.
+    /// The work of one training step as the cost model counts it, per block and for the head: what
+    /// `offload profile` divides by the trainer's measured times to get `TrainingKernelRates`.
+    public struct TrainingWork: Sendable {
+        /// Forward matrix products of one block (the backward does twice as many), FLOPs.
+        public var blockMatmulFLOPs: Double
+        /// Causal attention of one block, 2·B·H·T²·head_dim (twice that backward), FLOPs.
+        public var blockAttentionFLOPs: Double
+        /// Norms, RoPE and SwiGLU of one block: forward bytes (the backward moves twice as many plus the
+        /// saved activations).
+        public var blockElementwiseBytes: Double
+        public var blockSavedBytes: Double
+        /// The head's product (forward), FLOPs, and its logits (one cross-entropy pass each way).
+        public var headFLOPs: Double
+        public var logits: Double
+
+        public init(config c: LlamaConfig, batch B: Int, seqLen T: Int) {
+            let bt = Double(B * T), d = c.dim, ff = c.ffnDim
+            let perRow: Int = d * c.qDim + 2 * d * c.kvDim + c.qDim * d + 3 * d * ff
+            blockMatmulFLOPs = 2 * bt * Double(perRow)
+            blockAttentionFLOPs = 2 * Double(B * c.heads) * Double(T * T) * Double(c.headDim)
+            blockElementwiseBytes = bt * Double(6 * d + 4 * ff) * 4
+            blockSavedBytes = Double(ModelChain.savedActivations("", config: c, batch: B, seqLen: T).reduce(0) { $0 + $1.bytes })
+            headFLOPs = 2 * bt * Double(d * c.vocabSize)
+            logits = bt * Double(c.vocabSize)
+        }
+    }
+
+    /// What a training block's forward saves for its backward, named `prefix` + field.
+    static func savedActivations(_ p: String, config c: LlamaConfig, batch B: Int, seqLen T: Int) -> [LogicalTensor] {
+        let bt = B * T, d = c.dim, ff = c.ffnDim, qd = c.qDim, kvd = c.kvDim
+        func t(_ n: String, _ elements: Int) -> LogicalTensor { LogicalTensor(name: p + n, bytes: elements * 4) }
+        return [t("attn_norm", bt * d), t("attn_rstd", bt), t("q", bt * qd), t("k", bt * kvd), t("v", bt * kvd),
+                t("attn_probs", B * c.heads * T * T), t("attn_out", bt * qd), t("ffn_in", bt * d), t("ffn_norm", bt * d),
+                t("ffn_rstd", bt), t("ffn_gate", bt * ff), t("ffn_up", bt * ff), t("ffn_act", bt * ff)]
+    }
+
     public static func llama(_ c: LlamaConfig, mode: RunMode, batch: Int, seqLen: Int,
                              hardware: HardwareProfile) -> ModelChain {
         let f4 = 4
@@ -104,6 +140,7 @@ extension ModelChain {
         }
         // The trainer's measured kernel rates, when the profile has them (training only).
         let training = mode == .train ? hardware.training : nil
+        let work = TrainingWork(config: c, batch: batch, seqLen: seqLen)
         var stages: [ChainStage] = []
         // Embedding: gather rows. Backward scatters into the gradient.
         let embParams = params(.embedding, prefix: "embd")
@@ -121,11 +158,7 @@ extension ModelChain {
             var kv: LogicalTensor? = nil
             if mode == .train {
                 attnFlops = 2.0 * Double(B * H) * Double(T) * Double(T) * Double(hd)  // causal QKᵀ and AV
-                saved = [t(p + "attn_norm", bt * d), t(p + "attn_rstd", bt), t(p + "q", bt * qd),
-                         t(p + "k", bt * kvd), t(p + "v", bt * kvd), t(p + "attn_probs", B * H * T * T),
-                         t(p + "attn_out", bt * qd), t(p + "ffn_in", bt * d), t(p + "ffn_norm", bt * d),
-                         t(p + "ffn_rstd", bt), t(p + "ffn_gate", bt * ff), t(p + "ffn_up", bt * ff),
-                         t(p + "ffn_act", bt * ff)]
+                saved = savedActivations(p, config: c, batch: B, seqLen: T)
                 kvBytes = 0
             } else {
                 attnFlops = 4.0 * Double(B * H) * Double(ctx) * Double(hd)
@@ -142,10 +175,12 @@ extension ModelChain {
                     + attnFlops / hardware.gemmFlops
             var bwdSeconds = mode == .train
                 ? seconds(flops: 2 * (matFlops + attnFlops), bytes: 2 * elementwise + Double(savedBytes)) : 0
-            if mode == .train, let k = hardware.training {
-                fwdSeconds = matFlops / k.matmulFlops + attnFlops / k.attentionFlops + elementwise / k.elementwiseBytesPerSecond
-                bwdSeconds = 2 * matFlops / k.matmulBackwardFlops + 2 * attnFlops / k.attentionBackwardFlops
-                    + (2 * elementwise + Double(savedBytes)) / k.elementwiseBytesPerSecond
+            if let k = training {
+                let w = work
+                fwdSeconds = w.blockMatmulFLOPs / k.matmulFlops + w.blockAttentionFLOPs / k.attentionFlops
+                    + w.blockElementwiseBytes / k.elementwiseBytesPerSecond
+                bwdSeconds = 2 * w.blockMatmulFLOPs / k.matmulBackwardFlops + 2 * w.blockAttentionFLOPs / k.attentionBackwardFlops
+                    + (2 * w.blockElementwiseBytes + w.blockSavedBytes) / k.elementwiseBytesPerSecond
             }
             stages.append(ChainStage(
                 name: "\(i)", input: t(p + "attn_in", bt * d), saved: saved,
@@ -160,16 +195,16 @@ extension ModelChain {
         var borrowed: [String] = []
         if c.tiedEmbeddings { borrowed = embParams.map(\.name) }
         headParams = headParams.map { $0 }
-        let headFlops = 2.0 * Double(bt) * Double(d) * Double(V)
+        let headFlops = 2.0 * Double(bt) * Double(d) * Double(V), logits = Double(bt * V)
         let headSaved = mode == .train ? [t("act.head.norm", bt * d), t("act.head.rstd", bt), t("act.head.probs", bt * V)] : []
         stages.append(ChainStage(
             name: "head", input: t("act.head.in", bt * d), saved: headSaved,
             forwardTempBytes: bt * V * f4, backwardTempBytes: (bt * V + bt * d) * f4,
             forwardFLOPs: headFlops, backwardFLOPs: 2 * headFlops,
-            forwardSeconds: training.map { headFlops / $0.matmulFlops + Double(bt * V) / $0.crossEntropyLogitsPerSecond }
+            forwardSeconds: training.map { headFlops / $0.matmulFlops + logits / $0.crossEntropyLogitsPerSecond }
                 ?? seconds(flops: headFlops, bytes: Double(bt * V * f4 * 3)),
             backwardSeconds: mode != .train ? 0
-                : training.map { 2 * headFlops / $0.matmulBackwardFlops + Double(bt * V) / $0.crossEntropyLogitsPerSecond }
+                : training.map { 2 * headFlops / $0.matmulBackwardFlops + logits / $0.crossEntropyLogitsPerSecond }
                     ?? seconds(flops: 2 * headFlops, bytes: Double(bt * V * f4 * 2)),
             parameters: headParams, borrowed: borrowed, kvCache: nil))
         return ModelChain(model: c.name, mode: mode, batch: batch, seqLen: seqLen, stages: stages,

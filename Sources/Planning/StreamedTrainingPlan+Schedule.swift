@@ -16,9 +16,9 @@ extension StreamedTrainingPlan {
 
     /// One step of the executor's program, before the reads are placed.
     enum Step {
-        /// A compute op: what it allocates (counted against the phase reserve, or not), what it frees,
-        /// what it computes for how long. `takes`: reads it consumes first, in order.
-        case compute(name: String, kind: OperationKind, action: StepAction, takes: [String], allocs: [Alloc],
+        /// A compute op: what it runs, what it allocates (counted against the phase reserve, or not), what
+        /// it frees, for how long. `takes`: reads it consumes first, in order.
+        case compute(kind: OperationKind, action: StepAction, takes: [String], allocs: [Alloc],
                      frees: [String], released: [String], seconds: Double)
         /// A buffer written to disk (freed when the write completes); `counted`: it was a compute op's.
         case write(String, counted: Bool)
@@ -46,33 +46,33 @@ extension StreamedTrainingPlan {
         // AdamW on unit u: m and v read part by part, written back; then w written.
         func update(_ u: ParameterUnit, grad: String) {
             for (i, r) in u.parts.enumerated() {
-                p.append(.compute(name: "update \(u.name).\(i)", kind: .optimizerStep, action: .update(unit: u.name, part: i, gradient: grad),
+                p.append(.compute(kind: .optimizerStep, action: .update(unit: u.name, part: i, gradient: grad),
                                   takes: [Self.key("m", u, part: i), Self.key("v", u, part: i)], allocs: [],
                                   frees: [], released: [], seconds: updateSeconds(r.count)))
                 p.append(.write(Self.key("m", u, part: i), counted: false))
                 p.append(.write(Self.key("v", u, part: i), counted: false))
             }
             p.append(.write(w(u), counted: false))
-            p.append(.compute(name: "release \(grad)", kind: .free, action: .memory, takes: [], allocs: [], frees: [],
+            p.append(.compute(kind: .free, action: .memory, takes: [], allocs: [], frees: [],
                               released: [grad], seconds: 0))
         }
         p.append(.phase(0))
-        p.append(.compute(name: "alloc x.0", kind: .free, action: .memory, takes: [], allocs: [Alloc(name: "x.0", bytes: inputBytes)], frees: [],
+        p.append(.compute(kind: .free, action: .memory, takes: [], allocs: [Alloc(name: "x.0", bytes: inputBytes)], frees: [],
                           released: [], seconds: 0))
         for (k, u) in embeddingUnits.enumerated() {
-            p.append(.compute(name: "forward embd.\(k)", kind: .forward, action: .embeddingForward(chunk: k), takes: [w(u)], allocs: [], frees: [w(u)],
+            p.append(.compute(kind: .forward, action: .embeddingForward(chunk: k), takes: [w(u)], allocs: [], frees: [w(u)],
                               released: [], seconds: embd.forwardSeconds / chunks))
         }
         var x = "x.0"
         for l in 0..<L {
             let ua = blockUnit(l, .attention), uf = blockUnit(l, .ffn), stage = chain.stages[l + 1]
             let actsA = "acts \(ua.name)", actsF = "acts \(uf.name)", out = "x.\(l + 1)"
-            p.append(.compute(name: "forward \(ua.name)", kind: .forward, action: .attentionForward(layer: l), takes: [w(ua)],
+            p.append(.compute(kind: .forward, action: .attentionForward(layer: l), takes: [w(ua)],
                               allocs: [Alloc(name: actsA, bytes: actsBytes(.attention)), Alloc(name: actsF, bytes: actsBytes(.ffn))],
                               frees: [w(ua)], released: offloadsActivations ? [x] : [],
                               seconds: half(stage.forwardSeconds, .attention)))
             if offloadsActivations { p.append(.write(actsA, counted: true)) }
-            p.append(.compute(name: "forward \(uf.name)", kind: .forward, action: .ffnForward(layer: l), takes: [w(uf)], allocs: [Alloc(name: out, bytes: inputBytes)],
+            p.append(.compute(kind: .forward, action: .ffnForward(layer: l), takes: [w(uf)], allocs: [Alloc(name: out, bytes: inputBytes)],
                               frees: [w(uf)], released: offloadsActivations ? [] : [actsA, actsF],
                               seconds: half(stage.forwardSeconds, .ffn)))
             if offloadsActivations {
@@ -88,33 +88,33 @@ extension StreamedTrainingPlan {
         // (the first `keptLogitChunks`) or written out.
         p.append(.phase(1))
         let headUnits = tied ? embeddingUnits : outputUnits
-        p.append(.compute(name: "head buffers", kind: .free, action: .headNorm, takes: [w(normUnit)],
+        p.append(.compute(kind: .free, action: .headNorm, takes: [w(normUnit)],
                           allocs: [Alloc(name: "g norm", bytes: normUnit.bytes), Alloc(name: "head norm", bytes: inputBytes),
                                    Alloc(name: "head rstd", bytes: n * 4), Alloc(name: "logits", bytes: logitsBytes)],
                           frees: [], released: [], seconds: 0))
         for (k, u) in headUnits.enumerated() {
-            p.append(.compute(name: "head pass 1 chunk \(k)", kind: .forward, action: .headForward(chunk: k), takes: [w(u)],
+            p.append(.compute(kind: .forward, action: .headForward(chunk: k), takes: [w(u)],
                               allocs: [Alloc(name: "l.\(k)", bytes: logitsBytes, counted: false, optional: true)], frees: [w(u)], released: [],
                               seconds: head.forwardSeconds / chunks))
             if spills(k) { p.append(.write("l.\(k)", counted: false)) }
         }
         // Head, pass 2: each chunk's gradient, then its update (untied) or to disk (tied).
-        p.append(.compute(name: "alloc dres", kind: .free, action: .memory, takes: [], allocs: [Alloc(name: "dres", bytes: inputBytes)], frees: [],
+        p.append(.compute(kind: .free, action: .memory, takes: [], allocs: [Alloc(name: "dres", bytes: inputBytes)], frees: [],
                           released: [], seconds: 0))
         for (k, u) in headUnits.enumerated() {
             let g = "g \(u.name)"
-            p.append(.compute(name: "head pass 2 chunk \(k)", kind: .backward, action: .headBackward(chunk: k), takes: (spills(k) ? ["l.\(k)"] : []) + [w(u)],
+            p.append(.compute(kind: .backward, action: .headBackward(chunk: k), takes: (spills(k) ? ["l.\(k)"] : []) + [w(u)],
                               allocs: [Alloc(name: g, bytes: u.bytes)], frees: ["l.\(k)"], released: [],
                               seconds: head.backwardSeconds / chunks))
             if tied {
-                p.append(.compute(name: "free w chunk \(k)", kind: .free, action: .memory, takes: [], allocs: [], frees: [w(u)], released: [],
+                p.append(.compute(kind: .free, action: .memory, takes: [], allocs: [], frees: [w(u)], released: [],
                                   seconds: 0))
                 p.append(.write(g, counted: true))
             } else {
                 update(u, grad: g)
             }
         }
-        p.append(.compute(name: "release head", kind: .free, action: .headNormBackward, takes: [], allocs: [], frees: [],
+        p.append(.compute(kind: .free, action: .headNormBackward, takes: [], allocs: [], frees: [],
                           released: ["head norm", "head rstd", "logits", x], seconds: 0))
         update(normUnit, grad: "g norm")
         // Blocks backward, the feed-forward half first.
@@ -124,7 +124,7 @@ extension StreamedTrainingPlan {
             if offloadsActivations {
                 for h in [BlockHalf.ffn, .attention] {
                     let u = blockUnit(l, h), g = "g \(u.name)"
-                    p.append(.compute(name: "backward \(u.name)", kind: .backward, action: (h == .ffn ? .ffnBackward(layer: l) : .attentionBackward(layer: l)), takes: ["a.\(u.name)", w(u)],
+                    p.append(.compute(kind: .backward, action: (h == .ffn ? .ffnBackward(layer: l) : .attentionBackward(layer: l)), takes: ["a.\(u.name)", w(u)],
                                       allocs: [Alloc(name: g, bytes: u.bytes)], frees: ["a.\(u.name)"], released: [],
                                       seconds: half(stage.backwardSeconds, h)))
                     update(u, grad: g)
@@ -133,14 +133,14 @@ extension StreamedTrainingPlan {
             }
             let ua = blockUnit(l, .attention), uf = blockUnit(l, .ffn)
             let input = "x.\(l)"
-            p.append(.compute(name: "recompute blk.\(l)", kind: .recompute, action: .recompute(layer: l), takes: (keepsInputs ? [] : [input]) + [w(ua), w(uf)],
+            p.append(.compute(kind: .recompute, action: .recompute(layer: l), takes: (keepsInputs ? [] : [input]) + [w(ua), w(uf)],
                               allocs: [Alloc(name: "acts \(ua.name)", bytes: actsBytes(.attention)),
                                        Alloc(name: "acts \(uf.name)", bytes: actsBytes(.ffn)),
                                        Alloc(name: "recomputed x.\(l + 1)", bytes: inputBytes)],
                               frees: [], released: ["recomputed x.\(l + 1)"], seconds: stage.forwardSeconds))
             for h in [BlockHalf.ffn, .attention] {
                 let u = blockUnit(l, h), g = "g \(u.name)"
-                p.append(.compute(name: "backward \(u.name)", kind: .backward, action: (h == .ffn ? .ffnBackward(layer: l) : .attentionBackward(layer: l)), takes: [], allocs: [Alloc(name: g, bytes: u.bytes)],
+                p.append(.compute(kind: .backward, action: (h == .ffn ? .ffnBackward(layer: l) : .attentionBackward(layer: l)), takes: [], allocs: [Alloc(name: g, bytes: u.bytes)],
                                   frees: h == .attention ? [input] : [], released: ["acts \(u.name)"],
                                   seconds: half(stage.backwardSeconds, h)))
                 update(u, grad: g)
@@ -150,17 +150,17 @@ extension StreamedTrainingPlan {
         for (k, u) in embeddingUnits.enumerated() {
             let g = tied ? Self.key("g", u) : "g \(u.name)"
             if tied {
-                p.append(.compute(name: "take \(g)", kind: .free, action: .memory, takes: [g], allocs: [], frees: [], released: [], seconds: 0))
+                p.append(.compute(kind: .free, action: .memory, takes: [g], allocs: [], frees: [], released: [], seconds: 0))
                 p.append(.count(g, true))
             }
-            p.append(.compute(name: "backward embd.\(k)", kind: .backward, action: .embeddingBackward(chunk: k), takes: [],
+            p.append(.compute(kind: .backward, action: .embeddingBackward(chunk: k), takes: [],
                               allocs: tied ? [] : [Alloc(name: g, bytes: u.bytes)], frees: [], released: [],
                               seconds: embd.backwardSeconds / chunks))
-            p.append(.compute(name: "take w embd.\(k)", kind: .free, action: .memory, takes: [w(u)], allocs: [], frees: [], released: [],
+            p.append(.compute(kind: .free, action: .memory, takes: [w(u)], allocs: [], frees: [], released: [],
                               seconds: 0))
             update(u, grad: g)
         }
-        p.append(.compute(name: "release dres", kind: .free, action: .memory, takes: [], allocs: [], frees: [], released: ["dres"], seconds: 0))
+        p.append(.compute(kind: .free, action: .memory, takes: [], allocs: [], frees: [], released: ["dres"], seconds: 0))
         return p
     }
 
@@ -177,7 +177,7 @@ extension StreamedTrainingPlan {
         for step in program {
             switch step {
             case .write(let n, _): if !readFirst.contains(diskName(n)) { written.insert(diskName(n)) }
-            case .compute(_, _, _, let takes, _, _, _, _): for t in takes where !written.contains(t) { readFirst.insert(t) }
+            case .compute(_, _, let takes, _, _, _, _): for t in takes where !written.contains(t) { readFirst.insert(t) }
             default: break
             }
         }
@@ -189,7 +189,7 @@ extension StreamedTrainingPlan {
         }
         var sizes: [String: Int] = [:]
         for (r, l) in zip(reads, landing) { sizes[r.name] = accountedBytes(r.bytes); sizes[l] = accountedBytes(r.bytes) }
-        for step in program { if case .compute(_, _, _, _, let allocs, _, _, _) = step { for a in allocs { sizes[a.name] = accountedBytes(a.bytes) } } }
+        for step in program { if case .compute(_, _, _, let allocs, _, _, _) = step { for a in allocs { sizes[a.name] = accountedBytes(a.bytes) } } }
 
         // Where the read-ahead rule issues each read (before compute step `issueBefore[r]` of the program),
         // and which optional buffers found room: a walk of the tier as the executor fills it.
@@ -238,7 +238,7 @@ extension StreamedTrainingPlan {
                 writeEnd = max(writeEnd, now) + Double(bytes) / (hw.diskWriteBandwidth * share)
                 if own { pending.append((writeEnd, bytes, diskName(n))) } else { now = max(now, writeEnd) }
                 writtenSoFar.insert(diskName(n))
-            case .compute(_, _, _, let takes, let allocs, let frees, let released, let seconds):
+            case .compute(_, _, let takes, let allocs, let frees, let released, let seconds):
                 for a in allocs where a.optional {
                     if current + sizes[a.name]! <= limit { granted.insert(i); live.insert(a.name); current += sizes[a.name]! }
                 }
@@ -272,7 +272,7 @@ extension StreamedTrainingPlan {
         for r in issueBefore.indices.dropFirst() { issueBefore[r] = max(issueBefore[r], issueBefore[r - 1]) }
         // A read is issued no later than the step that takes it.
         var takeAt: [Int] = []
-        for (i, step) in program.enumerated() { if case .compute(_, _, _, let takes, _, _, _, _) = step { for _ in takes { takeAt.append(i) } } }
+        for (i, step) in program.enumerated() { if case .compute(_, _, let takes, _, _, _, _) = step { for _ in takes { takeAt.append(i) } } }
         for r in issueBefore.indices { issueBefore[r] = min(issueBefore[r], takeAt[r]) }
 
         // The Schedule: reads on the read stream, writes on the write stream, compute in order.
@@ -336,7 +336,7 @@ extension StreamedTrainingPlan {
                     _ = emit(Operation(id: 0, kind: .free, stream: .write, tier: .compute, frees: [source], deps: [id]))
                     inCompute.remove(n)
                 }
-            case .compute(_, let kind, let action, let takes, let allocs, let frees, let released, let seconds):
+            case .compute(let kind, let action, let takes, let allocs, let frees, let released, let seconds):
                 var landed: [String] = []
                 for t in takes { names[t] = landing[takeIndex]; landed.append(landing[takeIndex]); takeIndex += 1 }
                 var deps = landed.compactMap { readID[$0] }
@@ -400,7 +400,7 @@ extension StreamedTrainingPlan {
         var sizes: [String: Int] = [:]
         for r in reads { sizes[r.name] = r.bytes }
         for step in program(hardware: .defaultCPU) {
-            if case .compute(_, _, _, _, let allocs, _, _, _) = step { for a in allocs { sizes[a.name] = a.bytes } }
+            if case .compute(_, _, _, let allocs, _, _, _) = step { for a in allocs { sizes[a.name] = a.bytes } }
         }
         return sizes
     }

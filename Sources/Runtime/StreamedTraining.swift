@@ -75,6 +75,8 @@ public final class StreamedTrainer {
     let unitsByName: [String: ParameterUnit]
     /// Exact bytes of the schedule's buffers, by name (a read's by its name on disk).
     let bufferBytes: [String: Int]
+    /// The step's memory events between compute ops, in the simulation's order (`memoryPlan`).
+    let memoryPlan: [(after: Int, event: PlannedEvent)]
 
     var config: LlamaConfig { trainer.model.config }
     var n: Int { trainer.batch * trainer.seqLen }
@@ -97,6 +99,7 @@ public final class StreamedTrainer {
         (schedule, simulation) = try plan.simulation(hardware: hardware)
         unitsByName = Dictionary(uniqueKeysWithValues: plan.units.map { ($0.name, $0) })
         bufferBytes = plan.bufferBytes
+        memoryPlan = Self.memoryPlan(schedule: schedule, simulation: simulation, bufferBytes: bufferBytes)
         // What the simulated step holds at most: the executor never holds more, whatever the disk's timing.
         memory = MemoryTier(.compute, limit: simulation.peak[.compute] ?? plan.budget - plan.scratchBytes, trace: trace,
                             arena: true)
@@ -258,7 +261,7 @@ public final class StreamedTrainer {
     /// allocated as it is issued; a written buffer is freed once on disk.
     enum MemoryEvent { case issue(Read), freeWritten(String) }
     /// The step's memory events in the simulation's order, each to be done after compute op `after` (its
-    /// ordinal among the step's compute ops; -1: before the first; see `run`); `nextEvent` is the first
+    /// ordinal among the step's compute ops; -1: before the first; see `memoryPlan`); `nextEvent` is the first
     /// not done yet.
     var events: [(after: Int, event: MemoryEvent)] = []
     var nextEvent = 0
@@ -415,27 +418,27 @@ public final class StreamedTrainer {
         }
     }
 
-    /// The schedule, op by op: each compute op when the one before it is done, its buffers allocated
-    /// before it runs and freed after; writes issued as the schedule issues them; reads allocated and
-    /// issued, and written buffers freed, in the simulation's order between compute ops. So the tier
-    /// holds what the simulated tier holds while the disk keeps the profile's pace, and less when it lags
-    /// (`advance`).
-    func run(lr: Float, t: Int) throws -> (Float, Double) {
-        sums = [:]; latest = [:]; reads = [:]; events = []; nextEvent = 0; freedEarly = []
+    /// A memory event of the step as planned: a read (its name on disk, its buffer's name, its bytes)
+    /// issued, or a written buffer freed once on disk.
+    enum PlannedEvent { case issue(disk: String, landing: String, bytes: Int), freeWritten(String) }
+
+    /// The memory events between compute ops of `schedule` as `simulation` has them, each with the
+    /// compute op (ordinal) it comes after: what every step does, worked out once.
+    static func memoryPlan(schedule: Schedule, simulation: Simulation,
+                           bufferBytes: [String: Int]) -> [(after: Int, event: PlannedEvent)] {
         let times = Dictionary(uniqueKeysWithValues: simulation.ops.map { ($0.id, $0) })
         // The memory events, from the schedule: a read's reservation (host stream) starts as the read is
         // issued; a written buffer's free (write stream, compute tier) ends once it is on disk.
         var reservation: [String: Double] = [:]
-        var timed: [(time: Double, event: MemoryEvent)] = []
+        var timed: [(time: Double, event: PlannedEvent)] = []
         for op in schedule.operations {
             switch (op.stream, op.kind) {
             case (.host, _):
                 reservation[op.creates[0]] = times[op.id]!.start
             case (.read, .prefetch):
                 let landing = op.creates[0]
-                let r = Read(disk: op.reads[0], landing: landing, bytes: bufferBytes[op.reads[0]]!)
-                reads[landing] = r
-                timed.append((reservation["issued " + landing]!, .issue(r)))
+                timed.append((reservation["issued " + landing]!, .issue(disk: op.reads[0], landing: landing,
+                                                                         bytes: bufferBytes[op.reads[0]]!)))
             case (.write, .free) where op.tier == .compute:
                 for n in op.frees { timed.append((times[op.id]!.end, .freeWritten(n))) }
             default: break
@@ -458,7 +461,7 @@ public final class StreamedTrainer {
             while lo < hi { let m = (lo + hi) / 2; if before(computes[m]) { hi = m } else { lo = m + 1 } }
             return lo - 1
         }
-        events = timed.enumerated().map { i, e -> (after: Int, free: Bool, time: Double, index: Int, event: MemoryEvent) in
+        return timed.enumerated().map { i, e -> (after: Int, free: Bool, time: Double, index: Int, event: PlannedEvent) in
             let free: Bool
             if case .freeWritten = e.event { free = true } else { free = false }
             return (slot(e.time, free: free), free, e.time, i, e.event)
@@ -468,6 +471,26 @@ public final class StreamedTrainer {
             if a.free != b.free { return a.free }
             return a.index < b.index
         }.map { ($0.after, $0.event) }
+    }
+
+    /// The schedule, op by op: each compute op when the one before it is done, its buffers allocated
+    /// before it runs and freed after; writes issued as the schedule issues them; reads allocated and
+    /// issued, and written buffers freed, in the simulation's order between compute ops. So the tier
+    /// holds what the simulated tier holds while the disk keeps the profile's pace, and less when it lags
+    /// (`advance`).
+    func run(lr: Float, t: Int) throws -> (Float, Double) {
+        sums = [:]; latest = [:]; reads = [:]; events = []; nextEvent = 0; freedEarly = []
+        // The step's reads and memory events, from the plan made at init.
+        for (after, event) in memoryPlan {
+            switch event {
+            case .issue(let disk, let landing, let bytes):
+                let r = Read(disk: disk, landing: landing, bytes: bytes)
+                reads[landing] = r
+                events.append((after, .issue(r)))
+            case .freeWritten(let name):
+                events.append((after, .freeWritten(name)))
+            }
+        }
         var loss = Float.nan
         var recomputed: BlockActivations?
         var lastRead = "", ordinal = 0

@@ -516,13 +516,9 @@ func measureTrainingKernels(threads: Int, repeats: Int) throws -> HardwareProfil
         return now() - t0
     }.dropFirst().min()!)
     // The work as the cost model counts it, for this model and batch.
-    let L = Double(c.layers), N = Double(n), d = Double(c.dim), V = Double(c.vocabSize)
-    let matForward = L * 2 * N * Double(c.dim * c.qDim + 2 * c.dim * c.kvDim + c.qDim * c.dim + 3 * c.dim * c.ffnDim)
-        + 2 * N * d * V
-    let attention = L * 2 * Double(batch * c.heads) * Double(seqLen * seqLen) * Double(c.headDim)
-    let chain = ModelChain.llama(c, mode: .train, batch: batch, seqLen: seqLen, hardware: .defaultCPU)
-    let saved = Double(chain.stages[1].saved.reduce(0) { $0 + $1.bytes })
-    let elementwise = L * (3 * N * Double(6 * c.dim + 4 * c.ffnDim) * 4 + saved)
+    let w = ModelChain.TrainingWork(config: c, batch: batch, seqLen: seqLen), L = Double(c.layers)
+    let matForward = L * w.blockMatmulFLOPs + w.headFLOPs, attention = L * w.blockAttentionFLOPs
+    let elementwise = L * (3 * w.blockElementwiseBytes + w.blockSavedBytes)
     func seconds(_ kinds: String...) throws -> Double {
         let s = kinds.reduce(0) { $0 + (best[$1] ?? 0) }
         guard s > 0 else { throw OffloadError("[profile] the training step timed no \(kinds.joined(separator: ", ")) kernels") }
@@ -534,6 +530,6 @@ func measureTrainingKernels(threads: Int, repeats: Int) throws -> HardwareProfil
         attentionFlops: attention / (try seconds("attention fwd")),
         attentionBackwardFlops: 2 * attention / (try seconds("attention bwd")),
         elementwiseBytesPerSecond: elementwise / (try seconds("rmsnorm", "rope", "swiglu")),
-        crossEntropyLogitsPerSecond: 2 * N * V / (try seconds("cross-entropy")),
+        crossEntropyLogitsPerSecond: 2 * w.logits / (try seconds("cross-entropy")),
         adamwParametersPerSecond: Double(count) / adamSeconds)
 }
