@@ -122,6 +122,8 @@ public final class LlamaTrainer {
     let rowSum: UnsafeMutablePointer<Double>
     var tokenBuffer: [Int32]
     var targetBuffer: [Int32]
+    /// Targets of the loaded batch that count (not `LlamaTrainer.ignoredTarget`): the mean loss's denominator.
+    var targetCount = 0
 
     /// When true, seconds spent per kernel kind accumulate in `profile` (a cost model's measurements).
     public var profiling = false
@@ -366,11 +368,21 @@ public final class LlamaTrainer {
             throw OffloadError("[train] \(what): \(tokens.count) token ids for a batch of \(batch) × \(seqLen) = \(n)")
         }
         for (i, t) in tokens.enumerated() {
-            guard t >= 0, t < c.vocabSize else {
+            guard t >= 0 && t < c.vocabSize || (what == "targets" && t == Self.ignoredTarget) else {
                 throw OffloadError("[train] \(what): token id \(t) at \(i) is outside the vocabulary (0..<\(c.vocabSize))")
             }
             buffer[i] = Int32(t)
         }
+    }
+
+    /// A target that is not trained on (a prompt's tokens when fine-tuning on completions): it adds
+    /// nothing to the loss, the mean is over the other targets, and its logits get no gradient.
+    public static let ignoredTarget = -1
+
+    private func loadTargets(_ targets: [Int]) throws {
+        try load(targets, into: &targetBuffer, what: "targets")
+        targetCount = targets.reduce(0) { $0 + ($1 == Self.ignoredTarget ? 0 : 1) }
+        guard targetCount > 0 else { throw OffloadError("[train] targets: every target of the batch is ignored") }
     }
 
     private var headWeight: UnsafeMutablePointer<Float> {
@@ -398,20 +410,23 @@ public final class LlamaTrainer {
         timed("matmul fwd") { matmulForward(logits, finalNorm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize) }
     }
 
-    /// Mean of the per-row losses, summed in row order.
+    /// Mean of the per-row losses of the targets that count, summed in row order.
     private func meanLoss() -> Float {
         var sum = 0.0
-        for i in 0..<n { sum += Double(losses[i]) }
-        return Float(sum / Double(n))
+        for i in 0..<n where targetBuffer[i] >= 0 { sum += Double(losses[i]) }
+        return Float(sum / Double(targetCount))
     }
 
-    /// Mean cross-entropy of predicting `targets` from `inputs` (both B·T ids, row-major), no gradients.
+    /// Mean cross-entropy of predicting `targets` from `inputs` (both B·T ids, row-major; `ignoredTarget`
+    /// targets left out), no gradients.
     public func loss(inputs: [Int], targets: [Int]) throws -> Float {
         try needOwnActivations()
         try load(inputs, into: &tokenBuffer, what: "inputs")
-        try load(targets, into: &targetBuffer, what: "targets")
+        try loadTargets(targets)
         forwardToLogits()
-        targetBuffer.withUnsafeBufferPointer { t in
+        // Ignored targets' rows: computed against id 0 and left out of the mean.
+        let counted = targetBuffer.map { max($0, 0) }
+        counted.withUnsafeBufferPointer { t in
             crossEntropyForward(losses, probs: logits, logits, targets: t.baseAddress!, n: n, vocab: model.config.vocabSize)
         }
         return meanLoss()
@@ -425,14 +440,14 @@ public final class LlamaTrainer {
         return Array(UnsafeBufferPointer(start: logits, count: n * model.config.vocabSize))
     }
 
-    /// Forward and backward for one batch: returns the mean loss over its B·T targets and ADDS
+    /// Forward and backward for one batch: returns the mean loss over its B·T targets (but `ignoredTarget`s) and ADDS
     /// `gradientScale` × ∂(mean loss)/∂θ to the model's gradients (scale 1/k when accumulating k micro-batches).
     @discardableResult
     public func forwardBackward(inputs: [Int], targets: [Int], gradientScale: Float = 1) throws -> Float {
         let c = model.config
         try needOwnActivations()
         try load(inputs, into: &tokenBuffer, what: "inputs")
-        try load(targets, into: &targetBuffer, what: "targets")
+        try loadTargets(targets)
         TrainingThreads.claimBLAS()
         embeddingForward(output: blockInputs[0])
         for l in 0..<c.layers {
@@ -465,7 +480,7 @@ extension LlamaTrainer {
     /// Loads one batch's token ids (B·T each) for the per-stage hooks.
     public func setBatch(inputs: [Int], targets: [Int]) throws {
         try load(inputs, into: &tokenBuffer, what: "inputs")
-        try load(targets, into: &targetBuffer, what: "targets")
+        try loadTargets(targets)
     }
 
     /// Embedding lookup of the loaded inputs into `output` (N, dim): block 0's input. With `vocabulary`,
@@ -596,7 +611,7 @@ extension LlamaTrainer {
     /// After every chunk's pass 1: the mean loss against the loaded targets.
     public func headLoss() -> Float {
         for i in 0..<n {
-            losses[i] = Float(Foundation.log(rowSum[i]) + Double(rowMax[i]) - Double(targetLogit[i]))
+            losses[i] = targetBuffer[i] < 0 ? 0 : Float(Foundation.log(rowSum[i]) + Double(rowMax[i]) - Double(targetLogit[i]))
         }
         return meanLoss()
     }
@@ -632,7 +647,7 @@ extension LlamaTrainer {
                                   norm: UnsafeMutablePointer<Float>, weights w: UnsafePointer<Float>,
                                   gradients g: UnsafeMutablePointer<Float>, gradientScale: Float = 1) {
         let c = model.config, n = self.n, range = headChunk(k), chunks = headChunkCount
-        let dloss = gradientScale / Float(n)
+        let dloss = gradientScale / Float(targetCount)
         if !computed {
             timed("matmul fwd") { matmulForward(out, norm, w, n: n, inDim: c.dim, outDim: range.count) }
             timed("cross-entropy") { exponentiate(out, chunk: k, firstPass: false) }
@@ -641,8 +656,10 @@ extension LlamaTrainer {
             let count = range.count
             TrainingThreads.forEachRange(n, minPerThread: 8) { rows in
                 for i in rows {
-                    let scale = Float(Foundation.exp(Double(chunkMax[i * chunks + k]) - Double(rowMax[i])) / rowSum[i])
                     let d = out + i * count
+                    // An ignored target's row adds nothing to the loss: its logits get no gradient.
+                    guard targetBuffer[i] >= 0 else { d.update(repeating: 0, count: count); continue }
+                    let scale = Float(Foundation.exp(Double(chunkMax[i * chunks + k]) - Double(rowMax[i])) / rowSum[i])
                     for j in 0..<count { d[j] = d[j] * scale * dloss }
                     let t = Int(targetBuffer[i])
                     if range.contains(t) { d[t - range.lowerBound] -= dloss }

@@ -72,14 +72,17 @@ public struct StepResult: Codable, Equatable, Sendable {
     public var lr: Float
     public var tokens: Int
     public var seconds: Double
+    /// The validation loss after this step, when one was measured (`--eval-data`).
+    public var evalLoss: Float?
     public var tokensPerSecond: Double { seconds > 0 ? Double(tokens) / seconds : 0 }
 
-    /// One JSON line: step, loss, grad_norm, lr, tokens, seconds, tokens_per_second.
+    /// One JSON line: step, loss, grad_norm, lr, tokens, seconds, tokens_per_second, and eval_loss when measured.
     public var jsonLine: String {
         func num(_ x: Double) -> String { x.isFinite ? "\(x)" : "null" }
         return "{\"step\":\(step),\"loss\":\(num(Double(loss))),\"grad_norm\":\(num(gradNorm)),\"lr\":\(lr),"
             + "\"tokens\":\(tokens),\"seconds\":\(String(format: "%.4f", seconds)),"
-            + "\"tokens_per_second\":\(String(format: "%.2f", tokensPerSecond))}"
+            + "\"tokens_per_second\":\(String(format: "%.2f", tokensPerSecond))"
+            + (evalLoss.map { ",\"eval_loss\":\(num(Double($0)))" } ?? "") + "}"
     }
 }
 
@@ -149,6 +152,26 @@ public final class TrainingSession {
         optimizer.step(model, state: optimizerState, lr: lr)
         return StepResult(step: number, loss: loss, gradNorm: norm, lr: lr, tokens: options.tokensPerStep,
                           seconds: now() - t0)
+    }
+
+    /// The mean loss over every target trained on in `data`'s windows (each window once, in order), with the
+    /// current weights and no gradients. A last partial batch is filled with repeated windows whose targets
+    /// are ignored, so every window counts once.
+    public func evaluate(_ data: TokenWindows) throws -> Float {
+        guard data.seqLen == options.seqLen else {
+            throw OffloadError("[eval] validation windows are \(data.seqLen) tokens, but --seq-len is \(options.seqLen)")
+        }
+        let B = options.batch, T = options.seqLen
+        var sum = 0.0, count = 0
+        for k in 0..<(data.windowCount + B - 1) / B {
+            var (inputs, targets) = data.batch(k, size: B)
+            let real = min(B, data.windowCount - k * B)
+            for i in real * T ..< B * T { targets[i] = LlamaTrainer.ignoredTarget }
+            let counted = targets.reduce(0) { $0 + ($1 == LlamaTrainer.ignoredTarget ? 0 : 1) }
+            sum += Double(try trainer.loss(inputs: inputs, targets: targets)) * Double(counted)
+            count += counted
+        }
+        return Float(sum / Double(count))
     }
 }
 

@@ -14,19 +14,29 @@ import Tensors
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train a model on a text file (fp32 weights, AdamW or SGD).",
+        abstract: "Train or fine-tune a model on a text file or JSONL examples (fp32 weights, AdamW or SGD).",
         discussion: """
         Windows of --seq-len + 1 tokens are cut from the tokenized text at stride --seq-len; step k, row b
         reads window (k·batch + b) mod windows (--shuffle SEED: a fresh permutation per epoch).
+        A .jsonl --data file holds one example per line, {"prompt": ..., "completion": ...} or
+        {"messages": [{"role": ..., "content": ...}, ...]} (rendered with the model's chat template); the
+        examples follow one another and only completion (with EOS) and assistant tokens are trained on:
+        the loss is the mean over those targets.
         Example: offload train --config tiny --data notes.txt --steps 200 --save run1
                  offload train --resume run1 --steps 400 --data notes.txt
+                 offload train --model SmolLM2.gguf --data chats.jsonl --eval-data held-out.jsonl --eval-every 50
         """)
 
     @Option(help: "A GGUF model to start from (weights are trained in fp32).") var model: String?
     @Option(help: "A built-in shape with random weights: \(LlamaConfig.builtIn.map(\.name).joined(separator: ", ")).")
     var config: String?
     @Option(help: "Seed of the random initialisation (with --config).") var seed: UInt64 = 0
-    @Option(help: "Plain-text training data, tokenized once without BOS.") var data: String?
+    @Option(help: "Training data: plain text (tokenized once without BOS), or a .jsonl file of fine-tuning examples, {\"prompt\", \"completion\"} or {\"messages\": [...]} rows (conversations rendered with the model's chat template), trained on the completions or assistant turns only.")
+    var data: String?
+    @Option(name: .customLong("eval-data"), help: "Validation data, in the same forms as --data: its mean loss is measured after the last step, and every --eval-every steps.")
+    var evalData: String?
+    @Option(name: .customLong("eval-every"), help: "Steps between validation losses (with --eval-data; default: only after the last step).")
+    var evalEvery: Int?
     @Option(help: "Token ids to train on instead of --data: a file of integers separated by spaces, commas or newlines.")
     var tokens: String?
     @Option(help: "Sequences per micro-batch (default 4).") var batch: Int?
@@ -92,6 +102,11 @@ struct Train: ParsableCommand {
         if saveEvery != nil && save == nil && resume == nil { throw ValidationError("--save-every needs --save DIR") }
         if let t = threads, t <= 0 { throw ValidationError("--threads must be positive") }
         if let n = stopAfter, n <= 0 { throw ValidationError("--stop-after must be positive") }
+        if let n = evalEvery, n <= 0 { throw ValidationError("--eval-every must be positive") }
+        if evalEvery != nil && evalData == nil { throw ValidationError("--eval-every needs --eval-data FILE") }
+        if evalData != nil && budget != nil {
+            throw ValidationError("--eval-data is not supported with --budget yet (the validation pass runs with every weight in memory)")
+        }
     }
 
     func run() throws {
@@ -143,20 +158,21 @@ struct Train: ParsableCommand {
         try options.validate()
 
         let ids: [Int]
+        var mask: [Bool]?
         let dataName: String
         if let tokens {
             ids = try readTokenIDs(tokens); dataName = tokens
         } else {
-            let path = data!
-            guard let bytes = FileManager.default.contents(atPath: path) else {
-                throw OffloadError("[data] \(path): cannot read the file")
-            }
-            guard let text = String(data: bytes, encoding: .utf8) else { throw OffloadError("[data] \(path): not UTF-8 text") }
-            ids = try tokenizeTrainingText(text, modelPath: sourceModel, config: modelConfig, dataPath: path)
-            dataName = path
+            (ids, mask) = try readTrainingData(data!, modelPath: sourceModel, config: modelConfig)
+            dataName = data!
         }
-        let windows = try TokenWindows(tokens: ids, seqLen: options.seqLen, vocabSize: modelConfig.vocabSize,
+        let windows = try TokenWindows(tokens: ids, mask: mask, seqLen: options.seqLen, vocabSize: modelConfig.vocabSize,
                                        shuffleSeed: options.shuffleSeed, source: dataName)
+        let evalWindows = try evalData.map { path in
+            let (ids, mask) = try readTrainingData(path, modelPath: sourceModel, config: modelConfig)
+            return try TokenWindows(tokens: ids, mask: mask, seqLen: options.seqLen, vocabSize: modelConfig.vocabSize,
+                                    source: path)
+        }
         let budgetBytes = budget.flatMap(parseBytes)
         // Planning decides what runs under the budget (the same decision `offload plan` shows): parameters
         // in memory with the fastest activation strategy that fits, else streamed from --disk.
@@ -195,7 +211,9 @@ struct Train: ParsableCommand {
                 note("warning: the checkpoint was trained with \(t) threads and this run uses \(threadCount); OpenBLAS "
                      + "sums differ with the thread count, so the continuation will not be bit-identical (use --threads \(t))")
             }
-            if info.dataChecksum != Checkpoint.dataChecksum(ids) {
+            // A token not trained on counts as -id - 2 (distinct from every id and from -1).
+            let marked = mask.map { m in zip(ids, m).map { $1 ? $0 : -$0 - 2 } } ?? ids
+            if info.dataChecksum != Checkpoint.dataChecksum(marked) {
                 note("warning: the data differs from the data this checkpoint was trained on; the run continues on the new data")
             }
         }
@@ -208,6 +226,7 @@ struct Train: ParsableCommand {
         note("train: \(c.name): \(c.parameterCount) parameters, \(windows.windowCount) windows of \(options.seqLen) "
              + "tokens, batch \(options.batch)×\(options.accumulate), \(options.optimizer) lr \(options.lr), "
              + "\(threadCount) threads, \(formatBytes(run.stateBytes)) of training state"
+             + (mask.map { m in ", \(m.filter { $0 }.count) of \(m.count) tokens trained on" } ?? "")
              + (info.map { ", resuming at step \($0.step)" } ?? ""))
 
         var logHandle: FileHandle?
@@ -226,9 +245,13 @@ struct Train: ParsableCommand {
         var lastSaved: Int? = info?.step
         var lastLoss: Float?
         while run.step < lastStep {
-            let r: StepResult
+            var r: StepResult
             do {
                 r = try run.trainStep()
+                if let evalWindows, let session = (run as? InMemoryRun)?.session,
+                   run.step == lastStep || evalEvery.map({ run.step % $0 == 0 }) == true {
+                    r.evalLoss = try session.evaluate(evalWindows)
+                }
             } catch {
                 // A step that fails (non-finite loss, full disk, I/O error) names the checkpoint left.
                 if tty { print("") }
@@ -246,6 +269,7 @@ struct Train: ParsableCommand {
             let line = String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.3g  %.1f tok/s  ETA %@  mem %@",
                               r.step, options.steps, r.loss, r.gradNorm, r.lr, r.tokensPerSecond,
                               formatDuration(eta), formatBytes(residentBytes())) + run.measured(r)
+                + (r.evalLoss.map { String(format: "  eval %.4f", $0) } ?? "")
             if tty {
                 print("\r" + line + "\u{1B}[K", terminator: "")
                 fflush(nil)
@@ -367,6 +391,23 @@ func tokenizeTrainingText(_ text: String, modelPath: String?, config: LlamaConfi
         throw OffloadError("[data] \(dataPath): config \(config.name) has \(config.vocabSize) ids, too few for byte tokens")
     }
     return text.utf8.map { Int($0) }
+}
+
+/// Training or validation data from `path`: plain text (every token trained on), or a .jsonl file of
+/// fine-tuning examples (ids and the mask of those trained on; needs the model's tokenizer).
+func readTrainingData(_ path: String, modelPath: String?, config: LlamaConfig) throws -> (ids: [Int], mask: [Bool]?) {
+    if path.lowercased().hasSuffix(".jsonl") {
+        guard let modelPath else {
+            throw OffloadError("[data] \(path): fine-tuning examples need a model with a tokenizer (--model), not a --config shape")
+        }
+        let source = try loadWeights(modelPath)
+        let data = try FineTuningData.load(path: path, tokenizer: loadTokenizer(for: source, modelPath: modelPath),
+                                           template: chatTemplate(for: source, modelPath: modelPath))
+        return (data.tokens, data.mask)
+    }
+    guard let bytes = FileManager.default.contents(atPath: path) else { throw OffloadError("[data] \(path): cannot read the file") }
+    guard let text = String(data: bytes, encoding: .utf8) else { throw OffloadError("[data] \(path): not UTF-8 text") }
+    return (try tokenizeTrainingText(text, modelPath: modelPath, config: config, dataPath: path), nil)
 }
 
 /// Integers separated by whitespace or commas (a JSON array works too).

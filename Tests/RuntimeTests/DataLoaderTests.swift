@@ -1,3 +1,4 @@
+import Models
 import Runtime
 import XCTest
 
@@ -25,6 +26,23 @@ final class DataLoaderTests: XCTestCase {
         // Any position can be asked for in any order (resume): same answer.
         XCTAssertEqual((0..<50).reversed().map { b.window(at: $0) }, (e0 + e1).reversed())
         XCTAssertNotEqual((0..<25).map { c.window(at: $0) }, e0)
+    }
+
+    func testMaskedTargetsAreIgnoredAndWindowsWithoutAnyAreSkipped() throws {
+        // Tokens 0..<16, windows of 4 (starts 0, 4, 8): only tokens 10 and 11 are trained on.
+        let tokens = Array(0..<16), mask = tokens.map { $0 == 10 || $0 == 11 }
+        let d = try TokenWindows(tokens: tokens, mask: mask, seqLen: 4, vocabSize: 100)
+        XCTAssertEqual(d.windowCount, 1, "windows 0 and 1 have no target trained on")
+        let (x, y) = d.batch(0, size: 2)
+        let i = LlamaTrainer.ignoredTarget
+        XCTAssertEqual(x, [8, 9, 10, 11, 8, 9, 10, 11])
+        XCTAssertEqual(y, [i, 10, 11, i, i, 10, 11, i])
+        XCTAssertThrowsError(try TokenWindows(tokens: tokens, mask: [Bool](repeating: false, count: 16), seqLen: 4, vocabSize: 100)) {
+            XCTAssertTrue("\($0)".contains("no window of --seq-len 4 has a token to train on"), "\($0)")
+        }
+        XCTAssertThrowsError(try TokenWindows(tokens: tokens, mask: [true], seqLen: 4, vocabSize: 100)) {
+            XCTAssertTrue("\($0)".contains("1 mask entries for 16 tokens"), "\($0)")
+        }
     }
 
     func testBadData() {

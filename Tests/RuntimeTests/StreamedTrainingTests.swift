@@ -13,12 +13,18 @@ import XCTest
 final class StreamedTrainingTests: XCTestCase {
     let steps = 3, lr: Float = 1e-3
 
-    func batches(_ c: LlamaConfig, batch: Int, seqLen: Int) -> [([Int], [Int])] {
+    /// `masked`: the first row's targets ignored up to its middle and every third target after, as
+    /// fine-tuning on completions ignores prompts.
+    func batches(_ c: LlamaConfig, batch: Int, seqLen: Int, masked: Bool = false) -> [([Int], [Int])] {
         var x: UInt64 = 999
         func next() -> Int { x = x &* 6364136223846793005 &+ 1442695040888963407; return Int(x >> 33) % c.vocabSize }
         return (0..<steps).map { _ in
             let t = (0..<(batch * seqLen + 1)).map { _ in next() }
-            return (Array(t[0..<(batch * seqLen)]), Array(t[1...]))
+            var targets = Array(t[1...])
+            if masked {
+                for i in targets.indices where i < seqLen / 2 || i % 3 == 0 { targets[i] = LlamaTrainer.ignoredTarget }
+            }
+            return (Array(t[0..<(batch * seqLen)]), targets)
         }
     }
 
@@ -34,9 +40,9 @@ final class StreamedTrainingTests: XCTestCase {
         return try StreamedTrainer(trainer: trainer, optimizer: opt, budget: budget ?? minimum, disk: disk, activations: activations)
     }
 
-    func check(_ name: String, batch: Int, seqLen: Int, headChunk: Int?) throws {
+    func check(_ name: String, batch: Int, seqLen: Int, headChunk: Int?, masked: Bool = false) throws {
         let c = try LlamaConfig.named(name)
-        let data = batches(c, batch: batch, seqLen: seqLen)
+        let data = batches(c, batch: batch, seqLen: seqLen, masked: masked)
         // The in-memory reference.
         let model = try TrainableLlama.random(config: c, seed: 7)
         let trainer = try LlamaTrainer(model: model, batch: batch, seqLen: seqLen, headChunk: headChunk)
@@ -100,6 +106,9 @@ final class StreamedTrainingTests: XCTestCase {
     }
 
     func testTinyTiedStreamedIsBitIdentical() throws { try check("tiny", batch: 2, seqLen: 32, headChunk: 64) }
+    /// Ignored targets (fine-tuning on completions): the streamed head's chunks mask them exactly as the
+    /// in-memory head does.
+    func testIgnoredTargetsStreamedAreBitIdentical() throws { try check("tiny", batch: 2, seqLen: 32, headChunk: 64, masked: true) }
     func testSmallUntiedStreamedIsBitIdentical() throws { try check("small", batch: 2, seqLen: 64, headChunk: 256) }
 
     func testTooSmallABudgetNamesTheMinimum() throws {

@@ -1,6 +1,7 @@
 // `offload train` and `offload export` end to end: the built binary is run as a
 // user would, and its log, checkpoint and messages are checked.
 import Foundation
+import Tensors
 import XCTest
 
 final class TrainCommandTests: OffloadCommandTestCase {
@@ -80,5 +81,33 @@ final class TrainCommandTests: OffloadCommandTestCase {
         let o = try offload(["train", "--config", "tiny", "--tokens", "ids.txt", "--seq-len", "4", "--steps", "1"])
         XCTAssertTrue(o.err.contains("token id 999 at position 3"), o.err)
     }
-}
+    /// Fine-tuning on JSONL examples with a validation loss every step, as a user runs it; and the
+    /// mistakes a user makes get one line naming the flag or the file and line.
+    func testFineTuningFromJSONLWithValidation() throws {
+        let model = AssetCache.directory + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        guard FileManager.default.fileExists(atPath: model) else { XCTFail("\(model) not found: run scripts/fetch-assets.sh"); return }
+        let rows = [#"{"prompt": "Q: What colour is the sky?\nA:", "completion": " Blue, on a clear day."}"#,
+                    #"{"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there!"}]}"#]
+        try (rows + rows + rows).joined(separator: "\n").write(toFile: work + "/ft.jsonl", atomically: true, encoding: .utf8)
+        let r = try offload(["train", "--model", model, "--data", "ft.jsonl", "--eval-data", "ft.jsonl", "--eval-every", "1",
+                             "--batch", "2", "--seq-len", "16", "--steps", "2", "--threads", "2", "--log", "ft-log.jsonl"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.err.contains("tokens trained on"), r.err)
+        let lines = try logLines("ft-log.jsonl")
+        XCTAssertEqual(lines.count, 2)
+        for l in lines { XCTAssertTrue((l["eval_loss"] as? Double)?.isFinite == true, "\(l)") }
+        XCTAssertTrue(r.out.contains("eval "), r.out)
 
+        try (rows[0] + "\n{\"prompt\": \"no completion\"}").write(toFile: work + "/bad.jsonl", atomically: true, encoding: .utf8)
+        let bad = try offload(["train", "--model", model, "--data", "bad.jsonl", "--steps", "1"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.err.contains("bad.jsonl:2: expected {\"prompt\", \"completion\"}"), bad.err)
+        let noTokenizer = try offload(["train", "--config", "tiny", "--data", "ft.jsonl", "--steps", "1"])
+        XCTAssertTrue(noTokenizer.err.contains("need a model with a tokenizer"), noTokenizer.err)
+        let every = try offload(["train", "--config", "tiny", "--data", "text.txt", "--eval-every", "5", "--steps", "1"])
+        XCTAssertTrue(every.err.contains("--eval-every needs --eval-data"), every.err)
+        let budgeted = try offload(["train", "--config", "tiny", "--data", "text.txt", "--eval-data", "text.txt",
+                                    "--budget", "64MB", "--steps", "1"])
+        XCTAssertTrue(budgeted.err.contains("--eval-data is not supported with --budget"), budgeted.err)
+    }
+}
