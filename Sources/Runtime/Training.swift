@@ -32,6 +32,9 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
     public var minLR: Float = 0
     public var shuffleSeed: UInt64?
     public var activationPolicy = ActivationPolicy.keepAll.rawValue
+    /// zo-sgd: the perturbation ε (nil: 1e-3, MeZO's) and the seed z is drawn from (nil: 0).
+    public var zoEps: Float?
+    public var zoSeed: UInt64?
 
     public init() {}
 
@@ -42,7 +45,13 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
         try need(steps > 0, "--steps must be positive, got \(steps)")
         try need(accumulate > 0, "--accumulate must be positive, got \(accumulate)")
         try need(lr.isFinite && lr >= 0, "--lr must be a non-negative number, got \(lr)")
-        try need(["adamw", "sgd"].contains(optimizer), "--optimizer must be adamw or sgd, got '\(optimizer)'")
+        try need(["adamw", "sgd", "zo-sgd"].contains(optimizer), "--optimizer must be adamw, sgd or zo-sgd, got '\(optimizer)'")
+        if optimizer == "zo-sgd" {
+            try need(accumulate == 1 && gradClip == 0, "--optimizer zo-sgd takes one batch per step and no --grad-clip")
+            try need((zoEps ?? 1e-3) > 0, "--zo-eps must be positive")
+        } else {
+            try need(zoEps == nil && zoSeed == nil, "--zo-eps and --zo-seed apply to --optimizer zo-sgd only")
+        }
         try need(["constant", "cosine"].contains(schedule), "--schedule must be constant or cosine, got '\(schedule)'")
         try need(warmup >= 0, "--warmup must not be negative")
         try need((0..<1).contains(beta1) && (0..<1).contains(beta2), "--beta1 and --beta2 must be in [0, 1)")
@@ -52,9 +61,13 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
                  "activation policy must be one of " + ActivationPolicy.allCases.map(\.rawValue).joined(separator: ", "))
     }
 
+    /// zo-sgd updates as SGD without momentum does, with its gradient estimate g·z.
     public func makeOptimizer() -> any Optimizer {
-        optimizer == "sgd" ? SGD(momentum: momentum, weightDecay: weightDecay)
-            : AdamW(beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay)
+        switch optimizer {
+        case "sgd": return SGD(momentum: momentum, weightDecay: weightDecay)
+        case "zo-sgd": return SGD(momentum: 0, weightDecay: weightDecay)
+        default: return AdamW(beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay)
+        }
     }
 
     public var learningRateSchedule: LearningRateSchedule {
@@ -104,6 +117,8 @@ public final class TrainingSession {
     public var executor: TrainingExecutor?
     /// What the executor measured on the last micro-batch of the last step.
     public private(set) var lastExecuted: ExecutedStep?
+    /// zo-sgd: the last step's projected gradient g = (L₊ − L₋) / 2ε.
+    public private(set) var lastProjectedGradient: Float?
 
     /// - Parameter ownsActivations: false for a session whose steps an executor runs
     ///   (`executor` must be set before the first step).
@@ -129,10 +144,19 @@ public final class TrainingSession {
     public func trainStep() throws -> StepResult {
         let t0 = now()
         let number = step + 1
-        model.zeroGradients()
         var lossSum = 0.0
         let micro = options.accumulate
-        for m in 0..<micro {
+        if options.optimizer == "zo-sgd" {
+            // Two forward passes, no backward: the gradients become the estimate g·z.
+            let (inputs, targets) = data.batch(nextBatch, size: options.batch)
+            let (loss, g) = try ZerothOrder.estimate(model, trainer: trainer, inputs: inputs, targets: targets,
+                                                     seed: options.zoSeed ?? 0, step: number, eps: options.zoEps ?? 1e-3)
+            lastProjectedGradient = g
+            lossSum = Double(loss)
+        } else {
+            model.zeroGradients()
+        }
+        for m in 0..<micro where options.optimizer != "zo-sgd" {
             let (inputs, targets) = data.batch(nextBatch + m, size: options.batch)
             if let executor {
                 let r = try executor.forwardBackward(inputs: inputs, targets: targets, gradientScale: 1 / Float(micro))

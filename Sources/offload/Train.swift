@@ -43,7 +43,10 @@ struct Train: ParsableCommand {
     @Option(name: .customLong("seq-len"), help: "Tokens per sequence (default 256).") var seqLen: Int?
     @Option(help: "Total optimizer steps (default 100).") var steps: Int?
     @Option(help: "Peak learning rate (default 1e-4).") var lr: Float?
-    @Option(help: "adamw or sgd (default adamw).") var optimizer: String?
+    @Option(help: "adamw, sgd, or zo-sgd (MeZO: two forward passes per step with every weight moved by ±ε·z, no backward, no optimizer state; z regenerated from --zo-seed; default adamw).")
+    var optimizer: String?
+    @Option(name: .customLong("zo-eps"), help: "zo-sgd: the perturbation ε (default 1e-3).") var zoEps: Float?
+    @Option(name: .customLong("zo-seed"), help: "zo-sgd: the seed z is drawn from (default 0).") var zoSeed: UInt64?
     @Option(help: "AdamW β₁ (default 0.9).") var beta1: Float?
     @Option(help: "AdamW β₂ (default 0.999).") var beta2: Float?
     @Option(help: "AdamW ε, added outside the square root (default 1e-8).") var eps: Float?
@@ -103,6 +106,9 @@ struct Train: ParsableCommand {
         if let t = threads, t <= 0 { throw ValidationError("--threads must be positive") }
         if let n = stopAfter, n <= 0 { throw ValidationError("--stop-after must be positive") }
         if let n = evalEvery, n <= 0 { throw ValidationError("--eval-every must be positive") }
+        if optimizer?.lowercased() == "zo-sgd" && budget != nil {
+            throw ValidationError("--optimizer zo-sgd is not supported with --budget yet (its two forward passes run with every weight in memory)")
+        }
         if evalEvery != nil && evalData == nil { throw ValidationError("--eval-every needs --eval-data FILE") }
         if evalData != nil && budget != nil {
             throw ValidationError("--eval-data is not supported with --budget yet (the validation pass runs with every weight in memory)")
@@ -153,6 +159,8 @@ struct Train: ParsableCommand {
         if let schedule { options.schedule = schedule.lowercased() }
         if let warmup { options.warmup = warmup }
         if let minLR { options.minLR = minLR }
+        if let zoEps { options.zoEps = zoEps }
+        if let zoSeed { options.zoSeed = zoSeed }
         if let shuffle { options.shuffleSeed = shuffle }
         if let activations { options.activationPolicy = activations }
         try options.validate()

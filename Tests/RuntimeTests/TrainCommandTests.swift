@@ -110,4 +110,32 @@ final class TrainCommandTests: OffloadCommandTestCase {
                                     "--budget", "64MB", "--steps", "1"])
         XCTAssertTrue(budgeted.err.contains("--eval-data is not supported with --budget"), budgeted.err)
     }
+    /// zo-sgd (MeZO): two forward passes a step, resumed bit for bit (z comes back from the step number);
+    /// its options are refused where they do not apply.
+    func testZerothOrderResumesBitIdenticallyAndRefusesWhatDoesNotApply() throws {
+        let zo = ["train", "--config", "tiny", "--seed", "7", "--data", "text.txt", "--batch", "2", "--seq-len", "32",
+                  "--lr", "1e-3", "--threads", "2", "--optimizer", "zo-sgd", "--zo-eps", "1e-2", "--zo-seed", "5"]
+        XCTAssertEqual(try offload(zo + ["--steps", "4", "--log", "whole.jsonl"]).status, 0)
+        XCTAssertEqual(try offload(zo + ["--steps", "4", "--stop-after", "2", "--save", "half", "--log", "half.jsonl"]).status, 0)
+        let r = try offload(["train", "--resume", "half", "--data", "text.txt", "--threads", "2", "--steps", "4", "--log", "half.jsonl"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let whole = try logLines("whole.jsonl"), half = try logLines("half.jsonl")
+        XCTAssertEqual(whole.count, 4); XCTAssertEqual(half.count, 4)
+        for (a, b) in zip(whole, half) {
+            XCTAssertEqual(a["loss"] as? Double, b["loss"] as? Double)
+            XCTAssertEqual(a["grad_norm"] as? Double, b["grad_norm"] as? Double)
+        }
+        XCTAssertNotEqual(whole[0]["loss"] as? Double, whole[3]["loss"] as? Double)
+        let other = try offload(zo.dropLast(2) + ["--zo-seed", "6", "--steps", "1", "--log", "other.jsonl"])
+        XCTAssertEqual(other.status, 0, other.err)
+        XCTAssertNotEqual(try logLines("other.jsonl")[0]["grad_norm"] as? Double, whole[0]["grad_norm"] as? Double,
+                          "another seed draws another z")
+
+        let eps = try offload(["train", "--config", "tiny", "--data", "text.txt", "--zo-eps", "1e-3", "--steps", "1"])
+        XCTAssertTrue(eps.err.contains("--zo-eps and --zo-seed apply to --optimizer zo-sgd only"), eps.err)
+        let acc = try offload(zo + ["--accumulate", "2", "--steps", "1"])
+        XCTAssertTrue(acc.err.contains("zo-sgd takes one batch per step"), acc.err)
+        let budget = try offload(zo + ["--budget", "64MB", "--steps", "1"])
+        XCTAssertTrue(budget.err.contains("zo-sgd is not supported with --budget"), budget.err)
+    }
 }
