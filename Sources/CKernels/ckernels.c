@@ -2091,3 +2091,44 @@ void ck_gelu_tanh_gate(float *out, const float *gate, const float *up, long n) {
         out[i] = g / (1 + expf(-GELU_2BETA * (g + GELU_KAPPA * g * g * g))) * up[i];
     }
 }
+
+// ------------------------------------------------------------------ zeroth-order z
+// splitmix64 of key ^ j; four 16-bit lanes as uniforms (u + 0.5) / 65536; z = (Σu − 2)·√3. Every
+// float step is exact but the last product, and contraction into FMA is off, so the scalar and the
+// AVX-512 loop (the same code, vectorized by the compiler) give the same bits.
+static inline uint64_t zo_mix(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+#define ZO_BODY                                                                         \
+    _Pragma("clang fp contract(off)")                                                  \
+    const float sqrt3 = 1.7320508075688772f;                                           \
+    for (int64_t i = 0; i < n; i++) {                                                  \
+        uint64_t x = zo_mix(key ^ (uint64_t)(start + i));                              \
+        float u0 = ((float)(int32_t)(x & 0xFFFF) + 0.5f) / 65536.0f;                   \
+        float u1 = ((float)(int32_t)((x >> 16) & 0xFFFF) + 0.5f) / 65536.0f;           \
+        float u2 = ((float)(int32_t)((x >> 32) & 0xFFFF) + 0.5f) / 65536.0f;           \
+        float u3 = ((float)(int32_t)((x >> 48) & 0xFFFF) + 0.5f) / 65536.0f;           \
+        float z = ((((u0 + u1) + u2) + u3) - 2.0f) * sqrt3;                            \
+        if (fill) p[i] = a * z; else p[i] += scale * (a * z);                          \
+    }
+
+static void zo_apply_scalar(float *p, uint64_t key, int64_t start, int64_t n, float a, float scale, int fill) {
+    ZO_BODY
+}
+
+#if defined(__x86_64__)
+AVX512 static void zo_apply_avx512(float *p, uint64_t key, int64_t start, int64_t n, float a, float scale, int fill) {
+    ZO_BODY
+}
+#endif
+
+void ck_zo_apply(float *p, uint64_t key, int64_t start, int64_t n, float a, float scale, int fill) {
+#if defined(__x86_64__)
+    if (ck_simd_enabled() == 2) { zo_apply_avx512(p, key, start, n, a, scale, fill); return; }
+#endif
+    zo_apply_scalar(p, key, start, n, a, scale, fill);
+}

@@ -418,18 +418,18 @@ public final class LlamaTrainer {
     }
 
     /// Mean cross-entropy of predicting `targets` from `inputs` (both B·T ids, row-major; `ignoredTarget`
-    /// targets left out), no gradients.
+    /// targets left out), no gradients: the forward of `forwardBackward`, so the same loss bit for bit.
     public func loss(inputs: [Int], targets: [Int]) throws -> Float {
+        let c = model.config
         try needOwnActivations()
         try load(inputs, into: &tokenBuffer, what: "inputs")
         try loadTargets(targets)
-        forwardToLogits()
-        // Ignored targets' rows: computed against id 0 and left out of the mean.
-        let counted = targetBuffer.map { max($0, 0) }
-        counted.withUnsafeBufferPointer { t in
-            crossEntropyForward(losses, probs: logits, logits, targets: t.baseAddress!, n: n, vocab: model.config.vocabSize)
+        TrainingThreads.claimBLAS()
+        embeddingForward(output: blockInputs[0])
+        for l in 0..<c.layers {
+            blockForward(l, output: l + 1 < c.layers ? blockInputs[l + 1] : final, saving: blockActs[l])
         }
-        return meanLoss()
+        return try headForward(input: final, norm: finalNorm, rstd: finalRstd, logits: logits, keepsLogits: false)
     }
 
     /// Logits (B·T, vocab) for `inputs`.

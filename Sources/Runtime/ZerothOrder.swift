@@ -19,6 +19,7 @@
 // variance 1 (an Irwin–Hall sum of four uniforms: near-Gaussian, within ±2√3). Element
 // j counts in the GGUF tensor's own element order (Q/K rows as the file stores them).
 
+internal import CKernels
 import Foundation
 import Kernels
 import Models
@@ -52,10 +53,14 @@ public enum ZerothOrder {
         splitmix64(seed ^ splitmix64(UInt64(step))) ^ fnv1a(tensor)
     }
 
-    /// z of elements `range` of `tensor` at `step` (for checks against the documented generator).
-    public static func z(seed: UInt64, step: Int, tensor: String, range: Range<Int>) -> [Float] {
+    /// z of elements `range` of `tensor` at `step`, one element at a time as the header writes it
+    /// (`vectorized`: as training draws it, through the SIMD kernel; the same bits).
+    public static func z(seed: UInt64, step: Int, tensor: String, range: Range<Int>, vectorized: Bool = false) -> [Float] {
         let k = key(seed: seed, step: step, tensor: tensor)
-        return range.map { z(k, $0) }
+        guard vectorized else { return range.map { z(k, $0) } }
+        var out = [Float](repeating: 0, count: range.count)
+        out.withUnsafeMutableBufferPointer { ck_zo_apply($0.baseAddress!, k, Int64(range.lowerBound), Int64(range.count), 1, 0, 1) }
+        return out
     }
 
     /// Calls `body(pointer, key, count)` for every parameter tensor of `model` (its weights or its gradients),
@@ -72,7 +77,7 @@ public enum ZerothOrder {
     /// w += scale · (ε·z) for every weight (scale 1 or −2: exact multiples of one rounded ε·z).
     static func perturb(_ model: TrainableLlama, seed: UInt64, step: Int, eps: Float, scale: Float) {
         forEachTensor(model, gradients: false, seed: seed, step: step) { p, k, r in
-            for j in r { p[j] += scale * (eps * z(k, j)) }
+            ck_zo_apply(p + r.lowerBound, k, Int64(r.lowerBound), Int64(r.count), eps, scale, 0)
         }
     }
 
@@ -88,7 +93,7 @@ public enum ZerothOrder {
         perturb(model, seed: seed, step: step, eps: eps, scale: 1)
         let g = (plus - minus) / (2 * eps)
         forEachTensor(model, gradients: true, seed: seed, step: step) { p, k, r in
-            for j in r { p[j] = g * z(k, j) }
+            ck_zo_apply(p + r.lowerBound, k, Int64(r.lowerBound), Int64(r.count), g, 0, 1)
         }
         return (plus, g)
     }

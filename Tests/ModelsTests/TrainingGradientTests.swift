@@ -83,6 +83,31 @@ final class TrainingGradientTests: XCTestCase {
         XCTAssertGreaterThan(try untied.gradient("output.weight").map(abs).max()!, 1e-3)
     }
 
+    /// The loss without gradients (validation, zeroth-order steps) is the training forward's, bit for bit;
+    /// ignored targets are left out of it, and of the gradient: a row whose target is ignored gets none.
+    func testLossIsTheTrainingLossAndIgnoredTargetsCountForNothing() throws {
+        let m = try randomModel(microConfig(tied: true), seed: 6)
+        var g = ModelTestRNG(8)
+        let inputs = g.tokens(2 * 9, vocab: 29), all = g.tokens(2 * 9, vocab: 29)
+        let trainer = try LlamaTrainer(model: m, batch: 2, seqLen: 9)
+        var masked = all
+        for i in [0, 1, 2, 5, 11, 17] { masked[i] = LlamaTrainer.ignoredTarget }
+        for targets in [all, masked] {
+            m.zeroGradients()
+            let trained = try trainer.forwardBackward(inputs: inputs, targets: targets)
+            XCTAssertEqual(try trainer.loss(inputs: inputs, targets: targets).bitPattern, trained.bitPattern)
+        }
+        // The masked mean is the mean of the per-target losses that count: changing an ignored target changes nothing.
+        var other = masked
+        other[0] = LlamaTrainer.ignoredTarget; other[5] = LlamaTrainer.ignoredTarget
+        XCTAssertEqual(try trainer.loss(inputs: inputs, targets: other).bitPattern,
+                       try trainer.loss(inputs: inputs, targets: masked).bitPattern)
+        XCTAssertNotEqual(try trainer.loss(inputs: inputs, targets: masked), try trainer.loss(inputs: inputs, targets: all))
+        XCTAssertThrowsError(try trainer.loss(inputs: inputs, targets: [Int](repeating: LlamaTrainer.ignoredTarget, count: 18))) {
+            XCTAssertTrue("\($0)".contains("every target of the batch is ignored"), "\($0)")
+        }
+    }
+
     func testRecomputeGivesBitIdenticalGradients() throws {
         let m = try randomModel(microConfig(tied: true), seed: 6)
         var g = ModelTestRNG(7)

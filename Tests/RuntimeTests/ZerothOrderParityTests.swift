@@ -3,6 +3,7 @@
 // (scripts/fixtures/make_zo_fixtures.py). z must agree bit for bit; each step's loss at w + εz and its
 // projected gradient g, and the weights after 10 steps, within what fp32 sums in another order allow.
 import Foundation
+import Kernels
 import Models
 import Runtime
 import Tensors
@@ -30,6 +31,15 @@ final class ZerothOrderParityTests: XCTestCase {
             values.append(got)
         }
         XCTAssertGreaterThan(Set(values).count, 30, "z varies with step, tensor and element")
+        // Training draws z with the SIMD kernel, at every level the same bits as the header's definition.
+        let best = Matmul.bestSIMDLevel
+        defer { Matmul.simdLevel = best }
+        let plain = ZerothOrder.z(seed: seed, step: 3, tensor: "blk.7.attn_v.weight", range: 1000..<21_017)
+        for level in 0...best {
+            Matmul.simdLevel = level
+            let fast = ZerothOrder.z(seed: seed, step: 3, tensor: "blk.7.attn_v.weight", range: 1000..<21_017, vectorized: true)
+            XCTAssertEqual(fast.map(\.bitPattern), plain.map(\.bitPattern), "SIMD level \(level)")
+        }
         // Mean 0 and variance 1 over many draws (Irwin–Hall of four uniforms, scaled).
         let many = ZerothOrder.z(seed: 1, step: 1, tensor: "blk.0.ffn_up.weight", range: 0..<200_000)
         let mean = many.reduce(0.0) { $0 + Double($1) } / Double(many.count)

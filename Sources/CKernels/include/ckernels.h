@@ -110,3 +110,8 @@ int ck_can_quantize(int dtype);
 /// Returns the bytes written, or 0 (writing nothing) for a type it cannot write or cols not a
 /// whole number of blocks.
 size_t ck_quantize_rows(ck_pool *pool, const float *src, int dtype, void *dst, int rows, int cols);
+
+/// Zeroth-order training's z (the generator Sources/Runtime/ZerothOrder.swift documents) for elements
+/// [start, start + n) of a tensor with `key`: fill 0: p[j] += scale · (a · z_j); fill 1: p[j] = a · z_j
+/// (p points at element start). Float32, no fused multiply-add: the same bits at every SIMD level.
+void ck_zo_apply(float *p, uint64_t key, int64_t start, int64_t n, float a, float scale, int fill);
