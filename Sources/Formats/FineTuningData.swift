@@ -19,8 +19,6 @@ public struct FineTuningData: Sendable {
     /// Whether each token is trained on (predicted as a target).
     public var mask: [Bool]
     public var examples: Int
-    /// Tokens trained on.
-    public var trainedTokens: Int { mask.reduce(0) { $0 + ($1 ? 1 : 0) } }
 
     /// Reads a JSONL file (see the file header). Blank lines are skipped.
     /// - Throws: naming the file and line: not JSON, not an object, neither shape, a field of the wrong
@@ -85,12 +83,17 @@ public struct FineTuningData: Sendable {
     static func turns(_ conversation: [ChatMessage], template: ChatTemplate,
                       fail: (String) -> OffloadError) throws -> [Piece] {
         let now = Date()
-        let full = try template.render(conversation, addGenerationPrompt: false, now: now)
+        // The template's own errors (roles that must alternate, a role it does not know) name the row too.
+        func render(_ messages: ArraySlice<ChatMessage>, _ generationPrompt: Bool) throws -> String {
+            do { return try template.render(Array(messages), addGenerationPrompt: generationPrompt, now: now) } catch {
+                throw fail("\(error)")
+            }
+        }
+        let full = try render(conversation[...], false)
         var pieces: [Piece] = []
         var done = full.startIndex
         for (k, m) in conversation.enumerated() where m.role == "assistant" {
-            let before = try template.render(Array(conversation[..<k]), addGenerationPrompt: true, now: now)
-            let through = try template.render(Array(conversation[...k]), addGenerationPrompt: false, now: now)
+            let before = try render(conversation[..<k], true), through = try render(conversation[...k], false)
             guard full.hasPrefix(before), full.hasPrefix(through), through.hasPrefix(before),
                   let start = full.index(full.startIndex, offsetBy: before.count, limitedBy: full.endIndex),
                   let end = full.index(full.startIndex, offsetBy: through.count, limitedBy: full.endIndex),

@@ -53,11 +53,22 @@ final class FineTuningDataTests: XCTestCase {
             (#"{"messages": [{"role": "user"}]}"#, #"data.jsonl:1: message 0 needs "role" and "content" strings"#),
             (#"{"messages": []}"#, #"data.jsonl:1: "messages" must be a non-empty array"#),
             ("\n\n", "data.jsonl: no examples"),
+            // A role that is not a string.
+            (#"{"messages": [{"role": "assistant", "content": "Hi"}, {"role": 7, "content": "x"}]}"#,
+             #"data.jsonl:1: message 1 needs "role" and "content" strings"#),
         ]
         for (text, expected) in cases {
             XCTAssertThrowsError(try FineTuningData.parse(text, source: "data.jsonl", tokenizer: tok, template: template)) {
                 XCTAssertTrue("\($0)".contains(expected), "\($0) should say \(expected)")
             }
+        }
+        // A template's own refusal names the row.
+        let strict = try ChatTemplate(source: "{% if messages[0]['role'] != 'user' %}{{ raise_exception('start with the user') }}"
+                                      + "{% endif %}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
+                                      bosToken: nil, eosToken: nil)
+        XCTAssertThrowsError(try FineTuningData.parse(good + "\n" + #"{"messages": [{"role": "assistant", "content": "Hi"}]}"#,
+                                                      source: "data.jsonl", tokenizer: tok, template: strict)) {
+            XCTAssertTrue("\($0)".contains("data.jsonl:2:") && "\($0)".contains("start with the user"), "\($0)")
         }
         XCTAssertThrowsError(try FineTuningData.parse(#"{"messages": [{"role": "assistant", "content": "Hi"}]}"#,
                                                       source: "data.jsonl", tokenizer: tok, template: nil)) {
