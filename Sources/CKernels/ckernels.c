@@ -2113,22 +2113,24 @@ static inline uint64_t zo_mix(uint64_t x) {
         float u2 = ((float)(int32_t)((x >> 32) & 0xFFFF) + 0.5f) / 65536.0f;           \
         float u3 = ((float)(int32_t)((x >> 48) & 0xFFFF) + 0.5f) / 65536.0f;           \
         float z = ((((u0 + u1) + u2) + u3) - 2.0f) * sqrt3;                            \
-        if (fill) p[i] = a * z; else p[i] += scale * (a * z);                          \
+        if (mode == 0) p[i] += b * (a * z);                                            \
+        else if (mode == 1) p[i] = a * z;                                              \
+        else p[i] -= b * ((a * z) + c * p[i]);                                         \
     }
 
-static void zo_apply_scalar(float *p, uint64_t key, int64_t start, int64_t n, float a, float scale, int fill) {
+static void zo_apply_scalar(float *p, uint64_t key, int64_t start, int64_t n, float a, float b, float c, int mode) {
     ZO_BODY
 }
 
 #if defined(__x86_64__)
-AVX512 static void zo_apply_avx512(float *p, uint64_t key, int64_t start, int64_t n, float a, float scale, int fill) {
+AVX512 static void zo_apply_avx512(float *p, uint64_t key, int64_t start, int64_t n, float a, float b, float c, int mode) {
     ZO_BODY
 }
 #endif
 
-void ck_zo_apply(float *p, uint64_t key, int64_t start, int64_t n, float a, float scale, int fill) {
+void ck_zo_apply(float *p, uint64_t key, int64_t start, int64_t n, float a, float b, float c, int mode) {
 #if defined(__x86_64__)
-    if (ck_simd_enabled() == 2) { zo_apply_avx512(p, key, start, n, a, scale, fill); return; }
+    if (ck_simd_enabled() == 2) { zo_apply_avx512(p, key, start, n, a, b, c, mode); return; }
 #endif
-    zo_apply_scalar(p, key, start, n, a, scale, fill);
+    zo_apply_scalar(p, key, start, n, a, b, c, mode);
 }

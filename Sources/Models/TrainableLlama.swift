@@ -74,10 +74,14 @@ public final class TrainableLlama {
     public let gradients: FloatBuffer
 
     /// A model with all weights zero (fill them, or use `random`/`init(source:)`).
-    /// - Parameter resident: false gives a model that holds no weights or gradients (both buffers
-    ///   empty): its parameters live elsewhere (a streamed trainer's disk store) and every call
-    ///   that touches them passes `ParameterBases`.
-    public init(config: LlamaConfig, ropeStyle: RopeStyle = .adjacentPairs, resident: Bool = true) throws {
+    /// - Parameters:
+    ///   - resident: false gives a model that holds no weights or gradients (both buffers
+    ///     empty): its parameters live elsewhere (a streamed trainer's disk store) and every call
+    ///     that touches them passes `ParameterBases`.
+    ///   - gradients: false holds weights only (training without a backward pass: zero-order steps,
+    ///     losses); nothing may then compute gradients into it.
+    public init(config: LlamaConfig, ropeStyle: RopeStyle = .adjacentPairs, resident: Bool = true,
+                gradients: Bool = true) throws {
         try config.validate()
         guard config.architecture == .llama else {
             let what = config.architecture == .qwen2 ? "q/k/v biases" : "per-head q/k norms, post-norms, GELU"
@@ -88,15 +92,18 @@ public final class TrainableLlama {
         self.ropeStyle = ropeStyle
         layout = ParameterLayout(config: config)
         weights = FloatBuffer(count: resident ? layout.totalFloats : 0)
-        gradients = FloatBuffer(count: resident ? layout.totalFloats : 0)
+        self.gradients = FloatBuffer(count: resident && gradients ? layout.totalFloats : 0)
     }
+
+    /// Whether the model has a gradient for every weight.
+    public var hasGradients: Bool { gradients.count == layout.totalFloats }
 
     /// Whether the weights and gradients are in this object's own allocations.
     public var isResident: Bool { weights.count == layout.totalFloats }
 
-    /// Every weight of `source` dequantized to fp32.
-    public convenience init(source: WeightSource) throws {
-        try self.init(config: source.config, ropeStyle: source.ropeStyle)
+    /// Every weight of `source` dequantized to fp32 (`gradients`: as `init(config:)`).
+    public convenience init(source: WeightSource, gradients: Bool = true) throws {
+        try self.init(config: source.config, ropeStyle: source.ropeStyle, gradients: gradients)
         try source.validateTensors()
         for e in layout.entries { try Self.load(e, from: source, into: weights.base + e.offset) }
     }
@@ -119,8 +126,8 @@ public final class TrainableLlama {
 
     /// Fresh weights: matrices ~ N(0, 0.02²) (output projections scaled by 1/√(2·layers), as GPT-2),
     /// norm weights 1. The same seed gives the same weights on every machine.
-    public static func random(config: LlamaConfig, seed: UInt64) throws -> TrainableLlama {
-        let m = try TrainableLlama(config: config, ropeStyle: .adjacentPairs)
+    public static func random(config: LlamaConfig, seed: UInt64, gradients: Bool = true) throws -> TrainableLlama {
+        let m = try TrainableLlama(config: config, ropeStyle: .adjacentPairs, gradients: gradients)
         var rng = SeededGenerator(seed: seed)
         for e in m.layout.entries { randomFill(e, config: config, into: m.weights.base + e.offset, rng: &rng) }
         return m

@@ -190,8 +190,8 @@ public enum Checkpoint {
     }
 
     /// A model with the checkpoint's weights (checked against the recorded size and checksum).
-    public static func loadModel(_ dir: String, info: CheckpointInfo) throws -> TrainableLlama {
-        let m = try TrainableLlama(config: info.config, ropeStyle: info.ropeStyle)
+    public static func loadModel(_ dir: String, info: CheckpointInfo, gradients: Bool = true) throws -> TrainableLlama {
+        let m = try TrainableLlama(config: info.config, ropeStyle: info.ropeStyle, gradients: gradients)
         let rec = info.files[weightsFile]
         try readCheckpointTensors(weightTensors(m), from: dir + "/" + weightsFile,
                                   expectBytes: rec?.bytes, expectChecksum: rec?.checksum)

@@ -127,6 +127,9 @@ public final class TrainingSession {
         guard data.seqLen == options.seqLen else {
             throw OffloadError("[train] data windows are \(data.seqLen) tokens, but --seq-len is \(options.seqLen)")
         }
+        guard model.hasGradients || options.optimizer == "zo-sgd" else {
+            throw OffloadError("[train] the model holds no gradients: only --optimizer zo-sgd trains it")
+        }
         self.model = model; self.data = data; self.options = options
         trainer = try LlamaTrainer(model: model, batch: options.batch, seqLen: options.seqLen,
                                    policy: ActivationPolicy(rawValue: options.activationPolicy) ?? .keepAll,
@@ -147,16 +150,19 @@ public final class TrainingSession {
         var lossSum = 0.0
         let micro = options.accumulate
         if options.optimizer == "zo-sgd" {
-            // Two forward passes, no backward: the gradients become the estimate g·z.
+            // Two forward passes and the update, no backward, no gradients: the log's grad_norm is |g|.
             let (inputs, targets) = data.batch(nextBatch, size: options.batch)
-            let (loss, g) = try ZerothOrder.estimate(model, trainer: trainer, inputs: inputs, targets: targets,
-                                                     seed: options.zoSeed ?? 0, step: number, eps: options.zoEps ?? 1e-3)
+            let lr = options.learningRateSchedule.lr(step: step, base: options.lr)
+            let (loss, g) = try ZerothOrder.step(model, trainer: trainer, inputs: inputs, targets: targets,
+                                                 seed: options.zoSeed ?? 0, step: number, eps: options.zoEps ?? 1e-3,
+                                                 lr: lr, weightDecay: options.weightDecay)
             lastProjectedGradient = g
-            lossSum = Double(loss)
-        } else {
-            model.zeroGradients()
+            optimizerState.step += 1
+            return StepResult(step: number, loss: loss, gradNorm: Double(abs(g)), lr: lr, tokens: options.tokensPerStep,
+                              seconds: now() - t0)
         }
-        for m in 0..<micro where options.optimizer != "zo-sgd" {
+        model.zeroGradients()
+        for m in 0..<micro {
             let (inputs, targets) = data.batch(nextBatch + m, size: options.batch)
             if let executor {
                 let r = try executor.forwardBackward(inputs: inputs, targets: targets, gradientScale: 1 / Float(micro))

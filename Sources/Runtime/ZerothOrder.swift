@@ -1,7 +1,8 @@
 // Zeroth-order training (MeZO's two-point SPSA): no backward pass, no activations kept
 // for one, no optimizer state. Step t perturbs every weight by +ε·z, measures the loss,
 // moves to −ε·z, measures again, restores, and takes g = (L₊ − L₋) / 2ε as the
-// gradient's projection on z: the update is SGD's with gradient g·z.
+// gradient's projection on z: the update is SGD's with gradient g·z, applied as z is
+// drawn again, so the model needs no gradient buffer: 4 bytes per parameter in all.
 //
 // z is never stored: it is regenerated from (seed, step, tensor name, element index),
 // so it does not depend on the thread count, on which units are in memory, or on the
@@ -59,15 +60,15 @@ public enum ZerothOrder {
         let k = key(seed: seed, step: step, tensor: tensor)
         guard vectorized else { return range.map { z(k, $0) } }
         var out = [Float](repeating: 0, count: range.count)
-        out.withUnsafeMutableBufferPointer { ck_zo_apply($0.baseAddress!, k, Int64(range.lowerBound), Int64(range.count), 1, 0, 1) }
+        out.withUnsafeMutableBufferPointer { ck_zo_apply($0.baseAddress!, k, Int64(range.lowerBound), Int64(range.count), 1, 0, 0, 1) }
         return out
     }
 
-    /// Calls `body(pointer, key, count)` for every parameter tensor of `model` (its weights or its gradients),
-    /// split across the training threads.
-    static func forEachTensor(_ model: TrainableLlama, gradients: Bool, seed: UInt64, step: Int,
+    /// Calls `body(pointer, key, count)` for every parameter tensor of `model`'s weights, split across
+    /// the training threads.
+    static func forEachTensor(_ model: TrainableLlama, seed: UInt64, step: Int,
                               _ body: @escaping @Sendable (UnsafeMutablePointer<Float>, UInt64, Range<Int>) -> Void) {
-        let base = gradients ? model.gradients.base : model.weights.base
+        let base = model.weights.base
         for e in model.layout.entries {
             let k = key(seed: seed, step: step, tensor: e.name), p = base + e.offset
             TrainingThreads.forEachRange(e.elements, minPerThread: 1 << 14) { r in body(p, k, r) }
@@ -76,24 +77,28 @@ public enum ZerothOrder {
 
     /// w += scale · (ε·z) for every weight (scale 1 or −2: exact multiples of one rounded ε·z).
     static func perturb(_ model: TrainableLlama, seed: UInt64, step: Int, eps: Float, scale: Float) {
-        forEachTensor(model, gradients: false, seed: seed, step: step) { p, k, r in
-            ck_zo_apply(p + r.lowerBound, k, Int64(r.lowerBound), Int64(r.count), eps, scale, 0)
+        forEachTensor(model, seed: seed, step: step) { p, k, r in
+            ck_zo_apply(p + r.lowerBound, k, Int64(r.lowerBound), Int64(r.count), eps, scale, 0, 0)
         }
     }
 
-    /// One estimate: the loss at w + εz (returned as the step's loss), the projected gradient
-    /// g = (L₊ − L₋) / 2ε, and the model's gradients set to g·z. The weights end where they started
-    /// up to rounding (+εz, −2εz, +εz), as MeZO's do.
-    public static func estimate(_ model: TrainableLlama, trainer: LlamaTrainer, inputs: [Int], targets: [Int],
-                                seed: UInt64, step: Int, eps: Float) throws -> (loss: Float, projected: Float) {
+    /// One step: the loss at w + εz (returned as the step's loss), the projected gradient
+    /// g = (L₊ − L₋) / 2ε, then w −= lr · (g·z + weightDecay · w), SGD's update with the estimate g·z,
+    /// computed as z is drawn (no gradient buffer: the model may hold none). The weights come back
+    /// from the perturbations up to rounding (+εz, −2εz, +εz), as MeZO's do.
+    public static func step(_ model: TrainableLlama, trainer: LlamaTrainer, inputs: [Int], targets: [Int],
+                            seed: UInt64, step: Int, eps: Float, lr: Float, weightDecay: Float) throws -> (loss: Float, projected: Float) {
         perturb(model, seed: seed, step: step, eps: eps, scale: 1)
         let plus = try trainer.loss(inputs: inputs, targets: targets)
         perturb(model, seed: seed, step: step, eps: eps, scale: -2)
         let minus = try trainer.loss(inputs: inputs, targets: targets)
         perturb(model, seed: seed, step: step, eps: eps, scale: 1)
         let g = (plus - minus) / (2 * eps)
-        forEachTensor(model, gradients: true, seed: seed, step: step) { p, k, r in
-            ck_zo_apply(p + r.lowerBound, k, Int64(r.lowerBound), Int64(r.count), g, 0, 1)
+        guard plus.isFinite, minus.isFinite, g.isFinite else {
+            throw TrainingStopped(step: step, loss: plus.isFinite ? minus : plus, gradNorm: Double(g))
+        }
+        forEachTensor(model, seed: seed, step: step) { p, k, r in
+            ck_zo_apply(p + r.lowerBound, k, Int64(r.lowerBound), Int64(r.count), g, lr, weightDecay, 2)
         }
         return (plus, g)
     }

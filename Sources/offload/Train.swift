@@ -162,7 +162,12 @@ struct Train: ParsableCommand {
         if let zoEps { options.zoEps = zoEps }
         if let zoSeed { options.zoSeed = zoSeed }
         if let shuffle { options.shuffleSeed = shuffle }
-        if let activations { options.activationPolicy = activations }
+        if let activations {
+            options.activationPolicy = activations
+        } else if resume == nil && options.optimizer == "zo-sgd" {
+            // Forward passes only: nothing is kept for a backward, so only block inputs are held (the same bits).
+            options.activationPolicy = ActivationPolicy.recomputeAll.rawValue
+        }
         try options.validate()
 
         let ids: [Int]
@@ -201,12 +206,13 @@ struct Train: ParsableCommand {
                                   resume: resume.flatMap { r in info.map { (r, $0) } })
         } else {
             let trainable: TrainableLlama
+            let gradients = options.optimizer != "zo-sgd"   // zero-order steps hold the weights only
             if let resume, let info {
-                trainable = try Checkpoint.loadModel(resume, info: info)
+                trainable = try Checkpoint.loadModel(resume, info: info, gradients: gradients)
             } else if let source {
-                trainable = try TrainableLlama(source: source)
+                trainable = try TrainableLlama(source: source, gradients: gradients)
             } else {
-                trainable = try TrainableLlama.random(config: modelConfig, seed: seed)
+                trainable = try TrainableLlama.random(config: modelConfig, seed: seed, gradients: gradients)
             }
             let session = try TrainingSession(model: trainable, data: windows, options: options, ownsActivations: budget == nil)
             var budgeted: (ExecutorPlan, TraceRecorder?)?

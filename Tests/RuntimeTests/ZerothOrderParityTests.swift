@@ -59,7 +59,10 @@ final class ZerothOrderParityTests: XCTestCase {
         o.optimizer = "zo-sgd"
         o.batch = run["batch"] as! Int; o.seqLen = run["seq_len"] as! Int; o.steps = run["steps"] as! Int
         o.lr = Float(run["lr"] as! Double); o.zoEps = Float(run["eps"] as! Double); o.zoSeed = UInt64(run["seed"] as! Int)
-        let model = try TrainableLlama(source: GGUFWeights(path: modelPath))
+        // Weights only: a zero-order step needs no gradient buffer.
+        let model = try TrainableLlama(source: GGUFWeights(path: modelPath), gradients: false)
+        XCTAssertFalse(model.hasGradients)
+        XCTAssertEqual(model.gradients.count, 0)
         let session = try TrainingSession(model: model, data: TokenWindows(tokens: hamletIDs, seqLen: o.seqLen,
                                                                             vocabSize: model.config.vocabSize), options: o)
         for (k, step) in (ref["steps"] as! [[String: Double]]).enumerated() {

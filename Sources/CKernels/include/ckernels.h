@@ -112,6 +112,8 @@ int ck_can_quantize(int dtype);
 size_t ck_quantize_rows(ck_pool *pool, const float *src, int dtype, void *dst, int rows, int cols);
 
 /// Zeroth-order training's z (the generator Sources/Runtime/ZerothOrder.swift documents) for elements
-/// [start, start + n) of a tensor with `key`: fill 0: p[j] += scale · (a · z_j); fill 1: p[j] = a · z_j
-/// (p points at element start). Float32, no fused multiply-add: the same bits at every SIMD level.
-void ck_zo_apply(float *p, uint64_t key, int64_t start, int64_t n, float a, float scale, int fill);
+/// [start, start + n) of a tensor with `key` (p points at element start), by `mode`:
+/// 0: p[j] += b · (a · z_j) (a perturbation);  1: p[j] = a · z_j;
+/// 2: p[j] −= b · ((a · z_j) + c · p[j]) (SGD with gradient a·z, learning rate b, weight decay c).
+/// Float32, no fused multiply-add: the same bits at every SIMD level.
+void ck_zo_apply(float *p, uint64_t key, int64_t start, int64_t n, float a, float b, float c, int mode);
