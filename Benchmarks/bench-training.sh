@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Training throughput side by side: PyTorch (transformers LlamaForCausalLM, fp32, AdamW) and
-# `offload train`, same GGUF (SmolLM2-135M, dequantized to fp32), same batch × seq-len, same
+# Training throughput side by side: PyTorch (transformers LlamaForCausalLM, fp32, AdamW, or with
+# --method zo-sgd MeZO's zero-order loop) and `offload train` (the same method), same GGUF (SmolLM2-135M, dequantized to fp32), same batch × seq-len, same
 # thread count, alternated R times. Prints step time and tokens/s (median over steps after the
 # first, which warms up), peak resident memory, and the offload/PyTorch ratios.
 # Needs torch + transformers + gguf (pip; several GB, not part of the test set-up).
 #
 # usage: Benchmarks/bench-training.sh [--repeat R] [--steps N] [--batch B] [--seq-len T] [--threads K]
+#                                     [--method adamw|zo-sgd]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-REPEAT=2 STEPS=4 BATCH=4 SEQ=256 THREADS=2
+REPEAT=2 STEPS=4 BATCH=4 SEQ=256 THREADS=2 METHOD=adamw
 while [ $# -gt 0 ]; do
   case "$1" in
     --repeat) REPEAT=$2; shift 2 ;; --steps) STEPS=$2; shift 2 ;; --batch) BATCH=$2; shift 2 ;;
-    --seq-len) SEQ=$2; shift 2 ;; --threads) THREADS=$2; shift 2 ;;
+    --seq-len) SEQ=$2; shift 2 ;; --threads) THREADS=$2; shift 2 ;; --method) METHOD=$2; shift 2 ;;
     *) echo "[bench-training] unknown argument '$1'" >&2; exit 1 ;;
   esac
 done
@@ -20,14 +21,14 @@ done
 python3 -c "import torch, transformers, gguf" 2>/dev/null || {
   echo "[bench-training] needs torch, transformers and gguf: pip install torch transformers gguf" >&2; exit 1; }
 OUT="$REPO/Benchmarks/.work/training-$(date +%Y%m%d-%H%M%S)"; mkdir -p "$OUT"
-echo "[bench-training] B=$BATCH T=$SEQ steps=$STEPS threads=$THREADS, load $(cut -d' ' -f1-3 /proc/loadavg); output in $OUT" >&2
+echo "[bench-training] $METHOD B=$BATCH T=$SEQ steps=$STEPS threads=$THREADS, load $(cut -d' ' -f1-3 /proc/loadavg); output in $OUT" >&2
 for r in $(seq 1 "$REPEAT"); do
   echo "[bench-training] round $r: pytorch" >&2
   python3 "$REPO/Benchmarks/training-torch.py" --model "$MODEL" --data "$DATA" --batch "$BATCH" \
-    --seq-len "$SEQ" --steps "$STEPS" --threads "$THREADS" > "$OUT/torch-$r.json" 2> "$OUT/torch-$r.err"
+    --seq-len "$SEQ" --steps "$STEPS" --threads "$THREADS" --method "$METHOD" > "$OUT/torch-$r.json" 2> "$OUT/torch-$r.err"
   echo "[bench-training] round $r: offload" >&2
   /usr/bin/time -f '%M' -o "$OUT/offload-$r.rss" "$OFFLOAD" train --model "$MODEL" --data "$DATA" \
-    --batch "$BATCH" --seq-len "$SEQ" --steps "$STEPS" --threads "$THREADS" --log "$OUT/offload-$r.jsonl" \
+    --batch "$BATCH" --seq-len "$SEQ" --steps "$STEPS" --threads "$THREADS" --optimizer "$METHOD" --log "$OUT/offload-$r.jsonl" \
     > "$OUT/offload-$r.out" 2> "$OUT/offload-$r.err"
 done
 echo "[bench-training] load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

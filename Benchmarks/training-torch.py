@@ -1,5 +1,7 @@
 """PyTorch side of Benchmarks/bench-training.sh: LlamaForCausalLM (transformers, fp32,
-loaded from the same GGUF), AdamW, B x T windows of the same text, N steps on
+loaded from the same GGUF), AdamW or MeZO's zero-order SGD (its reference loop: z regenerated
+from a seed with torch.normal for every parameter at each of the three perturbations and the
+update; two forward passes under no_grad), B x T windows of the same text, N steps on
 `--threads` threads. Prints one JSON object: per-step seconds and peak RSS."""
 import argparse, json, os, resource, sys, time
 
@@ -10,6 +12,7 @@ ap.add_argument("--batch", type=int, default=4)
 ap.add_argument("--seq-len", type=int, default=256)
 ap.add_argument("--steps", type=int, default=4)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--method", choices=["adamw", "zo-sgd"], default="adamw")
 a = ap.parse_args()
 
 import torch
@@ -25,16 +28,47 @@ T, B = a.seq_len, a.batch
 windows = [ids[s:s + T + 1] for s in range(0, len(ids) - T, T)]
 if not windows:
     sys.exit(f"{a.data}: shorter than one window of {T + 1} tokens")
-opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+params = [p for p in model.parameters() if p.requires_grad]
+
+
+def zo_step(batch, k, eps=1e-3, lr=1e-4):
+    """MeZO (Malladi et al. 2023), as its trainer's zo_step / zo_update do it."""
+    seed = 1000 + k
+    def perturb(scale):
+        torch.manual_seed(seed)
+        for p in params:
+            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+            p.data = p.data + scale * z * eps
+    def loss_of():
+        out = model(input_ids=batch[:, :-1])
+        return torch.nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), batch[:, 1:].reshape(-1))
+    with torch.no_grad():
+        perturb(1); l1 = loss_of()
+        perturb(-2); l2 = loss_of()
+        perturb(1)
+        g = ((l1 - l2) / (2 * eps)).item()
+        torch.manual_seed(seed)
+        for p in params:
+            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+            p.data = p.data - lr * (g * z)
+    return l1
+
+
+if a.method == "zo-sgd":
+    model.eval()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) if a.method == "adamw" else None
 steps = []
 for k in range(a.steps):
     batch = torch.tensor([windows[(k * B + b) % len(windows)] for b in range(B)])
     t0 = time.perf_counter()
-    out = model(input_ids=batch[:, :-1], labels=None)
-    loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), batch[:, 1:].reshape(-1))
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    if a.method == "zo-sgd":
+        loss = zo_step(batch, k)
+    else:
+        out = model(input_ids=batch[:, :-1], labels=None)
+        loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     steps.append({"step": k, "seconds": time.perf_counter() - t0, "loss": loss.item()})
 print(json.dumps({"steps": steps, "tokens_per_step": B * T,
                   "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
