@@ -106,6 +106,13 @@ struct Train: ParsableCommand {
         if let t = threads, t <= 0 { throw ValidationError("--threads must be positive") }
         if let n = stopAfter, n <= 0 { throw ValidationError("--stop-after must be positive") }
         if let n = evalEvery, n <= 0 { throw ValidationError("--eval-every must be positive") }
+        if optimizer?.lowercased() == "zo-sgd" {
+            let other = [("--momentum", momentum != nil), ("--beta1", beta1 != nil), ("--beta2", beta2 != nil),
+                         ("--eps", eps != nil), ("--grad-clip", gradClip != nil)].filter(\.1).map(\.0)
+            if !other.isEmpty {
+                throw ValidationError("\(other.joined(separator: ", ")) do not apply to --optimizer zo-sgd (SGD without momentum on its estimate; --zo-eps is its ε)")
+            }
+        }
         if optimizer?.lowercased() == "zo-sgd" && budget != nil {
             throw ValidationError("--optimizer zo-sgd is not supported with --budget yet (its two forward passes run with every weight in memory)")
         }

@@ -133,6 +133,8 @@ final class TrainCommandTests: OffloadCommandTestCase {
 
         let eps = try offload(["train", "--config", "tiny", "--data", "text.txt", "--zo-eps", "1e-3", "--steps", "1"])
         XCTAssertTrue(eps.err.contains("--zo-eps and --zo-seed apply to --optimizer zo-sgd only"), eps.err)
+        let adamOptions = try offload(zo + ["--momentum", "0.5", "--eps", "1e-6", "--steps", "1"])
+        XCTAssertTrue(adamOptions.err.contains("--momentum, --eps do not apply to --optimizer zo-sgd"), adamOptions.err)
         let acc = try offload(zo + ["--accumulate", "2", "--steps", "1"])
         XCTAssertTrue(acc.err.contains("zo-sgd takes one batch per step"), acc.err)
         let budget = try offload(zo + ["--budget", "64MB", "--steps", "1"])
