@@ -40,25 +40,13 @@ public enum ZerothOrder {
         return h
     }
 
-    static let sqrt3 = Float(3).squareRoot()
-
-    @inline(__always)
-    static func z(_ key: UInt64, _ j: Int) -> Float {
-        let x = splitmix64(key ^ UInt64(j))
-        var sum: Float = 0
-        for k in 0..<4 { sum += (Float((x >> (16 * UInt64(k))) & 0xFFFF) + 0.5) / 65536 }
-        return (sum - 2) * sqrt3
-    }
-
     static func key(seed: UInt64, step: Int, tensor: String) -> UInt64 {
         splitmix64(seed ^ splitmix64(UInt64(step))) ^ fnv1a(tensor)
     }
 
-    /// z of elements `range` of `tensor` at `step`, one element at a time as the header writes it
-    /// (`vectorized`: as training draws it, through the SIMD kernel; the same bits).
-    public static func z(seed: UInt64, step: Int, tensor: String, range: Range<Int>, vectorized: Bool = false) -> [Float] {
+    /// z of elements `range` of `tensor` at `step`, as training draws it (the SIMD kernel `ck_zo_apply`).
+    public static func z(seed: UInt64, step: Int, tensor: String, range: Range<Int>) -> [Float] {
         let k = key(seed: seed, step: step, tensor: tensor)
-        guard vectorized else { return range.map { z(k, $0) } }
         var out = [Float](repeating: 0, count: range.count)
         out.withUnsafeMutableBufferPointer { ck_zo_apply($0.baseAddress!, k, Int64(range.lowerBound), Int64(range.count), 1, 0, 0, 1) }
         return out

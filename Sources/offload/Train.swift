@@ -180,16 +180,17 @@ struct Train: ParsableCommand {
         let ids: [Int]
         var mask: [Bool]?
         let dataName: String
+        let reader = TrainingDataReader(modelPath: sourceModel, config: modelConfig)
         if let tokens {
             ids = try readTokenIDs(tokens); dataName = tokens
         } else {
-            (ids, mask) = try readTrainingData(data!, modelPath: sourceModel, config: modelConfig)
+            (ids, mask) = try reader.read(data!)
             dataName = data!
         }
         let windows = try TokenWindows(tokens: ids, mask: mask, seqLen: options.seqLen, vocabSize: modelConfig.vocabSize,
                                        shuffleSeed: options.shuffleSeed, source: dataName)
         let evalWindows = try evalData.map { path in
-            let (ids, mask) = try readTrainingData(path, modelPath: sourceModel, config: modelConfig)
+            let (ids, mask) = try reader.read(path)
             return try TokenWindows(tokens: ids, mask: mask, seqLen: options.seqLen, vocabSize: modelConfig.vocabSize,
                                     source: path)
         }
@@ -399,36 +400,46 @@ func note(_ s: String) {
 /// A model file as a weight source. Merge point: the body becomes `try loadWeights(path)` (offload/Common.swift,
 /// GGUF or Hugging Face folder; HF Q/K rows are half-split: training keeps that and export permutes them for GGUF).
 
-/// The training text as token ids, without BOS, with the model's tokenizer.
-/// Models without a tokenizer (random `--config` shapes) of at least 256 ids train on UTF-8 bytes.
-func tokenizeTrainingText(_ text: String, modelPath: String?, config: LlamaConfig, dataPath: String) throws -> [Int] {
-    if text.isEmpty { throw OffloadError("[data] \(dataPath): the file is empty") }
-    if let modelPath {
-        // Special-token text in training data stays text, as in a corpus.
-        return try loadTokenizer(for: loadWeights(modelPath), modelPath: modelPath)
-            .encode(text, addBOS: false, parseSpecial: false)
-    }
-    guard config.vocabSize >= 256 else {
-        throw OffloadError("[data] \(dataPath): config \(config.name) has \(config.vocabSize) ids, too few for byte tokens")
-    }
-    return text.utf8.map { Int($0) }
-}
+/// Training and validation data as token ids, with the model's tokenizer (built once for every file read):
+/// plain text without BOS (every token trained on; models without a tokenizer — random `--config` shapes
+/// of at least 256 ids — train on UTF-8 bytes), or a .jsonl file of fine-tuning examples (ids and the
+/// mask of those trained on; needs the model's tokenizer and, for conversations, its chat template).
+final class TrainingDataReader {
+    let modelPath: String?
+    let config: LlamaConfig
+    private var model: (tokenizer: Tokenizer, template: ChatTemplate?)?
 
-/// Training or validation data from `path`: plain text (every token trained on), or a .jsonl file of
-/// fine-tuning examples (ids and the mask of those trained on; needs the model's tokenizer).
-func readTrainingData(_ path: String, modelPath: String?, config: LlamaConfig) throws -> (ids: [Int], mask: [Bool]?) {
-    if path.lowercased().hasSuffix(".jsonl") {
-        guard let modelPath else {
-            throw OffloadError("[data] \(path): fine-tuning examples need a model with a tokenizer (--model), not a --config shape")
-        }
+    init(modelPath: String?, config: LlamaConfig) { self.modelPath = modelPath; self.config = config }
+
+    private func tokenizer(_ modelPath: String) throws -> (tokenizer: Tokenizer, template: ChatTemplate?) {
+        if let model { return model }
         let source = try loadWeights(modelPath)
-        let data = try FineTuningData.load(path: path, tokenizer: loadTokenizer(for: source, modelPath: modelPath),
-                                           template: chatTemplate(for: source, modelPath: modelPath))
-        return (data.tokens, data.mask)
+        let loaded = (try loadTokenizer(for: source, modelPath: modelPath), try chatTemplate(for: source, modelPath: modelPath))
+        model = loaded
+        return loaded
     }
-    guard let bytes = FileManager.default.contents(atPath: path) else { throw OffloadError("[data] \(path): cannot read the file") }
-    guard let text = String(data: bytes, encoding: .utf8) else { throw OffloadError("[data] \(path): not UTF-8 text") }
-    return (try tokenizeTrainingText(text, modelPath: modelPath, config: config, dataPath: path), nil)
+
+    func read(_ path: String) throws -> (ids: [Int], mask: [Bool]?) {
+        if path.lowercased().hasSuffix(".jsonl") {
+            guard let modelPath else {
+                throw OffloadError("[data] \(path): fine-tuning examples need a model with a tokenizer (--model), not a --config shape")
+            }
+            let (tokenizer, template) = try tokenizer(modelPath)
+            let data = try FineTuningData.load(path: path, tokenizer: tokenizer, template: template)
+            return (data.tokens, data.mask)
+        }
+        guard let bytes = FileManager.default.contents(atPath: path) else { throw OffloadError("[data] \(path): cannot read the file") }
+        guard let text = String(data: bytes, encoding: .utf8) else { throw OffloadError("[data] \(path): not UTF-8 text") }
+        if text.isEmpty { throw OffloadError("[data] \(path): the file is empty") }
+        if let modelPath {
+            // Special-token text in training data stays text, as in a corpus.
+            return (try tokenizer(modelPath).tokenizer.encode(text, addBOS: false, parseSpecial: false), nil)
+        }
+        guard config.vocabSize >= 256 else {
+            throw OffloadError("[data] \(path): config \(config.name) has \(config.vocabSize) ids, too few for byte tokens")
+        }
+        return (text.utf8.map { Int($0) }, nil)
+    }
 }
 
 /// Integers separated by whitespace or commas (a JSON array works too).
