@@ -18,9 +18,9 @@ public func matmulForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePoint
 }
 
 /// dinp: (n, inDim) = dout · weight, plus dinp's old value when `accumulateInput`; nil skips it.
-/// dweight: (outDim, inDim) += doutᵀ · inp (always accumulated: gradients sum over micro-batches).
-/// dout: (n, outDim); inp: (n, inDim); weight: (outDim, inDim).
-public func matmulBackward(_ dinp: UnsafeMutablePointer<Float>?, _ dweight: UnsafeMutablePointer<Float>,
+/// dweight: (outDim, inDim) += doutᵀ · inp (always accumulated: gradients sum over micro-batches); nil
+/// (a frozen weight) skips it. dout: (n, outDim); inp: (n, inDim); weight: (outDim, inDim).
+public func matmulBackward(_ dinp: UnsafeMutablePointer<Float>?, _ dweight: UnsafeMutablePointer<Float>?,
                            _ dout: UnsafePointer<Float>, _ inp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
                            n: Int, inDim: Int, outDim: Int, accumulateInput: Bool = false) {
     if let dinp {
@@ -30,6 +30,7 @@ public func matmulBackward(_ dinp: UnsafeMutablePointer<Float>?, _ dweight: Unsa
                         dinp + r0 * inDim, Int32(inDim))
         }
     }
+    guard let dweight else { return }
     splitRows(outDim) { r0, r1 in
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(r1 - r0), Int32(inDim), Int32(n), 1,
                     dout + r0, Int32(outDim), inp, Int32(inDim), 1, dweight + r0 * inDim, Int32(inDim))

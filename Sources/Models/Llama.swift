@@ -208,6 +208,17 @@ public final class LlamaModel {
     public let supplier: BlockWeightSupplier?
     /// Streaming: where the KV cache and scratch live.
     public let memory: ComputeMemory?
+    /// LoRA adapters applied to the projections they target, unmerged: each targeted product gains
+    /// (B·(A·x))·alpha/rank, as peft computes it. nil: the base model.
+    public private(set) var adapters: LoRAAdapters?
+
+    /// Applies `adapters` (nil: none) from the next forward on.
+    public func setAdapters(_ adapters: LoRAAdapters?) throws {
+        if let a = adapters, a.config != config || a.ropeStyle != source.ropeStyle {
+            throw OffloadError("[lora] the adapters were made for another model than \(source.sourceName)")
+        }
+        self.adapters = adapters
+    }
 
     /// A model whose matrices come from `supplier`, one stage at a time, with
     /// cache and scratch from `memory`. Only the norms are read from `source` here.
@@ -430,6 +441,9 @@ public final class LlamaModel {
         let vc = one.map { $0.cache.v[l] + $0.start * c.kvDim } ?? u
         attnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
         Matmul.linear(pool, x: xn, n: n, [(b.q, q), (b.k, kc), (b.v, vc)], scratch: wscratch, exact: exact)
+        if adapters != nil {
+            addLoRA(l, .q, x: xn, out: q, n: n); addLoRA(l, .k, x: xn, out: kc, n: n); addLoRA(l, .v, x: xn, out: vc, n: n)
+        }
         let extra = blocks[l].extra
         if let bias = extra.bias {
             for r in 0..<n {
@@ -470,22 +484,50 @@ public final class LlamaModel {
             }
         }
         Matmul.linear(pool, x: att, n: n, [(b.o, tmp)], scratch: wscratch, exact: exact)
+        if adapters != nil { addLoRA(l, .o, x: att, out: tmp, n: n) }
         if let post = extra.postNorm {
             post.attention.withUnsafeBufferPointer { rmsnormForward(tmp, tmp, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
         }
         for i in 0..<n * dim { x[i] += tmp[i] }
         ffnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
         Matmul.linear(pool, x: xn, n: n, [(b.gate, g), (b.up, u)], scratch: wscratch, exact: exact)
+        if adapters != nil { addLoRA(l, .gate, x: xn, out: g, n: n); addLoRA(l, .up, x: xn, out: u, n: n) }
         if c.architecture == .gemma3 {
             geluTanhGateForward(g, g, u, count: n * c.ffnDim)
         } else {
             swigluForward(g, g, u, count: n * c.ffnDim)
         }
         Matmul.linear(pool, x: g, n: n, [(b.down, tmp)], scratch: wscratch, exact: exact)
+        if adapters != nil { addLoRA(l, .down, x: g, out: tmp, n: n) }
         if let post = extra.postNorm {
             post.ffn.withUnsafeBufferPointer { rmsnormForward(tmp, tmp, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
         }
         for i in 0..<n * dim { x[i] += tmp[i] }
+    }
+
+    /// out (n, outDim) += (B·(A·x))·scale for target `t` of block `l` when adapted; each row on its own
+    /// (so decode batches stay bit-identical to single sequences).
+    private func addLoRA(_ l: Int, _ t: LoRATarget, x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, n: Int) {
+        guard let p = adapters?.pair(l, t) else { return }
+        let r = p.rank
+        let xa = UnsafeMutablePointer<Float>.allocate(capacity: r)
+        defer { xa.deallocate() }
+        for i in 0..<n {
+            let xi = x + i * p.inDim, oi = out + i * p.outDim
+            for j in 0..<r { xa[j] = dot(p.a + j * p.inDim, xi, p.inDim) }
+            for o in 0..<p.outDim { oi[o] += dot(p.b + o * r, xa, r) * p.scale }
+        }
+    }
+
+    @inline(__always) private func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD8<Float>(), i = 0
+        while i + 8 <= n {
+            acc += UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self) * UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self)
+            i += 8
+        }
+        var s = acc.sum()
+        while i < n { s += a[i] * b[i]; i += 1 }
+        return s
     }
 
     /// One decode step of several independent sequences: token i runs at the next position of

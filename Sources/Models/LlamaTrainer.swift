@@ -93,6 +93,9 @@ public final class LlamaTrainer {
     /// False when an executor owns the activations (`init(..., ownsActivations: false)`):
     /// the whole-model calls (`forwardBackward`, `loss`, `logits`) then throw.
     public let ownsActivations: Bool
+    /// LoRA: the frozen base and its adapters, which are then the only trained parameters (nil: every
+    /// weight of `model` is trained in fp32).
+    public let lora: LoRABinding?
     let rope: RopeTable
     let halfSplit: Bool
     let shape: AttentionShape
@@ -138,7 +141,7 @@ public final class LlamaTrainer {
     }
 
     /// Bytes of activations and scratch this trainer holds (parameters not included).
-    public var activationBytes: Int { activationBuffer.bytes + scratchBuffer.bytes + headState.bytes }
+    public var activationBytes: Int { activationBuffer.bytes + scratchBuffer.bytes + headState.bytes + (lora?.bytes ?? 0) }
 
     /// `activationBytes` of a trainer built with these arguments, without building it (what a planner
     /// sets aside for the trainer's own buffers).
@@ -181,9 +184,18 @@ public final class LlamaTrainer {
     ///     allocates them under its budget and calls the per-stage hooks below.
     ///   - headChunk: vocabulary rows per head chunk (default `headChunkRows(config:rows:)`); runs
     ///     compared bit for bit must use the same.
+    ///   - lora: trains these adapters on this frozen base instead of `model`'s weights (`model` then
+    ///     holds none: `TrainableLlama(config:ropeStyle:resident: false)`).
     public init(model: TrainableLlama, batch: Int, seqLen: Int, policy: ActivationPolicy = .keepAll,
-                ownsActivations: Bool = true, headChunk: Int? = nil) throws {
+                ownsActivations: Bool = true, headChunk: Int? = nil,
+                lora: (base: FrozenLlama, adapters: LoRAAdapters)? = nil) throws {
         let c = model.config
+        if let lora {
+            guard lora.base.config == c, lora.adapters.config == c, !model.isResident, ownsActivations else {
+                throw OffloadError("[train] LoRA: the base, the adapters and the model must describe one model, "
+                                   + "the model holding no weights, and the trainer its own activations")
+            }
+        }
         guard batch > 0, seqLen > 0 else { throw OffloadError("[train] batch and sequence length must be positive") }
         guard seqLen <= c.contextLength else {
             throw OffloadError("[train] sequence length \(seqLen) exceeds the model's context (\(c.contextLength))")
@@ -248,6 +260,14 @@ public final class LlamaTrainer {
         positions = (0..<n).map { Int32($0 % seqLen) }  // every row of the batch starts at position 0
         tokenBuffer = [Int32](repeating: 0, count: n)
         targetBuffer = [Int32](repeating: 0, count: n)
+        self.lora = lora.map { LoRABinding(base: $0.base, adapters: $0.adapters, rows: n, headChunkRows: sizes.headChunkRows) }
+    }
+
+    /// A trainer of LoRA `adapters` on the frozen `base`.
+    public convenience init(base: FrozenLlama, adapters: LoRAAdapters, batch: Int, seqLen: Int,
+                            policy: ActivationPolicy = .keepAll, headChunk: Int? = nil) throws {
+        try self.init(model: TrainableLlama(config: base.config, ropeStyle: base.ropeStyle, resident: false), batch: batch,
+                      seqLen: seqLen, policy: policy, headChunk: headChunk, lora: (base, adapters))
     }
 
     var n: Int { batch * seqLen }
@@ -268,13 +288,13 @@ public final class LlamaTrainer {
     /// The attention half of block `l`'s forward: from `acts.attnIn`, writes the attention half's
     /// activations and `acts.ffnIn` (the residual after attention), which the feed-forward half reads.
     public func blockAttentionForward(_ l: Int, saving acts: BlockActivations, parameters: ParameterBases? = nil) {
-        let c = model.config, n = self.n, w = model.block(l, in: (parameters ?? model.resident).weights)
+        let c = model.config, n = self.n, w = weights(ofBlock: l, parameters)
         timed("rmsnorm") {
             rmsnormForward(acts.attnNorm, rstd: acts.attnRstd, acts.attnIn, w.attnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
         }
-        timed("matmul fwd") { matmulForward(acts.q, acts.attnNorm, w.q, n: n, inDim: c.dim, outDim: c.qDim) }
-        timed("matmul fwd") { matmulForward(acts.k, acts.attnNorm, w.k, n: n, inDim: c.dim, outDim: c.kvDim) }
-        timed("matmul fwd") { matmulForward(acts.v, acts.attnNorm, w.v, n: n, inDim: c.dim, outDim: c.kvDim) }
+        linearForward(w.q, acts.q, acts.attnNorm, inDim: c.dim, outDim: c.qDim)
+        linearForward(w.k, acts.k, acts.attnNorm, inDim: c.dim, outDim: c.kvDim)
+        linearForward(w.v, acts.v, acts.attnNorm, inDim: c.dim, outDim: c.kvDim)
         timed("rope") { positions.withUnsafeBufferPointer { pos in
             ropeForward(acts.q, positions: pos.baseAddress!, rows: n, heads: c.heads, table: rope, halfSplit: halfSplit)
             ropeForward(acts.k, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: rope, halfSplit: halfSplit)
@@ -283,25 +303,21 @@ public final class LlamaTrainer {
             attentionForward(acts.attOut, probs: acts.attProbs, acts.q, acts.k, acts.v, batch: batch, seqLen: seqLen, shape: shape)
         }
         acts.ffnIn.update(from: acts.attnIn, count: n * c.dim)
-        timed("matmul fwd") {
-            matmulForward(acts.ffnIn, acts.attOut, w.o, n: n, inDim: c.qDim, outDim: c.dim, accumulate: true)
-        }
+        linearForward(w.o, acts.ffnIn, acts.attOut, inDim: c.qDim, outDim: c.dim, accumulate: true)
     }
 
     /// The feed-forward half of block `l`'s forward: from `acts.ffnIn`, writes its activations and `output`.
     public func blockFFNForward(_ l: Int, output: UnsafeMutablePointer<Float>, saving acts: BlockActivations,
                                 parameters: ParameterBases? = nil) {
-        let c = model.config, n = self.n, w = model.block(l, in: (parameters ?? model.resident).weights)
+        let c = model.config, n = self.n, w = weights(ofBlock: l, parameters)
         timed("rmsnorm") {
             rmsnormForward(acts.ffnNorm, rstd: acts.ffnRstd, acts.ffnIn, w.ffnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
         }
-        timed("matmul fwd") { matmulForward(acts.gate, acts.ffnNorm, w.gate, n: n, inDim: c.dim, outDim: c.ffnDim) }
-        timed("matmul fwd") { matmulForward(acts.up, acts.ffnNorm, w.up, n: n, inDim: c.dim, outDim: c.ffnDim) }
+        linearForward(w.gate, acts.gate, acts.ffnNorm, inDim: c.dim, outDim: c.ffnDim)
+        linearForward(w.up, acts.up, acts.ffnNorm, inDim: c.dim, outDim: c.ffnDim)
         timed("swiglu") { swigluForwardParallel(acts.swiglu, acts.gate, acts.up, count: n * c.ffnDim) }
         output.update(from: acts.ffnIn, count: n * c.dim)
-        timed("matmul fwd") {
-            matmulForward(output, acts.swiglu, w.down, n: n, inDim: c.ffnDim, outDim: c.dim, accumulate: true)
-        }
+        linearForward(w.down, output, acts.swiglu, inDim: c.ffnDim, outDim: c.dim, accumulate: true)
     }
 
     /// Block `l`'s backward. `dresidual` (N, dim) holds ∂L/∂output on entry and ∂L/∂input on exit;
@@ -315,31 +331,23 @@ public final class LlamaTrainer {
     /// The feed-forward half of block `l`'s backward: `dresidual` from ∂L/∂output to ∂L/∂ffn_in.
     public func blockFFNBackward(_ l: Int, dresidual: UnsafeMutablePointer<Float>, acts: BlockActivations,
                                  parameters: ParameterBases? = nil) {
-        let c = model.config, n = self.n, p = parameters ?? model.resident
-        let w = model.block(l, in: p.weights), g = model.block(l, in: p.gradients)
+        let c = model.config, n = self.n, w = weights(ofBlock: l, parameters)
         // out = ffn_in + swiglu · downᵀ
-        timed("matmul bwd") {
-            matmulBackward(dswiglu, g.down, dresidual, acts.swiglu, w.down, n: n, inDim: c.ffnDim, outDim: c.dim)
-        }
+        linearBackward(w.down, dswiglu, dresidual, acts.swiglu, inDim: c.ffnDim, outDim: c.dim)
         timed("swiglu") { swigluBackward(dgate, dup, dswiglu, acts.gate, acts.up, count: n * c.ffnDim) }
-        timed("matmul bwd") {
-            matmulBackward(dxn, g.gate, dgate, acts.ffnNorm, w.gate, n: n, inDim: c.dim, outDim: c.ffnDim)
-        }
-        timed("matmul bwd") {
-            matmulBackward(dxn, g.up, dup, acts.ffnNorm, w.up, n: n, inDim: c.dim, outDim: c.ffnDim, accumulateInput: true)
-        }
+        linearBackward(w.gate, dxn, dgate, acts.ffnNorm, inDim: c.dim, outDim: c.ffnDim)
+        linearBackward(w.up, dxn, dup, acts.ffnNorm, inDim: c.dim, outDim: c.ffnDim, accumulateInput: true)
         timed("rmsnorm") {
-            rmsnormBackward(dresidual, g.ffnNorm, dxn, acts.ffnIn, w.ffnNorm, rstd: acts.ffnRstd, rows: n, dim: c.dim)
+            rmsnormBackward(dresidual, w.ffnNormGradient, dxn, acts.ffnIn, w.ffnNorm, rstd: acts.ffnRstd, rows: n, dim: c.dim)
         }
     }
 
     /// The attention half of block `l`'s backward: `dresidual` from ∂L/∂ffn_in to ∂L/∂input.
     public func blockAttentionBackward(_ l: Int, dresidual: UnsafeMutablePointer<Float>, acts: BlockActivations,
                                        parameters: ParameterBases? = nil) {
-        let c = model.config, n = self.n, p = parameters ?? model.resident
-        let w = model.block(l, in: p.weights), g = model.block(l, in: p.gradients)
+        let c = model.config, n = self.n, w = weights(ofBlock: l, parameters)
         // ffn_in = attn_in + att_out · oᵀ
-        timed("matmul bwd") { matmulBackward(datt, g.o, dresidual, acts.attOut, w.o, n: n, inDim: c.qDim, outDim: c.dim) }
+        linearBackward(w.o, datt, dresidual, acts.attOut, inDim: c.qDim, outDim: c.dim)
         timed("attention bwd") {
             attentionBackward(dq, dk, dv, dscores: dscores, scratchCount: dscoresCount, datt, probs: acts.attProbs, acts.q, acts.k, acts.v,
                               batch: batch, seqLen: seqLen, shape: shape)
@@ -348,15 +356,69 @@ public final class LlamaTrainer {
             ropeBackward(dq, positions: pos.baseAddress!, rows: n, heads: c.heads, table: rope, halfSplit: halfSplit)
             ropeBackward(dk, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: rope, halfSplit: halfSplit)
         } }
-        timed("matmul bwd") { matmulBackward(dxn, g.q, dq, acts.attnNorm, w.q, n: n, inDim: c.dim, outDim: c.qDim) }
-        timed("matmul bwd") {
-            matmulBackward(dxn, g.k, dk, acts.attnNorm, w.k, n: n, inDim: c.dim, outDim: c.kvDim, accumulateInput: true)
-        }
-        timed("matmul bwd") {
-            matmulBackward(dxn, g.v, dv, acts.attnNorm, w.v, n: n, inDim: c.dim, outDim: c.kvDim, accumulateInput: true)
-        }
+        linearBackward(w.q, dxn, dq, acts.attnNorm, inDim: c.dim, outDim: c.qDim)
+        linearBackward(w.k, dxn, dk, acts.attnNorm, inDim: c.dim, outDim: c.kvDim, accumulateInput: true)
+        linearBackward(w.v, dxn, dv, acts.attnNorm, inDim: c.dim, outDim: c.kvDim, accumulateInput: true)
         timed("rmsnorm") {
-            rmsnormBackward(dresidual, g.attnNorm, dxn, acts.attnIn, w.attnNorm, rstd: acts.attnRstd, rows: n, dim: c.dim)
+            rmsnormBackward(dresidual, w.attnNormGradient, dxn, acts.attnIn, w.attnNorm, rstd: acts.attnRstd, rows: n, dim: c.dim)
+        }
+    }
+
+    // MARK: one projection
+
+    /// Block `l`'s weights as its functions use them: fp32 weights and gradients at `parameters` (default
+    /// the model's own), or, with LoRA, the frozen base's matrices with their adapters (norms frozen too:
+    /// their gradients go to a scratch row never read).
+    func weights(ofBlock l: Int, _ parameters: ParameterBases?) -> BlockWeights {
+        if let lora {
+            let base = lora.base, sink = lora.normGradientSink
+            func linear(_ t: LoRATarget) -> Linear {
+                .frozen(base.blocks[l][t]!, lora.adapters.pair(l, t), saved: lora.saved[l][t])
+            }
+            return BlockWeights(attnNorm: base.attnNorm(l), ffnNorm: base.ffnNorm(l), attnNormGradient: sink,
+                                ffnNormGradient: sink, q: linear(.q), k: linear(.k), v: linear(.v), o: linear(.o),
+                                gate: linear(.gate), up: linear(.up), down: linear(.down))
+        }
+        let p = parameters ?? model.resident
+        let w = model.block(l, in: p.weights), g = model.block(l, in: p.gradients)
+        return BlockWeights(attnNorm: w.attnNorm, ffnNorm: w.ffnNorm, attnNormGradient: g.attnNorm, ffnNormGradient: g.ffnNorm,
+                            q: .trained(w.q, g.q), k: .trained(w.k, g.k), v: .trained(w.v, g.v), o: .trained(w.o, g.o),
+                            gate: .trained(w.gate, g.gate), up: .trained(w.up, g.up), down: .trained(w.down, g.down))
+    }
+
+    /// out (N, outDim) = x (N, inDim) · Wᵀ (plus out's old value when `accumulate`), W as `w` holds it.
+    func linearForward(_ w: Linear, _ out: UnsafeMutablePointer<Float>, _ x: UnsafeMutablePointer<Float>, inDim: Int,
+                       outDim: Int, accumulate: Bool = false) {
+        let n = self.n
+        timed("matmul fwd") {
+            switch w {
+            case .trained(let weight, _):
+                matmulForward(out, x, weight, n: n, inDim: inDim, outDim: outDim, accumulate: accumulate)
+            case .frozen(let m, let adapter, let saved):
+                frozenMatmulForward(out, x, m, n: n, accumulate: accumulate, scratch: lora!.tile)
+                if let a = adapter, let saved {
+                    loraForward(out, saved: saved, x, a: a.a, b: a.b, n: n, inDim: inDim, outDim: outDim, rank: a.rank, scale: a.scale)
+                }
+            }
+        }
+    }
+
+    /// The backward of `linearForward` for ∂L/∂out `dy`: dx (N, inDim) = dy · W (plus dx's old value when
+    /// `accumulateInput`); the weight's gradient (trained) or its adapter's (frozen) is added.
+    func linearBackward(_ w: Linear, _ dx: UnsafeMutablePointer<Float>, _ dy: UnsafeMutablePointer<Float>,
+                        _ x: UnsafeMutablePointer<Float>, inDim: Int, outDim: Int, accumulateInput: Bool = false) {
+        let n = self.n
+        timed("matmul bwd") {
+            switch w {
+            case .trained(let weight, let gradient):
+                matmulBackward(dx, gradient, dy, x, weight, n: n, inDim: inDim, outDim: outDim, accumulateInput: accumulateInput)
+            case .frozen(let m, let adapter, let saved):
+                frozenMatmulInputGradient(dx, dy, m, n: n, accumulate: accumulateInput, scratch: lora!.tile)
+                if let a = adapter, let saved {
+                    loraBackward(dx, gradA: a.gradA, gradB: a.gradB, dsaved: lora!.dsaved, dy, x, saved: saved, a: a.a, b: a.b,
+                                 n: n, inDim: inDim, outDim: outDim, rank: a.rank, scale: a.scale)
+                }
+            }
         }
     }
 
@@ -388,26 +450,25 @@ public final class LlamaTrainer {
     private var headWeight: UnsafeMutablePointer<Float> {
         model.pointer(model.config.tiedEmbeddings ? "token_embd.weight" : "output.weight", in: model.weights.base)
     }
-    private var headGradient: UnsafeMutablePointer<Float> {
-        model.pointer(model.config.tiedEmbeddings ? "token_embd.weight" : "output.weight", in: model.gradients.base)
-    }
 
     /// Embedding, every block, final norm and head: logits (N, vocab) in `logits`.
     private func forwardToLogits() {
         let c = model.config, n = self.n
         TrainingThreads.claimBLAS()
-        tokenBuffer.withUnsafeBufferPointer { t in
-            Kernels.embeddingForward(blockInputs[0], model.pointer("token_embd.weight", in: model.weights.base),
-                             t.baseAddress!, n: n, dim: c.dim)
-        }
+        embeddingForward(output: blockInputs[0])
         for l in 0..<c.layers {
             blockForward(l, output: l + 1 < c.layers ? blockInputs[l + 1] : final, saving: blockActs[l])
         }
         timed("rmsnorm") {
-            rmsnormForward(finalNorm, rstd: finalRstd, final, model.pointer("output_norm.weight", in: model.weights.base),
-                           rows: n, dim: c.dim, eps: c.rmsEps)
+            rmsnormForward(finalNorm, rstd: finalRstd, final, outputNorm(nil).weights, rows: n, dim: c.dim, eps: c.rmsEps)
         }
-        timed("matmul fwd") { matmulForward(logits, finalNorm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize) }
+        timed("matmul fwd") {
+            if let lora {
+                frozenMatmulForward(logits, finalNorm, lora.base.head, n: n, scratch: lora.tile)
+            } else {
+                matmulForward(logits, finalNorm, headWeight, n: n, inDim: c.dim, outDim: c.vocabSize)
+            }
+        }
     }
 
     /// Mean of the per-row losses of the targets that count, summed in row order.
@@ -490,6 +551,13 @@ extension LlamaTrainer {
                                  table: UnsafePointer<Float>? = nil) {
         TrainingThreads.claimBLAS()
         let dim = model.config.dim, range = vocabulary ?? 0..<model.config.vocabSize
+        if let lora, table == nil {
+            let e = lora.base.embedding
+            TrainingThreads.forEachRange(n, minPerThread: 16) { part in
+                for i in part { e.dequantize(row: Int(tokenBuffer[i]), into: output + i * dim) }
+            }
+            return
+        }
         let rows = table ?? UnsafePointer(model.pointer("token_embd.weight", in: model.weights.base))
         for i in 0..<n where range.contains(Int(tokenBuffer[i])) {
             (output + i * dim).update(from: rows + (Int(tokenBuffer[i]) - range.lowerBound) * dim, count: dim)
@@ -501,6 +569,7 @@ extension LlamaTrainer {
     /// holding just those rows; chunks covering the vocabulary give the same sums as one call.
     public func embeddingBackward(dresidual: UnsafeMutablePointer<Float>, vocabulary: Range<Int>? = nil,
                                   gradients: UnsafeMutablePointer<Float>? = nil) {
+        guard lora == nil else { return }   // frozen
         let dim = model.config.dim, range = vocabulary ?? 0..<model.config.vocabSize
         let rows = gradients ?? model.pointer("token_embd.weight", in: model.gradients.base)
         for i in 0..<n where range.contains(Int(tokenBuffer[i])) {
@@ -581,11 +650,10 @@ extension LlamaTrainer {
                             parameters: ParameterBases? = nil, keep: ((Int) throws -> UnsafeMutablePointer<Float>?)? = nil,
                             weights: ((Int) throws -> UnsafePointer<Float>)? = nil,
                             computed: ((Int) throws -> Void)? = nil) throws -> Float {
-        let p = parameters ?? model.resident
-        headNormForward(input: input, norm: norm, rstd: rstd, weights: model.pointer("output_norm.weight", in: p.weights))
+        headNormForward(input: input, norm: norm, rstd: rstd, weights: outputNorm(parameters).weights)
         for k in 0..<headChunkCount {
             let out = try keep?(k) ?? logits + logitsOffset(k, keeps: keepsLogits)
-            let w = try weights?(k) ?? UnsafePointer(residentHeadRows(headChunk(k), in: model.weights.base))
+            let w = try weights?(k) ?? defaultHeadRows(k).weights
             headChunkForward(k, logits: out, norm: norm, weights: w)
             try computed?(k)
         }
@@ -624,20 +692,35 @@ extension LlamaTrainer {
                              norm: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
                              logits: UnsafeMutablePointer<Float>, keepsLogits: Bool, gradientScale: Float = 1,
                              parameters: ParameterBases? = nil, keep: ((Int) throws -> UnsafeMutablePointer<Float>?)? = nil,
-                             chunk: ((Int) throws -> (weights: UnsafePointer<Float>, gradients: UnsafeMutablePointer<Float>))? = nil,
+                             chunk: ((Int) throws -> (weights: UnsafePointer<Float>, gradients: UnsafeMutablePointer<Float>?))? = nil,
                              done: ((Int) throws -> Void)? = nil) throws {
-        let p = parameters ?? model.resident
         for k in 0..<headChunkCount {
-            let kept = try keep?(k), range = headChunk(k), out = kept ?? logits + logitsOffset(k, keeps: keepsLogits)
-            let (w, g) = try chunk?(k) ?? (UnsafePointer(residentHeadRows(range, in: model.weights.base)),
-                                           residentHeadRows(range, in: model.gradients.base))
+            let kept = try keep?(k), out = kept ?? logits + logitsOffset(k, keeps: keepsLogits)
+            let (w, g) = try chunk?(k) ?? defaultHeadRows(k)
             headChunkBackward(k, logits: out, computed: keepsLogits || kept != nil, norm: norm, weights: w, gradients: g,
                               gradientScale: gradientScale)
             try done?(k)
         }
-        headNormBackward(dresidual: dresidual, input: input, rstd: rstd,
-                         weights: model.pointer("output_norm.weight", in: p.weights),
-                         gradients: model.pointer("output_norm.weight", in: p.gradients))
+        let norm = outputNorm(parameters)
+        headNormBackward(dresidual: dresidual, input: input, rstd: rstd, weights: norm.weights, gradients: norm.gradients)
+    }
+
+    /// output_norm's weight and gradient (LoRA: the frozen base's, and a scratch row for the gradient).
+    func outputNorm(_ parameters: ParameterBases?) -> (weights: UnsafePointer<Float>, gradients: UnsafeMutablePointer<Float>) {
+        if let lora { return (UnsafePointer(lora.base.outputNorm), lora.normGradientSink) }
+        let p = parameters ?? model.resident
+        return (UnsafePointer(model.pointer("output_norm.weight", in: p.weights)), model.pointer("output_norm.weight", in: p.gradients))
+    }
+
+    /// Head chunk `k`'s weight rows and gradient rows in the model's own allocations; LoRA: the frozen
+    /// head's rows dequantized into the trainer's buffer, and no gradient.
+    func defaultHeadRows(_ k: Int) -> (weights: UnsafePointer<Float>, gradients: UnsafeMutablePointer<Float>?) {
+        let range = headChunk(k)
+        if let lora {
+            lora.base.head.dequantize(rows: range.lowerBound, count: range.count, into: lora.headRows)
+            return (UnsafePointer(lora.headRows), nil)
+        }
+        return (UnsafePointer(residentHeadRows(range, in: model.weights.base)), residentHeadRows(range, in: model.gradients.base))
     }
 
     /// Pass 2 of chunk `k` (in order, from 0): its logits (pass 1's in `logits` when `computed`, else
@@ -645,7 +728,7 @@ extension LlamaTrainer {
     /// and ∂L/∂norm accumulated.
     public func headChunkBackward(_ k: Int, logits out: UnsafeMutablePointer<Float>, computed: Bool,
                                   norm: UnsafeMutablePointer<Float>, weights w: UnsafePointer<Float>,
-                                  gradients g: UnsafeMutablePointer<Float>, gradientScale: Float = 1) {
+                                  gradients g: UnsafeMutablePointer<Float>?, gradientScale: Float = 1) {
         let c = model.config, n = self.n, range = headChunk(k), chunks = headChunkCount
         let dloss = gradientScale / Float(targetCount)
         if !computed {

@@ -1,10 +1,23 @@
 // Gradient norms (per tensor and global) and torch-style global-norm clipping
-// over a TrainableLlama's one gradient allocation. Deterministic: fixed-size
-// fp32 partial sums, combined in Double in table order.
+// over one gradient allocation (a model's, or LoRA adapters'). Deterministic:
+// fixed-size fp32 partial sums, combined in Double in table order.
 
 import Kernels
 
-extension TrainableLlama {
+/// Trained parameters: fp32 weights and gradients, each one allocation carved by `layout`
+/// (a whole model's, or LoRA adapters').
+public protocol TrainableParameters: AnyObject {
+    var layout: ParameterLayout { get }
+    var weights: FloatBuffer { get }
+    var gradients: FloatBuffer { get }
+}
+
+extension TrainableLlama: TrainableParameters {}
+extension LoRAAdapters: TrainableParameters {}
+
+extension TrainableParameters {
+    public func zeroGradients() { gradients.zero() }
+
     /// L2 norm of each parameter's gradient, in table order (fp32 partial sums per 4096 floats, Double across).
     public func gradientNorms() -> [(name: String, norm: Double)] {
         layout.entries.map { e in (e.name, sumOfSquares(gradients.base + e.offset, e.elements).squareRoot()) }

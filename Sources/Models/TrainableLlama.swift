@@ -43,12 +43,15 @@ public struct ParameterLayout: Sendable {
     private let index: [String: Int]
 
     public init(config: LlamaConfig) {
+        self.init(config.stages.flatMap { stage in config.parameters(of: stage).map { ($0, stage) } })
+    }
+
+    /// A layout of `specs` in the order given (a stage's parameters must be adjacent).
+    public init(_ specs: [(ParameterSpec, ParameterStage)]) {
         var entries: [Entry] = [], offset = 0
-        for stage in config.stages {
-            for spec in config.parameters(of: stage) {
-                entries.append(Entry(spec: spec, stage: stage, offset: offset))
-                offset += (spec.elements + 15) / 16 * 16
-            }
+        for (spec, stage) in specs {
+            entries.append(Entry(spec: spec, stage: stage, offset: offset))
+            offset += (spec.elements + 15) / 16 * 16
         }
         self.entries = entries
         totalFloats = offset
@@ -162,7 +165,6 @@ public final class TrainableLlama {
         return .init(start: gradients.base + e.offset, count: e.elements)
     }
 
-    public func zeroGradients() { gradients.zero() }
 
     /// The model's own allocations as parameter bases.
     public var resident: ParameterBases { ParameterBases(weights: weights.base, gradients: gradients.base) }

@@ -64,6 +64,10 @@ public enum Checkpoint {
     /// Saves `session` to `dir` atomically: a temporary sibling folder, then a swap.
     public static func save(_ session: TrainingSession, to dir: String, sourceModel: String? = nil,
                             lastLoss: Float? = nil) throws {
+        if let lora = session.trainer.lora {
+            try saveLoRA(session, adapters: lora.adapters, to: dir, sourceModel: sourceModel, lastLoss: lastLoss)
+            return
+        }
         try save(to: dir, model: session.model, options: session.options, step: session.step, nextBatch: session.nextBatch,
                  data: session.data, optimizer: session.optimizer.name, sourceModel: sourceModel, lastLoss: lastLoss,
                  weights: { try writeCheckpointTensors(weightTensors(session.model), metadata: ["format": "pt"], to: $0) },
@@ -84,6 +88,7 @@ public enum Checkpoint {
     /// the paths given and return (bytes, checksum); then trainer.json; then the swap into place.
     static func save(to dir: String, model: TrainableLlama, options: TrainingOptions, step: Int, nextBatch: Int,
                      data: TokenWindows, optimizer: String, sourceModel: String?, lastLoss: Float?,
+                     weightsName: String = weightsFile, otherFiles: [(name: String, data: Data)] = [],
                      weights: (String) throws -> (bytes: Int, checksum: String),
                      optimizerState: (String) throws -> (bytes: Int, checksum: String)) throws {
         let url = URL(fileURLWithPath: dir).standardizedFileURL
@@ -99,7 +104,8 @@ public enum Checkpoint {
             throw OffloadError("[checkpoint] \(dir): cannot create \(tmp): \(error.localizedDescription)")
         }
         do {
-            let w = try weights(tmp + "/" + weightsFile)
+            for f in otherFiles { try f.data.write(to: URL(fileURLWithPath: tmp + "/" + f.name)) }
+            let w = try weights(tmp + "/" + weightsName)
             let o = try optimizerState(tmp + "/" + optimizerFile)
             let info = CheckpointInfo(
                 config: model.config, ropeStyle: model.ropeStyle, sourceModel: sourceModel,
@@ -107,7 +113,7 @@ public enum Checkpoint {
                 epoch: nextBatch * options.batch / data.windowCount, shuffleSeed: data.shuffleSeed,
                 dataTokens: data.tokens.count, dataChecksum: dataChecksum(data.tokens),
                 optimizer: optimizer, lastLoss: lastLoss, threads: TrainingThreads.count,
-                files: [weightsFile: .init(bytes: w.bytes, checksum: w.checksum),
+                files: [weightsName: .init(bytes: w.bytes, checksum: w.checksum),
                         optimizerFile: .init(bytes: o.bytes, checksum: o.checksum)])
             let enc = JSONEncoder()
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]

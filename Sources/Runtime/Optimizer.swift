@@ -44,8 +44,8 @@ public final class OptimizerState {
 }
 
 extension Optimizer {
-    /// One step over every parameter of `model` from its gradients.
-    public func step(_ model: TrainableLlama, state: OptimizerState, lr: Float) {
+    /// One step over every parameter of `model` (a model, or LoRA adapters) from its gradients.
+    public func step(_ model: some TrainableParameters, state: OptimizerState, lr: Float) {
         state.step += 1
         for e in model.layout.entries {
             let s = state.newState(for: e)

@@ -35,6 +35,8 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
     /// zo-sgd: the perturbation ε (nil: 1e-3, MeZO's) and the seed z is drawn from (nil: 0).
     public var zoEps: Float?
     public var zoSeed: UInt64?
+    /// LoRA: adapters trained on a frozen base (nil: every weight trained).
+    public var lora: LoRASettings?
 
     public init() {}
 
@@ -51,6 +53,10 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
             try need((zoEps ?? 1e-3) > 0, "--zo-eps must be positive")
         } else {
             try need(zoEps == nil && zoSeed == nil, "--zo-eps and --zo-seed apply to --optimizer zo-sgd only")
+        }
+        if let lora {
+            try lora.validate()
+            try need(optimizer != "zo-sgd", "--optimizer zo-sgd trains every weight; it does not combine with LoRA (--lora-rank)")
         }
         try need(["constant", "cosine"].contains(schedule), "--schedule must be constant or cosine, got '\(schedule)'")
         try need(warmup >= 0, "--warmup must not be negative")
@@ -100,7 +106,10 @@ public struct StepResult: Codable, Equatable, Sendable {
 }
 
 public final class TrainingSession {
+    /// The model whose weights are trained; with LoRA it holds none (the adapters are trained).
     public let model: TrainableLlama
+    /// What the optimizer updates: `model`, or the LoRA adapters.
+    public let trained: any TrainableParameters
     public let options: TrainingOptions
     public let trainer: LlamaTrainer
     public let optimizer: any Optimizer
@@ -122,7 +131,7 @@ public final class TrainingSession {
 
     /// - Parameter ownsActivations: false for a session whose steps an executor runs
     ///   (`executor` must be set before the first step).
-    public init(model: TrainableLlama, data: TokenWindows, options: TrainingOptions, ownsActivations: Bool = true) throws {
+    public convenience init(model: TrainableLlama, data: TokenWindows, options: TrainingOptions, ownsActivations: Bool = true) throws {
         try options.validate()
         guard data.seqLen == options.seqLen else {
             throw OffloadError("[train] data windows are \(data.seqLen) tokens, but --seq-len is \(options.seqLen)")
@@ -130,17 +139,40 @@ public final class TrainingSession {
         guard model.hasGradients || options.optimizer == "zo-sgd" else {
             throw OffloadError("[train] the model holds no gradients: only --optimizer zo-sgd trains it")
         }
-        self.model = model; self.data = data; self.options = options
-        trainer = try LlamaTrainer(model: model, batch: options.batch, seqLen: options.seqLen,
-                                   policy: ActivationPolicy(rawValue: options.activationPolicy) ?? .keepAll,
-                                   ownsActivations: ownsActivations)
-        optimizer = options.makeOptimizer()
-        optimizerState = OptimizerState(for: optimizer, layout: model.layout)
+        guard options.lora == nil else { throw OffloadError("[train] LoRA options need a LoRA session (init(base:adapters:...))") }
+        try self.init(trainer: LlamaTrainer(model: model, batch: options.batch, seqLen: options.seqLen,
+                                            policy: ActivationPolicy(rawValue: options.activationPolicy) ?? .keepAll,
+                                            ownsActivations: ownsActivations),
+                      trained: model, data: data, options: options)
     }
 
-    /// Bytes of weights, gradients, optimizer state and activations.
+    /// A session training LoRA `adapters` (their settings must be `options.lora`) on the frozen `base`.
+    public convenience init(base: FrozenLlama, adapters: LoRAAdapters, data: TokenWindows, options: TrainingOptions) throws {
+        try options.validate()
+        guard data.seqLen == options.seqLen else {
+            throw OffloadError("[train] data windows are \(data.seqLen) tokens, but --seq-len is \(options.seqLen)")
+        }
+        guard options.lora == adapters.settings else {
+            throw OffloadError("[train] the adapters are rank \(adapters.settings.rank) on \(adapters.settings.targets), "
+                               + "not what the options ask for")
+        }
+        try self.init(trainer: LlamaTrainer(base: base, adapters: adapters, batch: options.batch, seqLen: options.seqLen,
+                                            policy: ActivationPolicy(rawValue: options.activationPolicy) ?? .keepAll),
+                      trained: adapters, data: data, options: options)
+    }
+
+    private init(trainer: LlamaTrainer, trained: any TrainableParameters, data: TokenWindows, options: TrainingOptions) throws {
+        self.trainer = trainer; self.model = trainer.model; self.trained = trained
+        self.data = data; self.options = options
+        optimizer = options.makeOptimizer()
+        optimizerState = OptimizerState(for: optimizer, layout: trained.layout)
+    }
+
+    /// Bytes of weights (LoRA: the frozen base as its file holds them, and the adapters), gradients,
+    /// optimizer state and activations.
     public var memoryBytes: Int {
-        model.weights.bytes + model.gradients.bytes + optimizerState.bytes + trainer.activationBytes
+        trained.weights.bytes + trained.gradients.bytes + (trainer.lora?.base.storedBytes ?? model.weights.bytes - trained.weights.bytes)
+            + optimizerState.bytes + trainer.activationBytes
     }
 
     /// One optimizer step. A non-finite loss or gradient norm throws before anything is updated.
@@ -161,7 +193,7 @@ public final class TrainingSession {
             return StepResult(step: number, loss: loss, gradNorm: Double(abs(g)), lr: lr, tokens: options.tokensPerStep,
                               seconds: now() - t0)
         }
-        model.zeroGradients()
+        trained.zeroGradients()
         for m in 0..<micro {
             let (inputs, targets) = data.batch(nextBatch + m, size: options.batch)
             if let executor {
@@ -174,12 +206,12 @@ public final class TrainingSession {
             }
         }
         let loss = Float(lossSum / Double(micro))
-        let norm = options.gradClip > 0 ? model.clipGradients(maxNorm: options.gradClip) : model.globalGradientNorm()
+        let norm = options.gradClip > 0 ? trained.clipGradients(maxNorm: options.gradClip) : trained.globalGradientNorm()
         guard loss.isFinite, norm.isFinite else {
             throw TrainingStopped(step: number, loss: loss, gradNorm: norm)
         }
         let lr = options.learningRateSchedule.lr(step: step, base: options.lr)
-        optimizer.step(model, state: optimizerState, lr: lr)
+        optimizer.step(trained, state: optimizerState, lr: lr)
         return StepResult(step: number, loss: loss, gradNorm: norm, lr: lr, tokens: options.tokensPerStep,
                           seconds: now() - t0)
     }

@@ -64,3 +64,8 @@ func validateBudget(_ budget: String?) throws {
         throw ValidationError("--budget must be a size such as 512MB, 2GiB or a byte count, got '\(b)'")
     }
 }
+
+/// The peft adapter in `folder` (an `offload train` LoRA checkpoint is one) for the model `source` holds.
+func loadAdapter(_ folder: String, for source: WeightSource) throws -> LoRAAdapters {
+    try LoRAAdapters.load(folder: folder, config: source.config, ropeStyle: source.ropeStyle)
+}

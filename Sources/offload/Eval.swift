@@ -16,6 +16,8 @@ struct Eval: ParsableCommand {
 
     @Option(help: "A GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
+    @Option(help: "Apply this LoRA adapter (a peft adapter folder, or an `offload train --lora-rank` checkpoint) without merging it.")
+    var lora: String?
     @Option(help: "A UTF-8 text file.") var data: String
     @Option(name: .customLong("seq-len"), help: "Context length of each window.") var seqLen = 512
     @Option(help: "Compute threads (default: all cores).") var threads: Int?
@@ -36,6 +38,7 @@ struct Eval: ParsableCommand {
         let source = try loadWeights(model, sha256: sha256)
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
         let llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
+        if let lora { try llama.setAdapters(loadAdapter(lora, for: source)) }
         let tokens = tokenizer.encode(text, addBOS: false)
         let start = now()
         let tty = isatty(2) != 0

@@ -19,6 +19,8 @@ struct Generate: ParsableCommand {
 
     @Option(help: "A GGUF file or a Hugging Face model folder.") var model: String
     @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
+    @Option(help: "Apply this LoRA adapter (a peft adapter folder, or an `offload train --lora-rank` checkpoint) without merging it.")
+    var lora: String?
     @Option(help: "The prompt text.") var prompt: String?
     @Option(help: ArgumentHelp("Many prompts, one per line (plain text, or JSON objects with a \"prompt\" field); "
                                + "writes one JSON line per prompt, in input order. With --budget they run in blocks "
@@ -67,6 +69,9 @@ struct Generate: ParsableCommand {
         if let n = promptTokens, n <= 0 { throw ValidationError("--prompt-tokens must be positive, got \(n)") }
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be 0 or more, got \(maxTokens)") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
+        if lora != nil && prompts != nil && budget != nil {
+            throw ValidationError("--lora is not supported with --prompts and --budget yet (block batching); drop --budget")
+        }
         try validateBudget(budget)
         if trace != nil && budget == nil { throw ValidationError("--trace needs --budget (it traces the streamed run)") }
         if (disk != nil || hardware != nil) && budget == nil {
@@ -115,6 +120,7 @@ struct Generate: ParsableCommand {
         } else {
             llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
         }
+        if let lora { try llama.setAdapters(loadAdapter(lora, for: source)) }
         defer { streamer?.stop() }
         var sampler = Sampler(options: sampling.options, seed: seed)
         var stream = StreamingDecoder(tokenizer: tokenizer)
@@ -217,6 +223,7 @@ extension Generate {
         } else {
             // No budget: one prompt after another on the resident model (the reference the blocks match).
             let llama = try LlamaModel(source: source, threads: nthreads)
+            if let lora { try llama.setAdapters(loadAdapter(lora, for: source)) }
             var r = BatchResult(outputs: [], blockSize: 1)
             let t0 = now()
             for (i, p) in ids.enumerated() {

@@ -30,7 +30,7 @@ struct Train: ParsableCommand {
     @Option(help: "A GGUF model to start from (weights are trained in fp32).") var model: String?
     @Option(help: "A built-in shape with random weights: \(LlamaConfig.builtIn.map(\.name).joined(separator: ", ")).")
     var config: String?
-    @Option(help: "Seed of the random initialisation (with --config).") var seed: UInt64 = 0
+    @Option(help: "Seed of the random initialisation (--config weights; LoRA's A matrices).") var seed: UInt64 = 0
     @Option(help: "Training data: plain text (tokenized once without BOS), or a .jsonl file of fine-tuning examples, {\"prompt\", \"completion\"} or {\"messages\": [...]} rows (conversations rendered with the model's chat template), trained on the completions or assistant turns only.")
     var data: String?
     @Option(name: .customLong("eval-data"), help: "Validation data, in the same forms as --data: its mean loss is measured after the last step, and every --eval-every steps.")
@@ -47,6 +47,16 @@ struct Train: ParsableCommand {
     var optimizer: String?
     @Option(name: .customLong("zo-eps"), help: "zo-sgd: the perturbation ε (default 1e-3).") var zoEps: Float?
     @Option(name: .customLong("zo-seed"), help: "zo-sgd: the seed z is drawn from (default 0).") var zoSeed: UInt64?
+    @Option(name: .customLong("lora-rank"), help: "Train LoRA adapters of this rank on the --model's frozen weights, which stay in the file's own types (Q4_0, Q4_1, Q8_0, K-quants, F16 ...); checkpoints are peft adapter folders.")
+    var loraRank: Int?
+    @Option(name: .customLong("lora-alpha"), help: "LoRA alpha: the adapters' output is scaled by alpha/rank (default 8, as peft).")
+    var loraAlpha: Float?
+    @Option(name: .customLong("lora-targets"), help: "The projections LoRA adapts, from q,k,v,o,gate,up,down (default q,v, as peft for Llama).")
+    var loraTargets: String?
+    @Option(name: .customLong("lora-dropout"), help: "Dropout on the adapters' input (only 0, the default, is supported yet).")
+    var loraDropout: Float?
+    @Option(name: .customLong("lora-init"), help: "Start LoRA from this peft adapter folder (adapter_config.json, adapter_model.safetensors): its rank, alpha and targets.")
+    var loraInit: String?
     @Option(help: "AdamW β₁ (default 0.9).") var beta1: Float?
     @Option(help: "AdamW β₂ (default 0.999).") var beta2: Float?
     @Option(help: "AdamW ε, added outside the square root (default 1e-8).") var eps: Float?
@@ -117,6 +127,21 @@ struct Train: ParsableCommand {
             throw ValidationError("--optimizer zo-sgd is not supported with --budget yet (its two forward passes run with every weight in memory)")
         }
         if evalEvery != nil && evalData == nil { throw ValidationError("--eval-every needs --eval-data FILE") }
+        let loraShape = [("--lora-rank", loraRank != nil), ("--lora-alpha", loraAlpha != nil),
+                         ("--lora-targets", loraTargets != nil), ("--lora-dropout", loraDropout != nil)].filter(\.1).map(\.0)
+        if loraInit != nil && !loraShape.isEmpty {
+            throw ValidationError("--lora-init takes the adapter's rank, alpha, targets and dropout from its adapter_config.json; "
+                                  + "drop \(loraShape.joined(separator: ", "))")
+        }
+        if loraRank == nil && loraInit == nil && !loraShape.isEmpty {
+            throw ValidationError("\(loraShape.joined(separator: ", ")) configure LoRA: give --lora-rank R (or --lora-init DIR) too")
+        }
+        if loraRank != nil || loraInit != nil {
+            if resume != nil { throw ValidationError("--resume continues the checkpoint's LoRA run as it was; drop the --lora options") }
+            if config != nil { throw ValidationError("LoRA adapts a model file's frozen weights: give --model FILE, not --config") }
+            if budget != nil { throw ValidationError("LoRA is not supported with --budget yet (the frozen base is read from the mapped model file)") }
+            if optimizer?.lowercased() == "zo-sgd" { throw ValidationError("--optimizer zo-sgd trains every weight; it does not combine with LoRA") }
+        }
         if evalData != nil && budget != nil {
             throw ValidationError("--eval-data is not supported with --budget yet (the validation pass runs with every weight in memory)")
         }
@@ -167,6 +192,13 @@ struct Train: ParsableCommand {
         if let warmup { options.warmup = warmup }
         if let minLR { options.minLR = minLR }
         if let zoEps { options.zoEps = zoEps }
+        if let loraInit {
+            options.lora = try LoRAAdapters.readSettings(folder: loraInit)
+        } else if let loraRank {
+            options.lora = LoRASettings(rank: loraRank, alpha: loraAlpha ?? LoRASettings.defaultAlpha,
+                                        targets: try loraTargets.map(LoRATarget.parse) ?? LoRASettings.defaultTargets,
+                                        dropout: loraDropout ?? 0)
+        }
         if let zoSeed { options.zoSeed = zoSeed }
         if let shuffle { options.shuffleSeed = shuffle }
         if let activations {
@@ -208,7 +240,21 @@ struct Train: ParsableCommand {
         }
         if let placement { printPlanRow(TrainingPlanner.row(for: placement, hardware: hw), budget: budgetBytes!, hardware: hw) }
         let run: TrainingRun
-        if case .streamed(let plan)? = placement {
+        if let settings = options.lora {
+            guard let path = sourceModel else { throw OffloadError("[train] LoRA needs the model file (--model)") }
+            let base = try FrozenLlama(source: source ?? loadWeights(path))
+            let adapters: LoRAAdapters
+            if let resume, let info {
+                adapters = try Checkpoint.loadAdapters(resume, info: info)
+            } else if let loraInit {
+                adapters = try LoRAAdapters.load(folder: loraInit, config: modelConfig, ropeStyle: base.ropeStyle)
+            } else {
+                adapters = try LoRAAdapters.initial(config: modelConfig, ropeStyle: base.ropeStyle, settings: settings, seed: seed)
+            }
+            let session = try TrainingSession(base: base, adapters: adapters, data: windows, options: options)
+            if let info, let resume { try Checkpoint.restoreOptimizer(resume, info: info, into: session) }
+            run = InMemoryRun(session: session, budgeted: nil)
+        } else if case .streamed(let plan)? = placement {
             run = try StreamedRun(self, config: modelConfig, ropeStyle: ropeStyle, data: windows, options: options,
                                   plan: plan, hardware: hw, source: source, seed: seed,
                                   resume: resume.flatMap { r in info.map { (r, $0) } })
@@ -245,7 +291,11 @@ struct Train: ParsableCommand {
         }
 
         let c = modelConfig
-        note("train: \(c.name): \(c.parameterCount) parameters, \(windows.windowCount) windows of \(options.seqLen) "
+        let trainedWhat = options.lora.map { l in
+            "LoRA rank \(l.rank) alpha \(l.alpha) on \(l.targets.map(\.rawValue).joined(separator: ",")) (\(c.layers * l.targets.reduce(0) { $0 + l.rank * ($1.shape(c).in + $1.shape(c).out) }) "
+                + "trained parameters, the base frozen), "
+        } ?? ""
+        note("train: \(c.name): \(c.parameterCount) parameters, \(trainedWhat)\(windows.windowCount) windows of \(options.seqLen) "
              + "tokens, batch \(options.batch)×\(options.accumulate), \(options.optimizer) lr \(options.lr), "
              + "\(threadCount) threads, \(formatBytes(run.stateBytes)) of training state"
              + (mask.map { m in ", \(m.filter { $0 }.count) of \(m.count) tokens trained on" } ?? "")

@@ -1,0 +1,60 @@
+// What the trainer's block functions see of a block's weights (trained fp32, or
+// frozen in the file's type with a LoRA adapter), and the buffers LoRA training
+// adds: each adapter's saved A·x per block (rank floats per row), the backward's
+// scratch, the frozen products' dequantization tile and the head's dequantized rows.
+
+import Kernels
+import Tensors
+
+/// A projection as the block functions see it.
+enum Linear {
+    /// Trained in fp32: the weight and its gradient.
+    case trained(UnsafePointer<Float>, UnsafeMutablePointer<Float>)
+    /// Frozen in the file's type, with its adapter (if targeted) and where the adapter's A·x is kept.
+    case frozen(FrozenMatrix, LoRAPair?, saved: UnsafeMutablePointer<Float>?)
+}
+
+struct BlockWeights {
+    var attnNorm, ffnNorm: UnsafePointer<Float>
+    var attnNormGradient, ffnNormGradient: UnsafeMutablePointer<Float>
+    var q, k, v, o, gate, up, down: Linear
+}
+
+/// A LoRA trainer's frozen base, adapters and buffers (one allocation).
+public final class LoRABinding {
+    public let base: FrozenLlama
+    public let adapters: LoRAAdapters
+    let buffer: FloatBuffer
+    /// saved[l][t]: (N, rank) A·x of target t in block l.
+    let saved: [[LoRATarget: UnsafeMutablePointer<Float>]]
+    let dsaved, tile, headRows, normGradientSink: UnsafeMutablePointer<Float>
+
+    /// Floats of the buffer for N = batch × seqLen rows and `headChunkRows` head rows per chunk.
+    static func floats(base: FrozenLlama, adapters: LoRAAdapters, rows n: Int, headChunkRows: Int) -> [Int] {
+        let c = base.config, r = adapters.settings.rank, targets = adapters.settings.targets.count
+        let headTile = FrozenMatrix(dtype: base.head.dtype, data: base.head.data, rows: headChunkRows, cols: c.dim)
+        return [c.layers * targets * n * r, n * r, max(base.scratchFloats, 1), headTile.rows * c.dim, c.dim]
+    }
+
+    init(base: FrozenLlama, adapters: LoRAAdapters, rows n: Int, headChunkRows: Int) {
+        self.base = base; self.adapters = adapters
+        let sizes = Self.floats(base: base, adapters: adapters, rows: n, headChunkRows: headChunkRows)
+        func pad(_ x: Int) -> Int { (x + 15) / 16 * 16 }
+        let buffer = FloatBuffer(count: sizes.map(pad).reduce(0, +))
+        self.buffer = buffer
+        var offset = 0
+        func take(_ floats: Int) -> UnsafeMutablePointer<Float> { defer { offset += pad(floats) }; return buffer.base + offset }
+        let r = adapters.settings.rank
+        let all = take(sizes[0])
+        var k = 0
+        saved = (0..<base.config.layers).map { _ in
+            Dictionary(uniqueKeysWithValues: adapters.settings.targets.map { t in
+                defer { k += 1 }
+                return (t, all + k * n * r)
+            })
+        }
+        dsaved = take(sizes[1]); tile = take(sizes[2]); headRows = take(sizes[3]); normGradientSink = take(sizes[4])
+    }
+
+    var bytes: Int { buffer.bytes }
+}
