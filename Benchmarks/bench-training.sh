@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Training throughput side by side: PyTorch (transformers LlamaForCausalLM, fp32, AdamW, or with
-# --method zo-sgd MeZO's zero-order loop) and `offload train` (the same method), same GGUF (SmolLM2-135M, dequantized to fp32), same batch × seq-len, same
+# --method zo-sgd MeZO's zero-order loop, or --method lora peft's LoRA, rank 8 alpha 16 on every projection) and `offload train` (the same method), same GGUF (SmolLM2-135M, dequantized to fp32), same batch × seq-len, same
 # thread count, alternated R times. Prints step time and tokens/s (median over steps after the
 # first, which warms up), peak resident memory, and the offload/PyTorch ratios.
-# Needs torch + transformers + gguf (pip; several GB, not part of the test set-up).
+# Needs torch + transformers + gguf (+ peft for lora) (pip; several GB, not part of the test set-up).
 #
 # usage: Benchmarks/bench-training.sh [--repeat R] [--steps N] [--batch B] [--seq-len T] [--threads K]
-#                                     [--method adamw|zo-sgd]
+#                                     [--method adamw|zo-sgd|lora]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 REPEAT=2 STEPS=4 BATCH=4 SEQ=256 THREADS=2 METHOD=adamw
@@ -20,6 +20,11 @@ done
 [ -x "$OFFLOAD" ] || { echo "[bench-training] no $OFFLOAD: swift build -c release --product offload" >&2; exit 1; }
 python3 -c "import torch, transformers, gguf" 2>/dev/null || {
   echo "[bench-training] needs torch, transformers and gguf: pip install torch transformers gguf" >&2; exit 1; }
+case "$METHOD" in
+  lora) METHOD_ARGS=(--lora-rank 8 --lora-alpha 16 --lora-targets q,k,v,o,gate,up,down) ;;
+  adamw|zo-sgd) METHOD_ARGS=(--optimizer "$METHOD") ;;
+  *) echo "[bench-training] --method must be adamw, zo-sgd or lora" >&2; exit 1 ;;
+esac
 OUT="$REPO/Benchmarks/.work/training-$(date +%Y%m%d-%H%M%S)"; mkdir -p "$OUT"
 echo "[bench-training] $METHOD B=$BATCH T=$SEQ steps=$STEPS threads=$THREADS, load $(cut -d' ' -f1-3 /proc/loadavg); output in $OUT" >&2
 for r in $(seq 1 "$REPEAT"); do
@@ -28,7 +33,7 @@ for r in $(seq 1 "$REPEAT"); do
     --seq-len "$SEQ" --steps "$STEPS" --threads "$THREADS" --method "$METHOD" > "$OUT/torch-$r.json" 2> "$OUT/torch-$r.err"
   echo "[bench-training] round $r: offload" >&2
   /usr/bin/time -f '%M' -o "$OUT/offload-$r.rss" "$OFFLOAD" train --model "$MODEL" --data "$DATA" \
-    --batch "$BATCH" --seq-len "$SEQ" --steps "$STEPS" --threads "$THREADS" --optimizer "$METHOD" --log "$OUT/offload-$r.jsonl" \
+    --batch "$BATCH" --seq-len "$SEQ" --steps "$STEPS" --threads "$THREADS" "${METHOD_ARGS[@]}" --log "$OUT/offload-$r.jsonl" \
     > "$OUT/offload-$r.out" 2> "$OUT/offload-$r.err"
 done
 echo "[bench-training] load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

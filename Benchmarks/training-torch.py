@@ -1,7 +1,8 @@
 """PyTorch side of Benchmarks/bench-training.sh: LlamaForCausalLM (transformers, fp32,
 loaded from the same GGUF), AdamW or MeZO's zero-order SGD (its reference loop: z regenerated
 from a seed with torch.normal for every parameter at each of the three perturbations and the
-update; two forward passes under no_grad), B x T windows of the same text, N steps on
+update; two forward passes under no_grad) or peft's LoRA (rank 8, alpha 16, every projection, AdamW on the
+adapters), B x T windows of the same text, N steps on
 `--threads` threads. Prints one JSON object: per-step seconds and peak RSS."""
 import argparse, json, os, resource, sys, time
 
@@ -12,7 +13,7 @@ ap.add_argument("--batch", type=int, default=4)
 ap.add_argument("--seq-len", type=int, default=256)
 ap.add_argument("--steps", type=int, default=4)
 ap.add_argument("--threads", type=int, default=2)
-ap.add_argument("--method", choices=["adamw", "zo-sgd"], default="adamw")
+ap.add_argument("--method", choices=["adamw", "zo-sgd", "lora"], default="adamw")
 a = ap.parse_args()
 
 import torch
@@ -28,6 +29,10 @@ T, B = a.seq_len, a.batch
 windows = [ids[s:s + T + 1] for s in range(0, len(ids) - T, T)]
 if not windows:
     sys.exit(f"{a.data}: shorter than one window of {T + 1} tokens")
+if a.method == "lora":
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
 params = [p for p in model.parameters() if p.requires_grad]
 
 
@@ -56,7 +61,7 @@ def zo_step(batch, k, eps=1e-3, lr=1e-4):
 
 if a.method == "zo-sgd":
     model.eval()
-opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) if a.method == "adamw" else None
+opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) if a.method != "zo-sgd" else None
 steps = []
 for k in range(a.steps):
     batch = torch.tensor([windows[(k * B + b) % len(windows)] for b in range(B)])

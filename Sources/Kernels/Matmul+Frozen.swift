@@ -6,6 +6,7 @@
 // dequantizes the file (transformers' GGUF loader) computes, up to summation order.
 
 import CBLAS
+import CKernels
 import Tensors
 
 /// A row-major (rows × cols) matrix in a stored type; every row is whole blocks.
@@ -29,14 +30,15 @@ public struct FrozenMatrix: @unchecked Sendable {
 
     /// Row `r` dequantized into `out` (cols floats).
     public func dequantize(row r: Int, into out: UnsafeMutablePointer<Float>) {
-        Dequantize.toF32(dtype, data + r * rowBytes, out, count: cols)
+        ck_dequantize_rows(nil, data + r * rowBytes, Int32(dtype.ggmlID), out, 1, Int32(cols))
     }
 
     /// Rows [r, r + count) dequantized into `out` (count × cols), split over the training threads.
     public func dequantize(rows r: Int, count: Int, into out: UnsafeMutablePointer<Float>) {
-        let stride = rowBytes, cols = cols, dtype = dtype, data = data
-        parallelRows(count, minRowsPerThread: 8) { part in
-            for i in part { Dequantize.toF32(dtype, data + (r + i) * stride, out + i * cols, count: cols) }
+        let stride = rowBytes, cols = cols, type = Int32(dtype.ggmlID), data = data
+        parallelRows(count, minRowsPerThread: 16) { part in
+            ck_dequantize_rows(nil, data + (r + part.lowerBound) * stride, type, out + part.lowerBound * cols,
+                               Int32(part.count), Int32(cols))
         }
     }
 }
