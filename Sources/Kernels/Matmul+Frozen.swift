@@ -119,3 +119,13 @@ public func loraBackward(_ dinp: UnsafeMutablePointer<Float>, gradA: UnsafeMutab
                     dsaved + r0 * rank, Int32(rank), a, Int32(inDim), 1, dinp + r0 * inDim, Int32(inDim))
     }
 }
+
+/// w (outDim, inDim) += scale · B · A: a LoRA adapter merged into its weight, as peft's merge computes it
+/// ((B·A)·scale added). A: (rank, inDim); B: (outDim, rank).
+public func loraMerge(_ w: UnsafeMutablePointer<Float>, a: UnsafePointer<Float>, b: UnsafePointer<Float>, inDim: Int,
+                      outDim: Int, rank: Int, scale: Float) {
+    splitRows(outDim) { r0, r1 in
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(r1 - r0), Int32(inDim), Int32(rank), scale,
+                    b + r0 * rank, Int32(rank), a, Int32(inDim), 1, w + r0 * inDim, Int32(inDim))
+    }
+}

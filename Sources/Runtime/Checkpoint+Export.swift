@@ -14,6 +14,10 @@ extension Checkpoint {
     /// Writes the checkpoint in `dir` as a GGUF file at `out` (atomically).
     public static func exportGGUF(_ dir: String, to out: String, type: ExportType) throws {
         let info = try readInfo(dir)
+        guard info.options.lora == nil else {
+            throw OffloadError("[export] \(dir) is a LoRA checkpoint (a peft adapter): add --merge to write the base model "
+                               + "with the adapter merged in")
+        }
         let model = try loadModel(dir, info: info)
         var source: GGUFFile?
         if let path = info.sourceModel, path.hasSuffix(".gguf"), FileManager.default.fileExists(atPath: path) {

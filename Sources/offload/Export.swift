@@ -22,20 +22,28 @@ private let typeHelp = ArgumentHelp(
 
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Write a training checkpoint as a GGUF model.",
+        abstract: "Write a training checkpoint as a GGUF model, or a base model with a LoRA adapter merged in.",
         discussion: """
-        The tokenizer is copied from the GGUF the training started from, when there was one.
+        The tokenizer is copied from the GGUF the training started from, when there was one. With --merge,
+        FOLDER is a LoRA adapter (an `offload train --lora-rank` checkpoint, or any peft adapter folder with
+        --model): each targeted projection is written as W + (alpha/rank)·B·A, as peft's merge_and_unload.
         Examples:
           offload export run1 --out run1.gguf --type q4_k_m
           offload export --checkpoint run1 --out run1.gguf --type q8_0
+          offload export adapter --merge --out merged.gguf --type q8_0
+          offload export peft-adapter --merge --model SmolLM2.gguf --out merged.gguf
         """)
 
-    @Argument(help: "A checkpoint folder written by `offload train --save`.") var folder: String?
+    @Argument(help: "A checkpoint folder written by `offload train --save` (with --merge: a LoRA adapter folder).") var folder: String?
     @Option(help: "The checkpoint folder (the same as the argument).") var checkpoint: String?
     @Option(help: "The GGUF file to write (atomically).") var out: String
     @Option(help: typeHelp) var type: String = "f32"
+    @Flag(help: "FOLDER is a LoRA adapter: write its base model with the adapter merged in.") var merge = false
+    @Option(help: "With --merge: the base model the adapter was trained on (default: the one an `offload train` checkpoint records).")
+    var model: String?
 
     func validate() throws {
+        if model != nil && !merge { throw ValidationError("--model names the base of a LoRA adapter: give --merge too") }
         _ = try parseExportType(type)
         if folder == nil, checkpoint == nil { throw ValidationError("give the checkpoint folder: offload export run1 --out run1.gguf") }
         if let folder, let checkpoint, folder != checkpoint {
@@ -48,7 +56,7 @@ struct Export: ParsableCommand {
         let t = try parseExportType(type)
         do {
             let start = Date()
-            try Checkpoint.exportGGUF(dir, to: out, type: t)
+            if merge { try exportMerged(dir, type: t) } else { try Checkpoint.exportGGUF(dir, to: out, type: t) }
             let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
             FileHandle.standardError.write(Data(String(format: "[export] %@ → %@ (%@, %@) in %.1f s\n", dir, out, t.rawValue,
                                                        formatBytes(size), Date().timeIntervalSince(start)).utf8))
@@ -56,6 +64,21 @@ struct Export: ParsableCommand {
             FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
             throw ExitCode.failure
         }
+    }
+}
+
+extension Export {
+    /// The base model with the adapter in `dir` merged in, as GGUF.
+    func exportMerged(_ dir: String, type: ExportType) throws {
+        let info = FileManager.default.fileExists(atPath: dir + "/trainer.json") ? try Checkpoint.readInfo(dir) : nil
+        guard let basePath = model ?? info?.sourceModel else {
+            throw OffloadError("[export] \(dir): give the adapter's base model with --model FILE")
+        }
+        let base = try loadWeights(basePath)
+        let adapters = try info.map { try Checkpoint.loadAdapters(dir, info: $0) }
+            ?? loadAdapter(dir, for: base)
+        try exportGGUF(from: LoRAMergedWeights(base: base, adapters: adapters), to: out, type: type,
+                       tokenizerFrom: (base as? GGUFWeights)?.file)
     }
 }
 

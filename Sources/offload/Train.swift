@@ -14,7 +14,7 @@ import Tensors
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train or fine-tune a model on a text file or JSONL examples (fp32 weights, AdamW or SGD).",
+        abstract: "Train or fine-tune a model on a text file or JSONL examples (fp32 weights or LoRA adapters; AdamW, SGD or zeroth-order).",
         discussion: """
         Windows of --seq-len + 1 tokens are cut from the tokenized text at stride --seq-len; step k, row b
         reads window (k·batch + b) mod windows (--shuffle SEED: a fresh permutation per epoch).
@@ -25,6 +25,7 @@ struct Train: ParsableCommand {
         Example: offload train --config tiny --data notes.txt --steps 200 --save run1
                  offload train --resume run1 --steps 400 --data notes.txt
                  offload train --model SmolLM2.gguf --data chats.jsonl --eval-data held-out.jsonl --eval-every 50
+                 offload train --model SmolLM2.gguf --data chats.jsonl --lora-rank 8 --lora-alpha 16 --save adapter
         """)
 
     @Option(help: "A GGUF model to start from (weights are trained in fp32).") var model: String?

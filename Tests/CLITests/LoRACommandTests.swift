@@ -69,6 +69,18 @@ final class LoRACommandTests: XCTestCase {
         let g = try CLI.run(["generate", "--model", CLI.smolLM2, "--lora", whole.path, "--prompt", "To be, or not",
                              "--max-tokens", "4", "--temperature", "0", "--threads", "2"])
         XCTAssertEqual(g.status, 0, g.stderr)
+
+        // Merged into the base (q8_0): close to the unmerged adapter (q8_0's own error), not to the base.
+        let merged = dir.appendingPathComponent("merged.gguf").path
+        let plainExport = try CLI.run(["export", whole.path, "--out", merged])
+        XCTAssertNotEqual(plainExport.status, 0)
+        XCTAssertTrue(plainExport.stderr.contains("--merge"), plainExport.stderr)
+        let x = try CLI.run(["export", whole.path, "--merge", "--out", merged, "--type", "q8_0"])
+        XCTAssertEqual(x.status, 0, x.stderr)
+        let e = try CLI.run(["eval", "--model", merged, "--data", short.path, "--seq-len", "64", "--threads", "2", "--json"])
+        let mergedNLL = (try JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any])?["mean_nll"] as? Double ?? .nan
+        XCTAssertEqual(mergedNLL, adapted, accuracy: 0.02)
+        XCTAssertLessThan(abs(mergedNLL - adapted), abs(plain - adapted))
     }
 
     func expectError(_ args: [String], mentions: [String], file: StaticString = #filePath, line: UInt = #line) throws {

@@ -96,3 +96,26 @@ extension LoRAParityTests {
         XCTAssertThrowsError(try llama.setAdapters(other))
     }
 }
+
+extension LoRAParityTests {
+    /// A merged export (W + scale·B·A written as f32) gives the logits of the base with the adapter applied.
+    func testMergedExportEqualsTheAdapterApplied() throws {
+        guard FileManager.default.fileExists(atPath: Self.modelPath) else { XCTFail("\(Self.modelPath) not found"); return }
+        setTrainingThreads(2)
+        let source = try GGUFWeights(path: Self.modelPath)
+        let adapters = try LoRAAdapters.load(folder: Self.root + "/init", config: source.config, ropeStyle: source.ropeStyle)
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("merged-\(UUID().uuidString).gguf").path
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try exportGGUF(from: LoRAMergedWeights(base: source, adapters: adapters), to: out, type: .f32,
+                       tokenizerFrom: source.file)
+        let tokens = Array(hamletIDs[0..<32])
+        let llama = try LlamaModel(source: source, threads: 2)
+        try llama.setAdapters(adapters)
+        let applied = try llama.forward(tokens, cache: llama.makeCache(capacity: 64), allLogits: true)
+        let merged = try LlamaModel(source: GGUFWeights(path: out), threads: 2)
+        let logits = try merged.forward(tokens, cache: merged.makeCache(capacity: 64), allLogits: true)
+        let worst = zip(applied, logits).map { abs($0 - $1) }.max() ?? .infinity
+        print("lora merge: max |logit difference| \(worst)")
+        XCTAssertLessThan(worst, 2e-4)
+    }
+}
