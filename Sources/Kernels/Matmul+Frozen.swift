@@ -9,75 +9,66 @@ import CBLAS
 import CKernels
 import Tensors
 
-/// A row-major (rows × cols) matrix in a stored type; every row is whole blocks.
-public struct FrozenMatrix: @unchecked Sendable {
-    public var dtype: DType
-    public var data: UnsafeRawPointer
-    public var rows: Int
-    public var cols: Int
-    public init(dtype: DType, data: UnsafeRawPointer, rows: Int, cols: Int) {
-        self.dtype = dtype; self.data = data; self.rows = rows; self.cols = cols
-    }
-
-    /// Bytes of one row.
-    public var rowBytes: Int { dtype.byteCount(elements: cols) ?? 0 }
-
-    /// Rows dequantized per tile: about 256 Ki floats (1 MiB), a multiple of 16 rows.
+/// A frozen weight is a `WeightMatrix` (rows of whole blocks in the file's type).
+extension WeightMatrix {
+    /// Rows dequantized per tile of the frozen products: about 256 Ki floats (1 MiB), a multiple of 16 rows.
     public var tileRows: Int { min(rows, max(16, (1 << 18) / max(cols, 1) / 16 * 16)) }
 
-    /// Scratch floats the products need for this matrix.
+    /// Scratch floats the frozen products need for this matrix.
     public var scratchFloats: Int { tileRows * cols }
 
     /// Row `r` dequantized into `out` (cols floats).
     public func dequantize(row r: Int, into out: UnsafeMutablePointer<Float>) {
-        ck_dequantize_rows(nil, data + r * rowBytes, Int32(dtype.ggmlID), out, 1, Int32(cols))
+        ck_dequantize_rows(nil, data + r * rowBytes, ckType, out, 1, Int32(cols))
     }
 
     /// Rows [r, r + count) dequantized into `out` (count × cols), split over the training threads.
     public func dequantize(rows r: Int, count: Int, into out: UnsafeMutablePointer<Float>) {
-        let stride = rowBytes, cols = cols, type = Int32(dtype.ggmlID), data = data
+        let stride = rowBytes, cols = cols, type = ckType, data = data
         parallelRows(count, minRowsPerThread: 16) { part in
             ck_dequantize_rows(nil, data + (r + part.lowerBound) * stride, type, out + part.lowerBound * cols,
                                Int32(part.count), Int32(cols))
+        }
+    }
+
+    /// `body(first row, rows)` for each tile of rows in order, the tile dequantized into `scratch` first.
+    func forEachTile(scratch: UnsafeMutablePointer<Float>, _ body: (Int, Int) -> Void) {
+        var r = 0
+        while r < rows {
+            let count = min(tileRows, rows - r)
+            dequantize(rows: r, count: count, into: scratch)
+            body(r, count)
+            r += count
         }
     }
 }
 
 /// out (n, w.rows) = inp (n, w.cols) · wᵀ, plus out's old value when `accumulate`. `scratch` holds
 /// `w.scratchFloats` floats. The same values as `matmulForward` with the dequantized weight.
-public func frozenMatmulForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>, _ w: FrozenMatrix,
+public func frozenMatmulForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>, _ w: WeightMatrix,
                                 n: Int, accumulate: Bool = false, scratch: UnsafeMutablePointer<Float>) {
-    let tile = w.tileRows, inDim = w.cols, outDim = w.rows
-    var r = 0
-    while r < outDim {
-        let count = min(tile, outDim - r)
-        w.dequantize(rows: r, count: count, into: scratch)
-        let r0 = r
+    let inDim = w.cols, outDim = w.rows
+    w.forEachTile(scratch: scratch) { r0, count in
         splitRows(n) { a, b in
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(b - a), Int32(count), Int32(inDim), 1,
                         inp + a * inDim, Int32(inDim), scratch, Int32(inDim), accumulate ? 1 : 0,
                         out + a * outDim + r0, Int32(outDim))
         }
-        r += count
     }
 }
 
 /// dinp (n, w.cols) = dout (n, w.rows) · w, plus dinp's old value when `accumulate`: the input gradient
 /// of a frozen product (its weight has none). Tiles are added in row order.
-public func frozenMatmulInputGradient(_ dinp: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>, _ w: FrozenMatrix,
+public func frozenMatmulInputGradient(_ dinp: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>, _ w: WeightMatrix,
                                       n: Int, accumulate: Bool = false, scratch: UnsafeMutablePointer<Float>) {
-    let tile = w.tileRows, inDim = w.cols, outDim = w.rows
-    var r = 0
-    while r < outDim {
-        let count = min(tile, outDim - r)
-        w.dequantize(rows: r, count: count, into: scratch)
-        let r0 = r, beta: Float = accumulate || r > 0 ? 1 : 0
+    let inDim = w.cols, outDim = w.rows
+    w.forEachTile(scratch: scratch) { r0, count in
+        let beta: Float = accumulate || r0 > 0 ? 1 : 0
         splitRows(n) { a, b in
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(b - a), Int32(inDim), Int32(count), 1,
                         dout + a * outDim + r0, Int32(outDim), scratch, Int32(inDim), beta,
                         dinp + a * inDim, Int32(inDim))
         }
-        r += count
     }
 }
 

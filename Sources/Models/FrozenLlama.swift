@@ -14,10 +14,10 @@ public final class FrozenLlama {
     /// Every norm weight in fp32: attn_norm and ffn_norm of each block, then output_norm.
     let norms: FloatBuffer
     /// Block l's seven projections.
-    public let blocks: [[LoRATarget: FrozenMatrix]]
-    public let embedding: FrozenMatrix
+    public let blocks: [[LoRATarget: WeightMatrix]]
+    public let embedding: WeightMatrix
     /// The output projection (token_embd when tied).
-    public let head: FrozenMatrix
+    public let head: WeightMatrix
     /// Bytes of the frozen tensors as the source holds them.
     public let storedBytes: Int
 
@@ -29,14 +29,14 @@ public final class FrozenLlama {
         }
         try source.validateTensors()
         var bytes = 0
-        func matrix(_ name: String) throws -> FrozenMatrix {
+        func matrix(_ name: String) throws -> WeightMatrix {
             let t = try source.tensor(name)
             guard t.shape.count == 2, let row = t.dtype.byteCount(elements: t.shape[1]), row * t.shape[0] == t.bytes.count else {
                 throw OffloadError("[train] \(source.sourceName): tensor \(name) (\(t.dtype), shape \(t.shape)) does not have "
                                    + "rows of whole \(t.dtype) blocks; it cannot be used frozen")
             }
             bytes += t.bytes.count
-            return FrozenMatrix(dtype: t.dtype, data: t.bytes.baseAddress!, rows: t.shape[0], cols: t.shape[1])
+            return WeightMatrix(data: t.bytes.baseAddress!, dtype: t.dtype, rows: t.shape[0], cols: t.shape[1])
         }
         blocks = try (0..<c.layers).map { l in
             try Dictionary(uniqueKeysWithValues: LoRATarget.allCases.map { ($0, try matrix("blk.\(l).\($0.ggufName).weight")) })

@@ -11,7 +11,7 @@ enum Linear {
     /// Trained in fp32: the weight and its gradient.
     case trained(UnsafePointer<Float>, UnsafeMutablePointer<Float>)
     /// Frozen in the file's type, with its adapter (if targeted) and where the adapter's A·x is kept.
-    case frozen(FrozenMatrix, LoRAPair?, saved: UnsafeMutablePointer<Float>?)
+    case frozen(WeightMatrix, LoRAPair?, saved: UnsafeMutablePointer<Float>?)
 }
 
 struct BlockWeights {
@@ -32,8 +32,7 @@ public final class LoRABinding {
     /// Floats of the buffer for N = batch × seqLen rows and `headChunkRows` head rows per chunk.
     static func floats(base: FrozenLlama, adapters: LoRAAdapters, rows n: Int, headChunkRows: Int) -> [Int] {
         let c = base.config, r = adapters.settings.rank, targets = adapters.settings.targets.count
-        let headTile = FrozenMatrix(dtype: base.head.dtype, data: base.head.data, rows: headChunkRows, cols: c.dim)
-        return [c.layers * targets * n * r, n * r, max(base.scratchFloats, 1), headTile.rows * c.dim, c.dim]
+        return [c.layers * targets * n * r, n * r, max(base.scratchFloats, 1), headChunkRows * c.dim, c.dim]
     }
 
     init(base: FrozenLlama, adapters: LoRAAdapters, rows n: Int, headChunkRows: Int) {
