@@ -22,6 +22,8 @@ struct Chat: ParsableCommand {
         """)
 
     @Option(help: "A GGUF file or a Hugging Face model folder.") var model: String
+    @Option(help: "Apply this LoRA adapter (a peft adapter folder, or an `offload train --lora-rank` checkpoint) without merging it.")
+    var lora: String?
     @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
     @Option(help: "A system message that opens the conversation.") var system: String?
     @Option(name: .customLong("max-tokens"), help: "Tokens per answer at most.") var maxTokens = 512
@@ -62,6 +64,7 @@ struct Chat: ParsableCommand {
         } else {
             llama = try LlamaModel(source: source, threads: nthreads, maxPositions: ctx)
         }
+        if let lora { try llama.setAdapters(loadAdapter(lora, for: source)) }
         defer { streamer?.stop() }
         signal(SIGINT) { _ in
             if answering != 0 { interrupted = 1; return }

@@ -25,6 +25,8 @@ struct Serve: ParsableCommand {
         """)
 
     @Option(help: "A GGUF file or a Hugging Face model folder.") var model: String
+    @Option(help: "Apply this LoRA adapter (a peft adapter folder, or an `offload train --lora-rank` checkpoint) without merging it.")
+    var lora: String?
     @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
     @Option(help: "Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).")
     var host = "127.0.0.1"
@@ -98,6 +100,7 @@ struct Serve: ParsableCommand {
         } else {
             llama = try LlamaModel(source: source, threads: nthreads, maxPositions: ctx)
         }
+        if let lora { try llama.setAdapters(loadAdapter(lora, for: source)) }
         let engine = ServingEngine(model: llama, maxConcurrent: slots, maxQueue: maxQueue)
         engine.start()
         var options = ServerOptions(modelID: modelID(model), contextLength: ctx)
