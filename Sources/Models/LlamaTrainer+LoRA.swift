@@ -10,8 +10,9 @@ import Tensors
 enum Linear {
     /// Trained in fp32: the weight and its gradient.
     case trained(UnsafePointer<Float>, UnsafeMutablePointer<Float>)
-    /// Frozen in the file's type, with its adapter (if targeted) and where the adapter's A·x is kept.
-    case frozen(WeightMatrix, LoRAPair?, saved: UnsafeMutablePointer<Float>?)
+    /// Frozen in the file's type, with its adapter (if targeted), where the adapter's A·x is kept, and
+    /// the dropout mask on the adapter's input (training with --lora-dropout).
+    case frozen(WeightMatrix, LoRAPair?, saved: UnsafeMutablePointer<Float>?, dropout: DropoutMask?)
 }
 
 struct BlockWeights {
@@ -28,11 +29,18 @@ public final class LoRABinding {
     /// saved[l][t]: (N, rank) A·x of target t in block l.
     let saved: [[LoRATarget: UnsafeMutablePointer<Float>]]
     let dsaved, tile, headRows, normGradientSink: UnsafeMutablePointer<Float>
+    /// Dropout: an adapter's input after the mask, and the gradient before it (N × the widest input each).
+    let dropped, droppedGradient: UnsafeMutablePointer<Float>
+    /// The seed of the dropout masks (the run's), and the index of the micro-batch being trained
+    /// (nil outside `forwardBackward`: no dropout).
+    public var dropoutSeed: UInt64 = 0
+    var dropoutDraw: UInt64?
 
     /// Floats of the buffer for N = batch × seqLen rows and `headChunkRows` head rows per chunk.
     static func floats(base: FrozenLlama, adapters: LoRAAdapters, rows n: Int, headChunkRows: Int) -> [Int] {
         let c = base.config, r = adapters.settings.rank, targets = adapters.settings.targets.count
-        return [c.layers * targets * n * r, n * r, max(base.scratchFloats, 1), headChunkRows * c.dim, c.dim]
+        let widest = adapters.settings.dropout > 0 ? n * adapters.settings.targets.map { $0.shape(c).in }.max()! : 0
+        return [c.layers * targets * n * r, n * r, max(base.scratchFloats, 1), headChunkRows * c.dim, c.dim, widest, widest]
     }
 
     init(base: FrozenLlama, adapters: LoRAAdapters, rows n: Int, headChunkRows: Int) {
@@ -53,7 +61,15 @@ public final class LoRABinding {
             })
         }
         dsaved = take(sizes[1]); tile = take(sizes[2]); headRows = take(sizes[3]); normGradientSink = take(sizes[4])
+        dropped = take(sizes[5]); droppedGradient = take(sizes[6])
     }
 
     var bytes: Int { buffer.bytes }
+
+    /// The dropout mask of target `t` in block `l` for the micro-batch being trained, if any.
+    func dropoutMask(_ l: Int, _ t: LoRATarget) -> DropoutMask? {
+        let p = adapters.settings.dropout
+        guard p > 0, let draw = dropoutDraw else { return nil }
+        return DropoutMask(p: p, seed: dropoutSeed, draw: draw, layer: l, target: t)
+    }
 }

@@ -373,7 +373,7 @@ public final class LlamaTrainer {
         if let lora {
             let base = lora.base, sink = lora.normGradientSink
             func linear(_ t: LoRATarget) -> Linear {
-                .frozen(base.blocks[l][t]!, lora.adapters.pair(l, t), saved: lora.saved[l][t])
+                .frozen(base.blocks[l][t]!, lora.adapters.pair(l, t), saved: lora.saved[l][t], dropout: lora.dropoutMask(l, t))
             }
             return BlockWeights(attnNorm: base.attnNorm(l), ffnNorm: base.ffnNorm(l), attnNormGradient: sink,
                                 ffnNormGradient: sink, q: linear(.q), k: linear(.k), v: linear(.v), o: linear(.o),
@@ -394,10 +394,15 @@ public final class LlamaTrainer {
             switch w {
             case .trained(let weight, _):
                 matmulForward(out, x, weight, n: n, inDim: inDim, outDim: outDim, accumulate: accumulate)
-            case .frozen(let m, let adapter, let saved):
+            case .frozen(let m, let adapter, let saved, let dropout):
                 frozenMatmulForward(out, x, m, n: n, accumulate: accumulate, scratch: lora!.tile)
                 if let a = adapter, let saved {
-                    loraForward(out, saved: saved, x, a: a.a, b: a.b, n: n, inDim: inDim, outDim: outDim, rank: a.rank, scale: a.scale)
+                    var input = x
+                    if let dropout {
+                        dropout.apply(x, into: lora!.dropped, n: n, cols: inDim)
+                        input = lora!.dropped
+                    }
+                    loraForward(out, saved: saved, input, a: a.a, b: a.b, n: n, inDim: inDim, outDim: outDim, rank: a.rank, scale: a.scale)
                 }
             }
         }
@@ -412,9 +417,17 @@ public final class LlamaTrainer {
             switch w {
             case .trained(let weight, let gradient):
                 matmulBackward(dx, gradient, dy, x, weight, n: n, inDim: inDim, outDim: outDim, accumulateInput: accumulateInput)
-            case .frozen(let m, let adapter, let saved):
+            case .frozen(let m, let adapter, let saved, let dropout):
                 frozenMatmulInputGradient(dx, dy, m, n: n, accumulate: accumulateInput, scratch: lora!.tile)
-                if let a = adapter, let saved {
+                guard let a = adapter, let saved else { break }
+                if let dropout, let lora {
+                    // Through the mask: the adapter saw x after it, and its input gradient passes it again.
+                    dropout.apply(x, into: lora.dropped, n: n, cols: inDim)
+                    lora.droppedGradient.update(repeating: 0, count: n * inDim)
+                    loraBackward(lora.droppedGradient, gradA: a.gradA, gradB: a.gradB, dsaved: lora.dsaved, dy, lora.dropped,
+                                 saved: saved, a: a.a, b: a.b, n: n, inDim: inDim, outDim: outDim, rank: a.rank, scale: a.scale)
+                    dropout.addBackward(lora.droppedGradient, into: dx, n: n, cols: inDim)
+                } else {
                     loraBackward(dx, gradA: a.gradA, gradB: a.gradB, dsaved: lora!.dsaved, dy, x, saved: saved, a: a.a, b: a.b,
                                  n: n, inDim: inDim, outDim: outDim, rank: a.rank, scale: a.scale)
                 }
@@ -503,10 +516,13 @@ public final class LlamaTrainer {
 
     /// Forward and backward for one batch: returns the mean loss over its B·T targets (but `ignoredTarget`s) and ADDS
     /// `gradientScale` × ∂(mean loss)/∂θ to the model's gradients (scale 1/k when accumulating k micro-batches).
+    /// With LoRA dropout, `draw` (the micro-batch's index in the run) picks the masks.
     @discardableResult
-    public func forwardBackward(inputs: [Int], targets: [Int], gradientScale: Float = 1) throws -> Float {
+    public func forwardBackward(inputs: [Int], targets: [Int], gradientScale: Float = 1, draw: UInt64 = 0) throws -> Float {
         let c = model.config
         try needOwnActivations()
+        lora?.dropoutDraw = draw
+        defer { lora?.dropoutDraw = nil }
         try load(inputs, into: &tokenBuffer, what: "inputs")
         try loadTargets(targets)
         TrainingThreads.claimBLAS()

@@ -75,9 +75,7 @@ public struct LoRASettings: Codable, Equatable, Sendable {
         guard rank > 0 else { throw OffloadError("--lora-rank must be positive, got \(rank)") }
         guard alpha.isFinite, alpha > 0 else { throw OffloadError("--lora-alpha must be a positive number, got \(alpha)") }
         guard !targets.isEmpty else { throw OffloadError("--lora-targets: no projection given") }
-        guard dropout == 0 else {
-            throw OffloadError("--lora-dropout \(dropout): only 0 is supported yet (dropout on the adapters' input is not built)")
-        }
+        guard dropout >= 0 && dropout < 1 else { throw OffloadError("--lora-dropout must be in [0, 1), got \(dropout)") }
     }
 }
 
@@ -218,20 +216,14 @@ public final class LoRAAdapters {
             }
             targets.append(t)
         }
-        // Offload checks dropout itself (the caller may only need the adapter for inference).
-        var s = LoRASettings(rank: r, alpha: alpha, targets: LoRATarget.allCases.filter(targets.contains))
-        s.dropout = dropout
-        return s
+        return LoRASettings(rank: r, alpha: alpha, targets: LoRATarget.allCases.filter(targets.contains), dropout: dropout)
     }
 
     /// The peft adapter in `folder`, for a model of `config` (every tensor present, shaped as the model needs,
     /// none left over). Tensors may be F32, F16 or BF16.
     public static func load(folder: String, config: LlamaConfig, ropeStyle: RopeStyle) throws -> LoRAAdapters {
-        var settings = try readSettings(folder: folder)
-        let dropout = settings.dropout
-        settings.dropout = 0
+        let settings = try readSettings(folder: folder)
         let a = try LoRAAdapters(config: config, ropeStyle: ropeStyle, settings: settings)
-        a.loadedDropout = dropout
         let path = folder + "/" + weightsFile
         guard FileManager.default.fileExists(atPath: path) else { throw OffloadError("[lora] \(folder): no \(weightsFile)") }
         let file = try SafetensorsFile(path: path)
@@ -256,9 +248,6 @@ public final class LoRAAdapters {
         }
         return a
     }
-
-    /// The dropout the loaded adapter's config named (training refuses anything but 0; inference ignores it).
-    public private(set) var loadedDropout: Float = 0
 }
 
 /// One targeted projection's adapter: A (rank × in), B (out × rank), their gradients, and the scale.

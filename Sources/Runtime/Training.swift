@@ -35,8 +35,9 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
     /// zo-sgd: the perturbation ε (nil: 1e-3, MeZO's) and the seed z is drawn from (nil: 0).
     public var zoEps: Float?
     public var zoSeed: UInt64?
-    /// LoRA: adapters trained on a frozen base (nil: every weight trained).
+    /// LoRA: adapters trained on a frozen base (nil: every weight trained), and the seed of its dropout masks.
     public var lora: LoRASettings?
+    public var loraSeed: UInt64?
 
     public init() {}
 
@@ -163,6 +164,7 @@ public final class TrainingSession {
 
     private init(trainer: LlamaTrainer, trained: any TrainableParameters, data: TokenWindows, options: TrainingOptions) throws {
         self.trainer = trainer; self.model = trainer.model; self.trained = trained
+        trainer.lora?.dropoutSeed = options.loraSeed ?? 0
         self.data = data; self.options = options
         optimizer = options.makeOptimizer()
         optimizerState = OptimizerState(for: optimizer, layout: trained.layout)
@@ -201,7 +203,8 @@ public final class TrainingSession {
                 lastExecuted = r
                 lossSum += Double(r.loss)
             } else {
-                let loss = try trainer.forwardBackward(inputs: inputs, targets: targets, gradientScale: 1 / Float(micro))
+                let loss = try trainer.forwardBackward(inputs: inputs, targets: targets, gradientScale: 1 / Float(micro),
+                                                       draw: UInt64(nextBatch + m))
                 lossSum += Double(loss)
             }
         }

@@ -54,7 +54,7 @@ struct Train: ParsableCommand {
     var loraAlpha: Float?
     @Option(name: .customLong("lora-targets"), help: "The projections LoRA adapts, from q,k,v,o,gate,up,down (default q,v, as peft for Llama).")
     var loraTargets: String?
-    @Option(name: .customLong("lora-dropout"), help: "Dropout on the adapters' input (only 0, the default, is supported yet).")
+    @Option(name: .customLong("lora-dropout"), help: "Dropout on the adapters' input while training (default 0); its masks are drawn from --seed.")
     var loraDropout: Float?
     @Option(name: .customLong("lora-init"), help: "Start LoRA from this peft adapter folder (adapter_config.json, adapter_model.safetensors): its rank, alpha and targets.")
     var loraInit: String?
@@ -200,6 +200,7 @@ struct Train: ParsableCommand {
                                         targets: try loraTargets.map(LoRATarget.parse) ?? LoRASettings.defaultTargets,
                                         dropout: loraDropout ?? 0)
         }
+        if options.lora != nil && resume == nil { options.loraSeed = seed }
         if let zoSeed { options.zoSeed = zoSeed }
         if let shuffle { options.shuffleSeed = shuffle }
         if let activations {

@@ -13,7 +13,7 @@ final class LoRACommandTests: XCTestCase {
 
     func train(_ extra: [String]) throws -> CommandResult {
         try CLI.run(["train", "--model", CLI.smolLM2, "--data", text, "--lora-rank", "4", "--lora-alpha", "16",
-                     "--lora-targets", "q,v,down", "--batch", "1", "--seq-len", "32", "--steps", "4", "--lr", "1e-3",
+                     "--lora-targets", "q,v,down", "--lora-dropout", "0.1", "--batch", "1", "--seq-len", "32", "--steps", "4", "--lr", "1e-3",
                      "--threads", "2"] + extra)
     }
 
@@ -37,13 +37,14 @@ final class LoRACommandTests: XCTestCase {
         XCTAssertEqual(config["r"] as? Int, 4)
         XCTAssertEqual(config["lora_alpha"] as? Double, 16)
         XCTAssertEqual(config["target_modules"] as? [String], ["q_proj", "v_proj", "down_proj"])
+        XCTAssertEqual(config["lora_dropout"] as? Double ?? 0, 0.1, accuracy: 1e-6)
         let header = try Data(contentsOf: whole.appendingPathComponent("adapter_model.safetensors"))
         let length = header.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
         let names = (try JSONSerialization.jsonObject(with: header.subdata(in: 8..<(8 + Int(length)))) as! [String: Any]).keys
         XCTAssertTrue(names.contains("base_model.model.model.layers.29.mlp.down_proj.lora_B.weight"))
         XCTAssertEqual(names.filter { $0 != "__metadata__" }.count, 30 * 3 * 2)
 
-        // Stopped after 2 steps and resumed: the same losses and gradient norms, bit for bit.
+        // Stopped after 2 steps and resumed: the same losses and gradient norms (and dropout masks), bit for bit.
         let r1 = try train(["--save", part.path, "--stop-after", "2", "--log", dir.appendingPathComponent("part.jsonl").path])
         XCTAssertEqual(r1.status, 0, r1.stderr)
         let r2 = try CLI.run(["train", "--resume", part.path, "--data", text, "--log", dir.appendingPathComponent("part.jsonl").path])
@@ -97,7 +98,7 @@ final class LoRACommandTests: XCTestCase {
         let base = ["train", "--model", CLI.smolLM2, "--data", text, "--steps", "1", "--batch", "1", "--seq-len", "16"]
         try expectError(base + ["--lora-rank", "4", "--lora-targets", "q,attn"], mentions: ["--lora-targets", "'attn'"])
         try expectError(base + ["--lora-rank", "0"], mentions: ["--lora-rank"])
-        try expectError(base + ["--lora-rank", "4", "--lora-dropout", "0.1"], mentions: ["--lora-dropout"])
+        try expectError(base + ["--lora-rank", "4", "--lora-dropout", "1"], mentions: ["--lora-dropout"])
         try expectError(base + ["--lora-alpha", "16"], mentions: ["--lora-rank"])
         try expectError(base + ["--lora-rank", "4", "--optimizer", "zo-sgd"], mentions: ["zo-sgd", "LoRA"])
         try expectError(base + ["--lora-rank", "4", "--budget", "1GB"], mentions: ["--budget"])
