@@ -24,8 +24,8 @@ struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write a training checkpoint as a GGUF model, or a base model with a LoRA adapter merged in.",
         discussion: """
-        The tokenizer is copied from the GGUF the training started from, when there was one. With --merge,
-        FOLDER is a LoRA adapter (an `offload train --lora-rank` checkpoint, or any peft adapter folder with
+        The tokenizer is copied from the GGUF the training started from, when there was one. With --merge, \
+        FOLDER is a LoRA adapter (an `offload train --lora-rank` checkpoint, or any peft adapter folder with \
         --model): each targeted projection is written as W + (alpha/rank)·B·A, as peft's merge_and_unload.
         Examples:
           offload export run1 --out run1.gguf --type q4_k_m
