@@ -173,8 +173,8 @@ public final class TrainingSession {
     /// Bytes of weights (LoRA: the frozen base as its file holds them, and the adapters), gradients,
     /// optimizer state and activations.
     public var memoryBytes: Int {
-        trained.weights.bytes + trained.gradients.bytes + (trainer.lora?.base.storedBytes ?? model.weights.bytes - trained.weights.bytes)
-            + optimizerState.bytes + trainer.activationBytes
+        let frozen = trainer.lora?.base.storedBytes ?? 0
+        return frozen + trained.weights.bytes + trained.gradients.bytes + optimizerState.bytes + trainer.activationBytes
     }
 
     /// One optimizer step. A non-finite loss or gradient norm throws before anything is updated.
