@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Training throughput side by side: PyTorch (transformers LlamaForCausalLM, fp32, AdamW, or with
-# --method zo-sgd MeZO's zero-order loop, or --method lora peft's LoRA, rank 8 alpha 16 on every projection) and `offload train` (the same method), same GGUF (SmolLM2-135M, dequantized to fp32), same batch × seq-len, same
+# --method adamw8bit torchao's AdamW8bit, --method zo-sgd MeZO's zero-order loop, or --method lora peft's LoRA, rank 8 alpha 16 on every projection) and `offload train` (the same method), same GGUF (SmolLM2-135M, dequantized to fp32), same batch × seq-len, same
 # thread count, alternated R times. Prints step time and tokens/s (median over steps after the
 # first, which warms up), peak resident memory, and the offload/PyTorch ratios.
-# Needs torch + transformers + gguf (+ peft for lora) (pip; several GB, not part of the test set-up).
+# Needs torch + transformers + gguf (+ peft for lora, torchao for adamw8bit) (pip; several GB, not part of the test set-up).
 #
 # usage: Benchmarks/bench-training.sh [--repeat R] [--steps N] [--batch B] [--seq-len T] [--threads K]
-#                                     [--method adamw|zo-sgd|lora]
+#                                     [--method adamw|adamw8bit|zo-sgd|lora]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 REPEAT=2 STEPS=4 BATCH=4 SEQ=256 THREADS=2 METHOD=adamw
@@ -22,8 +22,8 @@ python3 -c "import torch, transformers, gguf" 2>/dev/null || {
   echo "[bench-training] needs torch, transformers and gguf: pip install torch transformers gguf" >&2; exit 1; }
 case "$METHOD" in
   lora) METHOD_ARGS=(--lora-rank 8 --lora-alpha 16 --lora-targets q,k,v,o,gate,up,down) ;;
-  adamw|zo-sgd) METHOD_ARGS=(--optimizer "$METHOD") ;;
-  *) echo "[bench-training] --method must be adamw, zo-sgd or lora" >&2; exit 1 ;;
+  adamw|adamw8bit|zo-sgd) METHOD_ARGS=(--optimizer "$METHOD") ;;
+  *) echo "[bench-training] --method must be adamw, adamw8bit, zo-sgd or lora" >&2; exit 1 ;;
 esac
 OUT="$REPO/Benchmarks/.work/training-$(date +%Y%m%d-%H%M%S)"; mkdir -p "$OUT"
 echo "[bench-training] $METHOD B=$BATCH T=$SEQ steps=$STEPS threads=$THREADS, load $(cut -d' ' -f1-3 /proc/loadavg); output in $OUT" >&2

@@ -13,7 +13,7 @@ ap.add_argument("--batch", type=int, default=4)
 ap.add_argument("--seq-len", type=int, default=256)
 ap.add_argument("--steps", type=int, default=4)
 ap.add_argument("--threads", type=int, default=2)
-ap.add_argument("--method", choices=["adamw", "zo-sgd", "lora"], default="adamw")
+ap.add_argument("--method", choices=["adamw", "adamw8bit", "zo-sgd", "lora"], default="adamw")
 a = ap.parse_args()
 
 import torch
@@ -61,7 +61,11 @@ def zo_step(batch, k, eps=1e-3, lr=1e-4):
 
 if a.method == "zo-sgd":
     model.eval()
-opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) if a.method != "zo-sgd" else None
+if a.method == "adamw8bit":
+    from torchao.optim import AdamW8bit  # its update compiled by torch.compile, as torchao runs it
+    opt = AdamW8bit(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+else:
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) if a.method != "zo-sgd" else None
 steps = []
 for k in range(a.steps):
     batch = torch.tensor([windows[(k * B + b) % len(windows)] for b in range(B)])

@@ -88,6 +88,13 @@ public enum RopeRowOrder {
         return h * headDim + (r % 2) * (headDim / 2) + r / 2
     }
 
+    /// The adjacent-pairs (GGUF) row that holds half-split (HF) row `row`.
+    @inline(__always)
+    public static func adjacentPairsRow(ofHalfSplitRow row: Int, headDim: Int) -> Int {
+        let h = row / headDim, r = row % headDim, half = headDim / 2
+        return h * headDim + 2 * (r % half) + r / half
+    }
+
     /// HF → GGUF (llama.cpp's permute). `w` is rows × cols, row-major.
     public static func toAdjacentPairs<T>(_ w: [T], heads: Int, cols: Int) throws -> [T] {
         try reorder(w, heads: heads, cols: cols, forward: true)

@@ -10,10 +10,28 @@ public protocol TrainableParameters: AnyObject {
     var layout: ParameterLayout { get }
     var weights: FloatBuffer { get }
     var gradients: FloatBuffer { get }
+    /// How the reference lays out `entry` when it differs from how it is stored (nil: the same).
+    func referenceOrder(of entry: ParameterLayout.Entry) -> ReferenceOrder?
 }
 
-extension TrainableLlama: TrainableParameters {}
-extension LoRAAdapters: TrainableParameters {}
+extension TrainableParameters {
+    public func referenceOrder(of entry: ParameterLayout.Entry) -> ReferenceOrder? { nil }
+}
+
+extension TrainableLlama: TrainableParameters {
+    /// attn_q/attn_k from a GGUF (adjacent-pair rotary rows) are Hugging Face's rows interleaved per head.
+    public func referenceOrder(of entry: ParameterLayout.Entry) -> ReferenceOrder? {
+        guard ropeStyle == .adjacentPairs, entry.name.hasSuffix(".attn_q.weight") || entry.name.hasSuffix(".attn_k.weight")
+        else { return nil }
+        return ReferenceOrder(headDim: config.headDim, columns: config.dim)
+    }
+}
+extension LoRAAdapters: TrainableParameters {
+    /// B of attn_q/attn_k over a GGUF base: peft's rows interleaved per head.
+    public func referenceOrder(of entry: ParameterLayout.Entry) -> ReferenceOrder? {
+        reordersRows(entry.name).map { _ in ReferenceOrder(headDim: config.headDim, columns: settings.rank) }
+    }
+}
 
 extension TrainableParameters {
     public func zeroGradients() { gradients.zero() }

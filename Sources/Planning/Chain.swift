@@ -55,6 +55,8 @@ public struct ModelChain: Codable, Sendable, Equatable {
     public var output: LogicalTensor
     /// Seconds of the optimizer step per parameter byte (AdamW streams w, g, m, v).
     public var optimizerSecondsPerParameterByte: Double
+    /// What the optimizer keeps per parameter tensor (its two state tensors `adamNames` split it).
+    public var optimizerState = OptimizerStateSize.adamw
 
     public init(model: String, mode: RunMode, batch: Int, seqLen: Int, stages: [ChainStage], output: LogicalTensor,
                 optimizerSecondsPerParameterByte: Double) {
@@ -72,6 +74,13 @@ public struct ModelChain: Codable, Sendable, Equatable {
 
     public static func gradName(_ w: String) -> String { "grad." + w.dropFirst(2) }
     public static func adamNames(_ w: String) -> [String] { ["adam.m." + w.dropFirst(2), "adam.v." + w.dropFirst(2)] }
+    /// The bytes of the two state tensors of fp32 weight tensor `w` (`adamNames` order).
+    public func optimizerStateBytes(_ w: LogicalTensor) -> [Int] {
+        let total = optimizerState.bytes(count: w.bytes / 4)
+        return [total - total / 2, total / 2]
+    }
+    /// Optimizer state of every parameter.
+    public var optimizerStateBytes: Int { stages.reduce(0) { $0 + $1.parameters.reduce(0) { $0 + optimizerStateBytes($1).reduce(0, +) } } }
 }
 
 extension ModelChain {

@@ -31,8 +31,10 @@ public enum ExecutorPlanning {
     /// The cost model's chain with this executor's temporaries: a block forward that does not
     /// save (`input`/`none`) still computes every activation, into temporaries as large as the
     /// saved set; the backward's scratch is the trainer's (counted in the overhead, not per op).
-    public static func chain(config: LlamaConfig, batch: Int, seqLen: Int, hardware: HardwareProfile) -> ModelChain {
+    public static func chain(config: LlamaConfig, batch: Int, seqLen: Int, hardware: HardwareProfile,
+                             optimizerState: OptimizerStateSize = .adamw) -> ModelChain {
         var chain = ModelChain.llama(config, mode: .train, batch: batch, seqLen: seqLen, hardware: hardware)
+        chain.optimizerState = optimizerState
         for k in chain.stages.indices {
             let saved = chain.stages[k].saved.reduce(0) { $0 + pages($1.bytes) }
             // The simulator charges a forward's temporaries whatever it saves. Every strategy runs
@@ -54,7 +56,7 @@ public enum ExecutorPlanning {
                                         chain: ModelChain) -> Int {
         let p = chain.parameterBytes, parameters = ParameterLayout(config: config).totalFloats * 4
         let activationTensors = chain.stages.reduce(0) { $0 + 2 + $1.saved.count }
-        return parameters + (parameters - p) + max(0, optimizerStateBytes - 2 * p)
+        return parameters + (parameters - p) + max(0, optimizerStateBytes - chain.optimizerStateBytes)
             + trainerBytes + 4096 * activationTensors
     }
 
@@ -67,12 +69,13 @@ public enum ExecutorPlanning {
                  trainerBytes: trainerBytes, optimizerStateBytes: optimizerStateBytes, useDisk: useDisk, hardware: hardware)
     }
 
-    /// The same, from the shape alone: the trainer's buffers and AdamW's m and v as `offload train` allocates them.
+    /// The same, from the shape alone: the trainer's buffers and the optimizer's state as `offload train` allocates them.
     public static func plan(strategy: ActivationStrategy?, budget: Int, config: LlamaConfig, batch: Int, seqLen: Int,
-                            trainerBytes: Int? = nil, optimizerStateBytes: Int? = nil, useDisk: Bool,
+                            trainerBytes: Int? = nil, optimizerState: OptimizerStateSize = .adamw,
+                            optimizerStateBytes: Int? = nil, useDisk: Bool,
                             hardware: HardwareProfile = .defaultCPU) throws -> (chosen: ExecutorPlan, all: [PlanResult]) {
         let all = try compare(strategies: strategy.map { [$0] } ?? ActivationStrategy.allCases, budget: budget, config: config,
-                              batch: batch, seqLen: seqLen, trainerBytes: trainerBytes,
+                              batch: batch, seqLen: seqLen, trainerBytes: trainerBytes, optimizerState: optimizerState,
                               optimizerStateBytes: optimizerStateBytes, useDisk: useDisk, hardware: hardware)
         let fitting = all.filter { $0.result.fits }.sorted { $0.result.simulation!.stepSeconds < $1.result.simulation!.stepSeconds }
         guard let best = fitting.first, let plan = best.plan else {
@@ -85,18 +88,19 @@ public enum ExecutorPlanning {
     /// Every activation strategy with parameters in memory under `budget`, each with its plan when it fits.
     public static func compare(strategies: [ActivationStrategy] = ActivationStrategy.allCases, budget: Int?,
                                config: LlamaConfig, batch: Int, seqLen: Int, trainerBytes: Int? = nil,
-                               optimizerStateBytes: Int? = nil, useDisk: Bool,
+                               optimizerState: OptimizerStateSize = .adamw, optimizerStateBytes: Int? = nil, useDisk: Bool,
                                hardware: HardwareProfile = .defaultCPU) throws -> [(result: PlanResult, plan: ExecutorPlan?)] {
         let trainerBytes = trainerBytes
             ?? LlamaTrainer.activationBytes(config: config, batch: batch, seqLen: seqLen, ownsActivations: false)
-        let optimizerStateBytes = optimizerStateBytes ?? 2 * ParameterLayout(config: config).totalFloats * 4
-        let chain = chain(config: config, batch: batch, seqLen: seqLen, hardware: hardware)
+        let optimizerStateBytes = optimizerStateBytes ?? optimizerState.bytes(config: config)
+        let chain = chain(config: config, batch: batch, seqLen: seqLen, hardware: hardware, optimizerState: optimizerState)
         let overhead = executorOverhead(config: config, trainerBytes: trainerBytes, optimizerStateBytes: optimizerStateBytes,
                                         chain: chain)
         let planningBudget = budget.map { $0 - overhead }
-        if let planningBudget, planningBudget <= 3 * chain.parameterBytes {
-            let why = "weights, gradients, AdamW state and the trainer's scratch need "
-                + "\(formatBytes(overhead + 3 * chain.parameterBytes)) in memory"
+        let resident = chain.parameterBytes + chain.optimizerStateBytes
+        if let planningBudget, planningBudget <= resident {
+            let why = "weights, gradients, optimizer state and the trainer's scratch need "
+                + "\(formatBytes(overhead + resident)) in memory"
             return strategies.map { a in
                 (PlanResult(name: a.rawValue, activations: a, parameters: .keep, kvOffload: false, schedule: nil,
                             simulation: nil, modelSeconds: nil, planningSeconds: 0, failure: why), nil)

@@ -94,7 +94,9 @@ struct ScheduleBuilder {
                 declare(w)
                 declare(LogicalTensor(name: ModelChain.gradName(w.name),
                                       bytes: options.gradientsOutsideSchedule ? 0 : w.bytes))
-                for a in ModelChain.adamNames(w.name) { declare(LogicalTensor(name: a, bytes: w.bytes)) }
+                for (a, bytes) in zip(ModelChain.adamNames(w.name), chain.optimizerStateBytes(w)) {
+                    declare(LogicalTensor(name: a, bytes: bytes))
+                }
             }
             if let kv = s.kvCache { declare(kv) }
         }

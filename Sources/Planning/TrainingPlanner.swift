@@ -26,11 +26,13 @@ public struct TrainingPlanRequest: Sendable {
     /// Whether a disk folder was given (streaming and offloading need one).
     public var useDisk: Bool
     public var hardware: HardwareProfile
+    /// The optimizer's state per parameter (streaming parameters from disk updates them with AdamW only).
+    public var optimizerState: OptimizerStateSize
 
     public init(config: LlamaConfig, batch: Int, seqLen: Int, budget: Int, strategy: String = "auto", useDisk: Bool,
-                hardware: HardwareProfile = .defaultCPU) {
+                hardware: HardwareProfile = .defaultCPU, optimizerState: OptimizerStateSize = .adamw) {
         self.config = config; self.batch = batch; self.seqLen = seqLen; self.budget = budget
-        self.strategy = strategy; self.useDisk = useDisk; self.hardware = hardware
+        self.strategy = strategy; self.useDisk = useDisk; self.hardware = hardware; self.optimizerState = optimizerState
     }
 
     /// Strategy names `train --strategy` and `plan --strategy` take for a training step.
@@ -39,8 +41,10 @@ public struct TrainingPlanRequest: Sendable {
 }
 
 public enum TrainingPlanner {
-    /// Weights, gradients and AdamW m and v: below this the parameters cannot stay in memory.
-    public static func stateBytes(_ c: LlamaConfig) -> Int { StreamedTrainingPlan.stateBytes(c) }
+    /// Weights, gradients and the optimizer's state: below this the parameters cannot stay in memory.
+    public static func stateBytes(_ r: TrainingPlanRequest) -> Int {
+        2 * ParameterLayout(config: r.config).totalFloats * 4 + r.optimizerState.bytes(config: r.config)
+    }
 
     /// The in-memory strategies `r.strategy` allows (none for `stream`).
     static func inMemoryStrategies(_ r: TrainingPlanRequest) -> [ActivationStrategy] {
@@ -64,7 +68,8 @@ public enum TrainingPlanner {
         let strategies = inMemoryStrategies(r)
         guard !strategies.isEmpty else { return nil }
         let rows = try ExecutorPlanning.compare(strategies: strategies, budget: budget, config: r.config, batch: r.batch,
-                                                seqLen: r.seqLen, useDisk: r.useDisk, hardware: r.hardware)
+                                                seqLen: r.seqLen, optimizerState: r.optimizerState, useDisk: r.useDisk,
+                                                hardware: r.hardware)
         return rows.compactMap(\.plan).min { $0.predictedSeconds < $1.predictedSeconds }
     }
 
@@ -72,10 +77,12 @@ public enum TrainingPlanner {
     /// the streamed step; or an error saying what did not fit and the smallest budget that runs.
     public static func choose(_ r: TrainingPlanRequest) throws -> TrainingPlacement {
         if let best = try inMemory(r, budget: r.budget) { return .inMemory(best) }
-        var why = inMemoryStrategies(r).isEmpty ? "" : "weights, gradients and AdamW state (\(formatBytes(stateBytes(r.config)))) "
+        var why = inMemoryStrategies(r).isEmpty ? "" : "weights, gradients and optimizer state (\(formatBytes(stateBytes(r)))) "
             + "with the activations of \(r.strategy == "auto" ? "any strategy" : r.strategy) do not fit"
         if case .some(let activations) = streamedActivations(r) {
-            if r.useDisk {
+            if r.optimizerState != .adamw {
+                why += (why.isEmpty ? "" : "; ") + "parameters streamed from disk are updated with AdamW only"
+            } else if r.useDisk {
                 do {
                     return .streamed(try StreamedTrainingPlan(config: r.config, batch: r.batch, seqLen: r.seqLen,
                                                               budget: r.budget, activations: activations))
@@ -98,7 +105,8 @@ public enum TrainingPlanner {
     /// activations. A row fits exactly when `train` runs it under `budget`.
     public static func compare(_ r: TrainingPlanRequest) throws -> [PlanResult] {
         var out = try ExecutorPlanning.compare(budget: r.budget, config: r.config, batch: r.batch, seqLen: r.seqLen,
-                                               useDisk: r.useDisk, hardware: r.hardware).map { row -> PlanResult in
+                                               optimizerState: r.optimizerState, useDisk: r.useDisk,
+                                               hardware: r.hardware).map { row -> PlanResult in
             var p = row.result
             // What --budget limits: the schedule's peak and what the executor holds outside it.
             p.budgetedPeak = row.plan?.predictedPeak
@@ -109,6 +117,7 @@ public enum TrainingPlanner {
             let clock = Date()
             var row: PlanResult
             do {
+                guard r.optimizerState == .adamw else { throw OffloadError("parameters streamed from disk are updated with AdamW only") }
                 guard r.useDisk else { throw OffloadError("streaming parameters needs a disk folder: give --disk") }
                 let plan = try StreamedTrainingPlan(config: r.config, batch: r.batch, seqLen: r.seqLen, budget: r.budget,
                                                     activations: a)
@@ -161,7 +170,7 @@ public enum TrainingPlanner {
     /// The smallest budget `train` runs `r`'s shape in (whatever `r.budget`), and the plan it runs there.
     public static func smallestBudget(_ r: TrainingPlanRequest) -> (bytes: Int, name: String)? {
         var candidates: [(bytes: Int, name: String)] = []
-        if r.useDisk, case .some(let activations) = streamedActivations(r),
+        if r.useDisk, r.optimizerState == .adamw, case .some(let activations) = streamedActivations(r),
            let m = try? StreamedTrainingPlan.minimumBudget(config: r.config, batch: r.batch, seqLen: r.seqLen,
                                                            activations: activations),
            let plan = try? StreamedTrainingPlan(config: r.config, batch: r.batch, seqLen: r.seqLen, budget: m,
@@ -170,7 +179,7 @@ public enum TrainingPlanner {
         }
         // In memory: a binary search from the state's bytes up to the keep-all peak (64 KiB resolution).
         if let free = try? inMemory(r, budget: Int.max / 4) {
-            var lo = stateBytes(r.config), hi = free.predictedPeak, name = free.result.name
+            var lo = stateBytes(r), hi = free.predictedPeak, name = free.result.name
             if let p = try? inMemory(r, budget: hi) { name = p.result.name } else { hi = Int.max / 4 }
             while hi - lo > 1 << 16 {
                 let mid = lo + (hi - lo) / 2

@@ -10,10 +10,15 @@ import Tensors
 public struct CheckpointTensor {
     public var name: String
     public var shape: [Int]
-    public var data: UnsafeMutablePointer<Float>
+    public var data: UnsafeMutableRawPointer
+    public var element: StateElement
     public var count: Int { shape.reduce(1, *) }
+    public var bytes: Int { count * element.size }
     public init(name: String, shape: [Int], data: UnsafeMutablePointer<Float>) {
-        self.name = name; self.shape = shape; self.data = data
+        self.name = name; self.shape = shape; self.data = UnsafeMutableRawPointer(data); self.element = .f32
+    }
+    public init(name: String, shape: [Int], bytes: UnsafeMutableRawPointer, element: StateElement) {
+        self.name = name; self.shape = shape; self.data = bytes; self.element = element
     }
 }
 
@@ -53,12 +58,12 @@ public struct Checksum64 {
     public var hex: String { String(format: "%016llx", value) }
 }
 
-/// Writes `tensors` as an F32 safetensors file at `path` (not atomically: callers write into a
+/// Writes `tensors` (F32 or U8) as a safetensors file at `path` (not atomically: callers write into a
 /// temporary folder). Returns the file's size and checksum.
 public func writeCheckpointTensors(_ tensors: [CheckpointTensor], metadata: [String: String] = [:],
                                    to path: String) throws -> (bytes: Int, checksum: String) {
-    try writeCheckpointTensors(tensors.map { ($0.name, $0.shape) }, metadata: metadata, to: path) { put in
-        for t in tensors { try put(UnsafeRawBufferPointer(start: t.data, count: t.count * 4)) }
+    try writeCheckpointTensors(tensors.map { ($0.name, $0.shape, $0.element) }, metadata: metadata, to: path) { put in
+        for t in tensors { try put(UnsafeRawBufferPointer(start: t.data, count: t.bytes)) }
     }
 }
 
@@ -67,12 +72,19 @@ public func writeCheckpointTensors(_ tensors: [CheckpointTensor], metadata: [Str
 public func writeCheckpointTensors(_ tensors: [(name: String, shape: [Int])], metadata: [String: String] = [:],
                                    to path: String,
                                    body: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws -> (bytes: Int, checksum: String) {
+    try writeCheckpointTensors(tensors.map { ($0.name, $0.shape, StateElement.f32) }, metadata: metadata, to: path, body: body)
+}
+
+/// Writes a safetensors file of tensors (name, shape, element type) whose data `body` hands to `put`.
+public func writeCheckpointTensors(_ tensors: [(name: String, shape: [Int], element: StateElement)], metadata: [String: String] = [:],
+                                   to path: String,
+                                   body: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws -> (bytes: Int, checksum: String) {
     var header: [String: Any] = [:]
     var offset = 0
     for t in tensors {
-        let count = t.shape.reduce(1, *)
-        header[t.name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + count * 4]]
-        offset += count * 4
+        let bytes = t.shape.reduce(1, *) * t.element.size
+        header[t.name] = ["dtype": t.element.rawValue, "shape": t.shape, "data_offsets": [offset, offset + bytes]]
+        offset += bytes
     }
     if !metadata.isEmpty { header["__metadata__"] = metadata }
     var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
@@ -106,14 +118,14 @@ public func writeCheckpointTensors(_ tensors: [(name: String, shape: [Int])], me
     return (8 + json.count + offset, sum.hex)
 }
 
-/// An F32 safetensors checkpoint file read piece by piece with pread (a streamed run never holds
+/// A safetensors checkpoint file (F32 and U8 tensors) read piece by piece with pread (a streamed run never holds
 /// it whole), after checking its size and checksum in one pass.
 public final class CheckpointFileReader {
     let path: String
     let fd: Int32
     let body: Int
     let size: Int
-    let entries: [String: (shape: [Int], start: Int, end: Int)]
+    let entries: [String: (shape: [Int], element: StateElement, start: Int, end: Int)]
 
     public init(path: String, expectBytes: Int?, expectChecksum: String?) throws {
         let ctx = "[checkpoint] \(path)"
@@ -158,17 +170,17 @@ public final class CheckpointFileReader {
             guard let header = try? JSONSerialization.jsonObject(with: Data(bytes: buf, count: n)) as? [String: Any] else {
                 throw OffloadError("\(ctx): header is not a JSON object")
             }
-            var entries: [String: (shape: [Int], start: Int, end: Int)] = [:]
+            var entries: [String: (shape: [Int], element: StateElement, start: Int, end: Int)] = [:]
             for (name, value) in header where name != "__metadata__" {
-                guard let info = value as? [String: Any], info["dtype"] as? String == "F32" else {
-                    throw OffloadError("\(ctx): tensor \(name) is not F32")
+                guard let info = value as? [String: Any], let element = (info["dtype"] as? String).flatMap(StateElement.init) else {
+                    throw OffloadError("\(ctx): tensor \(name) is neither F32 nor U8")
                 }
                 let shape = (info["shape"] as? [Any])?.compactMap { ($0 as? NSNumber)?.intValue } ?? []
                 let offs = (info["data_offsets"] as? [Any])?.compactMap { ($0 as? NSNumber)?.intValue } ?? []
                 guard offs.count == 2, offs[0] >= 0, offs[1] >= offs[0], 8 + n + offs[1] <= size else {
                     throw OffloadError("\(ctx): tensor \(name) has offsets \(offs) outside the file (\(size) bytes)")
                 }
-                entries[name] = (shape, offs[0], offs[1])
+                entries[name] = (shape, element, offs[0], offs[1])
             }
             (self.fd, self.size, self.body, self.entries) = (fd, size, 8 + n, entries)
         } catch {
@@ -178,17 +190,22 @@ public final class CheckpointFileReader {
     }
     deinit { close(fd) }
 
-    /// Elements `range` of tensor `name` (which must have `shape`) into `p`.
-    public func read(_ name: String, shape: [Int], elements range: Range<Int>, into p: UnsafeMutablePointer<Float>) throws {
+    /// Elements `range` of tensor `name` (which must have `shape` and, unless said, be F32) into `p`.
+    public func read(_ name: String, shape: [Int], elements range: Range<Int>, into p: UnsafeMutableRawPointer,
+                     element: StateElement = .f32) throws {
         let ctx = "[checkpoint] \(path)"
         guard let e = entries[name] else { throw OffloadError("\(ctx): tensor \(name) is missing") }
-        guard e.shape == shape, e.end - e.start == shape.reduce(1, *) * 4 else {
+        guard e.element == element else {
+            throw OffloadError("\(ctx): tensor \(name) is \(e.element.rawValue), expected \(element.rawValue)")
+        }
+        let size = element.size
+        guard e.shape == shape, e.end - e.start == shape.reduce(1, *) * size else {
             throw OffloadError("\(ctx): tensor \(name) has shape \(e.shape), expected \(shape)")
         }
         var done = 0
-        let count = range.count * 4, start = body + e.start + range.lowerBound * 4
+        let count = range.count * size, start = body + e.start + range.lowerBound * size
         while done < count {
-            let n = pread(fd, UnsafeMutableRawPointer(p) + done, count - done, off_t(start + done))
+            let n = pread(fd, p + done, count - done, off_t(start + done))
             guard n > 0 else { throw OffloadError("\(ctx): read of \(name) failed") }
             done += n
         }
@@ -200,5 +217,5 @@ public final class CheckpointFileReader {
 public func readCheckpointTensors(_ tensors: [CheckpointTensor], from path: String,
                                   expectBytes: Int? = nil, expectChecksum: String? = nil) throws {
     let file = try CheckpointFileReader(path: path, expectBytes: expectBytes, expectChecksum: expectChecksum)
-    for t in tensors { try file.read(t.name, shape: t.shape, elements: 0..<t.count, into: t.data) }
+    for t in tensors { try file.read(t.name, shape: t.shape, elements: 0..<t.count, into: t.data, element: t.element) }
 }

@@ -47,11 +47,13 @@ public enum Checkpoint {
         m.layout.entries.map { CheckpointTensor(name: $0.name, shape: $0.spec.shape, data: m.weights.base + $0.offset) }
     }
 
+    /// "<parameter>.<buffer>" for every optimizer-state buffer (per-weight buffers shaped like their
+    /// parameter), buffer name by buffer name: every .m, then every .v, ...
     static func stateTensors(_ s: OptimizerState) -> [CheckpointTensor] {
-        s.names.enumerated().flatMap { role, name in
-            s.layout.entries.map {
-                CheckpointTensor(name: "\($0.name).\(name)", shape: $0.spec.shape, data: s.buffers[role].base + $0.offset)
-            }
+        s.buffersByName.map { entry, slot, address in
+            let e = s.layout.entries[entry], b = slot.buffer
+            return CheckpointTensor(name: "\(e.name).\(b.name)", shape: b.perWeight ? e.spec.shape : [b.count],
+                                    bytes: address, element: b.element)
         }
     }
 

@@ -1,6 +1,7 @@
-// Optimizers behind one small protocol, with per-parameter state carved from one
-// allocation per state role (AdamW: m and v, laid out like the weights), so a
-// planner can move a stage's optimizer state as a block. PyTorch semantics, so
+// Optimizers behind one small protocol. Each says what state a parameter needs as
+// named, sized buffers (AdamW: m and v in fp32; 8-bit AdamW: byte codes and block
+// scales; SGD: momentum or nothing), so checkpoints and the planner count and move
+// them without knowing the method. PyTorch semantics, so
 // runs can be compared step by step with torch.optim. Also: global-norm
 // clipping and learning-rate schedules. Not here: the training loop.
 
@@ -9,52 +10,128 @@ import Kernels
 import Models
 import Tensors
 
-public protocol Optimizer: Sendable {
-    /// "adamw", "sgd": the name checkpoints record.
-    var name: String { get }
-    /// Per-parameter state buffers, each shaped like the parameter (AdamW: m, v).
-    var stateNames: [String] { get }
-    /// One update of one parameter of `count` floats, in place. `state[i]` is the
-    /// buffer named `stateNames[i]`; `step` counts updates from 1.
-    func update(_ weights: UnsafeMutablePointer<Float>, gradient: UnsafePointer<Float>,
-                state: [UnsafeMutablePointer<Float>], count: Int, lr: Float, step: Int)
+/// How an optimizer-state buffer stores its values.
+public enum StateElement: String, Codable, Sendable {
+    case f32 = "F32", u8 = "U8"
+    public var size: Int { self == .f32 ? 4 : 1 }
 }
 
-/// The state of an optimizer for every parameter of a model: one allocation per
-/// state role, laid out like the weights.
+/// One named optimizer-state buffer of one parameter: AdamW's "m" (fp32, one per weight), 8-bit AdamW's
+/// "m.codes" (a byte per weight) and "m.scales" (an fp32 per block of 256 weights), ...
+public struct StateBuffer: Equatable, Sendable {
+    public var name: String
+    public var element: StateElement
+    public var count: Int
+    /// Shaped like the parameter (one value per weight); otherwise a flat vector.
+    public var perWeight: Bool
+    public init(_ name: String, _ element: StateElement, count: Int, perWeight: Bool) {
+        self.name = name; self.element = element; self.count = count; self.perWeight = perWeight
+    }
+    public var bytes: Int { count * element.size }
+}
+
+public protocol Optimizer: Sendable {
+    /// "adamw", "adamw8bit", "sgd": the name checkpoints record.
+    var name: String { get }
+    /// The state one parameter of `count` weights needs, as named, sized buffers (none for SGD without momentum).
+    func stateBuffers(count: Int) -> [StateBuffer]
+    /// A piece of an update starts at a multiple of this many weights (8-bit AdamW: its block of 256).
+    var granularity: Int { get }
+    /// Updates weights `range` of one parameter of `count` weights in place. `state[i]` is the start of the
+    /// parameter's buffer `stateBuffers(count: count)[i]`; `step` counts updates from 1. Pieces of one parameter
+    /// (ranges starting at multiples of `granularity`) may run on different threads.
+    func update(_ p: UnsafeMutablePointer<Float>, gradient: UnsafePointer<Float>, state: [UnsafeMutableRawPointer],
+                count: Int, range: Range<Int>, lr: Float, step: Int)
+    /// The same, with `range` and the state in the reference's order of the weights (`order`; nil: as stored).
+    /// Only updates that group weights (8-bit AdamW's blocks) differ from the plain one.
+    func update(_ p: UnsafeMutablePointer<Float>, gradient: UnsafePointer<Float>, state: [UnsafeMutableRawPointer],
+                count: Int, range: Range<Int>, lr: Float, step: Int, order: ReferenceOrder?)
+}
+
+extension Optimizer {
+    public var granularity: Int { 1 }
+    public func update(_ p: UnsafeMutablePointer<Float>, gradient: UnsafePointer<Float>, state: [UnsafeMutableRawPointer],
+                       count: Int, range: Range<Int>, lr: Float, step: Int, order: ReferenceOrder?) {
+        update(p, gradient: gradient, state: state, count: count, range: range, lr: lr, step: step)
+    }
+    /// State bytes per weight of a parameter of `count` weights.
+    public func stateBytes(count: Int) -> Int { stateBuffers(count: count).reduce(0) { $0 + $1.bytes } }
+}
+
+/// The state of an optimizer for every parameter of a model: each parameter's buffers (`Optimizer.stateBuffers`)
+/// carved from one zeroed allocation, 64-byte aligned, in parameter order.
 public final class OptimizerState {
-    public let names: [String]
+    public struct Slot {
+        public let buffer: StateBuffer
+        /// Byte offset in the allocation.
+        public let offset: Int
+    }
     public let layout: ParameterLayout
-    public let buffers: [FloatBuffer]
+    /// `slots[i]`: the buffers of `layout.entries[i]`.
+    public let slots: [[Slot]]
+    public let bytes: Int
+    private let storage: UnsafeMutableRawPointer
     /// Updates done so far.
     public var step = 0
 
     public init(for optimizer: any Optimizer, layout: ParameterLayout) {
-        names = optimizer.stateNames
         self.layout = layout
-        buffers = names.map { _ in FloatBuffer(count: layout.totalFloats) }
+        var offset = 0
+        slots = layout.entries.map { e in
+            optimizer.stateBuffers(count: e.elements).map { b in
+                defer { offset += (b.bytes + 63) / 64 * 64 }
+                return Slot(buffer: b, offset: offset)
+            }
+        }
+        bytes = offset
+        storage = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 64), alignment: 64)
+        storage.initializeMemory(as: UInt8.self, repeating: 0, count: max(bytes, 64))
+    }
+    deinit { storage.deallocate() }
+
+    /// Parameter `index`'s buffers, in `stateBuffers` order (new state is zero).
+    public func state(of index: Int) -> [UnsafeMutableRawPointer] { slots[index].map { storage + $0.offset } }
+
+    /// The per-weight fp32 buffer `name` of every parameter, concatenated in layout order (AdamW's m as if
+    /// laid out like the weights); nil when a parameter has no such buffer.
+    public func gathered(_ name: String) -> [Float]? {
+        var out: [Float] = []
+        out.reserveCapacity(layout.totalFloats)
+        for (i, e) in layout.entries.enumerated() {
+            guard let slot = slots[i].first(where: { $0.buffer.name == name && $0.buffer.element == .f32 && $0.buffer.perWeight })
+            else { return nil }
+            out.append(contentsOf: UnsafeBufferPointer(start: (storage + slot.offset).assumingMemoryBound(to: Float.self), count: e.elements))
+        }
+        return out
     }
 
-    /// Parameter `entry`'s state, one pointer per role (new state is zero).
-    public func newState(for entry: ParameterLayout.Entry) -> [UnsafeMutablePointer<Float>] {
-        buffers.map { $0.base + entry.offset }
+    /// Every buffer as (parameter index, slot, address), buffer name by buffer name in the order names
+    /// first appear (AdamW: every m, then every v), the order checkpoints write them in.
+    public var buffersByName: [(entry: Int, slot: Slot, address: UnsafeMutableRawPointer)] {
+        var names: [String] = []
+        for s in slots.joined() where !names.contains(s.buffer.name) { names.append(s.buffer.name) }
+        return names.flatMap { name in
+            slots.indices.flatMap { i in
+                slots[i].filter { $0.buffer.name == name }.map { (i, $0, storage + $0.offset) }
+            }
+        }
     }
-
-    public var bytes: Int { buffers.reduce(0) { $0 + $1.bytes } }
 }
 
 extension Optimizer {
     /// One step over every parameter of `model` (a model, or LoRA adapters) from its gradients.
     public func step(_ model: some TrainableParameters, state: OptimizerState, lr: Float) {
         state.step += 1
-        for e in model.layout.entries {
-            let s = state.newState(for: e)
+        let step = state.step, unit = granularity
+        for (i, e) in model.layout.entries.enumerated() {
+            let s = state.state(of: i), order = model.referenceOrder(of: e)
             let w = model.weights.base + e.offset, g = model.gradients.base + e.offset
-            let step = state.step
-            // Elementwise: split across threads, the same values whatever the split.
-            TrainingThreads.forEachRange(e.elements, minPerThread: 1 << 15) { r in
-                update(w + r.lowerBound, gradient: g + r.lowerBound, state: s.map { $0 + r.lowerBound },
-                       count: r.count, lr: lr, step: step)
+            // Elementwise (blockwise for 8-bit state): split across threads in whole granules,
+            // the same values whatever the split.
+            let granules = (e.elements + unit - 1) / unit
+            TrainingThreads.forEachRange(granules, minPerThread: max(1, (1 << 15) / unit)) { r in
+                update(w, gradient: g, state: s, count: e.elements,
+                       range: r.lowerBound * unit..<min(r.upperBound * unit, e.elements), lr: lr, step: step, order: order)
             }
         }
     }
@@ -71,11 +148,20 @@ public struct AdamW: Optimizer, Codable, Equatable {
         self.beta1 = beta1; self.beta2 = beta2; self.eps = eps; self.weightDecay = weightDecay
     }
     public var name: String { "adamw" }
-    public var stateNames: [String] { ["m", "v"] }
+    public func stateBuffers(count: Int) -> [StateBuffer] {
+        [StateBuffer("m", .f32, count: count, perWeight: true), StateBuffer("v", .f32, count: count, perWeight: true)]
+    }
 
+    public func update(_ p: UnsafeMutablePointer<Float>, gradient: UnsafePointer<Float>, state: [UnsafeMutableRawPointer],
+                       count: Int, range: Range<Int>, lr: Float, step: Int) {
+        let m = state[0].assumingMemoryBound(to: Float.self), v = state[1].assumingMemoryBound(to: Float.self)
+        let o = range.lowerBound
+        update(p + o, gradient: gradient + o, m: m + o, v: v + o, count: range.count, lr: lr, step: step)
+    }
+
+    /// The update of `count` weights with their fp32 moments `m` and `v`.
     public func update(_ p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
-                       state: [UnsafeMutablePointer<Float>], count: Int, lr: Float, step: Int) {
-        let m = state[0], v = state[1]
+                       m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int, lr: Float, step: Int) {
         // Scalars as PyTorch forms them: in double, then used as fp32 by the tensor ops.
         let decay = Float(1 - Double(lr) * Double(weightDecay))
         let bc1 = 1 - Foundation.pow(Double(beta1), Double(step))
@@ -119,17 +205,19 @@ public struct SGD: Optimizer, Codable, Equatable {
     public var weightDecay: Float = 0
     public init(momentum: Float = 0.9, weightDecay: Float = 0) { self.momentum = momentum; self.weightDecay = weightDecay }
     public var name: String { "sgd" }
-    public var stateNames: [String] { momentum != 0 ? ["momentum"] : [] }
+    public func stateBuffers(count: Int) -> [StateBuffer] {
+        momentum != 0 ? [StateBuffer("momentum", .f32, count: count, perWeight: true)] : []
+    }
 
-    public func update(_ p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>,
-                       state: [UnsafeMutablePointer<Float>], count: Int, lr: Float, step: Int) {
+    public func update(_ p: UnsafeMutablePointer<Float>, gradient g: UnsafePointer<Float>, state: [UnsafeMutableRawPointer],
+                       count: Int, range: Range<Int>, lr: Float, step: Int) {
         let wd = weightDecay, mu = momentum
         if mu == 0 {
-            for i in 0..<count { p[i] -= lr * (g[i] + wd * p[i]) }
+            for i in range { p[i] -= lr * (g[i] + wd * p[i]) }
             return
         }
-        let b = state[0]
-        for i in 0..<count {
+        let b = state[0].assumingMemoryBound(to: Float.self)
+        for i in range {
             let gi = g[i] + wd * p[i]
             let bi = step == 1 ? gi : mu * b[i] + gi
             b[i] = bi

@@ -638,7 +638,7 @@ public final class StreamedTrainer {
             span("update \(u.name).\(part)") {
                 TrainingThreads.forEachRange(r.count, minPerThread: 1 << 15) { s in
                     optimizer.update(w + r.lowerBound + s.lowerBound, gradient: g + r.lowerBound + s.lowerBound,
-                                     state: [mp + s.lowerBound, vp + s.lowerBound], count: s.count, lr: lr, step: t)
+                                     m: mp + s.lowerBound, v: vp + s.lowerBound, count: s.count, lr: lr, step: t)
                 }
             }
         }

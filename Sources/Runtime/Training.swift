@@ -48,7 +48,8 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
         try need(steps > 0, "--steps must be positive, got \(steps)")
         try need(accumulate > 0, "--accumulate must be positive, got \(accumulate)")
         try need(lr.isFinite && lr >= 0, "--lr must be a non-negative number, got \(lr)")
-        try need(["adamw", "sgd", "zo-sgd"].contains(optimizer), "--optimizer must be adamw, sgd or zo-sgd, got '\(optimizer)'")
+        try need(["adamw", "adamw8bit", "sgd", "zo-sgd"].contains(optimizer),
+                 "--optimizer must be adamw, adamw8bit, sgd or zo-sgd, got '\(optimizer)'")
         if optimizer == "zo-sgd" {
             try need(accumulate == 1 && gradClip == 0, "--optimizer zo-sgd takes one batch per step and no --grad-clip")
             try need((zoEps ?? 1e-3) > 0, "--zo-eps must be positive")
@@ -73,6 +74,7 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
         switch optimizer {
         case "sgd": return SGD(momentum: momentum, weightDecay: weightDecay)
         case "zo-sgd": return SGD(momentum: 0, weightDecay: weightDecay)
+        case "adamw8bit": return AdamW8bit(beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay)
         default: return AdamW(beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay)
         }
     }

@@ -43,6 +43,8 @@ struct Plan: ParsableCommand {
     @Option(name: .customLong("host-budget"), help: "Host memory budget; only for a profile with an accelerator (on a CPU-only one host memory is compute memory).") var hostBudget: String?
     @Option(help: "Directory for the disk tier; offloaded tensors go to disk when given.") var disk: String?
     @Option(help: "Hardware profile JSON (from `offload profile`).") var hardware: String?
+    @Option(help: "Train: the optimizer whose state the plan holds, as `train --optimizer` (adamw, adamw8bit, sgd; default adamw). Parameters streamed from disk are updated with AdamW only.")
+    var optimizer: String = "adamw"
     @Option(help: "Train: what `train --strategy` takes (auto, stream, keep, recompute, sqrt, rotor, offload, pofo, offload+stream, recompute+stream): the plan marked is the one `train` runs with it. With an accelerator profile: a row's name.") var strategy: String = "auto"
     @Option(name: .customLong("prompt-tokens"), help: "Generate: tokens of the prompt prefilled in one pass (--seq-len is the whole context; default 32 or --seq-len when smaller).")
     var promptTokensOption: Int?
@@ -71,6 +73,10 @@ struct Plan: ParsableCommand {
             throw ValidationError("--prompt-tokens must be from 1 to --seq-len (\(seqLen)), got \(p)")
         }
         if prompts < 1 { throw ValidationError("--prompts must be at least 1, got \(prompts)") }
+        if !["adamw", "adamw8bit", "sgd"].contains(optimizer) {
+            throw ValidationError("--optimizer must be adamw, adamw8bit or sgd, got '\(optimizer)'")
+        }
+        if optimizer != "adamw" && mode != "train" { throw ValidationError("--optimizer applies to --mode train") }
         if let b = budget, parseBytes(b) == nil { throw ValidationError("--budget '\(b)' is not a size (try 256MB or 24GiB)") }
         if let b = hostBudget, parseBytes(b) == nil { throw ValidationError("--host-budget '\(b)' is not a size (try 8GiB)") }
     }
@@ -96,7 +102,8 @@ struct Plan: ParsableCommand {
             }
             let r = TrainingPlanRequest(config: cfg, batch: batch, seqLen: seqLen,
                                         budget: budget.flatMap(parseBytes) ?? Int.max / 4,
-                                        strategy: strategy, useDisk: disk != nil, hardware: hw)
+                                        strategy: strategy, useDisk: disk != nil, hardware: hw,
+                                        optimizerState: OptimizerStateSize(optimizer: optimizer))
             all = try TrainingPlanner.compare(r)
             do {
                 chosen = TrainingPlanner.row(for: try TrainingPlanner.choose(r), hardware: hw)
@@ -119,12 +126,12 @@ struct Plan: ParsableCommand {
         if json {
             var extra: [String: Any] = [:]
             if runMode == .train && hw.hostIsCompute,
-               let least = TrainingPlanner.smallestBudget(TrainingPlanRequest(config: cfg, batch: batch, seqLen: seqLen,
-                                                                              budget: 0, strategy: strategy,
-                                                                              useDisk: disk != nil, hardware: hw)) {
+               case let r = TrainingPlanRequest(config: cfg, batch: batch, seqLen: seqLen, budget: 0, strategy: strategy,
+                                                useDisk: disk != nil, hardware: hw, optimizerState: OptimizerStateSize(optimizer: optimizer)),
+               let least = TrainingPlanner.smallestBudget(r) {
                 extra["minimumBudget"] = least.bytes
                 extra["minimumBudgetPlan"] = least.name
-                extra["stateBytes"] = TrainingPlanner.stateBytes(cfg)
+                extra["stateBytes"] = TrainingPlanner.stateBytes(r)
             }
             print(try jsonReport(request, all, chosen, extra: extra))
         } else {

@@ -511,7 +511,7 @@ func measureTrainingKernels(threads: Int, repeats: Int) throws -> HardwareProfil
         let t0 = now()
         TrainingThreads.forEachRange(count, minPerThread: 1 << 15) { s in
             adam.update(arrays[0] + s.lowerBound, gradient: arrays[1] + s.lowerBound,
-                        state: [arrays[2] + s.lowerBound, arrays[3] + s.lowerBound], count: s.count, lr: 1e-4, step: t + 1)
+                        m: arrays[2] + s.lowerBound, v: arrays[3] + s.lowerBound, count: s.count, lr: 1e-4, step: t + 1)
         }
         return now() - t0
     }.dropFirst().min()!)

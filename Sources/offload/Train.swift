@@ -44,7 +44,7 @@ struct Train: ParsableCommand {
     @Option(name: .customLong("seq-len"), help: "Tokens per sequence (default 256).") var seqLen: Int?
     @Option(help: "Total optimizer steps (default 100).") var steps: Int?
     @Option(help: "Peak learning rate (default 1e-4).") var lr: Float?
-    @Option(help: "adamw, sgd, or zo-sgd (MeZO: two forward passes per step with every weight moved by ±ε·z, no backward, no optimizer state; z regenerated from --zo-seed; default adamw).")
+    @Option(help: "adamw; adamw8bit (torchao's AdamW8bit: m and v as a byte per weight with a scale per 256, a quarter of adamw's state); sgd; or zo-sgd (MeZO: two forward passes per step with every weight moved by ±ε·z, no backward, no optimizer state; z regenerated from --zo-seed). Default adamw.")
     var optimizer: String?
     @Option(name: .customLong("zo-eps"), help: "zo-sgd: the perturbation ε (default 1e-3).") var zoEps: Float?
     @Option(name: .customLong("zo-seed"), help: "zo-sgd: the seed z is drawn from (default 0).") var zoSeed: UInt64?
@@ -237,7 +237,9 @@ struct Train: ParsableCommand {
                 return try TrainingPlanner.choose(TrainingPlanRequest(config: modelConfig, batch: options.batch,
                                                                       seqLen: options.seqLen, budget: bytes,
                                                                       strategy: strategy ?? "auto", useDisk: disk != nil,
-                                                                      hardware: hw))
+                                                                      hardware: hw,
+                                                                      optimizerState: OptimizerStateSize(optimizer: options.optimizer,
+                                                                                                         momentum: options.momentum)))
             } catch { throw OffloadError("[train] \(TrainingPlanner.plain("\(error)"))") }
         }
         if let placement { printPlanRow(TrainingPlanner.row(for: placement, hardware: hw), budget: budgetBytes!, hardware: hw) }
@@ -429,9 +431,6 @@ extension Train {
     /// Hands the session an executor of `plan` (Planning's choice for the budget).
     func attachExecutor(_ session: TrainingSession, plan: ExecutorPlan, hardware hw: HardwareProfile) throws
         -> (ExecutorPlan, TraceRecorder?) {
-        guard session.options.optimizer == "adamw" else {
-            throw OffloadError("[train] --budget plans AdamW steps (its m and v); --optimizer sgd is not planned yet")
-        }
         let recorder = trace != nil ? TraceRecorder() : nil
         let store = try disk.map { try DiskStore(roots: [$0], options: diskStoreOptions, trace: recorder) }
         session.executor = try TrainingExecutor(trainer: session.trainer, schedule: plan.schedule,
@@ -440,7 +439,7 @@ extension Train {
                                                 trace: recorder)
         note("plan: \(plan.result.name), predicted step " + String(format: "%.3f s", plan.predictedSeconds)
              + " (simulator, hardware \(hw.name)), schedule peak \(formatBytes(plan.simulation.peak[.compute] ?? 0)) + "
-             + "\(formatBytes(plan.overhead)) held outside it (weights, gradients, AdamW state, the trainer's scratch)")
+             + "\(formatBytes(plan.overhead)) held outside it (weights, gradients, optimizer state, the trainer's scratch)")
         return (plan, recorder)
     }
 }

@@ -18,13 +18,15 @@ final class OptimizerTests: XCTestCase {
         let n = p0.count
         let p = UnsafeMutablePointer<Float>.allocate(capacity: n), g = UnsafeMutablePointer<Float>.allocate(capacity: n)
         p.initialize(from: p0, count: n)
-        let state = opt.stateNames.map { _ in
-            let b = UnsafeMutablePointer<Float>.allocate(capacity: n); b.initialize(repeating: 0, count: n); return b
+        let state = opt.stateBuffers(count: n).map { b in
+            let s = UnsafeMutableRawPointer.allocate(byteCount: b.bytes, alignment: 64)
+            s.initializeMemory(as: UInt8.self, repeating: 0, count: b.bytes)
+            return s
         }
         defer { p.deallocate(); g.deallocate(); state.forEach { $0.deallocate() } }
         for (i, gr) in grads.enumerated() {
             g.update(from: gr, count: n)
-            opt.update(p, gradient: g, state: state, count: n, lr: lrs[i], step: i + 1)
+            opt.update(p, gradient: g, state: state, count: n, range: 0..<n, lr: lrs[i], step: i + 1)
         }
         return Array(UnsafeBufferPointer(start: p, count: n))
     }

@@ -140,4 +140,52 @@ final class TrainCommandTests: OffloadCommandTestCase {
         let budget = try offload(zo + ["--budget", "64MB", "--steps", "1"])
         XCTAssertTrue(budget.err.contains("zo-sgd is not supported with --budget"), budget.err)
     }
+
+    /// 8-bit AdamW end to end: resume is bit-identical (codes and scales round-trip through the checkpoint as U8
+    /// and F32), a --budget run gives the same losses, and the plan counts a quarter of AdamW's state.
+    func testAdamW8bitResumesAndRunsUnderABudgetBitIdentically() throws {
+        let eight = common + ["--optimizer", "adamw8bit", "--weight-decay", "0.1"]
+        let a = try offload(eight + ["--steps", "4", "--log", "a.jsonl", "--save", "runA"])
+        XCTAssertEqual(a.status, 0, a.err)
+        let first = try offload(eight + ["--steps", "4", "--stop-after", "2", "--save", "runB", "--log", "b.jsonl"])
+        XCTAssertEqual(first.status, 0, first.err)
+        let r = try offload(["train", "--resume", "runB", "--data", "text.txt", "--threads", "2", "--steps", "4", "--log", "b.jsonl"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let la = try logLines("a.jsonl"), lb = try logLines("b.jsonl")
+        XCTAssertEqual(la.map { "\($0["loss"]!)" }, lb.map { "\($0["loss"]!)" })
+        for file in ["model.safetensors", "optimizer.safetensors"] {
+            XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: work + "/runA/" + file)),
+                           try Data(contentsOf: URL(fileURLWithPath: work + "/runB/" + file)), "\(file) after 4 steps differs")
+        }
+        // What the checkpoint holds: codes and scales for whole blocks of at least 4096 weights, fp32 m and v otherwise.
+        let state = try Data(contentsOf: URL(fileURLWithPath: work + "/runA/optimizer.safetensors"))
+        let headerLength = Int(state.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+        let header = try JSONSerialization.jsonObject(with: state.subdata(in: 8..<8 + headerLength)) as! [String: [String: Any]]
+        XCTAssertEqual(header["token_embd.weight.m.codes"]?["dtype"] as? String, "U8")
+        XCTAssertEqual(header["token_embd.weight.m.codes"]?["shape"] as? [Int], [256, 64])
+        XCTAssertEqual(header["token_embd.weight.v.scales"]?["shape"] as? [Int], [64])
+        XCTAssertEqual(header["blk.0.attn_k.weight.m"]?["dtype"] as? String, "F32")
+        XCTAssertNil(header["token_embd.weight.m"])
+        let adamw = try offload(common + ["--steps", "4", "--log", "c.jsonl"])
+        XCTAssertEqual(adamw.status, 0, adamw.err)
+        XCTAssertNotEqual(try logLines("c.jsonl")[3]["loss"] as? Double, la[3]["loss"] as? Double, "8-bit moments change the run")
+
+        // Under a budget (parameters in memory, activations planned): the same losses bit for bit.
+        let budgeted = try offload(eight + ["--steps", "4", "--log", "d.jsonl", "--budget", "3MB", "--strategy", "recompute"])
+        XCTAssertEqual(budgeted.status, 0, budgeted.err)
+        XCTAssertEqual(la.map { "\($0["loss"]!)" }, try logLines("d.jsonl").map { "\($0["loss"]!)" })
+
+        // The plan counts the optimizer's real state, and streaming (AdamW only) is refused by name.
+        func stateBytes(_ optimizer: String) throws -> Int {
+            let p = try offload(["plan", "--config", "tiny", "--batch", "2", "--seq-len", "32", "--optimizer", optimizer, "--json"])
+            XCTAssertEqual(p.status, 0, p.err)
+            return (try JSONSerialization.jsonObject(with: Data(p.out.utf8)) as! [String: Any])["stateBytes"] as! Int
+        }
+        let full = try stateBytes("adamw"), small = try stateBytes("adamw8bit")
+        XCTAssertLessThan(small, full)
+        XCTAssertGreaterThan(full - small, 6 * 16384, "the embedding's m and v take 2 bytes a weight, not 8")
+        let streamed = try offload(eight + ["--steps", "1", "--budget", "1MB", "--disk", "spill", "--strategy", "stream"])
+        XCTAssertNotEqual(streamed.status, 0)
+        XCTAssertTrue(streamed.err.contains("AdamW only"), streamed.err)
+    }
 }
