@@ -2134,3 +2134,23 @@ void ck_zo_apply(float *p, uint64_t key, int64_t start, int64_t n, float a, floa
 #endif
     zo_apply_scalar(p, key, start, n, a, b, c, mode);
 }
+
+/* 8-bit optimizer state: codes[i] for x[i] / scale in the sorted 256-value map q, as torchao's
+ * quantize_8bit_with_qmap: the largest c with q[c] <= v (0 below the map) by an 8-step binary search,
+ * then c + 1 when v - q[c] >= (q[c+1] - q[c]) * 0.5 (c = 255 stays). Plain fp32 operations, none fused. */
+void ck_quantize_dynamic(const float *x, float scale, const float *q, uint8_t *codes, int n) {
+    for (int i = 0; i < n; i++) {
+        const float v = x[i] / scale;
+        int c = v >= q[128] ? 128 : 0;
+        c += v >= q[c + 64] ? 64 : 0;
+        c += v >= q[c + 32] ? 32 : 0;
+        c += v >= q[c + 16] ? 16 : 0;
+        c += v >= q[c + 8] ? 8 : 0;
+        c += v >= q[c + 4] ? 4 : 0;
+        c += v >= q[c + 2] ? 2 : 0;
+        c += v >= q[c + 1] ? 1 : 0;
+        const int up = c < 255 ? c + 1 : 255;
+        const float down = q[c], half = (q[up] - down) * 0.5f;
+        codes[i] = (uint8_t)(v - down >= half ? up : c);
+    }
+}

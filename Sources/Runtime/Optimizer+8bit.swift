@@ -6,6 +6,7 @@
 // blocks keep fp32 moments (bitsandbytes' rule). Blocks run over the weights in the reference's order
 // (attn_q/attn_k read from a GGUF: Hugging Face's rows, not llama.cpp's interleaved ones).
 
+internal import CKernels
 import Foundation
 import Models
 
@@ -70,8 +71,9 @@ public struct AdamW8bit: Optimizer, Codable, Equatable {
         }
         let mc = state[0].assumingMemoryBound(to: UInt8.self), ms = state[1].assumingMemoryBound(to: Float.self)
         let vc = state[2].assumingMemoryBound(to: UInt8.self), vs = state[3].assumingMemoryBound(to: Float.self)
-        let signed = DynamicMap.signed, unsigned = DynamicMap.unsigned
         let n = Self.blockSize
+        DynamicMap.signed.withUnsafeBufferPointer { sb in DynamicMap.unsigned.withUnsafeBufferPointer { ub in
+        let signed = sb.baseAddress!, unsigned = ub.baseAddress!
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * n) { tmp in
             let m = tmp.baseAddress!, v = m + n
             var b = range.lowerBound / n
@@ -88,14 +90,13 @@ public struct AdamW8bit: Optimizer, Codable, Equatable {
                 }
                 let scaleM = max(amaxM, 1e-12), scaleV = max(amaxV, 1e-12)
                 ms[b] = scaleM; vs[b] = scaleV
-                for j in 0..<n {
-                    mc[o + j] = DynamicMap.code(m[j] / scaleM, signed)
-                    vc[o + j] = DynamicMap.code(v[j] / scaleV, unsigned)
-                    move(order?.stored(o + j) ?? o + j, m[j], v[j])
-                }
+                ck_quantize_dynamic(m, scaleM, signed, mc + o, Int32(n))
+                ck_quantize_dynamic(v, scaleV, unsigned, vc + o, Int32(n))
+                for j in 0..<n { move(order?.stored(o + j) ?? o + j, m[j], v[j]) }
                 b += 1
             }
         }
+        } }
     }
 }
 
@@ -126,21 +127,10 @@ public enum DynamicMap {
 
     /// torchao's quantize_8bit_with_qmap for one value already divided by its block's scale: the largest code
     /// whose value is ≤ x (0 below the map), found by an 8-step binary search, then rounded up when
-    /// x − map[c] ≥ (map[c+1] − map[c])·0.5.
-    @inline(__always)
+    /// x − map[c] ≥ (map[c+1] − map[c])·0.5. The update quantizes blocks with the same C routine.
     public static func code(_ x: Float, _ map: [Float]) -> UInt8 {
-        map.withUnsafeBufferPointer { q in
-            var c = x >= q[128] ? 128 : 0
-            c += x >= q[c + 64] ? 64 : 0
-            c += x >= q[c + 32] ? 32 : 0
-            c += x >= q[c + 16] ? 16 : 0
-            c += x >= q[c + 8] ? 8 : 0
-            c += x >= q[c + 4] ? 4 : 0
-            c += x >= q[c + 2] ? 2 : 0
-            c += x >= q[c + 1] ? 1 : 0
-            let up = min(c + 1, 255)
-            let down = q[c]
-            return UInt8(x - down >= (q[up] - down) * 0.5 ? up : c)
-        }
+        var value = x, code: UInt8 = 0
+        map.withUnsafeBufferPointer { ck_quantize_dynamic(&value, 1, $0.baseAddress!, &code, 1) }
+        return code
     }
 }

@@ -65,6 +65,9 @@ void ck_matvec_reference(const void *w, int dtype, float *y, int rows, const flo
 /// Rows [0, rows) of W (dtype) to fp32 dst (rows × cols), split across the pool.
 void ck_dequantize_rows(ck_pool *pool, const void *w, int dtype, float *dst, int rows, int cols);
 
+/* 8-bit optimizer state: the codes of x[0..n) / scale in the sorted 256-value map q (torchao's rule). */
+void ck_quantize_dynamic(const float *x, float scale, const float *q, uint8_t *codes, int n);
+
 /// Bytes in one row of `cols` values of `dtype` (cols a whole number of blocks); 0 for an unknown type.
 size_t ck_row_bytes(int dtype, int cols);
 /// Values per block of `dtype` (1 for plain floats, 32 or 256 for the block formats); 0 for an unknown type.
