@@ -77,7 +77,7 @@ public enum Planner {
         let tied = stages.last?.borrowed.isEmpty == false ? stages[0].parameterBytes : 0
         let training = chain.mode == .train
         switch p {
-        case .keep: return chain.parameterBytes * (training ? 3 : 1) + (training ? maxStage + tied : 0)
+        case .keep: return chain.parameterBytes + (training ? chain.optimizerStateBytes + maxStage + tied : 0)
         case .zeroOffload: return chain.parameterBytes + (training ? maxStage + tied : 0)
         case .stream where hostIsCompute && training:
             // CPU-only: stage k's step runs in RAM right after its backward, so w, g, m, v of k,

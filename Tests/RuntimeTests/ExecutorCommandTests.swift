@@ -116,7 +116,7 @@ final class ExecutorCommandTests: OffloadCommandTestCase {
         // Parameters that do not fit are streamed: that needs a spill folder, and a budget of at least one block's step.
         let r = try offload(run + ["--budget", "1MB"])
         XCTAssertNotEqual(r.status, 0)
-        XCTAssertTrue(r.err.contains("weights, gradients and AdamW state") && r.err.contains("do not fit"), r.err)
+        XCTAssertTrue(r.err.contains("weights, gradients and optimizer state") && r.err.contains("do not fit"), r.err)
         XCTAssertTrue(r.err.contains("--disk DIR"), r.err)
         let d = try offload(run + ["--budget", "1MB", "--disk", work, "--grad-clip", "0"])
         XCTAssertNotEqual(d.status, 0)
