@@ -103,7 +103,9 @@ final class LoRACommandTests: XCTestCase {
         try expectError(base + ["--lora-rank", "4", "--optimizer", "zo-sgd"], mentions: ["zo-sgd", "LoRA"])
         try expectError(base + ["--lora-rank", "4", "--budget", "1GB"], mentions: ["--budget"])
         try expectError(["train", "--config", "tiny", "--data", text, "--lora-rank", "4"], mentions: ["--model"])
-        let fixture = CLI.fixtures.appendingPathComponent("lora/init").path
+        // A rank-2 adapter for SmolLM2 on every projection, made by one step.
+        let fixture = dir.appendingPathComponent("rank2").path
+        XCTAssertEqual(try CLI.run(base + ["--lora-rank", "2", "--lora-targets", "q,k,v,o,gate,up,down", "--save", fixture]).status, 0)
         try expectError(base + ["--lora-init", fixture, "--lora-rank", "8"], mentions: ["--lora-init", "--lora-rank"])
         try expectError(base + ["--lora-init", dir.path], mentions: ["adapter_config.json"])
         // An adapter for another model: a tiny random model's checkpoint is not SmolLM2's.

@@ -1,7 +1,8 @@
 // LoRA on SmolLM2-135M's frozen Q4_1 base against Fixtures/lora (scripts/fixtures/make_lora_fixtures.py):
 // peft 0.21 on the float32 model transformers dequantizes from the same GGUF, starting from the same
-// peft-made adapter (Fixtures/lora/init, loaded as `--lora-init` loads it), 5 AdamW steps on the Hamlet
-// windows. Losses and the adapters' gradient norms per step, and the adapters after the 5 steps.
+// adapter (Fixtures/lora/init's peft config with values both sides draw from one generator, written as an
+// F16 peft folder and loaded as `--lora-init` loads it), 5 AdamW steps on the Hamlet windows. Losses and the adapters' gradient norms per step, and the adapters after the 5 steps.
+import Formats
 import Foundation
 import Kernels
 import Models
@@ -14,6 +15,39 @@ final class LoRAParityTests: XCTestCase {
         .deletingLastPathComponent().appendingPathComponent("Fixtures/lora").path
     static let modelPath = AssetCache.directory + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
+    /// The fixture's initial adapter as a peft folder: Fixtures/lora/init/adapter_config.json beside an F16
+    /// adapter_model.safetensors of the values make_lora_fixtures.py's `initial_values` draws (one splitmix64
+    /// stream from seed 0 over layer, target, lora_A then lora_B, elements row-major in peft's layout;
+    /// k = (value >> 53) − 1024, A = k·2⁻¹⁵, B = k·2⁻¹⁴, exact in float16). Written once per test process.
+    static func initialAdapter(_ c: LlamaConfig) throws -> String {
+        let dir = NSTemporaryDirectory() + "offload-lora-init-\(getpid())"
+        let fm = FileManager.default
+        if fm.fileExists(atPath: dir + "/adapter_model.safetensors") { return dir }
+        try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try? fm.removeItem(atPath: dir + "/adapter_config.json")
+        try fm.copyItem(atPath: root + "/init/adapter_config.json", toPath: dir + "/adapter_config.json")
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/adapter_config.json"))) as! [String: Any]
+        let rank = config["r"] as! Int
+        var g = SeededGenerator(seed: 0), writer = SafetensorsWriter()
+        writer.metadata = ["format": "pt"]
+        for l in 0..<c.layers {
+            for t in LoRATarget.allCases {
+                let shape = t.shape(c)
+                for (part, rows, cols, scale) in [("lora_A", rank, shape.in, Float(0x1p-15)), ("lora_B", shape.out, rank, Float(0x1p-14))] {
+                    var bytes = Data(capacity: rows * cols * 2)
+                    for _ in 0..<rows * cols {
+                        let k = Int(g.next() >> 53) - 1024
+                        withUnsafeBytes(of: Float16(Float(k) * scale).bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+                    }
+                    writer.tensors.append(.init(name: "base_model.model.model.layers.\(l).\(t.hfModule).\(part).weight",
+                                                dtype: .f16, shape: [rows, cols], data: bytes))
+                }
+            }
+        }
+        try writer.write(to: dir + "/adapter_model.safetensors")
+        return dir
+    }
+
     func testFiveAdamWStepsFollowPeft() throws {
         let refPath = Self.root + "/reference.json"
         guard FileManager.default.fileExists(atPath: refPath) else { XCTFail("\(refPath) not found"); return }
@@ -25,7 +59,7 @@ final class LoRAParityTests: XCTestCase {
         // The base stays in the file's Q4_1 blocks: no fp32 copy of a matrix.
         XCTAssertEqual(base.blocks[0][.q]!.dtype, .q4_1)
         XCTAssertLessThan(base.storedBytes, 110_000_000)
-        let adapters = try LoRAAdapters.load(folder: Self.root + "/init", config: base.config, ropeStyle: base.ropeStyle)
+        let adapters = try LoRAAdapters.load(folder: Self.initialAdapter(base.config), config: base.config, ropeStyle: base.ropeStyle)
         XCTAssertEqual(adapters.settings.rank, run["rank"] as! Int)
         XCTAssertEqual(adapters.settings.alpha, Float(run["alpha"] as! Int))
         XCTAssertEqual(adapters.settings.targets, LoRATarget.allCases)
@@ -75,7 +109,7 @@ extension LoRAParityTests {
         setTrainingThreads(2)
         let source = try GGUFWeights(path: Self.modelPath)
         let base = try FrozenLlama(source: source)
-        let adapters = try LoRAAdapters.load(folder: Self.root + "/init", config: base.config, ropeStyle: base.ropeStyle)
+        let adapters = try LoRAAdapters.load(folder: Self.initialAdapter(base.config), config: base.config, ropeStyle: base.ropeStyle)
         let tokens = Array(hamletIDs[0..<32])
         let trained = try LlamaTrainer(base: base, adapters: adapters, batch: 1, seqLen: tokens.count).logits(inputs: tokens)
         let llama = try LlamaModel(source: source, threads: 2)
@@ -103,7 +137,7 @@ extension LoRAParityTests {
         guard FileManager.default.fileExists(atPath: Self.modelPath) else { XCTFail("\(Self.modelPath) not found"); return }
         setTrainingThreads(2)
         let source = try GGUFWeights(path: Self.modelPath)
-        let adapters = try LoRAAdapters.load(folder: Self.root + "/init", config: source.config, ropeStyle: source.ropeStyle)
+        let adapters = try LoRAAdapters.load(folder: Self.initialAdapter(source.config), config: source.config, ropeStyle: source.ropeStyle)
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("merged-\(UUID().uuidString).gguf").path
         defer { try? FileManager.default.removeItem(atPath: out) }
         try exportGGUF(from: LoRAMergedWeights(base: source, adapters: adapters), to: out, type: .f32,
