@@ -48,15 +48,20 @@ public struct SHA256 {
         for region in data.regions { region.withUnsafeBytes { update($0) } }
     }
 
-    /// The digest as 64 lowercase hex digits. Consumes this value's state.
-    public mutating func finalizeHex() -> String {
+    /// The digest as 32 bytes. Consumes this value's state.
+    public mutating func finalize() -> [UInt8] {
         let bits = length &* 8
         var tail: [UInt8] = [0x80]
         while (pending.count + tail.count) % 64 != 56 { tail.append(0) }
         for s in stride(from: 56, through: 0, by: -8) { tail.append(UInt8(truncatingIfNeeded: bits >> UInt64(s))) }
         tail.withUnsafeBytes { update($0) }
         precondition(pending.isEmpty)
-        return [h.0, h.1, h.2, h.3, h.4, h.5, h.6, h.7].map { String(format: "%08x", $0) }.joined()
+        return [h.0, h.1, h.2, h.3, h.4, h.5, h.6, h.7].flatMap { w in (0..<4).map { UInt8(truncatingIfNeeded: w >> (24 - 8 * $0)) } }
+    }
+
+    /// The digest as 64 lowercase hex digits. Consumes this value's state.
+    public mutating func finalizeHex() -> String {
+        finalize().map { String(format: "%02x", $0) }.joined()
     }
 
     private mutating func compress(_ p: UnsafeRawPointer) {

@@ -5,6 +5,10 @@
 import CKernels
 import Foundation
 
+/// Query rows per band of the many-row path: a band attends to the keys up to its last row, and
+/// a row's result depends only on its band (bands start every 64 rows from the call's first row).
+public let attentionBandRows = 64
+
 public struct AttentionShape {
     public var heads: Int
     public var kvHeads: Int
@@ -35,7 +39,7 @@ public func attentionForward(_ pool: ComputePool, _ out: UnsafeMutablePointer<Fl
     // (head, band) is a task of its own on the pool, with single-threaded sgemms and
     // its scores in the thread's own band of `scores` (rows × keys floats hold one
     // band of 64 rows per thread once rows ≥ 64 × threads; below, fewer threads run).
-    let band = 64, bands = (rows + band - 1) / band
+    let band = attentionBandRows, bands = (rows + band - 1) / band
     let slots = max(1, rows / band)
     let run = { (task: Int, slot: Int) in
         let h = task / bands, r0 = (task % bands) * band
@@ -53,7 +57,9 @@ public func attentionForward(_ pool: ComputePool, _ out: UnsafeMutablePointer<Fl
             for task in begin..<end { run(task, thread) }
         }
     } else {
-        for task in 0..<shape.heads * bands { run(task, 0) }
+        // One band's scores at a time; sgemm still on one thread, as on the pool: OpenBLAS on
+        // several threads gives other bits, and a row must not depend on how many rows share its pass.
+        withSingleThreadedBLAS { for task in 0..<shape.heads * bands { run(task, 0) } }
     }
 }
 

@@ -30,6 +30,15 @@ public enum Matmul {
     /// Rows of input at or below which the direct quantized path is used.
     nonisolated(unsafe) public static var directRowLimit = 8
 
+    /// Token rows per sgemm call in the many-row paths (these products and the head's), each call
+    /// on one thread; attention's bands (`attentionBandRows`) divide it. A row's result then depends
+    /// only on its block counted from the pass's first row, never on how many rows the pass has
+    /// (OpenBLAS picks kernels and thread splits by the row count): passes whose boundaries are
+    /// multiples of it (`LlamaModel.prefillPieces`) give one pass's rows bit for bit. 256: blocks of
+    /// 64 rows cost 12% of SmolLM2's prefill (OpenBLAS packs the weights once per call), 128 6%,
+    /// 256 nothing measurable.
+    nonisolated(unsafe) public static var rowBlock = 256
+
     /// y_j[n, W_j.rows] = x[n, cols] · W_jᵀ for every (W_j, y_j) pair; all W_j share `cols`.
     /// `scratch` must hold max(W_j.rows × cols) floats when n > directRowLimit and not `exact`.
     /// `exact`: each of the n rows is computed bit for bit as `linear` computes it alone (n = 1),
@@ -77,7 +86,10 @@ public enum Matmul {
                         ck_dequantize_rows(nil, w.data + r0 * w.rowBytes, w.ckType, part, Int32(m), Int32(cols))
                         wf = UnsafePointer(part)
                     }
-                    sgemmNT(m: n, n: m, k: cols, a: x, lda: cols, b: wf, ldb: cols, c: y + r0, ldc: w.rows)
+                    for i in stride(from: 0, to: n, by: rowBlock) {
+                        sgemmNT(m: min(rowBlock, n - i), n: m, k: cols, a: x + i * cols, lda: cols, b: wf, ldb: cols,
+                                c: y + i * w.rows + r0, ldc: w.rows)
+                    }
                 }
             }
         }

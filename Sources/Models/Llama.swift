@@ -88,6 +88,27 @@ public final class KVCache {
 
     public var bytes: Int { 2 * layers * capacity * kvDim * 4 }
     public func reset() { length = 0 }
+
+    /// `layer`'s keys and values for positions [0, capacity) as `body` sees them (row-major, kvDim
+    /// floats a row), the first `loaded` rows read in first for a layer on disk. Rows `body` writes
+    /// are kept once `commit` is called for them.
+    public func withRows<R>(layer: Int, loaded: Int,
+                            _ body: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) throws -> R) throws -> R {
+        precondition(loaded <= capacity, "rows past the cache")
+        if diskLayers.contains(layer), loaded > 0 { try store!.load(layer: layer, count: loaded, k: k[layer], v: v[layer]) }
+        return try body(k[layer], v[layer])
+    }
+
+    /// Keeps rows [start, end) of `layer` written through `withRows` (a layer on disk writes them there).
+    public func commit(layer: Int, from start: Int, to end: Int) throws {
+        if diskLayers.contains(layer), end > start { try store!.save(layer: layer, from: start, to: end, k: k[layer], v: v[layer]) }
+    }
+
+    /// The cache holds positions [0, n) (every layer's rows written and committed).
+    public func setLength(_ n: Int) {
+        precondition(n >= 0 && n <= capacity, "length \(n) of a cache of \(capacity)")
+        length = n
+    }
     /// Forgets positions from `n` on (a conversation that diverges from what the cache holds).
     public func truncate(to n: Int) {
         precondition(n >= 0 && n <= length, "truncate(to: \(n)) of a cache of \(length)")
@@ -150,8 +171,12 @@ public struct BlockMatrices {
 /// `beginForward`, `embeddingRow` per token, `block`/`release` per layer,
 /// `headChunk`/`release` per chunk (only the last token's logits), `endForward`.
 public protocol BlockWeightSupplier: AnyObject {
-    /// `rows` token rows are about to run (1: decode, which reads split Q4_1 copies).
-    func beginForward(rows: Int) throws
+    /// `rows` token rows are about to run (1: decode, which reads split Q4_1 copies); `logits`: the
+    /// forward runs the head (a prefill pass before the last runs only the blocks).
+    func beginForward(rows: Int, logits: Bool) throws
+    /// The forwards that will follow, in order (the current one first when called before it
+    /// begins): a chunked prefill's passes, so reads can run ahead into them.
+    func expectForwards(_ forwards: [(rows: Int, logits: Bool)])
     /// Token `token`'s embedding as fp32, the way the resident path converts it.
     func embeddingRow(token: Int, into dst: UnsafeMutablePointer<Float>) throws
     /// Block `layer`'s matrices, valid until `release(stage: layer)`.
@@ -333,9 +358,41 @@ public final class LlamaModel {
         return s
     }
 
+    /// Prompt rows per prefill pass (a multiple of `Matmul.rowBlock`, 256); nil: a prompt runs in one
+    /// pass. The passes give one pass's logits and cache bit for bit (`prefillPieces`); under a
+    /// budget the plan sets it, so activations are bounded by the chunk rather than the prompt.
+    public var prefillChunk: Int? {
+        didSet {
+            precondition(prefillChunk.map { $0 > 0 && $0 % Matmul.rowBlock == 0 } ?? true,
+                         "prefill chunks are whole attention bands")
+        }
+    }
+
+    /// The pieces a forward of `count` rows runs in with passes of `chunk` rows: boundaries every
+    /// `chunk` rows from the first, and a tail of at most `Matmul.directRowLimit` rows joined to the
+    /// piece before it. With `chunk` a multiple of `Matmul.rowBlock`, each row meets the kernels it
+    /// meets in one pass: the same blocks of the products and bands of attention (both counted from
+    /// the first row), never the direct path's few-row kernels, so the pieces' results are one pass's
+    /// bit for bit.
+    public static func prefillPieces(count n: Int, chunk: Int?) -> [Range<Int>] {
+        guard let chunk, chunk > 0, n > chunk + Matmul.directRowLimit else { return [0..<n] }
+        var pieces = stride(from: 0, to: n, by: chunk).map { $0..<min($0 + chunk, n) }
+        if pieces.count > 1, let tail = pieces.last, tail.count <= Matmul.directRowLimit {
+            pieces.removeLast()
+            pieces[pieces.count - 1] = pieces[pieces.count - 1].lowerBound..<tail.upperBound
+        }
+        return pieces
+    }
+
+    /// The most rows one pass of a `count`-row prefill in passes of `chunk` rows holds.
+    public static func largestPrefillPiece(count: Int, chunk: Int?) -> Int {
+        prefillPieces(count: count, chunk: chunk).map(\.count).max() ?? 0
+    }
+
     /// Runs `tokens` at positions [cache.length, cache.length + count), appends
     /// their keys and values to the cache, and returns logits: (count, vocab)
-    /// when `allLogits`, else (vocab) for the last token.
+    /// when `allLogits`, else (vocab) for the last token. A prompt longer than
+    /// `prefillChunk` runs in passes (`prefillPieces`), with the same result.
     public func forward(_ tokens: [Int], cache: KVCache, allLogits: Bool = false) throws -> [Float] {
         let c = config, n = tokens.count, start = cache.length
         guard n > 0 else { throw OffloadError("[model] forward needs at least one token") }
@@ -345,7 +402,33 @@ public final class LlamaModel {
         for t in tokens where t < 0 || t >= c.vocabSize {
             throw OffloadError("[model] token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
         }
-        if let supplier { return try streamedForward(tokens, cache: cache, allLogits: allLogits, supplier: supplier) }
+        let pieces = LlamaModel.prefillPieces(count: n, chunk: prefillChunk)
+        guard pieces.count > 1 else { return try forwardPass(tokens, cache: cache, allLogits: allLogits, logits: true) }
+        if supplier != nil && allLogits {
+            throw OffloadError("[model] all-position logits are not supported with weight streaming")
+        }
+        // Scratch for the largest pass first (the last one attends to the most keys), so the
+        // passes reuse it rather than growing it.
+        let widest = pieces.map(\.count).max()!
+        for (name, floats) in LlamaModel.scratchFloats(config: c, rows: widest, start: start + n - widest) {
+            _ = try work.get(name, floats)
+        }
+        supplier?.expectForwards(pieces.map { (rows: $0.count, logits: $0 == pieces.last) })
+        var out: [Float] = []
+        for p in pieces {
+            let isLast = p == pieces.last
+            let logits = try forwardPass(Array(tokens[p]), cache: cache, allLogits: allLogits, logits: allLogits || isLast)
+            if allLogits { out += logits } else if isLast { out = logits }
+        }
+        return out
+    }
+
+    /// One pass of `forward`; without `logits` the head is not run and nothing is returned.
+    private func forwardPass(_ tokens: [Int], cache: KVCache, allLogits: Bool, logits wantLogits: Bool) throws -> [Float] {
+        let c = config, n = tokens.count, start = cache.length
+        if let supplier {
+            return try streamedForward(tokens, cache: cache, allLogits: allLogits, logits: wantLogits, supplier: supplier)
+        }
         guard cache.diskLayers.isEmpty else { throw OffloadError("[model] a cache with layers on disk needs weight streaming") }
         let dim = c.dim
         let sizes = LlamaModel.scratchFloats(config: c, rows: n, start: start)
@@ -361,6 +444,7 @@ public final class LlamaModel {
                          x: x, n: n, start: start, cache: cache, positions: positions, scratch)
         }
         cache.length = start + n
+        guard wantLogits else { return [] }
 
         let rows = allLogits ? n : 1
         let last = x + (n - rows) * dim
@@ -372,13 +456,19 @@ public final class LlamaModel {
                 Matmul.linear(pool, x: scratch.xn, n: rows, [(head, lb.baseAddress!)], scratch: scratch.wscratch)
                 return
             }
-            // Many rows: the head in chunks of vocabulary rows, so its fp32 copy stays small.
-            let chunk = 4096
+            // Many rows: the head in chunks of vocabulary rows, so its fp32 copy stays small; token
+            // rows in blocks of `Matmul.rowBlock` spread over the pool.
+            let chunk = 4096, block = Matmul.rowBlock, blocks = (rows + block - 1) / block
             for r0 in stride(from: 0, to: c.vocabSize, by: chunk) {
                 let m = min(chunk, c.vocabSize - r0)
                 Matmul.dequantize(pool, head.rows(r0, m), into: hs)
-                Matmul.sgemmNT(m: rows, n: m, k: dim, a: scratch.xn, lda: dim, b: hs, ldb: dim,
-                               c: lb.baseAddress! + r0, ldc: c.vocabSize)
+                pool.forEach(items: blocks) { begin, end, _ in
+                    for b in begin..<end {
+                        let i = b * block
+                        Matmul.sgemmNT(m: min(block, rows - i), n: m, k: dim, a: scratch.xn + i * dim, lda: dim, b: hs,
+                                       ldb: dim, c: lb.baseAddress! + i * c.vocabSize + r0, ldc: c.vocabSize)
+                    }
+                }
             }
         }
         capLogits(&logits)
@@ -471,9 +561,16 @@ public final class LlamaModel {
             let (cache, start, rows) = (seg.cache, seg.start, seg.count)
             let segAtt = att + seg.row * c.qDim, segQ = q + seg.row * c.qDim
             if local, let w = c.slidingWindow?.size, start + rows > w {
+                // Rows at positions below w see every key before them: in bands, as when the prompt
+                // ends inside the window (so a row's result does not depend on how far the pass runs).
+                let within = max(0, w - start)
+                if within > 0 {
+                    attentionForward(pool, segAtt, segQ, cache.k[l], cache.v[l], scores: scores, rows: within,
+                                     start: start, shape: shape)
+                }
                 // Rows whose window starts past position 0 see only their last w keys: one row at a time,
                 // from the first key of its window (the row's own position is the last).
-                for i in 0..<rows {
+                for i in within..<rows {
                     let pos = start + i, lo = max(0, pos - w + 1)
                     attentionForward(pool, segAtt + i * c.qDim, segQ + i * c.qDim, cache.k[l] + lo * c.kvDim,
                                      cache.v[l] + lo * c.kvDim, scores: scores, rows: 1, start: pos - lo, shape: shape)
@@ -560,7 +657,7 @@ public final class LlamaModel {
         let segments = seqs.enumerated().map { Segment(row: $0, count: 1, start: $1.cache.length, cache: $1.cache) }
         let positions = seqs.map { Int32($0.cache.length) }
         if let supplier {
-            try supplier.beginForward(rows: 1)
+            try supplier.beginForward(rows: 1, logits: true)
             for (i, s) in seqs.enumerated() { try supplier.embeddingRow(token: s.token, into: x + i * dim) }
         } else {
             for (i, s) in seqs.enumerated() {
@@ -636,7 +733,7 @@ public final class LlamaModel {
         let heads = try seqs.indices.map { try work.get("xhead.\($0)", dim) }
         let starts = seqs.map { $0.cache.length }
         let positions = seqs.map { s in (0..<s.tokens.count).map { Int32(s.cache.length + $0) } }
-        try supplier.beginForward(rows: decode ? 1 : 2)
+        try supplier.beginForward(rows: decode ? 1 : 2, logits: true)
         for (i, s) in seqs.enumerated() {
             for (j, t) in s.tokens.enumerated() { try supplier.embeddingRow(token: t, into: xs[i] + j * dim) }
             scaleEmbeddings(xs[i], rows: s.tokens.count)
@@ -673,7 +770,7 @@ public final class LlamaModel {
     /// order as the resident path, so logits are bit-identical. The head runs in
     /// chunks of vocabulary rows; every row's dot product is computed alone by
     /// the direct kernels, so chunking does not change it.
-    private func streamedForward(_ tokens: [Int], cache: KVCache, allLogits: Bool,
+    private func streamedForward(_ tokens: [Int], cache: KVCache, allLogits: Bool, logits wantLogits: Bool,
                                  supplier: BlockWeightSupplier) throws -> [Float] {
         let c = config, n = tokens.count, start = cache.length, dim = c.dim
         guard !allLogits || n == 1 else {
@@ -682,7 +779,7 @@ public final class LlamaModel {
         let sizes = LlamaModel.scratchFloats(config: c, rows: n, start: start)
         let x = try work.get("x", sizes["x"]!), scratch = try blockScratch(sizes)
         let positions = (0..<n).map { Int32(start + $0) }
-        try supplier.beginForward(rows: n)
+        try supplier.beginForward(rows: n, logits: wantLogits)
         for (i, t) in tokens.enumerated() { try supplier.embeddingRow(token: t, into: x + i * dim) }
         scaleEmbeddings(x, rows: n)
         for (l, b) in blocks.enumerated() {
@@ -695,6 +792,7 @@ public final class LlamaModel {
             if onDisk { try cache.store!.save(layer: l, from: start, to: start + n, k: cache.k[l], v: cache.v[l]) }
         }
         cache.length = start + n
+        guard wantLogits else { supplier.endForward(); return [] }
         let last = x + (n - 1) * dim
         outputNorm.withUnsafeBufferPointer { rmsnormForward(scratch.xn, last, $0.baseAddress!, rows: 1, dim: dim, eps: c.rmsEps) }
         var logits = [Float](repeating: 0, count: c.vocabSize)

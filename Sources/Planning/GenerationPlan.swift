@@ -117,6 +117,9 @@ public struct StreamingPlan: Sendable {
     public var sequences: Int
     public var promptTokens: Int
     public var contextCapacity: Int
+    /// Prompt rows per prefill pass (`LlamaModel.prefillChunk`; a multiple of `Matmul.rowBlock`),
+    /// nil: the prompt in one pass. Activations are sized for the largest pass.
+    public var prefillChunk: Int?
     public var resident: Set<Int>
     public var ringSlots: Int
     public var slotBytes: Int
@@ -148,10 +151,55 @@ public struct StreamingPlan: Sendable {
     ///   - promptTokens: the longest prompt (its prefill's activations), `contextCapacity` the positions.
     ///   - sequences: sequences run together (the block schedule): each has its own KV cache
     ///     (kept in memory) and its hidden state.
+    ///   - prefillChunk: prompt rows per prefill pass (a multiple of `Matmul.rowBlock`); nil: for one
+    ///     sequence, the one of one pass or `chunkChoices` that `hardware`'s cost model predicts
+    ///     fastest for prefill and the decode of the rest of the context (ties: fewer passes).
+    ///     A block of several sequences prefills in one pass.
     /// - Throws: when `budget` is below the smallest that runs, naming it and what it is made of.
     public init(budget: Int, stages: [WeightStage], config c: LlamaConfig, promptTokens: Int, contextCapacity: Int,
-                sequences: Int = 1, maxSlots: Int = 3) throws {
-        let scratch = [LlamaModel.scratchFloats(config: c, rows: max(promptTokens, 1), start: 0),
+                sequences: Int = 1, maxSlots: Int = 3, prefillChunk: Int? = nil,
+                hardware: HardwareProfile = .defaultCPU) throws {
+        if let chunk = prefillChunk, chunk <= 0 || chunk % Matmul.rowBlock != 0 {
+            throw OffloadError("a prefill chunk is a positive multiple of \(Matmul.rowBlock) tokens, got \(chunk)")
+        }
+        let candidates: [Int?] = sequences > 1 ? [nil]
+            : prefillChunk.map { [$0] } ?? ([nil] + Self.chunkChoices(promptTokens: promptTokens).reversed())
+        var best: (plan: StreamingPlan, seconds: Double)?
+        var smallest: (plan: StreamingPlan?, error: Error?) = (nil, nil)   // the fewest rows per pass
+        for chunk in candidates {
+            do {
+                let plan = try StreamingPlan(placing: budget, stages: stages, config: c, promptTokens: promptTokens,
+                                             contextCapacity: contextCapacity, sequences: sequences,
+                                             maxSlots: maxSlots, prefillChunk: chunk)
+                let seconds = plan.predictedSeconds(hardware: hardware, config: c)
+                if best == nil || seconds < best!.seconds * (1 - 1e-9) { best = (plan, seconds) }
+                smallest = (plan, nil)
+            } catch {
+                smallest = (nil, error)
+            }
+        }
+        guard var chosen = best?.plan else { throw smallest.error ?? OffloadError("no prefill chunk fits the budget") }
+        // The least that runs at all: with the fewest rows per pass.
+        if let least = smallest.plan { chosen.minimumBudget = least.minimumBudget }
+        self = chosen
+    }
+
+    /// Rows per prefill pass worth trying for a prompt of `promptTokens`: powers of two from one
+    /// attention band up, each shorter than the prompt by more than a tail that would join it.
+    public static func chunkChoices(promptTokens: Int) -> [Int] {
+        var out: [Int] = []
+        var chunk = Matmul.rowBlock
+        while chunk + Matmul.directRowLimit < promptTokens { out.append(chunk); chunk *= 2 }
+        return out
+    }
+
+    /// The placement for one choice of prefill chunk.
+    private init(placing budget: Int, stages: [WeightStage], config c: LlamaConfig, promptTokens: Int,
+                 contextCapacity: Int, sequences: Int, maxSlots: Int, prefillChunk: Int?) throws {
+        self.prefillChunk = prefillChunk
+        // The widest pass is the last one that many rows: it attends to every prompt key.
+        let passRows = LlamaModel.largestPrefillPiece(count: max(promptTokens, 1), chunk: prefillChunk)
+        let scratch = [LlamaModel.scratchFloats(config: c, rows: passRows, start: max(promptTokens, 1) - passRows),
                        LlamaModel.scratchFloats(config: c, rows: 1, start: max(contextCapacity - 1, 0))]
         // A block of several sequences: each keeps its hidden state for the prompt and a row.
         let perSequenceScratch = sequences > 1 ? accountedBytes(promptTokens * c.dim * 4) + accountedBytes(c.dim * 4) : 0
@@ -178,7 +226,9 @@ public struct StreamingPlan: Sendable {
             throw OffloadError("budget \(formatBytes(budget)) (\(budget) bytes) is below the minimum "
                 + "\(formatBytes(minimumBudget)) (\(minimumBudget) bytes) for this prompt and context: one stage buffer "
                 + "\(formatBytes(slotBytes)) + KV cache \(sequences > 1 ? "of \(sequences) sequences \(formatBytes(minimumBudget - bare))" : "staging of one layer \(formatBytes(minimumBudget - bare))") "
-                + "+ activations \(formatBytes(scratchBytes)) + read staging \(formatBytes(staging))")
+                + "+ activations \(formatBytes(scratchBytes))"
+                + (passRows < promptTokens ? " (prefill in passes of \(passRows) tokens)" : "")
+                + " + read staging \(formatBytes(staging))")
         }
         // KV cache in memory for as many layers as fit (all, when they do); the rest on disk.
         if budget >= bare + sequences * c.layers * layerKV {
@@ -274,6 +324,30 @@ extension StreamingPlan {
         return max(compute, disk)
     }
 
+    /// Predicted seconds to prefill the prompt in the plan's passes: per pass, the longer of its
+    /// compute (the blocks' products and attention over the keys before it, and dequantizing the
+    /// weights it multiplies) and reading the streamed blocks; the head's last row is negligible.
+    public func predictedPrefillSeconds(hardware hw: HardwareProfile, config c: LlamaConfig) -> Double {
+        let blocks = stages.filter { $0.index < c.layers }
+        let elements = Double(blocks.flatMap(\.matrices).reduce(0) { $0 + $1.rows * $1.cols })
+        let streamedBytes = Double(blocks.filter { !resident.contains($0.index) }.reduce(0) { $0 + $1.bufferBytes })
+        let attentionRate = hw.training?.attentionFlops ?? hw.gemmFlops / 3
+        let bandwidth = streamReadBandwidth(hardware: hw)
+        return LlamaModel.prefillPieces(count: max(promptTokens, 1), chunk: prefillChunk).reduce(0) { total, p in
+            let rows = Double(p.count), keys = Double(p.lowerBound) + rows / 2
+            let compute = 2 * elements * rows / hw.gemmFlops
+                + 4 * Double(c.layers * c.qDim) * rows * keys / attentionRate
+                + elements * 4 / hw.memoryBandwidth
+            return total + max(compute, streamedBytes / bandwidth)
+        }
+    }
+
+    /// Predicted seconds for the prompt's prefill and the decode of the rest of the context.
+    public func predictedSeconds(hardware hw: HardwareProfile, config c: LlamaConfig) -> Double {
+        predictedPrefillSeconds(hardware: hw, config: c)
+            + Double(max(contextCapacity - promptTokens, 0)) * predictedDecodeSeconds(hardware: hw, config: c)
+    }
+
     /// The disk's rate for this plan's reads: requests of a stage's runs, one per reader at a time.
     public func streamReadBandwidth(hardware hw: HardwareProfile) -> Double {
         let runs = streamed.flatMap { stages[$0].runs.map(\.length) }
@@ -292,8 +366,9 @@ public struct BlockSchedulePlan: Sendable {
     /// Decode seconds per token (over all prompts) the cost model predicts for `blockSize`.
     public var predictedSecondsPerToken: Double
 
+    /// `prefillChunk`: rows per prefill pass for a block of one sequence (nil: the plan's choice).
     public init(stages: [WeightStage], config c: LlamaConfig, budget: Int, promptLengths: [Int], maxTokens: Int,
-                blockSize forced: Int? = nil, hardware hw: HardwareProfile) throws {
+                blockSize forced: Int? = nil, prefillChunk: Int? = nil, hardware hw: HardwareProfile) throws {
         let longest = promptLengths.max() ?? 1
         let capacity = min(longest + maxTokens, c.contextLength)
         var best: (Int, StreamingPlan, Double)?
@@ -302,7 +377,8 @@ public struct BlockSchedulePlan: Sendable {
         for b in forced.map({ [$0] }) ?? Array(1...count) {
             do {
                 let plan = try StreamingPlan(budget: budget, stages: stages, config: c, promptTokens: longest,
-                                             contextCapacity: capacity, sequences: b)
+                                             contextCapacity: capacity, sequences: b, prefillChunk: prefillChunk,
+                                             hardware: hw)
                 let blocks = Double((count + b - 1) / b)
                 let cost = blocks * plan.predictedDecodeSeconds(hardware: hw, config: c) / Double(count)
                 if best == nil || cost <= best!.2 * (1 + 1e-9) { best = (b, plan, cost) }   // ties: the larger block
@@ -357,6 +433,8 @@ extension StreamingPlan {
         "\(resident.count) of \(stages.count) stages resident, \(stages.count - resident.count) streamed through "
             + "\(ringSlots) buffer\(ringSlots == 1 ? "" : "s") (\(readerThreads) reader\(readerThreads == 1 ? "" : "s")), KV cache of "
             + "\(kvDiskLayers.count) layers on disk" + (sequences > 1 ? ", blocks of \(sequences) sequences" : "")
+            + (LlamaModel.prefillPieces(count: max(promptTokens, 1), chunk: prefillChunk).count > 1
+               ? ", prefill in passes of \(prefillChunk!) tokens" : "")
     }
 }
 

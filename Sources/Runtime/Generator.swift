@@ -6,6 +6,8 @@ import Models
 
 public struct GenerationResult: Sendable {
     public var promptTokens: Int
+    /// Of those, the tokens whose KV cache came from the prompt cache instead of the prefill.
+    public var cachedPromptTokens = 0
     public var tokens: [Int]
     public var prefillSeconds: Double
     public var decodeSeconds: Double
@@ -29,7 +31,10 @@ public struct Generator {
 
     /// Generates up to `maxTokens` tokens after `prompt`. Stops early at any id in
     /// `stop` (which is included in the result). `onToken` sees each id as it comes.
+    /// `promptCache`: the prompt's stored blocks are loaded instead of prefilled, and its new
+    /// whole blocks stored (the same tokens and logits either way).
     public func generate(prompt: [Int], maxTokens: Int, sampler: inout Sampler, stop: Set<Int> = [],
+                         promptCache: PromptCache? = nil,
                          onToken: (Int) -> Void = { _ in }) throws -> GenerationResult {
         guard !prompt.isEmpty else { throw OffloadError("[generate] the prompt has no tokens") }
         let capacity = min(prompt.count + maxTokens, model.maxPositions)
@@ -40,8 +45,10 @@ public struct Generator {
         var result = GenerationResult(promptTokens: prompt.count, tokens: [], prefillSeconds: 0,
                                       decodeSeconds: 0, stoppedAtEOS: false)
         let t0 = now()
-        var logits = try model.forward(prompt, cache: cache)
+        let restored = try promptCache?.restore(prompt: prompt, into: cache) ?? 0
+        var logits = try model.forward(Array(prompt[restored...]), cache: cache)
         result.prefillSeconds = now() - t0
+        result.cachedPromptTokens = restored
         let t1 = now()
         while result.tokens.count < maxTokens {
             let next = sampler.sample(logits)
@@ -52,6 +59,10 @@ public struct Generator {
             logits = try model.forward([next], cache: cache)
         }
         result.decodeSeconds = now() - t1
+        // The prompt's new blocks, after the answer (decode writes only positions past the prompt).
+        if let promptCache, let problem = promptCache.save(prompt: prompt, from: cache, restored: restored) {
+            FileHandle.standardError.write(Data((problem + "\n").utf8))
+        }
         return result
     }
 }

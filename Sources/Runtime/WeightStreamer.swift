@@ -82,6 +82,10 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
     /// The KV layers on disk, when the plan puts some there (for the decode figures).
     public var kvStore: DiskKVStore?
     private var kvAtBegin = (0, 0, 0.0)
+    /// Forwards announced to come (a chunked prefill's passes), the current one first once it begins,
+    /// and how many of them are already queued in `items` for reading ahead.
+    private var announced: [(rows: Int, logits: Bool)] = []
+    private var announcedQueued = 0
 
     /// Builds the buffers of `plan` in a compute tier of `plan.budget` bytes and
     /// reads the resident stages.
@@ -173,21 +177,38 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
     // MARK: BlockWeightSupplier
 
     /// Stages read for a forward of `rows` rows: the non-resident ones, and the
-    /// resident ones kept in the split layout when the forward needs the plain one.
-    func streamOrder(rows: Int) -> [(Int, Bool)] {
+    /// resident ones kept in the split layout when the forward needs the plain one;
+    /// the head's only when the forward runs it.
+    func streamOrder(rows: Int, logits: Bool = true) -> [(Int, Bool)] {
         plan.stages.compactMap { s in
+            if !logits && s.index >= config.layers { return nil }
             let split = rows == 1 && s.splitsForDecode
             if resident[s.index] != nil && split == s.splitsForDecode { return nil }
             return (s.index, split)
         }
     }
 
-    public func beginForward(rows: Int) throws {
-        let want = streamOrder(rows: rows)
+    public func expectForwards(_ forwards: [(rows: Int, logits: Bool)]) {
+        cond.lock()
+        announced = forwards
+        announcedQueued = 0
+        cond.unlock()
+    }
+
+    public func beginForward(rows: Int, logits: Bool) throws {
+        let want = streamOrder(rows: rows, logits: logits)
         if let kv = kvStore { kvAtBegin = (kv.bytesRead, kv.bytesWritten, kv.seconds) }
         cond.lock()
         self.rows = rows
         started = true
+        // This forward is the first announced one (its reads may be queued already), or the
+        // announcement no longer holds.
+        if let first = announced.first, first.rows == rows, first.logits == logits {
+            announced.removeFirst()
+            announcedQueued = max(0, announcedQueued - 1)
+        } else {
+            announced = []; announcedQueued = 0
+        }
         let ahead = Array(items[head...])
         let matches = ahead.count >= want.count && zip(ahead, want).allSatisfy { $0.stage == $1.0 && $0.split == $1.1 }
         if !matches {
@@ -200,6 +221,7 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
             }
             items.removeSubrange(head...)
             items += want.map { StreamItem(stage: $0.0, split: $0.1) }
+            announcedQueued = 0
             cond.broadcast()
         }
         cond.unlock()
@@ -306,7 +328,7 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
             var picked: StreamItem?
             while picked == nil {
                 if stopping { cond.unlock(); return }
-                if let i = items[head...].firstIndex(where: { $0.state == 0 }) ?? extendWithDecode(),
+                if let i = items[head...].firstIndex(where: { $0.state == 0 }) ?? extendWithNext(),
                    let k = slotBusy.firstIndex(of: false) {
                     let it = items[i]
                     it.state = 1; it.slot = k; slotBusy[k] = true
@@ -332,16 +354,20 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
         }
     }
 
-    /// With every queued read issued, reads ahead the next decode step's stages.
-    /// Called with the lock held; returns the first new item's index.
-    private func extendWithDecode() -> Int? {
+    /// With every queued read issued, reads ahead the next forward's stages: the next announced
+    /// one (a prefill pass), else a decode step's. Called with the lock held; returns the first
+    /// new item's index.
+    private func extendWithNext() -> Int? {
         guard started, items[head...].allSatisfy({ $0.state != 0 }) else { return nil }
-        let next = streamOrder(rows: 1)
+        // Announced forwards after the current one that are not queued yet.
+        let pending = announcedQueued < announced.count ? announced[announcedQueued] : nil
+        let next = pending.map { streamOrder(rows: $0.rows, logits: $0.logits) } ?? streamOrder(rows: 1)
         guard !next.isEmpty else { return nil }
-        // At most one decode step ahead of what the compute has not consumed.
+        // At most one forward ahead of what the compute has not consumed.
         guard items.count - head < next.count + plan.ringSlots else { return nil }
         let first = items.count
         items += next.map { StreamItem(stage: $0.0, split: $0.1) }
+        if pending != nil { announcedQueued += 1 }
         return first
     }
 

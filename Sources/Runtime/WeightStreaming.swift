@@ -21,15 +21,18 @@ import Tensors
 /// of compute memory, planned for a prompt of `promptTokens` and a context of
 /// `contextCapacity` positions.
 ///
-/// KV-cache layers the plan puts on disk go to a file in `kvFolder`.
+/// KV-cache layers the plan puts on disk go to a file in `kvFolder`. `prefillChunk`: prompt rows
+/// per prefill pass (nil: the plan's choice by `hardware`'s cost model).
 public func makeStreamingModel(weights: GGUFWeights, budget: Int, threads: Int, promptTokens: Int,
                                contextCapacity: Int, sequences: Int = 1, kvFolder: String = NSTemporaryDirectory(),
+                               prefillChunk: Int? = nil, hardware: HardwareProfile = .defaultCPU,
                                trace: TraceRecorder? = nil) throws -> (LlamaModel, WeightStreamer) {
     let c = weights.config
     let plan: StreamingPlan
     do {
         plan = try StreamingPlan(budget: budget, stages: try weightStages(of: weights.file, config: c), config: c,
-                                 promptTokens: promptTokens, contextCapacity: contextCapacity, sequences: sequences)
+                                 promptTokens: promptTokens, contextCapacity: contextCapacity, sequences: sequences,
+                                 prefillChunk: prefillChunk, hardware: hardware)
     } catch { throw OffloadError("[stream] \(error)") }
     return try makeStreamingModel(weights: weights, plan: plan, threads: threads, kvFolder: kvFolder, trace: trace)
 }
@@ -41,6 +44,7 @@ public func makeStreamingModel(weights: GGUFWeights, plan: StreamingPlan, thread
     let c = weights.config
     let streamer = try WeightStreamer(plan: plan, file: weights.file, config: c, trace: trace)
     let model = try LlamaModel(source: weights, threads: threads, supplier: streamer, memory: streamer)
+    model.prefillChunk = plan.prefillChunk
     streamer.computePool = model.pool
     if !plan.kvDiskLayers.isEmpty {
         let store = try DiskKVStore(folder: kvFolder, config: c, capacity: plan.contextCapacity, trace: trace)

@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import Formats
+import Kernels
 import Models
 import Runtime
 import Tensors
@@ -62,6 +63,13 @@ struct SamplingFlags: ParsableArguments {
 func validateBudget(_ budget: String?) throws {
     if let b = budget, parseBytes(b) == nil || parseBytes(b)! <= 0 {
         throw ValidationError("--budget must be a size such as 512MB, 2GiB or a byte count, got '\(b)'")
+    }
+}
+
+/// Checks a --prefill-chunk value (nil: none given): whole attention bands, so the passes give one pass's result.
+func validatePrefillChunk(_ chunk: Int?) throws {
+    if let n = chunk, n <= 0 || n % Matmul.rowBlock != 0 {
+        throw ValidationError("--prefill-chunk must be a positive multiple of \(Matmul.rowBlock) tokens, got \(n)")
     }
 }
 

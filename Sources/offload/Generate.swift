@@ -13,7 +13,7 @@ struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate text from a prompt, streaming it as it is produced.",
         discussion: """
-        Prefills the prompt in one pass, then decodes token by token. --temperature 0 is greedy.
+        Prefills the prompt (in passes of --prefill-chunk tokens, or the plan's under --budget), then decodes token by token. --temperature 0 is greedy.
         Example: offload generate --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt "The tide" --max-tokens 40
         """)
 
@@ -55,6 +55,19 @@ struct Generate: ParsableCommand {
     @Option(help: ArgumentHelp("With --budget: hardware profile JSON (from `offload profile`) for the predicted time per token.",
                                valueName: "file"))
     var hardware: String?
+    @Option(name: .customLong("prefill-chunk"), help: ArgumentHelp(
+        "Prompt tokens per prefill pass, a multiple of 256 (default: one pass; with --budget, the plan's choice). "
+            + "Activations are bounded by the pass, not the prompt; the output is the same bit for bit.",
+        valueName: "tokens"))
+    var prefillChunk: Int?
+    @Option(name: .customLong("prompt-cache"), help: ArgumentHelp(
+        "Folder of stored prompt KV caches (created if missing): the prompt's blocks of 256 tokens found there are "
+            + "loaded instead of prefilled, and its new ones stored; the output is the same bit for bit.",
+        valueName: "folder"))
+    var promptCache: String?
+    @Option(name: .customLong("prompt-cache-limit"), help: ArgumentHelp(
+        "With --prompt-cache: the most bytes its entries take; the least recently used go first.", valueName: "bytes"))
+    var promptCacheLimit: String = "4GB"
 
     func validate() throws {
         guard [prompt != nil, promptTokens != nil, prompts != nil].filter({ $0 }).count == 1 else {
@@ -67,6 +80,19 @@ struct Generate: ParsableCommand {
         if chat && prompt == nil { throw ValidationError("--chat needs --prompt (the user's message)") }
         if system != nil && !chat { throw ValidationError("--system needs --chat") }
         if let n = promptTokens, n <= 0 { throw ValidationError("--prompt-tokens must be positive, got \(n)") }
+        try validatePrefillChunk(prefillChunk)
+        if promptCache != nil && prompts != nil {
+            throw ValidationError("--prompt-cache is not supported with --prompts yet; give one --prompt")
+        }
+        if promptCache != nil && lora != nil {
+            throw ValidationError("--prompt-cache is not supported with --lora yet (the adapter changes the cache)")
+        }
+        if parseBytes(promptCacheLimit).map({ $0 <= 0 }) ?? true {
+            throw ValidationError("--prompt-cache-limit must be a size such as 512MB or 4GB, got '\(promptCacheLimit)'")
+        }
+        if prefillChunk != nil && prompts != nil && budget != nil {
+            throw ValidationError("--prefill-chunk is not supported with --prompts and --budget (blocks prefill in one pass)")
+        }
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be 0 or more, got \(maxTokens)") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
         if lora != nil && prompts != nil && budget != nil {
@@ -107,18 +133,20 @@ struct Generate: ParsableCommand {
                 throw OffloadError("[generate] --budget streams weights from a GGUF file; \(model) is a folder")
             }
             let capacity = min(ids.count + maxTokens, min(source.config.contextLength, gguf.config.contextLength))
+            let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
             let (m, s) = try makeStreamingModel(weights: gguf, budget: budget, threads: threads ?? defaultThreads(),
                                                 promptTokens: ids.count, contextCapacity: capacity,
-                                                kvFolder: disk ?? NSTemporaryDirectory(), trace: recorder)
+                                                kvFolder: disk ?? NSTemporaryDirectory(), prefillChunk: prefillChunk,
+                                                hardware: hw, trace: recorder)
             llama = m
             streamer = s
-            let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
             let row = generationRow(s.plan, config: gguf.config, hardware: hw)
             predicted = row.seconds
             printPlanRow(row, budget: budget, hardware: hw, stepLabel: "per token")
             note("  \(s.plan.summary)")
         } else {
             llama = try LlamaModel(source: source, threads: threads ?? defaultThreads())
+            llama.prefillChunk = prefillChunk
         }
         if let lora { try llama.setAdapters(loadAdapter(lora, for: source)) }
         defer { streamer?.stop() }
@@ -127,8 +155,9 @@ struct Generate: ParsableCommand {
         let stop: Set<Int> = ignoreEOS ? [] : tokenizer.endOfGenerationIDs
         let start = now()
         var firstToken: Double?
+        let cache = try promptCache.map { try PromptCache(folder: $0, limitBytes: parseBytes(promptCacheLimit)!, model: source) }
         let result = try Generator(model: llama).generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler,
-                                                          stop: stop) { id in
+                                                          stop: stop, promptCache: cache) { id in
             if firstToken == nil { firstToken = now() - start }
             guard !json else { return }
             if stop.contains(id) { return }
@@ -140,7 +169,7 @@ struct Generate: ParsableCommand {
         if let recorder, let path = trace { try recorder.write(to: path) }
         if json {
             var out: [String: Any] = [
-                "prompt_tokens": ids.count, "tokens": result.tokens, "text": tokenizer.decode(generated, continuing: true),
+                "prompt_tokens": ids.count, "cached_prompt_tokens": result.cachedPromptTokens, "tokens": result.tokens, "text": tokenizer.decode(generated, continuing: true),
                 "prefill_tokens_per_second": result.prefillTokensPerSecond,
                 "decode_tokens_per_second": result.decodeTokensPerSecond,
                 "prefill_seconds": result.prefillSeconds, "decode_seconds": result.decodeSeconds,
@@ -161,6 +190,11 @@ struct Generate: ParsableCommand {
                 ids.count, result.prefillTokensPerSecond, result.tokens.count, result.decodeTokensPerSecond).utf8))
             FileHandle.standardError.write(Data(String(format: "[generate] time to first token %.3f s\n",
                                                        firstToken ?? 0).utf8))
+            if let cache {
+                note("[prompt-cache] \(result.cachedPromptTokens) of \(ids.count) prompt tokens loaded from \(cache.folder); "
+                     + "\(cache.storedBlocks) block\(cache.storedBlocks == 1 ? "" : "s") stored"
+                     + (cache.rejectedEntries > 0 ? "; \(cache.rejectedEntries) unusable entr\(cache.rejectedEntries == 1 ? "y" : "ies") removed" : ""))
+            }
             if let report { FileHandle.standardError.write(Data((report.summary + "\n").utf8)) }
         }
     }

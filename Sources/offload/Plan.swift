@@ -46,12 +46,16 @@ struct Plan: ParsableCommand {
     @Option(help: "Train: the optimizer whose state the plan holds, as `train --optimizer` (adamw, adamw8bit, sgd; default adamw). Parameters streamed from disk are updated with AdamW only.")
     var optimizer: String = "adamw"
     @Option(help: "Train: what `train --strategy` takes (auto, stream, keep, recompute, sqrt, rotor, offload, pofo, offload+stream, recompute+stream): the plan marked is the one `train` runs with it. With an accelerator profile: a row's name.") var strategy: String = "auto"
-    @Option(name: .customLong("prompt-tokens"), help: "Generate: tokens of the prompt prefilled in one pass (--seq-len is the whole context; default 32 or --seq-len when smaller).")
+    @Option(name: .customLong("prompt-tokens"), help: "Generate: tokens of the prompt (--seq-len is the whole context; default 32 or --seq-len when smaller).")
     var promptTokensOption: Int?
     /// The prompt length planned for generation.
     var promptTokens: Int { promptTokensOption ?? min(32, seqLen) }
     @Option(help: ArgumentHelp("Generate: prompts run together with FlexGen's block schedule (the block size is planned), as `generate --prompts` with that many lines.", valueName: "count"))
     var prompts: Int = 1
+    @Option(name: .customLong("prefill-chunk"), help: ArgumentHelp(
+        "Generate: prompt tokens per prefill pass, a multiple of 256, as `generate --prefill-chunk` (default: the plan's choice).",
+        valueName: "tokens"))
+    var prefillChunk: Int?
     @Flag(help: "Print JSON instead of a table.") var json = false
     @Option(help: "Write an SVG of the chosen plan's memory and streams.") var svg: String?
     @Option(help: "Write the chosen schedule as JSON.") var schedule: String?
@@ -73,6 +77,10 @@ struct Plan: ParsableCommand {
             throw ValidationError("--prompt-tokens must be from 1 to --seq-len (\(seqLen)), got \(p)")
         }
         if prompts < 1 { throw ValidationError("--prompts must be at least 1, got \(prompts)") }
+        try validatePrefillChunk(prefillChunk)
+        if prefillChunk != nil && (mode != "generate" || prompts > 1) {
+            throw ValidationError("--prefill-chunk applies to --mode generate with one prompt")
+        }
         if !["adamw", "adamw8bit", "sgd"].contains(optimizer) {
             throw ValidationError("--optimizer must be adamw, adamw8bit or sgd, got '\(optimizer)'")
         }
@@ -247,7 +255,7 @@ extension Plan {
         do {
             let p = try BlockSchedulePlan(stages: stages, config: cfg, budget: budgetBytes,
                                           promptLengths: Array(repeating: promptTokens, count: prompts),
-                                          maxTokens: context - promptTokens, hardware: hw)
+                                          maxTokens: context - promptTokens, prefillChunk: prefillChunk, hardware: hw)
             plan = p.plan
             row = generationRow(p.plan, config: cfg, hardware: hw, planning: Date().timeIntervalSince(clock))
         } catch {
@@ -259,7 +267,8 @@ extension Plan {
             if budget != nil { out["computeBudget"] = budgetBytes }
             if let least = try? BlockSchedulePlan(stages: stages, config: cfg, budget: Int.max / 4,
                                                   promptLengths: Array(repeating: promptTokens, count: prompts),
-                                                  maxTokens: context - promptTokens, blockSize: 1, hardware: hw) {
+                                                  maxTokens: context - promptTokens, blockSize: 1,
+                                                  prefillChunk: prefillChunk, hardware: hw) {
                 out["minimumBudget"] = least.plan.minimumBudget
             }
             if let plan, row.failure == nil {
@@ -267,6 +276,8 @@ extension Plan {
                 out["bytesReadPerToken"] = row.moved; out["blockSize"] = plan.sequences
                 out["residentStages"] = plan.resident.count; out["streamedStages"] = plan.streamed.count
                 out["streamBuffers"] = plan.ringSlots; out["kvDiskLayers"] = plan.kvDiskLayers.count
+                out["prefillPassTokens"] = LlamaModel.largestPrefillPiece(count: promptTokens, chunk: plan.prefillChunk)
+                out["prefillSeconds"] = plan.predictedPrefillSeconds(hardware: hw, config: cfg)
             } else { out["failure"] = TrainingPlanner.plain(row.failure ?? "") }
             let data = try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))

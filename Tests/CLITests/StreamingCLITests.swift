@@ -85,3 +85,51 @@ final class StreamingPromptsCLITests: XCTestCase {
         XCTAssertLessThanOrEqual(s["peak_compute_bytes"] as? Int ?? .max, 12_000_000)
     }
 }
+
+/// A long prompt under a budget: prefilled in passes the plan sizes, so the budget it needs is
+/// bounded by a pass's activations rather than the prompt's, and the tokens are the unbudgeted
+/// run's from that smallest budget up (KV layers on disk or not, any pass size).
+final class ChunkedPrefillCLITests: XCTestCase {
+    let prompt = 1500, context = 1508
+    var base: [String] {
+        ["generate", "--model", CLI.smolLM2, "--prompt-tokens", "\(prompt)", "--seed", "11", "--temperature", "0",
+         "--max-tokens", "8", "--ignore-eos", "--threads", "2", "--json"]
+    }
+
+    func json(_ r: CommandResult, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
+        XCTAssertEqual(r.status, 0, r.stderr, file: file, line: line)
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
+                             r.stdout, file: file, line: line)
+    }
+
+    func testSameTokensFromTheSmallestBudgetUpAndPlanAgrees() throws {
+        let plain = try json(CLI.run(base))
+        let tokens = try XCTUnwrap(plain["tokens"] as? [Int])
+        XCTAssertEqual(tokens.count, 8)
+        // What `plan` says the smallest budget is, and that in one pass the prompt would need far more.
+        let planArgs = ["plan", "--model", CLI.smolLM2, "--mode", "generate", "--seq-len", "\(context)",
+                        "--prompt-tokens", "\(prompt)", "--json"]
+        let least = try XCTUnwrap(try json(CLI.run(planArgs))["minimumBudget"] as? Int)
+        let onePass = try XCTUnwrap(try json(CLI.run(planArgs + ["--prefill-chunk", "2048"]))["minimumBudget"] as? Int)
+        XCTAssertLessThan(Double(least), 0.5 * Double(onePass), "passes of 256 tokens should need far less than one pass")
+        let below = try CLI.run(base + ["--budget", "\(least - 1)"])
+        XCTAssertNotEqual(below.status, 0)
+        XCTAssertTrue(below.stderr.contains("below the minimum") && below.stderr.contains("(\(least) bytes)"), below.stderr)
+        for (budget, extra) in [("\(least)", [String]()), ("24MB", []), ("48MB", []), ("48MB", ["--prefill-chunk", "512"]),
+                                ("400MB", [])] {
+            let out = try json(CLI.run(base + ["--budget", budget] + extra))
+            XCTAssertEqual(out["tokens"] as? [Int], tokens, "--budget \(budget) \(extra)")
+            let s = try XCTUnwrap(out["streaming"] as? [String: Any])
+            XCTAssertLessThanOrEqual(try XCTUnwrap(s["peak_compute_bytes"] as? Int), try XCTUnwrap(s["budget_bytes"] as? Int))
+            if budget == "\(least)" {
+                XCTAssertEqual(s["kv_disk_layers"] as? Int, 30, "at the minimum every KV layer is on disk")
+            }
+        }
+    }
+
+    func testPrefillChunkMustBeWholeBlocks() throws {
+        let r = try CLI.run(base + ["--prefill-chunk", "100"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("--prefill-chunk must be a positive multiple of 256 tokens, got 100"), r.stderr)
+    }
+}
