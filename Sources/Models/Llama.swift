@@ -364,7 +364,7 @@ public final class LlamaModel {
     public var prefillChunk: Int? {
         didSet {
             precondition(prefillChunk.map { $0 > 0 && $0 % Matmul.rowBlock == 0 } ?? true,
-                         "prefill chunks are whole attention bands")
+                         "a prefill chunk is a multiple of Matmul.rowBlock")
         }
     }
 

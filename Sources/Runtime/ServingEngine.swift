@@ -54,6 +54,8 @@ public enum AdmissionError: Error, CustomStringConvertible {
 public struct ServingStats: Sendable {
     public var requests = 0, finished = 0, cancelled = 0, failed = 0, rejected = 0
     public var promptTokens = 0, generatedTokens = 0
+    /// Of the prompt tokens, those loaded from the prompt cache instead of prefilled.
+    public var cachedPromptTokens = 0
     public var running = 0, waiting = 0
     public var kvBytes = 0
     public var decodeSteps = 0, decodeSeconds = 0.0, prefillSeconds = 0.0
@@ -100,9 +102,13 @@ public final class ServingEngine: @unchecked Sendable {
     private var thread: Thread?
     private var _stats = ServingStats()
 
-    public init(model: LlamaModel, maxConcurrent: Int, maxQueue: Int) {
+    /// Prompts' stored KV blocks: loaded instead of prefilled, new ones stored (used on the engine's thread only).
+    let promptCache: PromptCache?
+
+    public init(model: LlamaModel, maxConcurrent: Int, maxQueue: Int, promptCache: PromptCache? = nil) {
         precondition(maxConcurrent >= 1 && maxQueue >= 0)
         self.model = model; self.maxConcurrent = maxConcurrent; self.maxQueue = maxQueue
+        self.promptCache = promptCache
     }
 
     public var stats: ServingStats { cond.lock(); defer { cond.unlock() }; return _stats }
@@ -232,12 +238,23 @@ public final class ServingEngine: @unchecked Sendable {
         guard !group.isEmpty else { return requeue }
         let t0 = now()
         var logits = [[Float]?](repeating: nil, count: group.count)
+        // Stored blocks first; each sequence prefills the rest of its prompt (the same logits either way).
+        var restored = [Int](repeating: 0, count: group.count)
+        if let promptCache {
+            for (i, seq) in group.enumerated() {
+                // A failed load is a miss: the cache's length stays 0 and the prefill writes every row.
+                do { restored[i] = try promptCache.restore(prompt: seq.request.prompt, into: seq.cache) } catch {
+                    FileHandle.standardError.write(Data("[prompt-cache] not loaded: \(error)\n".utf8))
+                }
+            }
+        }
+        let rest = { (i: Int) in Array(group[i].request.prompt[restored[i]...]) }
         if model.supplier != nil && group.count > 1 {
             // Prompts of one token run in the decode layout, longer ones in the prefill layout: two passes.
             for part in [group.indices.filter { group[$0].request.prompt.count > 1 },
                          group.indices.filter { group[$0].request.prompt.count == 1 }] where !part.isEmpty {
                 do {
-                    let l = try model.forwardBlock(part.map { (group[$0].request.prompt, group[$0].cache) })
+                    let l = try model.forwardBlock(part.map { (rest($0), group[$0].cache) })
                     for (i, x) in zip(part, l) { logits[i] = x }
                 } catch {
                     for i in part { failRunning(group[i], "\(error)") }
@@ -245,14 +262,22 @@ public final class ServingEngine: @unchecked Sendable {
             }
         } else {
             for (i, seq) in group.enumerated() {
-                do { logits[i] = try model.forward(seq.request.prompt, cache: seq.cache) } catch {
+                do { logits[i] = try model.forward(rest(i), cache: seq.cache) } catch {
                     failRunning(seq, "\(error)")
                 }
             }
         }
         let t1 = now()
+        if let promptCache {
+            for (i, seq) in group.enumerated() where logits[i] != nil {
+                if let problem = promptCache.save(prompt: seq.request.prompt, from: seq.cache, restored: restored[i]) {
+                    FileHandle.standardError.write(Data((problem + "\n").utf8))
+                }
+            }
+        }
         update { s in
-            for (seq, l) in zip(group, logits) where l != nil {
+            for (i, (seq, l)) in zip(group, logits).enumerated() where l != nil {
+                s.cachedPromptTokens += restored[i]
                 s.promptTokens += seq.request.prompt.count
                 s.recordFirstToken(t1 - seq.arrival)
             }

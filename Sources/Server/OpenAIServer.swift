@@ -233,7 +233,9 @@ public final class OpenAIServer: @unchecked Sendable {
                 ("{reason=\"failed\"}", Double(s.failed)), ("{reason=\"rejected\"}", Double(s.rejected))])
         metric("offload_http_responses_total", "counter", "HTTP responses by status code.",
                byStatus.keys.sorted().map { ("{code=\"\($0)\"}", Double(byStatus[$0]!)) })
-        metric("offload_prompt_tokens_total", "counter", "Prompt tokens prefilled.", [("", Double(s.promptTokens))])
+        metric("offload_prompt_tokens_total", "counter", "Prompt tokens prefilled or loaded from the prompt cache.", [("", Double(s.promptTokens))])
+        metric("offload_prompt_cache_tokens_total", "counter", "Prompt tokens loaded from --prompt-cache instead of prefilled.",
+               [("", Double(s.cachedPromptTokens))])
         metric("offload_generated_tokens_total", "counter", "Tokens generated.", [("", Double(s.generatedTokens))])
         metric("offload_queue_length", "gauge", "Requests waiting for a slot.", [("", Double(s.waiting))])
         metric("offload_running_sequences", "gauge", "Sequences being decoded.", [("", Double(s.running))])

@@ -66,6 +66,29 @@ func validateBudget(_ budget: String?) throws {
     }
 }
 
+/// --prompt-cache and --prompt-cache-limit, the same in `generate` and `serve`.
+struct PromptCacheFlags: ParsableArguments {
+    @Option(name: .customLong("prompt-cache"), help: ArgumentHelp(
+        "Folder of stored prompt KV caches (created if missing): a prompt's blocks of 256 tokens found there are "
+            + "loaded instead of prefilled, and its new ones stored; the output is the same bit for bit.",
+        valueName: "folder"))
+    var folder: String?
+    @Option(name: .customLong("prompt-cache-limit"), help: ArgumentHelp(
+        "With --prompt-cache: the most bytes its entries take; the least recently used go first.", valueName: "bytes"))
+    var limit: String = "4GB"
+
+    func validate() throws {
+        if parseBytes(limit).map({ $0 <= 0 }) ?? true {
+            throw ValidationError("--prompt-cache-limit must be a size such as 512MB or 4GB, got '\(limit)'")
+        }
+    }
+
+    /// The cache for `source`'s model, when --prompt-cache is given.
+    func make(for source: WeightSource) throws -> PromptCache? {
+        try folder.map { try PromptCache(folder: $0, limitBytes: parseBytes(limit)!, model: source) }
+    }
+}
+
 /// Checks a --prefill-chunk value (nil: none given): whole attention bands, so the passes give one pass's result.
 func validatePrefillChunk(_ chunk: Int?) throws {
     if let n = chunk, n <= 0 || n % Matmul.rowBlock != 0 {

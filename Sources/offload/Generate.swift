@@ -60,14 +60,7 @@ struct Generate: ParsableCommand {
             + "Activations are bounded by the pass, not the prompt; the output is the same bit for bit.",
         valueName: "tokens"))
     var prefillChunk: Int?
-    @Option(name: .customLong("prompt-cache"), help: ArgumentHelp(
-        "Folder of stored prompt KV caches (created if missing): the prompt's blocks of 256 tokens found there are "
-            + "loaded instead of prefilled, and its new ones stored; the output is the same bit for bit.",
-        valueName: "folder"))
-    var promptCache: String?
-    @Option(name: .customLong("prompt-cache-limit"), help: ArgumentHelp(
-        "With --prompt-cache: the most bytes its entries take; the least recently used go first.", valueName: "bytes"))
-    var promptCacheLimit: String = "4GB"
+    @OptionGroup var promptCache: PromptCacheFlags
 
     func validate() throws {
         guard [prompt != nil, promptTokens != nil, prompts != nil].filter({ $0 }).count == 1 else {
@@ -81,14 +74,11 @@ struct Generate: ParsableCommand {
         if system != nil && !chat { throw ValidationError("--system needs --chat") }
         if let n = promptTokens, n <= 0 { throw ValidationError("--prompt-tokens must be positive, got \(n)") }
         try validatePrefillChunk(prefillChunk)
-        if promptCache != nil && prompts != nil {
+        if promptCache.folder != nil && prompts != nil {
             throw ValidationError("--prompt-cache is not supported with --prompts yet; give one --prompt")
         }
-        if promptCache != nil && lora != nil {
+        if promptCache.folder != nil && lora != nil {
             throw ValidationError("--prompt-cache is not supported with --lora yet (the adapter changes the cache)")
-        }
-        if parseBytes(promptCacheLimit).map({ $0 <= 0 }) ?? true {
-            throw ValidationError("--prompt-cache-limit must be a size such as 512MB or 4GB, got '\(promptCacheLimit)'")
         }
         if prefillChunk != nil && prompts != nil && budget != nil {
             throw ValidationError("--prefill-chunk is not supported with --prompts and --budget (blocks prefill in one pass)")
@@ -155,7 +145,7 @@ struct Generate: ParsableCommand {
         let stop: Set<Int> = ignoreEOS ? [] : tokenizer.endOfGenerationIDs
         let start = now()
         var firstToken: Double?
-        let cache = try promptCache.map { try PromptCache(folder: $0, limitBytes: parseBytes(promptCacheLimit)!, model: source) }
+        let cache = try promptCache.make(for: source)
         let result = try Generator(model: llama).generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler,
                                                           stop: stop, promptCache: cache) { id in
             if firstToken == nil { firstToken = now() - start }

@@ -51,6 +51,7 @@ struct Serve: ParsableCommand {
                                                               valueName: "bytes"))
     var maxBody = "1MB"
     @Option(help: "Compute threads (default: all cores).") var threads: Int?
+    @OptionGroup var promptCache: PromptCacheFlags
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535, got \(port)") }
@@ -63,6 +64,9 @@ struct Serve: ParsableCommand {
         }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
         if host.isEmpty { throw ValidationError("--host must not be empty") }
+        if promptCache.folder != nil && lora != nil {
+            throw ValidationError("--prompt-cache is not supported with --lora yet (the adapter changes the cache)")
+        }
     }
 
     func run() throws {
@@ -101,7 +105,8 @@ struct Serve: ParsableCommand {
             llama = try LlamaModel(source: source, threads: nthreads, maxPositions: ctx)
         }
         if let lora { try llama.setAdapters(loadAdapter(lora, for: source)) }
-        let engine = ServingEngine(model: llama, maxConcurrent: slots, maxQueue: maxQueue)
+        let engine = ServingEngine(model: llama, maxConcurrent: slots, maxQueue: maxQueue,
+                                   promptCache: try promptCache.make(for: source))
         engine.start()
         var options = ServerOptions(modelID: modelID(model), contextLength: ctx)
         options.host = host

@@ -128,4 +128,37 @@ final class ServingEngineTests: XCTestCase {
         let allStages = streamer.plan.stages.reduce(0) { $0 + $1.bufferBytes }
         XCTAssertLessThan(streamer.stats.bytesRead - streamer.stats.decodeBytesRead, 2 * allStages)
     }
+
+    /// Prompts that share 600 tokens, served twice with a prompt cache (resident, then streamed in
+    /// blocks under a budget): the second time their first two blocks are loaded, and every answer
+    /// is the one `Generator` gives alone without a cache.
+    func testPromptCacheServesTheSameTokensWarm() throws {
+        let w = try weights()
+        var g = SeededGenerator(seed: 21)
+        let shared = (0..<600).map { _ in Int.random(in: 0..<w.config.vocabSize, using: &g) }
+        let prompts = [shared + [17, 18, 19], shared + [504, 905], shared + Array(1...40)]
+        let greedy = SamplingOptions(temperature: 0)
+        let requests = prompts.map { ServeRequest(prompt: $0, maxTokens: 4, sampling: greedy, seed: 1, stop: []) }
+        let resident = try LlamaModel(source: w, threads: 2)
+        let want = try prompts.map { p -> [Int] in
+            var s = Sampler(options: greedy, seed: 1)
+            return try Generator(model: resident).generate(prompt: p, maxTokens: 4, sampler: &s).tokens
+        }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pc-serve-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cold = ServingEngine(model: resident, maxConcurrent: 3, maxQueue: 8,
+                                 promptCache: try PromptCache(folder: dir.path, limitBytes: 1 << 30, model: w))
+        cold.start()
+        XCTAssertEqual(try serve(cold, requests).map(\.tokens), want)
+        cold.shutdown()
+        let (model, streamer) = try makeStreamingModel(weights: w, budget: 160_000_000, threads: 2, promptTokens: 640,
+                                                       contextCapacity: 650, sequences: 3)
+        defer { streamer.stop() }
+        let warm = ServingEngine(model: model, maxConcurrent: 3, maxQueue: 8,
+                                 promptCache: try PromptCache(folder: dir.path, limitBytes: 1 << 30, model: w))
+        warm.start()
+        defer { warm.shutdown() }
+        XCTAssertEqual(try serve(warm, requests).map(\.tokens), want)
+        XCTAssertEqual(warm.stats.cachedPromptTokens, 3 * 512)
+    }
 }
