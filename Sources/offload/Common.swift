@@ -74,10 +74,13 @@ struct PromptCacheFlags: ParsableArguments {
         valueName: "folder"))
     var folder: String?
     @Option(name: .customLong("prompt-cache-limit"), help: ArgumentHelp(
-        "With --prompt-cache: the most bytes its entries take; the least recently used go first.", valueName: "bytes"))
-    var limit: String = "4GB"
+        "With --prompt-cache: the most bytes its entries take (default 4GB); the least recently used go first.",
+        valueName: "bytes"))
+    var limit: String?
 
     func validate() throws {
+        guard let limit else { return }
+        if folder == nil { throw ValidationError("--prompt-cache-limit needs --prompt-cache") }
         if parseBytes(limit).map({ $0 <= 0 }) ?? true {
             throw ValidationError("--prompt-cache-limit must be a size such as 512MB or 4GB, got '\(limit)'")
         }
@@ -85,7 +88,7 @@ struct PromptCacheFlags: ParsableArguments {
 
     /// The cache for `source`'s model, when --prompt-cache is given.
     func make(for source: WeightSource) throws -> PromptCache? {
-        try folder.map { try PromptCache(folder: $0, limitBytes: parseBytes(limit)!, model: source) }
+        try folder.map { try PromptCache(folder: $0, limitBytes: parseBytes(limit ?? "4GB")!, model: source) }
     }
 }
 

@@ -106,5 +106,8 @@ final class PromptCacheCLITests: XCTestCase {
         let limit = try CLI.run(args(600) + ["--prompt-cache", dir.path, "--prompt-cache-limit", "lots"])
         XCTAssertNotEqual(limit.status, 0)
         XCTAssertTrue(limit.stderr.contains("--prompt-cache-limit must be a size"), limit.stderr)
+        let alone = try CLI.run(args(600) + ["--prompt-cache-limit", "1GB"])
+        XCTAssertNotEqual(alone.status, 0)
+        XCTAssertTrue(alone.stderr.contains("--prompt-cache-limit needs --prompt-cache"), alone.stderr)
     }
 }
