@@ -9,9 +9,9 @@
 // always left to prefill (fewer would take the decode kernels).
 //
 // Safe: an entry is written to a temporary name and renamed, so a killed writer leaves no entry;
-// each entry carries the model's identity, its prefix hash, its shape and a checksum per layer,
-// and an entry that does not match in every one is never used (a corrupt one is deleted). The
-// folder is kept under a size limit by deleting the least recently used entries.
+// each entry carries the model's identity, its prefix hash, its shape and a checksum per layer
+// (the checkpoints' `Checksum64`), and an entry that does not match in every one is never used (a
+// corrupt one is deleted). The folder is kept under a size limit by deleting the least recently used entries.
 import Foundation
 import Formats
 import Kernels
@@ -30,8 +30,7 @@ public final class PromptCache {
     let modelKey: [UInt8]
     let layers: Int
     let kvDim: Int
-    /// Prompt tokens the last `restore` loaded; entries found unusable (foreign, torn or corrupt).
-    public private(set) var restoredTokens = 0
+    /// Entries found unusable (torn or corrupt) and deleted; blocks stored.
     public private(set) var rejectedEntries = 0
     public private(set) var storedBlocks = 0
 
@@ -107,7 +106,6 @@ public final class PromptCache {
     /// path's rows to prefill) into `cache`, which must be empty; returns the positions loaded.
     public func restore(prompt: [Int], into cache: KVCache) throws -> Int {
         precondition(cache.length == 0, "restore into an empty cache")
-        restoredTokens = 0
         let usable = max(0, prompt.count - Matmul.directRowLimit - 1) / Self.blockTokens
         guard usable > 0 else { return 0 }
         let keys = blockKeys(prompt, blocks: usable)
@@ -142,7 +140,7 @@ public final class PromptCache {
             try cache.withRows(layer: l, loaded: 0) { k, v in
                 for b in 0..<good {
                     let n = pread(files[b].fd, slice, sliceBytes, off_t(payloadOffset + l * sliceBytes))
-                    guard n == sliceBytes, checksum(slice, sliceBytes) == files[b].sums[l] else {
+                    guard n == sliceBytes, checksum(slice) == files[b].sums[l] else {
                         reject(files[b].path)
                         good = b
                         break
@@ -155,9 +153,8 @@ public final class PromptCache {
             if good == 0 { return 0 }
         }
         for f in files.prefix(good) { _ = utimes(f.path, nil) }   // recently used
-        restoredTokens = good * Self.blockTokens
-        cache.setLength(restoredTokens)
-        return restoredTokens
+        cache.setLength(good * Self.blockTokens)
+        return good * Self.blockTokens
     }
 
     /// Stores the prompt's whole blocks past the first `restored` positions from `cache` (which holds
@@ -188,7 +185,7 @@ public final class PromptCache {
                     for (t, b) in zip(temps.indices, wanted) {
                         (slice.assumingMemoryBound(to: Float.self)).update(from: k + b * rows, count: rows)
                         (slice.assumingMemoryBound(to: Float.self) + rows).update(from: v + b * rows, count: rows)
-                        temps[t].sums.append(checksum(slice, sliceBytes))
+                        temps[t].sums.append(checksum(slice))
                         guard pwrite(temps[t].fd, slice, sliceBytes, off_t(payloadOffset + l * sliceBytes)) == sliceBytes else {
                             throw OffloadError("write \(temps[t].temp): \(String(cString: strerror(errno)))")
                         }
@@ -240,33 +237,15 @@ public final class PromptCache {
         }
     }
 
+    /// The checkpoints' checksum of one layer's slice.
+    private func checksum(_ slice: UnsafeRawPointer) -> UInt64 {
+        var c = Checksum64()
+        c.update(UnsafeRawBufferPointer(start: slice, count: sliceBytes))
+        return c.value
+    }
+
     private func reject(_ path: String) {
         rejectedEntries += 1
         unlink(path)
     }
-}
-
-/// A 64-bit checksum of `count` bytes (a multiple of 32): four lanes of multiply-rotate over 8-byte
-/// words, mixed at the end. Catches torn and bit-flipped entries; not a cryptographic hash.
-func checksum(_ p: UnsafeRawPointer, _ count: Int) -> UInt64 {
-    precondition(count % 32 == 0)
-    let prime1: UInt64 = 0x9E37_79B1_85EB_CA87, prime2: UInt64 = 0xC2B2_AE3D_27D4_EB4F
-    var lanes: (UInt64, UInt64, UInt64, UInt64) = (prime1 &+ prime2, prime2, 0, 0 &- prime1)
-    func round(_ acc: UInt64, _ w: UInt64) -> UInt64 {
-        let a = acc &+ w &* prime2
-        return ((a << 31) | (a >> 33)) &* prime1
-    }
-    var i = 0
-    while i < count {
-        lanes.0 = round(lanes.0, p.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-        lanes.1 = round(lanes.1, p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
-        lanes.2 = round(lanes.2, p.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self))
-        lanes.3 = round(lanes.3, p.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self))
-        i += 32
-    }
-    var h = ((lanes.0 << 1) | (lanes.0 >> 63)) &+ ((lanes.1 << 7) | (lanes.1 >> 57))
-        &+ ((lanes.2 << 12) | (lanes.2 >> 52)) &+ ((lanes.3 << 18) | (lanes.3 >> 46))
-    h ^= UInt64(count)
-    h ^= h >> 33; h = h &* prime2; h ^= h >> 29; h = h &* prime1; h ^= h >> 32
-    return h
 }
