@@ -1852,11 +1852,6 @@ void ck_dequantize_rows(ck_pool *pool, const void *w, int dtype, float *dst, int
 
 // ---------------------------------------------------------------- attention
 
-typedef struct {
-    float *out; const float *q, *k, *v; float *scores;
-    int rows, start, heads, kv_heads, d;
-} att_ctx;
-
 static float dot_f32(const float *a, const float *b, int n) {
 #if defined(__x86_64__)
     extern float ck_dot_avx2(const float *, const float *, int);
@@ -1890,32 +1885,25 @@ AVX2 void ck_axpy_avx2(float *y, float a, const float *x, int n) {
 }
 #endif
 
-static void att_task(void *p, int begin, int end) {
-    att_ctx *c = p;
-    int keys = c->start + c->rows, qs = c->heads * c->d, kvs = c->kv_heads * c->d, group = c->heads / c->kv_heads;
-    float scale = 1.0f / sqrtf((float)c->d);
-    for (int u = begin; u < end; u++) {
-        int i = u / c->heads, h = u % c->heads, kh = (h / group) * c->d, n = c->start + i + 1;
-        const float *qi = c->q + (size_t)i * qs + h * c->d;
-        float *s = c->scores + (size_t)u * keys;
-        float m = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            s[j] = dot_f32(qi, c->k + (size_t)j * kvs + kh, c->d) * scale;
-            if (s[j] > m) m = s[j];
-        }
-        float sum = 0;
-        for (int j = 0; j < n; j++) { s[j] = expf(s[j] - m); sum += s[j]; }
-        float inv = 1.0f / sum;
-        float *o = c->out + (size_t)i * qs + h * c->d;
-        memset(o, 0, (size_t)c->d * sizeof(float));
-        for (int j = 0; j < n; j++) axpy_f32(o, s[j] * inv, c->v + (size_t)j * kvs + kh, c->d);
-    }
-}
+// Attention over one block of keys with a running (online) softmax: the row's state is its
+// largest score so far m, the sum of e^(score − m) so far l, and its output o, which holds the
+// values weighted by e^(score − m) (divided by l once every block is in).
 
-void ck_attention(ck_pool *pool, float *out, const float *q, const float *k, const float *v, float *scores,
-                  int rows, int start, int heads, int kv_heads, int d) {
-    att_ctx c = { out, q, k, v, scores, rows, start, heads, kv_heads, d };
-    pool_run(pool, att_task, &c, rows * heads, 1);
+void ck_attend_row_block(float *o, const float *q, const float *k, const float *v, int ld, int nb, int d,
+                         float scale, float *m, float *l, float *s) {
+    float mb = -INFINITY;
+    for (int j = 0; j < nb; j++) {
+        s[j] = dot_f32(q, k + (size_t)j * ld, d) * scale;
+        if (s[j] > mb) mb = s[j];
+    }
+    float mn = mb > *m ? mb : *m;
+    float alpha = *m == -INFINITY ? 0.0f : expf(*m - mn);
+    float sum = 0;
+    for (int j = 0; j < nb; j++) { s[j] = expf(s[j] - mn); sum += s[j]; }
+    *l = *l * alpha + sum;
+    *m = mn;
+    for (int t = 0; t < d; t++) o[t] *= alpha;
+    for (int j = 0; j < nb; j++) axpy_f32(o, s[j], v + (size_t)j * ld, d);
 }
 
 // ------------------------------------------------------------------- softmax
@@ -1939,40 +1927,8 @@ AVX512 static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, k);
 }
 
-AVX512 static void softmax_row_avx512(float *s, int n, int keys) {
-    __m512 mv = _mm512_set1_ps(-INFINITY);
-    int j = 0;
-    for (; j + 16 <= n; j += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(s + j));
-    float m = _mm512_reduce_max_ps(mv);
-    for (; j < n; j++) if (s[j] > m) m = s[j];
-    __m512 mb = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
-    for (j = 0; j + 16 <= n; j += 16) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mb));
-        _mm512_storeu_ps(s + j, e);
-        sum = _mm512_add_ps(sum, e);
-    }
-    if (j < n) {
-        __mmask16 mask = (__mmask16)((1u << (n - j)) - 1);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, s + j), mb));
-        e = _mm512_maskz_mov_ps(mask, e);
-        _mm512_mask_storeu_ps(s + j, mask, e);
-        sum = _mm512_add_ps(sum, e);
-    }
-    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (j = 0; j + 16 <= n; j += 16) _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
-    for (; j < n; j++) s[j] *= _mm512_cvtss_f32(inv);
-    for (j = n; j < keys; j++) s[j] = 0;
-}
 #endif
 
-static void softmax_row_scalar(float *s, int n, int keys) {
-    float m = -INFINITY, sum = 0;
-    for (int j = 0; j < n; j++) if (s[j] > m) m = s[j];
-    for (int j = 0; j < n; j++) { s[j] = expf(s[j] - m); sum += s[j]; }
-    float inv = 1.0f / sum;
-    for (int j = 0; j < n; j++) s[j] *= inv;
-    for (int j = n; j < keys; j++) s[j] = 0;
-}
 
 #if defined(__x86_64__)
 AVX512 static float max_avx512(const float *s, int n) {
@@ -2022,21 +1978,34 @@ double ck_exp_sum(float *s, int n, float m) {
     return sum;
 }
 
-typedef struct { float *s; int keys, ld, start; } sm_ctx;
-
-static void sm_task(void *p, int begin, int end) {
-    sm_ctx *c = p;
-    for (int i = begin; i < end; i++) {
-#if defined(__x86_64__)
-        if (ck_simd_enabled() == 2) { softmax_row_avx512(c->s + (size_t)i * c->ld, c->start + i + 1, c->keys); continue; }
-#endif
-        softmax_row_scalar(c->s + (size_t)i * c->ld, c->start + i + 1, c->keys);
+void ck_online_softmax_rows(float *s, int rows, int nb, int lds, int first, float *m, float *l, int mls,
+                            float *alpha) {
+    for (int i = 0; i < rows; i++) {
+        float *si = s + (size_t)i * lds;
+        int n = first + i + 1;
+        if (n > nb) n = nb;
+        if (n <= 0) {   // every key of the block is after this row
+            memset(si, 0, (size_t)nb * sizeof(float));
+            alpha[i] = 1;
+            continue;
+        }
+        float *mi = m + (size_t)i * mls, *li = l + (size_t)i * mls;
+        float mb = ck_max(si, n);
+        float mn = mb > *mi ? mb : *mi;
+        alpha[i] = *mi == -INFINITY ? 0.0f : expf(*mi - mn);
+        float sum = (float)ck_exp_sum(si, n, mn);
+        if (n < nb) memset(si + n, 0, (size_t)(nb - n) * sizeof(float));
+        *li = *li * alpha[i] + sum;
+        *mi = mn;
     }
 }
 
-void ck_softmax_causal(ck_pool *pool, float *scores, int rows, int keys, int ld, int start) {
-    sm_ctx c = { scores, keys, ld, start };
-    pool_run(pool, sm_task, &c, rows, 16);
+void ck_rescale_add(float *o, int ldo, const float *alpha, const float *pv, int rows, int d) {
+    for (int i = 0; i < rows; i++) {
+        float *oi = o + (size_t)i * ldo, a = alpha[i];
+        const float *pi = pv + (size_t)i * d;
+        for (int t = 0; t < d; t++) oi[t] = oi[t] * a + pi[t];
+    }
 }
 
 // -------------------------------------------------------------------- SwiGLU

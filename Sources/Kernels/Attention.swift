@@ -1,6 +1,11 @@
-// Grouped-query causal attention over a KV cache. Query row i sits at position
-// start + i and attends to keys [0, start + i]. Several query rows: per-head
-// sgemm for scores and values; one row (decode): direct loops.
+// Grouped-query causal attention over a KV cache, one block of keys at a time with
+// a running (online) softmax. Query row i sits at position start + i and attends to
+// keys [lo, start + i]. Keys are taken in blocks of 256 positions counted from position
+// 0, wherever they are kept: a whole layer in memory, or a KV head read from disk a span
+// of blocks at a time (`AttentionRows.accumulate`). A row's result depends only on its
+// keys' blocks and its band, so every placement of the cache gives the same bits.
+// Several query rows: per (head, band of 64 rows) sgemms for scores and values; a few
+// rows (decode): direct loops.
 
 import CKernels
 import Foundation
@@ -8,6 +13,10 @@ import Foundation
 /// Query rows per band of the many-row path: a band attends to the keys up to its last row, and
 /// a row's result depends only on its band (bands start every 64 rows from the call's first row).
 public let attentionBandRows = 64
+/// Keys per block of the running softmax (blocks start every 256 positions from position 0).
+public let attentionKeyBlock = 256
+/// Per-thread scratch slots of attention: at most this many threads run it at once.
+public let attentionScratchSlots = 16
 
 public struct AttentionShape {
     public var heads: Int
@@ -16,51 +25,123 @@ public struct AttentionShape {
     public init(heads: Int, kvHeads: Int, headDim: Int) {
         self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
     }
+    var group: Int { heads / kvHeads }
 }
 
-/// out: (rows, heads·headDim); q: (rows, heads·headDim);
-/// k, v: (start + rows, kvHeads·headDim) — the cache, already holding these rows' keys and values;
-/// scores: scratch of rows × (start + rows) floats.
-/// scores must hold rows · heads · (start + rows) floats when rows < 4.
-public func attentionForward(_ pool: ComputePool, _ out: UnsafeMutablePointer<Float>, _ q: UnsafePointer<Float>,
-                             _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
-                             scores: UnsafeMutablePointer<Float>, rows: Int, start: Int, shape: AttentionShape) {
-    if rows < 4 {
-        ck_attention(pool.pool, out, q, k, v, scores, Int32(rows), Int32(start), Int32(shape.heads),
-                     Int32(shape.kvHeads), Int32(shape.headDim))
-        return
+/// Floats of scratch `AttentionRows` needs for `rows` query rows: every row's running maximum
+/// and sum per head, and a slot per thread (a band's scores and its values product; decode: a
+/// block's scores).
+public func attentionScratchFloats(rows: Int, shape: AttentionShape) -> Int {
+    let many = rows >= 4
+    let units = many ? (rows + attentionBandRows - 1) / attentionBandRows : rows
+    let slot = many ? attentionBandRows * (attentionKeyBlock + shape.headDim + 1) : attentionKeyBlock
+    return 2 * rows * shape.heads + min(attentionScratchSlots, shape.heads * units) * slot
+}
+
+/// The query rows of one attention call and their running state: `begin`, then `accumulate`
+/// every span of keys (each KV head's keys [lo, start + rows) exactly once, spans in position
+/// order, each starting and ending on a key block's bounds unless at lo or at the end), then `finish`.
+public struct AttentionRows {
+    /// (rows, heads·headDim): the result, and meanwhile the unnormalized sums.
+    public var out: UnsafeMutablePointer<Float>
+    public var q: UnsafePointer<Float>
+    public var rows: Int
+    /// The position of row 0.
+    public var start: Int
+    /// The first key every row sees (a sliding window's first position); 0: all before it.
+    public var lo: Int
+    public var shape: AttentionShape
+    /// `attentionScratchFloats(rows:shape:)` floats.
+    public var scratch: UnsafeMutablePointer<Float>
+
+    public init(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, rows: Int, start: Int, lo: Int = 0,
+                shape: AttentionShape, scratch: UnsafeMutablePointer<Float>) {
+        self.out = out; self.q = q; self.rows = rows; self.start = start; self.lo = lo
+        self.shape = shape; self.scratch = scratch
     }
-    let d = shape.headDim, qs = shape.heads * d, kvs = shape.kvHeads * d
-    let group = shape.heads / shape.kvHeads
-    let keys = start + rows
-    let scale = 1 / Float(d).squareRoot()
-    // Bands of 64 query rows: a band attends only to keys up to its last row, so
-    // the work past the diagonal (half of it for a prompt) is never done. Every
-    // (head, band) is a task of its own on the pool, with single-threaded sgemms and
-    // its scores in the thread's own band of `scores` (rows × keys floats hold one
-    // band of 64 rows per thread once rows ≥ 64 × threads; below, fewer threads run).
-    let band = attentionBandRows, bands = (rows + band - 1) / band
-    let slots = max(1, rows / band)
-    let run = { (task: Int, slot: Int) in
-        let h = task / bands, r0 = (task % bands) * band
-        let kh = (h / group) * d
-        let m = min(band, rows - r0), n = start + r0 + m
-        let sb = scores + slot * band * keys
-        Matmul.sgemmNT(m: m, n: n, k: d, alpha: scale, a: q + r0 * qs + h * d, lda: qs, b: k + kh, ldb: kvs,
-                       c: sb, ldc: keys)
-        ck_softmax_causal(nil, sb, Int32(m), Int32(n), Int32(keys), Int32(start + r0))
-        Matmul.sgemmNN(m: m, n: d, k: n, a: sb, lda: keys, b: v + kh, ldb: kvs,
-                       c: out + r0 * qs + h * d, ldc: qs)
+
+    private var states: Int { rows * shape.heads }
+
+    public func begin() {
+        out.update(repeating: 0, count: rows * shape.heads * shape.headDim)
+        scratch.update(repeating: -.infinity, count: states)
+        (scratch + states).update(repeating: 0, count: states)
     }
-    if slots >= pool.threads {
-        pool.forEach(items: shape.heads * bands) { begin, end, thread in
-            for task in begin..<end { run(task, thread) }
+
+    /// Adds keys [first, first + count) of KV heads `kvHeads`: head kh's key at position p is
+    /// `headDim` floats at k + (p − first)·ld + (kh − kvHeads.lowerBound)·headDim (values alike).
+    public func accumulate(_ pool: ComputePool, kvHeads: Range<Int>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                           ld: Int, first: Int, count: Int) {
+        let d = shape.headDim, qs = shape.heads * d, heads = shape.heads, group = shape.group
+        let scale = 1 / Float(d).squareRoot()
+        let many = rows >= 4, band = attentionBandRows, block = attentionKeyBlock
+        let units = many ? (rows + band - 1) / band : rows
+        let qHeads = kvHeads.lowerBound * group..<kvHeads.upperBound * group
+        let tasks = qHeads.count * units
+        let slotFloats = many ? band * (block + d + 1) : block
+        let m = scratch, l = scratch + states, slots = scratch + 2 * states
+        let (out, q, start, lo, rows, end) = (out, q, start, lo, rows, first + count)
+        let run = { (task: Int, slot: Int) in
+            let h = qHeads.lowerBound + task / units, unit = task % units
+            let koff = (h / group - kvHeads.lowerBound) * d
+            let r0 = many ? unit * band : unit, mb = many ? min(band, rows - r0) : 1
+            let hi = min(start + r0 + mb, end)   // keys past the unit's last row are never seen
+            var kb0 = max(lo, first)
+            guard kb0 < hi else { return }
+            let sc = slots + slot * slotFloats
+            while kb0 < hi {
+                let kb1 = min((kb0 / block + 1) * block, hi), nb = kb1 - kb0
+                let kp = k + (kb0 - first) * ld + koff, vp = v + (kb0 - first) * ld + koff
+                let o = out + r0 * qs + h * d, qp = q + r0 * qs + h * d
+                if many {
+                    let pv = sc + band * block, alpha = pv + band * d
+                    Matmul.sgemmNT(m: mb, n: nb, k: d, alpha: scale, a: qp, lda: qs, b: kp, ldb: ld, c: sc, ldc: block)
+                    ck_online_softmax_rows(sc, Int32(mb), Int32(nb), Int32(block), Int32(start + r0 - kb0),
+                                           m + r0 * heads + h, l + r0 * heads + h, Int32(heads), alpha)
+                    Matmul.sgemmNN(m: mb, n: d, k: nb, a: sc, lda: block, b: vp, ldb: ld, c: pv, ldc: d)
+                    ck_rescale_add(o, Int32(qs), alpha, pv, Int32(mb), Int32(d))
+                } else {
+                    ck_attend_row_block(o, qp, kp, vp, Int32(ld), Int32(nb), Int32(d), scale,
+                                        m + r0 * heads + h, l + r0 * heads + h, sc)
+                }
+                kb0 = kb1
+            }
         }
-    } else {
-        // One band's scores at a time; sgemm still on one thread, as on the pool: OpenBLAS on
-        // several threads gives other bits, and a row must not depend on how many rows share its pass.
-        withSingleThreadedBLAS { for task in 0..<shape.heads * bands { run(task, 0) } }
+        // Every (head, unit) is a task of its own, its sgemms on one thread (OpenBLAS on several
+        // threads gives other bits, and a row must not depend on how many rows share its call).
+        let slotCount = min(attentionScratchSlots, heads * units)
+        if pool.threads > 1, pool.threads <= slotCount, tasks > 1 {
+            pool.forEach(items: tasks) { begin, end, thread in
+                for task in begin..<end { run(task, thread) }
+            }
+        } else {
+            withSingleThreadedBLAS { for task in 0..<tasks { run(task, 0) } }
+        }
     }
+
+    /// Divides each row's sums by its softmax denominator.
+    public func finish() {
+        let d = shape.headDim, l = scratch + states
+        for i in 0..<states {
+            let inv = 1 / l[i], o = out + i * d
+            for t in 0..<d { o[t] *= inv }
+        }
+    }
+}
+
+/// Attention of `rows` query rows over keys and values kept together in memory.
+/// out, q: (rows, heads·headDim); k, v: positions [0, start + rows), a row of kvHeads·headDim
+/// floats every `ld` (already holding these rows' keys and values); `lo`: the first key seen;
+/// scratch: `attentionScratchFloats(rows:shape:)` floats.
+public func attentionForward(_ pool: ComputePool, _ out: UnsafeMutablePointer<Float>, _ q: UnsafePointer<Float>,
+                             _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>, ld: Int? = nil,
+                             scratch: UnsafeMutablePointer<Float>, rows: Int, start: Int, lo: Int = 0,
+                             shape: AttentionShape) {
+    let a = AttentionRows(out: out, q: q, rows: rows, start: start, lo: lo, shape: shape, scratch: scratch)
+    a.begin()
+    a.accumulate(pool, kvHeads: 0..<shape.kvHeads, k: k, v: v, ld: ld ?? shape.kvHeads * shape.headDim,
+                 first: 0, count: start + rows)
+    a.finish()
 }
 
 /// Plain reference (Double accumulation, no BLAS) for tests.

@@ -349,10 +349,9 @@ public final class LlamaModel {
         let maxWeightElements = max(c.qDim * c.dim, c.ffnDim * c.dim, c.kvDim * c.dim)
         var s = ["x": n * dim, "xn": n * dim, "q": n * c.qDim, "att": n * c.qDim, "g": n * c.ffnDim,
                  "u": n * c.ffnDim, "tmp": n * dim,
-                 // Few rows: the direct kernel keeps every head's scores; more: one head at a time (Kernels/Attention).
-                 "scores": max(n < 4 ? n * max(c.heads, 1) * (start + n) : n * (start + n),
-                               // a row at a time over its window (sliding-window layers, past the window)
-                               c.slidingWindow.map { start + n > $0.size ? c.heads * $0.size : 0 } ?? 0),
+                 // A running softmax over blocks of keys: the same for any context (Kernels/Attention).
+                 "scores": attentionScratchFloats(rows: n, shape: AttentionShape(heads: c.heads, kvHeads: c.kvHeads,
+                                                                                  headDim: c.headDim)),
                  "w": n > Matmul.directRowLimit ? maxWeightElements : 0]
         if allLogits && n > Matmul.directRowLimit { s["head"] = 4096 * dim }
         return s
@@ -565,18 +564,18 @@ public final class LlamaModel {
                 // ends inside the window (so a row's result does not depend on how far the pass runs).
                 let within = max(0, w - start)
                 if within > 0 {
-                    attentionForward(pool, segAtt, segQ, cache.k[l], cache.v[l], scores: scores, rows: within,
+                    attentionForward(pool, segAtt, segQ, cache.k[l], cache.v[l], scratch: scores, rows: within,
                                      start: start, shape: shape)
                 }
                 // Rows whose window starts past position 0 see only their last w keys: one row at a time,
                 // from the first key of its window (the row's own position is the last).
                 for i in within..<rows {
-                    let pos = start + i, lo = max(0, pos - w + 1)
-                    attentionForward(pool, segAtt + i * c.qDim, segQ + i * c.qDim, cache.k[l] + lo * c.kvDim,
-                                     cache.v[l] + lo * c.kvDim, scores: scores, rows: 1, start: pos - lo, shape: shape)
+                    let pos = start + i
+                    attentionForward(pool, segAtt + i * c.qDim, segQ + i * c.qDim, cache.k[l], cache.v[l],
+                                     scratch: scores, rows: 1, start: pos, lo: max(0, pos - w + 1), shape: shape)
                 }
             } else {
-                attentionForward(pool, segAtt, segQ, cache.k[l], cache.v[l], scores: scores, rows: rows, start: start,
+                attentionForward(pool, segAtt, segQ, cache.k[l], cache.v[l], scratch: scores, rows: rows, start: start,
                                  shape: shape)
             }
         }

@@ -213,22 +213,74 @@ final class KernelTests: XCTestCase {
 
     func testAttentionMatchesReference() {
         let shape = AttentionShape(heads: 6, kvHeads: 2, headDim: 16)
-        // (130, 3): three bands of 64 query rows, the last partial.
-        for (rows, start) in [(1, 0), (1, 9), (3, 5), (7, 0), (12, 4), (130, 3)] {
+        // (130, 3): three bands of 64 query rows, the last partial; (70, 600): keys in three blocks,
+        // the band straddling a block's bound.
+        for (rows, start) in [(1, 0), (1, 9), (3, 5), (1, 700), (7, 0), (12, 4), (130, 3), (70, 230), (70, 600)] {
             var g = TestRNG(UInt64(rows * 100 + start))
             let keys = start + rows
             let q = g.floats(rows * 6 * 16), k = g.floats(keys * 2 * 16), v = g.floats(keys * 2 * 16)
             let ref = attentionReference(q: q, k: k, v: v, rows: rows, start: start, shape: shape)
-            var out = [Float](repeating: .nan, count: rows * 6 * 16)
-            var scores = [Float](repeating: 0, count: rows * 6 * keys)
-            q.withUnsafeBufferPointer { qb in k.withUnsafeBufferPointer { kb in v.withUnsafeBufferPointer { vb in
-                out.withUnsafeMutableBufferPointer { ob in scores.withUnsafeMutableBufferPointer { sb in
-                    attentionForward(pool, ob.baseAddress!, qb.baseAddress!, kb.baseAddress!, vb.baseAddress!,
-                                     scores: sb.baseAddress!, rows: rows, start: start, shape: shape)
-                }}
-            }}}
+            let out = attend(q, k, v, rows: rows, start: start, shape: shape)
             assertClose(out, ref, rtol: 1e-4, atol: 1e-5, "attention rows \(rows) start \(start)")
         }
+    }
+
+    private func attend(_ q: [Float], _ k: [Float], _ v: [Float], rows: Int, start: Int, lo: Int = 0,
+                        shape: AttentionShape) -> [Float] {
+        var out = [Float](repeating: .nan, count: rows * shape.heads * shape.headDim)
+        var scratch = [Float](repeating: .nan, count: attentionScratchFloats(rows: rows, shape: shape))
+        q.withUnsafeBufferPointer { qb in k.withUnsafeBufferPointer { kb in v.withUnsafeBufferPointer { vb in
+            out.withUnsafeMutableBufferPointer { ob in scratch.withUnsafeMutableBufferPointer { sb in
+                attentionForward(pool, ob.baseAddress!, qb.baseAddress!, kb.baseAddress!, vb.baseAddress!,
+                                 scratch: sb.baseAddress!, rows: rows, start: start, lo: lo, shape: shape)
+            }}
+        }}}
+        return out
+    }
+
+    /// Keys taken a KV head and a span of blocks at a time (as from disk) give the bits of all at once.
+    func testAttentionBySpansIsBitIdentical() {
+        let shape = AttentionShape(heads: 6, kvHeads: 3, headDim: 16)
+        let d = 16, kvs = 3 * d
+        for (rows, start, span) in [(1, 900, 256), (2, 1000, 512), (70, 600, 256), (200, 333, 512)] {
+            var g = TestRNG(UInt64(rows + start))
+            let keys = start + rows
+            let q = g.floats(rows * 6 * d), k = g.floats(keys * kvs), v = g.floats(keys * kvs)
+            let whole = attend(q, k, v, rows: rows, start: start, shape: shape)
+            var out = [Float](repeating: .nan, count: rows * 6 * d)
+            var scratch = [Float](repeating: .nan, count: attentionScratchFloats(rows: rows, shape: shape))
+            q.withUnsafeBufferPointer { qb in out.withUnsafeMutableBufferPointer { ob in scratch.withUnsafeMutableBufferPointer { sb in
+                let a = AttentionRows(out: ob.baseAddress!, q: qb.baseAddress!, rows: rows, start: start, shape: shape,
+                                      scratch: sb.baseAddress!)
+                a.begin()
+                for kh in 0..<3 {
+                    for first in stride(from: 0, to: keys, by: span) {
+                        let n = min(span, keys - first)
+                        // One head's rows packed (ld = d), as a disk head's read slot holds them.
+                        var ks = [Float](), vs = [Float]()
+                        for p in first..<first + n {
+                            ks += k[(p * kvs + kh * d)..<(p * kvs + kh * d + d)]
+                            vs += v[(p * kvs + kh * d)..<(p * kvs + kh * d + d)]
+                        }
+                        a.accumulate(pool, kvHeads: kh..<kh + 1, k: ks, v: vs, ld: d, first: first, count: n)
+                    }
+                }
+                a.finish()
+            }}}
+            XCTAssertEqual(out, whole, "rows \(rows) start \(start) in spans of \(span)")
+        }
+    }
+
+    /// A row that sees keys from `lo` (a sliding window) is the reference over those keys alone.
+    func testAttentionFromAWindowStart() {
+        let shape = AttentionShape(heads: 2, kvHeads: 1, headDim: 16)
+        let (pos, lo) = (600, 300)
+        var g = TestRNG(77)
+        let q = g.floats(2 * 16), k = g.floats((pos + 1) * 16), v = g.floats((pos + 1) * 16)
+        let out = attend(q, k, v, rows: 1, start: pos, lo: lo, shape: shape)
+        let ref = attentionReference(q: q, k: Array(k[(lo * 16)...]), v: Array(v[(lo * 16)...]), rows: 1,
+                                     start: pos - lo, shape: shape)
+        assertClose(out, ref, rtol: 1e-4, atol: 1e-5, "window from \(lo)")
     }
 
     func testRopeConventionsAgreeUnderThePermutation() {

@@ -82,15 +82,21 @@ int ck_simd_best(void);
 /// Sets the level (clamped to what the CPU supports; tests compare the paths); returns the previous one.
 int ck_set_simd(int level);
 
-/// Causal grouped-query attention for a few query rows (decode), split across
-/// the pool by head. out, q: (rows, heads·d); k, v: (start+rows, kv_heads·d);
-/// scores: scratch of heads · (start+rows) floats per row slot (rows · heads · (start+rows)).
-void ck_attention(ck_pool *pool, float *out, const float *q, const float *k, const float *v, float *scores,
-                  int rows, int start, int heads, int kv_heads, int d);
+/// One query row of one head against `nb` keys (rows `ld` floats apart) with a running softmax:
+/// m, l the row's largest score and sum of e^(score − m) so far, o its unnormalized output (d
+/// floats), all updated; s: scratch of nb floats. Scores are scaled by `scale`.
+void ck_attend_row_block(float *o, const float *q, const float *k, const float *v, int ld, int nb, int d,
+                         float scale, float *m, float *l, float *s);
 
-/// Causal softmax in place: row i of scores (rows × keys, rows ld floats apart) is
-/// softmaxed over columns [0, start + i] and zeroed up to `keys`. Rows are split across the pool.
-void ck_softmax_causal(ck_pool *pool, float *scores, int rows, int keys, int ld, int start);
+/// The running-softmax step for `rows` rows of scores (nb keys, rows lds apart): row i sees the
+/// first first + i + 1 keys (none when ≤ 0, all when ≥ nb). In place, s becomes e^(s − m_new)
+/// (zero past the row's keys); m, l (stride mls) are updated and alpha[i] = e^(m_old − m_new),
+/// the factor the row's output so far is to be scaled by (1 when it sees no key here).
+void ck_online_softmax_rows(float *s, int rows, int nb, int lds, int first, float *m, float *l, int mls,
+                            float *alpha);
+
+/// o_i = o_i · alpha_i + pv_i for rows of d floats (o rows ldo apart, pv rows d apart).
+void ck_rescale_add(float *o, int ldo, const float *alpha, const float *pv, int rows, int d);
 
 /// Largest of s[0..n).
 float ck_max(const float *s, int n);
