@@ -3,16 +3,16 @@
 // threads spend their time blocked in the kernel.
 import Foundation
 
-final class IOPool: @unchecked Sendable {
+public final class IOPool: @unchecked Sendable {
     private let condition = NSCondition()
     private var jobs: [(@Sendable () -> Void)?] = []  // taken jobs are nil: they must not keep their captures alive
     private var head = 0
     private var stopping = false
     private var running = 0
     private let exited = DispatchGroup()
-    let threads: Int
+    public let threads: Int
 
-    init(threads: Int, name: String) {
+    public init(threads: Int, name: String) {
         self.threads = max(1, threads)
         for i in 0..<self.threads {
             exited.enter()
@@ -23,7 +23,7 @@ final class IOPool: @unchecked Sendable {
         }
     }
 
-    func submit(_ job: @escaping @Sendable () -> Void) {
+    public func submit(_ job: @escaping @Sendable () -> Void) {
         condition.lock()
         jobs.append(job)
         condition.signal()
@@ -31,7 +31,7 @@ final class IOPool: @unchecked Sendable {
     }
 
     /// Jobs queued or running.
-    var pending: Int {
+    public var pending: Int {
         condition.lock(); defer { condition.unlock() }
         return jobs.count - head + running
     }
@@ -41,7 +41,7 @@ final class IOPool: @unchecked Sendable {
     /// Called from one of the pool's own threads (the owner's deinit can run on
     /// the thread that dropped its last reference), it does not wait: that
     /// thread cannot exit while it is inside this call.
-    func shutdown() {
+    public func shutdown() {
         condition.lock()
         let already = stopping
         stopping = true

@@ -10,62 +10,82 @@ import Foundation
 import Kernels
 import Tensors
 
-/// Where a KV cache keeps the layers it does not hold in memory (a disk tier).
-/// Layers on disk share one staging pair of `capacity` rows: before a layer runs,
-/// `load` fills positions [0, count) of the staging; after, `save` stores the rows
-/// [start, end) the layer appended.
-public protocol KVLayerStore: AnyObject {
-    /// Positions per page: the staging pair is allocated in whole pages.
-    var pagePositions: Int { get }
-    func load(layer: Int, count: Int, k: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>) throws
-    func save(layer: Int, from start: Int, to end: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>) throws
+/// Where a KV cache keeps the KV heads it does not hold in memory (a disk tier): for layer l, heads
+/// [residentHeads[l], kvHeads). A forward hands each layer's new rows to `append` after its
+/// attention; during the attention, `nextSpan` gives a disk head's keys and values a span of
+/// positions at a time, in the order `beginForward` announced (so the store can read ahead),
+/// from position 0 to the forward's last row (its own new rows included).
+public protocol KVHeadStore: AnyObject {
+    /// A forward of `rows` rows at positions [start, start + rows) begins.
+    func beginForward(start: Int, rows: Int) throws
+    /// The next span of head `head` of `layer`: keys and values of positions [first, first + count),
+    /// a row of headDim floats every headDim floats. `newK`, `newV`: the forward's new rows
+    /// (rows of kvDim floats), for the positions not yet stored. nil: the head's last span was given.
+    func nextSpan(layer: Int, head: Int, newK: UnsafePointer<Float>, newV: UnsafePointer<Float>) throws
+        -> (k: UnsafePointer<Float>, v: UnsafePointer<Float>, first: Int, count: Int)?
+    /// The span `nextSpan` gave is no longer read.
+    func releaseSpan()
+    /// Keeps positions [start, start + rows) of `layer`'s disk heads from rows of kvDim floats;
+    /// `start` is the number of positions the layer holds.
+    func append(layer: Int, start: Int, rows: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>) throws
+    /// Positions [from, to) of `layer`'s disk heads into rows of kvDim floats (their columns only).
+    func read(layer: Int, from: Int, to: Int, k: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>) throws
+    /// Every layer holds positions [0, length) from now on (length ≤ what they hold).
+    func truncate(to length: Int) throws
 }
 
-/// Keys and values of every layer for positions [0, length).
+/// Keys and values of every layer for positions [0, length). Layer l keeps KV heads
+/// [0, residentHeads[l]) in memory (rows of residentHeads[l]·headDim floats) and the rest in `store`.
 public final class KVCache {
     public let layers: Int
     public let capacity: Int
     public let kvDim: Int
+    let kvHeads: Int
+    let headDim: Int
     public internal(set) var length = 0
-    let k: [UnsafeMutablePointer<Float>]
-    let v: [UnsafeMutablePointer<Float>]
+    /// Per layer: its resident heads' keys and values (nil when none is resident).
+    let k: [UnsafeMutablePointer<Float>?]
+    let v: [UnsafeMutablePointer<Float>?]
     private let memory: ComputeMemory?
     private var name = "kv"
-    /// Layers whose keys and values live in `store`, staged through shared buffers.
-    public let diskLayers: Set<Int>
-    let store: KVLayerStore?
+    /// KV heads of each layer held in memory (the first ones); the rest live in `store`.
+    public let residentHeads: [Int]
+    let store: KVHeadStore?
 
     public init(config: LlamaConfig, capacity: Int) {
         layers = config.layers; self.capacity = capacity; kvDim = config.kvDim; memory = nil
-        diskLayers = []; store = nil
+        kvHeads = config.kvHeads; headDim = config.headDim
+        residentHeads = Array(repeating: config.kvHeads, count: layers); store = nil
         k = (0..<layers).map { _ in .allocate(capacity: capacity * config.kvDim) }
         v = (0..<layers).map { _ in .allocate(capacity: capacity * config.kvDim) }
     }
 
-    /// A cache whose layers are allocated from `memory` (counted against its budget),
-    /// except `diskLayers`, which live in `store` and share one staging pair.
+    /// A cache whose resident heads are allocated from `memory` (counted against its budget); the
+    /// other heads (`residentHeads` per layer: how many stay; nil: all) live in `store`.
     /// `name` prefixes the buffer names, so several caches can share one memory.
     public init(config: LlamaConfig, capacity: Int, memory: ComputeMemory,
-                diskLayers: Set<Int> = [], store: KVLayerStore? = nil, name: String = "kv") throws {
-        precondition(diskLayers.isEmpty || store != nil, "disk layers need a store")
+                residentHeads: [Int]? = nil, store: KVHeadStore? = nil, name: String = "kv") throws {
+        let resident = residentHeads ?? Array(repeating: config.kvHeads, count: config.layers)
+        precondition(resident.count == config.layers && resident.allSatisfy { $0 >= 0 && $0 <= config.kvHeads },
+                     "resident heads per layer")
+        precondition(resident.allSatisfy { $0 == config.kvHeads } || store != nil, "heads on disk need a store")
+        if let l = (0..<config.layers).first(where: { resident[$0] < config.kvHeads && config.slidingWindow != nil
+                                                      && config.isLocalLayer($0) }) {
+            throw OffloadError("[kv] layer \(l) attends over a sliding window: its KV cache stays in memory")
+        }
         layers = config.layers; self.capacity = capacity; kvDim = config.kvDim; self.memory = memory
+        kvHeads = config.kvHeads; headDim = config.headDim
         self.name = name
-        self.diskLayers = diskLayers; self.store = store
-        let bytes = capacity * config.kvDim * 4
-        var k: [UnsafeMutablePointer<Float>] = [], v: [UnsafeMutablePointer<Float>] = []
+        self.residentHeads = resident; self.store = store
+        var k: [UnsafeMutablePointer<Float>?] = [], v: [UnsafeMutablePointer<Float>?] = []
         do {
-            var staging: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>)?
-            if let store, !diskLayers.isEmpty {
-                let page = store.pagePositions
-                let sb = (capacity + page - 1) / page * page * config.kvDim * 4
-                staging = (try memory.allocate(name + ".k.staging", bytes: sb).assumingMemoryBound(to: Float.self),
-                           try memory.allocate(name + ".v.staging", bytes: sb).assumingMemoryBound(to: Float.self))
-            }
             for l in 0..<config.layers {
-                if diskLayers.contains(l), let (sk, sv) = staging { k.append(sk); v.append(sv); continue }
+                let bytes = capacity * resident[l] * config.headDim * 4
+                guard bytes > 0 else { k.append(nil); v.append(nil); continue }
                 k.append(try memory.allocate("\(name).k.\(l)", bytes: bytes).assumingMemoryBound(to: Float.self))
                 v.append(try memory.allocate("\(name).v.\(l)", bytes: bytes).assumingMemoryBound(to: Float.self))
             }
+            try store?.truncate(to: 0)
         } catch {
             KVCache.free(memory, layers: config.layers, name: name)
             throw error
@@ -75,43 +95,65 @@ public final class KVCache {
 
     private static func free(_ memory: ComputeMemory, layers: Int, name: String) {
         for l in 0..<layers { memory.free("\(name).k.\(l)"); memory.free("\(name).v.\(l)") }
-        memory.free(name + ".k.staging"); memory.free(name + ".v.staging")
     }
 
     deinit {
         if let memory {
             KVCache.free(memory, layers: layers, name: name)
         } else {
-            (k + v).forEach { $0.deallocate() }
+            (k + v).forEach { $0?.deallocate() }
         }
     }
 
-    public var bytes: Int { 2 * layers * capacity * kvDim * 4 }
-    public func reset() { length = 0 }
+    public var bytes: Int { 2 * capacity * residentHeads.reduce(0, +) * headDim * 4 }
+    /// Every head of every layer in memory.
+    public var allResident: Bool { residentHeads.allSatisfy { $0 == kvHeads } }
+    func allResident(_ l: Int) -> Bool { residentHeads[l] == kvHeads }
+    public func reset() { try? truncate(to: 0) }
 
-    /// `layer`'s keys and values for positions [0, capacity) as `body` sees them (row-major, kvDim
-    /// floats a row), the first `loaded` rows read in first for a layer on disk. Rows `body` writes
-    /// are kept once `commit` is called for them.
-    public func withRows<R>(layer: Int, loaded: Int,
-                            _ body: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) throws -> R) throws -> R {
-        precondition(loaded <= capacity, "rows past the cache")
-        if diskLayers.contains(layer), loaded > 0 { try store!.load(layer: layer, count: loaded, k: k[layer], v: v[layer]) }
-        return try body(k[layer], v[layer])
+    /// Positions [from, from + count) of `layer` into rows of kvDim floats (within the length).
+    public func read(layer l: Int, from: Int, count: Int, k dk: UnsafeMutablePointer<Float>,
+                     v dv: UnsafeMutablePointer<Float>) throws {
+        precondition(from >= 0 && from + count <= length, "rows past the cache")
+        copyResident(l, from: from, count: count, toRows: (dk, dv))
+        if !allResident(l), count > 0 { try store!.read(layer: l, from: from, to: from + count, k: dk, v: dv) }
     }
 
-    /// Keeps rows [start, end) of `layer` written through `withRows` (a layer on disk writes them there).
-    public func commit(layer: Int, from start: Int, to end: Int) throws {
-        if diskLayers.contains(layer), end > start { try store!.save(layer: layer, from: start, to: end, k: k[layer], v: v[layer]) }
+    /// Writes positions [start, start + rows) of `layer` from rows of kvDim floats; `start` is the
+    /// number of positions the layer holds (every layer written, `setLength` makes them the cache's).
+    public func append(layer l: Int, start: Int, rows: Int, k sk: UnsafePointer<Float>, v sv: UnsafePointer<Float>) throws {
+        precondition(start + rows <= capacity, "rows past the cache")
+        copyResident(l, from: start, count: rows, fromRows: (sk, sv))
+        if !allResident(l), rows > 0 { try store!.append(layer: l, start: start, rows: rows, k: sk, v: sv) }
     }
 
-    /// The cache holds positions [0, n) (every layer's rows written and committed).
+    /// Copies the resident heads' columns of `count` positions from `start` between the cache and rows
+    /// of kvDim floats (one direction: `toRows` or `fromRows`).
+    func copyResident(_ l: Int, from start: Int, count: Int,
+                      toRows: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>)? = nil,
+                      fromRows: (UnsafePointer<Float>, UnsafePointer<Float>)? = nil) {
+        guard let ck = k[l], let cv = v[l] else { return }
+        let width = residentHeads[l] * headDim
+        for i in 0..<count {
+            let c = (start + i) * width
+            if let (dk, dv) = toRows {
+                (dk + i * kvDim).update(from: ck + c, count: width); (dv + i * kvDim).update(from: cv + c, count: width)
+            }
+            if let (sk, sv) = fromRows {
+                (ck + c).update(from: sk + i * kvDim, count: width); (cv + c).update(from: sv + i * kvDim, count: width)
+            }
+        }
+    }
+
+    /// The cache holds positions [0, n) (every layer's rows appended).
     public func setLength(_ n: Int) {
         precondition(n >= 0 && n <= capacity, "length \(n) of a cache of \(capacity)")
         length = n
     }
     /// Forgets positions from `n` on (a conversation that diverges from what the cache holds).
-    public func truncate(to n: Int) {
+    public func truncate(to n: Int) throws {
         precondition(n >= 0 && n <= length, "truncate(to: \(n)) of a cache of \(length)")
+        try store?.truncate(to: n)
         length = n
     }
 }
@@ -331,15 +373,16 @@ public final class LlamaModel {
     public func newCache(capacity: Int? = nil, name: String = "kv") throws -> KVCache {
         let n = min(capacity ?? maxPositions, maxPositions)
         if let memory {
-            return try KVCache(config: config, capacity: n, memory: memory, diskLayers: kvDiskLayers, store: kvStore,
-                               name: name)
+            return try KVCache(config: config, capacity: n, memory: memory, residentHeads: kvResidentHeads,
+                               store: kvStore, name: name)
         }
         return KVCache(config: config, capacity: n)
     }
 
-    /// Streaming: layers whose KV cache `newCache` puts in `kvStore` (the plan decides).
-    public var kvDiskLayers: Set<Int> = []
-    public var kvStore: KVLayerStore?
+    /// Streaming: KV heads per layer `newCache` keeps in memory (nil: all), the rest in `kvStore`
+    /// (the plan decides).
+    public var kvResidentHeads: [Int]?
+    public var kvStore: KVHeadStore?
 
     /// Scratch floats a forward call of `rows` token rows after `start` cached
     /// positions asks for, by buffer name (the streaming planner budgets these).
@@ -428,7 +471,7 @@ public final class LlamaModel {
         if let supplier {
             return try streamedForward(tokens, cache: cache, allLogits: allLogits, logits: wantLogits, supplier: supplier)
         }
-        guard cache.diskLayers.isEmpty else { throw OffloadError("[model] a cache with layers on disk needs weight streaming") }
+        guard cache.allResident else { throw OffloadError("[model] a cache with heads on disk needs weight streaming") }
         let dim = c.dim
         let sizes = LlamaModel.scratchFloats(config: c, rows: n, start: start)
         let x = try work.get("x", sizes["x"]!), scratch = try blockScratch(sizes)
@@ -439,7 +482,7 @@ public final class LlamaModel {
         }
         scaleEmbeddings(x, rows: n)
         for (l, b) in blocks.enumerated() {
-            blockForward(l, b.attnNorm, b.ffnNorm, BlockMatrices(q: b.q, k: b.k, v: b.v, o: b.o, gate: b.gate, up: b.up, down: b.down),
+            try blockForward(l, b.attnNorm, b.ffnNorm, BlockMatrices(q: b.q, k: b.k, v: b.v, o: b.o, gate: b.gate, up: b.up, down: b.down),
                          x: x, n: n, start: start, cache: cache, positions: positions, scratch)
         }
         cache.length = start + n
@@ -509,8 +552,8 @@ public final class LlamaModel {
     @inline(__always)
     private func blockForward(_ l: Int, _ attnNorm: [Float], _ ffnNorm: [Float], _ b: BlockMatrices,
                               x: UnsafeMutablePointer<Float>, n: Int, start: Int, cache: KVCache, positions: [Int32],
-                              _ s: BlockScratch) {
-        blockForward(l, attnNorm, ffnNorm, b, x: x, n: n, [Segment(row: 0, count: n, start: start, cache: cache)],
+                              _ s: BlockScratch) throws {
+        try blockForward(l, attnNorm, ffnNorm, b, x: x, n: n, [Segment(row: 0, count: n, start: start, cache: cache)],
                      positions: positions, s, exact: false)
     }
 
@@ -521,13 +564,15 @@ public final class LlamaModel {
     @inline(__always)
     private func blockForward(_ l: Int, _ attnNorm: [Float], _ ffnNorm: [Float], _ b: BlockMatrices,
                               x: UnsafeMutablePointer<Float>, n: Int, _ segments: [Segment], positions: [Int32],
-                              _ s: BlockScratch, exact: Bool) {
+                              _ s: BlockScratch, exact: Bool) throws {
         let (xn, q, att, g, u, tmp, scores, wscratch) = (s.xn, s.q, s.att, s.g, s.u, s.tmp, s.scores, s.wscratch)
         let c = config, dim = c.dim
         let shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
-        let one = segments.count == 1 ? segments[0] : nil
-        let kc = one.map { $0.cache.k[l] + $0.start * c.kvDim } ?? g
-        let vc = one.map { $0.cache.v[l] + $0.start * c.kvDim } ?? u
+        // One sequence whose layer is all in memory: keys and values straight into its cache. Else into
+        // `g` and `u` (free until the feed-forward), then to each cache's resident heads and its store.
+        let one = segments.count == 1 && segments[0].cache.allResident(l) ? segments[0] : nil
+        let kc = one.map { $0.cache.k[l]! + $0.start * c.kvDim } ?? g
+        let vc = one.map { $0.cache.v[l]! + $0.start * c.kvDim } ?? u
         attnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
         Matmul.linear(pool, x: xn, n: n, [(b.q, q), (b.k, kc), (b.v, vc)], scratch: wscratch, exact: exact)
         if adapters != nil {
@@ -551,31 +596,49 @@ public final class LlamaModel {
         }
         if one == nil {
             for seg in segments {
-                let bytes = seg.count * c.kvDim * MemoryLayout<Float>.size
-                memcpy(seg.cache.k[l] + seg.start * c.kvDim, kc + seg.row * c.kvDim, bytes)
-                memcpy(seg.cache.v[l] + seg.start * c.kvDim, vc + seg.row * c.kvDim, bytes)
+                seg.cache.copyResident(l, from: seg.start, count: seg.count,
+                                       fromRows: (UnsafePointer(kc + seg.row * c.kvDim), UnsafePointer(vc + seg.row * c.kvDim)))
             }
         }
         for seg in segments {
             let (cache, start, rows) = (seg.cache, seg.start, seg.count)
             let segAtt = att + seg.row * c.qDim, segQ = q + seg.row * c.qDim
-            if local, let w = c.slidingWindow?.size, start + rows > w {
+            if !cache.allResident(l) {
+                // Resident heads from memory, the others a span at a time from the store.
+                let r = cache.residentHeads[l], store = cache.store!
+                let newK = kc + seg.row * c.kvDim, newV = vc + seg.row * c.kvDim
+                let a = AttentionRows(out: segAtt, q: segQ, rows: rows, start: start, shape: shape, scratch: scores)
+                a.begin()
+                if r > 0 {
+                    a.accumulate(pool, kvHeads: 0..<r, k: cache.k[l]!, v: cache.v[l]!, ld: r * c.headDim, first: 0,
+                                 count: start + rows)
+                }
+                for h in r..<c.kvHeads {
+                    while let span = try store.nextSpan(layer: l, head: h, newK: newK, newV: newV) {
+                        a.accumulate(pool, kvHeads: h..<h + 1, k: span.k, v: span.v, ld: c.headDim, first: span.first,
+                                     count: span.count)
+                        store.releaseSpan()
+                    }
+                }
+                a.finish()
+                try store.append(layer: l, start: start, rows: rows, k: newK, v: newV)
+            } else if local, let w = c.slidingWindow?.size, start + rows > w {
                 // Rows at positions below w see every key before them: in bands, as when the prompt
                 // ends inside the window (so a row's result does not depend on how far the pass runs).
                 let within = max(0, w - start)
                 if within > 0 {
-                    attentionForward(pool, segAtt, segQ, cache.k[l], cache.v[l], scratch: scores, rows: within,
+                    attentionForward(pool, segAtt, segQ, cache.k[l]!, cache.v[l]!, scratch: scores, rows: within,
                                      start: start, shape: shape)
                 }
                 // Rows whose window starts past position 0 see only their last w keys: one row at a time,
                 // from the first key of its window (the row's own position is the last).
                 for i in within..<rows {
                     let pos = start + i
-                    attentionForward(pool, segAtt + i * c.qDim, segQ + i * c.qDim, cache.k[l], cache.v[l],
+                    attentionForward(pool, segAtt + i * c.qDim, segQ + i * c.qDim, cache.k[l]!, cache.v[l]!,
                                      scratch: scores, rows: 1, start: pos, lo: max(0, pos - w + 1), shape: shape)
                 }
             } else {
-                attentionForward(pool, segAtt, segQ, cache.k[l], cache.v[l], scratch: scores, rows: rows, start: start,
+                attentionForward(pool, segAtt, segQ, cache.k[l]!, cache.v[l]!, scratch: scores, rows: rows, start: start,
                                  shape: shape)
             }
         }
@@ -643,7 +706,7 @@ public final class LlamaModel {
             guard cache.length < cache.capacity else {
                 throw OffloadError("[model] context full: \(cache.length + 1) tokens exceed the cache of \(cache.capacity)")
             }
-            guard cache.diskLayers.isEmpty else { throw OffloadError("[model] batched decode keeps KV caches in memory") }
+            guard cache.allResident else { throw OffloadError("[model] batched decode keeps KV caches in memory") }
             guard t >= 0 && t < c.vocabSize else {
                 throw OffloadError("[model] token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
             }
@@ -666,7 +729,7 @@ public final class LlamaModel {
         scaleEmbeddings(x, rows: n)
         for (l, b) in blocks.enumerated() {
             let m = try supplier?.block(l) ?? BlockMatrices(q: b.q, k: b.k, v: b.v, o: b.o, gate: b.gate, up: b.up, down: b.down)
-            blockForward(l, b.attnNorm, b.ffnNorm, m, x: x, n: n, segments, positions: positions, scratch, exact: true)
+            try blockForward(l, b.attnNorm, b.ffnNorm, m, x: x, n: n, segments, positions: positions, scratch, exact: true)
             supplier?.release(stage: l)
         }
         for s in seqs { s.cache.length += 1 }
@@ -715,7 +778,7 @@ public final class LlamaModel {
             guard cache.length + tokens.count <= cache.capacity else {
                 throw OffloadError("[model] context full: \(cache.length + tokens.count) tokens exceed the cache of \(cache.capacity)")
             }
-            guard cache.diskLayers.isEmpty else { throw OffloadError("[model] the block schedule keeps KV caches in memory") }
+            guard cache.allResident else { throw OffloadError("[model] the block schedule keeps KV caches in memory") }
             for t in tokens where t < 0 || t >= c.vocabSize {
                 throw OffloadError("[model] token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
             }
@@ -740,7 +803,7 @@ public final class LlamaModel {
         for (l, b) in blocks.enumerated() {
             let m = try supplier.block(l)
             for (i, s) in seqs.enumerated() {
-                blockForward(l, b.attnNorm, b.ffnNorm, m, x: xs[i], n: s.tokens.count, start: starts[i], cache: s.cache,
+                try blockForward(l, b.attnNorm, b.ffnNorm, m, x: xs[i], n: s.tokens.count, start: starts[i], cache: s.cache,
                              positions: positions[i], scratch)
             }
             supplier.release(stage: l)
@@ -781,14 +844,12 @@ public final class LlamaModel {
         try supplier.beginForward(rows: n, logits: wantLogits)
         for (i, t) in tokens.enumerated() { try supplier.embeddingRow(token: t, into: x + i * dim) }
         scaleEmbeddings(x, rows: n)
+        if !cache.allResident { try cache.store!.beginForward(start: start, rows: n) }
         for (l, b) in blocks.enumerated() {
-            let onDisk = cache.diskLayers.contains(l)
-            if onDisk, start > 0 { try cache.store!.load(layer: l, count: start, k: cache.k[l], v: cache.v[l]) }
             let m = try supplier.block(l)
-            blockForward(l, b.attnNorm, b.ffnNorm, m, x: x, n: n, start: start, cache: cache, positions: positions,
-                         scratch)
+            try blockForward(l, b.attnNorm, b.ffnNorm, m, x: x, n: n, start: start, cache: cache, positions: positions,
+                             scratch)
             supplier.release(stage: l)
-            if onDisk { try cache.store!.save(layer: l, from: start, to: start + n, k: cache.k[l], v: cache.v[l]) }
         }
         cache.length = start + n
         guard wantLogits else { supplier.endForward(); return [] }

@@ -124,10 +124,16 @@ public struct StreamingPlan: Sendable {
     public var ringSlots: Int
     public var slotBytes: Int
     public var readerThreads: Int
-    /// KV cache in the compute tier: the layers held there, plus the staging pair when some are on disk.
+    /// KV cache in the compute tier: the heads held there, plus the disk heads' read spans, tails
+    /// and write pages when some are on disk.
     public var kvCacheBytes: Int
-    /// Layers whose KV cache lives on disk (the last ones), read and written each step.
-    public var kvDiskLayers: Set<Int>
+    /// KV heads each layer keeps in memory (its first ones); the others live on disk, read through
+    /// attention a span at a time each step (HeadInfer).
+    public var kvResidentHeads: [Int]
+    /// Disk heads: positions per span read, span buffers in the ring, reader threads.
+    public var kvSpanPositions: Int
+    public var kvSlots: Int
+    public var kvReaders: Int
     public var scratchBytes: Int
     /// The buffer the compute thread rewrites a stage's Q4_1 matrices in for the decode kernel
     /// (the largest such matrix; 0 when no stage needs it).
@@ -141,10 +147,37 @@ public struct StreamingPlan: Sendable {
     public var streamed: [Int] { stages.indices.filter { !resident.contains($0) } }
     public var plannedBytes: Int { kvCacheBytes + scratchBytes + stagingBytes + ringSlots * slotBytes + residentBytes }
 
-    /// Positions per KV page on disk for rows of `kvDim` floats: the fewest whose bytes are whole 4 KiB blocks.
-    public static func kvPagePositions(kvDim: Int) -> Int {
+    /// KV heads on disk, over all layers.
+    public var kvDiskHeads: Int { kvResidentHeads.reduce(0) { $0 + kvHeads - $1 } }
+    private var kvHeads: Int
+
+    /// Positions per KV page of one head on disk: the fewest whose bytes are whole 4 KiB blocks.
+    public static func kvPagePositions(headDim: Int) -> Int {
         func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
-        return AlignedBuffer.alignment / gcd(AlignedBuffer.alignment, kvDim * 4)
+        return AlignedBuffer.alignment / gcd(AlignedBuffer.alignment, headDim * 4)
+    }
+
+    /// Positions per read span of a disk head: whole pages and whole key blocks of attention, at least `atLeast`.
+    public static func kvSpanPositions(headDim: Int, atLeast: Int) -> Int {
+        func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
+        let page = kvPagePositions(headDim: headDim), unit = page / gcd(page, attentionKeyBlock) * attentionKeyBlock
+        return (max(atLeast, 1) + unit - 1) / unit * unit
+    }
+
+    /// Pages a disk-head store assembles a write in (or reads for a copy).
+    public static let kvBufferPages = 16
+
+    /// Memory a store of `diskHeads` disk heads takes: `slots` read spans of `spanPositions`, each
+    /// head's last partial page, and the write pages (keys and values of each).
+    public static func kvStoreBytes(config c: LlamaConfig, diskHeads: Int, spanPositions: Int, slots: Int) -> Int {
+        let page = kvPagePositions(headDim: c.headDim) * c.headDim * 4
+        return 2 * (slots * accountedBytes(spanPositions * c.headDim * 4) + diskHeads * accountedBytes(page)
+                    + accountedBytes(kvBufferPages * page))
+    }
+
+    /// Memory of a cache keeping `heads` KV heads of each layer in memory, `capacity` positions.
+    public static func kvResidentBytes(config c: LlamaConfig, heads: [Int], capacity: Int) -> Int {
+        heads.reduce(0) { $0 + ($1 > 0 ? 2 * accountedBytes(capacity * $1 * c.headDim * 4) : 0) }
     }
 
     /// - Parameters:
@@ -205,9 +238,18 @@ public struct StreamingPlan: Sendable {
         let perSequenceScratch = sequences > 1 ? accountedBytes(promptTokens * c.dim * 4) + accountedBytes(c.dim * 4) : 0
         self.budget = budget; self.stages = stages; self.sequences = sequences
         self.promptTokens = promptTokens; self.contextCapacity = contextCapacity
-        let layerKV = 2 * accountedBytes(contextCapacity * c.kvDim * 4)
-        let page = Self.kvPagePositions(kvDim: c.kvDim)
-        let kvStaging = 2 * accountedBytes((contextCapacity + page - 1) / page * page * c.kvDim * 4)
+        kvHeads = c.kvHeads
+        let allHeads = Array(repeating: c.kvHeads, count: c.layers)
+        let allKV = Self.kvResidentBytes(config: c, heads: allHeads, capacity: contextCapacity)
+        // Sliding-window layers keep their heads in memory (their rows past the window attend alone).
+        let mustStay = (0..<c.layers).map { c.slidingWindow != nil && c.isLocalLayer($0) ? c.kvHeads : 0 }
+        let smallSpan = Self.kvSpanPositions(headDim: c.headDim, atLeast: attentionKeyBlock)
+        let largeSpan = Self.kvSpanPositions(headDim: c.headDim, atLeast: 1024)
+        func storeBytes(_ heads: [Int], span: Int, slots: Int) -> Int {
+            Self.kvStoreBytes(config: c, diskHeads: heads.reduce(0) { $0 + c.kvHeads - $1 }, spanPositions: span, slots: slots)
+        }
+        let leastKV = Self.kvResidentBytes(config: c, heads: mustStay, capacity: contextCapacity)
+            + storeBytes(mustStay, span: smallSpan, slots: 2)
         var most: [String: Int] = [:]
         for s in scratch { for (k, v) in s { most[k] = max(most[k] ?? 0, v) } }
         scratchBytes = most.values.reduce(0) { $0 + accountedBytes(max($1, 1) * 4) } + sequences * perSequenceScratch
@@ -218,26 +260,43 @@ public struct StreamingPlan: Sendable {
         // The compute thread rewrites a stage for the decode kernel as it takes it (the readers
         // only read): one split staging buffer, however many readers.
         let staging = accountedBytes(splitStagingBytes) + embeddingStaging
-        // The least that runs: one stage buffer, activations, and the KV cache of one layer staged from disk
-        // (a block of several sequences keeps every cache in memory).
+        // The least that runs: one stage buffer, activations, and the KV heads streamed from disk through
+        // two spans (a block of several sequences keeps every cache in memory).
         let bare = scratchBytes + staging + slotBytes
-        minimumBudget = bare + (sequences > 1 ? sequences * c.layers * layerKV : min(kvStaging, c.layers * layerKV))
+        minimumBudget = bare + (sequences > 1 ? sequences * allKV : min(leastKV, allKV))
         guard budget >= minimumBudget else {
             throw OffloadError("budget \(formatBytes(budget)) (\(budget) bytes) is below the minimum "
                 + "\(formatBytes(minimumBudget)) (\(minimumBudget) bytes) for this prompt and context: one stage buffer "
-                + "\(formatBytes(slotBytes)) + KV cache \(sequences > 1 ? "of \(sequences) sequences \(formatBytes(minimumBudget - bare))" : "staging of one layer \(formatBytes(minimumBudget - bare))") "
+                + "\(formatBytes(slotBytes)) + KV cache \(sequences > 1 ? "of \(sequences) sequences" : "read through spans from disk") \(formatBytes(minimumBudget - bare)) "
                 + "+ activations \(formatBytes(scratchBytes))"
                 + (passRows < promptTokens ? " (prefill in passes of \(passRows) tokens)" : "")
                 + " + read staging \(formatBytes(staging))")
         }
-        // KV cache in memory for as many layers as fit (all, when they do); the rest on disk.
-        if budget >= bare + sequences * c.layers * layerKV {
-            kvDiskLayers = []
-            kvCacheBytes = sequences * c.layers * layerKV
+        // Every KV head in memory when they fit; else spans (larger ones when they take at most an eighth
+        // of what is left) and as many heads in memory as fit, layer by layer from the first.
+        if sequences > 1 || budget >= bare + allKV {
+            kvResidentHeads = allHeads
+            kvSpanPositions = smallSpan; kvSlots = 0; kvReaders = 0
+            kvCacheBytes = sequences * allKV
         } else {
-            let inMemory = max(0, min(c.layers - 1, (budget - bare - kvStaging) / max(layerKV, 1)))
-            kvDiskLayers = Set(inMemory..<c.layers)
-            kvCacheBytes = inMemory * layerKV + kvStaging
+            let large = storeBytes(mustStay, span: largeSpan, slots: 4)
+            let (span, slots) = 8 * large <= budget - bare ? (largeSpan, 4) : (smallSpan, 2)
+            kvSpanPositions = span; kvSlots = slots; kvReaders = slots - 1
+            var heads = mustStay
+            func bytes() -> Int {
+                Self.kvResidentBytes(config: c, heads: heads, capacity: contextCapacity)
+                    + storeBytes(heads, span: span, slots: slots)
+            }
+            // A second stage buffer comes first, so reading the next stage overlaps computing one.
+            let ring = budget >= bare + slotBytes + bytes() ? slotBytes : 0
+            for l in 0..<c.layers where heads[l] < c.kvHeads {
+                while heads[l] < c.kvHeads {
+                    heads[l] += 1
+                    if bare + ring + bytes() > budget || heads == allHeads { heads[l] -= 1; break }
+                }
+            }
+            kvResidentHeads = heads
+            kvCacheBytes = bytes()
         }
         let fixed = kvCacheBytes + scratchBytes
         var slots = budget >= fixed + staging + 2 * slotBytes ? 2 : 1
@@ -307,7 +366,7 @@ extension StreamingPlan {
     /// (read at the context's length and written a page each).
     public func bytesReadPerStep(contextLength: Int? = nil, config c: LlamaConfig) -> Int {
         let weights = streamed.reduce(0) { $0 + stages[$1].bufferBytes }
-        let kv = kvDiskLayers.count * 2 * (contextLength ?? contextCapacity) * c.kvDim * 4
+        let kv = kvDiskHeads * 2 * (contextLength ?? contextCapacity) * c.headDim * 4
         return weights + kv
     }
 
@@ -320,7 +379,9 @@ extension StreamingPlan {
         if contextLength == nil, let sim = try? schedule(hardware: hw, config: c).simulate() { return sim.stepSeconds }
         let weights = Double(stages.reduce(0) { $0 + $1.weightBytes })
         let compute = Double(sequences) * weights / hw.decodeBytesPerSecond
-        let disk = Double(bytesReadPerStep(contextLength: contextLength, config: c)) / streamReadBandwidth(hardware: hw)
+        let weightBytes = bytesReadPerStep(contextLength: 0, config: c)
+        let kvBytes = bytesReadPerStep(contextLength: contextLength, config: c) - weightBytes
+        let disk = Double(weightBytes) / streamReadBandwidth(hardware: hw) + Double(kvBytes) / kvReadBandwidth(hardware: hw, config: c)
         return max(compute, disk)
     }
 
@@ -338,8 +399,14 @@ extension StreamingPlan {
             let compute = 2 * elements * rows / hw.gemmFlops
                 + 4 * Double(c.layers * c.qDim) * rows * keys / attentionRate
                 + elements * 4 / hw.memoryBandwidth
-            return total + max(compute, streamedBytes / bandwidth)
+            let kvBytes = Double(kvDiskHeads * 2 * p.lowerBound * c.headDim * 4)
+            return total + max(compute, streamedBytes / bandwidth + kvBytes / kvReadBandwidth(hardware: hw, config: c))
         }
+    }
+
+    /// The disk's rate for the KV heads' span reads, `kvReaders` at a time.
+    public func kvReadBandwidth(hardware hw: HardwareProfile, config c: LlamaConfig) -> Double {
+        hw.diskReadBandwidth(requestBytes: kvSpanPositions * c.headDim * 4, queueDepth: max(kvReaders, 1))
     }
 
     /// Predicted seconds for the prompt's prefill and the decode of the rest of the context.
@@ -424,15 +491,17 @@ public struct ServingPlan: Sendable {
 extension StreamingPlan {
     /// Bytes the KV layers on disk take there.
     public func kvDiskBytes(config c: LlamaConfig) -> Int {
-        let page = Self.kvPagePositions(kvDim: c.kvDim)
-        return kvDiskLayers.count * 2 * ((contextCapacity + page - 1) / page * page) * c.kvDim * 4
+        let page = Self.kvPagePositions(headDim: c.headDim)
+        return kvDiskHeads * 2 * ((contextCapacity + page - 1) / page * page) * c.headDim * 4
     }
 
     /// What the plan table and `generate` say of the placement, in words.
     public var summary: String {
         "\(resident.count) of \(stages.count) stages resident, \(stages.count - resident.count) streamed through "
             + "\(ringSlots) buffer\(ringSlots == 1 ? "" : "s") (\(readerThreads) reader\(readerThreads == 1 ? "" : "s")), KV cache of "
-            + "\(kvDiskLayers.count) layers on disk" + (sequences > 1 ? ", blocks of \(sequences) sequences" : "")
+            + (kvDiskHeads == 0 ? "all in memory" : "\(kvDiskHeads) of \(kvHeads * kvResidentHeads.count) heads on disk "
+               + "(read in spans of \(kvSpanPositions) positions)")
+            + (sequences > 1 ? ", blocks of \(sequences) sequences" : "")
             + (LlamaModel.prefillPieces(count: max(promptTokens, 1), chunk: prefillChunk).count > 1
                ? ", prefill in passes of \(prefillChunk!) tokens" : "")
     }
@@ -460,9 +529,11 @@ extension StreamingPlan {
                 initial.append(Placement(tensor: name + " (file)", tier: .disk))
             }
         }
-        let page = Self.kvPagePositions(kvDim: c.kvDim)
-        let kvLayer = 2 * (contextCapacity + page - 1) / page * page * c.kvDim * 4
-        for l in kvDiskLayers { tensors.append(LogicalTensor(name: "kv.\(l)", bytes: 0)); initial.append(Placement(tensor: "kv.\(l)", tier: .disk)) }
+        let page = Self.kvPagePositions(headDim: c.headDim)
+        let diskHeads = kvResidentHeads.map { c.kvHeads - $0 }
+        for l in 0..<c.layers where diskHeads[l] > 0 {
+            tensors.append(LogicalTensor(name: "kv.\(l)", bytes: 0)); initial.append(Placement(tensor: "kv.\(l)", tier: .disk))
+        }
         let bandwidth = streamReadBandwidth(hardware: hw)
         var computeOf: [Int] = []          // compute op ids of the streamed stages, in order
         var lastCompute: Int?
@@ -479,19 +550,21 @@ extension StreamingPlan {
                                        seconds: Double(s.bufferBytes) / bandwidth, deps: readDeps))
                 deps.append(r)
             }
-            if s.index < c.layers && kvDiskLayers.contains(s.index) {
-                let kv = "kv.\(s.index)"
+            if s.index < c.layers && diskHeads[s.index] > 0 {
+                let kv = "kv.\(s.index)", bytes = diskHeads[s.index] * 2 * contextCapacity * c.headDim * 4
                 let r = emit(Operation(id: 0, kind: .prefetch, stream: .read, tier: .compute, from: .disk, reads: [kv],
-                                       creates: [], seconds: Double(kvLayer) / bandwidth, deps: lastCompute.map { [$0] } ?? []))
+                                       creates: [], seconds: Double(bytes) / kvReadBandwidth(hardware: hw, config: c),
+                                       deps: lastCompute.map { [$0] } ?? []))
                 deps.append(r)
                 reads = [name]
             }
             let id = emit(Operation(id: 0, kind: .forward, stream: .compute, stage: s.index, save: SaveMode.none,
                                     reads: reads, frees: resident.contains(s.index) ? [] : [name],
                                     seconds: Double(sequences) * Double(s.weightBytes) / hw.decodeBytesPerSecond, deps: deps))
-            if s.index < c.layers && kvDiskLayers.contains(s.index) {
+            if s.index < c.layers && diskHeads[s.index] > 0 {
                 _ = emit(Operation(id: 0, kind: .offload, stream: .write, tier: .disk, from: .compute, reads: [],
-                                   creates: [], seconds: Double(page * c.kvDim * 8) / hw.diskWriteBandwidth, deps: [id]))
+                                   creates: [], seconds: Double(diskHeads[s.index] * page * c.headDim * 8) / Double(page)
+                                       / hw.diskWriteBandwidth, deps: [id]))
             }
             if !resident.contains(s.index) { computeOf.append(id) }
             lastCompute = id

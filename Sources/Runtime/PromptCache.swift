@@ -136,24 +136,25 @@ public final class PromptCache {
         let rows = Self.blockTokens * kvDim
         let slice = UnsafeMutableRawPointer.allocate(byteCount: sliceBytes, alignment: 64)
         defer { slice.deallocate() }
+        var appended = 0   // the most blocks a layer took
         for l in 0..<layers {
-            try cache.withRows(layer: l, loaded: 0) { k, v in
-                for b in 0..<good {
-                    let n = pread(files[b].fd, slice, sliceBytes, off_t(payloadOffset + l * sliceBytes))
-                    guard n == sliceBytes, checksum(slice) == files[b].sums[l] else {
-                        reject(files[b].path)
-                        good = b
-                        break
-                    }
-                    (k + b * rows).update(from: slice.assumingMemoryBound(to: Float.self), count: rows)
-                    (v + b * rows).update(from: slice.assumingMemoryBound(to: Float.self) + rows, count: rows)
+            for b in 0..<good {
+                let n = pread(files[b].fd, slice, sliceBytes, off_t(payloadOffset + l * sliceBytes))
+                guard n == sliceBytes, checksum(slice) == files[b].sums[l] else {
+                    reject(files[b].path)
+                    good = b
+                    break
                 }
+                let k = slice.assumingMemoryBound(to: Float.self)
+                try cache.append(layer: l, start: b * Self.blockTokens, rows: Self.blockTokens, k: k, v: k + rows)
+                appended = max(appended, b + 1)
             }
-            try cache.commit(layer: l, from: 0, to: good * Self.blockTokens)
-            if good == 0 { return 0 }
         }
+        // Layers before a bad block took more blocks than the others keep.
+        cache.setLength(appended * Self.blockTokens)
+        try cache.truncate(to: good * Self.blockTokens)
+        if good == 0 { return 0 }
         for f in files.prefix(good) { _ = utimes(f.path, nil) }   // recently used
-        cache.setLength(good * Self.blockTokens)
         return good * Self.blockTokens
     }
 
@@ -181,14 +182,12 @@ public final class PromptCache {
                 temps.append((fd, temp, path(keys[b]), []))
             }
             for l in 0..<layers {
-                try cache.withRows(layer: l, loaded: blocks * Self.blockTokens) { k, v in
-                    for (t, b) in zip(temps.indices, wanted) {
-                        (slice.assumingMemoryBound(to: Float.self)).update(from: k + b * rows, count: rows)
-                        (slice.assumingMemoryBound(to: Float.self) + rows).update(from: v + b * rows, count: rows)
-                        temps[t].sums.append(checksum(slice))
-                        guard pwrite(temps[t].fd, slice, sliceBytes, off_t(payloadOffset + l * sliceBytes)) == sliceBytes else {
-                            throw OffloadError("write \(temps[t].temp): \(String(cString: strerror(errno)))")
-                        }
+                for (t, b) in zip(temps.indices, wanted) {
+                    let k = slice.assumingMemoryBound(to: Float.self)
+                    try cache.read(layer: l, from: b * Self.blockTokens, count: Self.blockTokens, k: k, v: k + rows)
+                    temps[t].sums.append(checksum(slice))
+                    guard pwrite(temps[t].fd, slice, sliceBytes, off_t(payloadOffset + l * sliceBytes)) == sliceBytes else {
+                        throw OffloadError("write \(temps[t].temp): \(String(cString: strerror(errno)))")
                     }
                 }
             }

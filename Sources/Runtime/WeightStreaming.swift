@@ -1,6 +1,6 @@
 // Weight streaming under a compute budget: setting up the streamed model for
 // Planning's StreamingPlan (which stages stay resident, the ring of stage buffers,
-// KV layers on disk), and the figures a streamed run reports. The model runs the
+// KV heads on disk), and the figures a streamed run reports. The model runs the
 // same kernels as without a budget.
 internal import CKernels
 internal import CPlatform
@@ -21,7 +21,7 @@ import Tensors
 /// of compute memory, planned for a prompt of `promptTokens` and a context of
 /// `contextCapacity` positions.
 ///
-/// KV-cache layers the plan puts on disk go to a file in `kvFolder`. `prefillChunk`: prompt rows
+/// KV heads the plan puts on disk go to a file in `kvFolder`. `prefillChunk`: prompt rows
 /// per prefill pass (nil: the plan's choice by `hardware`'s cost model).
 public func makeStreamingModel(weights: GGUFWeights, budget: Int, threads: Int, promptTokens: Int,
                                contextCapacity: Int, sequences: Int = 1, kvFolder: String = NSTemporaryDirectory(),
@@ -46,9 +46,11 @@ public func makeStreamingModel(weights: GGUFWeights, plan: StreamingPlan, thread
     let model = try LlamaModel(source: weights, threads: threads, supplier: streamer, memory: streamer)
     model.prefillChunk = plan.prefillChunk
     streamer.computePool = model.pool
-    if !plan.kvDiskLayers.isEmpty {
-        let store = try DiskKVStore(folder: kvFolder, config: c, capacity: plan.contextCapacity, trace: trace)
-        model.kvDiskLayers = plan.kvDiskLayers
+    if plan.kvDiskHeads > 0 {
+        let store = try DiskKVStore(folder: kvFolder, config: c, capacity: plan.contextCapacity,
+                                    residentHeads: plan.kvResidentHeads, spanPositions: plan.kvSpanPositions,
+                                    slots: plan.kvSlots, readers: plan.kvReaders, memory: streamer, trace: trace)
+        model.kvResidentHeads = plan.kvResidentHeads
         model.kvStore = store
         streamer.kvStore = store
     }
@@ -73,7 +75,7 @@ public struct StreamingReport: Sendable {
     public var limitTokensPerSecond: Double
     public var ratioToLimit: Double { limitTokensPerSecond > 0 ? decodeTokensPerSecond / limitTokensPerSecond : 0 }
     public var bytesDiscarded: Int
-    public var kvDiskLayers: Int
+    public var kvDiskHeads: Int
     /// KV-cache bytes read from and written to disk per decoded token.
     public var kvBytesReadPerToken: Double
     public var kvBytesWrittenPerToken: Double
@@ -86,7 +88,7 @@ public struct StreamingReport: Sendable {
         ringSlots = streamer.plan.ringSlots
         peakComputeBytes = streamer.tier.stats.peak
         let steps = max(s.decodeForwards, 1)
-        kvDiskLayers = streamer.plan.kvDiskLayers.count
+        kvDiskHeads = streamer.plan.kvDiskHeads
         kvBytesReadPerToken = Double(s.decodeKVBytesRead) / Double(steps)
         kvBytesWrittenPerToken = Double(s.decodeKVBytesWritten) / Double(steps)
         // Weights and KV cache both come through the disk each step.
@@ -105,15 +107,15 @@ public struct StreamingReport: Sendable {
          "stream_buffers": ringSlots, "peak_compute_bytes": peakComputeBytes, "bytes_read_per_token": bytesPerToken,
          "disk_read_bytes_per_second": readBandwidth, "compute_seconds_per_token": computeSecondsPerToken,
          "limit_decode_tokens_per_second": limitTokensPerSecond, "ratio_to_limit": ratioToLimit,
-         "bytes_read_ahead_discarded": bytesDiscarded, "kv_disk_layers": kvDiskLayers,
+         "bytes_read_ahead_discarded": bytesDiscarded, "kv_disk_heads": kvDiskHeads,
          "kv_bytes_read_per_token": kvBytesReadPerToken, "kv_bytes_written_per_token": kvBytesWrittenPerToken]
     }
 
     public var summary: String {
-        String(format: "[stream] budget %@: %d stages resident, %d streamed through %d buffers, KV cache of %d layers on disk; peak compute %@; "
+        String(format: "[stream] budget %@: %d stages resident, %d streamed through %d buffers, %d KV heads on disk; peak compute %@; "
                + "%@ read per token at %@/s (direct); limit %.1f tok/s (compute %.1f ms, disk %.1f ms per token); "
                + "decode at %.2f× the limit",
-               formatBytes(budget), residentStages, streamedStages, ringSlots, kvDiskLayers, formatBytes(peakComputeBytes),
+               formatBytes(budget), residentStages, streamedStages, ringSlots, kvDiskHeads, formatBytes(peakComputeBytes),
                formatBytes(Int(bytesPerToken)), formatBytes(Int(readBandwidth)), limitTokensPerSecond,
                computeSecondsPerToken * 1e3, readBandwidth > 0 ? bytesPerToken / readBandwidth * 1e3 : 0, ratioToLimit)
     }

@@ -98,7 +98,7 @@ struct Chat: ParsableCommand {
             // Keep what the cache holds of this prompt; prefill only the rest.
             var keep = 0
             while keep < min(cached.count, prompt.count - 1) && cached[keep] == prompt[keep] { keep += 1 }
-            cache.truncate(to: keep)
+            try cache.truncate(to: keep)
             cached.removeSubrange(keep...)
             let t0 = now()
             var logits = try llama.forward(Array(prompt[keep...]), cache: cache)

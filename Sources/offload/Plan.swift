@@ -275,7 +275,7 @@ extension Plan {
                 out["secondsPerToken"] = row.seconds; out["budgetedPeakBytes"] = row.peak; out["diskPeakBytes"] = row.diskPeak
                 out["bytesReadPerToken"] = row.moved; out["blockSize"] = plan.sequences
                 out["residentStages"] = plan.resident.count; out["streamedStages"] = plan.streamed.count
-                out["streamBuffers"] = plan.ringSlots; out["kvDiskLayers"] = plan.kvDiskLayers.count
+                out["streamBuffers"] = plan.ringSlots; out["kvDiskHeads"] = plan.kvDiskHeads; out["kvResidentHeads"] = plan.kvResidentHeads
                 out["prefillPassTokens"] = LlamaModel.largestPrefillPiece(count: promptTokens, chunk: plan.prefillChunk)
                 out["prefillSeconds"] = plan.predictedPrefillSeconds(hardware: hw, config: cfg)
             } else { out["failure"] = TrainingPlanner.plain(row.failure ?? "") }

@@ -142,18 +142,19 @@ final class WeightStreamingTests: XCTestCase {
         // A 2048-position context: 94 MiB of KV cache, far more than the budget.
         for budget in [12_000_000, 30_000_000] {
             let (m, s) = try streamed(w, budget: budget, context: 2048)
-            XCTAssertGreaterThan(s.plan.kvDiskLayers.count, 15, "budget \(budget)")
-            XCTAssertTrue(s.plan.kvDiskLayers.contains(29))
+            XCTAssertGreaterThan(s.plan.kvDiskHeads, 45, "budget \(budget)")
+            XCTAssertEqual(s.plan.kvResidentHeads.last, 0, "the last layer's heads are the first on disk")
             let got = try run(m)
             s.stop()
             for (i, (a, b)) in zip(got, reference).enumerated() {
                 XCTAssertTrue(a == b, "budget \(budget), KV on disk: logits of step \(i) differ")
             }
             let kv = try XCTUnwrap(s.kvStore)
-            // Every disk layer wrote the prompt and each step, and read its prefix back each step.
-            let layers = s.plan.kvDiskLayers.count
-            XCTAssertGreaterThanOrEqual(kv.bytesWritten, layers * 2 * (decodeSteps + 1) * 4096)
-            XCTAssertGreaterThanOrEqual(kv.bytesRead, layers * 2 * decodeSteps * prompt.count * w.config.kvDim * 4)
+            // Every disk head read its prefix's whole pages back each step (a page is 16 positions of 64
+            // floats, so the 12-token prompt's first page is on disk from step 4 on), and wrote that page.
+            let heads = s.plan.kvDiskHeads, page = 16 * 64 * 4
+            XCTAssertGreaterThanOrEqual(kv.bytesWritten, heads * 2 * page)
+            XCTAssertGreaterThanOrEqual(kv.bytesRead, heads * 2 * page * (decodeSteps - 4))
             XCTAssertLessThanOrEqual(s.peakComputeBytes, budget)
         }
     }
