@@ -48,7 +48,7 @@ struct Generate: ParsableCommand {
                                valueName: "file"))
     var trace: String?
     @Option(name: [.customLong("disk"), .customLong("kv-dir")], help: ArgumentHelp(
-        "With --budget: folder on a local disk for the KV-cache layers that do not fit (default: the temporary "
+        "With --budget: folder on a local disk for the KV-cache heads that do not fit (default: the temporary "
             + "folder); the same flag as train's and plan's spill folder (--kv-dir is its old name).",
         valueName: "folder"))
     var disk: String?

@@ -23,7 +23,7 @@ struct Plan: ParsableCommand {
         offload+stream and recompute+stream, parameters, gradients and AdamW state streamed from disk. \
         The marked plan is the one `train` runs with the same flags; a budget nothing fits in is \
         refused with the smallest one that runs. Generation (--mode generate) gives what \
-        `generate --budget` runs: resident and streamed stages, KV layers on disk, the block size \
+        `generate --budget` runs: resident and streamed stages, KV heads on disk, the block size \
         for --prompts N, and the time per token.
         Examples:
           offload plan --model SmolLM2-135M-Instruct.Q4_1.gguf --batch 4 --seq-len 256 --budget 128MB --disk /tmp
@@ -284,7 +284,7 @@ extension Plan {
         } else {
             print("\(cfg.name) generate, prompt \(promptTokens) tokens, context \(context)"
                   + (prompts > 1 ? ", \(prompts) prompts" : "") + ": \(formatBytes(stages.reduce(0) { $0 + $1.weightBytes })) of weights in \(stages.count) stages")
-            print("budget: RAM \(budget == nil ? "unlimited" : formatBytes(budgetBytes)), KV layers that do not fit on disk; hardware \(hw.name)")
+            print("budget: RAM \(budget == nil ? "unlimited" : formatBytes(budgetBytes)), KV heads that do not fit on disk; hardware \(hw.name)")
             print(PlanTable.header(ram: true, stepLabel: "per token"))
             print(PlanTable.row(row, chosen: row.failure == nil, ram: true))
             if let plan { print("  \(plan.summary); at least \(formatBytes(plan.minimumBudget)) (\(plan.minimumBudget) bytes)") }
