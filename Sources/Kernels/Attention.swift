@@ -28,13 +28,13 @@ public struct AttentionShape {
     var group: Int { heads / kvHeads }
 }
 
-/// Floats of scratch `AttentionRows` needs for `rows` query rows: every row's running maximum
-/// and sum per head, and a slot per thread (a band's scores and its values product; decode: a
-/// block's scores).
-public func attentionScratchFloats(rows: Int, shape: AttentionShape) -> Int {
-    let many = rows >= 4
+/// Floats of scratch `AttentionRows` needs for `rows` query rows over at most `keys` keys: every
+/// row's running maximum and sum per head, and a slot per thread (a band's scores and its values
+/// product; decode: a block's scores).
+public func attentionScratchFloats(rows: Int, keys: Int, shape: AttentionShape) -> Int {
+    let (many, block) = (rows >= 4, min(attentionKeyBlock, max(keys, 1)))
     let units = many ? (rows + attentionBandRows - 1) / attentionBandRows : rows
-    let slot = many ? attentionBandRows * (attentionKeyBlock + shape.headDim + 1) : attentionKeyBlock
+    let slot = many ? min(rows, attentionBandRows) * (block + shape.headDim + 1) : block
     return 2 * rows * shape.heads + min(attentionScratchSlots, shape.heads * units) * slot
 }
 
@@ -51,7 +51,7 @@ public struct AttentionRows {
     /// The first key every row sees (a sliding window's first position); 0: all before it.
     public var lo: Int
     public var shape: AttentionShape
-    /// `attentionScratchFloats(rows:shape:)` floats.
+    /// `attentionScratchFloats(rows:keys:shape:)` floats, keys ≥ start + rows.
     public var scratch: UnsafeMutablePointer<Float>
 
     public init(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>, rows: Int, start: Int, lo: Int = 0,
@@ -78,7 +78,9 @@ public struct AttentionRows {
         let units = many ? (rows + band - 1) / band : rows
         let qHeads = kvHeads.lowerBound * group..<kvHeads.upperBound * group
         let tasks = qHeads.count * units
-        let slotFloats = many ? band * (block + d + 1) : block
+        // Scores are `kb` keys wide: a block, or all keys when fewer (the scratch is sized so).
+        let kb = min(block, max(start + rows, 1)), bandRows = min(rows, band)
+        let slotFloats = many ? bandRows * (kb + d + 1) : kb
         let m = scratch, l = scratch + states, slots = scratch + 2 * states
         let (out, q, start, lo, rows, end) = (out, q, start, lo, rows, first + count)
         let run = { (task: Int, slot: Int) in
@@ -94,11 +96,11 @@ public struct AttentionRows {
                 let kp = k + (kb0 - first) * ld + koff, vp = v + (kb0 - first) * ld + koff
                 let o = out + r0 * qs + h * d, qp = q + r0 * qs + h * d
                 if many {
-                    let pv = sc + band * block, alpha = pv + band * d
-                    Matmul.sgemmNT(m: mb, n: nb, k: d, alpha: scale, a: qp, lda: qs, b: kp, ldb: ld, c: sc, ldc: block)
-                    ck_online_softmax_rows(sc, Int32(mb), Int32(nb), Int32(block), Int32(start + r0 - kb0),
+                    let pv = sc + bandRows * kb, alpha = pv + bandRows * d
+                    Matmul.sgemmNT(m: mb, n: nb, k: d, alpha: scale, a: qp, lda: qs, b: kp, ldb: ld, c: sc, ldc: kb)
+                    ck_online_softmax_rows(sc, Int32(mb), Int32(nb), Int32(kb), Int32(start + r0 - kb0),
                                            m + r0 * heads + h, l + r0 * heads + h, Int32(heads), alpha)
-                    Matmul.sgemmNN(m: mb, n: d, k: nb, a: sc, lda: block, b: vp, ldb: ld, c: pv, ldc: d)
+                    Matmul.sgemmNN(m: mb, n: d, k: nb, a: sc, lda: kb, b: vp, ldb: ld, c: pv, ldc: d)
                     ck_rescale_add(o, Int32(qs), alpha, pv, Int32(mb), Int32(d))
                 } else {
                     ck_attend_row_block(o, qp, kp, vp, Int32(ld), Int32(nb), Int32(d), scale,
@@ -132,7 +134,7 @@ public struct AttentionRows {
 /// Attention of `rows` query rows over keys and values kept together in memory.
 /// out, q: (rows, heads·headDim); k, v: positions [0, start + rows), a row of kvHeads·headDim
 /// floats every `ld` (already holding these rows' keys and values); `lo`: the first key seen;
-/// scratch: `attentionScratchFloats(rows:shape:)` floats.
+/// scratch: `attentionScratchFloats(rows:keys:shape:)` floats (keys: start + rows).
 public func attentionForward(_ pool: ComputePool, _ out: UnsafeMutablePointer<Float>, _ q: UnsafePointer<Float>,
                              _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>, ld: Int? = nil,
                              scratch: UnsafeMutablePointer<Float>, rows: Int, start: Int, lo: Int = 0,

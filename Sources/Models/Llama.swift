@@ -393,8 +393,8 @@ public final class LlamaModel {
         var s = ["x": n * dim, "xn": n * dim, "q": n * c.qDim, "att": n * c.qDim, "g": n * c.ffnDim,
                  "u": n * c.ffnDim, "tmp": n * dim,
                  // A running softmax over blocks of keys: the same for any context (Kernels/Attention).
-                 "scores": attentionScratchFloats(rows: n, shape: AttentionShape(heads: c.heads, kvHeads: c.kvHeads,
-                                                                                  headDim: c.headDim)),
+                 "scores": attentionScratchFloats(rows: n, keys: start + n,
+                                                  shape: AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)),
                  "w": n > Matmul.directRowLimit ? maxWeightElements : 0]
         if allLogits && n > Matmul.directRowLimit { s["head"] = 4096 * dim }
         return s

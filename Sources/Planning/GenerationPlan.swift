@@ -157,11 +157,12 @@ public struct StreamingPlan: Sendable {
         return AlignedBuffer.alignment / gcd(AlignedBuffer.alignment, headDim * 4)
     }
 
-    /// Positions per read span of a disk head: whole pages and whole key blocks of attention, at least `atLeast`.
-    public static func kvSpanPositions(headDim: Int, atLeast: Int) -> Int {
+    /// Positions per read span of a disk head: whole pages and whole key blocks of attention, at least
+    /// `atLeast`; or the whole context in one span when it is shorter.
+    public static func kvSpanPositions(headDim: Int, atLeast: Int, capacity: Int) -> Int {
         func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
         let page = kvPagePositions(headDim: headDim), unit = page / gcd(page, attentionKeyBlock) * attentionKeyBlock
-        return (max(atLeast, 1) + unit - 1) / unit * unit
+        return min((max(atLeast, 1) + unit - 1) / unit * unit, (max(capacity, 1) + page - 1) / page * page)
     }
 
     /// Pages a disk-head store assembles a write in (or reads for a copy).
@@ -243,8 +244,8 @@ public struct StreamingPlan: Sendable {
         let allKV = Self.kvResidentBytes(config: c, heads: allHeads, capacity: contextCapacity)
         // Sliding-window layers keep their heads in memory (their rows past the window attend alone).
         let mustStay = (0..<c.layers).map { c.slidingWindow != nil && c.isLocalLayer($0) ? c.kvHeads : 0 }
-        let smallSpan = Self.kvSpanPositions(headDim: c.headDim, atLeast: attentionKeyBlock)
-        let largeSpan = Self.kvSpanPositions(headDim: c.headDim, atLeast: 1024)
+        let smallSpan = Self.kvSpanPositions(headDim: c.headDim, atLeast: attentionKeyBlock, capacity: contextCapacity)
+        let largeSpan = Self.kvSpanPositions(headDim: c.headDim, atLeast: 1024, capacity: contextCapacity)
         func storeBytes(_ heads: [Int], span: Int, slots: Int) -> Int {
             Self.kvStoreBytes(config: c, diskHeads: heads.reduce(0) { $0 + c.kvHeads - $1 }, spanPositions: span, slots: slots)
         }
@@ -282,7 +283,7 @@ public struct StreamingPlan: Sendable {
             // Reads of a span are the disk's requests: larger, and several at a time, move more bytes
             // per second (SmolLM2 at 3,000 tokens, 32 MB: 256 positions by 1 reader 1.7 tokens/s, 1,024 by
             // 4 readers 3.5). The largest ring that takes at most a quarter of what is left; else the least.
-            let rings = [(largeSpan, 5), (Self.kvSpanPositions(headDim: c.headDim, atLeast: 512), 5), (smallSpan, 5)]
+            let rings = [(largeSpan, 5), (Self.kvSpanPositions(headDim: c.headDim, atLeast: 512, capacity: contextCapacity), 5), (smallSpan, 5)]
             let (span, slots) = rings.first { 4 * storeBytes(mustStay, span: $0.0, slots: $0.1) <= budget - bare }
                 ?? (smallSpan, 2)
             kvSpanPositions = span; kvSlots = slots; kvReaders = slots - 1

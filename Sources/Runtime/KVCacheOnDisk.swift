@@ -21,7 +21,7 @@ public final class DiskKVStore: KVHeadStore, @unchecked Sendable {
     public let path: String
     /// Positions per page of one head: the fewest whose bytes are whole 4 KiB blocks.
     public let pagePositions: Int
-    /// Positions per span read (a multiple of the page and of attention's key block).
+    /// Positions per span read (a multiple of the page and of attention's key block, or the whole context).
     public let spanPositions: Int
     let fd: Int32
     let pageBytes: Int
@@ -67,8 +67,9 @@ public final class DiskKVStore: KVHeadStore, @unchecked Sendable {
                 trace: TraceRecorder? = nil) throws {
         headDim = config.headDim; kvDim = config.kvDim
         pagePositions = Self.pagePositions(headDim: headDim)
-        precondition(spanPositions > 0 && spanPositions % pagePositions == 0 && spanPositions % attentionKeyBlock == 0,
-                     "a span is whole pages and whole key blocks")
+        precondition(spanPositions > 0 && spanPositions % pagePositions == 0
+                     && (spanPositions % attentionKeyBlock == 0 || spanPositions >= capacity),
+                     "a span is whole pages and whole key blocks (or the whole context)")
         precondition(slots >= 1 && bufferPages >= 1)
         self.spanPositions = spanPositions
         pageBytes = pagePositions * headDim * 4

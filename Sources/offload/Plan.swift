@@ -261,6 +261,9 @@ extension Plan {
         } catch {
             row = PlanTable.Row(name: "stream", failure: "\(error)")
         }
+        let growth = prompts == 1
+            ? growthRows(stages: stages, config: cfg, asked: context, promptTokens: min(promptTokens, context),
+                         budget: budgetBytes, prefillChunk: prefillChunk, hardware: hw) : []
         if json {
             var out: [String: Any] = ["model": cfg.name, "mode": "generate", "seqLen": context, "promptTokens": promptTokens,
                                       "prompts": prompts, "fits": row.failure == nil, "hostIsCompute": true]
@@ -279,6 +282,7 @@ extension Plan {
                 out["prefillPassTokens"] = LlamaModel.largestPrefillPiece(count: promptTokens, chunk: plan.prefillChunk)
                 out["prefillSeconds"] = plan.predictedPrefillSeconds(hardware: hw, config: cfg)
             } else { out["failure"] = TrainingPlanner.plain(row.failure ?? "") }
+            if !growth.isEmpty { out["growth"] = growth.map(\.json) }
             let data = try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
@@ -288,6 +292,7 @@ extension Plan {
             print(PlanTable.header(ram: true, stepLabel: "per token"))
             print(PlanTable.row(row, chosen: row.failure == nil, ram: true))
             if let plan { print("  \(plan.summary); at least \(formatBytes(plan.minimumBudget)) (\(plan.minimumBudget) bytes)") }
+            if !growth.isEmpty { print(growthTable(growth), terminator: "") }
         }
         if let failure = row.failure { throw OffloadError("[plan] \(TrainingPlanner.plain(failure))") }
         if let plan, svg != nil || schedule != nil || trace != nil {
@@ -296,8 +301,9 @@ extension Plan {
             if let path = svg {
                 let title = "\(cfg.name) generate, one decode step, context \(context): \(s.strategy), "
                     + String(format: "%.1f ms per token", sim.stepSeconds / Double(plan.sequences) * 1e3)
-                try write(sim.svg(s, budgets: budget == nil ? [:] : [.compute: budgetBytes], title: title,
-                                  hostIsCompute: true), to: path)
+                let drawing = sim.svg(s, budgets: budget == nil ? [:] : [.compute: budgetBytes], title: title,
+                                      hostIsCompute: true)
+                try write(appendingGrowthChart(drawing, growth), to: path)
             }
             if let path = schedule { try write(String(decoding: try s.jsonData(), as: UTF8.self), to: path) }
             if let path = trace { try write(sim.chromeTrace(s), to: path) }

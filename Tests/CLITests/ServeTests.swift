@@ -276,7 +276,7 @@ final class ServeTests: XCTestCase {
     /// `plan --mode serve` answers for `serve --budget`: the same number of sequences, and the
     /// served text under the budget (KV on disk when only one sequence fits) is generate's.
     func testPlanAnswersForServeUnderABudget() throws {
-        for (budget, want) in [("32MB", 7), ("8MB", 1)] {
+        for (budget, want) in [("32MB", 7), ("10MB", 1)] {
             let plan = try CLI.run(["plan", "--model", CLI.smolLM2, "--mode", "serve", "--budget", budget, "--seq-len", "64",
                                     "--json"])
             XCTAssertEqual(plan.status, 0, plan.stderr)

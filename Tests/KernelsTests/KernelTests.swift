@@ -228,7 +228,7 @@ final class KernelTests: XCTestCase {
     private func attend(_ q: [Float], _ k: [Float], _ v: [Float], rows: Int, start: Int, lo: Int = 0,
                         shape: AttentionShape) -> [Float] {
         var out = [Float](repeating: .nan, count: rows * shape.heads * shape.headDim)
-        var scratch = [Float](repeating: .nan, count: attentionScratchFloats(rows: rows, shape: shape))
+        var scratch = [Float](repeating: .nan, count: attentionScratchFloats(rows: rows, keys: start + rows, shape: shape))
         q.withUnsafeBufferPointer { qb in k.withUnsafeBufferPointer { kb in v.withUnsafeBufferPointer { vb in
             out.withUnsafeMutableBufferPointer { ob in scratch.withUnsafeMutableBufferPointer { sb in
                 attentionForward(pool, ob.baseAddress!, qb.baseAddress!, kb.baseAddress!, vb.baseAddress!,
@@ -248,7 +248,7 @@ final class KernelTests: XCTestCase {
             let q = g.floats(rows * 6 * d), k = g.floats(keys * kvs), v = g.floats(keys * kvs)
             let whole = attend(q, k, v, rows: rows, start: start, shape: shape)
             var out = [Float](repeating: .nan, count: rows * 6 * d)
-            var scratch = [Float](repeating: .nan, count: attentionScratchFloats(rows: rows, shape: shape))
+            var scratch = [Float](repeating: .nan, count: attentionScratchFloats(rows: rows, keys: keys, shape: shape))
             q.withUnsafeBufferPointer { qb in out.withUnsafeMutableBufferPointer { ob in scratch.withUnsafeMutableBufferPointer { sb in
                 let a = AttentionRows(out: ob.baseAddress!, q: qb.baseAddress!, rows: rows, start: start, shape: shape,
                                       scratch: sb.baseAddress!)

@@ -1,0 +1,106 @@
+// `plan --mode generate`: how the smallest budget and the predicted times grow with the context,
+// as a table, JSON rows and a chart under the schedule in the SVG.
+import Foundation
+import Models
+import Planning
+import Tensors
+
+struct GrowthRow {
+    var context: Int
+    var promptTokens: Int
+    var minimumBudget: Int?
+    /// At the budget asked for (nil: it does not fit there).
+    var prefillSeconds: Double?
+    var secondsPerToken: Double?
+
+    var json: [String: Any] {
+        var out: [String: Any] = ["context": context, "promptTokens": promptTokens]
+        if let m = minimumBudget { out["minimumBudget"] = m }
+        if let p = prefillSeconds { out["prefillSeconds"] = p }
+        if let s = secondsPerToken { out["secondsPerToken"] = s }
+        return out
+    }
+}
+
+/// Contexts from 512 doubling up to the model's, and `asked`; each with a prompt that leaves as many
+/// tokens to generate as `asked` leaves after `promptTokens`.
+func growthRows(stages: [WeightStage], config c: LlamaConfig, asked: Int, promptTokens: Int, budget: Int,
+                prefillChunk: Int?, hardware hw: HardwareProfile) -> [GrowthRow] {
+    var contexts: Set<Int> = [asked]
+    var n = 512
+    while n < c.contextLength { contexts.insert(n); n *= 2 }
+    contexts.insert(c.contextLength)
+    let generated = asked - promptTokens
+    return contexts.sorted().compactMap { context in
+        let prompt = context - generated
+        guard prompt >= 1 else { return nil }
+        var row = GrowthRow(context: context, promptTokens: prompt)
+        row.minimumBudget = (try? StreamingPlan(budget: Int.max / 4, stages: stages, config: c, promptTokens: prompt,
+                                                contextCapacity: context, prefillChunk: prefillChunk, hardware: hw))?.minimumBudget
+        if let p = try? StreamingPlan(budget: budget, stages: stages, config: c, promptTokens: prompt,
+                                      contextCapacity: context, prefillChunk: prefillChunk, hardware: hw) {
+            row.prefillSeconds = p.predictedPrefillSeconds(hardware: hw, config: c)
+            row.secondsPerToken = p.predictedDecodeSeconds(hardware: hw, config: c)
+        }
+        return row
+    }
+}
+
+func growthTable(_ rows: [GrowthRow]) -> String {
+    var s = "how it grows with the context (the same tokens generated):\n"
+    s += "  context   prompt   least budget   prefill (s)   decode (s/token)\n"
+    for r in rows {
+        s += "  " + "\(r.context)".leftPad(7) + "  " + "\(r.promptTokens)".leftPad(7)
+            + "  " + (r.minimumBudget.map(formatBytes) ?? "-").leftPad(13)
+            + "  " + (r.prefillSeconds.map { String(format: "%.2f", $0) } ?? "does not fit").leftPad(12)
+            + "  " + (r.secondsPerToken.map { String(format: "%.3f", $0) } ?? "-").leftPad(17) + "\n"
+    }
+    return s
+}
+
+/// A chart of the least budget (and the predicted prefill time where it fits) against the context,
+/// on a log2 axis, `width` wide.
+func growthSVG(_ rows: [GrowthRow], width: Double) -> (body: String, height: Double) {
+    let height = 220.0, left = 70.0, right = 70.0, top = 30.0, bottom = 40.0
+    let pts = rows.filter { $0.minimumBudget != nil }
+    guard pts.count >= 2, let lo = pts.first?.context, let hi = pts.last?.context, hi > lo else { return ("", 0) }
+    let maxBytes = Double(pts.map { $0.minimumBudget! }.max()!) * 1.1
+    let maxSeconds = max(pts.compactMap(\.prefillSeconds).max() ?? 1, 1e-9) * 1.1
+    func x(_ n: Int) -> Double { left + (log2(Double(n)) - log2(Double(lo))) / (log2(Double(hi)) - log2(Double(lo))) * (width - left - right) }
+    func y(_ v: Double, _ top_: Double) -> Double { top + (1 - v / top_) * (height - top - bottom) }
+    var s = "<text x=\"\(left)\" y=\"18\" font-weight=\"bold\">least budget (blue, left) and predicted prefill (orange, right) by context</text>\n"
+    s += "<line x1=\"\(left)\" y1=\"\(height - bottom)\" x2=\"\(width - right)\" y2=\"\(height - bottom)\" stroke=\"#888\"/>\n"
+    for r in pts {
+        s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%d</text>\n", x(r.context), height - bottom + 15, r.context)
+    }
+    s += String(format: "<text x=\"%.1f\" y=\"%.1f\" fill=\"#1f77b4\">%@</text>\n", 4.0, top + 4, formatBytes(Int(maxBytes)))
+    s += String(format: "<text x=\"%.1f\" y=\"%.1f\" fill=\"#ff7f0e\">%.1f s</text>\n", width - right + 4, top + 4, maxSeconds)
+    let budgetLine = pts.map { String(format: "%.1f,%.1f", x($0.context), y(Double($0.minimumBudget!), maxBytes)) }
+    s += "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"\(budgetLine.joined(separator: " "))\"/>\n"
+    for r in pts {
+        s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"#1f77b4\"><title>%d: %@</title></circle>\n",
+                    x(r.context), y(Double(r.minimumBudget!), maxBytes), r.context, formatBytes(r.minimumBudget!))
+    }
+    let timed = pts.filter { $0.prefillSeconds != nil }
+    if timed.count >= 2 {
+        let line = timed.map { String(format: "%.1f,%.1f", x($0.context), y($0.prefillSeconds!, maxSeconds)) }
+        s += "<polyline fill=\"none\" stroke=\"#ff7f0e\" stroke-width=\"2\" points=\"\(line.joined(separator: " "))\"/>\n"
+    }
+    return (s, height)
+}
+
+/// `schedule` (a whole SVG document) with the growth chart of `rows` drawn below it.
+func appendingGrowthChart(_ schedule: String, _ rows: [GrowthRow]) -> String {
+    guard let w = schedule.firstMatch(of: /width="([0-9.]+)" height="([0-9.]+)"/),
+          let width = Double(w.1), let height = Double(w.2) else { return schedule }
+    let chart = growthSVG(rows, width: width)
+    guard chart.height > 0 else { return schedule }
+    let total = height + chart.height
+    let body = schedule.replacing(/<\?xml[^>]*\?>\n?/, with: "")
+    return "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+        + "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(total))\" "
+        + "viewBox=\"0 0 \(Int(width)) \(Int(total))\" font-family=\"sans-serif\" font-size=\"11\">\n"
+        + body
+        + "<g transform=\"translate(0,\(Int(height)))\">\n<rect x=\"0\" y=\"0\" width=\"\(Int(width))\" height=\"\(Int(chart.height))\" fill=\"white\"/>\n"
+        + chart.body + "</g>\n</svg>\n"
+}
