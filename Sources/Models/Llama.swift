@@ -109,7 +109,7 @@ public final class KVCache {
     /// Every head of every layer in memory.
     public var allResident: Bool { residentHeads.allSatisfy { $0 == kvHeads } }
     func allResident(_ l: Int) -> Bool { residentHeads[l] == kvHeads }
-    public func reset() { try? truncate(to: 0) }
+    public func reset() throws { try truncate(to: 0) }
 
     /// Positions [from, from + count) of `layer` into rows of kvDim floats (within the length).
     public func read(layer l: Int, from: Int, count: Int, k dk: UnsafeMutablePointer<Float>,

@@ -273,8 +273,8 @@ public struct StreamingPlan: Sendable {
                 + (passRows < promptTokens ? " (prefill in passes of \(passRows) tokens)" : "")
                 + " + read staging \(formatBytes(staging))")
         }
-        // Every KV head in memory when they fit; else spans (larger ones when they take at most an eighth
-        // of what is left) and as many heads in memory as fit, layer by layer from the first.
+        // Every KV head in memory when they fit; else a ring of spans for the heads on disk and as many
+        // heads in memory as fit, layer by layer from the first.
         if sequences > 1 || budget >= bare + allKV {
             kvResidentHeads = allHeads
             kvSpanPositions = smallSpan; kvSlots = 0; kvReaders = 0

@@ -331,7 +331,7 @@ public final class DiskKVStore: KVHeadStore, @unchecked Sendable {
         for layer in stored.indices {
             precondition(length <= stored[layer], "truncate past what the cache holds")
             let old = pageStart(stored[layer]), new = pageStart(length)
-            if new < old {   // the new tail's page is on disk
+            if new < old && length > new {   // the new tail's positions are on disk
                 for index in diskIndex[layer].compactMap({ $0 }) {
                     try readPages(index, first: new / pagePositions, count: 1, k: tailK[index], v: tailV[index],
                                   what: "layer \(layer)")

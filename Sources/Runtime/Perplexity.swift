@@ -31,7 +31,7 @@ public func perplexity(model: LlamaModel, tokens: [Int], seqLen: Int,
     var result = PerplexityResult(tokensScored: 0, totalNLL: 0)
     let windows = perplexityWindows(count: tokens.count, seqLen: seqLen)
     for (w, range) in windows.enumerated() {
-        cache.reset()
+        try cache.reset()
         let window = Array(tokens[range])
         let logits = try model.forward(Array(window.dropLast()), cache: cache, allLogits: true)
         // Each row's negative log-likelihood on the pool (a softmax over the whole vocabulary
