@@ -16,7 +16,9 @@ struct Chat: ParsableCommand {
         abstract: "Chat with the model in the terminal, keeping the conversation's KV cache between turns.",
         discussion: """
         Each turn renders the whole conversation with the model's chat template and prefills only \
-        the tokens the cache does not already hold, then streams the answer. Type /reset to start \
+        the tokens the cache does not already hold, then streams the answer. With --prompt-cache, a \
+        conversation's opening (system message and first turn) is loaded from and stored in a folder \
+        of prompt KV blocks, as `generate` and `serve` do. Type /reset to start \
         over, /exit (or Ctrl-D) to leave; Ctrl-C stops the current answer.
         Example: offload chat --model SmolLM2-135M-Instruct.Q4_1.gguf --system "You are terse."
         """)
@@ -35,12 +37,16 @@ struct Chat: ParsableCommand {
                                + "streamed from the GGUF file.", valueName: "bytes"))
     var budget: String?
     @Option(help: "Compute threads (default: all cores).") var threads: Int?
+    @OptionGroup var promptCache: PromptCacheFlags
 
     func validate() throws {
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1, got \(maxTokens)") }
         if let n = context, n < 2 { throw ValidationError("--context must be at least 2, got \(n)") }
         try validateBudget(budget)
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
+        if promptCache.folder != nil && lora != nil {
+            throw ValidationError("--prompt-cache is not supported with --lora yet (the adapter changes the cache)")
+        }
     }
 
     func run() throws {
@@ -71,6 +77,7 @@ struct Chat: ParsableCommand {
             _exit(130)
         }
         let cache = try llama.newCache(capacity: ctx)
+        let store = try promptCache.make(for: source)
         var cached: [Int] = []   // the tokens whose keys and values the cache holds, in order
         var messages: [ChatMessage] = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
         var sampler = Sampler(options: sampling.options, seed: sampling.seedOrRandom)
@@ -101,7 +108,11 @@ struct Chat: ParsableCommand {
             try cache.truncate(to: keep)
             cached.removeSubrange(keep...)
             let t0 = now()
-            var logits = try llama.forward(Array(prompt[keep...]), cache: cache)
+            // A prompt prefilled from position 0 (the first turn, or after the conversation diverged
+            // there) loads its stored blocks and stores its new ones; a later turn's rows start where
+            // the cache ends, not on a block, so they are never stored.
+            let restored = keep == 0 ? try store?.restore(prompt: prompt, into: cache) ?? 0 : keep
+            var logits = try llama.forward(Array(prompt[restored...]), cache: cache)
             cached += prompt[keep...]
             let prefill = now() - t0
             var decoder = StreamingDecoder(tokenizer: tokenizer)
@@ -120,13 +131,16 @@ struct Chat: ParsableCommand {
                 cached.append(next)
             }
             answering = 0
+            if keep == 0, let store, let failure = store.save(prompt: prompt, from: cache, restored: restored) {
+                note("[prompt-cache] not stored: \(failure)")
+            }
             let rest = decoder.flush()
             answer += rest
             FileHandle.standardOutput.write(Data((rest + "\n").utf8))
             if interrupted != 0 { note("[chat] stopped") }
             messages.append(ChatMessage(role: "assistant", content: answer))
             note(String(format: "[chat] prefilled %d new tokens (%d reused from the cache) in %.2f s; %d tokens at %.1f tok/s",
-                        prompt.count - keep, keep, prefill, generated,
+                        prompt.count - restored, restored, prefill, generated,
                         generated > 0 ? Double(generated) / max(now() - t1, 1e-9) : 0))
         }
     }
