@@ -181,18 +181,8 @@ final class ServeTests: XCTestCase {
 
     func testChatCommandKeepsTheConversationInItsCache() throws {
         let first = try chatAnswer("What is the capital of France?", maxTokens: 40)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLI.binary)
-        p.arguments = ["chat", "--model", CLI.smolLM2, "--temperature", "0", "--max-tokens", "40"]
-        let input = Pipe(), out = Pipe(), err = Pipe()
-        p.standardInput = input; p.standardOutput = out; p.standardError = err
-        try p.run()
-        input.fileHandleForWriting.write(Data("What is the capital of France?\nAnd of Italy?\n/reset\nWhat is the capital of France?\n/exit\n".utf8))
-        try input.fileHandleForWriting.close()
-        let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, e)
+        let (o, e) = try chat(["--max-tokens", "40"],
+                              input: "What is the capital of France?\nAnd of Italy?\n/reset\nWhat is the capital of France?\n/exit\n")
         let answers = o.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         XCTAssertEqual(answers.first, first, "the first answer is generate --chat's")
         XCTAssertEqual(answers.count, 4, o)   // three answers and the last newline
@@ -207,32 +197,38 @@ final class ServeTests: XCTestCase {
         XCTAssertTrue(e.contains("conversation reset"), e)
     }
 
+    /// `offload chat` greedy on SmolLM2 with `args`, fed `input`: its standard output and error (it must exit 0).
+    private func chat(_ args: [String], input text: String) throws -> (out: String, err: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = ["chat", "--model", CLI.smolLM2, "--temperature", "0"] + args
+        let input = Pipe(), out = Pipe(), err = Pipe()
+        p.standardInput = input; p.standardOutput = out; p.standardError = err
+        try p.run()
+        input.fileHandleForWriting.write(Data(text.utf8))
+        try input.fileHandleForWriting.close()
+        let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, e)
+        return (o, e)
+    }
+
     /// `chat --prompt-cache`: a long opening is loaded warm (its blocks of 256 tokens) and every answer,
     /// the later turn's too, is the cold run's.
     func testChatLoadsItsOpeningFromThePromptCache() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("chat-pc-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let system = String(repeating: "You answer questions about European geography in one short sentence. ", count: 30)
-        func chat() throws -> (answers: [String], reused: [Int]) {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: CLI.binary)
-            p.arguments = ["chat", "--model", CLI.smolLM2, "--temperature", "0", "--max-tokens", "16", "--system", system,
-                           "--prompt-cache", dir]
-            let input = Pipe(), out = Pipe(), err = Pipe()
-            p.standardInput = input; p.standardOutput = out; p.standardError = err
-            try p.run()
-            input.fileHandleForWriting.write(Data("What is the capital of France?\nAnd of Italy?\n/exit\n".utf8))
-            try input.fileHandleForWriting.close()
-            let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            XCTAssertEqual(p.terminationStatus, 0, e)
+        func run() throws -> (answers: [String], reused: [Int]) {
+            let (o, e) = try chat(["--max-tokens", "16", "--system", system, "--prompt-cache", dir],
+                                  input: "What is the capital of France?\nAnd of Italy?\n/exit\n")
             let turns = e.split(separator: "\n").filter { $0.contains("prefilled") }
             XCTAssertEqual(turns.count, 2, e)
             return (o.split(separator: "\n", omittingEmptySubsequences: false).map(String.init),
                     turns.map { Int($0.split(separator: "(")[1].split(separator: " ")[0])! })
         }
-        let cold = try chat(), warm = try chat()
+        let cold = try run(), warm = try run()
         XCTAssertEqual(cold.reused.first, 0)
         XCTAssertGreaterThanOrEqual(warm.reused.first ?? 0, 256, "the opening's block loaded")
         XCTAssertEqual(warm.answers, cold.answers, "warm answers differ from cold")
