@@ -367,7 +367,7 @@ public func weightStages(config c: LlamaConfig, dtype: DType = .f16) throws -> [
 // MARK: - Predicted time and the block schedule
 
 extension StreamingPlan {
-    /// Bytes read from disk per decode step of the block: the streamed stages and the KV layers on disk
+    /// Bytes read from disk per decode step of the block: the streamed stages and the KV heads on disk
     /// (read at the context's length and written a page each).
     public func bytesReadPerStep(contextLength: Int? = nil, config c: LlamaConfig) -> Int {
         let weights = streamed.reduce(0) { $0 + stages[$1].bufferBytes }
@@ -494,7 +494,7 @@ public struct ServingPlan: Sendable {
 }
 
 extension StreamingPlan {
-    /// Bytes the KV layers on disk take there.
+    /// Bytes the KV heads on disk take there.
     public func kvDiskBytes(config c: LlamaConfig) -> Int {
         let page = Self.kvPagePositions(headDim: c.headDim)
         return kvDiskHeads * 2 * ((contextCapacity + page - 1) / page * page) * c.headDim * 4
@@ -515,7 +515,7 @@ extension StreamingPlan {
 extension StreamingPlan {
     /// One decode step as a Schedule: resident stages and the KV cache in memory from the start; each
     /// streamed stage read into a ring slot as soon as one is free (the executor's readers), computed,
-    /// and its slot freed; KV layers on disk read before their block and written after. For `--svg`,
+    /// and its slot freed; a layer's KV heads on disk read before its block and their pages written after. For `--svg`,
     /// `--schedule` and `--trace` of `plan --mode generate`: the simulator's peak is the plan's bytes.
     public func schedule(hardware hw: HardwareProfile, config c: LlamaConfig) -> Schedule {
         var tensors: [LogicalTensor] = [], initial: [Placement] = [], ops: [Operation] = []

@@ -55,7 +55,7 @@ public struct BlockSchedule: Sendable {
 }
 
 /// Runs `prompts` in blocks of `schedule.blockSize` with the block schedule.
-/// Sequence i samples with `seed + i`; outputs are in input order. KV layers the plan puts on disk
+/// Sequence i samples with `seed + i`; outputs are in input order. KV heads the plan puts on disk
 /// (blocks of one sequence, at the smallest budgets) go to a file in `kvFolder`.
 public func generateBlocks(weights: GGUFWeights, schedule: BlockSchedule, threads: Int, prompts: [[Int]],
                            maxTokens: Int, sampling: SamplingOptions, seed: UInt64, stop: Set<Int>,
@@ -63,7 +63,7 @@ public func generateBlocks(weights: GGUFWeights, schedule: BlockSchedule, thread
                            trace: TraceRecorder? = nil) throws -> (BatchResult, WeightStreamer) {
     let (model, streamer) = try makeStreamingModel(weights: weights, plan: schedule.plan, threads: threads,
                                                    kvFolder: kvFolder, trace: trace)
-    // A block of one sequence is the plain forward (the same arithmetic), which also serves KV layers on disk.
+    // A block of one sequence is the plain forward (the same arithmetic), which also serves KV heads on disk.
     func forward(_ seqs: [(tokens: [Int], cache: KVCache)]) throws -> [[Float]] {
         seqs.count == 1 ? [try model.forward(seqs[0].tokens, cache: seqs[0].cache)] : try model.forwardBlock(seqs)
     }

@@ -79,7 +79,7 @@ public final class WeightStreamer: BlockWeightSupplier, ComputeMemory, @unchecke
     private var current: [Int: StreamItem] = [:]   // stage -> item being computed
     private var computeStart: [Int: Double] = [:]
     private var started = false
-    /// The KV layers on disk, when the plan puts some there (for the decode figures).
+    /// The KV heads on disk, when the plan puts some there (for the decode figures).
     public var kvStore: DiskKVStore?
     private var kvAtBegin = (0, 0, 0.0)
     /// Forwards announced to come (a chunked prefill's passes), the current one first once it begins,

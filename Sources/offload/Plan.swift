@@ -24,7 +24,8 @@ struct Plan: ParsableCommand {
         The marked plan is the one `train` runs with the same flags; a budget nothing fits in is \
         refused with the smallest one that runs. Generation (--mode generate) gives what \
         `generate --budget` runs: resident and streamed stages, KV heads on disk, the block size \
-        for --prompts N, and the time per token.
+        for --prompts N, the time per token, and how the least budget and the predicted times grow \
+        with the context.
         Examples:
           offload plan --model SmolLM2-135M-Instruct.Q4_1.gguf --batch 4 --seq-len 256 --budget 128MB --disk /tmp
           offload plan --model SmolLM2-135M-Instruct.Q4_1.gguf --mode generate --seq-len 512 --budget 10MB --svg plan.svg

@@ -133,7 +133,7 @@ final class PlanAgreesWithRunTests: XCTestCase {
 
     /// `generate --prompts` against `plan --mode generate --prompts N`: the same feasibility, the same
     /// smallest budget, the same block size, the peak within 2%, and the outputs of the unbudgeted run
-    /// (at the smallest budgets a block is one sequence whose KV layers go to disk).
+    /// (at the smallest budgets a block is one sequence whose KV heads go to disk).
     func testBlockSchedulePlanAgreesWithTheRun() throws {
         let model = CLI.smolLM2
         guard FileManager.default.fileExists(atPath: model) else { XCTFail("missing \(model): run scripts/fetch-assets.sh"); return }

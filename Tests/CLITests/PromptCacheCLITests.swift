@@ -35,7 +35,7 @@ final class PromptCacheCLITests: XCTestCase {
         let warm = try run(args(700) + cache)
         XCTAssertEqual(warm.cached, 512)
         XCTAssertEqual(warm.tokens, cold.tokens, "warm and cold differ")
-        // Streamed under a budget, KV layers on disk: the same blocks load into them.
+        // Streamed under a budget, KV heads on disk: the same blocks load into them.
         let budgeted = try run(args(700) + cache + ["--budget", "16MB"])
         XCTAssertEqual(budgeted.cached, 512)
         XCTAssertEqual(budgeted.tokens, cold.tokens, "warm under --budget differs")

@@ -88,7 +88,7 @@ final class StreamingPromptsCLITests: XCTestCase {
 
 /// A long prompt under a budget: prefilled in passes the plan sizes, so the budget it needs is
 /// bounded by a pass's activations rather than the prompt's, and the tokens are the unbudgeted
-/// run's from that smallest budget up (KV layers on disk or not, any pass size).
+/// run's from that smallest budget up (KV heads on disk or not, any pass size).
 final class ChunkedPrefillCLITests: XCTestCase {
     let prompt = 1500, context = 1508
     var base: [String] {
