@@ -4,16 +4,19 @@
 # run's own `limit_decode_tokens_per_second`: bytes per token ÷ the direct-read rate measured at
 # start), with the plan's predicted time per token beside it, and the same decode without a budget.
 # The document's prefill is loaded from a prompt cache made once, so each run is mostly decode.
+# --hardware FILE (from `offload profile`) predicts with this machine's measured rates.
 #   usage: Benchmarks/bench-long-decode.sh [--model GGUF] [--chars N] [--budget 32MB] [--tokens N] [--runs N]
+#          [--hardware FILE]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 long_document_setup "$@"
-TOKENS=32; RUNS=3
+TOKENS=32; RUNS=3; HW=()
 set -- "${REST[@]+"${REST[@]}"}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --tokens) TOKENS=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
+    --hardware) HW=(--hardware "$2"); shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -25,7 +28,7 @@ run() {  # $1: output, rest: extra flags
 run "$WORK/fill.json"   # the document's blocks into the prompt cache
 for i in $(seq "$RUNS"); do
   run "$WORK/plain-$i.json"
-  run "$WORK/budget-$i.json" --budget "$BUDGET" --disk "$WORK"
+  run "$WORK/budget-$i.json" --budget "$BUDGET" --disk "$WORK" "${HW[@]+"${HW[@]}"}"
 done
 python3 - "$WORK" "$RUNS" "$BUDGET" <<'PY'
 import json, statistics, sys
