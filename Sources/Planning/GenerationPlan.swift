@@ -108,6 +108,8 @@ public func weightStages(of file: GGUFFile, config c: LlamaConfig,
 
 // MARK: - Plan
 
+private func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
+
 /// What a budget buys: which stages stay resident, how many stream buffers,
 /// and every fixed need, in bytes as the compute tier counts them.
 public struct StreamingPlan: Sendable {
@@ -153,14 +155,12 @@ public struct StreamingPlan: Sendable {
 
     /// Positions per KV page of one head on disk: the fewest whose bytes are whole 4 KiB blocks.
     public static func kvPagePositions(headDim: Int) -> Int {
-        func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
-        return AlignedBuffer.alignment / gcd(AlignedBuffer.alignment, headDim * 4)
+        AlignedBuffer.alignment / gcd(AlignedBuffer.alignment, headDim * 4)
     }
 
     /// Positions per read span of a disk head: whole pages and whole key blocks of attention, at least
     /// `atLeast`; or the whole context in one span when it is shorter.
     public static func kvSpanPositions(headDim: Int, atLeast: Int, capacity: Int) -> Int {
-        func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
         let page = kvPagePositions(headDim: headDim), unit = page / gcd(page, attentionKeyBlock) * attentionKeyBlock
         return min((max(atLeast, 1) + unit - 1) / unit * unit, (max(capacity, 1) + page - 1) / page * page)
     }

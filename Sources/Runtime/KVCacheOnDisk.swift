@@ -57,8 +57,6 @@ public final class DiskKVStore: KVHeadStore, @unchecked Sendable {
 
     private var _bytesRead = 0, _bytesWritten = 0, _seconds = 0.0
 
-    public static func pagePositions(headDim: Int) -> Int { StreamingPlan.kvPagePositions(headDim: headDim) }
-
     /// A store for the heads `residentHeads` leaves on disk (per layer, heads from that count on),
     /// `capacity` positions each, in a file under `folder`; its buffers (`slots` spans of
     /// `spanPositions`, the tails, a write buffer of `bufferPages` pages) come from `memory`.
@@ -66,7 +64,7 @@ public final class DiskKVStore: KVHeadStore, @unchecked Sendable {
                 slots: Int, readers: Int, bufferPages: Int = StreamingPlan.kvBufferPages, memory: ComputeMemory,
                 trace: TraceRecorder? = nil) throws {
         headDim = config.headDim; kvDim = config.kvDim
-        pagePositions = Self.pagePositions(headDim: headDim)
+        pagePositions = StreamingPlan.kvPagePositions(headDim: headDim)
         precondition(spanPositions > 0 && spanPositions % pagePositions == 0
                      && (spanPositions % attentionKeyBlock == 0 || spanPositions >= capacity),
                      "a span is whole pages and whole key blocks (or the whole context)")

@@ -35,12 +35,17 @@ func growthRows(stages: [WeightStage], config c: LlamaConfig, asked: Int, prompt
         let prompt = context - generated
         guard prompt >= 1 else { return nil }
         var row = GrowthRow(context: context, promptTokens: prompt)
-        row.minimumBudget = (try? StreamingPlan(budget: Int.max / 4, stages: stages, config: c, promptTokens: prompt,
-                                                contextCapacity: context, prefillChunk: prefillChunk, hardware: hw))?.minimumBudget
-        if let p = try? StreamingPlan(budget: budget, stages: stages, config: c, promptTokens: prompt,
-                                      contextCapacity: context, prefillChunk: prefillChunk, hardware: hw) {
+        func plan(_ budget: Int) -> StreamingPlan? {
+            try? StreamingPlan(budget: budget, stages: stages, config: c, promptTokens: prompt, contextCapacity: context,
+                               prefillChunk: prefillChunk, hardware: hw)
+        }
+        // A plan's minimum does not depend on its budget: the unlimited one only when the budget does not fit.
+        if let p = plan(budget) {
+            row.minimumBudget = p.minimumBudget
             row.prefillSeconds = p.predictedPrefillSeconds(hardware: hw, config: c)
             row.secondsPerToken = p.predictedDecodeSeconds(hardware: hw, config: c)
+        } else {
+            row.minimumBudget = plan(Int.max / 4)?.minimumBudget
         }
         return row
     }
