@@ -4,7 +4,7 @@ nothing but Python's standard library (CI's python has no numpy or torch). Model
 never committed: they are made here, deterministically, and pinned by sha256 below.
 
   llama3/  linear/  qwen2/  kquant/   Hugging Face folders: config.json, generation_config.json
-  gemma3/  gemma3cap/                 and model.safetensors (float32), as transformers 5's
+  gemma3/  gemma3cap/  long/          and model.safetensors (float32), as transformers 5's
                                       save_pretrained writes them
   llama3.f32.gguf  qwen2.f32.gguf     the folders as llama.cpp's convert_hf_to_gguf.py converts them
   gemma3.f32.gguf  kquant.f16.gguf    (f32, f16 matrices for kquant; a 64/256-token stand-in
@@ -16,7 +16,8 @@ never committed: they are made here, deterministically, and pinned by sha256 bel
   (scripts/make-quant-models.sh then makes kquant.<TYPE>.gguf from kquant.f16.gguf with
   llama.cpp's llama-quantize.)
 
-Shapes: llama3/linear/qwen2 have vocabulary 64, hidden 32, feed-forward 64, 2 layers, 2 heads of
+Shapes: long (a Llama with an 8,192-position context, for training at that length) has vocabulary
+64, hidden 64, feed-forward 128, 2 layers, 4 heads of 16, 2 KV heads; llama3/linear/qwen2 have vocabulary 64, hidden 32, feed-forward 64, 2 layers, 2 heads of
 16, 1 KV head; kquant has every row a multiple of 256 (hidden 256, feed-forward 512, vocabulary
 256, 1 layer, 4 heads of 64, 2 KV heads) so that llama-quantize gives every matrix a K-quant block;
 gemma3 has vocabulary 64, hidden 32, feed-forward 64, 6 layers (0-4 local with a sliding window of
@@ -70,6 +71,9 @@ PINS = {
     "gemma3cap/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
     "gemma3cap/model.safetensors": "41bc379d2ebeaace008942c7b60e6ecda7da5eb400847989675c38abc8a5aae1",
     "gemma3.f32.gguf": "02f4220453df2577a4974f55db674082c009be7e872fd5e30775ad47d6fc09dd",
+    "long/config.json": "b6105d9fb57f28b7ceba6acbc6cefd5ac1ebe85f70e1ac35dcd42240238e5379",
+    "long/generation_config.json": "92a5c418526e535ff093b96e8d3288d73c828b7968340737b0efe3f8ce94d8a8",
+    "long/model.safetensors": "afdb6ebc4ca9fedc108cb071ec701c441fc2d697e67275006203c52972f6c67c",
 }
 
 MASK = (1 << 64) - 1
@@ -131,6 +135,8 @@ SMALL = dict(vocab=64, hidden=32, ff=64, layers=2, heads=2, kv_heads=1, head_dim
 # Gemma 3: 6 layers, the last global and five with a sliding window of 8 (shorter than the tests'
 # sequences); 4 heads of 16 (head_dim ≠ hidden/heads) over 2 KV heads.
 GEMMA = dict(vocab=64, hidden=32, ff=64, layers=6, heads=4, kv_heads=2, head_dim=16, std=0.3, window=8, pattern=6)
+# Long: an 8,192-position context, for training at T = 8192 (4 heads of 16 over 2 KV heads).
+LONG = dict(vocab=64, hidden=64, ff=128, layers=2, heads=4, kv_heads=2, head_dim=16, std=0.3)
 KQUANT = dict(vocab=256, hidden=256, ff=512, layers=1, heads=4, kv_heads=2, head_dim=64, std=0.1)
 
 MODELS = {
@@ -141,6 +147,7 @@ MODELS = {
     "linear": (SMALL, "llama", False, {"factor": 4.0, "rope_theta": 10000.0, "rope_type": "linear"}, None),
     "qwen2": (SMALL, "qwen2", True, {"rope_theta": 1000000.0, "rope_type": "default"}, "f32"),
     "kquant": (KQUANT, "llama", False, {"rope_theta": 10000.0, "rope_type": "default"}, "f16"),
+    "long": (LONG, "llama", False, {"rope_theta": 10000.0, "rope_type": "default"}, None),
     # Gemma 3's rope_parameters: global layers' base (and, in gemma3cap, linear scaling) and the
     # local layers' base, 10,000 (what llama.cpp assumes: its converter does not write it).
     "gemma3": (GEMMA, "gemma3", True, {"full_attention": {"rope_theta": 1000000.0, "rope_type": "default"},
@@ -148,6 +155,8 @@ MODELS = {
     "gemma3cap": (GEMMA, "gemma3", True, {"full_attention": {"factor": 8.0, "rope_theta": 1000000.0, "rope_type": "linear"},
                                           "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}}, None),
 }
+# max_position_embeddings (256 for the others).
+CONTEXT = {"long": 8192}
 # Gemma 3's final_logit_softcapping (null for the others).
 SOFTCAP = {"gemma3cap": 10.0}
 
@@ -192,7 +201,8 @@ def config_json(name):
     c = {"architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
          "attention_dropout": 0.0, "dtype": "float32", "head_dim": shape["head_dim"], "hidden_act": "silu",
          "hidden_size": shape["hidden"], "initializer_range": 0.02, "intermediate_size": shape["ff"],
-         "max_position_embeddings": 256, "model_type": arch, "num_attention_heads": shape["heads"],
+         "max_position_embeddings": CONTEXT.get(name, 256), "model_type": arch,
+         "num_attention_heads": shape["heads"],
          "num_hidden_layers": shape["layers"], "num_key_value_heads": shape["kv_heads"], "pad_token_id": None,
          "rms_norm_eps": 1e-05, "rope_parameters": rope, "tie_word_embeddings": tied,
          "transformers_version": TRANSFORMERS_VERSION, "use_cache": True, "vocab_size": shape["vocab"]}

@@ -2000,6 +2000,48 @@ void ck_online_softmax_rows(float *s, int rows, int nb, int lds, int first, floa
     }
 }
 
+#if defined(__x86_64__)
+AVX512 static void attention_backward_row_avx512(float *s, float *dp, int n, float lse, float delta) {
+    int j = 0;
+    __m512 vl = _mm512_set1_ps(lse), vd = _mm512_set1_ps(delta);
+    for (; j + 16 <= n; j += 16) {
+        __m512 p = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j), vl));
+        _mm512_storeu_ps(s + j, p);
+        _mm512_storeu_ps(dp + j, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dp + j), vd)));
+    }
+    if (j < n) {
+        __mmask16 k = (__mmask16)((1u << (n - j)) - 1);
+        __m512 p = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), vl));
+        _mm512_mask_storeu_ps(s + j, k, p);
+        _mm512_mask_storeu_ps(dp + j, k, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp + j), vd)));
+    }
+}
+#endif
+
+void ck_attention_backward_rows(float *s, float *dp, int rows, int nb, int lds, int first, const float *lse, int lses,
+                                const float *delta) {
+    for (int i = 0; i < rows; i++) {
+        float *si = s + (size_t)i * lds, *di = dp + (size_t)i * lds;
+        int n = first + i + 1;
+        if (n > nb) n = nb;
+        if (n < 0) n = 0;
+        float li = lse[(size_t)i * lses], dl = delta[i];
+#if defined(__x86_64__)
+        if (ck_simd_enabled() == 2) attention_backward_row_avx512(si, di, n, li, dl);
+        else
+#endif
+        for (int j = 0; j < n; j++) {
+            float p = expf(si[j] - li);
+            si[j] = p;
+            di[j] = p * (di[j] - dl);
+        }
+        if (n < nb) {
+            memset(si + n, 0, (size_t)(nb - n) * sizeof(float));
+            memset(di + n, 0, (size_t)(nb - n) * sizeof(float));
+        }
+    }
+}
+
 void ck_rescale_add(float *o, int ldo, const float *alpha, const float *pv, int rows, int d) {
     for (int i = 0; i < rows; i++) {
         float *oi = o + (size_t)i * ldo, a = alpha[i];

@@ -91,21 +91,18 @@ public struct AttentionRows {
             var kb0 = max(lo, first)
             guard kb0 < hi else { return }
             let sc = slots + slot * slotFloats
+            let o = out + r0 * qs + h * d, qp = q + r0 * qs + h * d
+            if many {
+                attendBand(o, qp, ld: qs, k + koff, v + koff, ldk: ld, first: first, position: start + r0, rows: mb,
+                           keys: kb0..<hi, m: m + r0 * heads + h, l: l + r0 * heads + h, mls: heads, scratch: sc,
+                           ldScores: kb, headDim: d)
+                return
+            }
             while kb0 < hi {
                 let kb1 = min((kb0 / block + 1) * block, hi), nb = kb1 - kb0
                 let kp = k + (kb0 - first) * ld + koff, vp = v + (kb0 - first) * ld + koff
-                let o = out + r0 * qs + h * d, qp = q + r0 * qs + h * d
-                if many {
-                    let pv = sc + bandRows * kb, alpha = pv + bandRows * d
-                    Matmul.sgemmNT(m: mb, n: nb, k: d, alpha: scale, a: qp, lda: qs, b: kp, ldb: ld, c: sc, ldc: kb)
-                    ck_online_softmax_rows(sc, Int32(mb), Int32(nb), Int32(kb), Int32(start + r0 - kb0),
-                                           m + r0 * heads + h, l + r0 * heads + h, Int32(heads), alpha)
-                    Matmul.sgemmNN(m: mb, n: d, k: nb, a: sc, lda: kb, b: vp, ldb: ld, c: pv, ldc: d)
-                    ck_rescale_add(o, Int32(qs), alpha, pv, Int32(mb), Int32(d))
-                } else {
-                    ck_attend_row_block(o, qp, kp, vp, Int32(ld), Int32(nb), Int32(d), scale,
-                                        m + r0 * heads + h, l + r0 * heads + h, sc)
-                }
+                ck_attend_row_block(o, qp, kp, vp, Int32(ld), Int32(nb), Int32(d), scale,
+                                    m + r0 * heads + h, l + r0 * heads + h, sc)
                 kb0 = kb1
             }
         }
@@ -128,6 +125,29 @@ public struct AttentionRows {
             let inv = 1 / l[i], o = out + i * d
             for t in 0..<d { o[t] *= inv }
         }
+    }
+}
+
+/// One head's band of `rows` query rows (row i at `position` + i; o and q a row every `ld`) against
+/// keys `keys` in blocks of `attentionKeyBlock` counted from position 0, each block's scores by
+/// sgemm, then the running softmax (state m, l, a row's every `mls`) and the values' product. k, v:
+/// the head's key and value at position p are at (p − first)·ldk. scratch: rows·(ldScores + headDim
+/// + 1) floats, ldScores ≥ the widest block. The training attention runs the same band.
+func attendBand(_ o: UnsafeMutablePointer<Float>, _ q: UnsafePointer<Float>, ld: Int, _ k: UnsafePointer<Float>,
+                _ v: UnsafePointer<Float>, ldk: Int, first: Int, position: Int, rows: Int, keys: Range<Int>,
+                m: UnsafeMutablePointer<Float>, l: UnsafeMutablePointer<Float>, mls: Int,
+                scratch: UnsafeMutablePointer<Float>, ldScores kb: Int, headDim d: Int) {
+    let scale = 1 / Float(d).squareRoot(), block = attentionKeyBlock
+    let sc = scratch, pv = scratch + rows * kb, alpha = pv + rows * d
+    var kb0 = keys.lowerBound
+    while kb0 < keys.upperBound {
+        let kb1 = min((kb0 / block + 1) * block, keys.upperBound), nb = kb1 - kb0
+        let kp = k + (kb0 - first) * ldk, vp = v + (kb0 - first) * ldk
+        Matmul.sgemmNT(m: rows, n: nb, k: d, alpha: scale, a: q, lda: ld, b: kp, ldb: ldk, c: sc, ldc: kb)
+        ck_online_softmax_rows(sc, Int32(rows), Int32(nb), Int32(kb), Int32(position - kb0), m, l, Int32(mls), alpha)
+        Matmul.sgemmNN(m: rows, n: d, k: nb, a: sc, lda: kb, b: vp, ldb: ldk, c: pv, ldc: d)
+        ck_rescale_add(o, Int32(ld), alpha, pv, Int32(rows), Int32(d))
+        kb0 = kb1
     }
 }
 

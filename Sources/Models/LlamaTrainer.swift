@@ -23,7 +23,7 @@ public struct BlockActivations {
             ("q", n * c.qDim),               // after RoPE
             ("k", n * c.kvDim),              // after RoPE
             ("v", n * c.kvDim),
-            ("att_probs", batch * c.heads * seqLen * seqLen),
+            ("att_lse", n * c.heads),        // per row and head: log Σ exp(score)
             ("att_out", n * c.qDim),         // attention output, before attn_output
             ("ffn_in", n * c.dim),           // residual after attention
             ("ffn_norm", n * c.dim),
@@ -46,7 +46,7 @@ public struct BlockActivations {
         table(config: config, batch: batch, seqLen: seqLen)[entries(half)].reduce(0) { $0 + ($1.floats + 15) / 16 * 16 }
     }
 
-    public var attnIn, attnNorm, attnRstd, q, k, v, attProbs, attOut: UnsafeMutablePointer<Float>
+    public var attnIn, attnNorm, attnRstd, q, k, v, attLse, attOut: UnsafeMutablePointer<Float>
     public var ffnIn, ffnNorm, ffnRstd, gate, up, swiglu: UnsafeMutablePointer<Float>
 
     /// Views into `base`, which must hold `floats(config:batch:seqLen:)` floats.
@@ -67,7 +67,7 @@ public struct BlockActivations {
             p.append((i < Self.entries(.ffn).lowerBound ? attention : ffn) + offset)
             offset += (floats + 15) / 16 * 16
         }
-        (attnIn, attnNorm, attnRstd, q, k, v, attProbs) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6])
+        (attnIn, attnNorm, attnRstd, q, k, v, attLse) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6])
         (attOut, ffnIn, ffnNorm, ffnRstd, gate, up, swiglu) = (p[7], p[8], p[9], p[10], p[11], p[12], p[13])
     }
 }
@@ -112,9 +112,9 @@ public final class LlamaTrainer {
 
     // Backward scratch, shared by all blocks: one allocation.
     let scratchBuffer: FloatBuffer
-    let dres, dxn, dq, dk, dv, datt, dgate, dup, dswiglu, dscores, recomputeOut: UnsafeMutablePointer<Float>
+    let dres, dxn, dq, dk, dv, datt, dgate, dup, dswiglu, attScratch, recomputeOut: UnsafeMutablePointer<Float>
     /// Attention backward scratch: enough for 16 threads (more are not used for attention).
-    let dscoresCount: Int
+    let attScratchCount: Int
     var positions: [Int32]
     /// Vocabulary rows per head chunk (see `headChunkRows(config:rows:)`).
     public let headChunkRows: Int
@@ -168,7 +168,8 @@ public final class LlamaTrainer {
         // halves run one after the other and each writes its scratch before reading it. ∂L/∂x (dres) and
         // the recomputed output are the whole-model path's (an executor brings its own).
         let shared = [ownsActivations ? n * c.dim : 0, n * c.dim, policy == .recomputeAll && ownsActivations ? n * c.dim : 0]
-        let attention = [n * c.qDim, n * c.kvDim, n * c.kvDim, n * c.qDim, attentionBackwardScratch(seqLen: seqLen, threads: 16)]
+        let attention = [n * c.qDim, n * c.kvDim, n * c.kvDim, n * c.qDim, attentionTrainingScratch(threads: 16, seqLen: seqLen,
+                                                                   shape: AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim))]
         let ffn = [n * c.ffnDim, n * c.ffnDim, n * c.ffnDim]
         func total(_ sizes: [Int]) -> Int { sizes.reduce(0) { $0 + pad($1) } }
         let rows = headChunk ?? headChunkRows(config: c, rows: n)
@@ -239,7 +240,7 @@ public final class LlamaTrainer {
             (final, finalNorm, finalRstd, logits) = (losses, losses, losses, losses)  // never used
         }
 
-        dscoresCount = sizes.scratchParts.attention[4]
+        attScratchCount = sizes.scratchParts.attention[4]
         let scratch = FloatBuffer(count: sizes.scratch)
         scratchBuffer = scratch
         offset = 0
@@ -249,7 +250,7 @@ public final class LlamaTrainer {
         offset = region
         let f = sizes.scratchParts.ffn.map { take($0, from: scratch.base) }
         (dres, dxn, recomputeOut) = (s[0], s[1], s[2])
-        (dq, dk, dv, datt, dscores) = (at[0], at[1], at[2], at[3], at[4])
+        (dq, dk, dv, datt, attScratch) = (at[0], at[1], at[2], at[3], at[4])
         (dgate, dup, dswiglu) = (f[0], f[1], f[2])
         headChunkRows = sizes.headChunkRows
         let chunks = (c.vocabSize + headChunkRows - 1) / headChunkRows
@@ -300,7 +301,8 @@ public final class LlamaTrainer {
             ropeForward(acts.k, positions: pos.baseAddress!, rows: n, heads: c.kvHeads, table: rope, halfSplit: halfSplit)
         } }
         timed("attention fwd") {
-            attentionForward(acts.attOut, probs: acts.attProbs, acts.q, acts.k, acts.v, batch: batch, seqLen: seqLen, shape: shape)
+            attentionForward(acts.attOut, lse: acts.attLse, acts.q, acts.k, acts.v, scratch: attScratch,
+                             scratchCount: attScratchCount, batch: batch, seqLen: seqLen, shape: shape)
         }
         acts.ffnIn.update(from: acts.attnIn, count: n * c.dim)
         linearForward(w.o, acts.ffnIn, acts.attOut, inDim: c.qDim, outDim: c.dim, accumulate: true)
@@ -349,8 +351,8 @@ public final class LlamaTrainer {
         // ffn_in = attn_in + att_out · oᵀ
         linearBackward(w.o, datt, dresidual, acts.attOut, inDim: c.qDim, outDim: c.dim)
         timed("attention bwd") {
-            attentionBackward(dq, dk, dv, dscores: dscores, scratchCount: dscoresCount, datt, probs: acts.attProbs, acts.q, acts.k, acts.v,
-                              batch: batch, seqLen: seqLen, shape: shape)
+            attentionBackward(dq, dk, dv, datt, out: acts.attOut, lse: acts.attLse, acts.q, acts.k, acts.v,
+                              scratch: attScratch, scratchCount: attScratchCount, batch: batch, seqLen: seqLen, shape: shape)
         }
         timed("rope") { positions.withUnsafeBufferPointer { pos in
             ropeBackward(dq, positions: pos.baseAddress!, rows: n, heads: c.heads, table: rope, halfSplit: halfSplit)

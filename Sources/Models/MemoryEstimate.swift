@@ -19,16 +19,16 @@ public struct MemoryEstimate: Sendable, Codable, Equatable {
 
 extension LlamaConfig {
     /// Floats one layer saves per token for its backward pass: inputs of both
-    /// norms and their outputs, q/k/v, attention output, attention probabilities
-    /// (one row of `seqLen` per head), gate, up and the SwiGLU output.
+    /// norms and their outputs, q/k/v, attention output, the attention's log-sum-exp
+    /// (one per head), gate, up and the SwiGLU output.
     public func savedFloatsPerTokenPerLayer(seqLen: Int) -> Int {
-        4 * dim + 2 * qDim + 2 * kvDim + heads * seqLen + 3 * ffnDim
+        4 * dim + 2 * qDim + 2 * kvDim + heads + 3 * ffnDim
     }
 
     public func memoryEstimate(weightBytes: Int, batch: Int, seqLen: Int) -> MemoryEstimate {
         let tokens = batch * seqLen
         let kv = 2 * layers * tokens * kvDim * 4
-        let perLayer = tokens * (2 * dim + qDim + 2 * kvDim + heads * seqLen + 2 * ffnDim) * 4
+        let perLayer = tokens * (2 * dim + qDim + 2 * kvDim + heads + 2 * ffnDim) * 4
         let logits = tokens * vocabSize * 4
         return MemoryEstimate(
             weightBytes: weightBytes, kvCacheBytes: kv,

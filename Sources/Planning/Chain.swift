@@ -1,6 +1,7 @@
 // A Llama model as a chain of stages (embedding, blocks, head) with the sizes
 // and times a planner needs. Cost model only: no kernels run here.
 import Foundation
+import Kernels
 import Models
 import Memory
 import Tensors
@@ -87,8 +88,8 @@ extension ModelChain {
     /// Builds the chain for a config: fp32 weights, activations and optimizer state
     /// (the CPU backend trains in fp32), AdamW.
     ///
-    /// Saved activations follow llm.c's kernels: per block the normalized inputs
-    /// and rstd, q/k/v, attention probabilities (B, H, T, T), attention output,
+    /// Saved activations follow the trainer's kernels: per block the normalized inputs
+    /// and rstd, q/k/v, each row's attention log-sum-exp (B, T, H), attention output,
     /// the residual after attention, gate, up and silu(gate)·up; the head keeps its
     /// normalized input and the (B, T, V) probabilities.
     /// - Note: generation (`mode == .generate`) describes one decode step: one new
@@ -98,7 +99,7 @@ extension ModelChain {
     public struct TrainingWork: Sendable {
         /// Forward matrix products of one block (the backward does twice as many), FLOPs.
         public var blockMatmulFLOPs: Double
-        /// Causal attention of one block, 2·B·H·T²·head_dim (twice that backward), FLOPs.
+        /// Causal attention of one block, 2·B·H·T²·head_dim (counted twice that backward), FLOPs.
         public var blockAttentionFLOPs: Double
         /// Norms, RoPE and SwiGLU of one block: forward bytes (the backward moves twice as many plus the
         /// saved activations).
@@ -125,7 +126,7 @@ extension ModelChain {
         let bt = B * T, d = c.dim, ff = c.ffnDim, qd = c.qDim, kvd = c.kvDim
         func t(_ n: String, _ elements: Int) -> LogicalTensor { LogicalTensor(name: p + n, bytes: elements * 4) }
         return [t("attn_norm", bt * d), t("attn_rstd", bt), t("q", bt * qd), t("k", bt * kvd), t("v", bt * kvd),
-                t("attn_probs", B * c.heads * T * T), t("attn_out", bt * qd), t("ffn_in", bt * d), t("ffn_norm", bt * d),
+                t("attn_lse", bt * c.heads), t("attn_out", bt * qd), t("ffn_in", bt * d), t("ffn_norm", bt * d),
                 t("ffn_rstd", bt), t("ffn_gate", bt * ff), t("ffn_up", bt * ff), t("ffn_act", bt * ff)]
     }
 
@@ -151,6 +152,9 @@ extension ModelChain {
         let training = mode == .train ? hardware.training : nil
         let work = TrainingWork(config: c, batch: batch, seqLen: seqLen)
         var stages: [ChainStage] = []
+        // The training attention's per-thread scratch (its memory is linear in T: no T × T scores).
+        let attentionScratch = attentionTrainingScratch(threads: 16, seqLen: T,
+                                                        shape: AttentionShape(heads: H, kvHeads: c.kvHeads, headDim: hd))
         // Embedding: gather rows. Backward scatters into the gradient.
         let embParams = params(.embedding, prefix: "embd")
         stages.append(ChainStage(
@@ -166,7 +170,8 @@ extension ModelChain {
             var saved: [LogicalTensor] = []
             var kv: LogicalTensor? = nil
             if mode == .train {
-                attnFlops = 2.0 * Double(B * H) * Double(T) * Double(T) * Double(hd)  // causal QKᵀ and AV
+                // Causal QKᵀ and AV; the backward recomputes QKᵀ and adds dP, dV, dQ, dK: 2.5× this.
+                attnFlops = 2.0 * Double(B * H) * Double(T) * Double(T) * Double(hd)
                 saved = savedActivations(p, config: c, batch: B, seqLen: T)
                 kvBytes = 0
             } else {
@@ -179,11 +184,11 @@ extension ModelChain {
             let wBytes = wp.reduce(0) { $0 + $1.bytes }
             let elementwise = Double(bt * (6 * d + 4 * ff) * f4)
             var fwdSeconds = mode == .train
-                ? seconds(flops: matFlops + attnFlops, bytes: elementwise + Double(B * H * T * T * f4 * 2))
+                ? seconds(flops: matFlops + attnFlops, bytes: elementwise)
                 : max(matFlops / hardware.gemmFlops, Double(wBytes + kvBytes) / hardware.memoryBandwidth)
                     + attnFlops / hardware.gemmFlops
             var bwdSeconds = mode == .train
-                ? seconds(flops: 2 * (matFlops + attnFlops), bytes: 2 * elementwise + Double(savedBytes)) : 0
+                ? seconds(flops: 2 * matFlops + 2.5 * attnFlops, bytes: 2 * elementwise + Double(savedBytes)) : 0
             if let k = training {
                 let w = work
                 fwdSeconds = w.blockMatmulFLOPs / k.matmulFlops + w.blockAttentionFLOPs / k.attentionFlops
@@ -193,9 +198,9 @@ extension ModelChain {
             }
             stages.append(ChainStage(
                 name: "\(i)", input: t(p + "attn_in", bt * d), saved: saved,
-                forwardTempBytes: (bt * max(d, ff) + (mode == .train ? B * H * T * T : B * H * ctx)) * f4,
-                backwardTempBytes: (2 * bt * ff + 2 * bt * d + B * H * T * T) * f4,
-                forwardFLOPs: matFlops + attnFlops, backwardFLOPs: 2 * (matFlops + attnFlops),
+                forwardTempBytes: (bt * max(d, ff) + (mode == .train ? attentionScratch : B * H * ctx)) * f4,
+                backwardTempBytes: (2 * bt * ff + 2 * bt * d + attentionScratch) * f4,
+                forwardFLOPs: matFlops + attnFlops, backwardFLOPs: 2 * matFlops + 2.5 * attnFlops,
                 forwardSeconds: fwdSeconds, backwardSeconds: bwdSeconds,
                 parameters: wp, borrowed: [], kvCache: kv))
         }

@@ -92,7 +92,7 @@ public final class TrainingExecutor {
     static func isResident(_ name: String) -> Bool { isParameterState(name) || name == "act.embd.tokens" }
 
     /// The schedule's names for block l's BlockActivations, in table order.
-    static let blockFields = ["attn_in", "attn_norm", "attn_rstd", "q", "k", "v", "attn_probs", "attn_out",
+    static let blockFields = ["attn_in", "attn_norm", "attn_rstd", "q", "k", "v", "attn_lse", "attn_out",
                               "ffn_in", "ffn_norm", "ffn_rstd", "ffn_gate", "ffn_up", "ffn_act"]
 
     /// Every activation the schedule names must have the size the trainer's kernels use.
@@ -217,7 +217,7 @@ public final class TrainingExecutor {
         var ptrs: [UnsafeMutablePointer<Float>] = []
         for n in names { ptrs.append(try buffer(n)) }
         var a = BlockActivations(carving: ptrs[0], config: c, batch: trainer.batch, seqLen: trainer.seqLen)
-        (a.attnIn, a.attnNorm, a.attnRstd, a.q, a.k, a.v, a.attProbs) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6])
+        (a.attnIn, a.attnNorm, a.attnRstd, a.q, a.k, a.v, a.attLse) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6])
         (a.attOut, a.ffnIn, a.ffnNorm, a.ffnRstd, a.gate, a.up, a.swiglu) = (ptrs[7], ptrs[8], ptrs[9], ptrs[10], ptrs[11], ptrs[12], ptrs[13])
         return a
     }
@@ -249,7 +249,7 @@ public final class TrainingExecutor {
             var ptrs = [try buffer(names[0])]
             for n in names.dropFirst() { ptrs.append(saveAll ? try buffer(n) : try temp(n)) }
             var a = BlockActivations(carving: ptrs[0], config: trainer.model.config, batch: trainer.batch, seqLen: trainer.seqLen)
-            (a.attnIn, a.attnNorm, a.attnRstd, a.q, a.k, a.v, a.attProbs) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6])
+            (a.attnIn, a.attnNorm, a.attnRstd, a.q, a.k, a.v, a.attLse) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6])
             (a.attOut, a.ffnIn, a.ffnNorm, a.ffnRstd, a.gate, a.up, a.swiglu) = (ptrs[7], ptrs[8], ptrs[9], ptrs[10], ptrs[11], ptrs[12], ptrs[13])
             let outName = l + 1 < layers ? "act.\(l + 1).attn_in" : "act.head.in"
             trainer.blockForward(l, output: try buffer(outName), saving: a)

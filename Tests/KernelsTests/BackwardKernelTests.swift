@@ -146,8 +146,9 @@ final class BackwardKernelTests: XCTestCase {
     }
 
     func testAttentionBackwardGroupedQueryCausal() {
-        // T = 5: one causal chunk; T = 70: two chunks (64 + 6), so the chunked key ranges are exercised.
-        for (B, T) in [(2, 5), (1, 70)] {
+        // T = 5: one band; T = 70: two bands (64 + 6); T = 300: five bands over two key blocks
+        // (256 + 44), so bands, blocks and the causal edge inside a block are exercised.
+        for (B, T) in [(2, 5), (1, 70), (1, 300)] {
             checkAttention(B: B, T: T)
         }
     }
@@ -171,13 +172,17 @@ final class BackwardKernelTests: XCTestCase {
             } }
             return out
         }
-        var out = [Float](repeating: 0, count: B * T * qs), probs = [Float](repeating: .nan, count: B * 4 * T * T)
-        attentionForward(&out, probs: &probs, q, k, v, batch: B, seqLen: T, shape: shape)
+        let scratchCount = attentionTrainingScratch(threads: 2, seqLen: T, shape: shape)
+        var out = [Float](repeating: 0, count: B * T * qs), lse = [Float](repeating: .nan, count: B * T * 4)
+        var scratch = [Float](repeating: .nan, count: scratchCount)
+        attentionForward(&out, lse: &lse, q, k, v, scratch: &scratch, scratchCount: scratchCount, batch: B, seqLen: T, shape: shape)
         assertGradient(out, ref(dbl(q), dbl(k), dbl(v)), rtol: 1e-5, atol: 1e-5, "attention forward T \(T)", file: file, line: line)
-        XCTAssertEqual(probs[1], 0, "no attention to a later position")
+        // The log-sum-exp of row 0 of head 0: its only score.
+        let s00 = (0..<d).reduce(Float(0)) { $0 + q[$1] * k[$1] } / 2
+        XCTAssertEqual(lse[0], s00, accuracy: 1e-5, "row 0 sees only itself")
         var dq = [Float](repeating: .nan, count: q.count), dk = [Float](repeating: .nan, count: k.count)
-        var dv = dk, scratch = [Float](repeating: 0, count: attentionBackwardScratch(seqLen: T, threads: 2))
-        attentionBackward(&dq, &dk, &dv, dscores: &scratch, scratchCount: scratch.count, r, probs: probs, q, k, v,
+        var dv = dk
+        attentionBackward(&dq, &dk, &dv, r, out: out, lse: lse, q, k, v, scratch: &scratch, scratchCount: scratchCount,
                           batch: B, seqLen: T, shape: shape)
         let rd = dbl(r)
         // Long sequences: a spread of elements (every row of early and late positions) keeps the test fast.

@@ -44,8 +44,8 @@ final class ExecutorCommandTests: OffloadCommandTestCase {
         // The trace has compute spans and transfer spans on their own streams.
         let trace = try String(contentsOfFile: work + "/trace.json", encoding: .utf8)
         XCTAssertTrue(trace.contains("\"backward 3\"") || trace.contains("\"backward 2\""), "no backward span")
-        XCTAssertTrue(trace.contains("\"write act.1.attn_probs\""), "no write span")
-        XCTAssertTrue(trace.contains("\"read act.1.attn_probs\""), "no read span")
+        XCTAssertTrue(trace.contains("\"write act.1."), "no write span")
+        XCTAssertTrue(trace.contains("\"read act.1."), "no read span")
     }
 
     /// Weights, gradients and AdamW state streamed from disk: the same log values and checkpoint bytes.

@@ -95,6 +95,12 @@ void ck_attend_row_block(float *o, const float *q, const float *k, const float *
 void ck_online_softmax_rows(float *s, int rows, int nb, int lds, int first, float *m, float *l, int mls,
                             float *alpha);
 
+/// The training attention's backward step for `rows` rows of one band × key block (nb keys, rows
+/// lds apart; row i sees the first first + i + 1 keys): s (scores) becomes P = e^(s − lse_i) and dp
+/// (dO·Vᵀ) becomes P ⊙ (dp − delta_i), both zero past the row's keys. lse: a row's every lses.
+void ck_attention_backward_rows(float *s, float *dp, int rows, int nb, int lds, int first, const float *lse, int lses,
+                                const float *delta);
+
 /// o_i = o_i · alpha_i + pv_i for rows of d floats (o rows ldo apart, pv rows d apart).
 void ck_rescale_add(float *o, int ldo, const float *alpha, const float *pv, int rows, int d);
 
