@@ -20,7 +20,8 @@ struct Plan: ParsableCommand {
         discussion: """
         Training (--mode train) lists what `offload train --budget` can run: the activation strategies \
         keep, recompute, sqrt, rotor, offload and pofo with parameters in memory, then (with --disk) \
-        offload+stream and recompute+stream, parameters, gradients and AdamW state streamed from disk. \
+        offload+stream and recompute+stream, parameters, gradients and AdamW state streamed from disk, \
+        and how the least budget and the predicted step grow with the sequence length. \
         The marked plan is the one `train` runs with the same flags; a budget nothing fits in is \
         refused with the smallest one that runs. Generation (--mode generate) gives what \
         `generate --budget` runs: resident and streamed stages, KV heads on disk, the block size \
@@ -104,6 +105,7 @@ struct Plan: ParsableCommand {
         try request.validate()
         var all: [PlanResult]
         var chosen: PlanResult
+        var trainGrowth: [TrainGrowthRow] = []
         if runMode == .train && hw.hostIsCompute {
             // What `offload train --budget` runs: the same planner, the same decision.
             guard TrainingPlanRequest.strategies.contains(strategy) else {
@@ -114,6 +116,7 @@ struct Plan: ParsableCommand {
                                         strategy: strategy, useDisk: disk != nil, hardware: hw,
                                         optimizerState: OptimizerStateSize(optimizer: optimizer))
             all = try TrainingPlanner.compare(r)
+            trainGrowth = trainGrowthRows(r)
             do {
                 chosen = TrainingPlanner.row(for: try TrainingPlanner.choose(r), hardware: hw)
             } catch {
@@ -142,9 +145,11 @@ struct Plan: ParsableCommand {
                 extra["minimumBudgetPlan"] = least.name
                 extra["stateBytes"] = TrainingPlanner.stateBytes(r)
             }
+            if !trainGrowth.isEmpty { extra["growth"] = trainGrowth.map(\.json) }
             print(try jsonReport(request, all, chosen, extra: extra))
         } else {
             print(table(request, all, chosen))
+            if !trainGrowth.isEmpty { print(trainGrowthTable(trainGrowth, budget: budget.flatMap(parseBytes)), terminator: "") }
         }
         if let path = svg, let sim = chosen.simulation, let s = chosen.schedule {
             // The schedule's tier is the budget less what the executor holds outside it (weights and optimizer
@@ -154,7 +159,9 @@ struct Plan: ParsableCommand {
             if let b = budgets[.compute] { budgets[.compute] = b - outside }
             let title = "\(cfg.name) \(mode) batch \(batch) seq \(seqLen): \(chosen.name), step \(String(format: "%.3f", sim.stepSeconds)) s"
                 + (outside > 0 ? " (\(formatBytes(outside)) held outside the schedule)" : "")
-            try write(sim.svg(s, budgets: budgets, title: title, hostIsCompute: hw.hostIsCompute), to: path)
+            try write(appendingGrowthChart(sim.svg(s, budgets: budgets, title: title, hostIsCompute: hw.hostIsCompute),
+                                           trainGrowth.map(\.point), axis: "sequence length", timed: "predicted step"),
+                      to: path)
         }
         if let path = schedule, let s = chosen.schedule {
             try write(String(decoding: try s.jsonData(), as: UTF8.self), to: path)
@@ -304,7 +311,8 @@ extension Plan {
                     + String(format: "%.1f ms per token", sim.stepSeconds / Double(plan.sequences) * 1e3)
                 let drawing = sim.svg(s, budgets: budget == nil ? [:] : [.compute: budgetBytes], title: title,
                                       hostIsCompute: true)
-                try write(appendingGrowthChart(drawing, growth), to: path)
+                try write(appendingGrowthChart(drawing, growth.map(\.point), axis: "context", timed: "predicted prefill"),
+                          to: path)
             }
             if let path = schedule { try write(String(decoding: try s.jsonData(), as: UTF8.self), to: path) }
             if let path = trace { try write(sim.chromeTrace(s), to: path) }

@@ -175,3 +175,39 @@ final class PlanAgreesWithRunTests: XCTestCase {
         XCTAssertEqual(blockSizes, [1, 4], "the grid covers blocks of one sequence (KV on disk) and of all four")
     }
 }
+
+extension PlanAgreesWithRunTests {
+    /// `plan --mode train` shows how the least budget and the step grow with the sequence length: on the
+    /// tiny 8,192-position model the least budget about doubles with T (attention's memory is linear in
+    /// T: no T × T scores), the predicted step grows, and each row's budget is what that length's own
+    /// `plan` reports.
+    func testTrainGrowthTableIsLinearInTheSequence() throws {
+        let model = CLI.cache + "/models/tiny/long"
+        guard FileManager.default.fileExists(atPath: model + "/model.safetensors") else {
+            return XCTFail("missing \(model): run scripts/test.sh, or python3 scripts/make-tiny-models.py")
+        }
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shape = ["plan", "--model", model, "--mode", "train", "--disk", dir.path, "--budget", "64MB"]
+        let r = try CLI.run(shape + ["--seq-len", "8192", "--json", "--svg", dir.appendingPathComponent("p.svg").path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let rows = try XCTUnwrap(try json(r.stdout)["growth"] as? [[String: Any]], r.stdout)
+        XCTAssertEqual(rows.compactMap { $0["seqLen"] as? Int }, [512, 1024, 2048, 4096, 8192])
+        let least = rows.compactMap { $0["minimumBudget"] as? Int }, steps = rows.compactMap { $0["stepSeconds"] as? Double }
+        XCTAssertEqual(least.count, 5)
+        XCTAssertEqual(steps.count, 5, "64MB runs every length: \(rows)")
+        for i in 1..<least.count {
+            let ratio = Double(least[i]) / Double(least[i - 1])
+            XCTAssertGreaterThan(ratio, 1.2, "the least budget grows with T: \(least)")
+            XCTAssertLessThan(ratio, 2.3, "the least budget at most about doubles when T doubles: \(least)")
+            XCTAssertGreaterThan(steps[i], steps[i - 1], "the step grows with T: \(steps)")
+        }
+        let at4096 = try CLI.run(shape + ["--seq-len", "4096", "--json"])
+        XCTAssertEqual(at4096.status, 0, at4096.stderr)
+        XCTAssertEqual(try json(at4096.stdout)["minimumBudget"] as? Int, least[3], "the row agrees with plan at 4096")
+        let svg = try String(contentsOf: dir.appendingPathComponent("p.svg"), encoding: .utf8)
+        XCTAssertTrue(svg.contains("by sequence length"), "the SVG has the growth chart")
+        let table = try CLI.run(shape + ["--seq-len", "8192"])
+        XCTAssertTrue(table.stdout.contains("how it grows with the sequence length"), table.stdout)
+    }
+}
