@@ -99,7 +99,8 @@ extension ModelChain {
     public struct TrainingWork: Sendable {
         /// Forward matrix products of one block (the backward does twice as many), FLOPs.
         public var blockMatmulFLOPs: Double
-        /// Causal attention of one block, 2·B·H·T²·head_dim (counted twice that backward), FLOPs.
+        /// Causal attention of one block as its kernels compute it (`causalAttentionFLOPs`; counted
+        /// twice that backward), FLOPs.
         public var blockAttentionFLOPs: Double
         /// Norms, RoPE and SwiGLU of one block: forward bytes (the backward moves twice as many plus the
         /// saved activations).
@@ -113,12 +114,25 @@ extension ModelChain {
             let bt = Double(B * T), d = c.dim, ff = c.ffnDim
             let perRow: Int = d * c.qDim + 2 * d * c.kvDim + c.qDim * d + 3 * d * ff
             blockMatmulFLOPs = 2 * bt * Double(perRow)
-            blockAttentionFLOPs = 2 * Double(B * c.heads) * Double(T * T) * Double(c.headDim)
+            blockAttentionFLOPs = ModelChain.causalAttentionFLOPs(batch: B, heads: c.heads, seqLen: T, headDim: c.headDim)
             blockElementwiseBytes = bt * Double(6 * d + 4 * ff) * 4
             blockSavedBytes = Double(ModelChain.savedActivations("", config: c, batch: B, seqLen: T).reduce(0) { $0 + $1.bytes })
             headFLOPs = 2 * bt * Double(d * c.vocabSize)
             logits = bt * Double(c.vocabSize)
         }
+    }
+
+    /// FLOPs of one causal attention forward as the kernels compute it: each band of
+    /// `attentionBandRows` query rows against every key up to its last row (QKᵀ and P·V), so
+    /// 4·B·H·hd·Σ rows·keys, about 2·B·H·hd·(T² + 64·T). Counting the band's diagonal block whole
+    /// matters at short T (25% more than T²/2 pairs at T = 256), where `offload profile` measures the rate.
+    public static func causalAttentionFLOPs(batch: Int, heads: Int, seqLen T: Int, headDim: Int) -> Double {
+        var pairs = 0
+        for r0 in stride(from: 0, to: T, by: attentionBandRows) {
+            let rows = min(attentionBandRows, T - r0)
+            pairs += rows * (r0 + rows)
+        }
+        return 4 * Double(batch * heads * headDim) * Double(pairs)
     }
 
     /// What a training block's forward saves for its backward, named `prefix` + field.
@@ -171,7 +185,7 @@ extension ModelChain {
             var kv: LogicalTensor? = nil
             if mode == .train {
                 // Causal QKᵀ and AV; the backward recomputes QKᵀ and adds dP, dV, dQ, dK: 2.5× this.
-                attnFlops = 2.0 * Double(B * H) * Double(T) * Double(T) * Double(hd)
+                attnFlops = causalAttentionFLOPs(batch: B, heads: H, seqLen: T, headDim: hd)
                 saved = savedActivations(p, config: c, batch: B, seqLen: T)
                 kvBytes = 0
             } else {

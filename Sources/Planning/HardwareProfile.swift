@@ -49,7 +49,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
         public var matmulFlops: Double
         /// Matrix products of the backward (both products of each), FLOP/s.
         public var matmulBackwardFlops: Double
-        /// Causal attention, counted as 2·B·H·T²·head_dim FLOPs forward and twice that backward.
+        /// Causal attention, counted as `ModelChain.causalAttentionFLOPs` forward and twice that backward.
         public var attentionFlops: Double
         public var attentionBackwardFlops: Double
         /// Norms, RoPE and SwiGLU, forward and backward, per byte of the model's elementwise count.

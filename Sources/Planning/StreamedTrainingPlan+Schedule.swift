@@ -31,9 +31,8 @@ extension StreamedTrainingPlan {
     func program(hardware hw: HardwareProfile) -> [Step] {
         let chain = ExecutorPlanning.chain(config: config, batch: batch, seqLen: seqLen, hardware: hw)
         let c = config, n = rows, L = c.layers, tied = outputUnits.isEmpty
-        let B = Double(batch), T = Double(seqLen)
         let attnFLOPs = 2 * Double(n) * Double(c.dim * c.qDim + 2 * c.dim * c.kvDim + c.qDim * c.dim)
-            + 2 * B * Double(c.heads) * T * T * Double(c.headDim)
+            + ModelChain.causalAttentionFLOPs(batch: batch, heads: c.heads, seqLen: seqLen, headDim: c.headDim)
         let ffnFLOPs = 2 * Double(n) * 3 * Double(c.dim * c.ffnDim)
         let attnShare = attnFLOPs / (attnFLOPs + ffnFLOPs)
         func half(_ seconds: Double, _ h: BlockHalf) -> Double { seconds * (h == .attention ? attnShare : 1 - attnShare) }

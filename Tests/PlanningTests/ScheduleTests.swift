@@ -428,7 +428,9 @@ final class CPUOnlyTests: XCTestCase {
         var slowAttention = hw
         slowAttention.training!.attentionFlops /= 2
         let slower = ModelChain.llama(c, mode: .train, batch: B, seqLen: T, hardware: slowAttention)
-        let attention = 2 * Double(B * c.heads) * Double(T * T) * Double(c.headDim)
+        // T = 64 is one band of 64 query rows against all 64 keys (the kernels compute the diagonal block
+        // whole): QKᵀ and P·V, 2 FLOPs per multiply-add, over T·T pairs, twice the causal T²/2.
+        let attention = 4 * Double(B * c.heads) * Double(T * T) * Double(c.headDim)
         XCTAssertEqual(slower.stages[1].forwardSeconds - chain.stages[1].forwardSeconds, attention / k.attentionFlops,
                        accuracy: 1e-12)
         XCTAssertEqual(slower.stages[1].backwardSeconds, chain.stages[1].backwardSeconds)
