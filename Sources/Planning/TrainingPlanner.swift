@@ -66,7 +66,8 @@ public enum TrainingPlanner {
     /// The fastest in-memory plan under `budget`, or nil.
     static func inMemory(_ r: TrainingPlanRequest, budget: Int) throws -> ExecutorPlan? {
         let strategies = inMemoryStrategies(r)
-        guard !strategies.isEmpty else { return nil }
+        // Weights, gradients and optimizer state alone exceed the budget: no in-memory plan (and no solver run).
+        guard !strategies.isEmpty, budget > stateBytes(r) else { return nil }
         let rows = try ExecutorPlanning.compare(strategies: strategies, budget: budget, config: r.config, batch: r.batch,
                                                 seqLen: r.seqLen, optimizerState: r.optimizerState, useDisk: r.useDisk,
                                                 hardware: r.hardware)
@@ -177,8 +178,9 @@ public enum TrainingPlanner {
                                                 activations: activations) {
             candidates.append((m, plan.activations.rawValue + "+stream"))
         }
-        // In memory: a binary search from the state's bytes up to the keep-all peak (64 KiB resolution).
-        if let free = try? inMemory(r, budget: Int.max / 4) {
+        // In memory: a binary search from the state's bytes up to the keep-all peak (64 KiB resolution);
+        // never below the state's bytes, so not searched when the streamed step runs in that.
+        if candidates.allSatisfy({ $0.bytes > stateBytes(r) }), let free = try? inMemory(r, budget: Int.max / 4) {
             var lo = stateBytes(r), hi = free.predictedPeak, name = free.result.name
             if let p = try? inMemory(r, budget: hi) { name = p.result.name } else { hi = Int.max / 4 }
             while hi - lo > 1 << 16 {

@@ -149,7 +149,7 @@ struct Plan: ParsableCommand {
             print(try jsonReport(request, all, chosen, extra: extra))
         } else {
             print(table(request, all, chosen))
-            if !trainGrowth.isEmpty { print(trainGrowthTable(trainGrowth, budget: budget.flatMap(parseBytes)), terminator: "") }
+            if !trainGrowth.isEmpty { print(trainGrowthTable(trainGrowth, asked: seqLen, budget: budget.flatMap(parseBytes)), terminator: "") }
         }
         if let path = svg, let sim = chosen.simulation, let s = chosen.schedule {
             // The schedule's tier is the budget less what the executor holds outside it (weights and optimizer

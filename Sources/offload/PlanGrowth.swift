@@ -60,15 +60,17 @@ struct TrainGrowthRow {
     var point: GrowthPoint { GrowthPoint(length: seqLen, minimumBudget: minimumBudget, seconds: stepSeconds) }
 }
 
-/// `r` at sequence lengths from 512 doubling up to the model's context, and `r.seqLen`: the least
-/// budget and its plan, and the plan `train` runs at `r.budget` with its predicted step.
+/// `r` at sequence lengths from 512 doubling up to the model's context (at most 8,192 or `r.seqLen`),
+/// and `r.seqLen`: the least budget and its plan, and, up to `r.seqLen`, the plan `train` runs at
+/// `r.budget` with its predicted step (simulating a longer step than the one asked for would cost
+/// more than planning it).
 func trainGrowthRows(_ r: TrainingPlanRequest) -> [TrainGrowthRow] {
-    growthLengths(asked: r.seqLen, limit: r.config.contextLength).map { T in
+    growthLengths(asked: r.seqLen, limit: min(r.config.contextLength, max(r.seqLen, 8192))).map { T in
         var q = r
         q.seqLen = T
         var row = TrainGrowthRow(seqLen: T)
         if let least = TrainingPlanner.smallestBudget(q) { (row.minimumBudget, row.minimumPlan) = (least.bytes, least.name) }
-        if let placement = try? TrainingPlanner.choose(q) {
+        if T <= r.seqLen, let placement = try? TrainingPlanner.choose(q) {
             let result = TrainingPlanner.row(for: placement, hardware: r.hardware)
             row.plan = result.name
             row.stepSeconds = result.simulation?.stepSeconds
@@ -77,13 +79,15 @@ func trainGrowthRows(_ r: TrainingPlanRequest) -> [TrainGrowthRow] {
     }
 }
 
-func trainGrowthTable(_ rows: [TrainGrowthRow], budget: Int?) -> String {
+/// Rows longer than `asked` have no step (`trainGrowthRows`).
+func trainGrowthTable(_ rows: [TrainGrowthRow], asked: Int, budget: Int?) -> String {
     var s = "how it grows with the sequence length (step and plan \(budget.map { "at " + formatBytes($0) } ?? "unlimited")):\n"
     s += "  seq-len   least budget   plan there          step (s)   plan\n"
     for r in rows {
         s += "  " + "\(r.seqLen)".leftPad(7) + "  " + (r.minimumBudget.map(formatBytes) ?? "-").leftPad(13)
             + "   " + (r.minimumPlan ?? "-").padding(toLength: 16, withPad: " ", startingAt: 0)
-            + (r.stepSeconds.map { String(format: "%.3f", $0) } ?? "does not fit").leftPad(12) + "   " + (r.plan ?? "-") + "\n"
+            + (r.stepSeconds.map { String(format: "%.3f", $0) } ?? (r.seqLen > asked ? "-" : "does not fit")).leftPad(12)
+            + "   " + (r.plan ?? "-") + "\n"
     }
     return s
 }
