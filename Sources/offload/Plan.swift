@@ -106,6 +106,7 @@ struct Plan: ParsableCommand {
         var all: [PlanResult]
         var chosen: PlanResult
         var trainGrowth: [TrainGrowthRow] = []
+        var trainExtra: [String: Any] = [:]
         if runMode == .train && hw.hostIsCompute {
             // What `offload train --budget` runs: the same planner, the same decision.
             guard TrainingPlanRequest.strategies.contains(strategy) else {
@@ -116,12 +117,16 @@ struct Plan: ParsableCommand {
                                         strategy: strategy, useDisk: disk != nil, hardware: hw,
                                         optimizerState: OptimizerStateSize(optimizer: optimizer))
             all = try TrainingPlanner.compare(r)
-            trainGrowth = trainGrowthRows(r)
             do {
                 chosen = TrainingPlanner.row(for: try TrainingPlanner.choose(r), hardware: hw)
             } catch {
                 throw OffloadError("[plan] \(cfg.name) (train, batch \(batch), seq \(seqLen)): \(TrainingPlanner.plain("\(error)"))")
             }
+            let least = TrainingPlanner.smallestBudget(r)
+            if let least { trainExtra = ["minimumBudget": least.bytes, "minimumBudgetPlan": least.name] }
+            trainExtra["stateBytes"] = TrainingPlanner.stateBytes(r)
+            trainGrowth = trainGrowthRows(r, asked: TrainGrowthRow(seqLen: seqLen, minimumBudget: least?.bytes, minimumPlan: least?.name,
+                                                                    plan: chosen.name, stepSeconds: chosen.simulation?.stepSeconds))
         } else {
             all = Planner.compareAll(request)
             if strategy == "auto" {
@@ -136,15 +141,7 @@ struct Plan: ParsableCommand {
             }
         }
         if json {
-            var extra: [String: Any] = [:]
-            if runMode == .train && hw.hostIsCompute,
-               case let r = TrainingPlanRequest(config: cfg, batch: batch, seqLen: seqLen, budget: 0, strategy: strategy,
-                                                useDisk: disk != nil, hardware: hw, optimizerState: OptimizerStateSize(optimizer: optimizer)),
-               let least = TrainingPlanner.smallestBudget(r) {
-                extra["minimumBudget"] = least.bytes
-                extra["minimumBudgetPlan"] = least.name
-                extra["stateBytes"] = TrainingPlanner.stateBytes(r)
-            }
+            var extra = trainExtra
             if !trainGrowth.isEmpty { extra["growth"] = trainGrowth.map(\.json) }
             print(try jsonReport(request, all, chosen, extra: extra))
         } else {

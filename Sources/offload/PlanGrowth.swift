@@ -61,11 +61,12 @@ struct TrainGrowthRow {
 }
 
 /// `r` at sequence lengths from 512 doubling up to the model's context (at most 8,192 or `r.seqLen`),
-/// and `r.seqLen`: the least budget and its plan, and, up to `r.seqLen`, the plan `train` runs at
-/// `r.budget` with its predicted step (simulating a longer step than the one asked for would cost
-/// more than planning it).
-func trainGrowthRows(_ r: TrainingPlanRequest) -> [TrainGrowthRow] {
+/// and `r.seqLen` (`asked`, already planned): the least budget and its plan, and, up to `r.seqLen`,
+/// the plan `train` runs at `r.budget` with its predicted step (simulating a longer step than the
+/// one asked for would cost more than planning it).
+func trainGrowthRows(_ r: TrainingPlanRequest, asked: TrainGrowthRow) -> [TrainGrowthRow] {
     growthLengths(asked: r.seqLen, limit: min(r.config.contextLength, max(r.seqLen, 8192))).map { T in
+        if T == r.seqLen { return asked }
         var q = r
         q.seqLen = T
         var row = TrainGrowthRow(seqLen: T)
