@@ -13,6 +13,8 @@ enum Linear {
     /// Frozen in the file's type, with its adapter (if targeted), where the adapter's A·x is kept, and
     /// the dropout mask on the adapter's input (training with --lora-dropout).
     case frozen(WeightMatrix, LoRAPair?, saved: UnsafeMutablePointer<Float>?, dropout: DropoutMask?)
+
+    var isFrozen: Bool { if case .frozen = self { true } else { false } }
 }
 
 struct BlockWeights {

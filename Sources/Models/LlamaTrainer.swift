@@ -12,10 +12,32 @@ import Kernels
 import Tensors
 
 /// What one block saves for its backward pass, carved from one allocation.
+///
+/// At long sequences the feed-forward runs in row tiles (ALST's tiled MLP): its intermediates
+/// (gate, up, silu·up: 3 × rows × ffnDim floats, the largest tensors of a block) are then not saved
+/// but recomputed tile by tile in the backward pass, so a block's memory grows with the rows by its
+/// inputs alone. The tile is a function of the step's shape (`ffnTileRows`), never of the budget:
+/// weight gradients are summed tile by tile, so every strategy at that shape must tile alike to
+/// give the same bits.
 public struct BlockActivations {
-    /// (name, floats) of every saved tensor at batch × seqLen, in allocation order.
-    public static func table(config c: LlamaConfig, batch: Int, seqLen: Int) -> [(name: String, floats: Int)] {
+    /// Rows per feed-forward tile for a step of `rows` rows, or nil when the feed-forward runs whole
+    /// and saves its intermediates (up to `ffnUntiledRows` rows: every short-sequence run). A tile is
+    /// a multiple of 256 rows, at most 1,024, with about 1 Mi floats per intermediate.
+    public static func ffnTileRows(config c: LlamaConfig, rows: Int) -> Int? {
+        guard rows > ffnUntiledRows else { return nil }
+        return min(1024, max(256, (1 << 20) / max(c.ffnDim, 1) / 256 * 256))
+    }
+    /// Most rows (batch × sequence) whose feed-forward runs whole.
+    public static let ffnUntiledRows = 4096
+
+    /// (name, floats) of every saved tensor at batch × seqLen, in allocation order; the names are the
+    /// schedule's (`act.L.<name>`). The feed-forward's intermediates are absent when it runs in tiles.
+    /// `ffnTiling` false: the feed-forward runs whole at any length (a LoRA trainer: its adapters keep
+    /// per-row state of the whole step).
+    public static func table(config c: LlamaConfig, batch: Int, seqLen: Int,
+                             ffnTiling: Bool = true) -> [(name: String, floats: Int)] {
         let n = batch * seqLen
+        let tiled = ffnTiling && ffnTileRows(config: c, rows: n) != nil
         return [
             ("attn_in", n * c.dim),          // block input (the residual stream)
             ("attn_norm", n * c.dim),        // RMSNorm output feeding q, k, v
@@ -23,52 +45,65 @@ public struct BlockActivations {
             ("q", n * c.qDim),               // after RoPE
             ("k", n * c.kvDim),              // after RoPE
             ("v", n * c.kvDim),
-            ("att_lse", n * c.heads),        // per row and head: log Σ exp(score)
-            ("att_out", n * c.qDim),         // attention output, before attn_output
+            ("attn_lse", n * c.heads),       // per row and head: log Σ exp(score)
+            ("attn_out", n * c.qDim),        // attention output, before attn_output
             ("ffn_in", n * c.dim),           // residual after attention
             ("ffn_norm", n * c.dim),
             ("ffn_rstd", n),
-            ("gate", n * c.ffnDim),
-            ("up", n * c.ffnDim),
-            ("swiglu", n * c.ffnDim),        // silu(gate) · up, feeding ffn_down
-        ]
+        ] + (tiled ? [] : [
+            ("ffn_gate", n * c.ffnDim),
+            ("ffn_up", n * c.ffnDim),
+            ("ffn_act", n * c.ffnDim),       // silu(gate) · up, feeding ffn_down
+        ])
     }
 
-    public static func floats(config: LlamaConfig, batch: Int, seqLen: Int) -> Int {
-        BlockHalf.allCases.reduce(0) { $0 + floats(config: config, batch: batch, seqLen: seqLen, half: $1) }
+    public static func floats(config: LlamaConfig, batch: Int, seqLen: Int, ffnTiling: Bool = true) -> Int {
+        BlockHalf.allCases.reduce(0) { $0 + floats(config: config, batch: batch, seqLen: seqLen, half: $1, ffnTiling: ffnTiling) }
     }
 
-    /// Entries of `table` that belong to `half`: the attention half's come first (attn_in … att_out).
-    static func entries(_ half: BlockHalf) -> Range<Int> { half == .attention ? 0..<8 : 8..<14 }
+    /// Whether table entry `name` belongs to the attention half (attn_in … attn_out) or the feed-forward's.
+    static func half(of name: String) -> BlockHalf { name.hasPrefix("ffn_") ? .ffn : .attention }
 
     /// Floats of the entries of `half`, each padded as `init(carving:)` lays them out.
-    public static func floats(config: LlamaConfig, batch: Int, seqLen: Int, half: BlockHalf) -> Int {
-        table(config: config, batch: batch, seqLen: seqLen)[entries(half)].reduce(0) { $0 + ($1.floats + 15) / 16 * 16 }
+    public static func floats(config: LlamaConfig, batch: Int, seqLen: Int, half: BlockHalf, ffnTiling: Bool = true) -> Int {
+        table(config: config, batch: batch, seqLen: seqLen, ffnTiling: ffnTiling)
+            .filter { Self.half(of: $0.name) == half }.reduce(0) { $0 + ($1.floats + 15) / 16 * 16 }
     }
 
     public var attnIn, attnNorm, attnRstd, q, k, v, attLse, attOut: UnsafeMutablePointer<Float>
+    /// gate, up and swiglu point at ffnIn (never used) when the feed-forward runs in tiles.
     public var ffnIn, ffnNorm, ffnRstd, gate, up, swiglu: UnsafeMutablePointer<Float>
 
-    /// Views into `base`, which must hold `floats(config:batch:seqLen:)` floats.
-    public init(carving base: UnsafeMutablePointer<Float>, config: LlamaConfig, batch: Int, seqLen: Int) {
-        self.init(attention: base, ffn: base + Self.floats(config: config, batch: batch, seqLen: seqLen, half: .attention),
-                  config: config, batch: batch, seqLen: seqLen)
+    /// Views into `base`, which must hold `floats(config:batch:seqLen:ffnTiling:)` floats.
+    public init(carving base: UnsafeMutablePointer<Float>, config: LlamaConfig, batch: Int, seqLen: Int,
+                ffnTiling: Bool = true) {
+        self.init(attention: base, ffn: base + Self.floats(config: config, batch: batch, seqLen: seqLen, half: .attention,
+                                                           ffnTiling: ffnTiling),
+                  config: config, batch: batch, seqLen: seqLen, ffnTiling: ffnTiling)
     }
 
     /// Views of the attention half's entries into `attention` and the feed-forward half's into `ffn`,
-    /// each holding `floats(config:batch:seqLen:half:)` floats. A half's calls
+    /// each holding `floats(config:batch:seqLen:half:ffnTiling:)` floats. A half's calls
     /// (`LlamaTrainer.blockAttentionForward` …) read and write only that half's views, so one half
     /// may be carved alone: pass its buffer for both (the other half's views are then never used).
     public init(attention: UnsafeMutablePointer<Float>, ffn: UnsafeMutablePointer<Float>, config: LlamaConfig,
-                batch: Int, seqLen: Int) {
-        var p: [UnsafeMutablePointer<Float>] = [], offset = 0
-        for (i, (_, floats)) in Self.table(config: config, batch: batch, seqLen: seqLen).enumerated() {
-            if i == Self.entries(.ffn).lowerBound { offset = 0 }
-            p.append((i < Self.entries(.ffn).lowerBound ? attention : ffn) + offset)
-            offset += (floats + 15) / 16 * 16
+                batch: Int, seqLen: Int, ffnTiling: Bool = true) {
+        var p: [String: UnsafeMutablePointer<Float>] = [:], offset: [BlockHalf: Int] = [:]
+        for (name, floats) in Self.table(config: config, batch: batch, seqLen: seqLen, ffnTiling: ffnTiling) {
+            let h = Self.half(of: name)
+            p[name] = (h == .attention ? attention : ffn) + offset[h, default: 0]
+            offset[h, default: 0] += (floats + 15) / 16 * 16
         }
-        (attnIn, attnNorm, attnRstd, q, k, v, attLse) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6])
-        (attOut, ffnIn, ffnNorm, ffnRstd, gate, up, swiglu) = (p[7], p[8], p[9], p[10], p[11], p[12], p[13])
+        self.init(named: p)
+    }
+
+    /// Views at the pointers `named` gives for the table's names (a missing ffn_gate, ffn_up, ffn_act:
+    /// the feed-forward runs in tiles).
+    public init(named p: [String: UnsafeMutablePointer<Float>]) {
+        (attnIn, attnNorm, attnRstd, q, k, v, attLse) = (p["attn_in"]!, p["attn_norm"]!, p["attn_rstd"]!, p["q"]!, p["k"]!,
+                                                        p["v"]!, p["attn_lse"]!)
+        (attOut, ffnIn, ffnNorm, ffnRstd) = (p["attn_out"]!, p["ffn_in"]!, p["ffn_norm"]!, p["ffn_rstd"]!)
+        (gate, up, swiglu) = (p["ffn_gate"] ?? ffnIn, p["ffn_up"] ?? ffnIn, p["ffn_act"] ?? ffnIn)
     }
 }
 
@@ -112,7 +147,12 @@ public final class LlamaTrainer {
 
     // Backward scratch, shared by all blocks: one allocation.
     let scratchBuffer: FloatBuffer
-    let dres, dxn, dq, dk, dv, datt, dgate, dup, dswiglu, attScratch, recomputeOut: UnsafeMutablePointer<Float>
+    let dres, dxn, dq, dk, dv, datt, attScratch, recomputeOut: UnsafeMutablePointer<Float>
+    /// The feed-forward's scratch: whole, ∂gate, ∂up, ∂(silu·up) of every row; in tiles, a tile's gate,
+    /// up, silu·up and its ∂(silu·up) (∂gate and ∂up overwrite gate and up).
+    let ffnScratch: [UnsafeMutablePointer<Float>]
+    /// Rows per feed-forward tile (nil: the feed-forward runs whole and saves its intermediates).
+    public let ffnTile: Int?
     /// Attention backward scratch: enough for 16 threads (more are not used for attention).
     let attScratchCount: Int
     var positions: [Int32]
@@ -146,21 +186,21 @@ public final class LlamaTrainer {
     /// `activationBytes` of a trainer built with these arguments, without building it (what a planner
     /// sets aside for the trainer's own buffers).
     public static func activationBytes(config: LlamaConfig, batch: Int, seqLen: Int, policy: ActivationPolicy = .keepAll,
-                                       ownsActivations: Bool = true, headChunk: Int? = nil) -> Int {
+                                       ownsActivations: Bool = true, headChunk: Int? = nil, ffnTiling: Bool = true) -> Int {
         let s = bufferFloats(config: config, batch: batch, seqLen: seqLen, policy: policy,
-                             ownsActivations: ownsActivations, headChunk: headChunk)
+                             ownsActivations: ownsActivations, headChunk: headChunk, ffnTiling: ffnTiling)
         return 4 * (s.activations + s.scratch + s.headState)
     }
 
     /// Floats of the trainer's three allocations (activations, backward scratch, head state), the
     /// scratch's parts in carving order, and the head's chunk rows.
     static func bufferFloats(config c: LlamaConfig, batch: Int, seqLen: Int, policy: ActivationPolicy,
-                             ownsActivations: Bool, headChunk: Int?)
+                             ownsActivations: Bool, headChunk: Int?, ffnTiling: Bool)
         -> (activations: Int, scratch: Int, headState: Int, headChunkRows: Int,
             scratchParts: (shared: [Int], attention: [Int], ffn: [Int])) {
         let n = batch * seqLen
         func pad(_ x: Int) -> Int { (x + 15) / 16 * 16 }
-        let perBlock = BlockActivations.floats(config: c, batch: batch, seqLen: seqLen)
+        let perBlock = BlockActivations.floats(config: c, batch: batch, seqLen: seqLen, ffnTiling: ffnTiling)
         let blockFloats = !ownsActivations ? 0
             : policy == .keepAll ? c.layers * perBlock : perBlock + c.layers * pad(n * c.dim)
         let headFloats = ownsActivations ? 2 * pad(n * c.dim) + 2 * pad(n) + pad(n * c.vocabSize) : pad(n)
@@ -170,7 +210,8 @@ public final class LlamaTrainer {
         let shared = [ownsActivations ? n * c.dim : 0, n * c.dim, policy == .recomputeAll && ownsActivations ? n * c.dim : 0]
         let attention = [n * c.qDim, n * c.kvDim, n * c.kvDim, n * c.qDim, attentionTrainingScratch(threads: 16, seqLen: seqLen,
                                                                    shape: AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim))]
-        let ffn = [n * c.ffnDim, n * c.ffnDim, n * c.ffnDim]
+        let tile = ffnTiling ? BlockActivations.ffnTileRows(config: c, rows: n) : nil
+        let ffn = tile.map { Array(repeating: $0 * c.ffnDim, count: 4) } ?? Array(repeating: n * c.ffnDim, count: 3)
         func total(_ sizes: [Int]) -> Int { sizes.reduce(0) { $0 + pad($1) } }
         let rows = headChunk ?? headChunkRows(config: c, rows: n)
         let chunks = (c.vocabSize + rows - 1) / rows
@@ -187,9 +228,11 @@ public final class LlamaTrainer {
     ///     compared bit for bit must use the same.
     ///   - lora: trains these adapters on this frozen base instead of `model`'s weights (`model` then
     ///     holds none: `TrainableLlama(config:ropeStyle:resident: false)`).
+    ///   - ffnTiling: false runs the feed-forward whole at any length (always so with `lora`): not
+    ///     the bits of a tiled run, which every planned strategy makes.
     public init(model: TrainableLlama, batch: Int, seqLen: Int, policy: ActivationPolicy = .keepAll,
                 ownsActivations: Bool = true, headChunk: Int? = nil,
-                lora: (base: FrozenLlama, adapters: LoRAAdapters)? = nil) throws {
+                lora: (base: FrozenLlama, adapters: LoRAAdapters)? = nil, ffnTiling: Bool = true) throws {
         let c = model.config
         if let lora {
             guard lora.base.config == c, lora.adapters.config == c, !model.isResident, ownsActivations else {
@@ -208,9 +251,11 @@ public final class LlamaTrainer {
         shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
         let n = batch * seqLen
         func pad(_ x: Int) -> Int { (x + 15) / 16 * 16 }
-        let perBlock = BlockActivations.floats(config: c, batch: batch, seqLen: seqLen)
+        let tiling = ffnTiling && lora == nil
+        ffnTile = tiling ? BlockActivations.ffnTileRows(config: c, rows: n) : nil
+        let perBlock = BlockActivations.floats(config: c, batch: batch, seqLen: seqLen, ffnTiling: tiling)
         let sizes = Self.bufferFloats(config: c, batch: batch, seqLen: seqLen, policy: policy,
-                                      ownsActivations: ownsActivations, headChunk: headChunk)
+                                      ownsActivations: ownsActivations, headChunk: headChunk, ffnTiling: tiling)
         activationBuffer = FloatBuffer(count: sizes.activations)
         var offset = 0
         func take(_ floats: Int, from base: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
@@ -223,11 +268,12 @@ public final class LlamaTrainer {
             blockActs = []; blockInputs = []
         case .keepAll:
             blockActs = (0..<c.layers).map { _ in
-                BlockActivations(carving: take(perBlock, from: a), config: c, batch: batch, seqLen: seqLen)
+                BlockActivations(carving: take(perBlock, from: a), config: c, batch: batch, seqLen: seqLen, ffnTiling: tiling)
             }
             blockInputs = blockActs.map(\.attnIn)
         case .recomputeAll:
-            let shared = BlockActivations(carving: take(perBlock, from: a), config: c, batch: batch, seqLen: seqLen)
+            let shared = BlockActivations(carving: take(perBlock, from: a), config: c, batch: batch, seqLen: seqLen,
+                                          ffnTiling: tiling)
             blockInputs = (0..<c.layers).map { _ in take(n * c.dim, from: a) }
             blockActs = blockInputs.map { var s = shared; s.attnIn = $0; return s }
         }
@@ -248,10 +294,9 @@ public final class LlamaTrainer {
         let region = offset
         let at = sizes.scratchParts.attention.map { take($0, from: scratch.base) }
         offset = region
-        let f = sizes.scratchParts.ffn.map { take($0, from: scratch.base) }
+        ffnScratch = sizes.scratchParts.ffn.map { take($0, from: scratch.base) }
         (dres, dxn, recomputeOut) = (s[0], s[1], s[2])
         (dq, dk, dv, datt, attScratch) = (at[0], at[1], at[2], at[3], at[4])
-        (dgate, dup, dswiglu) = (f[0], f[1], f[2])
         headChunkRows = sizes.headChunkRows
         let chunks = (c.vocabSize + headChunkRows - 1) / headChunkRows
         let sumOffset = (n * chunks + 2 * n + 1) / 2 * 2  // 8-byte aligned for the Doubles
@@ -308,18 +353,42 @@ public final class LlamaTrainer {
         linearForward(w.o, acts.ffnIn, acts.attOut, inDim: c.qDim, outDim: c.dim, accumulate: true)
     }
 
-    /// The feed-forward half of block `l`'s forward: from `acts.ffnIn`, writes its activations and `output`.
+    /// The feed-forward half of block `l`'s forward: from `acts.ffnIn`, writes its activations and `output`
+    /// (in tiles of `ffnTile` rows when set, keeping only its input, norm and 1/rms).
     public func blockFFNForward(_ l: Int, output: UnsafeMutablePointer<Float>, saving acts: BlockActivations,
                                 parameters: ParameterBases? = nil) {
         let c = model.config, n = self.n, w = weights(ofBlock: l, parameters)
         timed("rmsnorm") {
             rmsnormForward(acts.ffnNorm, rstd: acts.ffnRstd, acts.ffnIn, w.ffnNorm, rows: n, dim: c.dim, eps: c.rmsEps)
         }
-        linearForward(w.gate, acts.gate, acts.ffnNorm, inDim: c.dim, outDim: c.ffnDim)
-        linearForward(w.up, acts.up, acts.ffnNorm, inDim: c.dim, outDim: c.ffnDim)
-        timed("swiglu") { swigluForwardParallel(acts.swiglu, acts.gate, acts.up, count: n * c.ffnDim) }
         output.update(from: acts.ffnIn, count: n * c.dim)
-        linearForward(w.down, output, acts.swiglu, inDim: c.ffnDim, outDim: c.dim, accumulate: true)
+        forEachFFNTile(acts) { r0, rows, t in
+            ffnTileForward(w, t, acts.ffnNorm + r0 * c.dim, rows: rows)
+            linearForward(w.down, output + r0 * c.dim, t.act, inDim: c.ffnDim, outDim: c.dim, rows: rows, accumulate: true)
+        }
+    }
+
+    /// A feed-forward tile's intermediates: where its gate, up and silu·up are (saved, or the tile scratch).
+    struct FFNTile { let gate, up, act: UnsafeMutablePointer<Float> }
+
+    /// Runs `body(firstRow, rows, tile)` over the feed-forward's tiles in order: one tile of every row at
+    /// the saved intermediates of `acts`, or `ffnTile`-row tiles at the scratch.
+    func forEachFFNTile(_ acts: BlockActivations, _ body: (Int, Int, FFNTile) -> Void) {
+        guard let tile = ffnTile else {
+            body(0, n, FFNTile(gate: acts.gate, up: acts.up, act: acts.swiglu))
+            return
+        }
+        for r0 in stride(from: 0, to: n, by: tile) {
+            body(r0, min(tile, n - r0), FFNTile(gate: ffnScratch[0], up: ffnScratch[1], act: ffnScratch[2]))
+        }
+    }
+
+    /// gate, up and silu(gate)·up of `rows` normed rows `xn` into `t`.
+    func ffnTileForward(_ w: BlockWeights, _ t: FFNTile, _ xn: UnsafeMutablePointer<Float>, rows: Int) {
+        let c = model.config
+        linearForward(w.gate, t.gate, xn, inDim: c.dim, outDim: c.ffnDim, rows: rows)
+        linearForward(w.up, t.up, xn, inDim: c.dim, outDim: c.ffnDim, rows: rows)
+        timed("swiglu") { swigluForwardParallel(t.act, t.gate, t.up, count: rows * c.ffnDim) }
     }
 
     /// Block `l`'s backward. `dresidual` (N, dim) holds ∂L/∂output on entry and ∂L/∂input on exit;
@@ -330,17 +399,25 @@ public final class LlamaTrainer {
         blockAttentionBackward(l, dresidual: dresidual, acts: acts, parameters: parameters)
     }
 
-    /// The feed-forward half of block `l`'s backward: `dresidual` from ∂L/∂output to ∂L/∂ffn_in.
+    /// The feed-forward half of block `l`'s backward: `dresidual` from ∂L/∂output to ∂L/∂ffn_in (in tiles,
+    /// each tile's gate, up and silu·up recomputed from the saved norm first).
     public func blockFFNBackward(_ l: Int, dresidual: UnsafeMutablePointer<Float>, acts: BlockActivations,
                                  parameters: ParameterBases? = nil) {
-        let c = model.config, n = self.n, w = weights(ofBlock: l, parameters)
-        // out = ffn_in + swiglu · downᵀ
-        linearBackward(w.down, dswiglu, dresidual, acts.swiglu, inDim: c.ffnDim, outDim: c.dim)
-        timed("swiglu") { swigluBackward(dgate, dup, dswiglu, acts.gate, acts.up, count: n * c.ffnDim) }
-        linearBackward(w.gate, dxn, dgate, acts.ffnNorm, inDim: c.dim, outDim: c.ffnDim)
-        linearBackward(w.up, dxn, dup, acts.ffnNorm, inDim: c.dim, outDim: c.ffnDim, accumulateInput: true)
+        let c = model.config, n = self.n, w = weights(ofBlock: l, parameters), d = c.dim, ff = c.ffnDim
+        forEachFFNTile(acts) { r0, rows, t in
+            let xn = acts.ffnNorm + r0 * d, dy = dresidual + r0 * d, dx = dxn + r0 * d
+            // Whole: ∂gate, ∂up, ∂act in their own scratch; in tiles ∂gate and ∂up overwrite gate and up.
+            let (dgate, dup, dact) = ffnTile == nil ? (ffnScratch[0], ffnScratch[1], ffnScratch[2])
+                                                    : (t.gate, t.up, ffnScratch[3])
+            if ffnTile != nil { ffnTileForward(w, t, xn, rows: rows) }
+            // out = ffn_in + act · downᵀ
+            linearBackward(w.down, dact, dy, t.act, inDim: ff, outDim: d, rows: rows)
+            timed("swiglu") { swigluBackward(dgate, dup, dact, t.gate, t.up, count: rows * ff) }
+            linearBackward(w.gate, dx, dgate, xn, inDim: d, outDim: ff, rows: rows)
+            linearBackward(w.up, dx, dup, xn, inDim: d, outDim: ff, rows: rows, accumulateInput: true)
+        }
         timed("rmsnorm") {
-            rmsnormBackward(dresidual, w.ffnNormGradient, dxn, acts.ffnIn, w.ffnNorm, rstd: acts.ffnRstd, rows: n, dim: c.dim)
+            rmsnormBackward(dresidual, w.ffnNormGradient, dxn, acts.ffnIn, w.ffnNorm, rstd: acts.ffnRstd, rows: n, dim: d)
         }
     }
 
@@ -390,8 +467,9 @@ public final class LlamaTrainer {
 
     /// out (N, outDim) = x (N, inDim) · Wᵀ (plus out's old value when `accumulate`), W as `w` holds it.
     func linearForward(_ w: Linear, _ out: UnsafeMutablePointer<Float>, _ x: UnsafeMutablePointer<Float>, inDim: Int,
-                       outDim: Int, accumulate: Bool = false) {
-        let n = self.n
+                       outDim: Int, rows: Int? = nil, accumulate: Bool = false) {
+        let n = rows ?? self.n
+        precondition(n == self.n || !w.isFrozen, "LoRA's adapters run on every row of the step")
         timed("matmul fwd") {
             switch w {
             case .trained(let weight, _):
@@ -413,8 +491,10 @@ public final class LlamaTrainer {
     /// The backward of `linearForward` for ∂L/∂out `dy`: dx (N, inDim) = dy · W (plus dx's old value when
     /// `accumulateInput`); the weight's gradient (trained) or its adapter's (frozen) is added.
     func linearBackward(_ w: Linear, _ dx: UnsafeMutablePointer<Float>, _ dy: UnsafeMutablePointer<Float>,
-                        _ x: UnsafeMutablePointer<Float>, inDim: Int, outDim: Int, accumulateInput: Bool = false) {
-        let n = self.n
+                        _ x: UnsafeMutablePointer<Float>, inDim: Int, outDim: Int, rows: Int? = nil,
+                        accumulateInput: Bool = false) {
+        let n = rows ?? self.n
+        precondition(n == self.n || !w.isFrozen, "LoRA's adapters run on every row of the step")
         timed("matmul bwd") {
             switch w {
             case .trained(let weight, let gradient):

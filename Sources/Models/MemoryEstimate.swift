@@ -10,7 +10,8 @@ public struct MemoryEstimate: Sendable, Codable, Equatable {
     public var inferenceActivationBytes: Int
     /// fp32 weights, gradients and the two AdamW moments: 16 bytes per parameter.
     public var trainingStateBytes: Int
-    /// Activations saved for backward across all layers, plus logits and their gradient.
+    /// Activations saved for backward across all layers (`BlockActivations`: the feed-forward's
+    /// intermediates only when it runs whole), plus logits and their gradient.
     public var trainingActivationBytes: Int
 
     public var inferenceBytes: Int { weightBytes + kvCacheBytes + inferenceActivationBytes }
@@ -18,12 +19,6 @@ public struct MemoryEstimate: Sendable, Codable, Equatable {
 }
 
 extension LlamaConfig {
-    /// Floats one layer saves per token for its backward pass: inputs of both
-    /// norms and their outputs, q/k/v, attention output, the attention's log-sum-exp
-    /// (one per head), gate, up and the SwiGLU output.
-    public func savedFloatsPerTokenPerLayer(seqLen: Int) -> Int {
-        4 * dim + 2 * qDim + 2 * kvDim + heads + 3 * ffnDim
-    }
 
     public func memoryEstimate(weightBytes: Int, batch: Int, seqLen: Int) -> MemoryEstimate {
         let tokens = batch * seqLen
@@ -34,6 +29,7 @@ extension LlamaConfig {
             weightBytes: weightBytes, kvCacheBytes: kv,
             inferenceActivationBytes: perLayer + logits,
             trainingStateBytes: 16 * parameterCount,
-            trainingActivationBytes: layers * tokens * savedFloatsPerTokenPerLayer(seqLen: seqLen) * 4 + 2 * logits)
+            trainingActivationBytes: layers * BlockActivations.floats(config: self, batch: batch, seqLen: seqLen) * 4
+                + 2 * logits)
     }
 }

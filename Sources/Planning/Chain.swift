@@ -106,6 +106,9 @@ extension ModelChain {
         /// saved activations).
         public var blockElementwiseBytes: Double
         public var blockSavedBytes: Double
+        /// The backward's recompute of the feed-forward's gate and up products when it runs in tiles
+        /// (`BlockActivations.ffnTileRows`), FLOPs at the forward's rate; 0 when it runs whole.
+        public var blockRecomputeFLOPs: Double
         /// The head's product (forward), FLOPs, and its logits (one cross-entropy pass each way).
         public var headFLOPs: Double
         public var logits: Double
@@ -117,6 +120,7 @@ extension ModelChain {
             blockAttentionFLOPs = ModelChain.causalAttentionFLOPs(batch: B, heads: c.heads, seqLen: T, headDim: c.headDim)
             blockElementwiseBytes = bt * Double(6 * d + 4 * ff) * 4
             blockSavedBytes = Double(ModelChain.savedActivations("", config: c, batch: B, seqLen: T).reduce(0) { $0 + $1.bytes })
+            blockRecomputeFLOPs = BlockActivations.ffnTileRows(config: c, rows: B * T) == nil ? 0 : 2 * bt * Double(2 * d * ff)
             headFLOPs = 2 * bt * Double(d * c.vocabSize)
             logits = bt * Double(c.vocabSize)
         }
@@ -136,12 +140,11 @@ extension ModelChain {
     }
 
     /// What a training block's forward saves for its backward, named `prefix` + field.
+    /// The trainer's own table (`BlockActivations`) less the block's input: without the feed-forward's
+    /// intermediates when it runs in tiles.
     static func savedActivations(_ p: String, config c: LlamaConfig, batch B: Int, seqLen T: Int) -> [LogicalTensor] {
-        let bt = B * T, d = c.dim, ff = c.ffnDim, qd = c.qDim, kvd = c.kvDim
-        func t(_ n: String, _ elements: Int) -> LogicalTensor { LogicalTensor(name: p + n, bytes: elements * 4) }
-        return [t("attn_norm", bt * d), t("attn_rstd", bt), t("q", bt * qd), t("k", bt * kvd), t("v", bt * kvd),
-                t("attn_lse", bt * c.heads), t("attn_out", bt * qd), t("ffn_in", bt * d), t("ffn_norm", bt * d),
-                t("ffn_rstd", bt), t("ffn_gate", bt * ff), t("ffn_up", bt * ff), t("ffn_act", bt * ff)]
+        BlockActivations.table(config: c, batch: B, seqLen: T).dropFirst()
+            .map { LogicalTensor(name: p + $0.name, bytes: $0.floats * 4) }
     }
 
     public static func llama(_ c: LlamaConfig, mode: RunMode, batch: Int, seqLen: Int,
@@ -201,20 +204,24 @@ extension ModelChain {
                 ? seconds(flops: matFlops + attnFlops, bytes: elementwise)
                 : max(matFlops / hardware.gemmFlops, Double(wBytes + kvBytes) / hardware.memoryBandwidth)
                     + attnFlops / hardware.gemmFlops
+            let recompute = mode == .train ? work.blockRecomputeFLOPs : 0
             var bwdSeconds = mode == .train
-                ? seconds(flops: 2 * matFlops + 2.5 * attnFlops, bytes: 2 * elementwise + Double(savedBytes)) : 0
+                ? seconds(flops: 2 * matFlops + 2.5 * attnFlops + recompute, bytes: 2 * elementwise + Double(savedBytes)) : 0
             if let k = training {
                 let w = work
                 fwdSeconds = w.blockMatmulFLOPs / k.matmulFlops + w.blockAttentionFLOPs / k.attentionFlops
                     + w.blockElementwiseBytes / k.elementwiseBytesPerSecond
                 bwdSeconds = 2 * w.blockMatmulFLOPs / k.matmulBackwardFlops + 2 * w.blockAttentionFLOPs / k.attentionBackwardFlops
+                    + w.blockRecomputeFLOPs / k.matmulFlops
                     + (2 * w.blockElementwiseBytes + w.blockSavedBytes) / k.elementwiseBytesPerSecond
             }
+            // In tiles the feed-forward's backward holds four tiles (`LlamaTrainer`), not whole intermediates.
+            let ffnTemp = BlockActivations.ffnTileRows(config: c, rows: bt).map { 4 * $0 * ff } ?? 2 * bt * ff
             stages.append(ChainStage(
                 name: "\(i)", input: t(p + "attn_in", bt * d), saved: saved,
                 forwardTempBytes: (bt * max(d, ff) + (mode == .train ? attentionScratch : B * H * ctx)) * f4,
-                backwardTempBytes: (2 * bt * ff + 2 * bt * d + attentionScratch) * f4,
-                forwardFLOPs: matFlops + attnFlops, backwardFLOPs: 2 * matFlops + 2.5 * attnFlops,
+                backwardTempBytes: (ffnTemp + 2 * bt * d + attentionScratch) * f4,
+                forwardFLOPs: matFlops + attnFlops, backwardFLOPs: 2 * matFlops + 2.5 * attnFlops + recompute,
                 forwardSeconds: fwdSeconds, backwardSeconds: bwdSeconds,
                 parameters: wp, borrowed: [], kvCache: kv))
         }

@@ -31,11 +31,17 @@ extension StreamedTrainingPlan {
     func program(hardware hw: HardwareProfile) -> [Step] {
         let chain = ExecutorPlanning.chain(config: config, batch: batch, seqLen: seqLen, hardware: hw)
         let c = config, n = rows, L = c.layers, tied = outputUnits.isEmpty
-        let attnFLOPs = 2 * Double(n) * Double(c.dim * c.qDim + 2 * c.dim * c.kvDim + c.qDim * c.dim)
-            + ModelChain.causalAttentionFLOPs(batch: batch, heads: c.heads, seqLen: seqLen, headDim: c.headDim)
+        let attnMatmul = 2 * Double(n) * Double(c.dim * c.qDim + 2 * c.dim * c.kvDim + c.qDim * c.dim)
+        let causal = ModelChain.causalAttentionFLOPs(batch: batch, heads: c.heads, seqLen: seqLen, headDim: c.headDim)
         let ffnFLOPs = 2 * Double(n) * 3 * Double(c.dim * c.ffnDim)
-        let attnShare = attnFLOPs / (attnFLOPs + ffnFLOPs)
-        func half(_ seconds: Double, _ h: BlockHalf) -> Double { seconds * (h == .attention ? attnShare : 1 - attnShare) }
+        let recompute = ModelChain.TrainingWork(config: c, batch: batch, seqLen: seqLen).blockRecomputeFLOPs
+        // Shares of a block's FLOPs: the backward recomputes scores (2.5× attention) and, in tiles, gate and up.
+        let forwardShare = (attnMatmul + causal) / (attnMatmul + causal + ffnFLOPs)
+        let backwardShare = (2 * attnMatmul + 2.5 * causal) / (2 * attnMatmul + 2.5 * causal + 2 * ffnFLOPs + recompute)
+        func half(_ seconds: Double, _ h: BlockHalf, backward: Bool = false) -> Double {
+            let share = backward ? backwardShare : forwardShare
+            return seconds * (h == .attention ? share : 1 - share)
+        }
         let head = chain.stages[L + 1], embd = chain.stages[0]
         let chunks = Double(headChunkCount)
         func updateSeconds(_ floats: Int) -> Double { Double(floats * 4) * chain.optimizerSecondsPerParameterByte }
@@ -125,7 +131,7 @@ extension StreamedTrainingPlan {
                     let u = blockUnit(l, h), g = "g \(u.name)"
                     p.append(.compute(kind: .backward, action: (h == .ffn ? .ffnBackward(layer: l) : .attentionBackward(layer: l)), takes: ["a.\(u.name)", w(u)],
                                       allocs: [Alloc(name: g, bytes: u.bytes)], frees: ["a.\(u.name)"], released: [],
-                                      seconds: half(stage.backwardSeconds, h)))
+                                      seconds: half(stage.backwardSeconds, h, backward: true)))
                     update(u, grad: g)
                 }
                 continue
@@ -141,7 +147,7 @@ extension StreamedTrainingPlan {
                 let u = blockUnit(l, h), g = "g \(u.name)"
                 p.append(.compute(kind: .backward, action: (h == .ffn ? .ffnBackward(layer: l) : .attentionBackward(layer: l)), takes: [], allocs: [Alloc(name: g, bytes: u.bytes)],
                                   frees: h == .attention ? [input] : [], released: ["acts \(u.name)"],
-                                  seconds: half(stage.backwardSeconds, h)))
+                                  seconds: half(stage.backwardSeconds, h, backward: true)))
                 update(u, grad: g)
             }
         }

@@ -91,20 +91,21 @@ public final class TrainingExecutor {
     /// (resident, one allocation per role) and the token ids (the trainer's).
     static func isResident(_ name: String) -> Bool { isParameterState(name) || name == "act.embd.tokens" }
 
-    /// The schedule's names for block l's BlockActivations, in table order.
-    static let blockFields = ["attn_in", "attn_norm", "attn_rstd", "q", "k", "v", "attn_lse", "attn_out",
-                              "ffn_in", "ffn_norm", "ffn_rstd", "ffn_gate", "ffn_up", "ffn_act"]
+    /// The schedule's names for a block's BlockActivations (`act.L.<field>`), in table order.
+    var blockFields: [String] {
+        BlockActivations.table(config: trainer.model.config, batch: trainer.batch, seqLen: trainer.seqLen).map(\.name)
+    }
 
     /// Every activation the schedule names must have the size the trainer's kernels use.
     func checkSizes() throws {
         let c = trainer.model.config, sizes = schedule.tensorBytes
         let table = BlockActivations.table(config: c, batch: trainer.batch, seqLen: trainer.seqLen)
         for l in 0..<layers {
-            for (i, field) in Self.blockFields.enumerated() {
+            for (field, floats) in table {
                 let name = "act.\(l).\(field)"
                 guard let b = sizes[name] else { throw OffloadError("[executor] schedule has no tensor \(name)") }
-                guard b == table[i].floats * 4 else {
-                    throw OffloadError("[executor] \(name): schedule says \(b) bytes, the kernels use \(table[i].floats * 4)")
+                guard b == floats * 4 else {
+                    throw OffloadError("[executor] \(name): schedule says \(b) bytes, the kernels use \(floats * 4)")
                 }
             }
         }
@@ -212,14 +213,10 @@ public final class TrainingExecutor {
 
     /// The block's activation pointers: its saved tensors when they were created by
     /// the op (`save: all`), otherwise a temporary carved buffer.
-    func blockActivations(_ l: Int, names: [String]) throws -> BlockActivations {
-        let c = trainer.model.config
-        var ptrs: [UnsafeMutablePointer<Float>] = []
-        for n in names { ptrs.append(try buffer(n)) }
-        var a = BlockActivations(carving: ptrs[0], config: c, batch: trainer.batch, seqLen: trainer.seqLen)
-        (a.attnIn, a.attnNorm, a.attnRstd, a.q, a.k, a.v, a.attLse) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6])
-        (a.attOut, a.ffnIn, a.ffnNorm, a.ffnRstd, a.gate, a.up, a.swiglu) = (ptrs[7], ptrs[8], ptrs[9], ptrs[10], ptrs[11], ptrs[12], ptrs[13])
-        return a
+    func blockActivations(_ l: Int) throws -> BlockActivations {
+        var p: [String: UnsafeMutablePointer<Float>] = [:]
+        for f in blockFields { p[f] = try buffer("act.\(l).\(f)") }
+        return BlockActivations(named: p)
     }
 
     func forward(_ op: Planning.Operation, loss: Float) throws -> Float {
@@ -245,12 +242,12 @@ public final class TrainingExecutor {
             let p = try names.map { saveAll ? try buffer($0) : try temp($0) }
             result = try trainer.headForward(input: input, norm: p[0], rstd: p[1], logits: p[2], keepsLogits: true)
         } else {
-            let names = Self.blockFields.map { "act.\(l).\($0)" }
-            var ptrs = [try buffer(names[0])]
-            for n in names.dropFirst() { ptrs.append(saveAll ? try buffer(n) : try temp(n)) }
-            var a = BlockActivations(carving: ptrs[0], config: trainer.model.config, batch: trainer.batch, seqLen: trainer.seqLen)
-            (a.attnIn, a.attnNorm, a.attnRstd, a.q, a.k, a.v, a.attLse) = (ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6])
-            (a.attOut, a.ffnIn, a.ffnNorm, a.ffnRstd, a.gate, a.up, a.swiglu) = (ptrs[7], ptrs[8], ptrs[9], ptrs[10], ptrs[11], ptrs[12], ptrs[13])
+            var p: [String: UnsafeMutablePointer<Float>] = [:]
+            for (i, f) in blockFields.enumerated() {
+                let n = "act.\(l).\(f)"
+                p[f] = i == 0 || saveAll ? try buffer(n) : try temp(n)
+            }
+            let a = BlockActivations(named: p)
             let outName = l + 1 < layers ? "act.\(l + 1).attn_in" : "act.head.in"
             trainer.blockForward(l, output: try buffer(outName), saving: a)
         }
@@ -276,7 +273,7 @@ public final class TrainingExecutor {
             if isEmbedding {
                 trainer.embeddingBackward(dresidual: d)
             } else {
-                let a = try blockActivations(l, names: Self.blockFields.map { "act.\(l).\($0)" })
+                let a = try blockActivations(l)
                 trainer.blockBackward(l, dresidual: d, acts: a)
                 guard let dIn = created.first, let b = live.removeValue(forKey: gradName) else {
                     throw OffloadError("[executor] block \(l) backward: no input gradient to hand on")

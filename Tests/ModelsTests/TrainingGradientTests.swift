@@ -165,3 +165,51 @@ final class TrainingGradientTests: XCTestCase {
         }
     }
 }
+
+/// The feed-forward in row tiles (long sequences): only its input, norm and 1/rms are saved, the
+/// tiles' gate, up and silu·up are recomputed in the backward, and the weight gradients are summed
+/// tile by tile — the same model as the whole feed-forward up to that summation order.
+final class FFNTileTests: XCTestCase {
+    override func setUp() { TrainingThreads.set(2) }
+
+    func testTiledFeedForwardMatchesTheWholeOneAndSavesItsIntermediates() throws {
+        let c = microConfig(tied: false)
+        // 4,800 rows: past the untiled limit, four whole tiles of 1,024 and a partial one.
+        let B = 300, T = 16, n = B * T
+        XCTAssertGreaterThan(n, BlockActivations.ffnUntiledRows)
+        let tile = try XCTUnwrap(BlockActivations.ffnTileRows(config: c, rows: n))
+        XCTAssertNotEqual(n % tile, 0, "the last tile is partial")
+        XCTAssertNil(BlockActivations.ffnTileRows(config: c, rows: BlockActivations.ffnUntiledRows))
+        var g = ModelTestRNG(11)
+        let inputs = g.tokens(n, vocab: c.vocabSize), targets = g.tokens(n, vocab: c.vocabSize)
+        func run(tiling: Bool, policy: ActivationPolicy) throws -> (loss: Float, model: TrainableLlama, bytes: Int) {
+            let m = try randomModel(c, seed: 12)
+            let t = try LlamaTrainer(model: m, batch: B, seqLen: T, policy: policy, ffnTiling: tiling)
+            XCTAssertEqual(t.ffnTile, tiling ? tile : nil)
+            m.zeroGradients()
+            return (try t.forwardBackward(inputs: inputs, targets: targets), m, t.activationBytes)
+        }
+        let whole = try run(tiling: false, policy: .keepAll), tiled = try run(tiling: true, policy: .keepAll)
+        XCTAssertEqual(tiled.loss, whole.loss, accuracy: 1e-6 * abs(whole.loss))
+        for e in whole.model.layout.entries {
+            let a = try whole.model.gradient(e.name), b = try tiled.model.gradient(e.name)
+            let norm = a.reduce(0) { $0 + Double($1) * Double($1) }.squareRoot()
+            let diff = zip(a, b).reduce(0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }.squareRoot()
+            XCTAssertGreaterThan(norm, 0, e.name)
+            XCTAssertLessThan(diff, 1e-5 * norm, "\(e.name): tiled gradient differs by \(diff) of \(norm)")
+        }
+        // Saved per block: no gate, up, silu·up (3 × n × ffnDim floats); scratch: four tiles, not three whole.
+        let saved = 3 * n * c.ffnDim * 4 * c.layers
+        XCTAssertLessThanOrEqual(tiled.bytes, whole.bytes - saved + 4 * tile * c.ffnDim * 4,
+                                 "tiled \(tiled.bytes) vs whole \(whole.bytes) bytes")
+        XCTAssertEqual(BlockActivations.table(config: c, batch: B, seqLen: T).map(\.name).filter { $0.hasPrefix("ffn_") },
+                       ["ffn_in", "ffn_norm", "ffn_rstd"])
+        // Recompute-all at the tiled shape: the same bits as keep-all.
+        let recomputed = try run(tiling: true, policy: .recomputeAll)
+        XCTAssertEqual(recomputed.loss.bitPattern, tiled.loss.bitPattern)
+        for e in tiled.model.layout.entries {
+            XCTAssertEqual(try recomputed.model.gradient(e.name).map(\.bitPattern), try tiled.model.gradient(e.name).map(\.bitPattern),
+                           e.name)
+        }
+    }
+}
