@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -65,6 +66,32 @@ int64_t cs_pread_full(int fd, void *buffer, int64_t length, int64_t offset) {
         }
         if (n == 0) break;
         total += n;
+    }
+    return total;
+}
+
+int64_t cs_pio_pairs(int fd, void *a, void *b, int64_t unit, int64_t count, int64_t offset, int write) {
+    enum { BATCH = 512 };   // iovecs per call, under IOV_MAX (1024)
+    struct iovec iov[BATCH];
+    const int64_t bytes = 2 * unit * count;
+    int64_t total = 0;
+    while (total < bytes) {
+        int n = 0;
+        for (int64_t pos = total; n < BATCH && pos < bytes; n++) {
+            int64_t pair = pos / (2 * unit), within = pos % (2 * unit);
+            char *base = within < unit ? (char *)a + pair * unit + within : (char *)b + pair * unit + (within - unit);
+            int64_t length = within < unit ? unit - within : 2 * unit - within;
+            iov[n].iov_base = base;
+            iov[n].iov_len = (size_t)length;
+            pos += length;
+        }
+        ssize_t r = write ? pwritev(fd, iov, n, (off_t)(offset + total)) : preadv(fd, iov, n, (off_t)(offset + total));
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        if (r == 0) break;
+        total += r;
     }
     return total;
 }

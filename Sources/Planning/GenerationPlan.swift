@@ -204,7 +204,7 @@ public struct StreamingPlan: Sendable {
             do {
                 let plan = try StreamingPlan(placing: budget, stages: stages, config: c, promptTokens: promptTokens,
                                              contextCapacity: contextCapacity, sequences: sequences,
-                                             maxSlots: maxSlots, prefillChunk: chunk)
+                                             maxSlots: maxSlots, prefillChunk: chunk, hardware: hardware)
                 let seconds = plan.predictedSeconds(hardware: hardware, config: c)
                 if best == nil || seconds < best!.seconds * (1 - 1e-9) { best = (plan, seconds) }
                 smallest = (plan, nil)
@@ -229,7 +229,7 @@ public struct StreamingPlan: Sendable {
 
     /// The placement for one choice of prefill chunk.
     private init(placing budget: Int, stages: [WeightStage], config c: LlamaConfig, promptTokens: Int,
-                 contextCapacity: Int, sequences: Int, maxSlots: Int, prefillChunk: Int?) throws {
+                 contextCapacity: Int, sequences: Int, maxSlots: Int, prefillChunk: Int?, hardware: HardwareProfile) throws {
         self.prefillChunk = prefillChunk
         // The widest pass is the last one that many rows: it attends to every prompt key.
         let passRows = LlamaModel.largestPrefillPiece(count: max(promptTokens, 1), chunk: prefillChunk)
@@ -245,7 +245,6 @@ public struct StreamingPlan: Sendable {
         // Sliding-window layers keep their heads in memory (their rows past the window attend alone).
         let mustStay = (0..<c.layers).map { c.slidingWindow != nil && c.isLocalLayer($0) ? c.kvHeads : 0 }
         let smallSpan = Self.kvSpanPositions(headDim: c.headDim, atLeast: attentionKeyBlock, capacity: contextCapacity)
-        let largeSpan = Self.kvSpanPositions(headDim: c.headDim, atLeast: 1024, capacity: contextCapacity)
         func storeBytes(_ heads: [Int], span: Int, slots: Int) -> Int {
             Self.kvStoreBytes(config: c, diskHeads: heads.reduce(0) { $0 + c.kvHeads - $1 }, spanPositions: span, slots: slots)
         }
@@ -280,25 +279,45 @@ public struct StreamingPlan: Sendable {
             kvSpanPositions = smallSpan; kvSlots = 0; kvReaders = 0
             kvCacheBytes = sequences * allKV
         } else {
-            // Reads of a span are the disk's requests: larger, and several at a time, move more bytes
-            // per second (SmolLM2 at 3,000 tokens, 32 MB: 256 positions by 1 reader 1.7 tokens/s, 1,024 by
-            // 4 readers 3.5). The largest ring that takes at most a quarter of what is left; else the least.
-            let rings = [(largeSpan, 5), (Self.kvSpanPositions(headDim: c.headDim, atLeast: 512, capacity: contextCapacity), 5), (smallSpan, 5)]
-            let (span, slots) = rings.first { 4 * storeBytes(mustStay, span: $0.0, slots: $0.1) <= budget - bare }
-                ?? (smallSpan, 2)
-            kvSpanPositions = span; kvSlots = slots; kvReaders = slots - 1
-            var heads = mustStay
-            func bytes() -> Int {
-                Self.kvResidentBytes(config: c, heads: heads, capacity: contextCapacity)
-                    + storeBytes(heads, span: span, slots: slots)
-            }
-            // A second stage buffer comes first, so reading the next stage overlaps computing one.
-            let ring = budget >= bare + slotBytes + bytes() ? slotBytes : 0
-            for l in 0..<c.layers where heads[l] < c.kvHeads {
-                while heads[l] < c.kvHeads {
-                    heads[l] += 1
-                    if bare + ring + bytes() > budget || heads == allHeads { heads[l] -= 1; break }
+            // The ring: each span read (a head's keys and values of `span` positions) is one request,
+            // `slots − 1` in flight. Larger and more requests move more bytes per second on most disks, but
+            // take memory that would keep heads resident (each saves its share of the reads). Each ring that
+            // takes at most a quarter of what is left is costed with the heads that then fit: the fewest
+            // seconds of KV reads per token at the full context on `hardware` wins (ties: less memory).
+            let stageBuffer = slotBytes
+            func placeHeads(span: Int, slots: Int) -> [Int] {
+                var heads = mustStay
+                func bytes() -> Int {
+                    Self.kvResidentBytes(config: c, heads: heads, capacity: contextCapacity)
+                        + storeBytes(heads, span: span, slots: slots)
                 }
+                // A second stage buffer comes first, so reading the next stage overlaps computing one.
+                let ring = budget >= bare + stageBuffer + bytes() ? stageBuffer : 0
+                for l in 0..<c.layers where heads[l] < c.kvHeads {
+                    while heads[l] < c.kvHeads {
+                        heads[l] += 1
+                        if bare + ring + bytes() > budget || heads == allHeads { heads[l] -= 1; break }
+                    }
+                }
+                return heads
+            }
+            var best: (span: Int, slots: Int, heads: [Int], seconds: Double)?
+            for atLeast in [attentionKeyBlock, 512, 1024, 2048] {
+                let span = Self.kvSpanPositions(headDim: c.headDim, atLeast: atLeast, capacity: contextCapacity)
+                // At most 4 readers: 8 were slower on 2 cores (SmolLM2, 6,080 tokens, 32 MB: 2.3–3.2 tokens/s
+                // against 2.8–3.6 with 4), their completions taking the compute's cores.
+                for slots in [3, 5] where 4 * storeBytes(mustStay, span: span, slots: slots) <= budget - bare {
+                    let heads = placeHeads(span: span, slots: slots)
+                    let diskBytes = Double(heads.reduce(0) { $0 + c.kvHeads - $1 } * 2 * contextCapacity * c.headDim * 4)
+                    let seconds = diskBytes / Self.kvReadBandwidth(hardware: hardware, config: c, span: span, readers: slots - 1)
+                    if best == nil || seconds < best!.seconds * (1 - 1e-6) { best = (span, slots, heads, seconds) }
+                }
+            }
+            let span = best?.span ?? smallSpan, slots = best?.slots ?? 2
+            kvSpanPositions = span; kvSlots = slots; kvReaders = slots - 1
+            let heads = best?.heads ?? placeHeads(span: span, slots: slots)
+            func bytes() -> Int {
+                Self.kvResidentBytes(config: c, heads: heads, capacity: contextCapacity) + storeBytes(heads, span: span, slots: slots)
             }
             kvResidentHeads = heads
             kvCacheBytes = bytes()
@@ -411,7 +430,12 @@ extension StreamingPlan {
 
     /// The disk's rate for the KV heads' span reads, `kvReaders` at a time.
     public func kvReadBandwidth(hardware hw: HardwareProfile, config c: LlamaConfig) -> Double {
-        hw.diskReadBandwidth(requestBytes: kvSpanPositions * c.headDim * 4, queueDepth: max(kvReaders, 1))
+        Self.kvReadBandwidth(hardware: hw, config: c, span: kvSpanPositions, readers: kvReaders)
+    }
+
+    /// The disk's rate for span reads of `span` positions (a head's keys and values: one request), `readers` at a time.
+    static func kvReadBandwidth(hardware hw: HardwareProfile, config c: LlamaConfig, span: Int, readers: Int) -> Double {
+        hw.diskReadBandwidth(requestBytes: 2 * span * c.headDim * 4, queueDepth: max(readers, 1))
     }
 
     /// Predicted seconds for the prompt's prefill and the decode of the rest of the context.
@@ -505,7 +529,7 @@ extension StreamingPlan {
         "\(resident.count) of \(stages.count) stages resident, \(stages.count - resident.count) streamed through "
             + "\(ringSlots) buffer\(ringSlots == 1 ? "" : "s") (\(readerThreads) reader\(readerThreads == 1 ? "" : "s")), KV cache of "
             + (kvDiskHeads == 0 ? "all in memory" : "\(kvDiskHeads) of \(kvHeads * kvResidentHeads.count) heads on disk "
-               + "(read in spans of \(kvSpanPositions) positions)")
+               + "(read in spans of \(kvSpanPositions) positions, \(kvReaders) at a time)")
             + (sequences > 1 ? ", blocks of \(sequences) sequences" : "")
             + (LlamaModel.prefillPieces(count: max(promptTokens, 1), chunk: prefillChunk).count > 1
                ? ", prefill in passes of \(prefillChunk!) tokens" : "")

@@ -138,7 +138,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case name, gemmFlops, memoryBandwidth, diskReadBandwidth, diskWriteBandwidth, hostLinkBandwidth, accelerator
-        case diskDuplexBandwidth, ioComputeSecondsPerByte, training
+        case diskDuplexBandwidth, ioComputeSecondsPerByte, diskRates, training
     }
 
     /// Profiles written before `accelerator` existed decode as CPU-only.
@@ -153,14 +153,28 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
                   accelerator: try c.decodeIfPresent(Bool.self, forKey: .accelerator) ?? false,
                   diskDuplexBandwidth: try c.decodeIfPresent(Double.self, forKey: .diskDuplexBandwidth),
                   ioComputeSecondsPerByte: try c.decodeIfPresent(Double.self, forKey: .ioComputeSecondsPerByte) ?? 0)
+        diskRates = try c.decodeIfPresent([DiskRate].self, forKey: .diskRates)
         training = try c.decodeIfPresent(TrainingKernelRates.self, forKey: .training)
     }
 
     /// Measured on the 2-core x86-64 build machine: OpenBLAS sgemm with 2 threads
-    /// ≈ 180 GFLOP/s, memcpy ≈ 10 GB/s, O_DIRECT ≈ 0.84 GB/s read / 0.77 GB/s write.
-    public static let defaultCPU = HardwareProfile(
-        name: "default-cpu-2core", gemmFlops: 180e9, memoryBandwidth: 10e9,
-        diskReadBandwidth: 0.84e9, diskWriteBandwidth: 0.77e9, hostLinkBandwidth: 10e9)
+    /// ≈ 180 GFLOP/s, memcpy ≈ 10 GB/s, O_DIRECT ≈ 0.84 GB/s read / 0.77 GB/s write (the disk
+    /// store's transfers, under load). Its direct I/O by request size and queue depth, which streamed
+    /// generation's reads are costed by: the median of three `offload profile --disk-only` runs on a
+    /// quiet machine (2026-12-03), made non-decreasing in the queue depth and the request size (their
+    /// noise, ±15%, otherwise ranks configurations at random). 128 KiB requests one at a time move a
+    /// third less than 1 MiB ones.
+    public static let defaultCPU: HardwareProfile = {
+        var p = HardwareProfile(name: "default-cpu-2core", gemmFlops: 180e9, memoryBandwidth: 10e9,
+                                diskReadBandwidth: 0.84e9, diskWriteBandwidth: 0.77e9, hostLinkBandwidth: 10e9)
+        p.diskRates = [(128, 1, 1.15, 1.76), (128, 4, 1.29, 1.93), (128, 8, 1.38, 2.16),
+                       (256, 1, 1.44, 2.19), (256, 4, 1.60, 2.58), (256, 8, 1.60, 2.58),
+                       (512, 1, 1.48, 2.19), (512, 4, 1.60, 2.64), (512, 8, 1.67, 2.67),
+                       (1024, 1, 1.69, 2.61), (1024, 4, 1.69, 2.88), (1024, 8, 1.69, 2.88)].map {
+            DiskRate(requestBytes: $0.0 << 10, queueDepth: $0.1, readBytesPerSecond: $0.2 * 1e9, writeBytesPerSecond: $0.3 * 1e9)
+        }
+        return p
+    }()
 
     /// Reads a profile from JSON; `name` may be missing.
     public static func load(path: String) throws -> HardwareProfile {

@@ -1,7 +1,8 @@
 // KV heads on disk (HeadInfer on the CPU): one unlinked file (gone when the process
 // is, however it ends) read and written with O_DIRECT. Each disk head of each layer
-// keeps its keys and its values as pages of whole 4 KiB blocks of positions; the last
-// partial page stays in memory (its tail) until it fills. Attention takes a head's
+// keeps its keys and its values as pages of whole 4 KiB blocks of positions, a page of
+// keys beside the page of values of the same positions, so a span of both is one request
+// (preadv into the two buffers); the last partial page stays in memory (its tail) until it fills. Attention takes a head's
 // keys a span of `spanPositions` at a time: readers fill a ring of span buffers ahead
 // of it, in the order the forward will take them (every layer's disk heads, from
 // position 0), so no step holds a whole layer's cache and reads overlap compute. The
@@ -135,20 +136,19 @@ public final class DiskKVStore: KVHeadStore, @unchecked Sendable {
     /// Seconds the compute spent waiting for KV reads and in KV writes.
     public var seconds: Double { cond.lock(); defer { cond.unlock() }; return _seconds }
 
-    private func offset(_ index: Int, _ which: Int, page: Int) -> Int64 {
-        Int64(((index * 2 + which) * pagesPerHead + page) * pageBytes)
+    /// Where disk head `index`'s page `page` of keys is; its values follow it.
+    private func offset(_ index: Int, page: Int) -> Int64 {
+        Int64((index * pagesPerHead + page) * 2 * pageBytes)
     }
     private func pageStart(_ position: Int) -> Int { position / pagePositions * pagePositions }
 
     private func readPages(_ index: Int, first page: Int, count: Int, k: UnsafeMutablePointer<Float>,
                            v: UnsafeMutablePointer<Float>, what: String) throws {
-        let length = count * pageBytes
-        for (which, dst) in [(0, k), (1, v)] {
-            let r = cs_pread_full(fd, UnsafeMutableRawPointer(dst), Int64(length), offset(index, which, page: page))
-            guard r == length else {
-                throw OffloadError("[kv] read \(what) \(which == 0 ? "keys" : "values") from \(path): "
-                                   + (r < 0 ? String(cString: strerror(Int32(-r))) : "got \(r) of \(length) bytes"))
-            }
+        let length = 2 * count * pageBytes
+        let r = cs_pio_pairs(fd, k, v, Int64(pageBytes), Int64(count), offset(index, page: page), 0)
+        guard r == length else {
+            throw OffloadError("[kv] read \(what) keys and values from \(path): "
+                               + (r < 0 ? String(cString: strerror(Int32(-r))) : "got \(r) of \(length) bytes"))
         }
     }
 
@@ -275,14 +275,11 @@ public final class DiskKVStore: KVHeadStore, @unchecked Sendable {
                     let (sk, sv) = row(p), dst = (p - page * P) * d
                     (pageK + dst).update(from: sk, count: d); (pageV + dst).update(from: sv, count: d)
                 }
-                for (which, src) in [(0, pageK), (1, pageV)] {
-                    var done: Int64 = 0
-                    let length = n * pageBytes
-                    let r = cs_pwrite_full(fd, UnsafeRawPointer(src), Int64(length), offset(index, which, page: page), &done)
-                    guard r == length else {
-                        throw OffloadError("[kv] write layer \(layer) head \(h) \(which == 0 ? "keys" : "values") to \(path): "
-                                           + (r < 0 ? String(cString: strerror(Int32(-r))) : "wrote \(done) of \(length) bytes"))
-                    }
+                let length = 2 * n * pageBytes
+                let r = cs_pio_pairs(fd, pageK, pageV, Int64(pageBytes), Int64(n), offset(index, page: page), 1)
+                guard r == length else {
+                    throw OffloadError("[kv] write layer \(layer) head \(h) keys and values to \(path): "
+                                       + (r < 0 ? String(cString: strerror(Int32(-r))) : "wrote \(r) of \(length) bytes"))
                 }
                 written += 2 * n * pageBytes
                 page += n

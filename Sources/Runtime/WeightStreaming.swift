@@ -76,6 +76,9 @@ public struct StreamingReport: Sendable {
     public var ratioToLimit: Double { limitTokensPerSecond > 0 ? decodeTokensPerSecond / limitTokensPerSecond : 0 }
     public var bytesDiscarded: Int
     public var kvDiskHeads: Int
+    /// Positions per KV span read (a head's keys and values in one request) and reads in flight.
+    public var kvSpanPositions: Int
+    public var kvReaders: Int
     /// KV-cache bytes read from and written to disk per decoded token.
     public var kvBytesReadPerToken: Double
     public var kvBytesWrittenPerToken: Double
@@ -89,6 +92,8 @@ public struct StreamingReport: Sendable {
         peakComputeBytes = streamer.tier.stats.peak
         let steps = max(s.decodeForwards, 1)
         kvDiskHeads = streamer.plan.kvDiskHeads
+        kvSpanPositions = kvDiskHeads > 0 ? streamer.plan.kvSpanPositions : 0
+        kvReaders = kvDiskHeads > 0 ? streamer.plan.kvReaders : 0
         kvBytesReadPerToken = Double(s.decodeKVBytesRead) / Double(steps)
         kvBytesWrittenPerToken = Double(s.decodeKVBytesWritten) / Double(steps)
         // Weights and KV cache both come through the disk each step.
@@ -108,6 +113,7 @@ public struct StreamingReport: Sendable {
          "disk_read_bytes_per_second": readBandwidth, "compute_seconds_per_token": computeSecondsPerToken,
          "limit_decode_tokens_per_second": limitTokensPerSecond, "ratio_to_limit": ratioToLimit,
          "bytes_read_ahead_discarded": bytesDiscarded, "kv_disk_heads": kvDiskHeads,
+         "kv_span_positions": kvSpanPositions, "kv_readers": kvReaders,
          "kv_bytes_read_per_token": kvBytesReadPerToken, "kv_bytes_written_per_token": kvBytesWrittenPerToken]
     }
 

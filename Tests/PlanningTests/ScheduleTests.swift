@@ -8,6 +8,7 @@ import FoundationXML
 import Models
 import Memory
 import Planning
+import Kernels
 
 /// A chain of n identical stages with no parameters: input x bytes, S saved bytes, no temporaries.
 func uniformChain(_ n: Int, x: Int, saved: Int) -> ModelChain {
@@ -503,5 +504,41 @@ final class CPUOnlyTests: XCTestCase {
             XCTAssertEqual(alone.count, together.count)
             for (a, t) in zip(alone, together) { XCTAssertEqual(t, slowed ? 2 * a : a, accuracy: 1e-12 * max(1, a), "\(mode)") }
         }
+    }
+}
+
+/// The ring of KV span reads is chosen by the profile's disk rates: the span and readers whose reads of
+/// the disk heads the profile says take least time, the heads that fit beside it kept in memory.
+final class KVRingTests: XCTestCase {
+    func plan(_ hw: HardwareProfile) throws -> StreamingPlan {
+        let c = try LlamaConfig.named("smollm2-135m")
+        return try StreamingPlan(budget: 32_000_000, stages: try weightStages(config: c, dtype: .q8_0), config: c,
+                                 promptTokens: 6000, contextCapacity: 6100, hardware: hw)
+    }
+
+    func testTheRingFollowsTheDisksRates() throws {
+        func profile(_ rate: (Int, Int) -> Double) -> HardwareProfile {
+            var h = HardwareProfile.defaultCPU
+            h.diskRates = [128 << 10, 512 << 10, 2 << 20].flatMap { size in
+                [1, 2, 4].map { HardwareProfile.DiskRate(requestBytes: size, queueDepth: $0,
+                                                         readBytesPerSecond: rate(size, $0), writeBytesPerSecond: 1e9) }
+            }
+            return h
+        }
+        // A disk that does not care: the ring takes least memory (short spans, 2 readers), more heads stay.
+        let flat = try plan(profile { _, _ in 1e9 })
+        // A disk that wants large requests, several at once.
+        let eager = try plan(profile { size, depth in 2e8 * Double(depth) * Double(size) / Double(128 << 10) })
+
+        let c = try LlamaConfig.named("smollm2-135m"), eagerDisk = profile { size, depth in 2e8 * Double(depth) * Double(size) / Double(128 << 10) }
+        XCTAssertGreaterThan(flat.kvDiskHeads, 0)
+        XCTAssertEqual(flat.kvSpanPositions, attentionKeyBlock, "\(flat.summary)")
+        XCTAssertEqual(flat.kvReaders, 2)
+        XCTAssertGreaterThan(eager.kvSpanPositions, 4 * flat.kvSpanPositions, eager.summary)
+        XCTAssertGreaterThanOrEqual(eager.kvDiskHeads, flat.kvDiskHeads, "a larger ring leaves no more heads in memory")
+        XCTAssertGreaterThan(eager.kvReadBandwidth(hardware: eagerDisk, config: c), 4 * flat.kvReadBandwidth(hardware: eagerDisk, config: c))
+        for p in [flat, eager] { XCTAssertLessThanOrEqual(p.plannedBytes, p.budget) }
+        XCTAssertTrue(eager.summary.contains("read in spans of \(eager.kvSpanPositions) positions, \(eager.kvReaders) at a time"),
+                      eager.summary)
     }
 }

@@ -23,6 +23,12 @@ int64_t cs_pwrite_full(int fd, const void *buffer, int64_t length, int64_t offse
 /// Returns the bytes read (less than `length` at end of file), or -errno.
 int64_t cs_pread_full(int fd, void *buffer, int64_t length, int64_t offset);
 
+/// Reads (`write` 0) or writes `count` pairs of `unit` bytes at `offset`, laid out in the file as
+/// a₀ b₀ a₁ b₁ …, from or into two buffers (pair i at a + i·unit and b + i·unit): one preadv or
+/// pwritev per 256 pairs, retrying EINTR and partial transfers. Returns the bytes moved (less than
+/// 2·unit·count at end of file), or -errno.
+int64_t cs_pio_pairs(int fd, void *a, void *b, int64_t unit, int64_t count, int64_t offset, int write);
+
 /// flock(LOCK_EX | LOCK_NB): 0 when this process now holds the lock, -errno otherwise.
 int cs_try_lock(int fd);
 
