@@ -186,9 +186,9 @@ public final class LlamaTrainer {
     /// `activationBytes` of a trainer built with these arguments, without building it (what a planner
     /// sets aside for the trainer's own buffers).
     public static func activationBytes(config: LlamaConfig, batch: Int, seqLen: Int, policy: ActivationPolicy = .keepAll,
-                                       ownsActivations: Bool = true, headChunk: Int? = nil, ffnTiling: Bool = true) -> Int {
+                                       ownsActivations: Bool = true, headChunk: Int? = nil) -> Int {
         let s = bufferFloats(config: config, batch: batch, seqLen: seqLen, policy: policy,
-                             ownsActivations: ownsActivations, headChunk: headChunk, ffnTiling: ffnTiling)
+                             ownsActivations: ownsActivations, headChunk: headChunk, ffnTiling: true)
         return 4 * (s.activations + s.scratch + s.headState)
     }
 
