@@ -316,11 +316,9 @@ public struct StreamingPlan: Sendable {
             let span = best?.span ?? smallSpan, slots = best?.slots ?? 2
             kvSpanPositions = span; kvSlots = slots; kvReaders = slots - 1
             let heads = best?.heads ?? placeHeads(span: span, slots: slots)
-            func bytes() -> Int {
-                Self.kvResidentBytes(config: c, heads: heads, capacity: contextCapacity) + storeBytes(heads, span: span, slots: slots)
-            }
             kvResidentHeads = heads
-            kvCacheBytes = bytes()
+            kvCacheBytes = Self.kvResidentBytes(config: c, heads: heads, capacity: contextCapacity)
+                + storeBytes(heads, span: span, slots: slots)
         }
         let fixed = kvCacheBytes + scratchBytes
         var slots = budget >= fixed + staging + 2 * slotBytes ? 2 : 1

@@ -36,6 +36,8 @@ public final class TrainingExecutor {
     public let trace: TraceRecorder?
     let engine: TransferEngine?
     let stageNames: [String]
+    /// The schedule's names for a block's BlockActivations (`act.L.<field>`), in table order.
+    let blockFields: [String]
     let layers: Int
 
     var live: [String: TierBuffer] = [:]
@@ -80,6 +82,7 @@ public final class TrainingExecutor {
         activations = tier
         engine = disk.map { TransferEngine(memory: tier, disk: $0, trace: trace) }
         stageNames = schedule.stageNames
+        blockFields = BlockActivations.table(config: m.config, batch: trainer.batch, seqLen: trainer.seqLen).map(\.name)
         layers = m.config.layers
         try checkSizes()
     }
@@ -91,10 +94,6 @@ public final class TrainingExecutor {
     /// (resident, one allocation per role) and the token ids (the trainer's).
     static func isResident(_ name: String) -> Bool { isParameterState(name) || name == "act.embd.tokens" }
 
-    /// The schedule's names for a block's BlockActivations (`act.L.<field>`), in table order.
-    var blockFields: [String] {
-        BlockActivations.table(config: trainer.model.config, batch: trainer.batch, seqLen: trainer.seqLen).map(\.name)
-    }
 
     /// Every activation the schedule names must have the size the trainer's kernels use.
     func checkSizes() throws {
