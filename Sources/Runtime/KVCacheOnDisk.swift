@@ -223,12 +223,14 @@ public final class DiskKVStore: KVHeadStore, @unchecked Sendable {
             return nil
         }
         let s = order[i], slot = i % slotK.count
-        let t0 = now()
+        let t0 = now(), tw = trace?.now() ?? 0
         cond.lock()
         while filled[slot] != i && readError == nil { cond.wait() }
         let failure = readError
-        _seconds += now() - t0
+        let waited = now() - t0
+        _seconds += waited
         cond.unlock()
+        if waited > 20e-6 { trace?.span("wait kv.\(layer).\(head)", stream: "compute", since: tw) }
         if let failure { throw failure }
         // Positions past what is on disk: the tail (stored before this forward), then the forward's rows.
         let (k, v) = (slotK[slot], slotV[slot]), d = headDim
