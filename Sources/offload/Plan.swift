@@ -254,7 +254,7 @@ extension Plan {
             stages = try weightStages(config: cfg)
         }
         let budgetBytes = budget.flatMap(parseBytes) ?? Int.max / 4
-        let context = min(seqLen, cfg.contextLength)
+        let context = plannedContext(cfg)
         let row: PlanTable.Row
         var plan: StreamingPlan?
         do {
@@ -325,7 +325,7 @@ extension Plan {
         guard let budgetBytes = budget.flatMap(parseBytes) else {
             throw OffloadError("[plan] --mode serve needs --budget (without one, serve keeps every weight in memory)")
         }
-        let context = min(seqLen, cfg.contextLength)
+        let context = plannedContext(cfg)
         let stages = try weightStages(of: gguf.file, config: cfg)
         let serving: ServingPlan
         do {
@@ -392,5 +392,17 @@ extension Plan {
             }
         }
         }
+    }
+}
+
+extension Plan {
+    /// The context `generate` and `serve` run at: --seq-len, or the model's own context where it asks
+    /// for more (they stop there), said on stderr so a plan for a longer context is not taken as one.
+    func plannedContext(_ cfg: LlamaConfig) -> Int {
+        if seqLen > cfg.contextLength {
+            FileHandle.standardError.write(Data(("[plan] --seq-len \(seqLen) is past \(cfg.name)'s context of "
+                + "\(cfg.contextLength) positions; planned at \(cfg.contextLength), where \(mode) stops\n").utf8))
+        }
+        return min(seqLen, cfg.contextLength)
     }
 }

@@ -106,4 +106,20 @@ final class BadInputTests: XCTestCase {
         XCTAssertNotEqual(e.status, 0)
         XCTAssertTrue(e.stderr.contains("nope.gguf"), e.stderr)
     }
+
+    /// A context past the model's is planned at the model's (where generate and serve stop), and said so.
+    func testPlanSaysWhenTheContextIsPastTheModels() throws {
+        let model = dir.appendingPathComponent("tiny.gguf")
+        try tinyModel().write(to: model)
+        for mode in ["generate", "serve"] {
+            let r = try CLI.run(["plan", "--model", model.path, "--mode", mode, "--seq-len", "100", "--budget", "4MB", "--json"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stderr.contains("--seq-len 100 is past") && r.stderr.contains("context of 64 positions; planned at 64"),
+                          "\(mode): \(r.stderr)")
+            let out = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+            XCTAssertEqual(out["seqLen"] as? Int, 64, mode)
+            let within = try CLI.run(["plan", "--model", model.path, "--mode", mode, "--seq-len", "64", "--budget", "4MB", "--json"])
+            XCTAssertFalse(within.stderr.contains("is past"), within.stderr)
+        }
+    }
 }
