@@ -206,6 +206,36 @@ public final class TrainingExecutor {
                             bytesRead: bytesRead, bytesWritten: bytesWritten)
     }
 
+    /// The mean loss of one batch without a step (a validation pass), as `LlamaTrainer.loss` computes it
+    /// bit for bit: a forward whose blocks share one set of activation buffers (each block overwrites
+    /// the last's), two block inputs taken in turn and one chunk of the head's logits, all from the
+    /// activation tier and freed at the end — less than any step's schedule holds, so within the budget.
+    public func loss(inputs: [Int], targets: [Int]) throws -> Float {
+        try trainer.setBatch(inputs: inputs, targets: targets)
+        var held: [TierBuffer] = []
+        defer { held.forEach { $0.free() } }
+        func take(_ name: String, floats: Int? = nil) throws -> UnsafeMutablePointer<Float> {
+            guard let bytes = floats.map({ $0 * 4 }) ?? schedule.tensorBytes[name] else {
+                throw OffloadError("[executor] unknown tensor \(name)")
+            }
+            let b = try allocate("eval " + name, bytes: bytes)
+            held.append(b)
+            return b.baseAddress.assumingMemoryBound(to: Float.self)
+        }
+        var p: [String: UnsafeMutablePointer<Float>] = [:]
+        for f in blockFields.dropFirst() { p[f] = try take("act.0.\(f)") }
+        var input = try take("act.0.attn_in"), output = try take("act.head.in")
+        trainer.embeddingForward(output: input)
+        for l in 0..<layers {
+            p[blockFields[0]] = input
+            trainer.blockForward(l, output: output, saving: BlockActivations(named: p))
+            swap(&input, &output)
+        }
+        let chunk = trainer.batch * trainer.seqLen * trainer.headChunk(0).count
+        return try trainer.headForward(input: input, norm: try take("act.head.norm"), rstd: try take("act.head.rstd"),
+                                       logits: try take("act.head.probs", floats: chunk), keepsLogits: false)
+    }
+
     func stageKind(_ k: Int) -> (isEmbedding: Bool, isHead: Bool, block: Int) {
         (k == 0, k == stageNames.count - 1, k - 1)
     }

@@ -235,7 +235,8 @@ public final class TrainingSession {
             let real = min(B, data.windowCount - k * B)
             for i in real * T ..< B * T { targets[i] = LlamaTrainer.ignoredTarget }
             let counted = targets.reduce(0) { $0 + ($1 == LlamaTrainer.ignoredTarget ? 0 : 1) }
-            sum += Double(try trainer.loss(inputs: inputs, targets: targets)) * Double(counted)
+            sum += Double(try executor?.loss(inputs: inputs, targets: targets) ?? trainer.loss(inputs: inputs, targets: targets))
+                * Double(counted)
             count += counted
         }
         return Float(sum / Double(count))

@@ -143,9 +143,6 @@ struct Train: ParsableCommand {
             if budget != nil { throw ValidationError("LoRA is not supported with --budget yet (the frozen base is read from the mapped model file)") }
             if optimizer?.lowercased() == "zo-sgd" { throw ValidationError("--optimizer zo-sgd trains every weight; it does not combine with LoRA") }
         }
-        if evalData != nil && budget != nil {
-            throw ValidationError("--eval-data is not supported with --budget yet (the validation pass runs with every weight in memory)")
-        }
     }
 
     func run() throws {
@@ -259,6 +256,10 @@ struct Train: ParsableCommand {
             if let info, let resume { try Checkpoint.restoreOptimizer(resume, info: info, into: session) }
             run = InMemoryRun(session: session, budgeted: nil)
         } else if case .streamed(let plan)? = placement {
+            if evalData != nil {
+                throw OffloadError("[train] --eval-data is not supported when the parameters are streamed from --disk "
+                                   + "(the plan for --budget \(budget ?? "")) yet; give a budget that keeps them in memory (`offload plan` lists them)")
+            }
             run = try StreamedRun(self, config: modelConfig, ropeStyle: ropeStyle, data: windows, options: options,
                                   plan: plan, hardware: hw, source: source, seed: seed,
                                   resume: resume.flatMap { r in info.map { (r, $0) } })

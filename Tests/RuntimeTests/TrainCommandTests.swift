@@ -106,9 +106,24 @@ final class TrainCommandTests: OffloadCommandTestCase {
         XCTAssertTrue(noTokenizer.err.contains("need a model with a tokenizer"), noTokenizer.err)
         let every = try offload(["train", "--config", "tiny", "--data", "text.txt", "--eval-every", "5", "--steps", "1"])
         XCTAssertTrue(every.err.contains("--eval-every needs --eval-data"), every.err)
-        let budgeted = try offload(["train", "--config", "tiny", "--data", "text.txt", "--eval-data", "text.txt",
-                                    "--budget", "64MB", "--steps", "1"])
-        XCTAssertTrue(budgeted.err.contains("--eval-data is not supported with --budget"), budgeted.err)
+
+        // Under a budget that keeps the parameters in memory the validation pass runs through the executor
+        // (one block's activations at a time, within the budget): the same losses and validation losses
+        // bit for bit. Where the plan streams the parameters it is refused by name.
+        let tiny = ["train", "--config", "tiny", "--seed", "3", "--data", "text.txt", "--eval-data", "text.txt",
+                    "--eval-every", "1", "--batch", "2", "--seq-len", "32", "--threads", "2", "--steps", "3"]
+        XCTAssertEqual(try offload(tiny + ["--log", "plain.jsonl"]).status, 0)
+        for (i, strategy) in ["recompute", "keep"].enumerated() {
+            let b = try offload(tiny + ["--log", "budget\(i).jsonl", "--budget", "3MB", "--strategy", strategy])
+            XCTAssertEqual(b.status, 0, b.err)
+            for key in ["loss", "eval_loss"] {
+                XCTAssertEqual(try logLines("plain.jsonl").map { "\($0[key]!)" }, try logLines("budget\(i).jsonl").map { "\($0[key]!)" },
+                               "\(strategy): \(key)")
+            }
+        }
+        let streamed = try offload(tiny + ["--budget", "1MB", "--disk", "spill", "--strategy", "stream"])
+        XCTAssertNotEqual(streamed.status, 0)
+        XCTAssertTrue(streamed.err.contains("--eval-data is not supported when the parameters are streamed"), streamed.err)
     }
     /// zo-sgd (MeZO): two forward passes a step, resumed bit for bit (z comes back from the step number);
     /// its options are refused where they do not apply.
