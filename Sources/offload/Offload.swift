@@ -19,6 +19,29 @@ struct Offload: ParsableCommand {
     static func main() {
         BLASSetup.reexecWithAVX512KernelsIfUseful()
         MemoryTier.mapLargeAllocations()
-        main(nil)
+        main(joiningNegativeValues(Array(CommandLine.arguments.dropFirst())))
+    }
+
+    /// `--opt -3` as `--opt=-3`: the argument parser takes a word that starts with a dash for an option,
+    /// so a negative value would be reported as a missing one instead of reaching the option's own check
+    /// ("--max-tokens must be 0 or more, got -3"). No option's name starts with a dash and a digit.
+    static func joiningNegativeValues(_ args: [String]) -> [String] {
+        var out: [String] = []
+        var i = 0
+        while i < args.count {
+            let a = args[i]
+            if a == "--" { out += args[i...]; break }
+            if a.hasPrefix("--"), !a.contains("="), i + 1 < args.count, isNegativeNumber(args[i + 1]) {
+                out.append(a + "=" + args[i + 1]); i += 2
+            } else {
+                out.append(a); i += 1
+            }
+        }
+        return out
+    }
+
+    static func isNegativeNumber(_ s: String) -> Bool {
+        let rest = s.dropFirst()
+        return s.hasPrefix("-") && (rest.first?.isNumber == true || (rest.first == "." && rest.dropFirst().first?.isNumber == true))
     }
 }

@@ -101,6 +101,14 @@ final class BadInputTests: XCTestCase {
         let r = try CLI.run(["generate", "--model", CLI.smolLM2, "--prompt", "x", "--top-p", "2"])
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("--top-p"), r.stderr)
+        // A negative value reaches the option's own check (not "missing value"), in every command.
+        for (args, says) in [(["generate", "--model", CLI.smolLM2, "--prompt", "x", "--max-tokens", "-3"], "--max-tokens must be 0 or more, got -3"),
+                             (["generate", "--model", CLI.smolLM2, "--prompt", "x", "--temperature", "-.5"], "--temperature must be a number ≥ 0, got -0.5"),
+                             (["train", "--config", "tiny", "--data", CLI.fixtures.appendingPathComponent("smollm2/hamlet_excerpt.txt").path, "--steps", "-2"], "--steps must be positive, got -2")] {
+            let n = try CLI.run(args)
+            XCTAssertNotEqual(n.status, 0, "\(args)")
+            XCTAssertTrue(n.stderr.contains(says) && !n.stderr.contains("Missing value"), "\(args): \(n.stderr)")
+        }
         let e = try CLI.run(["eval", "--model", dir.appendingPathComponent("nope.gguf").path, "--data",
                                 CLI.fixtures.appendingPathComponent("smollm2/hamlet_excerpt.txt").path])
         XCTAssertNotEqual(e.status, 0)
