@@ -321,13 +321,16 @@ struct Train: ParsableCommand {
         let t0 = now()
         var lastSaved: Int? = info?.step
         var lastLoss: Float?
+        var evalSeconds = 0.0
         while run.step < lastStep {
             var r: StepResult
             do {
                 r = try run.trainStep()
                 if let evalWindows, let session = (run as? InMemoryRun)?.session,
                    run.step == lastStep || evalEvery.map({ run.step % $0 == 0 }) == true {
+                    let te = now()
                     r.evalLoss = try session.evaluate(evalWindows)
+                    evalSeconds += now() - te
                 }
             } catch {
                 // A step that fails (non-finite loss, full disk, I/O error) names the checkpoint left.
@@ -341,7 +344,8 @@ struct Train: ParsableCommand {
             }
             lastLoss = r.loss
             logHandle?.write(Data((r.jsonLine + "\n").utf8))
-            let done = run.step - startStep, elapsed = now() - t0
+            // Validation passes are not steps: the ETA counts steps only.
+            let done = run.step - startStep, elapsed = now() - t0 - evalSeconds
             let eta = elapsed / Double(done) * Double(lastStep - run.step)
             let line = String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.3g  %.1f tok/s  ETA %@  mem %@",
                               r.step, options.steps, r.loss, r.gradNorm, r.lr, r.tokensPerSecond,
@@ -364,10 +368,11 @@ struct Train: ParsableCommand {
             try run.save(to: save, sourceModel: sourceModel, lastLoss: lastLoss)
             note("saved step \(run.step) to \(save)")
         }
-        let seconds = now() - t0
+        let seconds = now() - t0 - evalSeconds
         let tokens = (run.step - startStep) * options.tokensPerStep
         note(String(format: "trained %d steps, %d tokens in %.1f s: %.1f tok/s", run.step - startStep, tokens,
-                    seconds, Double(tokens) / seconds))
+                    seconds, Double(tokens) / seconds)
+             + (evalSeconds > 0 ? String(format: " (and %.1f s of validation)", evalSeconds) : ""))
     }
 }
 

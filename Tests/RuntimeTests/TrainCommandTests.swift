@@ -93,6 +93,7 @@ final class TrainCommandTests: OffloadCommandTestCase {
                              "--batch", "2", "--seq-len", "16", "--steps", "2", "--threads", "2", "--log", "ft-log.jsonl"])
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertTrue(r.err.contains("tokens trained on"), r.err)
+        XCTAssertTrue(r.err.contains("s of validation)"), "the training rate leaves the validation passes out: \(r.err)")
         let lines = try logLines("ft-log.jsonl")
         XCTAssertEqual(lines.count, 2)
         for l in lines { XCTAssertTrue((l["eval_loss"] as? Double)?.isFinite == true, "\(l)") }
