@@ -2149,7 +2149,7 @@ void ck_zo_apply(float *p, uint64_t key, int64_t start, int64_t n, float a, floa
 /* 8-bit optimizer state: codes[i] for x[i] / scale in the sorted 256-value map q, as torchao's
  * quantize_8bit_with_qmap: the largest c with q[c] <= v (0 below the map) by an 8-step binary search,
  * then c + 1 when v - q[c] >= (q[c+1] - q[c]) * 0.5 (c = 255 stays). Plain fp32 operations, none fused. */
-void ck_quantize_dynamic(const float *x, float scale, const float *q, uint8_t *codes, int n) {
+static void quantize_dynamic_scalar(const float *x, float scale, const float *q, uint8_t *codes, int n) {
     for (int i = 0; i < n; i++) {
         const float v = x[i] / scale;
         int c = v >= q[128] ? 128 : 0;
@@ -2164,4 +2164,47 @@ void ck_quantize_dynamic(const float *x, float scale, const float *q, uint8_t *c
         const float down = q[c], half = (q[up] - down) * 0.5f;
         codes[i] = (uint8_t)(v - down >= half ? up : c);
     }
+}
+
+#if defined(__x86_64__)
+/* The same search on 8 values at once: each step gathers q[c + step] per lane and takes the step
+ * where v >= it, then the same rounding; the same comparisons after the same fp32 operations (the
+ * division, the subtraction and the halving apart, none fused), so the same codes. AVX2 (the
+ * AVX-512 machines run it too): the search is gather-bound, and wider gathers gain little. */
+AVX2 static inline __m256i quantize8_avx2(__m256 v, const float *q) {
+    __m256i c = _mm256_setzero_si256();
+    for (int step = 128; step >= 1; step >>= 1) {
+        const __m256i probe = _mm256_add_epi32(c, _mm256_set1_epi32(step));
+        const __m256 ge = _mm256_cmp_ps(v, _mm256_i32gather_ps(q, probe, 4), _CMP_GE_OQ);
+        c = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(c), _mm256_castsi256_ps(probe), ge));
+    }
+    const __m256i up = _mm256_min_epi32(_mm256_add_epi32(c, _mm256_set1_epi32(1)), _mm256_set1_epi32(255));
+    const __m256 down = _mm256_i32gather_ps(q, c, 4), next = _mm256_i32gather_ps(q, up, 4);
+    const __m256 half = _mm256_mul_ps(_mm256_sub_ps(next, down), _mm256_set1_ps(0.5f));
+    const __m256 round = _mm256_cmp_ps(_mm256_sub_ps(v, down), half, _CMP_GE_OQ);
+    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(c), _mm256_castsi256_ps(up), round));
+}
+
+AVX2 static void quantize_dynamic_avx2(const float *x, float scale, const float *q, uint8_t *codes, int n) {
+    const __m256 s = _mm256_set1_ps(scale);
+    int i = 0;
+    // Four vectors at a time: each search is a chain of dependent gathers, so independent ones overlap.
+    for (; i + 32 <= n; i += 32) {
+        __m256i c[4];
+        for (int k = 0; k < 4; k++) c[k] = quantize8_avx2(_mm256_div_ps(_mm256_loadu_ps(x + i + 8 * k), s), q);
+        // 32 codes of 0…255 to bytes: pack to 16 bits, then to 8, and undo the packs' lane interleave.
+        const __m256i w01 = _mm256_packus_epi32(c[0], c[1]), w23 = _mm256_packus_epi32(c[2], c[3]);
+        const __m256i b = _mm256_packus_epi16(w01, w23);
+        _mm256_storeu_si256((__m256i *)(codes + i),
+                            _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+    if (i < n) quantize_dynamic_scalar(x + i, scale, q, codes + i, n - i);
+}
+#endif
+
+void ck_quantize_dynamic(const float *x, float scale, const float *q, uint8_t *codes, int n) {
+#if defined(__x86_64__)
+    if (ck_simd_enabled() >= 1) { quantize_dynamic_avx2(x, scale, q, codes, n); return; }
+#endif
+    quantize_dynamic_scalar(x, scale, q, codes, n);
 }

@@ -128,9 +128,12 @@ public enum DynamicMap {
     /// torchao's quantize_8bit_with_qmap for one value already divided by its block's scale: the largest code
     /// whose value is ≤ x (0 below the map), found by an 8-step binary search, then rounded up when
     /// x − map[c] ≥ (map[c+1] − map[c])·0.5. The update quantizes blocks with the same C routine.
-    public static func code(_ x: Float, _ map: [Float]) -> UInt8 {
-        var value = x, code: UInt8 = 0
-        map.withUnsafeBufferPointer { ck_quantize_dynamic(&value, 1, $0.baseAddress!, &code, 1) }
-        return code
+    public static func code(_ x: Float, _ map: [Float]) -> UInt8 { codes([x], scale: 1, map)[0] }
+
+    /// The codes of `x` / `scale`, as the update quantizes a block (8 values at a time with AVX2).
+    public static func codes(_ x: [Float], scale: Float, _ map: [Float]) -> [UInt8] {
+        var codes = [UInt8](repeating: 0, count: x.count)
+        map.withUnsafeBufferPointer { ck_quantize_dynamic(x, scale, $0.baseAddress!, &codes, Int32(x.count)) }
+        return codes
     }
 }

@@ -4,6 +4,7 @@
 // norms, and after the 10 steps sampled weights, the moments' norms and, for a few tensors, the codes and scales
 // of their first two blocks.
 import Foundation
+import Kernels
 import Models
 import Runtime
 import Tensors
@@ -49,12 +50,43 @@ final class AdamW8bitTests: XCTestCase {
             let theirs = q[key] as! [String: Any]
             let codes = theirs["codes"] as! [Int], scales = (theirs["scales"] as! [Double]).map(Float.init)
             for b in 0..<x.count / 256 {
-                let block = x[b * 256..<(b + 1) * 256]
+                let block = Array(x[b * 256..<(b + 1) * 256])
                 let scale = max(block.map(abs).max()!, 1e-12)
                 XCTAssertEqual(scale, scales[b], "\(key) block \(b) scale")
                 var differ = 0
                 for (j, v) in block.enumerated() where Int(DynamicMap.code(v / scale, map)) != codes[b * 256 + j] { differ += 1 }
                 XCTAssertEqual(differ, 0, "\(key) block \(b): \(differ) codes differ")
+                // The whole block at once, as the update quantizes it, at every SIMD level this CPU has.
+                for level in 0...Matmul.bestSIMDLevel {
+                    Matmul.simdLevel = level
+                    defer { Matmul.simdLevel = Matmul.bestSIMDLevel }
+                    XCTAssertEqual(DynamicMap.codes(block, scale: scale, map).map(Int.init), Array(codes[b * 256..<(b + 1) * 256]),
+                                   "\(key) block \(b), SIMD level \(level)")
+                }
+            }
+        }
+    }
+
+    /// Every SIMD level gives the scalar search's codes: on the maps' own values and their neighbours,
+    /// the midpoints between them (where rounding turns), values past ±1, zeros, and random values.
+    func testQuantizerIsTheSameAtEverySIMDLevel() {
+        for map in [DynamicMap.signed, DynamicMap.unsigned] {
+            var x: [Float] = [0, -0, 1, -1, 1.5, -1.5, .infinity, -.infinity, .nan, .leastNonzeroMagnitude]
+            for (i, q) in map.enumerated() {
+                x += [q, q.nextUp, q.nextDown]
+                if i + 1 < map.count { let mid = (map[i + 1] - q) * 0.5 + q; x += [mid, mid.nextUp, mid.nextDown] }
+            }
+            var g = SystemRandomNumberGenerator()
+            x += (0..<5000).map { _ in Float.random(in: -1.1...1.1, using: &g) }
+            for scale: Float in [1, 0.37, 3e-5] {
+                let input = x.map { $0 * scale }
+                Matmul.simdLevel = 0
+                let scalar = DynamicMap.codes(input, scale: scale, map)
+                for level in 1...max(1, Matmul.bestSIMDLevel) where level <= Matmul.bestSIMDLevel {
+                    Matmul.simdLevel = level
+                    XCTAssertEqual(DynamicMap.codes(input, scale: scale, map), scalar, "SIMD level \(level), scale \(scale)")
+                }
+                Matmul.simdLevel = Matmul.bestSIMDLevel
             }
         }
     }
