@@ -2167,7 +2167,7 @@ static void quantize_dynamic_scalar(const float *x, float scale, const float *q,
 }
 
 #if defined(__x86_64__)
-/* The same search on 8 values at once: each step gathers q[c + step] per lane and takes the step
+/* The same search, 8 values to a vector: each step gathers q[c + step] per lane and takes the step
  * where v >= it, then the same rounding; the same comparisons after the same fp32 operations (the
  * division, the subtraction and the halving apart, none fused), so the same codes. AVX2 (the
  * AVX-512 machines run it too): the search is gather-bound, and wider gathers gain little. */

@@ -130,7 +130,7 @@ public enum DynamicMap {
     /// x − map[c] ≥ (map[c+1] − map[c])·0.5. The update quantizes blocks with the same C routine.
     public static func code(_ x: Float, _ map: [Float]) -> UInt8 { codes([x], scale: 1, map)[0] }
 
-    /// The codes of `x` / `scale`, as the update quantizes a block (8 values at a time with AVX2).
+    /// The codes of `x` / `scale`, as the update quantizes a block (32 values at a time with AVX2).
     public static func codes(_ x: [Float], scale: Float, _ map: [Float]) -> [UInt8] {
         var codes = [UInt8](repeating: 0, count: x.count)
         map.withUnsafeBufferPointer { ck_quantize_dynamic(x, scale, $0.baseAddress!, &codes, Int32(x.count)) }
