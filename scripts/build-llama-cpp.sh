@@ -27,12 +27,12 @@ TARGETS=(llama-bench llama-simple llama-completion llama-perplexity llama-tokeni
 say() { echo "[llama.cpp] $*" >&2; }
 
 [ -f "$SRC/CMakeLists.txt" ] || { say "no source at $SRC: run scripts/fetch-assets.sh first"; exit 1; }
-command -v cmake >/dev/null || { say "cmake not found on PATH"; exit 1; }
 case "$NATIVE" in ON|OFF) ;; *) say "LLAMA_NATIVE must be ON or OFF, not $NATIVE"; exit 1 ;; esac
 
 missing=()
 for t in "${TARGETS[@]}"; do [ -x "$BUILD/bin/$t" ] || missing+=("$t"); done
 if [ ${#missing[@]} -eq 0 ]; then say "already built in $BUILD/bin: ${TARGETS[*]}"; exit 0; fi
+command -v cmake >/dev/null || { say "cmake not found on PATH (scripts/setup.sh installs it)"; exit 1; }
 
 SERVER=OFF
 for t in "${TARGETS[@]}"; do [ "$t" = llama-server ] && SERVER=ON; done

@@ -4,9 +4,11 @@ set -euo pipefail
 need=()
 [ -f /usr/include/x86_64-linux-gnu/cblas.h ] || [ -f /usr/include/cblas.h ] || need+=(libopenblas-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
-# llama.cpp's quantizer (scripts/build-llama-cpp.sh) needs a C++ compiler and make; CMake comes as a wheel.
+# llama.cpp's quantizer (scripts/build-llama-cpp.sh) needs a C++ compiler, make and CMake. CMake comes
+# from Debian, not pip, so that it is on PATH whichever Python (system, venv or none) runs the scripts.
 command -v c++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
+command -v cmake >/dev/null || need+=(cmake)
 if [ ${#need[@]} -gt 0 ]; then
   echo "[setup] installing ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
