@@ -74,6 +74,20 @@ PINS = {
     "long/config.json": "b6105d9fb57f28b7ceba6acbc6cefd5ac1ebe85f70e1ac35dcd42240238e5379",
     "long/generation_config.json": "92a5c418526e535ff093b96e8d3288d73c828b7968340737b0efe3f8ce94d8a8",
     "long/model.safetensors": "afdb6ebc4ca9fedc108cb071ec701c441fc2d697e67275006203c52972f6c67c",
+    "mixtral/config.json": "d8699d89d0a6f640180af6d4b754b96cef4a02ad72e0f145205b9e45dd9910d7",
+    "mixtral/generation_config.json": "92a5c418526e535ff093b96e8d3288d73c828b7968340737b0efe3f8ce94d8a8",
+    "mixtral/model.safetensors": "67bf6c8293b711c15bb5e9da56e5459b736050264aa72ab5e3b13f50b72be0e0",
+    "mixtral.f32.gguf": "92b95b84120e79e05830012da0ddd1c232b6829590433c6bfa682167b76a7be6",
+    "qwen2moe/config.json": "2b71bad99cfba04108479ce9afd4d0d78cc87f4c5f697be6d9a43478e98260d3",
+    "qwen2moe/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
+    "qwen2moe/model.safetensors": "150247665b6a8e55d6119c1969c00853dcdb41bbd82f31305a563edfeae50143",
+    "qwen2moe.f32.gguf": "f7473a2a3c3c741bde90d13ef878f235d9653ca05b3c7e658195f960e114becf",
+    "olmoe/config.json": "7c9ae4077f52af845825904d6f3afe370c26c17c619b498413d2a827438cdfb2",
+    "olmoe/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
+    "olmoe/model.safetensors": "a12de06e0ff58f91b8b84a6e1c582ae7f22e56eb84f29c93d8b251fdf5f34d2f",
+    "olmoe.f32.gguf": "02f9cae2194da9f2744949fdef60f2e328f15e1d7e45fd6073edaca0dc039088",
+    "mixtral-split.f32.gguf": "2e928efe486376a98c38a57db27a4aeab3f88c195bfd452ff458872c015fb15b",
+    "mixtral-fused.f32.gguf": "e83170d965891677686f0fc9e103f4d0eb1edc7f80b7ac1d265a2d142769b696",
 }
 
 MASK = (1 << 64) - 1
@@ -138,6 +152,11 @@ GEMMA = dict(vocab=64, hidden=32, ff=64, layers=6, heads=4, kv_heads=2, head_dim
 # Long: an 8,192-position context, for training at T = 8192 (4 heads of 16 over 2 KV heads).
 LONG = dict(vocab=64, hidden=64, ff=128, layers=2, heads=4, kv_heads=2, head_dim=16, std=0.3)
 KQUANT = dict(vocab=256, hidden=256, ff=512, layers=1, heads=4, kv_heads=2, head_dim=64, std=0.1)
+# Mixtures of experts: 8 experts; routers with std 1 (logits a few units apart, so the top-k choice
+# is not a near tie); Qwen2-MoE with 4 per token, experts of 32 and a shared expert of 48.
+MIXTRAL = dict(SMALL, experts=8, used=2, router_std=1.0)
+QWEN2MOE = dict(SMALL, experts=8, used=4, ff=32, shared_ff=48, router_std=1.0)
+OLMOE = dict(SMALL, experts=8, used=2, router_std=1.0)
 
 MODELS = {
     # name: (shape, architecture, tied head, rope_parameters, GGUF output type or None)
@@ -154,7 +173,16 @@ MODELS = {
                                        "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}}, "f32"),
     "gemma3cap": (GEMMA, "gemma3", True, {"full_attention": {"factor": 8.0, "rope_theta": 1000000.0, "rope_type": "linear"},
                                           "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}}, None),
+    "mixtral": (MIXTRAL, "mixtral", False, {"rope_theta": 1000000.0, "rope_type": "default"}, "f32"),
+    "qwen2moe": (QWEN2MOE, "qwen2_moe", False, {"rope_theta": 10000.0, "rope_type": "default"}, "f32"),
+    "olmoe": (OLMOE, "olmoe", False, {"rope_theta": 10000.0, "rope_type": "default"}, "f32"),
 }
+# The GGUF architecture of each Hugging Face model_type (Mixtral is a Llama with experts).
+GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3", "mixtral": "llama", "qwen2_moe": "qwen2moe",
+             "olmoe": "olmoe"}
+# Mixtral's other two GGUF expert layouts, beside the merged one of today's converter: one tensor
+# per expert (older files) and gate and up fused (newer llama.cpp).
+MIXTRAL_LAYOUTS = {"mixtral-split.f32.gguf": "split", "mixtral-fused.f32.gguf": "fused"}
 # max_position_embeddings (256 for the others).
 CONTEXT = {"long": 8192}
 # Gemma 3's final_logit_softcapping (null for the others).
@@ -170,22 +198,40 @@ def hf_tensors(name):
     if not tied:
         mats["lm_head.weight"] = [v, h]
     norms = {"model.norm.weight": [h]}
+    routers = {}
     for i in range(shape["layers"]):
         p = f"model.layers.{i}."
         mats.update({p + "self_attn.q_proj.weight": [q, h], p + "self_attn.k_proj.weight": [kv, h],
-                     p + "self_attn.v_proj.weight": [kv, h], p + "self_attn.o_proj.weight": [h, q],
-                     p + "mlp.gate_proj.weight": [ff, h], p + "mlp.up_proj.weight": [ff, h],
-                     p + "mlp.down_proj.weight": [h, ff]})
+                     p + "self_attn.v_proj.weight": [kv, h], p + "self_attn.o_proj.weight": [h, q]})
+        if "experts" not in shape:
+            mats.update({p + "mlp.gate_proj.weight": [ff, h], p + "mlp.up_proj.weight": [ff, h],
+                         p + "mlp.down_proj.weight": [h, ff]})
+        else:
+            moe = "block_sparse_moe" if arch == "mixtral" else "mlp"
+            routers[p + moe + ".gate.weight"] = [shape["experts"], h]
+            names = ("w1", "w3", "w2") if arch == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+            for e in range(shape["experts"]):
+                x = f"{p}{moe}.experts.{e}."
+                mats.update({x + names[0] + ".weight": [ff, h], x + names[1] + ".weight": [ff, h],
+                             x + names[2] + ".weight": [h, ff]})
+            if "shared_ff" in shape:
+                sf = shape["shared_ff"]
+                mats.update({p + "mlp.shared_expert.gate_proj.weight": [sf, h], p + "mlp.shared_expert.up_proj.weight": [sf, h],
+                             p + "mlp.shared_expert.down_proj.weight": [h, sf], p + "mlp.shared_expert_gate.weight": [1, h]})
+        if arch == "olmoe":
+            norms.update({p + "self_attn.q_norm.weight": [q], p + "self_attn.k_norm.weight": [kv]})
         if arch == "gemma3":
             norms.update({p + "pre_feedforward_layernorm.weight": [h], p + "post_feedforward_layernorm.weight": [h],
                           p + "self_attn.q_norm.weight": [hd], p + "self_attn.k_norm.weight": [hd]})
-        if arch == "qwen2":
+        if arch in ("qwen2", "qwen2_moe"):
             mats.update({p + "self_attn.q_proj.bias": [q], p + "self_attn.k_proj.bias": [kv],
                          p + "self_attn.v_proj.bias": [kv]})
         norms.update({p + "input_layernorm.weight": [h], p + "post_attention_layernorm.weight": [h]})
     out = {}
     for n, s in mats.items():
         out[n] = (s, normal(name, n, math.prod(s), shape["std"]))
+    for n, s in routers.items():
+        out[n] = (s, normal(name, n, math.prod(s), shape["router_std"]))
     for n, s in norms.items():
         # Gemma's RMSNorm multiplies by (1 + weight): its weights are around 0.
         lo, hi = (-0.5, 0.5) if arch == "gemma3" else (0.5, 1.5)
@@ -198,6 +244,8 @@ def config_json(name):
     shape, arch, tied, rope, _ = MODELS[name]
     if arch == "gemma3":
         return gemma3_config_json(name)
+    if "experts" in shape:
+        return moe_config_json(name)
     c = {"architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
          "attention_dropout": 0.0, "dtype": "float32", "head_dim": shape["head_dim"], "hidden_act": "silu",
          "hidden_size": shape["hidden"], "initializer_range": 0.02, "intermediate_size": shape["ff"],
@@ -212,6 +260,35 @@ def config_json(name):
     else:
         c.update({"bos_token_id": None, "eos_token_id": None, "layer_types": ["full_attention"] * shape["layers"],
                   "max_window_layers": 28, "sliding_window": None, "use_sliding_window": False})
+    return json.dumps(c, indent=2, sort_keys=True) + "\n"
+
+
+def moe_config_json(name):
+    """What save_pretrained writes (transformers 5.25) for MixtralForCausalLM, Qwen2MoeForCausalLM and
+    OlmoeForCausalLM, with this model's shape."""
+    shape, arch, tied, rope, _ = MODELS[name]
+    c = {"attention_dropout": 0.0, "dtype": "float32", "hidden_act": "silu", "hidden_size": shape["hidden"],
+         "initializer_range": 0.02, "intermediate_size": shape["ff"], "max_position_embeddings": 256,
+         "model_type": arch, "num_attention_heads": shape["heads"], "num_experts_per_tok": shape["used"],
+         "num_hidden_layers": shape["layers"], "num_key_value_heads": shape["kv_heads"],
+         "output_router_logits": False, "pad_token_id": None, "rms_norm_eps": 1e-05, "rope_parameters": rope,
+         "router_aux_loss_coef": 0.001, "tie_word_embeddings": tied, "transformers_version": TRANSFORMERS_VERSION,
+         "use_cache": True, "vocab_size": shape["vocab"]}
+    if arch == "mixtral":
+        c.update({"architectures": ["MixtralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2,
+                  "head_dim": shape["head_dim"], "num_local_experts": shape["experts"], "router_jitter_noise": 0.0,
+                  "sliding_window": None})
+    elif arch == "qwen2_moe":
+        c.update({"architectures": ["Qwen2MoeForCausalLM"], "bos_token_id": None, "decoder_sparse_step": 1,
+                  "eos_token_id": None, "intermediate_size": 64, "layer_types": ["full_attention"] * shape["layers"],
+                  "max_window_layers": 28, "mlp_only_layers": [], "moe_intermediate_size": shape["ff"],
+                  "norm_topk_prob": False, "num_experts": shape["experts"], "qkv_bias": True, "rms_norm_eps": 1e-06,
+                  "shared_expert_intermediate_size": shape["shared_ff"], "sliding_window": None,
+                  "use_sliding_window": False})
+    else:
+        c.update({"architectures": ["OlmoeForCausalLM"], "attention_bias": False, "bos_token_id": None,
+                  "clip_qkv": None, "eos_token_id": None, "norm_topk_prob": False, "num_experts": shape["experts"],
+                  "router_aux_loss_coef": 0.01})
     return json.dumps(c, indent=2, sort_keys=True) + "\n"
 
 
@@ -238,7 +315,7 @@ def generation_config_json(name):
     arch = MODELS[name][1]
     c = {"_from_model_config": True, "output_attentions": False, "output_hidden_states": False,
          "transformers_version": TRANSFORMERS_VERSION, "use_cache": True}
-    if arch == "llama":
+    if arch in ("llama", "mixtral"):
         c.update({"bos_token_id": 1, "eos_token_id": 2})
     return json.dumps(c, indent=2, sort_keys=True) + "\n"
 
@@ -327,6 +404,16 @@ GEMMA3_GGUF_NAMES = {**GGUF_NAMES, "post_attention_layernorm.weight": "post_atte
                      "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"}
 
 
+MOE_GGUF_NAMES = {"block_sparse_moe.gate.weight": "ffn_gate_inp.weight", "mlp.gate.weight": "ffn_gate_inp.weight",
+                  "mlp.shared_expert.gate_proj.weight": "ffn_gate_shexp.weight",
+                  "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
+                  "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
+                  "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
+                  "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"}
+# An expert's matrices by their name in Mixtral's and the others' checkpoints.
+EXPERT_KIND = {"w1": "gate", "w3": "up", "w2": "down", "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
+
+
 def gguf_name(n, arch="llama"):
     if n == "lm_head.weight":
         return "output.weight"
@@ -335,6 +422,8 @@ def gguf_name(n, arch="llama"):
     if n == "model.norm.weight":
         return "output_norm.weight"
     _, _, i, rest = n.split(".", 3)
+    if rest in MOE_GGUF_NAMES:
+        return f"blk.{i}.{MOE_GGUF_NAMES[rest]}"
     return f"blk.{i}.{(GEMMA3_GGUF_NAMES if arch == 'gemma3' else GGUF_NAMES)[rest]}"
 
 
@@ -381,10 +470,42 @@ def size_label(n):
     return f"{scaled:.{max(2 - len(str(round(scaled)).lstrip('0')), 0)}f}K"
 
 
-def gguf_file(name, tensors):
+def expert_tensors(tensors, shape, layout):
+    """The HF per-expert matrices of a mixture of experts as GGUF tensors [(name, shape, values)] in
+    `layout`: "merged" (ffn_{gate,up,down}_exps [E, rows, cols], convert_hf_to_gguf's), "fused"
+    (ffn_gate_up_exps [E, 2·ff, dim], gate rows first, and ffn_down_exps) or "split"
+    (blk.L.ffn_gate.E.weight...)."""
+    experts = {}   # (layer, kind) -> {expert: (shape, values)}
+    for n, (s, values) in tensors.items():
+        parts = n.split(".")
+        if "experts" in parts:
+            e = int(parts[parts.index("experts") + 1])
+            experts.setdefault((int(parts[2]), EXPERT_KIND[parts[-2]]), {})[e] = (s, values)
+    out = []
+    for (layer, kind), by in sorted(experts.items()):
+        p = f"blk.{layer}."
+        if layout == "split":
+            out += [(f"{p}ffn_{kind}.{e}.weight", s, v) for e, (s, v) in sorted(by.items())]
+        elif layout == "merged" or kind == "down":
+            s = by[0][0]
+            out.append((f"{p}ffn_{kind}_exps.weight", [len(by)] + s, [x for e in sorted(by) for x in by[e][1]]))
+        elif kind == "gate":
+            up = experts[(layer, "up")]
+            s = by[0][0]
+            out.append((f"{p}ffn_gate_up_exps.weight", [len(by), 2 * s[0], s[1]],
+                        [x for e in sorted(by) for x in by[e][1] + up[e][1]]))
+    return out
+
+
+def gguf_file(name, tensors, layout="merged"):
     shape, arch, tied, rope, outtype = MODELS[name]
     gt = GGML_F32 if outtype == "f32" else GGML_F16
     out = []
+    if "experts" in shape:
+        tensors = {n: t for n, t in tensors.items() if ".experts." not in n}
+        for n, s, values in expert_tensors(hf_tensors(name), shape, layout):
+            out.append((n, gt, s, f32_bytes(values)))
+    hf_arch, arch = arch, GGUF_ARCH[arch]
     if rope.get("rope_type") == "llama3":
         out.append(("rope_freqs.weight", GGML_F32, [shape["head_dim"] // 2],
                     f32_bytes(llama3_rope_factors(rope, shape["head_dim"]))))
@@ -405,13 +526,15 @@ def gguf_file(name, tensors):
            ("general.size_label", GGUF_STRING, size_label(sum(math.prod(t[2]) for t in out))),
            (f"{a}.block_count", GGUF_UINT32, shape["layers"]), (f"{a}.context_length", GGUF_UINT32, 256),
            (f"{a}.embedding_length", GGUF_UINT32, shape["hidden"]),
-           (f"{a}.feed_forward_length", GGUF_UINT32, shape["ff"]),
+           # Qwen2-MoE's is its dense intermediate_size (unused: every layer has experts).
+           (f"{a}.feed_forward_length", GGUF_UINT32, 64 if "shared_ff" in shape else shape["ff"]),
            (f"{a}.attention.head_count", GGUF_UINT32, shape["heads"]),
            (f"{a}.attention.head_count_kv", GGUF_UINT32, shape["kv_heads"]),
            (f"{a}.rope.freq_base", GGUF_FLOAT32, rope["full_attention"]["rope_theta"] if gemma else rope["rope_theta"])]
     if gemma:
         kvs.append((f"{a}.rope.freq_base_swa", GGUF_FLOAT32, rope["sliding_attention"]["rope_theta"]))
-    kvs += [(f"{a}.attention.layer_norm_rms_epsilon", GGUF_FLOAT32, 1e-06 if gemma else 1e-05),
+    kvs += [(f"{a}.attention.layer_norm_rms_epsilon", GGUF_FLOAT32,
+             1e-06 if gemma or hf_arch == "qwen2_moe" else 1e-05),
             (f"{a}.attention.key_length", GGUF_UINT32, shape["head_dim"]),
             (f"{a}.attention.value_length", GGUF_UINT32, shape["head_dim"]),
             ("general.file_type", GGUF_UINT32, 0 if gt == GGML_F32 else 1)]
@@ -419,6 +542,11 @@ def gguf_file(name, tensors):
         kvs.append((f"{a}.attention.sliding_window", GGUF_UINT32, shape["window"]))
     if arch == "llama":
         kvs += [("llama.vocab_size", GGUF_UINT32, v), ("llama.rope.dimension_count", GGUF_UINT32, shape["head_dim"])]
+    if "experts" in shape:
+        kvs += [(f"{a}.expert_count", GGUF_UINT32, shape["experts"]), (f"{a}.expert_used_count", GGUF_UINT32, shape["used"])]
+    if "shared_ff" in shape:
+        kvs += [(f"{a}.expert_feed_forward_length", GGUF_UINT32, shape["ff"]),
+                (f"{a}.expert_shared_feed_forward_length", GGUF_UINT32, shape["shared_ff"])]
     kvs += [("general.quantization_version", GGUF_UINT32, 2),
             # The stand-in vocabulary make_tiny_model_fixtures.py patches into the converter
             # (the folders have no tokenizer).
@@ -438,6 +566,9 @@ def make(folder):
                  f"{name}/model.safetensors": safetensors_bytes(tensors)}
         if outtype:
             files[f"{name}.{outtype}.gguf"] = gguf_file(name, tensors)
+        if name == "mixtral":
+            for file, layout in MIXTRAL_LAYOUTS.items():
+                files[file] = gguf_file(name, tensors, layout)
         for rel, b in files.items():
             with open(os.path.join(folder, rel), "wb") as f:
                 f.write(b)

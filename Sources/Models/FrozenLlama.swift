@@ -24,6 +24,7 @@ public final class FrozenLlama {
     public init(source: WeightSource) throws {
         self.source = source
         let c = source.config
+        try c.requireDense(for: "LoRA training")
         guard c.architecture == .llama else {
             throw OffloadError("[train] \(source.sourceName): LoRA on \(c.architecture.rawValue) models is not supported yet (Llama only)")
         }

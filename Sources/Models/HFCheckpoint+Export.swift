@@ -20,6 +20,7 @@ public func exportHFCheckpoint(from source: WeightSource, to folder: String, dty
     let ctx = "[hf export] \((folder as NSString).lastPathComponent)"
     guard !dtype.isQuantized else { throw OffloadError("\(ctx): dtype \(dtype) is not a safetensors type; use f32, f16 or bf16") }
     let cfg = source.config
+    try cfg.requireDense(for: "export to a Hugging Face folder")
     let json = try hfConfigJSON(cfg, dtype: dtype)   // first: a config with no config.json form writes nothing
     do {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
@@ -50,6 +51,7 @@ public func exportGGUF(from source: WeightSource, to path: String, dtype: DType 
     let ctx = "[gguf export] \((path as NSString).lastPathComponent)"
     guard !dtype.isQuantized else { throw OffloadError("\(ctx): dtype \(dtype) is not supported here; use f32, f16 or bf16") }
     let c = source.config
+    try c.requireDense(for: "GGUF export and quantization")
     var w = GGUFWriter()
     try c.writeGGUF(fileType: dtype == .f32 ? 0 : dtype == .f16 ? 1 : 32, into: &w)
     if let tok = tokenizerFrom ?? (source as? GGUFWeights)?.file {
@@ -74,6 +76,7 @@ public func exportGGUF(from source: WeightSource, to path: String, type: ExportT
                        progress: @escaping (_ done: Int, _ total: Int, _ name: String, _ dtype: DType) -> Void
                            = { _, _, _, _ in }) throws {
     let c = source.config
+    try c.requireDense(for: "GGUF export and quantization")
     var w = GGUFWriter()
     try c.writeGGUF(fileType: type.fileType, into: &w)
     if let tok = tokenizerFrom ?? (source as? GGUFWeights)?.file {

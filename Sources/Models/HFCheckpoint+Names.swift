@@ -2,6 +2,7 @@
 // blk.3.attn_q.weight vs Hugging Face's model.layers.3.self_attn.q_proj.weight)
 // and the order of Q and K rows within each head (RoPE convention).
 
+import Foundation
 import Tensors
 
 public enum HFNames {
@@ -33,8 +34,33 @@ public enum HFNames {
         ("ffn_down", "mlp.down_proj"),
         ("post_ffw_norm", "post_feedforward_layernorm"),
     ]
+    /// Mixture-of-experts modules: `*` is an expert's index. Mixtral's checkpoints name them
+    /// block_sparse_moe.*; Qwen2-MoE's and OLMoE's mlp.*, with Qwen2-MoE's shared expert.
+    private static let mixtralPairs: [(gguf: String, hf: String)] = [
+        ("ffn_gate_inp", "block_sparse_moe.gate"),
+        ("ffn_gate.*", "block_sparse_moe.experts.*.w1"),
+        ("ffn_up.*", "block_sparse_moe.experts.*.w3"),
+        ("ffn_down.*", "block_sparse_moe.experts.*.w2"),
+    ]
+    private static let mlpExpertPairs: [(gguf: String, hf: String)] = [
+        ("ffn_gate_inp", "mlp.gate"),
+        ("ffn_gate.*", "mlp.experts.*.gate_proj"),
+        ("ffn_up.*", "mlp.experts.*.up_proj"),
+        ("ffn_down.*", "mlp.experts.*.down_proj"),
+        ("ffn_gate_inp_shexp", "mlp.shared_expert_gate"),
+        ("ffn_gate_shexp", "mlp.shared_expert.gate_proj"),
+        ("ffn_up_shexp", "mlp.shared_expert.up_proj"),
+        ("ffn_down_shexp", "mlp.shared_expert.down_proj"),
+        ("attn_q_norm", "self_attn.q_norm"),
+        ("attn_k_norm", "self_attn.k_norm"),
+    ]
     private static func pairs(_ a: ModelArchitecture) -> [(gguf: String, hf: String)] {
-        a == .gemma3 ? gemma3BlockPairs : blockPairs
+        switch a {
+        case .gemma3: return gemma3BlockPairs
+        case .llama: return blockPairs + mixtralPairs
+        case .qwen2moe, .olmoe: return blockPairs + mlpExpertPairs
+        case .qwen2: return blockPairs
+        }
     }
     private static let globalPairs: [(gguf: String, hf: String)] = [
         ("token_embd.weight", "model.embed_tokens.weight"),
@@ -42,34 +68,53 @@ public enum HFNames {
         ("output.weight", "lm_head.weight"),
     ]
 
+    /// `module` (dot-separated) against `pattern`, where a `*` component matches a decimal index:
+    /// the index matched, -1 when the pattern has none, nil when they differ.
+    private static func match(_ module: [Substring], _ pattern: String) -> Int? {
+        let p = pattern.split(separator: ".")
+        guard p.count == module.count else { return nil }
+        var index = -1
+        for (a, b) in zip(module, p) {
+            if b == "*" {
+                guard let i = Int(a), i >= 0, String(i) == a else { return nil }
+                index = i
+            } else if a != b { return nil }
+        }
+        return index
+    }
+
+    private static func fill(_ pattern: String, _ index: Int) -> String {
+        index < 0 ? pattern : pattern.replacingOccurrences(of: "*", with: String(index))
+    }
+
     /// The Hugging Face name of a GGUF tensor name, or nil for names outside the architecture's layout.
     public static func hf(_ gguf: String) -> String? { hf(gguf, architecture: .llama) }
 
     public static func hf(_ gguf: String, architecture: ModelArchitecture) -> String? {
-        let blockPairs = pairs(architecture)
         if let p = globalPairs.first(where: { $0.gguf == gguf }) { return p.hf }
         let parts = gguf.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4, parts[0] == "blk", let i = Int(parts[1]), i >= 0, String(i) == parts[1],
-              let p = blockPairs.first(where: { $0.gguf == parts[2] }) else { return nil }
-        return "model.layers.\(i).\(p.hf).\(parts[3])"
+        guard parts.count >= 4, parts[0] == "blk", let i = Int(parts[1]), i >= 0, String(i) == parts[1] else { return nil }
+        let module = Array(parts[2..<parts.count - 1])
+        for p in pairs(architecture) {
+            if let e = match(module, p.gguf) { return "model.layers.\(i).\(fill(p.hf, e)).\(parts.last!)" }
+        }
+        return nil
     }
 
     /// The GGUF name of a Hugging Face tensor name, or nil for names outside the architecture's layout.
     public static func gguf(_ hf: String) -> String? { gguf(hf, architecture: .llama) }
 
     public static func gguf(_ hf: String, architecture: ModelArchitecture) -> String? {
-        let blockPairs = pairs(architecture)
         if let p = globalPairs.first(where: { $0.hf == hf }) { return p.gguf }
         let prefix = "model.layers."
         guard hf.hasPrefix(prefix) else { return nil }
-        let rest = hf.dropFirst(prefix.count)
-        guard let dot = rest.firstIndex(of: "."), let i = Int(rest[..<dot]), i >= 0,
-              String(i) == rest[..<dot] else { return nil }
-        let tail = rest[rest.index(after: dot)...]
-        guard let last = tail.lastIndex(of: ".") else { return nil }
-        let module = String(tail[..<last]), suffix = tail[tail.index(after: last)...]
-        guard let p = blockPairs.first(where: { $0.hf == module }) else { return nil }
-        return "blk.\(i).\(p.gguf).\(suffix)"
+        let parts = hf.dropFirst(prefix.count).split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count >= 3, let i = Int(parts[0]), i >= 0, String(i) == parts[0] else { return nil }
+        let module = Array(parts[1..<parts.count - 1])
+        for p in pairs(architecture) {
+            if let e = match(module, p.hf) { return "blk.\(i).\(fill(p.gguf, e)).\(parts.last!)" }
+        }
+        return nil
     }
 }
 

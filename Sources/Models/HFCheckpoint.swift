@@ -150,11 +150,19 @@ public final class HFCheckpoint: WeightSource {
             arch = .llama
         } else if modelType == "qwen2" || (modelType == nil && archs.contains("Qwen2ForCausalLM")) {
             arch = .qwen2
+        } else if modelType == "mixtral" || (modelType == nil && archs.contains("MixtralForCausalLM")) {
+            arch = .llama
+        } else if modelType == "qwen2_moe" || (modelType == nil && archs.contains("Qwen2MoeForCausalLM")) {
+            arch = .qwen2moe
+        } else if modelType == "olmoe" || (modelType == nil && archs.contains("OlmoeForCausalLM")) {
+            arch = .olmoe
         } else {
             throw fail("model_type is \(o["model_type"]?.description ?? "missing") and architectures is "
                        + "\(o["architectures"]?.description ?? "missing"); expected model_type \"llama\" "
-                       + "(LlamaForCausalLM), \"qwen2\" (Qwen2ForCausalLM) or \"gemma3_text\" (Gemma3ForCausalLM)")
+                       + "(LlamaForCausalLM), \"qwen2\" (Qwen2ForCausalLM), \"gemma3_text\" (Gemma3ForCausalLM), "
+                       + "\"mixtral\" (MixtralForCausalLM), \"qwen2_moe\" (Qwen2MoeForCausalLM) or \"olmoe\" (OlmoeForCausalLM)")
         }
+        let mixtral = modelType == "mixtral" || (modelType == nil && archs.contains("MixtralForCausalLM"))
         func int(_ key: String, default d: Int? = nil) throws -> Int {
             guard let v = o[key], v != .null else {
                 if let d { return d }
@@ -203,7 +211,7 @@ public final class HFCheckpoint: WeightSource {
             }
         }
         // Qwen2 always has q/k/v biases (its config has no switch); a Llama with biases is refused.
-        for key in ["attention_bias", "mlp_bias"] where arch == .llama || key == "mlp_bias" {
+        for key in ["attention_bias", "mlp_bias"] where arch == .llama || arch == .olmoe || key == "mlp_bias" {
             if try bool(key, default: false) { throw fail("field \(key) is true; biases are not supported") }
         }
         var context = try int("max_position_embeddings", default: 2048)
@@ -211,7 +219,30 @@ public final class HFCheckpoint: WeightSource {
         let sliding = arch == .llama ? o["sliding_window"] != nil : try bool("use_sliding_window", default: false)
         if sliding, let w = o["sliding_window"]?.int, w > 0 { context = min(context, w) }
         let dim = try int("hidden_size"), heads = try int("num_attention_heads")
-        return LlamaConfig(
+        var moe: MoEConfig?
+        if mixtral || arch == .qwen2moe || arch == .olmoe {
+            let experts = try int(mixtral ? "num_local_experts" : "num_experts")
+            let used = try int("num_experts_per_tok")
+            guard used <= experts else {
+                throw fail("field num_experts_per_tok (\(used)) is above the expert count (\(experts))")
+            }
+            moe = MoEConfig(experts: experts, used: used,
+                            normalizeTopK: mixtral ? true : try bool("norm_topk_prob", default: false),
+                            sharedFFNDim: arch == .qwen2moe ? try int("shared_expert_intermediate_size") : nil)
+            if arch == .qwen2moe {
+                // Every layer sparse: decoder_sparse_step 1 and no mlp_only_layers.
+                if try int("decoder_sparse_step", default: 1) != 1 {
+                    throw fail("field decoder_sparse_step is \(o["decoder_sparse_step"]!); only 1 (every layer a mixture of experts) is supported")
+                }
+                if let only = o["mlp_only_layers"]?.array, !only.isEmpty {
+                    throw fail("field mlp_only_layers lists \(only.count) dense layers; only every layer a mixture of experts is supported")
+                }
+            }
+            if let clip = o["clip_qkv"], clip != .null {
+                throw fail("field clip_qkv is \(clip); clipping q, k and v is not supported")
+            }
+        }
+        var parsed = LlamaConfig(
             name: o["_name_or_path"]?.string.flatMap { $0.isEmpty ? nil : $0 } ?? folderName, architecture: arch,
             vocabSize: try int("vocab_size"), dim: dim, ffnDim: try int("intermediate_size"),
             layers: try int("num_hidden_layers"), heads: heads,
@@ -221,6 +252,9 @@ public final class HFCheckpoint: WeightSource {
             rmsEps: try float("rms_norm_eps", default: 1e-6),
             contextLength: context,
             tiedEmbeddings: try bool("tie_word_embeddings", default: false), ropeScaling: ropeScaling)
+        if arch == .qwen2moe { parsed.ffnDim = try int("moe_intermediate_size") }
+        parsed.moe = moe
+        return parsed
     }
 
     /// The weight_map of model.safetensors.index.json: HF tensor name → shard file name.

@@ -244,6 +244,8 @@ public final class LlamaModel {
         var q, k, v, o, gate, up, down: WeightMatrix
         /// Vectors beyond Llama's (small: always read, never streamed).
         var extra: BlockExtras
+        /// A mixture-of-experts block's router and experts (its gate, up and down are then unused).
+        var moe: MoEBlockWeights? = nil
     }
 
     /// q, k, v biases (Qwen2); per-head q and k norms and the norms after attention and after
@@ -252,6 +254,8 @@ public final class LlamaModel {
         var bias: (q: [Float], k: [Float], v: [Float])?
         var qkNorm: (q: [Float], k: [Float])?
         var postNorm: (attention: [Float], ffn: [Float])?
+        /// RMSNorm over the whole q and k projections (OLMoE), before RoPE.
+        var fullQKNorm: (q: [Float], k: [Float])?
 
         init(_ source: WeightSource, _ i: Int) throws {
             let c = source.config, p = "blk.\(i)."
@@ -262,6 +266,9 @@ public final class LlamaModel {
             if c.architecture == .gemma3 {
                 qkNorm = (try source.vector(p + "attn_q_norm.weight"), try source.vector(p + "attn_k_norm.weight"))
                 postNorm = (try source.vector(p + "post_attention_norm.weight"), try source.vector(p + "post_ffw_norm.weight"))
+            }
+            if c.architecture == .olmoe {
+                fullQKNorm = (try source.vector(p + "attn_q_norm.weight"), try source.vector(p + "attn_k_norm.weight"))
             }
         }
     }
@@ -278,9 +285,13 @@ public final class LlamaModel {
     /// LoRA adapters applied to the projections they target, unmerged: each targeted product gains
     /// (B·(A·x))·alpha/rank, as peft computes it. nil: the base model.
     public private(set) var adapters: LoRAAdapters?
+    /// Called by every mixture-of-experts block of every forward with each row's chosen experts
+    /// (ascending); nil: not recorded.
+    public var onRouting: ((_ layer: Int, _ experts: [[Int]]) -> Void)?
 
     /// Applies `adapters` (nil: none) from the next forward on.
     public func setAdapters(_ adapters: LoRAAdapters?) throws {
+        if adapters != nil { try config.requireDense(for: "LoRA") }
         if let a = adapters, a.config != config || a.ropeStyle != source.ropeStyle {
             throw OffloadError("[lora] the adapters were made for another model than \(source.sourceName)")
         }
@@ -292,6 +303,7 @@ public final class LlamaModel {
     public init(source: WeightSource, threads: Int, maxPositions: Int? = nil,
                 supplier: BlockWeightSupplier, memory: ComputeMemory) throws {
         let c = source.config
+        try c.requireDense(for: "weight streaming (--budget)")
         config = c
         self.source = source
         self.supplier = supplier
@@ -334,13 +346,15 @@ public final class LlamaModel {
         }
         func vector(_ name: String) throws -> [Float] { try source.vector(name) }
         try source.validateTensors()
+        let none = WeightMatrix(data: UnsafeRawPointer(bitPattern: 64)!, dtype: .f32, rows: 0, cols: 0)
         blocks = try (0..<c.layers).map { i in
-            let p = "blk.\(i)."
+            let p = "blk.\(i).", moe = c.moe != nil
             return Block(attnNorm: try vector(p + "attn_norm.weight"), ffnNorm: try vector(p + "ffn_norm.weight"),
                          q: try matrix(p + "attn_q.weight"), k: try matrix(p + "attn_k.weight"),
                          v: try matrix(p + "attn_v.weight"), o: try matrix(p + "attn_output.weight"),
-                         gate: try matrix(p + "ffn_gate.weight"), up: try matrix(p + "ffn_up.weight"),
-                         down: try matrix(p + "ffn_down.weight"), extra: try BlockExtras(source, i))
+                         gate: moe ? none : try matrix(p + "ffn_gate.weight"), up: moe ? none : try matrix(p + "ffn_up.weight"),
+                         down: moe ? none : try matrix(p + "ffn_down.weight"), extra: try BlockExtras(source, i),
+                         moe: moe ? try MoEBlockWeights(source, layer: i) : nil)
         }
         // Decode reads Q4_1 matrices from a split copy (same size, faster kernel).
         var splits: [UnsafeMutableRawPointer] = []
@@ -388,15 +402,16 @@ public final class LlamaModel {
     /// positions asks for, by buffer name (the streaming planner budgets these).
     public static func scratchFloats(config c: LlamaConfig, rows n: Int, start: Int,
                                      allLogits: Bool = false) -> [String: Int] {
-        let dim = c.dim
-        let maxWeightElements = max(c.qDim * c.dim, c.ffnDim * c.dim, c.kvDim * c.dim)
-        var s = ["x": n * dim, "xn": n * dim, "q": n * c.qDim, "att": n * c.qDim, "g": n * c.ffnDim,
-                 "u": n * c.ffnDim, "tmp": n * dim,
+        let dim = c.dim, ffn = max(c.ffnDim, c.moe?.sharedFFNDim ?? 0)
+        let maxWeightElements = max(c.qDim * c.dim, ffn * c.dim, c.kvDim * c.dim)
+        var s = ["x": n * dim, "xn": n * dim, "q": n * c.qDim, "att": n * c.qDim, "g": n * ffn,
+                 "u": n * ffn, "tmp": n * dim,
                  // A running softmax over blocks of keys: the same for any context (Kernels/Attention).
                  "scores": attentionScratchFloats(rows: n, keys: start + n,
                                                   shape: AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)),
                  "w": n > Matmul.directRowLimit ? maxWeightElements : 0]
         if allLogits && n > Matmul.directRowLimit { s["head"] = 4096 * dim }
+        if let m = c.moe { s["route"] = n * m.experts; s["xe"] = n * dim; s["ye"] = n * dim }
         return s
     }
 
@@ -585,6 +600,10 @@ public final class LlamaModel {
                 for j in 0..<c.kvDim { kc[r * c.kvDim + j] += bias.k[j]; vc[r * c.kvDim + j] += bias.v[j] }
             }
         }
+        if let norm = extra.fullQKNorm {   // the whole q and k RMS-normalized (OLMoE)
+            norm.q.withUnsafeBufferPointer { rmsnormForward(q, q, $0.baseAddress!, rows: n, dim: c.qDim, eps: c.rmsEps) }
+            norm.k.withUnsafeBufferPointer { rmsnormForward(kc, kc, $0.baseAddress!, rows: n, dim: c.kvDim, eps: c.rmsEps) }
+        }
         if let norm = extra.qkNorm {   // each head's q and k RMS-normalized (Gemma 3)
             norm.q.withUnsafeBufferPointer { rmsnormForward(q, q, $0.baseAddress!, rows: n * c.heads, dim: c.headDim, eps: c.rmsEps) }
             norm.k.withUnsafeBufferPointer { rmsnormForward(kc, kc, $0.baseAddress!, rows: n * c.kvHeads, dim: c.headDim, eps: c.rmsEps) }
@@ -649,6 +668,11 @@ public final class LlamaModel {
         }
         for i in 0..<n * dim { x[i] += tmp[i] }
         ffnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
+        if let moe = blocks[l].moe {
+            try moeFeedForward(l, moe, xn: xn, n: n, out: tmp, g: g, u: u, wscratch: wscratch, exact: exact)
+            for i in 0..<n * dim { x[i] += tmp[i] }
+            return
+        }
         Matmul.linear(pool, x: xn, n: n, [(b.gate, g), (b.up, u)], scratch: wscratch, exact: exact)
         if adapters != nil { addLoRA(l, .gate, x: xn, out: g, n: n); addLoRA(l, .up, x: xn, out: u, n: n) }
         if c.architecture == .gemma3 {

@@ -18,6 +18,12 @@ public enum ModelArchitecture: String, Sendable, Codable, CaseIterable {
     /// attention and after the feed-forward too, GELU-tanh gate, and local layers (five of every
     /// six) that attend only to a sliding window, with their own RoPE base.
     case gemma3
+    /// Qwen2-MoE / Qwen1.5-MoE: Qwen2's attention, a mixture-of-experts feed-forward with a shared
+    /// expert behind a sigmoid gate.
+    case qwen2moe
+    /// OLMoE: Llama's attention plus RMSNorm over the whole q and k projections, a
+    /// mixture-of-experts feed-forward. (Mixtral is `llama` with experts.)
+    case olmoe
 
     /// The RoPE convention of this architecture's GGUF files: llama.cpp's converter permutes
     /// Llama's Q/K rows to adjacent pairs, and leaves Qwen2's in Hugging Face's halves (NEOX).
@@ -50,6 +56,8 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
     var windowSize: Int?, windowPattern: Int?, localRopeTheta: Float?
     /// logits = cap · tanh(logits / cap) when set (GGUF `final_logit_softcapping`).
     public var finalLogitSoftcap: Float?
+    /// A mixture-of-experts feed-forward in every block (nil: dense). `ffnDim` is then one expert's.
+    public var moe: MoEConfig?
 
     /// Whether layer `l` attends only to the sliding window.
     public func isLocalLayer(_ l: Int) -> Bool {
@@ -80,14 +88,14 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
     }
 
     /// Biases on the q, k and v projections (Qwen2).
-    public var attentionBias: Bool { architecture == .qwen2 }
+    public var attentionBias: Bool { architecture == .qwen2 || architecture == .qwen2moe }
 
     public var qDim: Int { heads * headDim }
     public var kvDim: Int { kvHeads * headDim }
 
     private enum CodingKeys: String, CodingKey {
         case name, architecture, vocabSize, dim, ffnDim, layers, heads, kvHeads, headDim, ropeTheta, rmsEps
-        case contextLength, tiedEmbeddings, ropeScaling, windowSize, windowPattern, localRopeTheta, finalLogitSoftcap
+        case contextLength, tiedEmbeddings, ropeScaling, windowSize, windowPattern, localRopeTheta, finalLogitSoftcap, moe
     }
 
     /// Decodes configs saved before `architecture` existed as Llama.
@@ -107,6 +115,7 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
         windowPattern = try c.decodeIfPresent(Int.self, forKey: .windowPattern)
         localRopeTheta = try c.decodeIfPresent(Float.self, forKey: .localRopeTheta)
         finalLogitSoftcap = try c.decodeIfPresent(Float.self, forKey: .finalLogitSoftcap)
+        moe = try c.decodeIfPresent(MoEConfig.self, forKey: .moe)
     }
 
     /// Checks the relations the kernels rely on.
@@ -132,6 +141,14 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
         if let w = slidingWindow {
             try need(w.size > 0 && w.pattern > 0 && w.ropeTheta > 0, "sliding window \(w) must be positive")
         }
+        if let m = moe {
+            try need(m.experts > 0, "expert count (\(m.experts)) must be positive")
+            try need(m.used > 0 && m.used <= m.experts,
+                     "experts used per token (\(m.used)) must be between 1 and the expert count (\(m.experts))")
+            try need(m.sharedFFNDim.map { $0 > 0 } ?? true, "the shared expert's feed-forward size must be positive")
+        }
+        try need(moe != nil || (architecture != .qwen2moe && architecture != .olmoe),
+                 "a \(architecture.rawValue) model needs an expert count")
     }
 
     /// Built-in shapes, by the name `--config` takes.

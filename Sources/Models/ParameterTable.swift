@@ -18,8 +18,25 @@ public enum ParameterStage: Sendable, Equatable, Hashable {
 
 extension LlamaConfig {
     /// Parameters of block `i`, in a fixed order.
+    /// A mixture-of-experts block lists its router and its experts in llama.cpp's merged layout
+    /// (`ffn_gate_exps` [experts, ffn, dim]; files in other layouts are checked against theirs).
     public func blockParameters(_ i: Int) -> [ParameterSpec] {
         let p = "blk.\(i)."
+        let ffn: [ParameterSpec]
+        if let m = moe {
+            ffn = [ParameterSpec(name: p + "ffn_gate_inp.weight", shape: [m.experts, dim])]
+                + MoELayout.specs(self, layer: i, layout: .merged)
+                + (m.sharedFFNDim.map { s in
+                    [ParameterSpec(name: p + "ffn_gate_inp_shexp.weight", shape: [dim]),
+                     ParameterSpec(name: p + "ffn_gate_shexp.weight", shape: [s, dim]),
+                     ParameterSpec(name: p + "ffn_up_shexp.weight", shape: [s, dim]),
+                     ParameterSpec(name: p + "ffn_down_shexp.weight", shape: [dim, s])]
+                } ?? [])
+        } else {
+            ffn = [ParameterSpec(name: p + "ffn_gate.weight", shape: [ffnDim, dim]),
+                   ParameterSpec(name: p + "ffn_up.weight", shape: [ffnDim, dim]),
+                   ParameterSpec(name: p + "ffn_down.weight", shape: [dim, ffnDim])]
+        }
         return [
             ParameterSpec(name: p + "attn_norm.weight", shape: [dim]),
             ParameterSpec(name: p + "attn_q.weight", shape: [qDim, dim]),
@@ -27,16 +44,15 @@ extension LlamaConfig {
             ParameterSpec(name: p + "attn_v.weight", shape: [kvDim, dim]),
             ParameterSpec(name: p + "attn_output.weight", shape: [dim, qDim]),
             ParameterSpec(name: p + "ffn_norm.weight", shape: [dim]),
-            ParameterSpec(name: p + "ffn_gate.weight", shape: [ffnDim, dim]),
-            ParameterSpec(name: p + "ffn_up.weight", shape: [ffnDim, dim]),
-            ParameterSpec(name: p + "ffn_down.weight", shape: [dim, ffnDim]),
-        ] + (attentionBias ? [ParameterSpec(name: p + "attn_q.bias", shape: [qDim]),
+        ] + ffn + (attentionBias ? [ParameterSpec(name: p + "attn_q.bias", shape: [qDim]),
                               ParameterSpec(name: p + "attn_k.bias", shape: [kvDim]),
                               ParameterSpec(name: p + "attn_v.bias", shape: [kvDim])] : [])
           + (architecture == .gemma3 ? [ParameterSpec(name: p + "attn_q_norm.weight", shape: [headDim]),
                                         ParameterSpec(name: p + "attn_k_norm.weight", shape: [headDim]),
                                         ParameterSpec(name: p + "post_attention_norm.weight", shape: [dim]),
                                         ParameterSpec(name: p + "post_ffw_norm.weight", shape: [dim])] : [])
+          + (architecture == .olmoe ? [ParameterSpec(name: p + "attn_q_norm.weight", shape: [qDim]),
+                                       ParameterSpec(name: p + "attn_k_norm.weight", shape: [kvDim])] : [])
     }
 
     public func parameters(of stage: ParameterStage) -> [ParameterSpec] {

@@ -86,6 +86,7 @@ public final class TrainableLlama {
     public init(config: LlamaConfig, ropeStyle: RopeStyle = .adjacentPairs, resident: Bool = true,
                 gradients: Bool = true) throws {
         try config.validate()
+        try config.requireDense(for: "training")
         guard config.architecture == .llama else {
             let what = config.architecture == .qwen2 ? "q/k/v biases" : "per-head q/k norms, post-norms, GELU"
             throw OffloadError("[train] \(config.name): training \(config.architecture.rawValue) models (\(what) have no "

@@ -43,9 +43,25 @@ extension WeightSource {
     }
 
     /// Checks that every parameter the config describes is present with the expected shape.
+    /// The config's parameter table as this source names them: a mixture of experts' in the layout
+    /// the file has (merged, fused gate and up, or one tensor per expert).
+    public func storedParameterTable() throws -> [ParameterSpec] {
+        let specs = config.parameterTable
+        guard config.moe != nil else { return specs }
+        let layouts = try (0..<config.layers).map { try MoELayout(self, layer: $0) }
+        return specs.flatMap { spec -> [ParameterSpec] in
+            let parts = spec.name.split(separator: ".")
+            guard parts.count == 4, let l = Int(parts[1]), parts[2].hasSuffix("_exps") else { return [spec] }
+            guard parts[2] == "ffn_down_exps" else { return [] }
+            return MoELayout.specs(config, layer: l, layout: layouts[l])
+        }
+    }
+
     public func validateTensors() throws {
-        for spec in config.parameterTable {
+        for spec in try storedParameterTable() {
             let t = try tensor(spec.name)
+            // The shared expert's gate: a vector in GGUF, a [1, dim] matrix in Hugging Face checkpoints.
+            if spec.name.hasSuffix("ffn_gate_inp_shexp.weight"), t.shape == [1] + spec.shape { continue }
             guard t.shape == spec.shape else {
                 throw OffloadError("[model] \(sourceName): tensor \(spec.name) has shape \(t.shape), expected \(spec.shape)")
             }
@@ -126,6 +142,8 @@ extension LlamaConfig {
             }
             finalLogitSoftcap = f.double(p + "final_logit_softcapping").map(Float.init).flatMap { $0 > 0 ? $0 : nil }
         }
+        moe = try Self.moe(f, prefix: p, architecture: arch, ctx: ctx)
+        if moe != nil, let e = f.int(p + "expert_feed_forward_length"), e > 0 { ffnDim = e }
         try validate()
     }
 
@@ -168,6 +186,56 @@ extension LlamaConfig {
     /// RoPE scaling as llama.cpp reads it: `llama.rope.scaling.type` (none or linear with
     /// `llama.rope.scaling.factor`), or per-frequency divisors in the `rope_freqs.weight` tensor
     /// (how convert_hf_to_gguf stores Llama 3.1's scaling).
+    /// The mixture-of-experts keys (`expert_count`, `expert_used_count`, the shared expert's size),
+    /// with the routing llama.cpp runs for the architecture: Mixtral (`llama`) renormalizes the
+    /// chosen weights, Qwen2-MoE and OLMoE do not. Routing options this engine does not run are
+    /// refused by key.
+    static func moe(_ f: GGUFFile, prefix p: String, architecture: ModelArchitecture, ctx: String) throws -> MoEConfig? {
+        let count = f.int(p + "expert_count") ?? 0
+        guard count > 0 else {
+            if architecture == .qwen2moe || architecture == .olmoe {
+                throw OffloadError("\(ctx): metadata \(p)expert_count is missing; a \(architecture.rawValue) model has experts")
+            }
+            return nil
+        }
+        guard [.llama, .qwen2moe, .olmoe].contains(architecture) else {
+            throw OffloadError("\(ctx): \(p)expert_count is \(count); experts are supported for llama (Mixtral), qwen2moe and olmoe")
+        }
+        guard let used = f.int(p + "expert_used_count"), used > 0 else {
+            throw OffloadError("\(ctx): metadata \(p)expert_used_count is missing or not a positive integer")
+        }
+        guard used <= count else {
+            throw OffloadError("\(ctx): metadata \(p)expert_used_count (\(used)) is above \(p)expert_count (\(count))")
+        }
+        // Routing variants of other MoE families (DeepSeek, Llama 4, GLM…): refused, not ignored.
+        if let g = f.int(p + "expert_gating_func"), g != 1 {
+            throw OffloadError("\(ctx): metadata \(p)expert_gating_func is \(g); only softmax gating (1) is supported")
+        }
+        if let s = f.double(p + "expert_weights_scale"), s != 0, s != 1 {
+            throw OffloadError("\(ctx): metadata \(p)expert_weights_scale is \(s); only 1 is supported")
+        }
+        for key in ["leading_dense_block_count", "expert_group_count", "expert_group_used_count"] {
+            if let v = f.int(p + key), v > 0 {
+                throw OffloadError("\(ctx): metadata \(p)\(key) is \(v); dense leading blocks and expert groups are not supported")
+            }
+        }
+        let normalize = architecture == .llama
+        if let n = f.bool(p + "expert_weights_norm"), n != normalize {
+            throw OffloadError("\(ctx): metadata \(p)expert_weights_norm is \(n); \(architecture.rawValue) routing "
+                               + (normalize ? "renormalizes" : "does not renormalize") + " the chosen experts' weights")
+        }
+        var shared: Int?
+        if architecture == .qwen2moe {
+            guard let s = f.int(p + "expert_shared_feed_forward_length"), s > 0 else {
+                throw OffloadError("\(ctx): metadata \(p)expert_shared_feed_forward_length is missing (Qwen2-MoE's shared expert)")
+            }
+            shared = s
+        } else if let n = f.int(p + "expert_shared_count"), n > 0 {
+            throw OffloadError("\(ctx): metadata \(p)expert_shared_count is \(n); shared experts are supported for qwen2moe only")
+        }
+        return MoEConfig(experts: count, used: used, normalizeTopK: normalize, sharedFFNDim: shared)
+    }
+
     static func ropeScaling(_ f: GGUFFile, prefix p: String, headDim: Int, ctx: String) throws -> RopeScaling? {
         let type = f.string(p + "rope.scaling.type") ?? "none"
         var scaling: RopeScaling?

@@ -97,6 +97,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let source = try loadWeights(model, sha256: sha256)
+        if budget != nil { try source.config.requireDense(for: "--budget (expert offloading)") }
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
         if let file = prompts { return try runPrompts(file: file, source: source, tokenizer: tokenizer) }
         let seed = sampling.seedOrRandom

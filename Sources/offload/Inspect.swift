@@ -28,14 +28,22 @@ struct Inspect: ParsableCommand {
         let source = try loadWeights(file, sha256: sha256)
         let c = source.config
         var rows: [(name: String, type: String, shape: [Int], bytes: Int)] = []
-        for spec in c.parameterTable {
+        for spec in try source.storedParameterTable() {
             let t = try source.tensor(spec.name)
             rows.append((spec.name, t.dtype.rawValue.uppercased(), t.shape, t.bytes.count))
         }
         let weightBytes = rows.reduce(0) { $0 + $1.bytes }
         let est = c.memoryEstimate(weightBytes: weightBytes, batch: batch, seqLen: seqLen)
+        // A mixture of experts: the bytes of its experts, and what one token reads.
+        let expertBytes = rows.filter { $0.name.contains("_exps.") || $0.name.split(separator: ".").count == 5 }
+            .reduce(0) { $0 + $1.bytes }
+        let moe = c.moe.map { m -> (experts: Int, minimum: Int) in
+            let perExpert = expertBytes / (c.layers * m.experts)
+            // Expert offloading's least: everything but the experts, plus one block's routed experts.
+            return (expertBytes, est.inferenceBytes - expertBytes + m.used * perExpert)
+        }
         if json {
-            let obj: [String: Any] = [
+            var obj: [String: Any] = [
                 "file": file, "architecture": c.architecture.rawValue, "name": c.name, "parameters": c.parameterCount,
                 "config": ["vocab_size": c.vocabSize, "dim": c.dim, "ffn_dim": c.ffnDim, "layers": c.layers,
                            "heads": c.heads, "kv_heads": c.kvHeads, "head_dim": c.headDim,
@@ -49,6 +57,12 @@ struct Inspect: ParsableCommand {
                            "training_activation_bytes": est.trainingActivationBytes,
                            "training_bytes": est.trainingBytes],
             ]
+            if let m = c.moe, let b = moe {
+                obj["experts"] = ["count": m.experts, "used": m.used, "normalize_top_k": m.normalizeTopK,
+                                  "shared_ffn_dim": m.sharedFFNDim ?? 0, "active_parameters": c.activeParameterCount,
+                                  "expert_bytes": b.experts, "run_all_resident_bytes": est.inferenceBytes,
+                                  "run_minimum_bytes": b.minimum]
+            }
             print(try jsonString(obj))
             return
         }
@@ -57,7 +71,10 @@ struct Inspect: ParsableCommand {
           parameters      \(formatCount(c.parameterCount)) (\(c.parameterCount))
           layers          \(c.layers), dim \(c.dim), ffn \(c.ffnDim), heads \(c.heads) (kv \(c.kvHeads)), head dim \(c.headDim)
           vocabulary      \(c.vocabSize), context \(c.contextLength), rope theta \(c.ropeTheta) (\(source.ropeStyle.rawValue))\(c.ropeScaling.map { ", scaling " + $0.summary } ?? "")
-          embeddings      \(c.tiedEmbeddings ? "tied (the head reuses token_embd)" : "untied")
+          embeddings      \(c.tiedEmbeddings ? "tied (the head reuses token_embd)" : "untied")\(c.moe.map { m in
+            "\n  experts         \(m.experts) per block, \(m.used) per token (weights \(m.normalizeTopK ? "renormalized" : "as softmax gives them"))"
+            + (m.sharedFFNDim.map { ", a shared expert of ffn \($0)" } ?? "")
+            + "\n  active          \(formatCount(c.activeParameterCount)) of \(formatCount(c.parameterCount)) parameters per token" } ?? "")
 
         """)
         let nameWidth = max(4, rows.map(\.name.count).max() ?? 0)
@@ -72,8 +89,16 @@ struct Inspect: ParsableCommand {
 
         Memory at batch \(batch) × seq-len \(seqLen), everything in compute memory:
           run    \(formatBytes(est.inferenceBytes).leftPad(11))  = weights \(formatBytes(est.weightBytes)) + KV cache \(formatBytes(est.kvCacheBytes)) + activations \(formatBytes(est.inferenceActivationBytes))
-          train  \(formatBytes(est.trainingBytes).leftPad(11))  = fp32 weights, gradients, AdamW moments \(formatBytes(est.trainingStateBytes)) + saved activations \(formatBytes(est.trainingActivationBytes))
         """)
+        if moe == nil {
+            print("  train  \(formatBytes(est.trainingBytes).leftPad(11))  = fp32 weights, gradients, AdamW moments \(formatBytes(est.trainingStateBytes)) + saved activations \(formatBytes(est.trainingActivationBytes))")
+        }
+        if let b = moe {
+            print("""
+              experts \(formatBytes(b.experts).leftPad(10))  of the weights; with only one block's routed experts in memory the run needs \(formatBytes(b.minimum))
+              (that minimum is for expert offloading, not built yet: MoE models run with every expert in memory, and do not train)
+            """)
+        }
     }
 }
 

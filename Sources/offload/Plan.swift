@@ -10,7 +10,9 @@ import Tensors
 
 /// Where `--model FILE` becomes a config. Wired to the GGUF / HF loaders when they land.
 func loadConfig(modelPath: String) throws -> LlamaConfig {
-    try loadWeights(modelPath).config
+    let c = try loadWeights(modelPath).config
+    try c.requireDense(for: "`plan`")
+    return c
 }
 
 struct Plan: ParsableCommand {
