@@ -81,11 +81,15 @@ PINS = {
     "qwen2moe/config.json": "2b71bad99cfba04108479ce9afd4d0d78cc87f4c5f697be6d9a43478e98260d3",
     "qwen2moe/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
     "qwen2moe/model.safetensors": "150247665b6a8e55d6119c1969c00853dcdb41bbd82f31305a563edfeae50143",
-    "qwen2moe.f32.gguf": "f7473a2a3c3c741bde90d13ef878f235d9653ca05b3c7e658195f960e114becf",
+    "qwen2moe.f32.gguf": "835d0a2ba159490748962e0bd79bcefb01966891cb0a68c97223a23ebac98ad3",
     "olmoe/config.json": "7c9ae4077f52af845825904d6f3afe370c26c17c619b498413d2a827438cdfb2",
     "olmoe/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
     "olmoe/model.safetensors": "a12de06e0ff58f91b8b84a6e1c582ae7f22e56eb84f29c93d8b251fdf5f34d2f",
-    "olmoe.f32.gguf": "02f9cae2194da9f2744949fdef60f2e328f15e1d7e45fd6073edaca0dc039088",
+    "olmoe.f32.gguf": "193266de3dca91e6abf51b1ad319e2fdc9062dff6e7b6b3161c404e01f86341f",
+    "qwen3moe/config.json": "40d20161322195be54c865b5245bad22547fec6ef7cf7f857e356d99b29586ce",
+    "qwen3moe/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
+    "qwen3moe/model.safetensors": "825b70513a00404e72d4cb53024c0b3a5dd638aa100986815dbf5da6882ef98b",
+    "qwen3moe.f32.gguf": "b86b042aa5afdf07d367db4adcd238e70d266790bc7cbe948e5275221ecc5ba6",
     "mixtral-split.f32.gguf": "2e928efe486376a98c38a57db27a4aeab3f88c195bfd452ff458872c015fb15b",
     "mixtral-fused.f32.gguf": "e83170d965891677686f0fc9e103f4d0eb1edc7f80b7ac1d265a2d142769b696",
 }
@@ -157,6 +161,9 @@ KQUANT = dict(vocab=256, hidden=256, ff=512, layers=1, heads=4, kv_heads=2, head
 MIXTRAL = dict(SMALL, experts=8, used=2, router_std=1.0)
 QWEN2MOE = dict(SMALL, experts=8, used=4, ff=32, shared_ff=48, router_std=1.0)
 OLMOE = dict(SMALL, experts=8, used=2, router_std=1.0)
+# Qwen3-MoE: 4 heads of 16 over 2 KV heads (head_dim ≠ hidden/heads), experts of 32, 2 per token.
+QWEN3MOE = dict(vocab=64, hidden=32, ff=32, layers=2, heads=4, kv_heads=2, head_dim=16, std=0.3, experts=8, used=2,
+                router_std=1.0)
 
 MODELS = {
     # name: (shape, architecture, tied head, rope_parameters, GGUF output type or None)
@@ -176,10 +183,11 @@ MODELS = {
     "mixtral": (MIXTRAL, "mixtral", False, {"rope_theta": 1000000.0, "rope_type": "default"}, "f32"),
     "qwen2moe": (QWEN2MOE, "qwen2_moe", False, {"rope_theta": 10000.0, "rope_type": "default"}, "f32"),
     "olmoe": (OLMOE, "olmoe", False, {"rope_theta": 10000.0, "rope_type": "default"}, "f32"),
+    "qwen3moe": (QWEN3MOE, "qwen3_moe", False, {"rope_theta": 10000.0, "rope_type": "default"}, "f32"),
 }
 # The GGUF architecture of each Hugging Face model_type (Mixtral is a Llama with experts).
 GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3", "mixtral": "llama", "qwen2_moe": "qwen2moe",
-             "olmoe": "olmoe"}
+             "olmoe": "olmoe", "qwen3_moe": "qwen3moe"}
 # Mixtral's other two GGUF expert layouts, beside the merged one of today's converter: one tensor
 # per expert (older files) and gate and up fused (newer llama.cpp).
 MIXTRAL_LAYOUTS = {"mixtral-split.f32.gguf": "split", "mixtral-fused.f32.gguf": "fused"}
@@ -220,6 +228,8 @@ def hf_tensors(name):
                              p + "mlp.shared_expert.down_proj.weight": [h, sf], p + "mlp.shared_expert_gate.weight": [1, h]})
         if arch == "olmoe":
             norms.update({p + "self_attn.q_norm.weight": [q], p + "self_attn.k_norm.weight": [kv]})
+        if arch == "qwen3_moe":
+            norms.update({p + "self_attn.q_norm.weight": [hd], p + "self_attn.k_norm.weight": [hd]})
         if arch == "gemma3":
             norms.update({p + "pre_feedforward_layernorm.weight": [h], p + "post_feedforward_layernorm.weight": [h],
                           p + "self_attn.q_norm.weight": [hd], p + "self_attn.k_norm.weight": [hd]})
@@ -284,6 +294,12 @@ def moe_config_json(name):
                   "max_window_layers": 28, "mlp_only_layers": [], "moe_intermediate_size": shape["ff"],
                   "norm_topk_prob": False, "num_experts": shape["experts"], "qkv_bias": True, "rms_norm_eps": 1e-06,
                   "shared_expert_intermediate_size": shape["shared_ff"], "sliding_window": None,
+                  "use_sliding_window": False})
+    elif arch == "qwen3_moe":
+        c.update({"architectures": ["Qwen3MoeForCausalLM"], "attention_bias": False, "bos_token_id": None,
+                  "decoder_sparse_step": 1, "eos_token_id": None, "head_dim": shape["head_dim"], "intermediate_size": 64,
+                  "mlp_only_layers": [], "moe_intermediate_size": shape["ff"], "norm_topk_prob": True,
+                  "num_local_experts": shape["experts"], "rms_norm_eps": 1e-06, "sliding_window": None,
                   "use_sliding_window": False})
     else:
         c.update({"architectures": ["OlmoeForCausalLM"], "attention_bias": False, "bos_token_id": None,
@@ -527,16 +543,18 @@ def gguf_file(name, tensors, layout="merged"):
            (f"{a}.block_count", GGUF_UINT32, shape["layers"]), (f"{a}.context_length", GGUF_UINT32, 256),
            (f"{a}.embedding_length", GGUF_UINT32, shape["hidden"]),
            # Qwen2-MoE's is its dense intermediate_size (unused: every layer has experts).
-           (f"{a}.feed_forward_length", GGUF_UINT32, 64 if "shared_ff" in shape else shape["ff"]),
+           (f"{a}.feed_forward_length", GGUF_UINT32, 64 if hf_arch in ("qwen2_moe", "qwen3_moe") else shape["ff"]),
            (f"{a}.attention.head_count", GGUF_UINT32, shape["heads"]),
            (f"{a}.attention.head_count_kv", GGUF_UINT32, shape["kv_heads"]),
            (f"{a}.rope.freq_base", GGUF_FLOAT32, rope["full_attention"]["rope_theta"] if gemma else rope["rope_theta"])]
     if gemma:
         kvs.append((f"{a}.rope.freq_base_swa", GGUF_FLOAT32, rope["sliding_attention"]["rope_theta"]))
     kvs += [(f"{a}.attention.layer_norm_rms_epsilon", GGUF_FLOAT32,
-             1e-06 if gemma or hf_arch == "qwen2_moe" else 1e-05),
-            (f"{a}.attention.key_length", GGUF_UINT32, shape["head_dim"]),
-            (f"{a}.attention.value_length", GGUF_UINT32, shape["head_dim"]),
+             1e-06 if gemma or hf_arch in ("qwen2_moe", "qwen3_moe") else 1e-05),
+            # (as the converter: only from a config.json with head_dim, which Qwen2-MoE's and OLMoE's lack)
+            *([(f"{a}.attention.key_length", GGUF_UINT32, shape["head_dim"]),
+               (f"{a}.attention.value_length", GGUF_UINT32, shape["head_dim"])]
+              if hf_arch not in ("qwen2_moe", "olmoe") else []),
             ("general.file_type", GGUF_UINT32, 0 if gt == GGML_F32 else 1)]
     if gemma:
         kvs.append((f"{a}.attention.sliding_window", GGUF_UINT32, shape["window"]))
@@ -544,9 +562,10 @@ def gguf_file(name, tensors, layout="merged"):
         kvs += [("llama.vocab_size", GGUF_UINT32, v), ("llama.rope.dimension_count", GGUF_UINT32, shape["head_dim"])]
     if "experts" in shape:
         kvs += [(f"{a}.expert_count", GGUF_UINT32, shape["experts"]), (f"{a}.expert_used_count", GGUF_UINT32, shape["used"])]
+    if hf_arch in ("qwen2_moe", "qwen3_moe"):
+        kvs.append((f"{a}.expert_feed_forward_length", GGUF_UINT32, shape["ff"]))
     if "shared_ff" in shape:
-        kvs += [(f"{a}.expert_feed_forward_length", GGUF_UINT32, shape["ff"]),
-                (f"{a}.expert_shared_feed_forward_length", GGUF_UINT32, shape["shared_ff"])]
+        kvs.append((f"{a}.expert_shared_feed_forward_length", GGUF_UINT32, shape["shared_ff"]))
     kvs += [("general.quantization_version", GGUF_UINT32, 2),
             # The stand-in vocabulary make_tiny_model_fixtures.py patches into the converter
             # (the folders have no tokenizer).

@@ -58,7 +58,7 @@ public enum HFNames {
         switch a {
         case .gemma3: return gemma3BlockPairs
         case .llama: return blockPairs + mixtralPairs
-        case .qwen2moe, .olmoe: return blockPairs + mlpExpertPairs
+        case .qwen2moe, .olmoe, .qwen3moe: return blockPairs + mlpExpertPairs
         case .qwen2: return blockPairs
         }
     }

@@ -156,11 +156,14 @@ public final class HFCheckpoint: WeightSource {
             arch = .qwen2moe
         } else if modelType == "olmoe" || (modelType == nil && archs.contains("OlmoeForCausalLM")) {
             arch = .olmoe
+        } else if modelType == "qwen3_moe" || (modelType == nil && archs.contains("Qwen3MoeForCausalLM")) {
+            arch = .qwen3moe
         } else {
             throw fail("model_type is \(o["model_type"]?.description ?? "missing") and architectures is "
                        + "\(o["architectures"]?.description ?? "missing"); expected model_type \"llama\" "
                        + "(LlamaForCausalLM), \"qwen2\" (Qwen2ForCausalLM), \"gemma3_text\" (Gemma3ForCausalLM), "
-                       + "\"mixtral\" (MixtralForCausalLM), \"qwen2_moe\" (Qwen2MoeForCausalLM) or \"olmoe\" (OlmoeForCausalLM)")
+                       + "\"mixtral\" (MixtralForCausalLM), \"qwen2_moe\" (Qwen2MoeForCausalLM), \"qwen3_moe\" (Qwen3MoeForCausalLM) or \"olmoe\" "
+                       + "(OlmoeForCausalLM)")
         }
         let mixtral = modelType == "mixtral" || (modelType == nil && archs.contains("MixtralForCausalLM"))
         func int(_ key: String, default d: Int? = nil) throws -> Int {
@@ -211,7 +214,7 @@ public final class HFCheckpoint: WeightSource {
             }
         }
         // Qwen2 always has q/k/v biases (its config has no switch); a Llama with biases is refused.
-        for key in ["attention_bias", "mlp_bias"] where arch == .llama || arch == .olmoe || key == "mlp_bias" {
+        for key in ["attention_bias", "mlp_bias"] where arch != .qwen2 && arch != .qwen2moe || key == "mlp_bias" {
             if try bool(key, default: false) { throw fail("field \(key) is true; biases are not supported") }
         }
         var context = try int("max_position_embeddings", default: 2048)
@@ -220,8 +223,9 @@ public final class HFCheckpoint: WeightSource {
         if sliding, let w = o["sliding_window"]?.int, w > 0 { context = min(context, w) }
         let dim = try int("hidden_size"), heads = try int("num_attention_heads")
         var moe: MoEConfig?
-        if mixtral || arch == .qwen2moe || arch == .olmoe {
-            let experts = try int(mixtral ? "num_local_experts" : "num_experts")
+        if mixtral || [.qwen2moe, .olmoe, .qwen3moe].contains(arch) {
+            // transformers 5 writes num_local_experts for every family; checkpoints before it num_experts.
+            let experts = try int(o["num_local_experts"].map { $0 == .null } ?? true ? "num_experts" : "num_local_experts")
             let used = try int("num_experts_per_tok")
             guard used <= experts else {
                 throw fail("field num_experts_per_tok (\(used)) is above the expert count (\(experts))")
@@ -229,7 +233,7 @@ public final class HFCheckpoint: WeightSource {
             moe = MoEConfig(experts: experts, used: used,
                             normalizeTopK: mixtral ? true : try bool("norm_topk_prob", default: false),
                             sharedFFNDim: arch == .qwen2moe ? try int("shared_expert_intermediate_size") : nil)
-            if arch == .qwen2moe {
+            if arch == .qwen2moe || arch == .qwen3moe {
                 // Every layer sparse: decoder_sparse_step 1 and no mlp_only_layers.
                 if try int("decoder_sparse_step", default: 1) != 1 {
                     throw fail("field decoder_sparse_step is \(o["decoder_sparse_step"]!); only 1 (every layer a mixture of experts) is supported")
@@ -252,7 +256,7 @@ public final class HFCheckpoint: WeightSource {
             rmsEps: try float("rms_norm_eps", default: 1e-6),
             contextLength: context,
             tiedEmbeddings: try bool("tie_word_embeddings", default: false), ropeScaling: ropeScaling)
-        if arch == .qwen2moe { parsed.ffnDim = try int("moe_intermediate_size") }
+        if arch == .qwen2moe || arch == .qwen3moe { parsed.ffnDim = try int("moe_intermediate_size") }
         parsed.moe = moe
         return parsed
     }

@@ -263,8 +263,10 @@ public final class LlamaModel {
                 bias = (try source.vector(p + "attn_q.bias"), try source.vector(p + "attn_k.bias"),
                         try source.vector(p + "attn_v.bias"))
             }
-            if c.architecture == .gemma3 {
+            if c.architecture == .gemma3 || c.architecture == .qwen3moe {
                 qkNorm = (try source.vector(p + "attn_q_norm.weight"), try source.vector(p + "attn_k_norm.weight"))
+            }
+            if c.architecture == .gemma3 {
                 postNorm = (try source.vector(p + "post_attention_norm.weight"), try source.vector(p + "post_ffw_norm.weight"))
             }
             if c.architecture == .olmoe {
@@ -604,7 +606,7 @@ public final class LlamaModel {
             norm.q.withUnsafeBufferPointer { rmsnormForward(q, q, $0.baseAddress!, rows: n, dim: c.qDim, eps: c.rmsEps) }
             norm.k.withUnsafeBufferPointer { rmsnormForward(kc, kc, $0.baseAddress!, rows: n, dim: c.kvDim, eps: c.rmsEps) }
         }
-        if let norm = extra.qkNorm {   // each head's q and k RMS-normalized (Gemma 3)
+        if let norm = extra.qkNorm {   // each head's q and k RMS-normalized (Gemma 3, Qwen3-MoE)
             norm.q.withUnsafeBufferPointer { rmsnormForward(q, q, $0.baseAddress!, rows: n * c.heads, dim: c.headDim, eps: c.rmsEps) }
             norm.k.withUnsafeBufferPointer { rmsnormForward(kc, kc, $0.baseAddress!, rows: n * c.kvHeads, dim: c.headDim, eps: c.rmsEps) }
         }

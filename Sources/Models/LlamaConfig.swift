@@ -24,6 +24,9 @@ public enum ModelArchitecture: String, Sendable, Codable, CaseIterable {
     /// OLMoE: Llama's attention plus RMSNorm over the whole q and k projections, a
     /// mixture-of-experts feed-forward. (Mixtral is `llama` with experts.)
     case olmoe
+    /// Qwen3-MoE: RMSNorm of each head's q and k (as Gemma 3), a mixture-of-experts feed-forward
+    /// with the chosen weights renormalized.
+    case qwen3moe
 
     /// The RoPE convention of this architecture's GGUF files: llama.cpp's converter permutes
     /// Llama's Q/K rows to adjacent pairs, and leaves Qwen2's in Hugging Face's halves (NEOX).
@@ -147,7 +150,7 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
                      "experts used per token (\(m.used)) must be between 1 and the expert count (\(m.experts))")
             try need(m.sharedFFNDim.map { $0 > 0 } ?? true, "the shared expert's feed-forward size must be positive")
         }
-        try need(moe != nil || (architecture != .qwen2moe && architecture != .olmoe),
+        try need(moe != nil || ![.qwen2moe, .olmoe, .qwen3moe].contains(architecture),
                  "a \(architecture.rawValue) model needs an expert count")
     }
 

@@ -51,6 +51,8 @@ extension LlamaConfig {
                                         ParameterSpec(name: p + "attn_k_norm.weight", shape: [headDim]),
                                         ParameterSpec(name: p + "post_attention_norm.weight", shape: [dim]),
                                         ParameterSpec(name: p + "post_ffw_norm.weight", shape: [dim])] : [])
+          + (architecture == .qwen3moe ? [ParameterSpec(name: p + "attn_q_norm.weight", shape: [headDim]),
+                                          ParameterSpec(name: p + "attn_k_norm.weight", shape: [headDim])] : [])
           + (architecture == .olmoe ? [ParameterSpec(name: p + "attn_q_norm.weight", shape: [qDim]),
                                        ParameterSpec(name: p + "attn_k_norm.weight", shape: [kvDim])] : [])
     }

@@ -187,19 +187,20 @@ extension LlamaConfig {
     /// `llama.rope.scaling.factor`), or per-frequency divisors in the `rope_freqs.weight` tensor
     /// (how convert_hf_to_gguf stores Llama 3.1's scaling).
     /// The mixture-of-experts keys (`expert_count`, `expert_used_count`, the shared expert's size),
-    /// with the routing llama.cpp runs for the architecture: Mixtral (`llama`) renormalizes the
-    /// chosen weights, Qwen2-MoE and OLMoE do not. Routing options this engine does not run are
+    /// with the routing llama.cpp runs for the architecture: Mixtral (`llama`) and Qwen3-MoE
+    /// renormalize the chosen weights, Qwen2-MoE and OLMoE do not. Routing options this engine does not run are
     /// refused by key.
     static func moe(_ f: GGUFFile, prefix p: String, architecture: ModelArchitecture, ctx: String) throws -> MoEConfig? {
         let count = f.int(p + "expert_count") ?? 0
         guard count > 0 else {
-            if architecture == .qwen2moe || architecture == .olmoe {
+            if [.qwen2moe, .olmoe, .qwen3moe].contains(architecture) {
                 throw OffloadError("\(ctx): metadata \(p)expert_count is missing; a \(architecture.rawValue) model has experts")
             }
             return nil
         }
-        guard [.llama, .qwen2moe, .olmoe].contains(architecture) else {
-            throw OffloadError("\(ctx): \(p)expert_count is \(count); experts are supported for llama (Mixtral), qwen2moe and olmoe")
+        guard [.llama, .qwen2moe, .olmoe, .qwen3moe].contains(architecture) else {
+            throw OffloadError("\(ctx): \(p)expert_count is \(count); experts are supported for llama (Mixtral), qwen2moe, "
+                               + "olmoe and qwen3moe")
         }
         guard let used = f.int(p + "expert_used_count"), used > 0 else {
             throw OffloadError("\(ctx): metadata \(p)expert_used_count is missing or not a positive integer")
@@ -219,7 +220,7 @@ extension LlamaConfig {
                 throw OffloadError("\(ctx): metadata \(p)\(key) is \(v); dense leading blocks and expert groups are not supported")
             }
         }
-        let normalize = architecture == .llama
+        let normalize = architecture == .llama || architecture == .qwen3moe
         if let n = f.bool(p + "expert_weights_norm"), n != normalize {
             throw OffloadError("\(ctx): metadata \(p)expert_weights_norm is \(n); \(architecture.rawValue) routing "
                                + (normalize ? "renormalizes" : "does not renormalize") + " the chosen experts' weights")

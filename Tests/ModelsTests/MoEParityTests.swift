@@ -1,4 +1,4 @@
-// Mixtures of experts (Mixtral, Qwen2-MoE, OLMoE) against transformers on tiny random models, from
+// Mixtures of experts (Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE) against transformers on tiny random models, from
 // the Hugging Face folder and from GGUF in all three expert layouts: logits at every position, each
 // layer's expert choices, and a greedy continuation. The models are made into the cache by
 // scripts/make-tiny-models.py (standard library; the GGUFs hold the tensors and keys llama.cpp's
@@ -30,7 +30,7 @@ struct MoEReference: Decodable {
 
 final class MoEParityTests: XCTestCase {
     lazy var reference = MoEReference.load()
-    let names = ["mixtral", "qwen2moe", "olmoe"]
+    let names = ["mixtral", "qwen2moe", "olmoe", "qwen3moe"]
 
     /// A file of the cache, checked to be the one the reference was computed from.
     func cached(_ rel: String, sha256: String) throws -> String {
