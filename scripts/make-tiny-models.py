@@ -77,21 +77,21 @@ PINS = {
     "mixtral/config.json": "d8699d89d0a6f640180af6d4b754b96cef4a02ad72e0f145205b9e45dd9910d7",
     "mixtral/generation_config.json": "92a5c418526e535ff093b96e8d3288d73c828b7968340737b0efe3f8ce94d8a8",
     "mixtral/model.safetensors": "67bf6c8293b711c15bb5e9da56e5459b736050264aa72ab5e3b13f50b72be0e0",
-    "mixtral.f32.gguf": "92b95b84120e79e05830012da0ddd1c232b6829590433c6bfa682167b76a7be6",
+    "mixtral.f32.gguf": "877b7b36a919e2354c728e60ce1f3191d0e28a14207c899cda33e3a9a6fc9569",
     "qwen2moe/config.json": "2b71bad99cfba04108479ce9afd4d0d78cc87f4c5f697be6d9a43478e98260d3",
     "qwen2moe/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
     "qwen2moe/model.safetensors": "150247665b6a8e55d6119c1969c00853dcdb41bbd82f31305a563edfeae50143",
-    "qwen2moe.f32.gguf": "835d0a2ba159490748962e0bd79bcefb01966891cb0a68c97223a23ebac98ad3",
+    "qwen2moe.f32.gguf": "b8ecdef3652ed8d37fef6626d50124315cf6e508b7703d65f97597821838c620",
     "olmoe/config.json": "7c9ae4077f52af845825904d6f3afe370c26c17c619b498413d2a827438cdfb2",
     "olmoe/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
     "olmoe/model.safetensors": "a12de06e0ff58f91b8b84a6e1c582ae7f22e56eb84f29c93d8b251fdf5f34d2f",
-    "olmoe.f32.gguf": "193266de3dca91e6abf51b1ad319e2fdc9062dff6e7b6b3161c404e01f86341f",
+    "olmoe.f32.gguf": "8b620b93bd66f427ac3d366a39d7bb5cc91074f6dae8f4028061a754563b3808",
     "qwen3moe/config.json": "40d20161322195be54c865b5245bad22547fec6ef7cf7f857e356d99b29586ce",
     "qwen3moe/generation_config.json": "e5c6e58a01492ff8b88e11c8545ad8747e6449f0cf250083c544c0013105dfb9",
     "qwen3moe/model.safetensors": "825b70513a00404e72d4cb53024c0b3a5dd638aa100986815dbf5da6882ef98b",
-    "qwen3moe.f32.gguf": "b86b042aa5afdf07d367db4adcd238e70d266790bc7cbe948e5275221ecc5ba6",
-    "mixtral-split.f32.gguf": "2e928efe486376a98c38a57db27a4aeab3f88c195bfd452ff458872c015fb15b",
-    "mixtral-fused.f32.gguf": "e83170d965891677686f0fc9e103f4d0eb1edc7f80b7ac1d265a2d142769b696",
+    "qwen3moe.f32.gguf": "69cf5c67131edfcfb6df37b3142d9118152e9e902c9bd8ac1d41814c601eb383",
+    "mixtral-split.f32.gguf": "3ca5fd093e81c23599fae73f8ecc77822681980d1c72fd6fff726f8416cd2f34",
+    "mixtral-fused.f32.gguf": "18340ac79a70143cc6a650386996bedf6542b68d4f263d6eb2c6bcbde24a6afa",
 }
 
 MASK = (1 << 64) - 1
@@ -572,6 +572,9 @@ def gguf_file(name, tensors, layout="merged"):
             ("tokenizer.ggml.model", GGUF_STRING, "gpt2"), ("tokenizer.ggml.pre", GGUF_STRING, "default"),
             ("tokenizer.ggml.tokens", GGUF_ARRAY, (GGUF_STRING, [chr(65 + i) if i < 26 else f"<t{i}>" for i in range(v)])),
             ("tokenizer.ggml.token_type", GGUF_ARRAY, (GGUF_INT32, [1] * v))]
+    if "experts" in shape:
+        # No merges (each byte its own token): enough for `offload generate` to load the vocabulary.
+        kvs.append(("tokenizer.ggml.merges", GGUF_ARRAY, (GGUF_STRING, [])))
     return gguf_bytes(kvs, out)
 
 

@@ -290,6 +290,8 @@ public final class LlamaModel {
     /// Called by every mixture-of-experts block of every forward with each row's chosen experts
     /// (ascending); nil: not recorded.
     public var onRouting: ((_ layer: Int, _ experts: [[Int]]) -> Void)?
+    /// Expert offloading: the experts come from here instead of the mapped file (nil: all in memory).
+    public var expertSupplier: ExpertSupplier?
 
     /// Applies `adapters` (nil: none) from the next forward on.
     public func setAdapters(_ adapters: LoRAAdapters?) throws {
@@ -671,7 +673,7 @@ public final class LlamaModel {
         for i in 0..<n * dim { x[i] += tmp[i] }
         ffnNorm.withUnsafeBufferPointer { rmsnormForward(xn, x, $0.baseAddress!, rows: n, dim: dim, eps: c.rmsEps) }
         if let moe = blocks[l].moe {
-            try moeFeedForward(l, moe, xn: xn, n: n, out: tmp, g: g, u: u, wscratch: wscratch, exact: exact)
+            try moeFeedForward(l, moe, x: x, xn: xn, n: n, out: tmp, g: g, u: u, wscratch: wscratch, exact: exact)
             for i in 0..<n * dim { x[i] += tmp[i] }
             return
         }

@@ -43,6 +43,7 @@ extension LlamaConfig {
 /// One expert's three matrices.
 public struct ExpertMatrices {
     public var gate, up, down: WeightMatrix
+    public init(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) { self.gate = gate; self.up = up; self.down = down }
 }
 
 /// Block `l`'s router and experts, as views into `source`'s tensors, from whichever layout the

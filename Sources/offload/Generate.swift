@@ -61,6 +61,15 @@ struct Generate: ParsableCommand {
         valueName: "tokens"))
     var prefillChunk: Int?
     @OptionGroup var promptCache: PromptCacheFlags
+    @Option(name: .customLong("expert-policy"), help: ArgumentHelp(
+        "With --budget and a mixture-of-experts model: which resident expert a miss evicts: lru (least recently "
+            + "used) or lfu (least frequently used so far, ties by recency).", valueName: "policy"))
+    var expertPolicy = "lru"
+    @Option(name: .customLong("expert-prefetch"), help: ArgumentHelp(
+        "With --budget and a mixture-of-experts model: experts per token to read ahead for the next block, "
+            + "predicted by its router on the current hidden state (default: the experts a token uses; 0: none).",
+        valueName: "n"))
+    var expertPrefetch: Int?
 
     func validate() throws {
         guard [prompt != nil, promptTokens != nil, prompts != nil].filter({ $0 }).count == 1 else {
@@ -89,6 +98,14 @@ struct Generate: ParsableCommand {
             throw ValidationError("--lora is not supported with --prompts and --budget yet (block batching); drop --budget")
         }
         try validateBudget(budget)
+        guard ExpertCache.Policy(rawValue: expertPolicy) != nil else {
+            throw ValidationError("--expert-policy must be one of "
+                                  + ExpertCache.Policy.allCases.map(\.rawValue).joined(separator: ", ") + ", got '\(expertPolicy)'")
+        }
+        if let n = expertPrefetch, n < 0 { throw ValidationError("--expert-prefetch must be 0 or more, got \(n)") }
+        if (expertPrefetch != nil || expertPolicy != "lru") && budget == nil {
+            throw ValidationError("--expert-policy and --expert-prefetch apply to a budgeted run: give --budget too")
+        }
         if trace != nil && budget == nil { throw ValidationError("--trace needs --budget (it traces the streamed run)") }
         if (disk != nil || hardware != nil) && budget == nil {
             throw ValidationError("--disk and --hardware apply to a budgeted run: give --budget too")
@@ -97,7 +114,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let source = try loadWeights(model, sha256: sha256)
-        if budget != nil { try source.config.requireDense(for: "--budget (expert offloading)") }
+        if budget != nil && prompts != nil { try source.config.requireDense(for: "--prompts with --budget") }
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
         if let file = prompts { return try runPrompts(file: file, source: source, tokenizer: tokenizer) }
         let seed = sampling.seedOrRandom
@@ -119,7 +136,23 @@ struct Generate: ParsableCommand {
         var streamer: WeightStreamer?
         var predicted: Double?
         let recorder = trace.map { _ in TraceRecorder() }
-        if let budget = budget.flatMap(parseBytes) {
+        var experts: ExpertCache?
+        if let budget = budget.flatMap(parseBytes), let moe = source.config.moe {
+            guard let gguf = source as? GGUFWeights else {
+                throw OffloadError("[generate] --budget reads a mixture of experts' experts from a GGUF file; \(model) is a folder")
+            }
+            guard trace == nil else { throw OffloadError("[generate] --trace is not supported with expert offloading yet") }
+            let capacity = min(ids.count + maxTokens, source.config.contextLength)
+            let plan = try ExpertOffloadPlan(source: gguf, budget: budget, promptTokens: ids.count, contextCapacity: capacity)
+            llama = try LlamaModel(source: gguf, threads: threads ?? defaultThreads(), maxPositions: capacity)
+            let cache = try ExpertCache(source: gguf, slots: plan.slots, policy: ExpertCache.Policy(rawValue: expertPolicy)!,
+                                        prefetchWidth: expertPrefetch ?? moe.used)
+            llama.expertSupplier = cache
+            experts = cache
+            note("[generate] experts: \(plan.slots) of \(plan.totalExperts) in memory (slots of \(formatBytes(plan.slotBytes))), "
+                 + "\(expertPolicy), read-ahead \(cache.prefetchWidth) per token; everything else "
+                 + "\(formatBytes(plan.residentBytes)) (the least budget: \(formatBytes(plan.minimumBudget)))")
+        } else if let budget = budget.flatMap(parseBytes) {
             guard let gguf = source as? GGUFWeights else {
                 throw OffloadError("[generate] --budget streams weights from a GGUF file; \(model) is a folder")
             }
@@ -156,6 +189,7 @@ struct Generate: ParsableCommand {
         }
         let generated = result.stoppedAtEOS ? Array(result.tokens.dropLast()) : result.tokens
         streamer?.stop()
+        experts?.stop()
         let report = streamer.map { StreamingReport(streamer: $0, result: result) }
         if let recorder, let path = trace { try recorder.write(to: path) }
         if json {
@@ -173,6 +207,7 @@ struct Generate: ParsableCommand {
                 r["predicted_seconds_per_token"] = predicted
                 out["streaming"] = r
             }
+            if let experts { out["experts"] = experts.report }
             print(try jsonString(out))
         } else {
             FileHandle.standardOutput.write(Data((stream.flush() + "\n").utf8))
@@ -187,6 +222,13 @@ struct Generate: ParsableCommand {
                      + (cache.rejectedEntries > 0 ? "; \(cache.rejectedEntries) unusable entr\(cache.rejectedEntries == 1 ? "y" : "ies") removed" : ""))
             }
             if let report { FileHandle.standardError.write(Data((report.summary + "\n").utf8)) }
+            if let r = experts?.report {
+                note(String(format: "[generate] experts: hit rate %.1f%%, read-ahead precision %.1f%% recall %.1f%%, ",
+                            100 * (r["hit_rate"] as! Double), 100 * (r["prefetch_precision"] as! Double),
+                            100 * (r["prefetch_recall"] as! Double))
+                     + "\(formatBytes(r["bytes_read"] as! Int)) read, "
+                     + String(format: "%.2f s waiting for experts", r["stall_seconds"] as! Double))
+            }
         }
     }
 }
