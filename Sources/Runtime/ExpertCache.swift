@@ -8,17 +8,12 @@ import Foundation
 import Kernels
 import Memory
 import Models
+import Planning
 import Tensors
 
 public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
-    /// Which resident expert a miss evicts.
-    public enum Policy: String, CaseIterable, Sendable {
-        /// The least recently used (mixtral-offloading's per-layer LRU, here over one pool).
-        case lru
-        /// The least frequently used so far (counts kept for evicted experts too), ties by recency:
-        /// keeps the experts routing favours, which LRU evicts after a burst of rare ones.
-        case lfu
-    }
+    /// Which resident expert a miss evicts (Planning's `ExpertPoolSimulation` replays the same choice).
+    public typealias Policy = ExpertPolicy
 
     struct Key: Hashable { var layer: Int, expert: Int }
     enum State { case empty, queued, loading, ready }
@@ -65,6 +60,11 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
     /// direct-I/O alignment on both ends).
     public static func slotBytes(_ source: GGUFWeights) throws -> Int {
         3 * (try regionBytes(ranges(source)))
+    }
+
+    /// The bytes of one expert's three matrices (the largest, where blocks differ in type).
+    public static func expertBytes(_ source: GGUFWeights) throws -> Int {
+        try ranges(source).flatMap { $0.map { $0.reduce(0) { $0 + $1.length } } }.max() ?? 0
     }
 
     static func regionBytes(_ ranges: [[[MatrixRange]]]) throws -> Int {

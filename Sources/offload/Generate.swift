@@ -70,6 +70,11 @@ struct Generate: ParsableCommand {
             + "predicted by its router on the current hidden state (default: the experts a token uses; 0: none).",
         valueName: "n"))
     var expertPrefetch: Int?
+    @Option(name: .customLong("routing-trace"), help: ArgumentHelp(
+        "With a mixture-of-experts model: write the experts every block chose for every row here (one JSON line "
+            + "per block and forward), for `offload plan --routing-trace` to predict a budget's hit rate.",
+        valueName: "file"))
+    var routingTrace: String?
 
     func validate() throws {
         guard [prompt != nil, promptTokens != nil, prompts != nil].filter({ $0 }).count == 1 else {
@@ -173,6 +178,13 @@ struct Generate: ParsableCommand {
             llama.prefillChunk = prefillChunk
         }
         if let lora { try llama.setAdapters(loadAdapter(lora, for: source)) }
+        var routing: [RoutingStep] = []
+        if routingTrace != nil {
+            guard source.config.moe != nil else {
+                throw OffloadError("[generate] --routing-trace: \(model) is not a mixture-of-experts model")
+            }
+            llama.onRouting = { routing.append(RoutingStep(layer: $0, rows: $1)) }
+        }
         defer { streamer?.stop() }
         var sampler = Sampler(options: sampling.options, seed: seed)
         var stream = StreamingDecoder(tokenizer: tokenizer)
@@ -190,6 +202,14 @@ struct Generate: ParsableCommand {
         let generated = result.stoppedAtEOS ? Array(result.tokens.dropLast()) : result.tokens
         streamer?.stop()
         experts?.stop()
+        if let path = routingTrace {
+            do {   // atomic: a temporary file renamed into place
+                try Data(routing.map { RoutingTrace.line($0) + "\n" }.joined().utf8)
+                    .write(to: URL(fileURLWithPath: path), options: .atomic)
+            } catch {
+                throw OffloadError("[generate] --routing-trace: cannot write \(path): \(error.localizedDescription)")
+            }
+        }
         let report = streamer.map { StreamingReport(streamer: $0, result: result) }
         if let recorder, let path = trace { try recorder.write(to: path) }
         if json {

@@ -6,12 +6,13 @@ import Formats
 import Models
 import Memory
 import Planning
+import Runtime
 import Tensors
 
 /// Where `--model FILE` becomes a config. Wired to the GGUF / HF loaders when they land.
 func loadConfig(modelPath: String) throws -> LlamaConfig {
     let c = try loadWeights(modelPath).config
-    try c.requireDense(for: "`plan`")
+    try c.requireDense(for: "`plan` other than --mode generate with a GGUF file")
     return c
 }
 
@@ -65,6 +66,14 @@ struct Plan: ParsableCommand {
     @Option(help: "Write the chosen schedule as JSON.") var schedule: String?
     @Option(help: "Write the chosen plan's Chrome trace JSON.") var trace: String?
 
+    @Option(name: .customLong("routing-trace"), help: ArgumentHelp(
+        "Generate, mixture of experts: a routing trace from `generate --routing-trace`, replayed through the "
+            + "planned expert pool for its hit rate (default: routing assumed uniform, hit rate = pool / experts).",
+        valueName: "file"))
+    var routingTrace: String?
+    @Option(name: .customLong("expert-policy"), help: "Generate, mixture of experts: lru or lfu, as `generate --expert-policy`.")
+    var expertPolicy = "lru"
+
     @Flag(name: .customLong("benchmark-solvers"), help: "Time the rotor and pofo solvers on Llama-3-70B's 80 blocks and exit.")
     var benchmarkSolvers = false
 
@@ -95,6 +104,12 @@ struct Plan: ParsableCommand {
 
     func run() throws {
         if benchmarkSolvers { return try runSolverBenchmark() }
+        if let path = model, mode == "generate", let gguf = try loadWeights(path) as? GGUFWeights, gguf.config.moe != nil {
+            return try planExperts(gguf)
+        }
+        if routingTrace != nil || expertPolicy != "lru" {
+            throw ValidationError("--routing-trace and --expert-policy apply to --mode generate with a mixture-of-experts GGUF")
+        }
         let cfg = try model.map { try loadConfig(modelPath: $0) } ?? LlamaConfig.named(config ?? "")
         try cfg.validate()
         let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
@@ -355,6 +370,55 @@ extension Plan {
 
     /// Planner speed: rotor with 500 slots and pofo with 10…50 slots on the 80 blocks
     /// of Llama-3-70B (batch 1, seq 4096), with the step time each plan predicts.
+    /// `--mode generate` for a mixture of experts: the pool `generate --budget` makes, its hit rate (a
+    /// routing trace replayed, or uniform routing), the bytes of experts read per decoded token, and the
+    /// rate the disk allows for them.
+    func planExperts(_ gguf: GGUFWeights) throws {
+        let c = gguf.config, m = c.moe!
+        guard let budget = budget.flatMap(parseBytes) else {
+            throw ValidationError("--mode generate with a mixture of experts plans expert offloading: give --budget")
+        }
+        guard let policy = ExpertPolicy(rawValue: expertPolicy) else {
+            throw ValidationError("--expert-policy must be one of "
+                                  + ExpertPolicy.allCases.map(\.rawValue).joined(separator: ", ") + ", got '\(expertPolicy)'")
+        }
+        let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
+        let context = min(seqLen, c.contextLength)
+        let plan = try ExpertOffloadPlan(source: gguf, budget: budget, promptTokens: promptTokens, contextCapacity: context)
+        let expertBytes = try ExpertCache.expertBytes(gguf)
+        var decodeHitRate = Double(plan.slots) / Double(plan.totalExperts), hitRate = decodeHitRate
+        var source = "uniform routing (no --routing-trace)"
+        if let path = routingTrace {
+            let trace = try RoutingTrace.read(path: path, layers: c.layers, experts: m.experts)
+            let sim = ExpertPoolSimulation(trace: trace, slots: plan.slots, policy: policy)
+            hitRate = sim.hitRate
+            let decodeDemands = sim.decodeSteps * c.layers * m.used
+            decodeHitRate = decodeDemands > 0 ? 1 - Double(sim.decodeMisses) / Double(decodeDemands) : hitRate
+            source = "\(path) replayed (\(trace.count) block steps, \(sim.decodeSteps) decode steps)"
+        }
+        let bytesPerToken = (1 - decodeHitRate) * Double(c.layers * m.used * expertBytes)
+        let bandwidth = hw.diskReadBandwidth(requestBytes: expertBytes / 3, queueDepth: 1)
+        let limit: Double = bytesPerToken > 0 ? bandwidth / bytesPerToken : .infinity
+        if json {
+            print(try jsonString([
+                "model": c.name, "mode": "generate", "seqLen": context, "budget": budget, "policy": policy.rawValue,
+                "experts": ["slots": plan.slots, "total": plan.totalExperts, "slot_bytes": plan.slotBytes,
+                            "expert_bytes": expertBytes, "resident_bytes": plan.residentBytes,
+                            "minimum_budget": plan.minimumBudget, "hit_rate": hitRate, "decode_hit_rate": decodeHitRate,
+                            "hit_rate_source": source, "bytes_per_token": bytesPerToken,
+                            "disk_read_bandwidth": bandwidth,
+                            "disk_limit_tokens_per_second": limit.isFinite ? limit : 0] as [String: Any]]))
+            return
+        }
+        print("""
+        \(c.name) generate, context \(context), budget \(formatBytes(budget)): expert offloading (\(policy.rawValue))
+          resident       \(formatBytes(plan.residentBytes)) (everything but the experts; the least budget is \(formatBytes(plan.minimumBudget)))
+          expert pool    \(plan.slots) of \(plan.totalExperts) experts, slots of \(formatBytes(plan.slotBytes))
+          hit rate       \(String(format: "%.1f%%", 100 * hitRate)) overall, \(String(format: "%.1f%%", 100 * decodeHitRate)) in decode, from \(source)
+          per token      \(formatBytes(Int(bytesPerToken))) of experts read; the disk (\(formatBytes(Int(bandwidth)))/s) allows \(limit.isFinite ? String(format: "%.1f", limit) : "any number of") tokens/s
+        """)
+    }
+
     func runSolverBenchmark() throws {
         let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
         let cfg = try LlamaConfig.named("llama-3-70b")

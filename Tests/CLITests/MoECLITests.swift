@@ -41,6 +41,26 @@ final class MoECLITests: XCTestCase {
         }
     }
 
+    /// `plan` replays a run's routing trace and predicts the hit rate that run measured.
+    func testPlanPredictsTheHitRateFromARoutingTrace() throws {
+        let model = try tiny("mixtral.f32.gguf")
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let trace = dir.appendingPathComponent("routing.jsonl").path
+        let run = try generate(model, ["--budget", "400KB", "--expert-prefetch", "0", "--routing-trace", trace])
+        let measured = (run["experts"] as! [String: Any])["hit_rate"] as! Double
+        let r = try CLI.run(["plan", "--model", model, "--mode", "generate", "--budget", "400KB", "--seq-len", "34",
+                             "--prompt-tokens", "24", "--routing-trace", trace, "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let e = (try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any])["experts"] as! [String: Any]
+        XCTAssertEqual(e["slots"] as? Int, (run["experts"] as! [String: Any])["slots"] as? Int, "the same pool")
+        XCTAssertEqual(e["hit_rate"] as! Double, measured, accuracy: 1e-12)
+        XCTAssertGreaterThan(e["bytes_per_token"] as! Double, 0)
+        let bad = try CLI.run(["plan", "--model", model, "--mode", "generate", "--budget", "400KB", "--routing-trace", model])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("line 1"), bad.stderr)
+    }
+
     func testBadExpertOffloadingInputIsRefusedClearly() throws {
         let model = try tiny("mixtral.f32.gguf")
         let small = try CLI.run(["generate", "--model", model, "--prompt-tokens", "8", "--budget", "100KB"])
@@ -55,7 +75,7 @@ final class MoECLITests: XCTestCase {
         let folder = try CLI.run(["generate", "--model", try tiny("mixtral"), "--prompt-tokens", "8", "--budget", "1MB"])
         XCTAssertNotEqual(folder.status, 0)
         XCTAssertTrue(folder.stderr.contains("from a GGUF file") || folder.stderr.contains("tokenizer"), folder.stderr)
-        let train = try CLI.run(["plan", "--model", model, "--mode", "generate", "--budget", "1MB"])
+        let train = try CLI.run(["plan", "--model", model, "--mode", "train", "--budget", "1MB"])
         XCTAssertNotEqual(train.status, 0)
         XCTAssertTrue(train.stderr.contains("mixture-of-experts"), train.stderr)
     }

@@ -3,6 +3,7 @@
 // all-resident logits bit for bit; and the counts it reports add up.
 import Foundation
 import Models
+import Planning
 import Runtime
 import Tensors
 import XCTest
@@ -55,6 +56,35 @@ final class ExpertCacheTests: XCTestCase {
                         }
                         if slots == m.used { XCTAssertGreaterThan(demands - hits, total / 2, "\(what): a small pool misses") }
                     }
+                }
+            }
+        }
+    }
+
+    /// The hit-rate model: the run's routing replayed through Planning's pool simulation gives the
+    /// run's hits exactly (no read-ahead), for every pool size and policy.
+    func testTheReplayedRoutingPredictsTheHitsExactly() throws {
+        for f in ["mixtral.f32.gguf", "qwen2moe.f32.gguf"] {
+            let source = try GGUFWeights(path: try path(f))
+            let m = source.config.moe!, total = source.config.layers * m.experts
+            for slots in [m.used, m.used + 3, total - 1] {
+                for policy in ExpertPolicy.allCases {
+                    let model = try LlamaModel(source: source, threads: 2)
+                    let cache = try ExpertCache(source: source, slots: slots, policy: policy, prefetchWidth: 0)
+                    model.expertSupplier = cache
+                    var trace: [RoutingStep] = []
+                    model.onRouting = { trace.append(RoutingStep(layer: $0, rows: $1)) }
+                    _ = try run(model)
+                    let sim = ExpertPoolSimulation(trace: trace, slots: slots, policy: policy)
+                    let r = cache.report
+                    XCTAssertEqual(sim.demands, r["demands"] as! Int, "\(f) \(slots) \(policy)")
+                    XCTAssertEqual(sim.hits, r["hits"] as! Int, "\(f) \(slots) \(policy)")
+                    XCTAssertEqual(sim.decodeSteps, ids.count - 24)
+                    // The trace survives its file form.
+                    let file = FileManager.default.temporaryDirectory.appendingPathComponent("rt-\(UUID().uuidString).jsonl")
+                    try Data(trace.map { RoutingTrace.line($0) + "\n" }.joined().utf8).write(to: file)
+                    defer { try? FileManager.default.removeItem(at: file) }
+                    XCTAssertEqual(try RoutingTrace.read(path: file.path, layers: source.config.layers, experts: m.experts), trace)
                 }
             }
         }
