@@ -9,17 +9,22 @@ struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show a model's architecture, tensors, and the memory it needs to run and to train.",
         discussion: """
-        FILE is a GGUF file or a Hugging Face folder (config.json + *.safetensors).
+        FILE is a GGUF file or a Hugging Face folder (config.json + *.safetensors), as the argument or as --model.
         Example: offload inspect SmolLM2-135M-Instruct.Q4_1.gguf --batch 4 --seq-len 256
         """)
 
-    @Argument(help: "A GGUF file or a Hugging Face model folder.") var file: String
+    @Argument(help: ArgumentHelp("A GGUF file or a Hugging Face model folder.", valueName: "file")) var fileArgument: String?
+    @Option(help: "The same as the argument, as generate, train and plan take it.") var model: String?
+    var file: String { fileArgument ?? model! }
     @Option(help: "Refuse the model file unless its SHA-256 digest is this (64 hex digits).") var sha256: String?
     @Option(help: "Batch size for the memory estimate.") var batch = 1
     @Option(name: .customLong("seq-len"), help: "Sequence length for the memory estimate.") var seqLen = 512
     @Flag(help: "Print one JSON object instead of tables.") var json = false
 
     func validate() throws {
+        guard (fileArgument == nil) != (model == nil) else {
+            throw ValidationError("give the model once: as the argument or as --model")
+        }
         guard batch > 0 else { throw ValidationError("--batch must be a positive integer, got \(batch)") }
         guard seqLen > 0 else { throw ValidationError("--seq-len must be a positive integer, got \(seqLen)") }
     }

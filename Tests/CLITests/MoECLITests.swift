@@ -91,6 +91,8 @@ final class MoECLITests: XCTestCase {
         // 2 blocks × 4 unused experts × 3 matrices of 32 × 32 fewer parameters than the total per token.
         XCTAssertEqual(e["active_parameters"] as? Int, (o["parameters"] as! Int) - 2 * 4 * 3 * 32 * 32)
         XCTAssertLessThan(e["run_minimum_bytes"] as! Int, e["run_all_resident_bytes"] as! Int)
+        // --model, as every other command takes the model, says the same.
+        XCTAssertEqual(try CLI.run(["inspect", "--model", try tiny("qwen2moe.f32.gguf"), "--json"]).stdout, r.stdout)
         let text = try CLI.run(["inspect", try tiny("mixtral-split.f32.gguf")])
         XCTAssertTrue(text.stdout.contains("8 per block, 2 per token"), text.stdout)
         XCTAssertTrue(text.stdout.contains("blk.1.ffn_down.7.weight"), "the per-expert tensors are listed")
