@@ -28,8 +28,8 @@ extension LlamaConfig {
     public func requireDense(for what: String) throws {
         guard let m = moe else { return }
         throw OffloadError("[model] \(name) is a mixture-of-experts model (\(m.experts) experts, \(m.used) per token); "
-                           + "\(what) is not supported for it yet (it runs in memory: `generate`, `chat`, `serve`, "
-                           + "`eval`, `inspect` without --budget)")
+                           + "\(what) is not supported for it yet (it runs in memory with `generate`, `chat`, `serve` "
+                           + "and `eval`, and `generate --budget` keeps only some experts in memory)")
     }
 
     /// Parameters one token reads: everything but the experts it is not routed to.

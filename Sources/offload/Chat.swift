@@ -51,7 +51,7 @@ struct Chat: ParsableCommand {
 
     func run() throws {
         let source = try loadWeights(model, sha256: sha256)
-        if budget != nil { try source.config.requireDense(for: "--budget (expert offloading)") }
+        if budget != nil { try source.config.requireDense(for: "--budget here") }
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
         guard let template = try chatTemplate(for: source, modelPath: model) else {
             throw OffloadError("[chat] \(model) has no chat template; use `offload generate --prompt` for plain text")

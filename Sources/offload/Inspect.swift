@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import Formats
 import Models
+import Runtime
 import Tensors
 
 struct Inspect: ParsableCommand {
@@ -42,10 +43,13 @@ struct Inspect: ParsableCommand {
         // A mixture of experts: the bytes of its experts, and what one token reads.
         let expertBytes = rows.filter { $0.name.contains("_exps.") || $0.name.split(separator: ".").count == 5 }
             .reduce(0) { $0 + $1.bytes }
-        let moe = c.moe.map { m -> (experts: Int, minimum: Int) in
-            let perExpert = expertBytes / (c.layers * m.experts)
-            // Expert offloading's least: everything but the experts, plus one block's routed experts.
-            return (expertBytes, est.inferenceBytes - expertBytes + m.used * perExpert)
+        // Expert offloading's least budget (GGUF files): everything but the experts, and one token's
+        // experts, as `generate --budget` and `plan` size it for a context of --seq-len.
+        let moe = try c.moe.map { _ -> (experts: Int, minimum: Int?) in
+            let least = try (source as? GGUFWeights).map {
+                try ExpertOffloadPlan(source: $0, budget: Int.max / 2, promptTokens: seqLen, contextCapacity: seqLen).minimumBudget
+            }
+            return (expertBytes, least)
         }
         if json {
             var obj: [String: Any] = [
@@ -66,7 +70,7 @@ struct Inspect: ParsableCommand {
                 obj["experts"] = ["count": m.experts, "used": m.used, "normalize_top_k": m.normalizeTopK,
                                   "shared_ffn_dim": m.sharedFFNDim ?? 0, "active_parameters": c.activeParameterCount,
                                   "expert_bytes": b.experts, "run_all_resident_bytes": est.inferenceBytes,
-                                  "run_minimum_bytes": b.minimum]
+                                  "run_minimum_bytes": b.minimum ?? NSNull()]
             }
             print(try jsonString(obj))
             return
@@ -99,10 +103,10 @@ struct Inspect: ParsableCommand {
             print("  train  \(formatBytes(est.trainingBytes).leftPad(11))  = fp32 weights, gradients, AdamW moments \(formatBytes(est.trainingStateBytes)) + saved activations \(formatBytes(est.trainingActivationBytes))")
         }
         if let b = moe {
-            print("""
-              experts \(formatBytes(b.experts).leftPad(10))  of the weights; with only one block's routed experts in memory the run needs \(formatBytes(b.minimum))
-              (that minimum is for expert offloading, not built yet: MoE models run with every expert in memory, and do not train)
-            """)
+            print("  experts \(formatBytes(b.experts).leftPad(10))  of the weights; "
+                  + (b.minimum.map { "`generate --budget` runs from \(formatBytes($0)), keeping one token's experts in memory "
+                      + "and reading the rest from the file (`plan --mode generate` sizes the pool)" }
+                     ?? "a Hugging Face folder runs with every expert in memory (expert offloading reads GGUF files)"))
         }
     }
 }

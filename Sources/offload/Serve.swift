@@ -71,7 +71,7 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let source = try loadWeights(model, sha256: sha256)
-        if budget != nil { try source.config.requireDense(for: "--budget (expert offloading)") }
+        if budget != nil { try source.config.requireDense(for: "--budget here") }
         let tokenizer = try loadTokenizer(for: source, modelPath: model)
         let template = try chatTemplate(for: source, modelPath: model)
         var render: ChatRenderer?

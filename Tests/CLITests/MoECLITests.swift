@@ -81,7 +81,7 @@ final class MoECLITests: XCTestCase {
     }
 
     func testInspectShowsTheExperts() throws {
-        let r = try CLI.run(["inspect", try tiny("qwen2moe.f32.gguf"), "--json"])
+        let r = try CLI.run(["inspect", try tiny("qwen2moe.f32.gguf"), "--json", "--seq-len", "16"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let o = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
         let e = try XCTUnwrap(o["experts"] as? [String: Any])
@@ -91,8 +91,14 @@ final class MoECLITests: XCTestCase {
         // 2 blocks × 4 unused experts × 3 matrices of 32 × 32 fewer parameters than the total per token.
         XCTAssertEqual(e["active_parameters"] as? Int, (o["parameters"] as! Int) - 2 * 4 * 3 * 32 * 32)
         XCTAssertLessThan(e["run_minimum_bytes"] as! Int, e["run_all_resident_bytes"] as! Int)
+        // The least budget is the one `plan` names for the same context.
+        let plan = try CLI.run(["plan", "--model", try tiny("qwen2moe.f32.gguf"), "--mode", "generate", "--budget", "10MB",
+                                "--seq-len", "16", "--prompt-tokens", "16", "--json"])
+        let p = (try JSONSerialization.jsonObject(with: Data(plan.stdout.utf8)) as! [String: Any])["experts"] as! [String: Any]
+        XCTAssertEqual(p["minimum_budget"] as? Int, e["run_minimum_bytes"] as? Int)
         // --model, as every other command takes the model, says the same.
-        XCTAssertEqual(try CLI.run(["inspect", "--model", try tiny("qwen2moe.f32.gguf"), "--json"]).stdout, r.stdout)
+        XCTAssertEqual(try CLI.run(["inspect", "--model", try tiny("qwen2moe.f32.gguf"), "--json", "--seq-len", "16"]).stdout,
+                       r.stdout)
         let text = try CLI.run(["inspect", try tiny("mixtral-split.f32.gguf")])
         XCTAssertTrue(text.stdout.contains("8 per block, 2 per token"), text.stdout)
         XCTAssertTrue(text.stdout.contains("blk.1.ffn_down.7.weight"), "the per-expert tensors are listed")
