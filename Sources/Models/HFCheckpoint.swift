@@ -225,7 +225,7 @@ public final class HFCheckpoint: WeightSource {
         var moe: MoEConfig?
         if mixtral || [.qwen2moe, .olmoe, .qwen3moe].contains(arch) {
             // transformers 5 writes num_local_experts for every family; checkpoints before it num_experts.
-            let experts = try int(o["num_local_experts"].map { $0 == .null } ?? true ? "num_experts" : "num_local_experts")
+            let experts = try int(o["num_local_experts"].map { $0 != .null } ?? false ? "num_local_experts" : "num_experts")
             let used = try int("num_experts_per_tok")
             guard used <= experts else {
                 throw fail("field num_experts_per_tok (\(used)) is above the expert count (\(experts))")

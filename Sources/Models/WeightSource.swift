@@ -42,7 +42,6 @@ extension WeightSource {
         return Dequantize.toF32(t.dtype, t.bytes, count: t.elements)
     }
 
-    /// Checks that every parameter the config describes is present with the expected shape.
     /// The config's parameter table as this source names them: a mixture of experts' in the layout
     /// the file has (merged, fused gate and up, or one tensor per expert).
     public func storedParameterTable() throws -> [ParameterSpec] {
@@ -57,6 +56,7 @@ extension WeightSource {
         }
     }
 
+    /// Checks that every parameter the config describes is present with the expected shape.
     public func validateTensors() throws {
         for spec in try storedParameterTable() {
             let t = try tensor(spec.name)
@@ -183,9 +183,6 @@ extension LlamaConfig {
         }
     }
 
-    /// RoPE scaling as llama.cpp reads it: `llama.rope.scaling.type` (none or linear with
-    /// `llama.rope.scaling.factor`), or per-frequency divisors in the `rope_freqs.weight` tensor
-    /// (how convert_hf_to_gguf stores Llama 3.1's scaling).
     /// The mixture-of-experts keys (`expert_count`, `expert_used_count`, the shared expert's size),
     /// with the routing llama.cpp runs for the architecture: Mixtral (`llama`) and Qwen3-MoE
     /// renormalize the chosen weights, Qwen2-MoE and OLMoE do not. Routing options this engine does not run are
@@ -237,6 +234,9 @@ extension LlamaConfig {
         return MoEConfig(experts: count, used: used, normalizeTopK: normalize, sharedFFNDim: shared)
     }
 
+    /// RoPE scaling as llama.cpp reads it: `llama.rope.scaling.type` (none or linear with
+    /// `llama.rope.scaling.factor`), or per-frequency divisors in the `rope_freqs.weight` tensor
+    /// (how convert_hf_to_gguf stores Llama 3.1's scaling).
     static func ropeScaling(_ f: GGUFFile, prefix p: String, headDim: Int, ctx: String) throws -> RopeScaling? {
         let type = f.string(p + "rope.scaling.type") ?? "none"
         var scaling: RopeScaling?
