@@ -40,6 +40,13 @@ extension LlamaConfig {
     }
 }
 
+/// Whether a tensor name is an expert's (`blk.L.ffn_*_exps.weight` or, one per expert, `blk.L.ffn_*.E.weight`):
+/// the bytes expert offloading keeps out of memory.
+public func isExpertTensorName(_ name: String) -> Bool {
+    let parts = name.split(separator: ".")
+    return parts.count == 5 || (parts.count == 4 && parts[2].hasSuffix("_exps"))
+}
+
 /// One expert's three matrices.
 public struct ExpertMatrices {
     public var gate, up, down: WeightMatrix

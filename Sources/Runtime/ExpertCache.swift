@@ -56,17 +56,8 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
     var failure: Error?
     public private(set) var stats: [LayerStats]
 
-    /// Bytes one slot takes for `source`'s largest expert (three ranges, each with room for the
-    /// direct-I/O alignment on both ends).
-    public static func slotBytes(_ source: GGUFWeights) throws -> Int {
-        3 * (try regionBytes(ranges(source)))
-    }
-
-    /// The bytes of one expert's three matrices (the largest, where blocks differ in type).
-    public static func expertBytes(_ source: GGUFWeights) throws -> Int {
-        try ranges(source).flatMap { $0.map { $0.reduce(0) { $0 + $1.length } } }.max() ?? 0
-    }
-
+    /// Bytes of one of a slot's three regions: `source`'s largest expert matrix, with room for the
+    /// direct-I/O alignment on both ends.
     static func regionBytes(_ ranges: [[[MatrixRange]]]) throws -> Int {
         let a = AlignedBuffer.alignment
         return (ranges.flatMap { $0.flatMap { $0 } }.map(\.length).max() ?? 0) / a * a + 2 * a
@@ -345,7 +336,10 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
 /// for the whole context, one pass's scratch), the rest a pool of expert slots.
 public struct ExpertOffloadPlan: Sendable {
     public var residentBytes: Int
+    /// One slot: three regions, each the largest expert matrix plus the direct-I/O alignment.
     public var slotBytes: Int
+    /// One expert's three matrices as the file holds them (the largest, where blocks differ in type).
+    public var expertBytes: Int
     public var slots: Int
     public var totalExperts: Int
     /// The least budget that runs: the resident part and one token's experts.
@@ -355,10 +349,8 @@ public struct ExpertOffloadPlan: Sendable {
         let c = source.config, m = c.moe!
         var weights = 0, decodeCopies = 0
         for spec in try source.storedParameterTable() {
+            if isExpertTensorName(spec.name) { continue }
             let t = try source.tensor(spec.name)
-            let parts = spec.name.split(separator: ".")
-            let expert = parts.count == 5 || (parts.count == 4 && parts[2].hasSuffix("_exps"))
-            if expert { continue }
             weights += t.bytes.count
             if t.dtype == .q4_1, spec.shape.count == 2, spec.name.hasPrefix("blk.") { decodeCopies += t.bytes.count }
         }
@@ -367,7 +359,9 @@ public struct ExpertOffloadPlan: Sendable {
         let floats = LlamaModel.scratchFloats(config: c, rows: max(1, promptTokens), start: 0)
         let scratch = (floats.values.reduce(0, +) + (floats["route"] ?? 0)) * 4
         residentBytes = weights + decodeCopies + kv + scratch + c.vocabSize * 4
-        slotBytes = try ExpertCache.slotBytes(source)
+        let ranges = try ExpertCache.ranges(source)
+        slotBytes = 3 * (try ExpertCache.regionBytes(ranges))
+        expertBytes = ranges.flatMap { $0.map { $0.reduce(0) { $0 + $1.length } } }.max() ?? 0
         totalExperts = c.layers * m.experts
         minimumBudget = residentBytes + m.used * slotBytes
         guard budget >= minimumBudget else {

@@ -41,7 +41,7 @@ struct Inspect: ParsableCommand {
         let weightBytes = rows.reduce(0) { $0 + $1.bytes }
         let est = c.memoryEstimate(weightBytes: weightBytes, batch: batch, seqLen: seqLen)
         // A mixture of experts: the bytes of its experts, and what one token reads.
-        let expertBytes = rows.filter { $0.name.contains("_exps.") || $0.name.split(separator: ".").count == 5 }
+        let expertBytes = rows.filter { isExpertTensorName($0.name) }
             .reduce(0) { $0 + $1.bytes }
         // Expert offloading's least budget (GGUF files): everything but the experts, and one token's
         // experts, as `generate --budget` and `plan` size it for a context of --seq-len.

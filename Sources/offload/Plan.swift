@@ -385,7 +385,7 @@ extension Plan {
         let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
         let context = min(seqLen, c.contextLength)
         let plan = try ExpertOffloadPlan(source: gguf, budget: budget, promptTokens: promptTokens, contextCapacity: context)
-        let expertBytes = try ExpertCache.expertBytes(gguf)
+        let expertBytes = plan.expertBytes
         var decodeHitRate = Double(plan.slots) / Double(plan.totalExperts), hitRate = decodeHitRate
         var source = "uniform routing (no --routing-trace)"
         if let path = routingTrace {
