@@ -280,6 +280,31 @@ static void q_q8_0(const float *x, uint8_t *b) {
     for (int j = 0; j < 32; j++) b[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
 }
 
+// ggml's quantize_row_q4_0_ref / q4_1_ref.
+static void q_q4_0(const float *x, uint8_t *b) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < 32; j++) if (amax < fabsf(x[j])) { amax = fabsf(x[j]); max = x[j]; }
+    float d = max / -8, id = d ? 1.0f / d : 0.0f;
+    store_u16(b, f32_to_f16(d));
+    for (int j = 0; j < 16; j++) {
+        float x0 = x[j] * id, x1 = x[j + 16] * id;   // two statements, as ggml's (no fused multiply-add)
+        uint8_t xi0 = QMIN(15, (int8_t)(x0 + 8.5f)), xi1 = QMIN(15, (int8_t)(x1 + 8.5f));
+        b[2 + j] = xi0 | (uint8_t)(xi1 << 4);
+    }
+}
+
+static void q_q4_1(const float *x, uint8_t *b) {
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (int j = 0; j < 32; j++) { if (x[j] < min) min = x[j]; if (x[j] > max) max = x[j]; }
+    float d = (max - min) / 15, id = d ? 1.0f / d : 0.0f;
+    store_u16(b, f32_to_f16(d)); store_u16(b + 2, f32_to_f16(min));
+    for (int j = 0; j < 16; j++) {
+        float x0 = (x[j] - min) * id, x1 = (x[j + 16] - min) * id;
+        uint8_t xi0 = QMIN(15, (int8_t)(x0 + 0.5f)), xi1 = QMIN(15, (int8_t)(x1 + 0.5f));
+        b[4 + j] = xi0 | (uint8_t)(xi1 << 4);
+    }
+}
+
 static void q_q5_0(const float *x, uint8_t *b) {
     float amax = 0, max = 0;
     for (int j = 0; j < 32; j++) if (amax < fabsf(x[j])) { amax = fabsf(x[j]); max = x[j]; }
@@ -492,7 +517,8 @@ static void q_q6_K(const float *x, uint8_t *b) {
 
 int ck_can_quantize(int dtype) {
     switch (dtype) {
-    case CK_Q8_0: case CK_Q5_0: case CK_Q5_1: case CK_Q4_K: case CK_Q5_K: case CK_Q6_K: return 1;
+    case CK_Q8_0: case CK_Q5_0: case CK_Q5_1: case CK_Q4_0: case CK_Q4_1: case CK_Q4_K: case CK_Q5_K: case CK_Q6_K:
+        return 1;
     default: return 0;
     }
 }
@@ -512,6 +538,8 @@ static void qz_task(void *p, int begin, int end, int thread) {
             switch (c->dtype) {
             case CK_Q8_0: q_q8_0(xb, b); break;
             case CK_Q5_0: q_q5_0(xb, b); break;
+            case CK_Q4_0: q_q4_0(xb, b); break;
+            case CK_Q4_1: q_q4_1(xb, b); break;
             case CK_Q5_1: q_q5_1(xb, b); break;
             case CK_Q4_K: q_q4_K(xb, b); break;
             case CK_Q5_K: q_q5_K(xb, b); break;

@@ -70,13 +70,15 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
 
     public init(name: String, architecture: ModelArchitecture = .llama, vocabSize: Int, dim: Int, ffnDim: Int, layers: Int, heads: Int,
                 kvHeads: Int, headDim: Int? = nil, ropeTheta: Float = 10000, rmsEps: Float = 1e-5,
-                contextLength: Int = 2048, tiedEmbeddings: Bool = false, ropeScaling: RopeScaling? = nil) {
+                contextLength: Int = 2048, tiedEmbeddings: Bool = false, ropeScaling: RopeScaling? = nil,
+                moe: MoEConfig? = nil) {
         self.name = name; self.architecture = architecture; self.vocabSize = vocabSize; self.dim = dim; self.ffnDim = ffnDim
         self.layers = layers; self.heads = heads; self.kvHeads = kvHeads
         self.headDim = headDim ?? dim / heads
         self.ropeTheta = ropeTheta; self.rmsEps = rmsEps
         self.contextLength = contextLength; self.tiedEmbeddings = tiedEmbeddings
         self.ropeScaling = ropeScaling
+        self.moe = moe
     }
 
     /// The RoPE table of this model for positions [0, maxPositions).
@@ -175,6 +177,12 @@ public struct LlamaConfig: Sendable, Equatable, Codable {
                     kvHeads: 8, ropeTheta: 500000, contextLength: 8192),
         LlamaConfig(name: "llama-3-70b", vocabSize: 128256, dim: 8192, ffnDim: 28672, layers: 80, heads: 64,
                     kvHeads: 8, ropeTheta: 500000, contextLength: 8192),
+        // Mixtures of experts (`ffnDim` is one expert's): a small one for tests, and Mixtral-8x7B's
+        // shape (46.7B parameters, 12.9B active per token).
+        LlamaConfig(name: "small-moe", vocabSize: 1024, dim: 256, ffnDim: 512, layers: 4, heads: 8, kvHeads: 4,
+                    contextLength: 512, moe: MoEConfig(experts: 8, used: 2, normalizeTopK: true)),
+        LlamaConfig(name: "mixtral-8x7b", vocabSize: 32000, dim: 4096, ffnDim: 14336, layers: 32, heads: 32,
+                    kvHeads: 8, ropeTheta: 1e6, contextLength: 32768, moe: MoEConfig(experts: 8, used: 2, normalizeTopK: true)),
     ]
 
     public static func named(_ name: String) throws -> LlamaConfig {

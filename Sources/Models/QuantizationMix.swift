@@ -7,7 +7,7 @@ import Tensors
 
 /// A model file's type as `offload export` / `quantize` name it, and llama-quantize's mix for it.
 public enum ExportType: String, CaseIterable, Sendable {
-    case f32, f16, q8_0, q6_k, q5_k_m, q4_k_m
+    case f32, f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, q4_1
 
     /// The names `--type` accepts, for messages.
     public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
@@ -17,6 +17,8 @@ public enum ExportType: String, CaseIterable, Sendable {
         switch self {
         case .f32: return 0
         case .f16: return 1
+        case .q4_0: return 2
+        case .q4_1: return 3
         case .q8_0: return 7
         case .q4_k_m: return 15
         case .q5_k_m: return 17
@@ -33,27 +35,36 @@ public enum ExportType: String, CaseIterable, Sendable {
         case .q6_k: return .q6_k
         case .q5_k_m: return .q5_k
         case .q4_k_m: return .q4_k
+        case .q4_0: return .q4_0
+        case .q4_1: return .q4_1
         }
     }
 
     /// The type llama-quantize gives tensor `name` of `shape` (outermost first) in a model of
     /// `layers` blocks; `tiedEmbeddings` when the file has no output.weight (token_embd then
-    /// follows the output's rule).
+    /// follows the output's rule); `experts`: the expert count of a mixture of experts (0: dense).
     ///
     /// Vectors and norms stay f32. The output matrix gets Q6_K (Q8_0 in a q8_0 file). In q4_k_m
     /// and q5_k_m, attn_v and ffn_down get Q6_K in the first and last eighth of the layers and
     /// every third layer between (`use_more_bits`). A row whose length is not a whole number of
     /// the type's blocks falls back: Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, an output matrix to
-    /// Q8_0, and to f16 when not even a multiple of 32.
-    public func dtype(tensor name: String, shape: [Int], layers: Int, tiedEmbeddings: Bool) -> DType {
-        guard shape.count >= 2, name.hasSuffix("weight"), !name.contains("_norm.weight") else { return .f32 }
+    /// Q8_0, and to f16 when not even a multiple of 32. Routers (`ffn_gate_inp`) stay f32; with 8
+    /// experts attn_k and attn_v get Q8_0 and (q4_k_m) attn_output Q5_K; ffn_down_exps follows ffn_down.
+    public func dtype(tensor name: String, shape: [Int], layers: Int, tiedEmbeddings: Bool, experts: Int = 0) -> DType {
+        guard shape.count >= 2, name.hasSuffix("weight"), !name.contains("_norm.weight"),
+              !name.hasSuffix(".ffn_gate_inp.weight") else { return .f32 }   // routers are never quantized
         if self == .f32 || self == .f16 { return baseType }
         let cols = shape.last ?? 0
         var t = baseType
         let layer = Self.layerIndex(name)
         if name == "output.weight" || (tiedEmbeddings && name == "token_embd.weight") {
             if cols % t.blockElements != 0 { t = .q8_0 } else if t != .q8_0 { t = .q6_k }
-        } else if let layer, name.hasSuffix(".attn_v.weight") || name.hasSuffix(".ffn_down.weight") {
+        } else if experts == 8, name.hasSuffix(".attn_v.weight") || name.hasSuffix(".attn_k.weight") {
+            t = .q8_0   // "for the 8-expert model, bumping this to Q8_0 trades just ~128MB"
+        } else if experts == 8, self == .q4_k_m, name.hasSuffix(".attn_output.weight") {
+            t = .q5_k
+        } else if let layer, name.hasSuffix(".attn_v.weight") || name.hasSuffix(".ffn_down.weight")
+                    || name.hasSuffix(".ffn_down_exps.weight") {
             if self == .q4_k_m || self == .q5_k_m, Self.useMoreBits(layer, layers) { t = .q6_k }
         }
         return Self.fallback(t, cols: cols)

@@ -171,6 +171,12 @@ extension LlamaConfig {
         u32("attention.head_count_kv", kvHeads)
         f32("rope.freq_base", ropeTheta)
         f32("attention.layer_norm_rms_epsilon", rmsEps)
+        if let m = moe {   // the keys `moe(_:prefix:architecture:ctx:)` reads back
+            u32("expert_count", m.experts)
+            u32("expert_used_count", m.used)
+            if architecture != .llama { u32("expert_feed_forward_length", ffnDim) }
+            if let s = m.sharedFFNDim { u32("expert_shared_feed_forward_length", s) }
+        }
         switch ropeScaling {
         case nil: break
         case .linear(let factor)?:

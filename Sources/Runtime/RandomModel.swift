@@ -11,11 +11,14 @@ import Tensors
 
 public enum RandomModel {
     /// Writes `config` with random weights (norms 1) as GGUF at `path`, atomically,
-    /// with a byte-level vocabulary; `progress(bytesWritten, totalBytes)` after each tensor.
-    public static func writeGGUF(config c: LlamaConfig, to path: String, type: ExportType, seed: UInt64,
+    /// with a byte-level vocabulary; `progress(bytesWritten, totalBytes)` after each tensor. `alignment`:
+    /// of every tensor's offset (4096 puts each merged expert's matrices on pages, for direct reads;
+    /// llama-quantize, given such a file, writes one its own reader refuses).
+    public static func writeGGUF(config c: LlamaConfig, to path: String, type: ExportType, seed: UInt64, alignment: Int = 32,
                                  progress: @escaping (Int, Int) -> Void = { _, _ in }) throws {
         try c.validate()
         var w = GGUFWriter()
+        w.alignment = alignment
         try Checkpoint.llamaMetadata(c, fileType: type.fileType, byteVocabulary: true, into: &w)
         var rng = SeededGenerator(seed: seed)
         let specs = c.parameterTable
@@ -23,7 +26,8 @@ public enum RandomModel {
         var dtypes: [DType] = []
         let tied = !specs.contains { $0.name == "output.weight" }
         for spec in specs {
-            let dtype = type.dtype(tensor: spec.name, shape: spec.shape, layers: c.layers, tiedEmbeddings: tied)
+            let dtype = type.dtype(tensor: spec.name, shape: spec.shape, layers: c.layers, tiedEmbeddings: tied,
+                                   experts: c.moe?.experts ?? 0)
             dtypes.append(dtype)
             total += dtype.byteCount(elements: spec.elements)!
         }
@@ -34,12 +38,13 @@ public enum RandomModel {
                 if spec.shape.count == 1 {
                     try [Float](repeating: 1, count: spec.elements).withUnsafeBytes { try h.write(contentsOf: Data($0)) }
                 } else {
-                    // Whole rows per chunk (blocks never straddle a chunk), about 4M values.
-                    let cols = spec.shape[1], rowsPerChunk = max(1, (4 << 20) / cols)
+                    // Whole rows per chunk (blocks never straddle a chunk), about 4M values; an
+                    // expert tensor [experts, rows, cols] is experts × rows rows.
+                    let cols = spec.shape.last!, rows = spec.elements / cols, rowsPerChunk = max(1, (4 << 20) / cols)
                     var values = [Float](repeating: 0, count: rowsPerChunk * cols)
                     let scale = Float(0.02 * 3.0.squareRoot()) / Float(1 << 23)
-                    for r0 in stride(from: 0, to: spec.shape[0], by: rowsPerChunk) {
-                        let n = min(rowsPerChunk, spec.shape[0] - r0) * cols
+                    for r0 in stride(from: 0, to: rows, by: rowsPerChunk) {
+                        let n = min(rowsPerChunk, rows - r0) * cols
                         for i in 0..<n { values[i] = Float(Int64(rng.next() >> 40) - (1 << 23)) * scale }
                         let chunk = Array(values[0..<n])
                         try h.write(contentsOf: Data(try Quantize.rows(chunk, to: dtype, cols: cols)))

@@ -11,7 +11,9 @@ struct Init: ParsableCommand {
         discussion: """
         For planning, streaming and benchmarks with models of any size, including ones larger \
         than this machine's memory: tensors are generated and written one at a time. The file \
-        has a byte-level vocabulary (prompt it with text or --prompt-tokens).
+        has a byte-level vocabulary (prompt it with text or --prompt-tokens). A mixture of experts \
+        (small-moe, mixtral-8x7b) is written in llama.cpp's merged expert layout, every tensor on a \
+        4096-byte boundary, for `generate --budget` to read experts with direct I/O.
         Example: offload init --config llama-3-8b --type f32 --out /data/llama-3-8b-random.gguf
         """)
 
@@ -30,7 +32,9 @@ struct Init: ParsableCommand {
         let c = try LlamaConfig.named(config)
         let tty = isatty(2) != 0
         let start = Date()
-        try RandomModel.writeGGUF(config: c, to: out, type: ExportType(rawValue: type)!, seed: seed) { done, total in
+        // A mixture of experts is written for expert offloading: every expert on a page boundary.
+        try RandomModel.writeGGUF(config: c, to: out, type: ExportType(rawValue: type)!, seed: seed,
+                                  alignment: c.isMoE ? 4096 : 32) { done, total in
             guard tty || done == total else { return }
             let line = String(format: "\r[init] %@ of %@ (%.0f%%)", formatBytes(done), formatBytes(total),
                               100 * Double(done) / Double(total))

@@ -30,9 +30,9 @@ final class QuantizeCommandTests: XCTestCase {
         XCTAssertEqual(try CLI.run(["quantize", out, again, "--type", "q8_0"]).status, 0)
         XCTAssertEqual(try GGUFFile(path: again).info("blk.0.attn_q.weight")?.dtype, .q8_0)
 
-        let bad = try CLI.run(["quantize", src, dir.appendingPathComponent("x.gguf").path, "--type", "q4_0"])
+        let bad = try CLI.run(["quantize", src, dir.appendingPathComponent("x.gguf").path, "--type", "q3_k"])
         XCTAssertNotEqual(bad.status, 0)
-        for name in ["q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16"] { XCTAssertTrue(bad.stderr.contains(name), bad.stderr) }
+        for name in ["q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "q4_0"] { XCTAssertTrue(bad.stderr.contains(name), bad.stderr) }
         let missing = try CLI.run(["quantize", dir.appendingPathComponent("nope.gguf").path, out + "2", "--type", "q6_k"])
         XCTAssertNotEqual(missing.status, 0)
         XCTAssertTrue(missing.stderr.contains("nope.gguf"), missing.stderr)

@@ -29,9 +29,10 @@ final class QuantizeTests: XCTestCase {
         let x = Self.weights(rows * cols, seed: 3)
         let sd = Self.rmse(x, [Float](repeating: 0, count: x.count))
         // RMSE / standard deviation after a round trip: measured 0.0077 (Q8_0), 0.023 (Q6_K),
-        // 0.042 (Q5_K), 0.043 (Q5_1), 0.061 (Q5_0), 0.083 (Q4_K) — bounds a little above.
+        // 0.042 (Q5_K), 0.043 (Q5_1), 0.061 (Q5_0), 0.083 (Q4_K), 0.090 (Q4_1), 0.124 (Q4_0) — bounds a
+        // little above.
         let bounds: [(DType, Double)] = [(.q8_0, 0.0095), (.q6_k, 0.028), (.q5_k, 0.05), (.q5_1, 0.052),
-                                         (.q5_0, 0.073), (.q4_k, 0.1)]
+                                         (.q5_0, 0.073), (.q4_k, 0.1), (.q4_1, 0.11), (.q4_0, 0.15)]
         var errors: [DType: Double] = [:]
         let pool = ComputePool(threads: 2)
         for (dtype, bound) in bounds {
@@ -53,6 +54,8 @@ final class QuantizeTests: XCTestCase {
         XCTAssertLessThan(errors[.q8_0]!, errors[.q6_k]!)
         XCTAssertLessThan(errors[.q6_k]!, errors[.q5_k]!)
         XCTAssertLessThan(errors[.q5_k]!, errors[.q4_k]!)
+        XCTAssertLessThan(errors[.q5_1]!, errors[.q4_1]!)
+        XCTAssertLessThan(errors[.q5_0]!, errors[.q4_0]!)
     }
 
     func testQ8_0MatchesTheSwiftReference() throws {
@@ -71,7 +74,7 @@ final class QuantizeTests: XCTestCase {
     }
 
     func testAllZeroAndConstantBlocks() throws {
-        for dtype: DType in [.q8_0, .q5_0, .q5_1, .q4_k, .q5_k, .q6_k] {
+        for dtype: DType in [.q8_0, .q5_0, .q5_1, .q4_0, .q4_1, .q4_k, .q5_k, .q6_k] {
             for v: Float in [0, 0.25, -3] {
                 let x = [Float](repeating: v, count: 256)
                 let q = try Quantize.rows(x, to: dtype, cols: 256)
@@ -82,7 +85,7 @@ final class QuantizeTests: XCTestCase {
     }
 
     func testUnwritableTypesAndShapesAreRefused() {
-        for dtype: DType in [.q4_0, .q4_1, .q2_k, .q3_k, .iq4_nl, .iq4_xs] {
+        for dtype: DType in [.q2_k, .q3_k, .iq4_nl, .iq4_xs] {
             XCTAssertFalse(Quantize.canWrite(dtype), "\(dtype)")
             XCTAssertThrowsError(try Quantize.rows([Float](repeating: 1, count: 256), to: dtype, cols: 256))
         }

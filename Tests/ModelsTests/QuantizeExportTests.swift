@@ -76,15 +76,8 @@ final class QuantizeExportTests: XCTestCase {
         let source = try GGUFWeights(path: src)
         let pool = ComputePool(threads: 2)
         var seen = Set<DType>()
-        for mix: ExportType in [.q4_k_m, .q5_k_m, .q6_k, .q8_0] {
-            let theirs = dir + "/llama.\(mix.rawValue).gguf"
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: tool)
-            p.arguments = [src, theirs, mix.rawValue.uppercased(), "2"]
-            p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
-            try p.run(); p.waitUntilExit()
-            XCTAssertEqual(p.terminationStatus, 0, "llama-quantize \(mix.rawValue)")
-            let file = try GGUFFile(path: theirs)
+        for mix: ExportType in [.q4_k_m, .q5_k_m, .q6_k, .q8_0, .q4_0, .q4_1] {
+            let file = try llamaQuantize(tool, src, mix, dir: dir)
             var want: [String: QuantizeFixture.Tensor] = [:]
             for info in file.tensors {
                 let (_, dtype, bytes) = try file.data(info.name)
@@ -99,7 +92,52 @@ final class QuantizeExportTests: XCTestCase {
             }
             _ = try compare(source, mix, want, dir: dir, pool: pool)
         }
-        XCTAssertEqual(seen, [.f32, .q4_k, .q5_k, .q6_k, .q5_0, .q5_1, .q8_0], "every type the mixes write was checked")
+        XCTAssertEqual(seen, [.f32, .q4_k, .q5_k, .q6_k, .q5_0, .q5_1, .q8_0, .q4_0, .q4_1],
+                       "every type the mixes write was checked")
+    }
+
+    /// Runs llama-quantize on `src` into `mix`, returns the file it wrote.
+    func llamaQuantize(_ tool: String, _ src: String, _ mix: ExportType, dir: String) throws -> GGUFFile {
+        let theirs = dir + "/llama.\(mix.rawValue).gguf"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tool)
+        p.arguments = [src, theirs, mix.rawValue.uppercased(), "2"]
+        p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
+        try p.run(); p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, "llama-quantize \(mix.rawValue)")
+        return try GGUFFile(path: theirs)
+    }
+
+    /// `offload init` of a mixture of experts in a quantized type writes what llama-quantize makes of
+    /// the same random values in f32: its mix for 8 experts (routers f32, attn_k and attn_v Q8_0,
+    /// attn_output Q5_K in q4_k_m, ffn_down_exps as ffn_down) and its bytes.
+    func testMixtureOfExpertsInitMatchesLlamaQuantizeRunNow() throws {
+        let tool = try TestAssets.require(TestAssets.cache + "/llama.cpp-build/bin/llama-quantize",
+                                          hint: "run scripts/build-llama-cpp.sh llama-quantize")
+        let dir = NSTemporaryDirectory() + "offload-quant-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let c = try LlamaConfig.named("small-moe")
+        try RandomModel.writeGGUF(config: c, to: dir + "/f32.gguf", type: .f32, seed: 3)
+        for mix: ExportType in [.q4_0, .q4_1, .q4_k_m, .q8_0] {
+            let theirs = try llamaQuantize(tool, dir + "/f32.gguf", mix, dir: dir)
+            try RandomModel.writeGGUF(config: c, to: dir + "/ours.gguf", type: mix, seed: 3)
+            let ours = try GGUFFile(path: dir + "/ours.gguf")
+            XCTAssertEqual(ours.tensors.map(\.name).sorted(), theirs.tensors.map(\.name).sorted())
+            var identical = 0
+            for t in theirs.tensors {
+                let a = try ours.data(t.name), b = try theirs.data(t.name)
+                XCTAssertEqual(a.dtype, b.dtype, "\(mix.rawValue) \(t.name): type")
+                if a.bytes.elementsEqual(b.bytes) { identical += 1 }
+            }
+            XCTAssertEqual(theirs.info("blk.1.ffn_up_exps.weight")?.dtype, mix.baseType)
+            // ggml's reference quantizers on both sides: the legacy types agree bit for bit, the
+            // K-quants but for rare last-bit ties.
+            let want = mix == .q4_k_m ? theirs.tensors.count * 9 / 10 : theirs.tensors.count
+            XCTAssertGreaterThanOrEqual(identical, want, "\(mix.rawValue): tensors bit-identical to llama-quantize")
+            XCTAssertEqual(theirs.info("blk.1.ffn_gate_inp.weight")?.dtype, .f32)
+            XCTAssertEqual(theirs.info("blk.1.attn_k.weight")?.dtype, .q8_0)
+        }
     }
 
     /// A Hugging Face folder (half-split Q/K rows) quantizes to the same tensors as the GGUF it came
