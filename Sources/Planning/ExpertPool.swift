@@ -12,6 +12,30 @@ public enum ExpertPolicy: String, CaseIterable, Sendable {
     /// The least frequently used so far (counts kept for evicted experts too), ties by recency:
     /// keeps the experts routing favours, which LRU evicts after a burst of rare ones.
     case lfu
+    /// The expert whose block comes farthest ahead in the forward's order (the block just computed
+    /// first, the next block last), ties by recency: Belady's choice when blocks run in a cycle and
+    /// routing is unknown, and the one that lets read-ahead coexist with a pool smaller than a token's
+    /// experts (LRU then evicts exactly the next blocks' experts, a loop larger than the cache).
+    case farthest
+
+    /// How far ahead block `layer`'s next use is when block `current` is computing (1: the next block;
+    /// `layers`: `current` itself, whose experts not in use now are next used a forward later).
+    static func distance(_ layer: Int, from current: Int, layers: Int) -> Int {
+        (layer - current - 1 + 2 * layers) % layers + 1
+    }
+
+    /// Whether resident expert `x` goes before `y` (`uses`: so far; `current`: the block
+    /// being computed).
+    public func evicts(_ x: (layer: Int, lastUse: Int, uses: Int), before y: (layer: Int, lastUse: Int, uses: Int),
+                current: Int, layers: Int) -> Bool {
+        switch self {
+        case .lru: return x.lastUse < y.lastUse
+        case .lfu: return x.uses < y.uses || (x.uses == y.uses && x.lastUse < y.lastUse)
+        case .farthest:
+            let (dx, dy) = (Self.distance(x.layer, from: current, layers: layers), Self.distance(y.layer, from: current, layers: layers))
+            return dx > dy || (dx == dy && x.lastUse < y.lastUse)
+        }
+    }
 }
 
 /// One block of one forward in a routing trace: the experts each row chose (ascending).
@@ -59,39 +83,58 @@ public struct ExpertPoolSimulation: Sendable {
     /// Misses in blocks of one row (decode steps), and those steps: the per-token read rate.
     public var decodeMisses = 0, decodeSteps = 0
 
-    public init(trace: [RoutingStep], slots: Int, policy: ExpertPolicy) {
+    /// Replays as ExpertCache serves a block: every expert the block uses counted in ascending order
+    /// (a resident one is a hit and becomes the most recent), each miss given a slot no expert of the
+    /// block holds (the first empty one, else the policy's victim); a miss with no such slot waits
+    /// until the block's earlier experts are done and takes a slot among those.
+    /// (`hits` counts a block's expert resident when the block starts, even if a pool smaller than
+    /// the block's experts must read it again before its turn.)
+    public init(trace: [RoutingStep], slots: Int, policy: ExpertPolicy, layers: Int) {
         struct Key: Hashable { var layer: Int, expert: Int }
         var resident: [Key?] = Array(repeating: nil, count: slots)
         var lastUse = Array(repeating: 0, count: slots)
         var index: [Key: Int] = [:], uses: [Key: Int] = [:]
         var clock = 0
+        var current = 0
+        func victim(excluding needed: Set<Key>) -> Int? {
+            if let e = resident.firstIndex(where: { $0 == nil }) { return e }
+            var best: Int?
+            func info(_ i: Int) -> (layer: Int, lastUse: Int, uses: Int) {
+                (resident[i]!.layer, lastUse[i], uses[resident[i]!] ?? 0)
+            }
+            for i in 0..<slots where !needed.contains(resident[i]!) {
+                guard let b = best else { best = i; continue }
+                if policy.evicts(info(i), before: info(b), current: current, layers: layers) { best = i }
+            }
+            return best
+        }
+        func place(_ key: Key, _ v: Int, _ time: Int) {
+            if let old = resident[v] { index[old] = nil }
+            resident[v] = key
+            index[key] = v
+            lastUse[v] = time
+        }
         for step in trace {
             if step.rows.count == 1 && step.layer == 0 { decodeSteps += 1 }
-            for e in step.experts {
-                let key = Key(layer: step.layer, expert: e)
+            current = step.layer
+            let keys = step.experts.map { Key(layer: step.layer, expert: $0) }
+            var needed = Set(keys)
+            var waiting: [(key: Key, time: Int)] = []
+            for key in keys {
                 clock += 1
                 uses[key, default: 0] += 1
                 demands += 1
                 if let s = index[key] { hits += 1; lastUse[s] = clock; continue }
                 if step.rows.count == 1 { decodeMisses += 1 }
-                // The victim ExpertCache picks: the first empty slot, else by the policy.
-                var v = resident.firstIndex(where: { $0 == nil })
-                if v == nil {
-                    var best = 0
-                    for i in 1..<slots {
-                        switch policy {
-                        case .lru: if lastUse[i] < lastUse[best] { best = i }
-                        case .lfu:
-                            let (ui, ub) = (uses[resident[i]!] ?? 0, uses[resident[best]!] ?? 0)
-                            if ui < ub || (ui == ub && lastUse[i] < lastUse[best]) { best = i }
-                        }
-                    }
-                    v = best
+                if let v = victim(excluding: needed) { place(key, v, clock) } else { waiting.append((key, clock)) }
+            }
+            // The block's experts are used and released in order; a waiting miss takes a slot then (one
+            // of the block's later experts, if every slot holds one: that one is read again in its turn).
+            for key in keys {
+                if index[key] == nil, let v = victim(excluding: needed) ?? victim(excluding: []) {
+                    place(key, v, waiting.first { $0.key == key }?.time ?? clock)
                 }
-                if let old = resident[v!] { index[old] = nil }
-                resident[v!] = key
-                index[key] = v!
-                lastUse[v!] = clock
+                needed.remove(key)
             }
         }
     }

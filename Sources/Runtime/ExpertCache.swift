@@ -1,9 +1,11 @@
 // Expert offloading for mixture-of-experts generation: everything but the routed experts stays in
 // memory; the experts live in the GGUF file and a pool of slots holds the ones in use, each read
-// with direct I/O (an expert's gate, up and down matrices are three contiguous ranges). Demand
-// reads run on the compute thread at once; predicted experts of the next block are read ahead by
-// one I/O thread behind them, and queued reads a block no longer needs are cancelled. The slots
-// hold the file's bytes, so the products are those of the all-resident run, bit for bit.
+// with direct I/O (an expert's gate, up and down matrices are three contiguous ranges). A block's
+// misses are queued when its routing is known and read by a few I/O threads while its first experts
+// compute (the compute thread reads one itself rather than wait); predicted experts of the next
+// block are read ahead only while no demand read is pending, and queued read-aheads a block no
+// longer needs are cancelled. The slots hold the file's bytes, so the products are those of the
+// all-resident run, bit for bit.
 import Foundation
 import Kernels
 import Memory
@@ -25,6 +27,8 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
         /// Read ahead and not yet used.
         var prefetched = false
     }
+    /// A read to do: a block's miss (`demand`), or a predicted expert of the next block.
+    struct Job { var key: Key, slot: Int, demand: Bool }
     /// One matrix of one expert: where it is in the file, and its shape.
     struct MatrixRange { var offset: Int, length: Int, dtype: DType, rows: Int, cols: Int }
 
@@ -33,10 +37,18 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
         public var demands = 0, hits = 0, prefetchHits = 0, prefetchesIssued = 0, prefetchesCancelled = 0
         public var bytesRead = 0
         public var stallSeconds = 0.0
+
+        mutating func add(_ s: LayerStats, sign: Int = 1) {
+            demands += sign * s.demands; hits += sign * s.hits; prefetchHits += sign * s.prefetchHits
+            prefetchesIssued += sign * s.prefetchesIssued; prefetchesCancelled += sign * s.prefetchesCancelled
+            bytesRead += sign * s.bytesRead; stallSeconds += Double(sign) * s.stallSeconds
+        }
     }
 
     public let policy: Policy
     public let prefetchWidth: Int
+    /// I/O threads: a block's misses are read this many at a time, while its first experts compute.
+    public let readers: Int
     public let slotCount: Int
     public let slotBytes: Int
     let reader: DirectFileReader
@@ -47,12 +59,19 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
     var index: [Key: Int] = [:]
     var uses: [Key: Int] = [:]
     var clock = 0
-    var queue: [(key: Key, slot: Int)] = []
-    /// The experts the block being computed still needs: a read-ahead never evicts them.
+    /// Demand jobs first (in the order the block uses them), then read-ahead jobs.
+    var queue: [Job] = []
+    /// Demand reads under way (on an I/O thread or the compute thread): read-ahead waits for none.
+    var demandsReading = 0
+    /// The experts the block being computed has not released yet: nothing evicts them.
     var needed: Set<Key> = []
+    /// The block `begin` last started.
+    var currentLayer = 0
+    /// Misses `begin` found no slot for (every slot needed or being read), with their use's clock.
+    var deferred: [Key: Int] = [:]
     let cond = NSCondition()
     var stopping = false
-    var worker: Thread?
+    var workers: [Thread] = []
     var failure: Error?
     public private(set) var stats: [LayerStats]
 
@@ -78,14 +97,15 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
         }
     }
 
-    /// A pool of `slots` experts of `source`, read from its file.
-    public init(source: GGUFWeights, slots: Int, policy: Policy, prefetchWidth: Int) throws {
+    /// A pool of `slots` experts of `source`, read from its file by `readers` I/O threads.
+    public init(source: GGUFWeights, slots: Int, policy: Policy, prefetchWidth: Int, readers: Int = 2) throws {
         let c = source.config, m = c.moe!
         guard slots >= m.used else {
             throw OffloadError("[experts] a pool of \(slots) expert slots is below the \(m.used) experts a token uses")
         }
         self.policy = policy
         self.prefetchWidth = prefetchWidth
+        self.readers = max(1, readers)
         ranges = try Self.ranges(source)
         regionBytes = try Self.regionBytes(ranges)
         slotCount = min(slots, c.layers * m.experts)
@@ -94,10 +114,10 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
         memory = UnsafeMutableRawPointer.allocate(byteCount: slotCount * slotBytes, alignment: AlignedBuffer.alignment)
         self.slots = Array(repeating: Slot(), count: slotCount)
         stats = Array(repeating: LayerStats(), count: c.layers)
-        if prefetchWidth > 0 {
-            let t = Thread { [unowned self] in self.prefetchLoop() }
-            t.name = "offload-expert-prefetch"
-            worker = t
+        for i in 0..<self.readers {
+            let t = Thread { [unowned self] in self.readLoop() }
+            t.name = "offload-expert-read-\(i)"
+            workers.append(t)
             t.start()
         }
     }
@@ -107,20 +127,20 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
         memory.deallocate()
     }
 
-    /// Ends the prefetch thread (after the read it is doing).
+    /// Ends the I/O threads (after the reads they are doing).
     public func stop() {
         cond.lock()
         stopping = true
         queue.removeAll()
         cond.broadcast()
         cond.unlock()
-        while let w = worker, !w.isFinished { usleep(1000) }
-        worker = nil
+        while workers.contains(where: { !$0.isFinished }) { usleep(1000) }
+        workers = []
     }
 
     func base(_ slot: Int) -> UnsafeMutableRawPointer { memory + slot * slotBytes }
 
-    /// Reads `key`'s three matrices into `slot` and returns their views.
+    /// Reads `key`'s three matrices into `slot`; returns the bytes read.
     func read(_ key: Key, into slot: Int) throws -> Int {
         let a = AlignedBuffer.alignment
         var bytes = 0
@@ -134,6 +154,26 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
         return bytes
     }
 
+    /// Reads `job` with the lock released; marks its slot ready (or records the failure). Called locked.
+    func run(_ job: Job) {
+        slots[job.slot].state = .loading
+        if job.demand { demandsReading += 1 }
+        cond.unlock()
+        let result = Result { try read(job.key, into: job.slot) }
+        cond.lock()
+        if job.demand { demandsReading -= 1 }
+        switch result {
+        case .success(let bytes):
+            stats[job.key.layer].bytesRead += bytes
+            slots[job.slot].state = .ready
+        case .failure(let e):
+            failure = failure ?? e
+            index[job.key] = nil
+            slots[job.slot] = Slot()
+        }
+        cond.broadcast()
+    }
+
     func views(_ key: Key, _ slot: Int) -> ExpertMatrices {
         let m = ranges[key.layer][key.expert].enumerated().map { i, r in
             WeightMatrix(data: UnsafeRawPointer(base(slot) + i * regionBytes + (r.offset - AlignedBuffer.alignDown(r.offset))),
@@ -142,22 +182,20 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
         return ExpertMatrices(gate: m[0], up: m[1], down: m[2])
     }
 
-    /// A slot to (re)use, by the policy, among those neither in use nor being read; nil if none.
-    /// `keep`: a layer whose read-ahead experts are not to be evicted (a prefetch for it).
-    func victim(keep layer: Int? = nil) -> Int? {
+    /// A slot to (re)use, by the policy, among those neither needed by the block, in use, nor being
+    /// read; nil if none. `keep`: a layer whose read-ahead experts are not to be evicted (a
+    /// prefetch for it).
+    /// `anyNeeded`: a block's expert not yet used may go too (the last resort of a pool smaller than the
+    /// block's experts; it is read again when its turn comes).
+    func victim(keep layer: Int? = nil, anyNeeded: Bool = false) -> Int? {
         var best: Int?
         for (i, s) in slots.enumerated() where s.pins == 0 && (s.state == .empty || s.state == .ready) {
             if s.state == .empty { return i }
-            if layer != nil, needed.contains(s.key!) { continue }
+            if !anyNeeded, needed.contains(s.key!) { continue }
             if let layer, s.key?.layer == layer, s.prefetched { continue }
             guard let b = best else { best = i; continue }
-            let (x, y) = (s, slots[b])
-            switch policy {
-            case .lru: if x.lastUse < y.lastUse { best = i }
-            case .lfu:
-                let (ux, uy) = (uses[x.key!] ?? 0, uses[y.key!] ?? 0)
-                if ux < uy || (ux == uy && x.lastUse < y.lastUse) { best = i }
-            }
+            func info(_ s: Slot) -> (layer: Int, lastUse: Int, uses: Int) { (s.key!.layer, s.lastUse, uses[s.key!] ?? 0) }
+            if policy.evicts(info(s), before: info(slots[b]), current: currentLayer, layers: ranges.count) { best = i }
         }
         return best
     }
@@ -169,22 +207,58 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
         index[key] = slot
     }
 
+    func cancel(_ job: Job) {
+        index[job.key] = nil
+        slots[job.slot] = Slot()
+        stats[job.key.layer].prefetchesCancelled += 1
+    }
+
     // MARK: ExpertSupplier
 
+    /// Counts the block's demands (a hit: resident, or read ahead and under way) and queues its
+    /// misses as demand reads, ahead of every read-ahead, each into a slot the block does not need.
     public func begin(layer: Int, experts: [Int]) {
         cond.lock()
         defer { cond.unlock() }
-        // Queued reads for this block it does not need, or for blocks already past, are stale.
-        needed = Set(experts.map { Key(layer: layer, expert: $0) })
+        let keys = experts.map { Key(layer: layer, expert: $0) }
+        needed = Set(keys)
+        currentLayer = layer
+        deferred = [:]
+        // Queued read-aheads for this block it does not need, or for blocks already past, are stale.
         queue.removeAll { job in
-            let stale = job.key.layer < layer || (job.key.layer == layer && !needed.contains(job.key))
-            if stale {
-                index[job.key] = nil
-                slots[job.slot] = Slot()
-                stats[job.key.layer].prefetchesCancelled += 1
-            }
+            let stale = !job.demand && (job.key.layer < layer || (job.key.layer == layer && !needed.contains(job.key)))
+            if stale { cancel(job) }
             return stale
         }
+        var demandJobs = queue.filter(\.demand).count
+        for key in keys {
+            clock += 1
+            uses[key, default: 0] += 1
+            stats[layer].demands += 1
+            if let s = index[key] {
+                if slots[s].state == .queued, let q = queue.firstIndex(where: { $0.key == key }) {
+                    // Read ahead but not started: now a demand read (a miss).
+                    queue.remove(at: q)
+                    queue.insert(Job(key: key, slot: s, demand: true), at: demandJobs)
+                    demandJobs += 1
+                    slots[s].prefetched = false
+                    stats[layer].prefetchesCancelled += 1
+                } else {
+                    stats[layer].hits += 1
+                    if slots[s].prefetched { stats[layer].prefetchHits += 1; slots[s].prefetched = false }
+                }
+                slots[s].lastUse = clock
+            } else if let s = victim() {
+                assign(s, to: key, state: .queued)
+                slots[s].lastUse = clock
+                slots[s].prefetched = false
+                queue.insert(Job(key: key, slot: s, demand: true), at: demandJobs)
+                demandJobs += 1
+            } else {
+                deferred[key] = clock
+            }
+        }
+        cond.broadcast()
     }
 
     public func acquire(layer: Int, expert: Int) throws -> ExpertMatrices {
@@ -195,64 +269,36 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
             stats[layer].stallSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             cond.unlock()
         }
-        if let f = failure { throw f }
-        clock += 1
-        uses[key, default: 0] += 1
-        stats[layer].demands += 1
-        while let s = index[key] {
-            switch slots[s].state {
-            case .ready:
-                stats[layer].hits += 1
-                if slots[s].prefetched { stats[layer].prefetchHits += 1; slots[s].prefetched = false }
-                slots[s].pins += 1
-                slots[s].lastUse = clock
-                return views(key, s)
-            case .loading:   // the prefetch thread is reading it: wait
-                cond.wait()
-                if let f = failure { throw f }
+        while true {
+            if let f = failure { throw f }
+            if let s = index[key] {
+                switch slots[s].state {
+                case .ready:
+                    slots[s].pins += 1
+                    return views(key, s)
+                case .queued:   // no I/O thread has started it: read it here
+                    queue.removeAll { $0.key == key }
+                    run(Job(key: key, slot: s, demand: true))
+                case .loading, .empty:
+                    cond.wait()
+                }
                 continue
-            case .queued:    // not started: read it now, ahead of the queue
-                queue.removeAll { $0.key == key }
-                stats[layer].prefetchesCancelled += 1
-                slots[s] = Slot()
-                index[key] = nil
-            case .empty:
-                index[key] = nil
             }
-        }
-        // A miss: read it into a free or evicted slot, on this thread, before any read-ahead.
-        var slot = victim()
-        while slot == nil {
-            if let job = queue.popLast() {   // a demand read before a read-ahead: take a queued one's slot
-                index[job.key] = nil
-                slots[job.slot] = Slot()
-                stats[job.key.layer].prefetchesCancelled += 1
-                slot = job.slot
-                break
+            // A miss `begin` had no slot for: one is free once an earlier expert of the block is released,
+            // else (every slot holds one of the block's later experts) one of those goes.
+            guard let s = victim() ?? (slots.contains { $0.state == .loading || $0.state == .queued } ? nil
+                                       : victim(anyNeeded: true)) else {
+                guard slots.contains(where: { $0.state == .loading || $0.state == .queued }) else {
+                    throw OffloadError("[experts] every one of the \(slotCount) expert slots is in use; the pool is too small")
+                }
+                cond.wait()
+                continue
             }
-            guard slots.contains(where: { $0.state == .loading }) else {
-                throw OffloadError("[experts] every one of the \(slotCount) expert slots is in use; the pool is too small")
-            }
-            cond.wait()
-            slot = victim()
+            assign(s, to: key, state: .queued)
+            slots[s].lastUse = deferred.removeValue(forKey: key) ?? clock
+            slots[s].prefetched = false
+            run(Job(key: key, slot: s, demand: true))
         }
-        let s = slot!
-        assign(s, to: key, state: .loading)
-        slots[s].pins = 1
-        slots[s].prefetched = false
-        cond.unlock()
-        let bytes: Int
-        do { bytes = try read(key, into: s) } catch {
-            cond.lock()
-            slots[s] = Slot(); index[key] = nil
-            throw error
-        }
-        cond.lock()
-        stats[layer].bytesRead += bytes
-        slots[s].state = .ready
-        slots[s].lastUse = clock
-        cond.broadcast()
-        return views(key, s)
     }
 
     public func release(layer: Int, expert: Int) {
@@ -273,43 +319,35 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
             assign(s, to: key, state: .queued)
             slots[s].prefetched = true
             slots[s].lastUse = clock
-            queue.append((key, s))
+            queue.append(Job(key: key, slot: s, demand: false))
             stats[layer].prefetchesIssued += 1
         }
         cond.broadcast()
     }
 
-    func prefetchLoop() {
+    /// An I/O thread: demand reads first; a read-ahead only while no demand read is queued or under way,
+    /// so predictions never hold the disk from a block's misses.
+    func readLoop() {
         cond.lock()
         while true {
-            while queue.isEmpty && !stopping { cond.wait() }
             if stopping { break }
-            let job = queue.removeFirst()
-            slots[job.slot].state = .loading
-            cond.unlock()
-            let result = Result { try read(job.key, into: job.slot) }
-            cond.lock()
-            switch result {
-            case .success(let bytes):
-                stats[job.key.layer].bytesRead += bytes
-                slots[job.slot].state = .ready
-            case .failure(let e):
-                failure = e
-                index[job.key] = nil
-                slots[job.slot] = Slot()
+            // Demand jobs are at the front of the queue.
+            if let job = queue.first, job.demand || demandsReading == 0 {
+                run(queue.removeFirst())
+            } else {
+                cond.wait()
             }
-            cond.broadcast()
         }
         cond.unlock()
     }
 
-    /// Totals over the blocks, and per block, for `generate --json`.
-    public var report: [String: Any] {
-        let all = stats.reduce(into: LayerStats()) { t, s in
-            t.demands += s.demands; t.hits += s.hits; t.prefetchHits += s.prefetchHits
-            t.prefetchesIssued += s.prefetchesIssued; t.prefetchesCancelled += s.prefetchesCancelled
-            t.bytesRead += s.bytesRead; t.stallSeconds += s.stallSeconds
-        }
+    /// The counts summed over the blocks.
+    public var totals: LayerStats { stats.reduce(into: LayerStats()) { $0.add($1) } }
+
+    /// Totals over the blocks, and per block, for `generate --json`; with `since` (the totals at the
+    /// end of the prefill), also the decode's own counts.
+    public func report(since prefill: LayerStats? = nil) -> [String: Any] {
+        let all = totals
         func json(_ s: LayerStats) -> [String: Any] {
             ["demands": s.demands, "hits": s.hits, "hit_rate": s.demands > 0 ? Double(s.hits) / Double(s.demands) : 0,
              "prefetch_issued": s.prefetchesIssued, "prefetch_used": s.prefetchHits,
@@ -326,7 +364,13 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
         out["slot_bytes"] = slotBytes
         out["policy"] = policy.rawValue
         out["prefetch_width"] = prefetchWidth
+        out["readers"] = readers
         out["layers"] = stats.map(json)
+        if let prefill {
+            var d = all
+            d.add(prefill, sign: -1)
+            out["decode"] = json(d)
+        }
         return out
     }
 }

@@ -63,7 +63,8 @@ struct Generate: ParsableCommand {
     @OptionGroup var promptCache: PromptCacheFlags
     @Option(name: .customLong("expert-policy"), help: ArgumentHelp(
         "With --budget and a mixture-of-experts model: which resident expert a miss evicts: lru (least recently "
-            + "used) or lfu (least frequently used so far, ties by recency).", valueName: "policy"))
+            + "used), lfu (least frequently used so far, ties by recency) or farthest (the expert of the block "
+            + "farthest ahead in the forward: the block just computed first; ties by recency).", valueName: "policy"))
     var expertPolicy = "lru"
     @Option(name: .customLong("expert-prefetch"), help: ArgumentHelp(
         "With --budget and a mixture-of-experts model: experts per token to read ahead for the next block, "
@@ -99,6 +100,9 @@ struct Generate: ParsableCommand {
         }
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be 0 or more, got \(maxTokens)") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1, got \(t)") }
+        if routingTrace != nil && prompts != nil {
+            throw ValidationError("--routing-trace is not supported with --prompts yet; give one --prompt")
+        }
         if lora != nil && prompts != nil && budget != nil {
             throw ValidationError("--lora is not supported with --prompts and --budget yet (block batching); drop --budget")
         }
@@ -191,10 +195,11 @@ struct Generate: ParsableCommand {
         let stop: Set<Int> = ignoreEOS ? [] : tokenizer.endOfGenerationIDs
         let start = now()
         var firstToken: Double?
+        var prefillExperts: ExpertCache.LayerStats?
         let cache = try promptCache.make(for: source)
         let result = try Generator(model: llama).generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler,
                                                           stop: stop, promptCache: cache) { id in
-            if firstToken == nil { firstToken = now() - start }
+            if firstToken == nil { firstToken = now() - start; prefillExperts = experts?.totals }
             guard !json else { return }
             if stop.contains(id) { return }
             FileHandle.standardOutput.write(Data(stream.append(id).utf8))
@@ -227,7 +232,7 @@ struct Generate: ParsableCommand {
                 r["predicted_seconds_per_token"] = predicted
                 out["streaming"] = r
             }
-            if let experts { out["experts"] = experts.report }
+            if let experts { out["experts"] = experts.report(since: prefillExperts) }
             print(try jsonString(out))
         } else {
             FileHandle.standardOutput.write(Data((stream.flush() + "\n").utf8))
@@ -242,7 +247,7 @@ struct Generate: ParsableCommand {
                      + (cache.rejectedEntries > 0 ? "; \(cache.rejectedEntries) unusable entr\(cache.rejectedEntries == 1 ? "y" : "ies") removed" : ""))
             }
             if let report { FileHandle.standardError.write(Data((report.summary + "\n").utf8)) }
-            if let r = experts?.report {
+            if let r = experts?.report() {
                 note(String(format: "[generate] experts: hit rate %.1f%%, read-ahead precision %.1f%% recall %.1f%%, ",
                             100 * (r["hit_rate"] as! Double), 100 * (r["prefetch_precision"] as! Double),
                             100 * (r["prefetch_recall"] as! Double))

@@ -71,7 +71,7 @@ struct Plan: ParsableCommand {
             + "planned expert pool for its hit rate (default: routing assumed uniform, hit rate = pool / experts).",
         valueName: "file"))
     var routingTrace: String?
-    @Option(name: .customLong("expert-policy"), help: "Generate, mixture of experts: lru or lfu, as `generate --expert-policy`.")
+    @Option(name: .customLong("expert-policy"), help: "Generate, mixture of experts: lru, lfu or farthest, as `generate --expert-policy`.")
     var expertPolicy = "lru"
 
     @Flag(name: .customLong("benchmark-solvers"), help: "Time the rotor and pofo solvers on Llama-3-70B's 80 blocks and exit.")
@@ -390,7 +390,7 @@ extension Plan {
         var source = "uniform routing (no --routing-trace)"
         if let path = routingTrace {
             let trace = try RoutingTrace.read(path: path, layers: c.layers, experts: m.experts)
-            let sim = ExpertPoolSimulation(trace: trace, slots: plan.slots, policy: policy)
+            let sim = ExpertPoolSimulation(trace: trace, slots: plan.slots, policy: policy, layers: c.layers)
             hitRate = sim.hitRate
             let decodeDemands = sim.decodeSteps * c.layers * m.used
             decodeHitRate = decodeDemands > 0 ? 1 - Double(sim.decodeMisses) / Double(decodeDemands) : hitRate

@@ -44,7 +44,7 @@ final class ExpertCacheTests: XCTestCase {
                         let what = "\(f) slots \(slots) \(policy) read-ahead \(width)"
                         XCTAssertEqual(try run(model), want, what)
                         cache.stop()
-                        let r = cache.report
+                        let r = cache.report()
                         let demands = r["demands"] as! Int, hits = r["hits"] as! Int
                         XCTAssertGreaterThan(demands, 0, what)
                         XCTAssertLessThanOrEqual(hits, demands, what)
@@ -75,8 +75,8 @@ final class ExpertCacheTests: XCTestCase {
                     var trace: [RoutingStep] = []
                     model.onRouting = { trace.append(RoutingStep(layer: $0, rows: $1)) }
                     _ = try run(model)
-                    let sim = ExpertPoolSimulation(trace: trace, slots: slots, policy: policy)
-                    let r = cache.report
+                    let sim = ExpertPoolSimulation(trace: trace, slots: slots, policy: policy, layers: source.config.layers)
+                    let r = cache.report()
                     XCTAssertEqual(sim.demands, r["demands"] as! Int, "\(f) \(slots) \(policy)")
                     XCTAssertEqual(sim.hits, r["hits"] as! Int, "\(f) \(slots) \(policy)")
                     XCTAssertEqual(sim.decodeSteps, ids.count - 24)
