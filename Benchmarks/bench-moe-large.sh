@@ -5,10 +5,10 @@
 # llama-completion on the same file (its mmap, repacking off: the repacked copy would not fit), same
 # prompt, threads and token count, the page cache dropped before each run, alternated. Per run: prefill
 # and decode tokens/s, peak RSS; for Offload also the decode's hits (resident, and read ahead in time),
-# its expert bytes per token, and
-# its decode rate over the disk's limit for that miss rate (two direct dd of the file at once in 32 MiB
-# requests, the size of one expert matrix, as two readers read; measured before and after each
-# Offload run, the mean taken: this shared disk's rate swings 2x from minute to minute).
+# its expert bytes per token, the rate its reads got and the share of the decode the disk was busy
+# reading experts (busy 100%: decoding at the disk's limit for that miss rate, at the rate the disk gave
+# then), and beside it two direct dd of the file at once in 32 MiB requests, before and after (this
+# shared disk's rate swings 2-4x from minute to minute, so dd alone is a poor limit).
 #   usage: Benchmarks/bench-moe-large.sh [--budget 8GB] [--tokens 8] [--threads 2] [--repeat 3]
 #          [--model PATH] [--variants "farthest lru lru:0"] [--offload-only]   (needs root to drop the page cache)
 #   a variant is an --expert-policy, with :N for --expert-prefetch N (default: the experts a token uses)
@@ -52,7 +52,7 @@ dd_rate() {   # bytes/s of direct 32 MiB reads, two dd at a time (as the two exp
 PROMPT=abcdefgh
 echo "date $(date -u +%F) host $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
 "$OFFLOAD" inspect "$MODEL" | sed -n '1,7p'
-printf "%-10s %9s %8s %8s %6s %6s %9s %9s %7s\n" run prefill decode RSS_GiB hit% ahead% MB/token ddMB/s ratio
+printf "%-10s %8s %7s %8s %6s %6s %9s %8s %6s %7s\n" run prefill decode RSS_GiB hit% ahead% MB/token readMB/s busy% ddMB/s
 for rep in $(seq "$REPEAT"); do
   for v in $VARIANTS; do
   policy=${v%%:*}; extra=(--expert-policy "$policy"); [ "$v" != "$policy" ] && extra+=(--expert-prefetch "${v#*:}")
@@ -66,11 +66,11 @@ for rep in $(seq "$REPEAT"); do
 import json, os
 o = json.load(open("/tmp/bench-moe-large.json")); d = o["experts"]["decode"]
 steps = len(o["tokens"]) - 1; per_token = d["bytes_read"] / steps; dd = float(os.environ["DD"])
-limit = dd / per_token if per_token else float("inf")
 resident = (d["hits"] - d["prefetch_used"]) / d["demands"]; ahead = d["prefetch_used"] / d["demands"]
-print("%-10s %9.3f %8.3f %8.2f %5.1f%% %5.1f%% %9.0f %9.0f %7.2f" % (os.environ["V"], o["prefill_tokens_per_second"],
-      o["decode_tokens_per_second"], int(os.environ["RSS"]) / 2**20, 100 * resident, 100 * ahead, per_token / 1e6, dd / 1e6,
-      o["decode_tokens_per_second"] / limit))'
+rate = d["bytes_read"] / d["disk_busy_seconds"]; busy = d["disk_busy_seconds"] / o["decode_seconds"]
+print("%-10s %8.3f %7.3f %8.2f %5.1f%% %5.1f%% %9.0f %8.0f %5.0f%% %7.0f" % (os.environ["V"], o["prefill_tokens_per_second"],
+      o["decode_tokens_per_second"], int(os.environ["RSS"]) / 2**20, 100 * resident, 100 * ahead, per_token / 1e6,
+      rate / 1e6, 100 * busy, dd / 1e6))'
   done
   [ "$LLAMA" = 1 ] || continue
   drop
@@ -82,5 +82,5 @@ import os, re
 t = open("/tmp/bench-moe-large.err").read()
 p = float(re.search(r"prompt eval time =.*?([0-9.]+) tokens per second", t).group(1))
 d = float(re.search(r"\beval time =.*?([0-9.]+) tokens per second", t.split("prompt eval time")[1]).group(1))
-print("%-10s %9.3f %8.3f %8.2f" % ("llama.cpp", p, d, int(os.environ["RSS"]) / 2**20))'
+print("%-10s %8.3f %7.3f %8.2f" % ("llama.cpp", p, d, int(os.environ["RSS"]) / 2**20))'
 done

@@ -37,11 +37,15 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
         public var demands = 0, hits = 0, prefetchHits = 0, prefetchesIssued = 0, prefetchesCancelled = 0
         public var bytesRead = 0
         public var stallSeconds = 0.0
+        /// Seconds with at least one expert read under way (kept for the totals only): the disk's
+        /// share of the run, and bytesRead over it the rate reads got.
+        public var diskBusySeconds = 0.0
 
         mutating func add(_ s: LayerStats, sign: Int = 1) {
             demands += sign * s.demands; hits += sign * s.hits; prefetchHits += sign * s.prefetchHits
             prefetchesIssued += sign * s.prefetchesIssued; prefetchesCancelled += sign * s.prefetchesCancelled
             bytesRead += sign * s.bytesRead; stallSeconds += Double(sign) * s.stallSeconds
+            diskBusySeconds += Double(sign) * s.diskBusySeconds
         }
     }
 
@@ -63,6 +67,8 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
     var queue: [Job] = []
     /// Demand reads under way (on an I/O thread or the compute thread): read-ahead waits for none.
     var demandsReading = 0
+    /// Reads under way, since when there have been any, and the seconds there have been any.
+    var reading = 0, busySince: UInt64 = 0, busySeconds = 0.0
     /// The experts the block being computed has not released yet: nothing evicts them.
     var needed: Set<Key> = []
     /// The block `begin` last started.
@@ -140,27 +146,36 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
 
     func base(_ slot: Int) -> UnsafeMutableRawPointer { memory + slot * slotBytes }
 
-    /// Reads `key`'s three matrices into `slot`; returns the bytes read.
+    /// Reads `key`'s three matrices into `slot`, the three at once (a small expert's reads cost their
+    /// latency, not the disk's rate); returns the bytes read.
     func read(_ key: Key, into slot: Int) throws -> Int {
-        let a = AlignedBuffer.alignment
-        var bytes = 0
-        for (i, r) in ranges[key.layer][key.expert].enumerated() {
-            let start = AlignedBuffer.alignDown(r.offset), end = AlignedBuffer.alignUp(r.offset + r.length)
-            precondition(end - start <= regionBytes && a > 0)
-            try reader.read(into: base(slot) + i * regionBytes, offset: start, length: end - start,
-                            needed: r.offset + r.length - start, what: "expert \(key.expert) of block \(key.layer)")
-            bytes += end - start
+        let rs = ranges[key.layer][key.expert]
+        nonisolated(unsafe) let errors = UnsafeMutableBufferPointer<Error?>.allocate(capacity: rs.count)
+        errors.initialize(repeating: nil)
+        defer { errors.deallocate() }
+        DispatchQueue.concurrentPerform(iterations: rs.count) { i in
+            let r = rs[i], start = AlignedBuffer.alignDown(r.offset), end = AlignedBuffer.alignUp(r.offset + r.length)
+            precondition(end - start <= regionBytes)
+            do {
+                try reader.read(into: base(slot) + i * regionBytes, offset: start, length: end - start,
+                                needed: r.offset + r.length - start, what: "expert \(key.expert) of block \(key.layer)")
+            } catch { errors[i] = error }
         }
-        return bytes
+        if let e = errors.compactMap({ $0 }).first { throw e }
+        return rs.reduce(0) { $0 + AlignedBuffer.alignUp($1.offset + $1.length) - AlignedBuffer.alignDown($1.offset) }
     }
 
     /// Reads `job` with the lock released; marks its slot ready (or records the failure). Called locked.
     func run(_ job: Job) {
         slots[job.slot].state = .loading
         if job.demand { demandsReading += 1 }
+        if reading == 0 { busySince = DispatchTime.now().uptimeNanoseconds }
+        reading += 1
         cond.unlock()
         let result = Result { try read(job.key, into: job.slot) }
         cond.lock()
+        reading -= 1
+        if reading == 0 { busySeconds += Double(DispatchTime.now().uptimeNanoseconds - busySince) / 1e9 }
         if job.demand { demandsReading -= 1 }
         switch result {
         case .success(let bytes):
@@ -342,7 +357,13 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
     }
 
     /// The counts summed over the blocks.
-    public var totals: LayerStats { stats.reduce(into: LayerStats()) { $0.add($1) } }
+    public var totals: LayerStats {
+        cond.lock()
+        defer { cond.unlock() }
+        var t = stats.reduce(into: LayerStats()) { $0.add($1) }
+        t.diskBusySeconds = busySeconds
+        return t
+    }
 
     /// Totals over the blocks, and per block, for `generate --json`; with `since` (the totals at the
     /// end of the prefill), also the decode's own counts.
@@ -356,6 +377,7 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
              "bytes_read": s.bytesRead, "stall_seconds": s.stallSeconds]
         }
         var out = json(all)
+        out["disk_busy_seconds"] = all.diskBusySeconds
         // Recall: of the demands a prediction could have covered (every block but the first), the
         // share a read-ahead did.
         let predictable = stats.dropFirst().reduce(0) { $0 + $1.demands }
@@ -369,7 +391,7 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
         if let prefill {
             var d = all
             d.add(prefill, sign: -1)
-            out["decode"] = json(d)
+            out["decode"] = json(d).merging(["disk_busy_seconds": d.diskBusySeconds]) { a, _ in a }
         }
         return out
     }
@@ -380,6 +402,8 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
 /// for the whole context, one pass's scratch), the rest a pool of expert slots.
 public struct ExpertOffloadPlan: Sendable {
     public var residentBytes: Int
+    /// The weights among them (everything but the experts, as the file holds them).
+    public var weightBytes: Int
     /// One slot: three regions, each the largest expert matrix plus the direct-I/O alignment.
     public var slotBytes: Int
     /// One expert's three matrices as the file holds them (the largest, where blocks differ in type).
@@ -402,6 +426,7 @@ public struct ExpertOffloadPlan: Sendable {
         // One pass's scratch, and the next block's router logits for the read-ahead (as many as "route").
         let floats = LlamaModel.scratchFloats(config: c, rows: max(1, promptTokens), start: 0)
         let scratch = (floats.values.reduce(0, +) + (floats["route"] ?? 0)) * 4
+        weightBytes = weights
         residentBytes = weights + decodeCopies + kv + scratch + c.vocabSize * 4
         let ranges = try ExpertCache.ranges(source)
         slotBytes = 3 * (try ExpertCache.regionBytes(ranges))

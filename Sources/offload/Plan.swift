@@ -399,6 +399,10 @@ extension Plan {
         let bytesPerToken = (1 - decodeHitRate) * Double(c.layers * m.used * expertBytes)
         let bandwidth = hw.diskReadBandwidth(requestBytes: expertBytes / 3, queueDepth: 1)
         let limit: Double = bytesPerToken > 0 ? bandwidth / bytesPerToken : .infinity
+        // A decoded token reads every resident weight and its k experts per block from memory; without
+        // read-ahead its expert reads wait in line with that, with read-ahead at best they overlap it.
+        let compute = Double(plan.weightBytes + c.layers * m.used * expertBytes) / hw.decodeBytesPerSecond
+        let reads = bytesPerToken / bandwidth
         if json {
             print(try jsonString([
                 "model": c.name, "mode": "generate", "seqLen": context, "budget": budget, "policy": policy.rawValue,
@@ -407,7 +411,10 @@ extension Plan {
                             "minimum_budget": plan.minimumBudget, "hit_rate": hitRate, "decode_hit_rate": decodeHitRate,
                             "hit_rate_source": source, "bytes_per_token": bytesPerToken,
                             "disk_read_bandwidth": bandwidth,
-                            "disk_limit_tokens_per_second": limit.isFinite ? limit : 0] as [String: Any]]))
+                            "disk_limit_tokens_per_second": limit.isFinite ? limit : 0,
+                            "compute_seconds_per_token": compute, "read_seconds_per_token": reads,
+                            "predicted_tokens_per_second": 1 / (compute + reads),
+                            "overlapped_tokens_per_second": 1 / max(compute, reads)] as [String: Any]]))
             return
         }
         print("""
@@ -416,6 +423,7 @@ extension Plan {
           expert pool    \(plan.slots) of \(plan.totalExperts) experts, slots of \(formatBytes(plan.slotBytes))
           hit rate       \(String(format: "%.1f%%", 100 * hitRate)) overall, \(String(format: "%.1f%%", 100 * decodeHitRate)) in decode, from \(source)
           per token      \(formatBytes(Int(bytesPerToken))) of experts read; the disk (\(formatBytes(Int(bandwidth)))/s) allows \(limit.isFinite ? String(format: "%.1f", limit) : "any number of") tokens/s
+          decode         \(String(format: "%.2f", 1 / (compute + reads))) tokens/s without read-ahead (\(String(format: "%.2f", compute)) s computing + \(String(format: "%.2f", reads)) s reading per token); read-ahead overlapping them: at most \(String(format: "%.2f", 1 / max(compute, reads))) tokens/s
         """)
     }
 
