@@ -5,8 +5,9 @@
 # routing trace and the tokens; then under budgets whose pools hold about 1/4, 1/2 and 3/4 of the 240
 # experts, each policy without read-ahead (lru, lfu, farthest) and with it (read-ahead of k per token),
 # every run's tokens asserted equal to the resident run's. Beside each: `offload plan`'s prediction
-# from the same trace (hit rate: exact without read-ahead; decode tokens/s: compute + reads without
-# read-ahead, their overlap with it).
+# from the same trace and a profile of this machine whose disk rates are reads of the model file
+# (hit rate: exact without read-ahead; decode tokens/s: compute + reads without read-ahead, their
+# overlap with it).
 #   usage: Benchmarks/bench-moe-real.sh [--tokens 64] [--threads 2] [--repeat 2] [--fractions "0.25 0.5 0.75"]
 #   needs torch, transformers, gguf, numpy in python3 (to make the model once; see moefy-smollm2.py)
 set -euo pipefail
@@ -43,9 +44,11 @@ echo "date $(date -u +%F) host $(nproc) cores, $(grep -m1 'model name' /proc/cpu
 run --routing-trace "$WORK/trace.jsonl" > "$WORK/resident.json"
 python3 -c 'import json,sys; o=json.load(open(sys.argv[1])); print("resident: %d prompt tokens, decode %.1f tok/s" % (o["prompt_tokens"], o["decode_tokens_per_second"]))' "$WORK/resident.json"
 PROMPT_TOKENS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["prompt_tokens"])' "$WORK/resident.json")
+# This machine, its disk measured reading the model file itself (a file just written may come back from a cache).
+"$OFFLOAD" profile --read-file "$MODEL" --disk-bytes 64MiB --out "$WORK/hw.json" > /dev/null 2>&1
 plan() {   # budget policy -> plan JSON
   "$OFFLOAD" plan --model "$MODEL" --mode generate --budget "$1" --seq-len $((PROMPT_TOKENS + TOKENS)) \
-    --prompt-tokens "$PROMPT_TOKENS" --routing-trace "$WORK/trace.jsonl" --expert-policy "$2" --json
+    --prompt-tokens "$PROMPT_TOKENS" --routing-trace "$WORK/trace.jsonl" --expert-policy "$2" --hardware "$WORK/hw.json" --json
 }
 # Budgets: the least one plus a fraction of the experts' slots.
 read -r MIN SLOT TOTAL < <(plan 1TB lru | python3 -c 'import json,sys; e=json.load(sys.stdin)["experts"]; print(e["minimum_budget"], e["slot_bytes"], e["total"])')
@@ -53,7 +56,7 @@ printf "%-9s %-9s %6s %6s %7s %8s %8s %6s\n" pool variant hit% plan% tok/s plan_
 for rep in $(seq "$REPEAT"); do
   for f in $FRACTIONS; do
     budget=$(python3 -c "print(int($MIN + ($f * $TOTAL - 2) * $SLOT))")
-    for v in lru:0 lfu:0 farthest:0 lru farthest; do
+    for v in lru:0 lfu:0 farthest:0 lru lfu farthest; do
       policy=${v%%:*}; extra=(--expert-policy "$policy"); [ "$v" != "$policy" ] && extra+=(--expert-prefetch "${v#*:}")
       run --budget "$budget" "${extra[@]}" > "$WORK/run.json"
       plan "$budget" "$policy" > "$WORK/plan.json"

@@ -7,6 +7,10 @@ import Tensors
 
 /// Which resident expert a miss evicts.
 public enum ExpertPolicy: String, CaseIterable, Sendable {
+    /// What `generate --budget` and `plan` use unless told: on real routing (BENCHMARKS.md) LFU kept the
+    /// most experts at every pool size, and LRU with read-ahead the fewest.
+    public static let standard = ExpertPolicy.lfu
+
     /// The least recently used (mixtral-offloading's per-layer LRU, here over one pool).
     case lru
     /// The least frequently used so far (counts kept for evicted experts too), ties by recency:

@@ -64,8 +64,8 @@ struct Generate: ParsableCommand {
     @Option(name: .customLong("expert-policy"), help: ArgumentHelp(
         "With --budget and a mixture-of-experts model: which resident expert a miss evicts: lru (least recently "
             + "used), lfu (least frequently used so far, ties by recency) or farthest (the expert of the block "
-            + "farthest ahead in the forward: the block just computed first; ties by recency).", valueName: "policy"))
-    var expertPolicy = "lru"
+            + "farthest ahead in the forward: the block just computed first; ties by recency); default lfu.", valueName: "policy"))
+    var expertPolicy: String?
     @Option(name: .customLong("expert-prefetch"), help: ArgumentHelp(
         "With --budget and a mixture-of-experts model: experts per token to read ahead for the next block, "
             + "predicted by its router on the current hidden state (default: the experts a token uses; 0: none).",
@@ -107,12 +107,12 @@ struct Generate: ParsableCommand {
             throw ValidationError("--lora is not supported with --prompts and --budget yet (block batching); drop --budget")
         }
         try validateBudget(budget)
-        guard ExpertCache.Policy(rawValue: expertPolicy) != nil else {
+        if let expertPolicy, ExpertCache.Policy(rawValue: expertPolicy) == nil {
             throw ValidationError("--expert-policy must be one of "
                                   + ExpertCache.Policy.allCases.map(\.rawValue).joined(separator: ", ") + ", got '\(expertPolicy)'")
         }
         if let n = expertPrefetch, n < 0 { throw ValidationError("--expert-prefetch must be 0 or more, got \(n)") }
-        if (expertPrefetch != nil || expertPolicy != "lru") && budget == nil {
+        if (expertPrefetch != nil || expertPolicy != nil) && budget == nil {
             throw ValidationError("--expert-policy and --expert-prefetch apply to a budgeted run: give --budget too")
         }
         if trace != nil && budget == nil { throw ValidationError("--trace needs --budget (it traces the streamed run)") }
@@ -154,12 +154,13 @@ struct Generate: ParsableCommand {
             let capacity = min(ids.count + maxTokens, source.config.contextLength)
             let plan = try ExpertOffloadPlan(source: gguf, budget: budget, promptTokens: ids.count, contextCapacity: capacity)
             llama = try LlamaModel(source: gguf, threads: threads ?? defaultThreads(), maxPositions: capacity)
-            let cache = try ExpertCache(source: gguf, slots: plan.slots, policy: ExpertCache.Policy(rawValue: expertPolicy)!,
+            let policy = expertPolicy.flatMap(ExpertPolicy.init(rawValue:)) ?? .standard
+            let cache = try ExpertCache(source: gguf, slots: plan.slots, policy: policy,
                                         prefetchWidth: expertPrefetch ?? moe.used)
             llama.expertSupplier = cache
             experts = cache
             note("[generate] experts: \(plan.slots) of \(plan.totalExperts) in memory (slots of \(formatBytes(plan.slotBytes))), "
-                 + "\(expertPolicy), read-ahead \(cache.prefetchWidth) per token; everything else "
+                 + "\(policy.rawValue), read-ahead \(cache.prefetchWidth) per token; everything else "
                  + "\(formatBytes(plan.residentBytes)) (the least budget: \(formatBytes(plan.minimumBudget)))")
         } else if let budget = budget.flatMap(parseBytes) {
             guard let gguf = source as? GGUFWeights else {

@@ -71,8 +71,8 @@ struct Plan: ParsableCommand {
             + "planned expert pool for its hit rate (default: routing assumed uniform, hit rate = pool / experts).",
         valueName: "file"))
     var routingTrace: String?
-    @Option(name: .customLong("expert-policy"), help: "Generate, mixture of experts: lru, lfu or farthest, as `generate --expert-policy`.")
-    var expertPolicy = "lru"
+    @Option(name: .customLong("expert-policy"), help: "Generate, mixture of experts: lru, lfu or farthest, as `generate --expert-policy` (default lfu).")
+    var expertPolicy: String?
 
     @Flag(name: .customLong("benchmark-solvers"), help: "Time the rotor and pofo solvers on Llama-3-70B's 80 blocks and exit.")
     var benchmarkSolvers = false
@@ -107,7 +107,7 @@ struct Plan: ParsableCommand {
         if let path = model, mode == "generate", let gguf = try loadWeights(path) as? GGUFWeights, gguf.config.moe != nil {
             return try planExperts(gguf)
         }
-        if routingTrace != nil || expertPolicy != "lru" {
+        if routingTrace != nil || expertPolicy != nil {
             throw ValidationError("--routing-trace and --expert-policy apply to --mode generate with a mixture-of-experts GGUF")
         }
         let cfg = try model.map { try loadConfig(modelPath: $0) } ?? LlamaConfig.named(config ?? "")
@@ -378,9 +378,9 @@ extension Plan {
         guard let budget = budget.flatMap(parseBytes) else {
             throw ValidationError("--mode generate with a mixture of experts plans expert offloading: give --budget")
         }
-        guard let policy = ExpertPolicy(rawValue: expertPolicy) else {
+        guard let policy = expertPolicy.map(ExpertPolicy.init(rawValue:)) ?? .standard else {
             throw ValidationError("--expert-policy must be one of "
-                                  + ExpertPolicy.allCases.map(\.rawValue).joined(separator: ", ") + ", got '\(expertPolicy)'")
+                                  + ExpertPolicy.allCases.map(\.rawValue).joined(separator: ", ") + ", got '\(expertPolicy ?? "")'")
         }
         let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
         let context = min(seqLen, c.contextLength)

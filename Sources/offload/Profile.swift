@@ -32,6 +32,11 @@ struct Profile: ParsableCommand {
     @Flag(help: "Print the profile as JSON instead of a table.")
     var json = false
 
+    @Option(name: .customLong("read-file"), help: ArgumentHelp(
+        "Measure disk reads from this existing file (a model file) instead of from the file the profile has just "
+            + "written, which a disk behind a host cache may serve from that cache (writes are still measured "
+            + "in --disk).", valueName: "file"))
+    var readFile: String?
     @Option(help: ArgumentHelp("Write the profile JSON to this file.", valueName: "file"))
     var out: String?
 
@@ -126,8 +131,12 @@ struct Profile: ParsableCommand {
         var direct = true
         for size in sizes {
             for depth in depths {
-                let m = try measureDisk(folder: disk, bytes: bytes, requestBytes: size, queueDepth: depth,
+                var m = try measureDisk(folder: disk, bytes: bytes, requestBytes: size, queueDepth: depth,
                                         passes: max(1, diskPasses))
+                if let readFile {
+                    m.result.readBytesPerSecond = try measureFileReads(path: readFile, bytes: bytes, requestBytes: size,
+                                                                       queueDepth: depth, passes: max(1, diskPasses))
+                }
                 direct = direct && m.direct
                 p.disk.append(m.result)
             }
@@ -357,6 +366,37 @@ func measureDisk(folder: String, bytes: Int, requestBytes: Int, queueDepth: Int,
     for _ in 0..<passes { read = max(read, Double(bytes) / (try seconds { try store.read("probe", into: buffer) })) }
     return (MeasuredProfile.Disk(requestBytes: requestBytes, queueDepth: queueDepth,
                                  readBytesPerSecond: read, writeBytesPerSecond: write), store.usesDirectIO)
+}
+
+/// Direct reads of `bytes` from the existing file at `path` in requests of `requestBytes`, `queueDepth` at
+/// a time, spread evenly over the file (each pass at other offsets, no range read twice in a run); the
+/// best of `passes` in bytes per second.
+func measureFileReads(path: String, bytes: Int, requestBytes: Int, queueDepth: Int, passes: Int) throws -> Double {
+    let reader = try DirectFileReader(path: path)
+    let requests = max(1, bytes / requestBytes)
+    guard reader.size >= requestBytes * requests * passes else {
+        throw OffloadError("[profile] --read-file \(path): \(formatBytes(reader.size)) is too small; it needs "
+                           + "\(formatBytes(requestBytes * requests * passes)) (--disk-bytes × passes)")
+    }
+    let stride = AlignedBuffer.alignDown(reader.size / (requests * passes))
+    let buffers = try (0..<queueDepth).map { _ in try AlignedBuffer(byteCount: requestBytes) }
+    let failure = FirstError()
+    var best = 0.0
+    for pass in 0..<passes {
+        let t = seconds {
+            DispatchQueue.concurrentPerform(iterations: queueDepth) { w in
+                for i in Swift.stride(from: w, to: requests, by: queueDepth) where failure.error == nil {
+                    do {
+                        try reader.read(into: buffers[w].baseAddress, offset: (i * passes + pass) * stride,
+                                        length: requestBytes, needed: requestBytes, what: "a probe")
+                    } catch { failure.set(error) }
+                }
+            }
+        }
+        if let e = failure.error { throw e }
+        best = max(best, Double(requests * requestBytes) / t)
+    }
+    return best
 }
 
 /// A disk store in `folder` (the store's default request size and threads) holding tensor "in" of

@@ -59,6 +59,30 @@ final class ProfileCommandTests: XCTestCase {
         XCTAssertEqual(entries(root), ["profile.json"], "measurement spill folders removed")
     }
 
+    /// `--read-file`: reads are measured from an existing file (every request inside it), writes still in
+    /// --disk; a file too small for the measurement is refused by name.
+    func testProfileReadsAnExistingFile() throws {
+        let root = scratchFolder("profile-read")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let file = root + "/model.bin"
+        FileManager.default.createFile(atPath: file, contents: Data(repeating: 7, count: 8 << 20))
+        let r = try run(["profile", "--disk-only", "--json", "--disk", root, "--disk-bytes", "1MiB",
+                         "--request-sizes", "256KiB,1MiB", "--queue-depths", "1,2", "--read-file", file])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let printed = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let disk = try XCTUnwrap(printed["disk"] as? [[String: Any]])
+        XCTAssertEqual(disk.count, 4)
+        for d in disk {
+            let read = try XCTUnwrap(d["read_bytes_per_second"] as? Double), write = try XCTUnwrap(d["write_bytes_per_second"] as? Double)
+            XCTAssertGreaterThan(read, 1e6); XCTAssertLessThan(read, 1e14)
+            XCTAssertGreaterThan(write, 1e6); XCTAssertLessThan(write, 1e14)
+        }
+        XCTAssertEqual(entries(root), ["model.bin"], "the file is read, not changed; spill folders removed")
+        let small = try run(["profile", "--disk-only", "--disk", root, "--disk-bytes", "8MiB", "--read-file", file])
+        XCTAssertNotEqual(small.status, 0)
+        XCTAssertTrue(small.stderr.contains("--read-file") && small.stderr.contains("too small"), small.stderr)
+    }
+
     func testProfileRejectsABadSize() throws {
         let r = try run(["profile", "--disk-bytes", "lots"])
         XCTAssertNotEqual(r.status, 0)
