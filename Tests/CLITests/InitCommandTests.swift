@@ -35,4 +35,32 @@ final class InitCommandTests: XCTestCase {
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.stderr.contains("--type"), bad.stderr)
     }
+
+    /// A mixture of experts: the expert keys and merged expert tensors, every tensor on a page (for
+    /// direct reads), routers in f32; it runs in memory and with expert offloading, the same tokens.
+    func testInitWritesAMixtureOfExperts() throws {
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("moe.gguf").path
+        let r = try CLI.run(["init", "--config", "small-moe", "--type", "q4_0", "--out", path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let f = try GGUFFile(path: path)
+        XCTAssertEqual(f.int("llama.expert_count"), 8)
+        XCTAssertEqual(f.int("llama.expert_used_count"), 2)
+        XCTAssertEqual(f.int("general.alignment"), 4096)
+        for t in f.tensors { XCTAssertEqual(f.fileOffset(of: t.name)! % 4096, 0, t.name) }
+        XCTAssertEqual(f.info("blk.0.ffn_gate_exps.weight")?.dtype, .q4_0)
+        XCTAssertEqual(f.info("blk.0.ffn_gate_exps.weight")?.shape, [8, 512, 256])
+        XCTAssertEqual(f.info("blk.0.ffn_gate_inp.weight")?.dtype, .f32)
+        var tokens: [String] = []
+        for extra in [[], ["--budget", "3MB"]] {
+            let g = try CLI.run(["generate", "--model", path, "--prompt-tokens", "6", "--seed", "1", "--max-tokens", "6",
+                                 "--temperature", "0", "--ignore-eos", "--json"] + extra)
+            XCTAssertEqual(g.status, 0, g.stderr)
+            let o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(g.stdout.utf8)) as? [String: Any])
+            tokens.append("\(o["tokens"] ?? "")")
+            if !extra.isEmpty { XCTAssertNotNil(o["experts"], "expert offloading ran") }
+        }
+        XCTAssertEqual(tokens[0], tokens[1])
+    }
 }
