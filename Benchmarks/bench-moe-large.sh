@@ -14,8 +14,8 @@
 #          [--model PATH] [--variants "farthest lru lru:0"] [--offload-only]   (needs root to drop the page cache)
 #   a variant is an --expert-policy, with :N for --expert-prefetch N (default: the experts a token uses)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-CACHE="${OFFLOAD_CACHE:-$HOME/.cache/offload}"
+source "$(dirname "$0")/common.sh"   # REPO, CACHE, OFFLOAD
+cd "$REPO"
 BUDGET=8GB; TOKENS=8; THREADS=2; REPEAT=3; MODEL="$CACHE/models/mixtral-8x7b-random.q4_0.gguf"; LLAMA=1
 VARIANTS="farthest lru lru:0"
 while [ $# -gt 0 ]; do
@@ -30,7 +30,6 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-OFFLOAD=.build/release/offload
 [ -x "$OFFLOAD" ] || swift build -c release --product offload >&2
 COMPLETION="$CACHE/llama.cpp-build/bin/llama-completion"
 [ "$LLAMA" = 0 ] || [ -x "$COMPLETION" ] || bash scripts/build-llama-cpp.sh llama-completion >&2

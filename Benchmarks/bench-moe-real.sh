@@ -11,8 +11,8 @@
 #   usage: Benchmarks/bench-moe-real.sh [--tokens 64] [--threads 2] [--repeat 2] [--fractions "0.25 0.5 0.75"]
 #   needs torch, transformers, gguf, numpy in python3 (to make the model once; see moefy-smollm2.py)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-CACHE="${OFFLOAD_CACHE:-$HOME/.cache/offload}"
+source "$(dirname "$0")/common.sh"   # REPO, CACHE, OFFLOAD
+cd "$REPO"
 TOKENS=64; THREADS=2; REPEAT=2; FRACTIONS="0.25 0.5 0.75"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -23,7 +23,6 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-OFFLOAD=.build/release/offload
 [ -x "$OFFLOAD" ] || swift build -c release --product offload >&2
 MODEL="$CACHE/models/smollm2-moefied-e8k2.gguf"
 if [ ! -f "$MODEL" ]; then

@@ -10,8 +10,8 @@
 #   usage: Benchmarks/bench-moe.sh [--budgets "1GB 500MB 200MB"] [--tokens 24] [--threads 2] [--repeat 2]
 #          env: MOE_SHAPE (make-moe-model.py flags; default its 1.5 GB Q8_0 shape)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-CACHE="${OFFLOAD_CACHE:-$HOME/.cache/offload}"
+source "$(dirname "$0")/common.sh"   # REPO, CACHE, OFFLOAD
+cd "$REPO"
 BUDGETS="1GB 500MB 200MB"; TOKENS=24; THREADS=2; REPEAT=2
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -22,7 +22,6 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-OFFLOAD=.build/release/offload
 [ -x "$OFFLOAD" ] || swift build -c release --product offload >&2
 VENV="$CACHE/bench-moe-venv"
 if [ ! -x "$VENV/bin/python" ]; then

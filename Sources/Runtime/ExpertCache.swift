@@ -150,19 +150,23 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
     /// latency, not the disk's rate); returns the bytes read.
     func read(_ key: Key, into slot: Int) throws -> Int {
         let rs = ranges[key.layer][key.expert]
+        // Each matrix as whole aligned pages: where they start and how many bytes.
+        let spans = rs.map { r in
+            (start: AlignedBuffer.alignDown(r.offset), length: AlignedBuffer.alignUp(r.offset + r.length) - AlignedBuffer.alignDown(r.offset))
+        }
         nonisolated(unsafe) let errors = UnsafeMutableBufferPointer<Error?>.allocate(capacity: rs.count)
         errors.initialize(repeating: nil)
         defer { errors.deallocate() }
         DispatchQueue.concurrentPerform(iterations: rs.count) { i in
-            let r = rs[i], start = AlignedBuffer.alignDown(r.offset), end = AlignedBuffer.alignUp(r.offset + r.length)
-            precondition(end - start <= regionBytes)
+            let r = rs[i], span = spans[i]
+            precondition(span.length <= regionBytes)
             do {
-                try reader.read(into: base(slot) + i * regionBytes, offset: start, length: end - start,
-                                needed: r.offset + r.length - start, what: "expert \(key.expert) of block \(key.layer)")
+                try reader.read(into: base(slot) + i * regionBytes, offset: span.start, length: span.length,
+                                needed: r.offset + r.length - span.start, what: "expert \(key.expert) of block \(key.layer)")
             } catch { errors[i] = error }
         }
         if let e = errors.compactMap({ $0 }).first { throw e }
-        return rs.reduce(0) { $0 + AlignedBuffer.alignUp($1.offset + $1.length) - AlignedBuffer.alignDown($1.offset) }
+        return spans.reduce(0) { $0 + $1.length }
     }
 
     /// Reads `job` with the lock released; marks its slot ready (or records the failure). Called locked.
@@ -203,13 +207,13 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
     /// `anyNeeded`: a block's expert not yet used may go too (the last resort of a pool smaller than the
     /// block's experts; it is read again when its turn comes).
     func victim(keep layer: Int? = nil, anyNeeded: Bool = false) -> Int? {
+        func info(_ s: Slot) -> (layer: Int, lastUse: Int, uses: Int) { (s.key!.layer, s.lastUse, uses[s.key!] ?? 0) }
         var best: Int?
         for (i, s) in slots.enumerated() where s.pins == 0 && (s.state == .empty || s.state == .ready) {
             if s.state == .empty { return i }
             if !anyNeeded, needed.contains(s.key!) { continue }
             if let layer, s.key?.layer == layer, s.prefetched { continue }
             guard let b = best else { best = i; continue }
-            func info(_ s: Slot) -> (layer: Int, lastUse: Int, uses: Int) { (s.key!.layer, s.lastUse, uses[s.key!] ?? 0) }
             if policy.evicts(info(s), before: info(slots[b]), current: currentLayer, layers: ranges.count) { best = i }
         }
         return best
@@ -301,9 +305,9 @@ public final class ExpertCache: ExpertSupplier, @unchecked Sendable {
             }
             // A miss `begin` had no slot for: one is free once an earlier expert of the block is released,
             // else (every slot holds one of the block's later experts) one of those goes.
-            guard let s = victim() ?? (slots.contains { $0.state == .loading || $0.state == .queued } ? nil
-                                       : victim(anyNeeded: true)) else {
-                guard slots.contains(where: { $0.state == .loading || $0.state == .queued }) else {
+            let inFlight = slots.contains { $0.state == .loading || $0.state == .queued }
+            guard let s = victim() ?? (inFlight ? nil : victim(anyNeeded: true)) else {
+                guard inFlight else {
                     throw OffloadError("[experts] every one of the \(slotCount) expert slots is in use; the pool is too small")
                 }
                 cond.wait()

@@ -4,6 +4,7 @@ import Foundation
 import Formats
 import Kernels
 import Models
+import Planning
 import Runtime
 import Tensors
 
@@ -102,4 +103,14 @@ func validatePrefillChunk(_ chunk: Int?) throws {
 /// The peft adapter in `folder` (an `offload train` LoRA checkpoint is one) for the model `source` holds.
 func loadAdapter(_ folder: String, for source: WeightSource) throws -> LoRAAdapters {
     try LoRAAdapters.load(folder: folder, config: source.config, ropeStyle: source.ropeStyle)
+}
+
+/// `--expert-policy` as given (nil: the standard one), or a usage error naming the choices.
+func parseExpertPolicy(_ name: String?) throws -> ExpertPolicy {
+    guard let name else { return .standard }
+    guard let p = ExpertPolicy(rawValue: name) else {
+        throw ValidationError("--expert-policy must be one of "
+                              + ExpertPolicy.allCases.map(\.rawValue).joined(separator: ", ") + ", got '\(name)'")
+    }
+    return p
 }

@@ -107,10 +107,7 @@ struct Generate: ParsableCommand {
             throw ValidationError("--lora is not supported with --prompts and --budget yet (block batching); drop --budget")
         }
         try validateBudget(budget)
-        if let expertPolicy, ExpertCache.Policy(rawValue: expertPolicy) == nil {
-            throw ValidationError("--expert-policy must be one of "
-                                  + ExpertCache.Policy.allCases.map(\.rawValue).joined(separator: ", ") + ", got '\(expertPolicy)'")
-        }
+        _ = try parseExpertPolicy(expertPolicy)
         if let n = expertPrefetch, n < 0 { throw ValidationError("--expert-prefetch must be 0 or more, got \(n)") }
         if (expertPrefetch != nil || expertPolicy != nil) && budget == nil {
             throw ValidationError("--expert-policy and --expert-prefetch apply to a budgeted run: give --budget too")
@@ -154,7 +151,7 @@ struct Generate: ParsableCommand {
             let capacity = min(ids.count + maxTokens, source.config.contextLength)
             let plan = try ExpertOffloadPlan(source: gguf, budget: budget, promptTokens: ids.count, contextCapacity: capacity)
             llama = try LlamaModel(source: gguf, threads: threads ?? defaultThreads(), maxPositions: capacity)
-            let policy = expertPolicy.flatMap(ExpertPolicy.init(rawValue:)) ?? .standard
+            let policy = try parseExpertPolicy(expertPolicy)
             let cache = try ExpertCache(source: gguf, slots: plan.slots, policy: policy,
                                         prefetchWidth: expertPrefetch ?? moe.used)
             llama.expertSupplier = cache

@@ -378,10 +378,7 @@ extension Plan {
         guard let budget = budget.flatMap(parseBytes) else {
             throw ValidationError("--mode generate with a mixture of experts plans expert offloading: give --budget")
         }
-        guard let policy = expertPolicy.map(ExpertPolicy.init(rawValue:)) ?? .standard else {
-            throw ValidationError("--expert-policy must be one of "
-                                  + ExpertPolicy.allCases.map(\.rawValue).joined(separator: ", ") + ", got '\(expertPolicy ?? "")'")
-        }
+        let policy = try parseExpertPolicy(expertPolicy)
         let hw = try hardware.map { try HardwareProfile.load(path: $0) } ?? .defaultCPU
         let context = min(seqLen, c.contextLength)
         let plan = try ExpertOffloadPlan(source: gguf, budget: budget, promptTokens: promptTokens, contextCapacity: context)
