@@ -9,6 +9,10 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v c++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
 command -v cmake >/dev/null || need+=(cmake)
+# Data-parallel training runs on Open MPI (loaded at run time; the build never needs it); the tests
+# start ranks with its mpirun.
+command -v mpirun >/dev/null || need+=(openmpi-bin)
+ls /usr/lib/*/libmpi.so.40 >/dev/null 2>&1 || need+=(libopenmpi3)
 if [ ${#need[@]} -gt 0 ]; then
   echo "[setup] installing ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

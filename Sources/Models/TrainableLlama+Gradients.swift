@@ -51,6 +51,12 @@ extension TrainableParameters {
     @discardableResult
     public func clipGradients(maxNorm: Float) -> Double {
         let norm = globalGradientNorm()
+        clipGradients(maxNorm: maxNorm, norm: norm)
+        return norm
+    }
+
+    /// The same with the norm already known (data-parallel ranks compute it together).
+    public func clipGradients(maxNorm: Float, norm: Double) {
         let factor = Float(Double(maxNorm) / (norm + 1e-6))
         if factor < 1 {
             let g = gradients.base
@@ -58,7 +64,6 @@ extension TrainableParameters {
                 for i in r { g[i] *= factor }
             }
         }
-        return norm
     }
 }
 

@@ -12,14 +12,23 @@ import Tensors
 public final class FloatBuffer: @unchecked Sendable {
     public let count: Int
     public let base: UnsafeMutablePointer<Float>
+    /// The buffer this one is a window of (kept alive by it); nil when this one owns its memory.
+    private let owner: FloatBuffer?
 
     public init(count: Int) {
         self.count = count
         let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
         base = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         base.initialize(repeating: 0, count: max(count, 1))
+        owner = nil
     }
-    deinit { base.deallocate() }
+
+    /// Floats `range` of `buffer`, without a copy.
+    public init(window range: Range<Int>, of buffer: FloatBuffer) {
+        precondition(range.lowerBound >= 0 && range.upperBound <= buffer.count)
+        count = range.count; base = buffer.base + range.lowerBound; owner = buffer
+    }
+    deinit { if owner == nil { base.deallocate() } }
 
     public var bytes: Int { count * 4 }
     public var buffer: UnsafeMutableBufferPointer<Float> { .init(start: base, count: count) }

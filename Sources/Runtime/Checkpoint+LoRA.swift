@@ -8,14 +8,14 @@ import Models
 import Tensors
 
 extension Checkpoint {
-    static func saveLoRA(_ session: TrainingSession, adapters: LoRAAdapters, to dir: String, sourceModel: String?,
-                         lastLoss: Float?) throws {
+    static func saveLoRA(_ session: TrainingSession, adapters: LoRAAdapters, state: OptimizerState, to dir: String,
+                         sourceModel: String?, lastLoss: Float?) throws {
         try save(to: dir, model: session.model, options: session.options, step: session.step, nextBatch: session.nextBatch,
                  data: session.data, optimizer: session.optimizer.name, sourceModel: sourceModel, lastLoss: lastLoss,
                  weightsName: LoRAAdapters.weightsFile,
                  otherFiles: [(LoRAAdapters.configFile, adapters.peftConfigJSON(baseModel: sourceModel))],
                  weights: { path in try writeAdapter(adapters, to: path) },
-                 optimizerState: { try writeCheckpointTensors(stateTensors(session.optimizerState), to: $0) })
+                 optimizerState: { try writeCheckpointTensors(stateTensors(state), to: $0) })
     }
 
     /// Writes `adapters` as peft's adapter_model.safetensors (F32, peft's names and row order).

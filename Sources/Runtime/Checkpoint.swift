@@ -66,14 +66,16 @@ public enum Checkpoint {
     /// Saves `session` to `dir` atomically: a temporary sibling folder, then a swap.
     public static func save(_ session: TrainingSession, to dir: String, sourceModel: String? = nil,
                             lastLoss: Float? = nil) throws {
+        // Several ranks: all take part (ZeRO 1 gathers the state), rank 0 writes.
+        guard let state = try session.checkpointState() else { return }
         if let lora = session.trainer.lora {
-            try saveLoRA(session, adapters: lora.adapters, to: dir, sourceModel: sourceModel, lastLoss: lastLoss)
+            try saveLoRA(session, adapters: lora.adapters, state: state, to: dir, sourceModel: sourceModel, lastLoss: lastLoss)
             return
         }
         try save(to: dir, model: session.model, options: session.options, step: session.step, nextBatch: session.nextBatch,
                  data: session.data, optimizer: session.optimizer.name, sourceModel: sourceModel, lastLoss: lastLoss,
                  weights: { try writeCheckpointTensors(weightTensors(session.model), metadata: ["format": "pt"], to: $0) },
-                 optimizerState: { try writeCheckpointTensors(stateTensors(session.optimizerState), to: $0) })
+                 optimizerState: { try writeCheckpointTensors(stateTensors(state), to: $0) })
     }
 
     /// The (name, shape) of every weight, in file order.

@@ -89,6 +89,9 @@ public final class OptimizerState {
     }
     deinit { storage.deallocate() }
 
+    /// The allocation: every parameter's buffers in layout order (what a ZeRO shard's state is a part of).
+    public var base: UnsafeMutableRawPointer { storage }
+
     /// Parameter `index`'s buffers, in `stateBuffers` order (new state is zero).
     public func state(of index: Int) -> [UnsafeMutableRawPointer] { slots[index].map { storage + $0.offset } }
 

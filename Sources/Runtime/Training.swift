@@ -38,6 +38,8 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
     /// LoRA: adapters trained on a frozen base (nil: every weight trained), and the seed of its dropout masks.
     public var lora: LoRASettings?
     public var loraSeed: UInt64?
+    /// Data-parallel ranks (nil: one process): a step reads ranks × batch windows, each rank `batch` of them.
+    public var ranks: Int?
 
     public init() {}
 
@@ -65,6 +67,7 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
         try need((0..<1).contains(beta1) && (0..<1).contains(beta2), "--beta1 and --beta2 must be in [0, 1)")
         try need(eps > 0, "--eps must be positive")
         try need(gradClip >= 0, "--grad-clip must not be negative (0 turns it off)")
+        try need((ranks ?? 1) > 0, "the number of ranks must be positive")
         try need(ActivationPolicy(rawValue: activationPolicy) != nil,
                  "activation policy must be one of " + ActivationPolicy.allCases.map(\.rawValue).joined(separator: ", "))
     }
@@ -83,7 +86,8 @@ public struct TrainingOptions: Codable, Equatable, Sendable {
         schedule == "cosine" ? .warmupCosine(warmup: warmup, total: steps, minLR: minLR) : .constant
     }
 
-    public var tokensPerStep: Int { batch * seqLen * accumulate }
+    /// Tokens of one step over every rank.
+    public var tokensPerStep: Int { batch * (ranks ?? 1) * seqLen * accumulate }
 }
 
 /// What one step did, as `--log` writes it.
@@ -96,6 +100,8 @@ public struct StepResult: Codable, Equatable, Sendable {
     public var seconds: Double
     /// The validation loss after this step, when one was measured (`--eval-data`).
     public var evalLoss: Float?
+    /// Several ranks: each rank's peak resident bytes so far, in rank order.
+    public var rankPeakBytes: [Int]?
     public var tokensPerSecond: Double { seconds > 0 ? Double(tokens) / seconds : 0 }
 
     /// One JSON line: step, loss, grad_norm, lr, tokens, seconds, tokens_per_second, and eval_loss when measured.
@@ -104,7 +110,8 @@ public struct StepResult: Codable, Equatable, Sendable {
         return "{\"step\":\(step),\"loss\":\(num(Double(loss))),\"grad_norm\":\(num(gradNorm)),\"lr\":\(lr),"
             + "\"tokens\":\(tokens),\"seconds\":\(String(format: "%.4f", seconds)),"
             + "\"tokens_per_second\":\(String(format: "%.2f", tokensPerSecond))"
-            + (evalLoss.map { ",\"eval_loss\":\(num(Double($0)))" } ?? "") + "}"
+            + (evalLoss.map { ",\"eval_loss\":\(num(Double($0)))" } ?? "")
+            + (rankPeakBytes.map { ",\"rank_peak_bytes\":[\($0.map(String.init).joined(separator: ","))]" } ?? "") + "}"
     }
 }
 
@@ -131,10 +138,14 @@ public final class TrainingSession {
     public private(set) var lastExecuted: ExecutedStep?
     /// zo-sgd: the last step's projected gradient g = (L₊ − L₋) / 2ε.
     public private(set) var lastProjectedGradient: Float?
+    /// The MPI job this session is one rank of (nil: one process). Its shard of the optimizer state is
+    /// `optimizerState` under ZeRO 1.
+    public let parallel: DataParallel?
 
     /// - Parameter ownsActivations: false for a session whose steps an executor runs
     ///   (`executor` must be set before the first step).
-    public convenience init(model: TrainableLlama, data: TokenWindows, options: TrainingOptions, ownsActivations: Bool = true) throws {
+    public convenience init(model: TrainableLlama, data: TokenWindows, options: TrainingOptions, ownsActivations: Bool = true,
+                            parallel: DataParallel? = nil) throws {
         try options.validate()
         guard data.seqLen == options.seqLen else {
             throw OffloadError("[train] data windows are \(data.seqLen) tokens, but --seq-len is \(options.seqLen)")
@@ -146,11 +157,12 @@ public final class TrainingSession {
         try self.init(trainer: LlamaTrainer(model: model, batch: options.batch, seqLen: options.seqLen,
                                             policy: ActivationPolicy(rawValue: options.activationPolicy) ?? .keepAll,
                                             ownsActivations: ownsActivations),
-                      trained: model, data: data, options: options)
+                      trained: model, data: data, options: options, parallel: parallel)
     }
 
     /// A session training LoRA `adapters` (their settings must be `options.lora`) on the frozen `base`.
-    public convenience init(base: FrozenLlama, adapters: LoRAAdapters, data: TokenWindows, options: TrainingOptions) throws {
+    public convenience init(base: FrozenLlama, adapters: LoRAAdapters, data: TokenWindows, options: TrainingOptions,
+                            parallel: DataParallel? = nil) throws {
         try options.validate()
         guard data.seqLen == options.seqLen else {
             throw OffloadError("[train] data windows are \(data.seqLen) tokens, but --seq-len is \(options.seqLen)")
@@ -161,15 +173,30 @@ public final class TrainingSession {
         }
         try self.init(trainer: LlamaTrainer(base: base, adapters: adapters, batch: options.batch, seqLen: options.seqLen,
                                             policy: ActivationPolicy(rawValue: options.activationPolicy) ?? .keepAll),
-                      trained: adapters, data: data, options: options)
+                      trained: adapters, data: data, options: options, parallel: parallel)
     }
 
-    private init(trainer: LlamaTrainer, trained: any TrainableParameters, data: TokenWindows, options: TrainingOptions) throws {
+    private init(trainer: LlamaTrainer, trained: any TrainableParameters, data: TokenWindows, options: TrainingOptions,
+                 parallel: DataParallel?) throws {
+        if let parallel {
+            guard (options.ranks ?? 1) == parallel.size else {
+                throw OffloadError("[train] the options are for \(options.ranks ?? 1) ranks, but the job has \(parallel.size)")
+            }
+        }
         self.trainer = trainer; self.model = trainer.model; self.trained = trained
         trainer.lora?.dropoutSeed = options.loraSeed ?? 0
-        self.data = data; self.options = options
+        self.data = data; self.options = options; self.parallel = parallel
         optimizer = options.makeOptimizer()
-        optimizerState = OptimizerState(for: optimizer, layout: trained.layout)
+        optimizerState = OptimizerState(for: optimizer, layout: (parallel?.updated(trained) ?? trained).layout)
+    }
+
+    /// The whole optimizer state, for a checkpoint: gathered from every rank's shard under ZeRO 1 (every rank
+    /// must call this together; nil on ranks other than 0).
+    public func checkpointState() throws -> OptimizerState? {
+        guard let parallel else { return optimizerState }
+        let state = parallel.zero == 1
+            ? try parallel.gatherState(optimizerState, optimizer: optimizer, layout: trained.layout) : optimizerState
+        return parallel.rank == 0 ? state : nil
     }
 
     /// Bytes of weights (LoRA: the frozen base as its file holds them, and the adapters), gradients,
@@ -187,36 +214,75 @@ public final class TrainingSession {
         let micro = options.accumulate
         if options.optimizer == "zo-sgd" {
             // Two forward passes and the update, no backward, no gradients: the log's grad_norm is |g|.
-            let (inputs, targets) = data.batch(nextBatch, size: options.batch)
+            var (inputs, targets) = data.batch(nextBatch, size: options.batch)
+            var combine: ((plus: Float, minus: Float)) -> (plus: Float, minus: Float) = { $0 }
+            if let parallel {
+                // This rank's rows; the two losses become the global batch's (weighted by targets, in rank order).
+                let b = parallel.batch(data, nextBatch, rows: options.batch)
+                (inputs, targets) = (b.inputs, b.targets)
+                combine = { l in
+                    let all = parallel.comm.allGather([Double(l.plus), Double(l.minus)])
+                    return (Float(parallel.weightedMean(all.map { $0[0] }, counts: b.counts)),
+                            Float(parallel.weightedMean(all.map { $0[1] }, counts: b.counts)))
+                }
+            }
             let lr = options.learningRateSchedule.lr(step: step, base: options.lr)
             let (loss, g) = try ZerothOrder.step(model, trainer: trainer, inputs: inputs, targets: targets,
                                                  seed: options.zoSeed ?? 0, step: number, eps: options.zoEps ?? 1e-3,
-                                                 lr: lr, weightDecay: options.weightDecay)
+                                                 lr: lr, weightDecay: options.weightDecay, combine: combine)
             lastProjectedGradient = g
             optimizerState.step += 1
             return StepResult(step: number, loss: loss, gradNorm: Double(abs(g)), lr: lr, tokens: options.tokensPerStep,
                               seconds: now() - t0)
         }
         trained.zeroGradients()
+        var rankLosses: [Double] = [], rankCounts: [[Int]] = []
         for m in 0..<micro {
-            let (inputs, targets) = data.batch(nextBatch + m, size: options.batch)
-            if let executor {
-                let r = try executor.forwardBackward(inputs: inputs, targets: targets, gradientScale: 1 / Float(micro))
-                lastExecuted = r
-                lossSum += Double(r.loss)
-            } else {
-                let loss = try trainer.forwardBackward(inputs: inputs, targets: targets, gradientScale: 1 / Float(micro),
-                                                       draw: UInt64(nextBatch + m))
-                lossSum += Double(loss)
+            var (inputs, targets) = data.batch(nextBatch + m, size: options.batch)
+            // Several ranks: this rank's rows of the global batch, its gradient scaled by its share of the targets.
+            var scale = 1 / Float(micro)
+            if let parallel {
+                let b = parallel.batch(data, nextBatch + m, rows: options.batch)
+                (inputs, targets) = (b.inputs, b.targets)
+                scale *= Float(Double(b.counts[parallel.rank]) / Double(b.counts.reduce(0, +)))
+                rankCounts.append(b.counts)
             }
+            let loss: Float
+            if let executor {
+                let r = try executor.forwardBackward(inputs: inputs, targets: targets, gradientScale: scale)
+                lastExecuted = r
+                loss = r.loss
+            } else {
+                loss = try trainer.forwardBackward(inputs: inputs, targets: targets, gradientScale: scale,
+                                                   draw: UInt64(nextBatch + m))
+            }
+            lossSum += Double(loss)
+            rankLosses.append(Double(loss))
         }
-        let loss = Float(lossSum / Double(micro))
-        let norm = options.gradClip > 0 ? trained.clipGradients(maxNorm: options.gradClip) : trained.globalGradientNorm()
+        var loss = Float(lossSum / Double(micro))
+        var norm: Double
+        if let parallel {
+            // The global loss: each micro-batch's rank losses weighted by their targets, in rank order.
+            let all = parallel.comm.allGather(rankLosses)
+            loss = Float((0..<micro).reduce(0.0) { s, m in
+                s + parallel.weightedMean(all.map { $0[m] }, counts: rankCounts[m])
+            } / Double(micro))
+            parallel.reduceGradients(trained.gradients)
+            norm = parallel.gradientNorm(trained)
+            if options.gradClip > 0 { trained.clipGradients(maxNorm: options.gradClip, norm: norm) }
+        } else {
+            norm = options.gradClip > 0 ? trained.clipGradients(maxNorm: options.gradClip) : trained.globalGradientNorm()
+        }
         guard loss.isFinite, norm.isFinite else {
             throw TrainingStopped(step: number, loss: loss, gradNorm: norm)
         }
         let lr = options.learningRateSchedule.lr(step: step, base: options.lr)
-        optimizer.step(trained, state: optimizerState, lr: lr)
+        if let parallel {
+            optimizer.step(parallel.updated(trained), state: optimizerState, lr: lr)
+            parallel.shareUpdatedWeights(trained.weights)
+        } else {
+            optimizer.step(trained, state: optimizerState, lr: lr)
+        }
         return StepResult(step: number, loss: loss, gradNorm: norm, lr: lr, tokens: options.tokensPerStep,
                           seconds: now() - t0)
     }

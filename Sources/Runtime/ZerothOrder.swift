@@ -75,12 +75,17 @@ public enum ZerothOrder {
     /// computed as z is drawn (no gradient buffer: the model may hold none). The weights come back
     /// from the perturbations up to rounding (+εz, −2εz, +εz), as MeZO's do.
     public static func step(_ model: TrainableLlama, trainer: LlamaTrainer, inputs: [Int], targets: [Int],
-                            seed: UInt64, step: Int, eps: Float, lr: Float, weightDecay: Float) throws -> (loss: Float, projected: Float) {
+                            seed: UInt64, step: Int, eps: Float, lr: Float, weightDecay: Float,
+                            combine: ((plus: Float, minus: Float)) -> (plus: Float, minus: Float) = { $0 })
+        throws -> (loss: Float, projected: Float) {
         perturb(model, seed: seed, step: step, eps: eps, scale: 1)
-        let plus = try trainer.loss(inputs: inputs, targets: targets)
+        let plusHere = try trainer.loss(inputs: inputs, targets: targets)
         perturb(model, seed: seed, step: step, eps: eps, scale: -2)
-        let minus = try trainer.loss(inputs: inputs, targets: targets)
+        let minusHere = try trainer.loss(inputs: inputs, targets: targets)
         perturb(model, seed: seed, step: step, eps: eps, scale: 1)
+        // Data-parallel ranks exchange these two numbers and nothing else (DistZO2): every rank then
+        // applies the same g·z.
+        let (plus, minus) = combine((plusHere, minusHere))
         let g = (plus - minus) / (2 * eps)
         guard plus.isFinite, minus.isFinite, g.isFinite else {
             throw TrainingStopped(step: step, loss: plus.isFinite ? minus : plus, gradNorm: Double(g))

@@ -26,6 +26,10 @@ struct Train: ParsableCommand {
                  offload train --resume run1 --steps 400 --data notes.txt
                  offload train --model SmolLM2.gguf --data chats.jsonl --eval-data held-out.jsonl --eval-every 50
                  offload train --model SmolLM2.gguf --data chats.jsonl --lora-rank 8 --lora-alpha 16 --save adapter
+        Several processes (data parallel on Open MPI): N ranks with --batch B read the windows one process
+        with --batch N·B reads and give its results (within float rounding; bit for bit from run to run):
+                 mpirun -np 2 offload train --model SmolLM2.gguf --data notes.txt --batch 2 --zero 1
+                 offload train --ranks 2 --model SmolLM2.gguf --data notes.txt --batch 2   (mpirun on this machine)
         """)
 
     @Option(help: "A GGUF model to start from (weights are trained in fp32).") var model: String?
@@ -94,6 +98,10 @@ struct Train: ParsableCommand {
     var diskLimit: String?
     @Option(help: "With --budget: write the measured Chrome trace of the run to this file.") var trace: String?
     @Option(help: "With --budget: hardware profile JSON (from `offload profile`) for the predictions.") var hardware: String?
+    @Option(help: "Data-parallel processes: starts Open MPI's mpirun with N ranks on this machine (under mpirun, the job's size must be N). Several machines: run `mpirun -np N --hostfile FILE offload train ...` instead.")
+    var ranks: Int?
+    @Option(help: "With several ranks, the ZeRO stage: 0 (every rank holds the whole AdamW state) or 1 (each rank holds and updates 1/N of it, then the weights are all-gathered). Same results either way (default 0).")
+    var zero: Int?
 
     func validate() throws {
         if let b = budget, parseBytes(b) == nil { throw ValidationError("--budget '\(b)' is not a size (try 256MB or 4GiB)") }
@@ -117,6 +125,8 @@ struct Train: ParsableCommand {
         if let t = threads, t <= 0 { throw ValidationError("--threads must be positive") }
         if let n = stopAfter, n <= 0 { throw ValidationError("--stop-after must be positive") }
         if let n = evalEvery, n <= 0 { throw ValidationError("--eval-every must be positive") }
+        if let n = ranks, n <= 0 { throw ValidationError("--ranks must be positive") }
+        if let z = zero, !(0...3).contains(z) { throw ValidationError("--zero must be 0, 1, 2 or 3, got \(z)") }
         if optimizer?.lowercased() == "zo-sgd" {
             let other = [("--momentum", momentum != nil), ("--beta1", beta1 != nil), ("--beta2", beta2 != nil),
                          ("--eps", eps != nil), ("--grad-clip", gradClip != nil)].filter(\.1).map(\.0)
@@ -146,13 +156,29 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
-        do { try train() } catch let e as OffloadError {
-            FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
+        var comm: Communicator?
+        do {
+            if let ranks, !Communicator.launchedByMPI, ranks > 1 { try launchRanks(ranks) }
+            comm = try Communicator.fromEnvironment()
+            if let comm {
+                if let ranks, ranks != comm.size {
+                    throw OffloadError("[train] --ranks \(ranks), but mpirun started \(comm.size) ranks")
+                }
+                printsProgress = comm.rank == 0
+            }
+            try train(comm)
+            comm?.finalize()
+        } catch let e as OffloadError {
+            let who = comm.map { $0.size > 1 ? "rank \($0.rank): " : "" } ?? ""
+            FileHandle.standardError.write(Data("error: \(who)\(e.message)\n".utf8))
+            // The other ranks may be waiting in a collective: end the whole job.
+            if let comm, comm.size > 1 { comm.abort() }
+            comm?.finalize()
             throw ExitCode.failure
         }
     }
 
-    private func train() throws {
+    private func train(_ comm: Communicator?) throws {
         let save = self.save ?? resume
         // The model and, when resuming, the checkpoint's options.
         var info: CheckpointInfo?
@@ -172,8 +198,21 @@ struct Train: ParsableCommand {
         let modelConfig = info?.config ?? expected!
         let ropeStyle = info?.ropeStyle ?? source?.ropeStyle ?? .adjacentPairs
         // A resumed run keeps its thread count unless told otherwise (OpenBLAS sums depend on it).
-        let threadCount = threads ?? info?.threads ?? ProcessInfo.processInfo.activeProcessorCount
+        // Ranks on one machine share its cores.
+        let threadCount = threads ?? info?.threads
+            ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm?.localSize ?? 1))
         setTrainingThreads(threadCount)
+        let rankCount = comm?.size ?? 1
+        if batch == nil, info != nil, (options.ranks ?? 1) != rankCount {
+            // Resumed on another number of ranks: the same global batch, cut into rankCount parts.
+            let global = options.batch * (options.ranks ?? 1)
+            guard global % rankCount == 0 else {
+                throw OffloadError("[train] the checkpoint's global batch of \(global) windows does not divide among "
+                                   + "\(rankCount) ranks; give --batch (windows per rank) to change it")
+            }
+            options.batch = global / rankCount
+        }
+        options.ranks = rankCount > 1 ? rankCount : nil
         if let batch { options.batch = batch }
         if let seqLen { options.seqLen = seqLen }
         if let steps { options.steps = steps }
@@ -240,6 +279,11 @@ struct Train: ParsableCommand {
             } catch { throw OffloadError("[train] \(TrainingPlanner.plain("\(error)"))") }
         }
         if let placement { printPlanRow(TrainingPlanner.row(for: placement, hardware: hw), budget: budgetBytes!, hardware: hw) }
+        // Several ranks: the job over the trained parameters' layout (the model's, or the adapters').
+        func parallel(_ layout: ParameterLayout) throws -> DataParallel? {
+            guard let comm, comm.size > 1 else { return nil }
+            return try DataParallel(comm: comm, layout: layout, zero: zero ?? 0)
+        }
         let run: TrainingRun
         if let settings = options.lora {
             guard let path = sourceModel else { throw OffloadError("[train] LoRA needs the model file (--model)") }
@@ -252,10 +296,15 @@ struct Train: ParsableCommand {
             } else {
                 adapters = try LoRAAdapters.initial(config: modelConfig, ropeStyle: base.ropeStyle, settings: settings, seed: seed)
             }
-            let session = try TrainingSession(base: base, adapters: adapters, data: windows, options: options)
+            let session = try TrainingSession(base: base, adapters: adapters, data: windows, options: options,
+                                              parallel: parallel(adapters.layout))
             if let info, let resume { try Checkpoint.restoreOptimizer(resume, info: info, into: session) }
             run = InMemoryRun(session: session, budgeted: nil)
         } else if case .streamed(let plan)? = placement {
+            if rankCount > 1 {
+                throw OffloadError("[train] streaming the parameters from --disk does not run on several ranks yet; give "
+                                   + "a --budget that keeps them in memory (`offload plan` lists the budgets)")
+            }
             if evalData != nil {
                 throw OffloadError("[train] --eval-data is not supported when the parameters are streamed from --disk "
                                    + "(the plan for --budget \(budget ?? "")) yet; give a budget that keeps them in memory (`offload plan` lists them)")
@@ -273,11 +322,15 @@ struct Train: ParsableCommand {
             } else {
                 trainable = try TrainableLlama.random(config: modelConfig, seed: seed, gradients: gradients)
             }
-            let session = try TrainingSession(model: trainable, data: windows, options: options, ownsActivations: budget == nil)
+            let session = try TrainingSession(model: trainable, data: windows, options: options, ownsActivations: budget == nil,
+                                              parallel: parallel(trainable.layout))
             var budgeted: (ExecutorPlan, TraceRecorder?)?
             if case .inMemory(let plan)? = placement { budgeted = try attachExecutor(session, plan: plan, hardware: hw) }
             if let info, let resume { try Checkpoint.restoreOptimizer(resume, info: info, into: session) }
             run = InMemoryRun(session: session, budgeted: budgeted)
+        }
+        if let comm, comm.size > 1, let session = (run as? InMemoryRun)?.session {
+            try Train.checkSameEverywhere(comm, options: options, weights: session.trained.weights, data: windows)
         }
         if let info {
             if let t = info.threads, t != threadCount {
@@ -302,12 +355,13 @@ struct Train: ParsableCommand {
         } ?? ""
         note("train: \(c.name): \(c.parameterCount) parameters, \(trainedWhat)\(windows.windowCount) windows of \(options.seqLen) "
              + "tokens, batch \(options.batch)×\(options.accumulate), \(options.optimizer) lr \(options.lr), "
-             + "\(threadCount) threads, \(formatBytes(run.stateBytes)) of training state"
+             + "\(threadCount) threads" + (rankCount > 1 ? " on each of \(rankCount) ranks (ZeRO \(zero ?? 0))" : "")
+             + ", \(formatBytes(run.stateBytes)) of training state" + (rankCount > 1 ? " per rank" : "")
              + (mask.map { m in ", \(m.filter { $0 }.count) of \(m.count) tokens trained on" } ?? "")
              + (info.map { ", resuming at step \($0.step)" } ?? ""))
 
         var logHandle: FileHandle?
-        if let log {
+        if let log, printsProgress {
             let appending = info != nil && FileManager.default.fileExists(atPath: log)
             if !appending { _ = FileManager.default.createFile(atPath: log, contents: nil) }
             guard let h = FileHandle(forWritingAtPath: log) else { throw OffloadError("[train] --log \(log): cannot open for writing") }
@@ -316,7 +370,8 @@ struct Train: ParsableCommand {
         }
         defer { try? logHandle?.close() }
 
-        let tty = isatty(STDOUT_FILENO) != 0
+        // mpirun hands its ranks a pseudo-terminal even when its own output is a file: lines, not a redrawn one.
+        let tty = isatty(STDOUT_FILENO) != 0 && comm == nil
         let startStep = run.step
         let t0 = now()
         var lastSaved: Int? = info?.step
@@ -343,13 +398,21 @@ struct Train: ParsableCommand {
                 throw OffloadError(message)
             }
             lastLoss = r.loss
+            if let comm, comm.size > 1 { r.rankPeakBytes = comm.allGather([peakResidentBytes()]).map { $0[0] } }
+            guard printsProgress else {
+                if let save, let every = saveEvery, run.step % every == 0, run.step < lastStep {
+                    try run.save(to: save, sourceModel: sourceModel, lastLoss: lastLoss)
+                }
+                continue
+            }
             logHandle?.write(Data((r.jsonLine + "\n").utf8))
             // Validation passes are not steps: the ETA counts steps only.
             let done = run.step - startStep, elapsed = now() - t0 - evalSeconds
             let eta = elapsed / Double(done) * Double(lastStep - run.step)
             let line = String(format: "step %d/%d  loss %.4f  grad %.3f  lr %.3g  %.1f tok/s  ETA %@  mem %@",
                               r.step, options.steps, r.loss, r.gradNorm, r.lr, r.tokensPerSecond,
-                              formatDuration(eta), formatBytes(residentBytes())) + run.measured(r)
+                              formatDuration(eta), formatBytes(residentBytes()))
+                + (r.rankPeakBytes.map { "  peak/rank " + formatBytes($0.max() ?? 0) } ?? "") + run.measured(r)
                 + (r.evalLoss.map { String(format: "  eval %.4f", $0) } ?? "")
             if tty {
                 print("\r" + line + "\u{1B}[K", terminator: "")
@@ -451,6 +514,7 @@ extension Train {
 }
 
 func note(_ s: String) {
+    guard printsProgress else { return }
     FileHandle.standardError.write(Data((s + "\n").utf8))
 }
 

@@ -1,0 +1,238 @@
+// `offload train` on several MPI ranks (Open MPI's mpirun, ranks oversubscribed on this machine): N ranks
+// with --batch B against one process with --batch N·B, runs repeated, ZeRO 0 against 1, resume on other
+// rank counts, mismatched ranks and a dying rank. The tiny built-in shape keeps each run under a second.
+import Foundation
+import Formats
+import XCTest
+
+final class DataParallelTests: XCTestCase {
+    static let data = CLI.fixtures.appendingPathComponent("smollm2/hamlet_excerpt.txt").path
+    static let common = ["train", "--config", "tiny", "--data", data, "--seq-len", "32", "--threads", "1", "--lr", "1e-3"]
+    var dir: URL!
+
+    override func setUpWithError() throws {
+        guard let mpirun = DataParallelTests.mpirun else {
+            XCTFail("mpirun not found on PATH: scripts/setup.sh installs Open MPI (openmpi-bin)")
+            throw CocoaError(.fileNoSuchFile)
+        }
+        _ = mpirun
+        dir = try CLI.tempDir()
+    }
+    override func tearDown() { if let dir { try? FileManager.default.removeItem(at: dir) } }
+
+    static var mpirun: String? {
+        (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/mpirun" }
+            .first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    /// Runs `mpirun` with `spec` (e.g. ["-np", "2", binary, args...]); root may run it in this sandbox.
+    @discardableResult
+    func mpi(_ spec: [String], timeout: Double = 120, onStart: ((Process) -> Void)? = nil,
+             file: StaticString = #filePath, line: UInt = #line) throws -> CommandResult {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: DataParallelTests.mpirun!)
+        p.arguments = ["--oversubscribe"] + spec
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        p.environment = env
+        let out = dir.appendingPathComponent("mpi-\(UUID().uuidString).out")
+        FileManager.default.createFile(atPath: out.path, contents: nil)
+        let h = try FileHandle(forWritingTo: out)
+        p.standardOutput = h; p.standardError = h
+        try p.run()
+        onStart?(p)
+        let t0 = Date()
+        while p.isRunning && Date().timeIntervalSince(t0) < timeout { usleep(20_000) }
+        if p.isRunning { p.terminate(); XCTFail("mpirun still running after \(timeout) s", file: file, line: line) }
+        p.waitUntilExit()
+        try h.close()
+        let text = try String(contentsOf: out, encoding: .utf8)
+        return CommandResult(status: p.terminationStatus, stdout: text, stderr: text)
+    }
+
+    /// `train` on `ranks` ranks (1: a plain process) with `args`; fails the test on a non-zero exit.
+    @discardableResult
+    func train(ranks: Int, _ args: [String], file: StaticString = #filePath, line: UInt = #line) throws -> CommandResult {
+        let r = ranks == 1 ? try CLI.run(DataParallelTests.common + args)
+            : try mpi(["-np", "\(ranks)", CLI.binary] + DataParallelTests.common + args)
+        XCTAssertEqual(r.status, 0, "\(ranks) ranks \(args): \(r.stderr)", file: file, line: line)
+        return r
+    }
+
+    func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
+
+    /// (loss, grad_norm) of every line of a --log file.
+    func steps(_ log: String) throws -> [(loss: Double, norm: Double)] {
+        try String(contentsOfFile: path(log), encoding: .utf8).split(separator: "\n").map { line in
+            let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            return ((o["loss"] as! NSNumber).doubleValue, (o["grad_norm"] as! NSNumber).doubleValue)
+        }
+    }
+
+    /// Every weight of a checkpoint, by name.
+    func weights(_ checkpoint: String) throws -> [String: [Float]] {
+        let f = try SafetensorsFile(path: path(checkpoint) + "/model.safetensors")
+        var out: [String: [Float]] = [:]
+        for t in f.tensors { out[t.name] = Array(try f.data(t.name).bytes.bindMemory(to: Float.self)) }
+        return out
+    }
+
+    /// ‖a − b‖ / ‖a‖ over every weight of two checkpoints.
+    func relativeDifference(_ a: String, _ b: String) throws -> Double {
+        let x = try weights(a), y = try weights(b)
+        XCTAssertEqual(Set(x.keys), Set(y.keys))
+        var diff = 0.0, norm = 0.0
+        for (name, u) in x {
+            for (p, q) in zip(u, y[name]!) { diff += Double(p - q) * Double(p - q); norm += Double(p) * Double(p) }
+        }
+        return (diff / norm).squareRoot()
+    }
+
+    func bytes(_ checkpoint: String, _ file: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: path(checkpoint) + "/" + file)) }
+
+    func testRanksGiveOneProcessesResults() throws {
+        try train(ranks: 1, ["--batch", "4", "--steps", "5", "--log", path("one.jsonl"), "--save", path("one")])
+        let two = try train(ranks: 2, ["--batch", "2", "--steps", "5", "--log", path("two.jsonl"), "--save", path("two")])
+        try train(ranks: 4, ["--batch", "1", "--steps", "5", "--zero", "1", "--log", path("four.jsonl"), "--save", path("four")])
+        let one = try steps("one.jsonl")
+        for log in ["two.jsonl", "four.jsonl"] {
+            let s = try steps(log)
+            XCTAssertEqual(s.count, 5, log)
+            for (a, b) in zip(one, s) {
+                XCTAssertEqual(b.loss, a.loss, accuracy: 1e-6 * abs(a.loss), log)
+                XCTAssertEqual(b.norm, a.norm, accuracy: 1e-5 * a.norm, log)
+            }
+        }
+        // One step moves the weights by far more than the ranks' rounding.
+        try train(ranks: 1, ["--batch", "4", "--steps", "5", "--stop-after", "4", "--save", path("one4")])
+        XCTAssertGreaterThan(try relativeDifference("one", "one4"), 1e-3)
+        for c in ["two", "four"] { XCTAssertLessThan(try relativeDifference("one", c), 1e-6, c) }
+        // Rank 0 alone prints; the log has every rank's peak memory.
+        XCTAssertEqual(two.stdout.components(separatedBy: "saved step 5").count, 2, two.stdout)
+        let last = try String(contentsOfFile: path("two.jsonl"), encoding: .utf8).split(separator: "\n").last!
+        let o = try JSONSerialization.jsonObject(with: Data(last.utf8)) as! [String: Any]
+        XCTAssertEqual((o["rank_peak_bytes"] as? [Int])?.count, 2, String(last))
+        XCTAssertEqual(o["tokens"] as? Int, 4 * 32, "tokens of every rank")
+    }
+
+    func testZerothOrderRanksExchangeOnlyTheirLosses() throws {
+        let zo = ["--optimizer", "zo-sgd", "--steps", "5"]
+        try train(ranks: 1, zo + ["--batch", "4", "--log", path("one.jsonl"), "--save", path("one")])
+        try train(ranks: 2, zo + ["--batch", "2", "--log", path("two.jsonl"), "--save", path("two")])
+        try train(ranks: 2, zo + ["--batch", "2", "--log", path("again.jsonl"), "--save", path("again")])
+        // g = (L₊ − L₋) / 2ε magnifies the fp32 losses' last bit (4.8e-7 at 5.5) by 1/2ε = 500: so g agrees
+        // to 1e-3 and the weights to 2e-5, not to the 1e-6 of a backward pass.
+        for (a, b) in zip(try steps("one.jsonl"), try steps("two.jsonl")) {
+            XCTAssertEqual(b.loss, a.loss, accuracy: 1e-6 * abs(a.loss))
+            XCTAssertEqual(b.norm, a.norm, accuracy: 1e-3)
+        }
+        XCTAssertLessThan(try relativeDifference("one", "two"), 2e-5)
+        XCTAssertEqual(try bytes("two", "model.safetensors"), try bytes("again", "model.safetensors"))
+        try train(ranks: 1, zo + ["--batch", "4", "--stop-after", "4", "--save", path("one4")])
+        XCTAssertGreaterThan(try relativeDifference("one", "one4"), 1e-5, "zo-sgd moved nothing")
+    }
+
+    func testRunsRepeatBitForBitAndZeroStagesAgree() throws {
+        for (name, zero) in [("a", "0"), ("b", "0"), ("c", "1")] {
+            try train(ranks: 2, ["--batch", "2", "--steps", "4", "--zero", zero, "--log", path(name + ".jsonl"), "--save", path(name)])
+        }
+        for name in ["b", "c"] {
+            XCTAssertEqual(try bytes("a", "model.safetensors"), try bytes(name, "model.safetensors"), name)
+            XCTAssertEqual(try bytes("a", "optimizer.safetensors"), try bytes(name, "optimizer.safetensors"), name)
+            XCTAssertEqual(try steps("a.jsonl").map(\.loss), try steps(name + ".jsonl").map(\.loss), name)
+            XCTAssertEqual(try steps("a.jsonl").map(\.norm), try steps(name + ".jsonl").map(\.norm), name)
+        }
+        // With a RAM budget (the planned executor, parameters in memory) and clipping: the same bits as in memory.
+        try train(ranks: 2, ["--batch", "2", "--steps", "4", "--grad-clip", "0.5", "--save", path("clip")])
+        try train(ranks: 2, ["--batch", "2", "--steps", "4", "--grad-clip", "0.5", "--zero", "1", "--budget", "4MB",
+                             "--strategy", "recompute", "--save", path("clip-budget")])
+        XCTAssertEqual(try bytes("clip", "model.safetensors"), try bytes("clip-budget", "model.safetensors"))
+        XCTAssertNotEqual(try bytes("a", "model.safetensors"), try bytes("clip", "model.safetensors"), "clipping changed nothing")
+    }
+
+    func testResumeOnAnotherNumberOfRanks() throws {
+        try train(ranks: 2, ["--batch", "2", "--steps", "5", "--zero", "1", "--save", path("whole")])
+        try train(ranks: 2, ["--batch", "2", "--steps", "5", "--zero", "1", "--stop-after", "3", "--save", path("part")])
+        // The same ranks, the other stage: bit for bit.
+        try FileManager.default.copyItem(atPath: path("part"), toPath: path("part2"))
+        try train(ranks: 2, ["--resume", path("part2")])
+        XCTAssertEqual(try bytes("whole", "model.safetensors"), try bytes("part2", "model.safetensors"))
+        XCTAssertEqual(try bytes("whole", "optimizer.safetensors"), try bytes("part2", "optimizer.safetensors"))
+        // One process (global batch 4) and four ranks (1 each, ZeRO 1 resharding the state) continue it.
+        try FileManager.default.copyItem(atPath: path("part"), toPath: path("part1"))
+        try train(ranks: 1, ["--resume", path("part1")])
+        try train(ranks: 4, ["--resume", path("part"), "--zero", "1"])
+        XCTAssertLessThan(try relativeDifference("whole", "part1"), 1e-6)
+        XCTAssertLessThan(try relativeDifference("whole", "part"), 1e-6)
+        // A global batch that does not divide is refused by name.
+        try train(ranks: 2, ["--batch", "3", "--steps", "2", "--save", path("three")])
+        let r = try mpi(["-np", "4", CLI.binary, "train", "--resume", path("three"), "--data", DataParallelTests.data, "--steps", "3"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("global batch of 6 windows does not divide among 4 ranks"), r.stderr)
+    }
+
+    func testMismatchedRanksAndBadStagesAreRefused() throws {
+        let args = DataParallelTests.common + ["--batch", "2", "--steps", "3"]
+        let r = try mpi(["-np", "1", CLI.binary] + args + [":", "-np", "1", CLI.binary] + args + ["--weight-decay", "0.1"],
+                        timeout: 60)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("rank 1 has other training options (flags) than rank 0"), r.stderr)
+        let z = try mpi(["-np", "2", CLI.binary] + args + ["--zero", "2"], timeout: 60)
+        XCTAssertNotEqual(z.status, 0)
+        XCTAssertTrue(z.stderr.contains("--zero 2 is not built yet"), z.stderr)
+        // --ranks without mpirun on PATH names what to install.
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = args + ["--ranks", "2"]
+        p.environment = ["PATH": "/nonexistent"]
+        let pipe = Pipe()
+        p.standardError = pipe; p.standardOutput = Pipe()
+        try p.run()
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertNotEqual(p.terminationStatus, 0)
+        XCTAssertTrue(text.contains("apt-get install openmpi-bin"), text)
+    }
+
+    func testRanksOptionStartsMPIRun() throws {
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = DataParallelTests.common + ["--batch", "2", "--steps", "3", "--ranks", "2", "--save", path("r")]
+        p.environment = env
+        p.standardOutput = Pipe(); p.standardError = Pipe()
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        try train(ranks: 2, ["--batch", "2", "--steps", "3", "--save", path("m")])
+        XCTAssertEqual(try bytes("r", "model.safetensors"), try bytes("m", "model.safetensors"))
+    }
+
+    func testARankThatDiesEndsTheJob() throws {
+        let t0 = Date()
+        let r = try mpi(["-np", "2", CLI.binary] + DataParallelTests.common + ["--batch", "2", "--steps", "100000000"],
+                        timeout: 60) { _ in
+            // Rank 1, once it runs steps: killed.
+            var victim: Int32?
+            let deadline = Date().addingTimeInterval(30)
+            while victim == nil && Date() < deadline {
+                usleep(200_000)
+                for pid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+                    guard let n = Int32(pid),
+                          let env = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ")),
+                          let cmd = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")),
+                          String(decoding: cmd, as: UTF8.self).contains("100000000"),
+                          String(decoding: env, as: UTF8.self).split(separator: "\0").contains("OMPI_COMM_WORLD_RANK=1")
+                    else { continue }
+                    victim = n
+                }
+            }
+            usleep(500_000)
+            if let victim { kill(victim, SIGKILL) } else { XCTFail("rank 1 not found") }
+        }
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 45, "the job outlived its rank")
+        XCTAssertTrue(r.stderr.contains("rank 1"), r.stderr)
+    }
+}
