@@ -115,6 +115,34 @@ final class DataParallelTests: XCTestCase {
         XCTAssertEqual(o["tokens"] as? Int, 4 * 32, "tokens of every rank")
     }
 
+    /// Fine-tuning examples train on completions only, so ranks hold different numbers of targets: each
+    /// rank's gradient is weighted by its share. LoRA adapters on SmolLM2's frozen Q4_1 base, ZeRO 1.
+    func testLoRAOnMaskedExamplesWeighsRanksByTheirTargets() throws {
+        let model = CLI.smolLM2
+        guard FileManager.default.fileExists(atPath: model) else { XCTFail("\(model) missing: run scripts/fetch-assets.sh"); return }
+        let args = ["train", "--model", model, "--data", CLI.fixtures.appendingPathComponent("finetune/train.jsonl").path,
+                    "--seq-len", "32", "--steps", "3", "--threads", "1", "--lora-rank", "4", "--lora-targets", "q,v,down"]
+        let one = try CLI.run(args + ["--batch", "2", "--log", path("one.jsonl"), "--save", path("one")])
+        XCTAssertEqual(one.status, 0, one.stderr)
+        let two = try mpi(["-np", "2", CLI.binary] + args + ["--batch", "1", "--zero", "1", "--log", path("two.jsonl"),
+                                                             "--save", path("two")])
+        XCTAssertEqual(two.status, 0, two.stderr)
+        for (a, b) in zip(try steps("one.jsonl"), try steps("two.jsonl")) {
+            XCTAssertEqual(b.loss, a.loss, accuracy: 1e-6 * abs(a.loss))
+            XCTAssertEqual(b.norm, a.norm, accuracy: 1e-5 * a.norm)
+        }
+        XCTAssertEqual(try steps("two.jsonl").count, 3)
+        // The adapters agree (peft's file in each checkpoint).
+        let x = try SafetensorsFile(path: path("one") + "/adapter_model.safetensors")
+        let y = try SafetensorsFile(path: path("two") + "/adapter_model.safetensors")
+        var diff = 0.0, norm = 0.0
+        for t in x.tensors {
+            let u = try x.data(t.name).bytes.bindMemory(to: Float.self), v = try y.data(t.name).bytes.bindMemory(to: Float.self)
+            for (p, q) in zip(u, v) { diff += Double(p - q) * Double(p - q); norm += Double(p) * Double(p) }
+        }
+        XCTAssertLessThan((diff / norm).squareRoot(), 1e-6)
+    }
+
     func testZerothOrderRanksExchangeOnlyTheirLosses() throws {
         let zo = ["--optimizer", "zo-sgd", "--steps", "5"]
         try train(ranks: 1, zo + ["--batch", "4", "--log", path("one.jsonl"), "--save", path("one")])
