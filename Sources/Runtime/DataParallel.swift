@@ -25,6 +25,9 @@ public final class DataParallel {
     public let floats: [Range<Int>]
     /// Floats each rank's piece of one all-to-all round carries (bounds the scratch: 2 × N × piece floats).
     public let piece: Int
+    /// Bytes this rank has handed to other ranks so far: (N−1)/N of the gradients per reduce-scatter and of
+    /// the all-gathered buffer per all-gather, 8 per loss exchanged.
+    public private(set) var bytesSent = 0
     public var rank: Int { comm.rank }
     public var size: Int { comm.size }
 
@@ -67,6 +70,12 @@ public final class DataParallel {
         return (Array(inputs[mine]), Array(targets[mine]), counts)
     }
 
+    /// Every rank's `values`, for the losses of a step.
+    public func exchange(_ values: [Double]) -> [[Double]] {
+        bytesSent += 8 * values.count * (size - 1)
+        return comm.allGather(values)
+    }
+
     /// The global mean over `values[rank]` weighted by `counts[rank]`, added in rank order.
     public func weightedMean(_ values: [Double], counts: [Int]) -> Double {
         let total = Double(counts.reduce(0, +))
@@ -101,6 +110,7 @@ public final class DataParallel {
                 (send + j * p).update(from: g + floats[j].lowerBound + t * p, count: counts[j])
             }
             let mine = counts[rank]
+            bytesSent += 4 * (counts.reduce(0, +) - mine)
             comm.allToAll(send: send, counts: counts.map { Int32($0) }, displacements: displacements,
                           receive: receive, counts: [Int32](repeating: Int32(mine), count: n), displacements: displacements)
             let out = g + floats[rank].lowerBound + t * p
@@ -123,6 +133,7 @@ public final class DataParallel {
         for t in 0..<rounds() {
             let counts = (0..<n).map { pieceCount($0, round: t) }
             if counts[rank] > 0 { (buffer + rank * p).update(from: x + floats[rank].lowerBound + t * p, count: counts[rank]) }
+            bytesSent += 4 * counts[rank] * (n - 1)
             comm.allGatherInPlace(buffer, counts: counts.map { Int32($0) }, displacements: displacements)
             for j in 0..<n where j != rank && counts[j] > 0 {
                 (x + floats[j].lowerBound + t * p).update(from: buffer + j * p, count: counts[j])
@@ -138,6 +149,7 @@ public final class DataParallel {
         var mine = [Double](repeating: 0, count: e.count)
         for i in shards[rank] { mine[i] = sumOfSquares(model.gradients.base + e[i].offset, e[i].elements) }
         let all = comm.allGather(mine)
+        bytesSent += 8 * shards[rank].count * (size - 1)
         var total = 0.0
         for r in 0..<size { for i in shards[r] { total += all[r][i] } }
         return total.squareRoot()

@@ -102,6 +102,8 @@ public struct StepResult: Codable, Equatable, Sendable {
     public var evalLoss: Float?
     /// Several ranks: each rank's peak resident bytes so far, in rank order.
     public var rankPeakBytes: [Int]?
+    /// Several ranks: bytes rank 0 handed to the others in this step (gradients, weights, losses).
+    public var communicatedBytes: Int?
     public var tokensPerSecond: Double { seconds > 0 ? Double(tokens) / seconds : 0 }
 
     /// One JSON line: step, loss, grad_norm, lr, tokens, seconds, tokens_per_second, and eval_loss when measured.
@@ -111,7 +113,8 @@ public struct StepResult: Codable, Equatable, Sendable {
             + "\"tokens\":\(tokens),\"seconds\":\(String(format: "%.4f", seconds)),"
             + "\"tokens_per_second\":\(String(format: "%.2f", tokensPerSecond))"
             + (evalLoss.map { ",\"eval_loss\":\(num(Double($0)))" } ?? "")
-            + (rankPeakBytes.map { ",\"rank_peak_bytes\":[\($0.map(String.init).joined(separator: ","))]" } ?? "") + "}"
+            + (rankPeakBytes.map { ",\"rank_peak_bytes\":[\($0.map(String.init).joined(separator: ","))]" } ?? "")
+            + (communicatedBytes.map { ",\"communicated_bytes\":\($0)" } ?? "") + "}"
     }
 }
 
@@ -208,6 +211,16 @@ public final class TrainingSession {
 
     /// One optimizer step. A non-finite loss or gradient norm throws before anything is updated.
     public func trainStep() throws -> StepResult {
+        var r = try runStep()
+        if let parallel {
+            r.communicatedBytes = parallel.bytesSent - sentBefore
+            sentBefore = parallel.bytesSent
+        }
+        return r
+    }
+    private var sentBefore = 0
+
+    private func runStep() throws -> StepResult {
         let t0 = now()
         let number = step + 1
         var lossSum = 0.0
@@ -221,7 +234,7 @@ public final class TrainingSession {
                 let b = parallel.batch(data, nextBatch, rows: options.batch)
                 (inputs, targets) = (b.inputs, b.targets)
                 combine = { l in
-                    let all = parallel.comm.allGather([Double(l.plus), Double(l.minus)])
+                    let all = parallel.exchange([Double(l.plus), Double(l.minus)])
                     return (Float(parallel.weightedMean(all.map { $0[0] }, counts: b.counts)),
                             Float(parallel.weightedMean(all.map { $0[1] }, counts: b.counts)))
                 }
@@ -263,7 +276,7 @@ public final class TrainingSession {
         var norm: Double
         if let parallel {
             // The global loss: each micro-batch's rank losses weighted by their targets, in rank order.
-            let all = parallel.comm.allGather(rankLosses)
+            let all = parallel.exchange(rankLosses)
             loss = Float((0..<micro).reduce(0.0) { s, m in
                 s + parallel.weightedMean(all.map { $0[m] }, counts: rankCounts[m])
             } / Double(micro))

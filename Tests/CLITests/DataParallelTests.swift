@@ -113,6 +113,10 @@ final class DataParallelTests: XCTestCase {
         let o = try JSONSerialization.jsonObject(with: Data(last.utf8)) as! [String: Any]
         XCTAssertEqual((o["rank_peak_bytes"] as? [Int])?.count, 2, String(last))
         XCTAssertEqual(o["tokens"] as? Int, 4 * 32, "tokens of every rank")
+        // What a rank sends per step: an all-reduce's 2·(N−1)/N of the parameters (and a few bytes of losses).
+        let parameters = Double(two.stdout.components(separatedBy: "tiny: ").last!.split(separator: " ").first!)!
+        let sent = try XCTUnwrap(o["communicated_bytes"] as? Int)
+        XCTAssertEqual(Double(sent), 2 * 0.5 * 4 * parameters, accuracy: 0.02 * 4 * parameters)
     }
 
     /// Fine-tuning examples train on completions only, so ranks hold different numbers of targets: each
