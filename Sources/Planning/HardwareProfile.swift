@@ -40,6 +40,28 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
     /// Rates of the trainer's own kernels, measured by `offload profile` on a training step; nil:
     /// training time is modelled from `gemmFlops` and `memoryBandwidth` alone.
     public var training: TrainingKernelRates?
+    /// Data-parallel ranks' collectives, measured by `mpirun -np N offload profile --collectives`; nil:
+    /// communication is not predicted.
+    public var collectives: CollectiveRates?
+
+    /// What the ranks of one job reach exchanging gradients and weights as training does (an all-to-all,
+    /// rank-order sums, an all-gather): bytes a rank hands to the others per second, and the fixed cost of
+    /// one collective.
+    public struct CollectiveRates: Codable, Sendable, Equatable {
+        public var ranks: Int
+        public var bytesPerSecond: Double
+        public var latencySeconds: Double
+        enum CodingKeys: String, CodingKey {
+            case ranks, bytesPerSecond = "bytes_per_second", latencySeconds = "latency_seconds"
+        }
+        public init(ranks: Int, bytesPerSecond: Double, latencySeconds: Double) {
+            self.ranks = ranks; self.bytesPerSecond = bytesPerSecond; self.latencySeconds = latencySeconds
+        }
+        /// Seconds for `collectives` collectives that hand `bytes` to the other ranks.
+        public func seconds(bytes: Double, collectives: Int) -> Double {
+            bytes / bytesPerSecond + Double(collectives) * latencySeconds
+        }
+    }
 
     /// How fast this machine runs the training step's kernels, each in the units the cost model counts
     /// them in (`ModelChain.llama`): so the model's time for a stage is the work it counts over these
@@ -138,7 +160,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case name, gemmFlops, memoryBandwidth, diskReadBandwidth, diskWriteBandwidth, hostLinkBandwidth, accelerator
-        case diskDuplexBandwidth, ioComputeSecondsPerByte, diskRates, training
+        case diskDuplexBandwidth, ioComputeSecondsPerByte, diskRates, training, collectives
     }
 
     /// Profiles written before `accelerator` existed decode as CPU-only.
@@ -155,6 +177,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
                   ioComputeSecondsPerByte: try c.decodeIfPresent(Double.self, forKey: .ioComputeSecondsPerByte) ?? 0)
         diskRates = try c.decodeIfPresent([DiskRate].self, forKey: .diskRates)
         training = try c.decodeIfPresent(TrainingKernelRates.self, forKey: .training)
+        collectives = try c.decodeIfPresent(CollectiveRates.self, forKey: .collectives)
     }
 
     /// Measured on the 2-core x86-64 build machine: OpenBLAS sgemm with 2 threads
@@ -193,6 +216,7 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
             var ioComputeSecondsPerByte: Double?; var io_compute_seconds_per_byte: Double?
             var disk: [DiskRate]?; var diskRates: [DiskRate]?
             var training: TrainingKernelRates?; var training_kernels: TrainingKernelRates?
+            var collectives: CollectiveRates?
         }
         let loose: Loose
         do { loose = try JSONDecoder().decode(Loose.self, from: data) } catch {
@@ -226,6 +250,12 @@ public struct HardwareProfile: Codable, Sendable, Equatable {
         if let t = l.training ?? l.training_kernels {
             guard t.isValid else { throw OffloadError("[hardware] \(path): every training kernel rate must be positive") }
             profile.training = t
+        }
+        if let c = l.collectives {
+            guard c.ranks > 1, c.bytesPerSecond > 0, c.bytesPerSecond.isFinite, c.latencySeconds >= 0 else {
+                throw OffloadError("[hardware] \(path): 'collectives' needs ranks > 1, a positive bytes_per_second and latency_seconds ≥ 0")
+            }
+            profile.collectives = c
         }
         profile.diskRates = (l.diskRates ?? l.disk)?.filter {
             $0.requestBytes > 0 && $0.queueDepth > 0 && $0.readBytesPerSecond > 0 && $0.readBytesPerSecond.isFinite

@@ -59,6 +59,12 @@ public final class Communicator: @unchecked Sendable {
         exit(code)
     }
 
+    /// Prints `message` as this rank's error and ends every rank of the job.
+    public func abort(message: String) -> Never {
+        FileHandle.standardError.write(Data("error: \(size > 1 ? "rank \(rank): " : "")\(message)\n".utf8))
+        abort()
+    }
+
     private func check(_ code: Int32, _ what: String) {
         // Open MPI's default handler aborts the job on an error; this is the net for a handler that returns.
         if code != 0 {

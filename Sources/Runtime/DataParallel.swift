@@ -14,6 +14,7 @@
 import Foundation
 import Kernels
 import Models
+import Planning
 import Tensors
 
 public final class DataParallel {
@@ -38,6 +39,39 @@ public final class DataParallel {
         }
         self.comm = comm; self.zero = zero; self.piece = piece
         (shards, floats) = DataParallel.cut(layout, into: comm.size)
+    }
+
+    private init(comm: Communicator, floats count: Int) {
+        self.comm = comm; zero = 0; piece = 1 << 20
+        let n = comm.size
+        shards = (0..<n).map { _ in 0..<0 }
+        floats = (0..<n).map { count * $0 / n ..< count * ($0 + 1) / n }
+    }
+
+    /// What `offload profile --collectives` measures: the gradient exchange of training (ZeRO 0: all-to-all,
+    /// rank-order sums, all-gather) on `floats` floats, the slowest rank's median of `repeats`, as bytes a
+    /// rank hands to the others per second; and one collective's fixed cost (an 8-byte all-gather).
+    public static func measure(_ comm: Communicator, floats: Int, repeats: Int) -> HardwareProfile.CollectiveRates {
+        let p = DataParallel(comm: comm, floats: floats)
+        let g = FloatBuffer(count: floats)
+        for i in 0..<floats { g.base[i] = Float(i % 1000) }
+        func slowest(_ body: () -> Void) -> Double {
+            comm.barrier()
+            let t0 = now()
+            body()
+            return comm.allGather([now() - t0]).map { $0[0] }.max()!
+        }
+        var times: [Double] = [], sent = 0
+        for _ in 0..<repeats {
+            let before = p.bytesSent
+            times.append(slowest { p.reduceGradients(g) })
+            sent = p.bytesSent - before
+        }
+        let calls = 200
+        let latency = slowest { for _ in 0..<calls { _ = comm.allGather([0.0]) } } / Double(calls)
+        let seconds = times.sorted()[times.count / 2]
+        return HardwareProfile.CollectiveRates(ranks: comm.size, bytesPerSecond: Double(sent) / max(seconds, 1e-9),
+                                          latencySeconds: latency)
     }
 
     /// Contiguous runs of whole entries, cut where the running float count passes r/N of the total.

@@ -61,6 +61,12 @@ struct Plan: ParsableCommand {
         "Generate: prompt tokens per prefill pass, a multiple of 256, as `generate --prefill-chunk` (default: the plan's choice).",
         valueName: "tokens"))
     var prefillChunk: Int?
+    @Option(help: "Train: data-parallel ranks, as `mpirun -np N offload train` (--batch is each rank's): adds what each rank holds and communicates per step, and the step with the profile's collectives.")
+    var ranks: Int = 1
+    @Option(help: "Train with --ranks: the ZeRO stage, as `train --zero` (0: whole optimizer state on every rank; 1: each rank's shard).")
+    var zero: Int = 0
+    @Option(name: .customLong("ranks-per-machine"), help: "Train with --ranks: ranks sharing one machine's cores (the profile's compute rates are divided among them; default 1).")
+    var ranksPerMachine: Int = 1
     @Flag(help: "Print JSON instead of a table.") var json = false
     @Option(help: "Write an SVG of the chosen plan's memory and streams.") var svg: String?
     @Option(help: "Write the chosen schedule as JSON.") var schedule: String?
@@ -90,6 +96,12 @@ struct Plan: ParsableCommand {
             throw ValidationError("--prompt-tokens must be from 1 to --seq-len (\(seqLen)), got \(p)")
         }
         if prompts < 1 { throw ValidationError("--prompts must be at least 1, got \(prompts)") }
+        if ranks < 1 { throw ValidationError("--ranks must be at least 1, got \(ranks)") }
+        if ![0, 1].contains(zero) { throw ValidationError("--zero must be 0 or 1 (stages 2 and 3 are not built yet), got \(zero)") }
+        if ranksPerMachine < 1 || ranksPerMachine > ranks { throw ValidationError("--ranks-per-machine must be from 1 to --ranks") }
+        if (ranks > 1 || zero != 0 || ranksPerMachine != 1) && mode != "train" {
+            throw ValidationError("--ranks, --zero and --ranks-per-machine apply to --mode train")
+        }
         try validatePrefillChunk(prefillChunk)
         if prefillChunk != nil && (mode != "generate" || prompts > 1) {
             throw ValidationError("--prefill-chunk applies to --mode generate with one prompt")
@@ -124,6 +136,7 @@ struct Plan: ParsableCommand {
         var chosen: PlanResult
         var trainGrowth: [TrainGrowthRow] = []
         var trainExtra: [String: Any] = [:]
+        var ranksReport: RanksReport?
         if runMode == .train && hw.hostIsCompute {
             // What `offload train --budget` runs: the same planner, the same decision.
             guard TrainingPlanRequest.strategies.contains(strategy) else {
@@ -142,6 +155,10 @@ struct Plan: ParsableCommand {
             let least = TrainingPlanner.smallestBudget(r)
             if let least { trainExtra = ["minimumBudget": least.bytes, "minimumBudgetPlan": least.name] }
             trainExtra["stateBytes"] = TrainingPlanner.stateBytes(r)
+            if ranks > 1 {
+                ranksReport = RanksReport(config: cfg, ranks: ranks, zero: zero, optimizer: r.optimizerState, chosen: chosen,
+                                          hardware: hw, threadsScale: Double(ranksPerMachine))
+            }
             trainGrowth = trainGrowthRows(r, asked: TrainGrowthRow(seqLen: seqLen, minimumBudget: least?.bytes, minimumPlan: least?.name,
                                                                     plan: chosen.name, stepSeconds: chosen.simulation?.stepSeconds))
         } else {
@@ -160,10 +177,12 @@ struct Plan: ParsableCommand {
         if json {
             var extra = trainExtra
             if !trainGrowth.isEmpty { extra["growth"] = trainGrowth.map(\.json) }
+            if let ranksReport { extra["ranks"] = ranksReport.json }
             print(try jsonReport(request, all, chosen, extra: extra))
         } else {
             print(table(request, all, chosen))
             if !trainGrowth.isEmpty { print(trainGrowthTable(trainGrowth, asked: seqLen, budget: budget.flatMap(parseBytes)), terminator: "") }
+            if let ranksReport { print(ranksReport.text(batch: batch)) }
         }
         if let path = svg, let sim = chosen.simulation, let s = chosen.schedule {
             // The schedule's tier is the budget less what the executor holds outside it (weights and optimizer

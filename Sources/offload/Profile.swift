@@ -46,6 +46,9 @@ struct Profile: ParsableCommand {
     @Flag(help: "Smaller and fewer measurements: seconds instead of a minute, less precise.")
     var quick = false
 
+    @Flag(help: "Under mpirun: measure the ranks' collectives as data-parallel training runs them (bytes a rank hands to the others per second, and one collective's latency) and add them to the --out profile (measure the machine first with `offload profile --out FILE`), or print them. Example: mpirun -np 2 offload profile --collectives --out hw.json")
+    var collectives = false
+
     // Hidden: disk measurements only, at chosen request sizes and queue depths
     // (Benchmarks/disk-vs-dd.sh).
     @Flag(help: .private) var diskOnly = false
@@ -87,6 +90,7 @@ struct Profile: ParsableCommand {
     func run() throws {
         if let blasThreads { openblas_set_num_threads(Int32(max(1, blasThreads))) }
         if let folder = spillChild { return try runSpillChild(folder: folder, then: spillChildThen) }
+        if collectives { return try measureCollectives() }
         if overlapTest {
             return try OverlapBench(folder: disk, layers: layers, repeats: repeats, quick: quick,
                                     tracePath: trace, json: json).run()
@@ -101,6 +105,38 @@ struct Profile: ParsableCommand {
         } else {
             print(profile.table())
             if let out { print("profile written to \(out)") }
+        }
+    }
+
+    /// `--collectives`: every rank measures; rank 0 adds the rates to --out (an existing profile) or prints them.
+    private func measureCollectives() throws {
+        guard let comm = try Communicator.fromEnvironment(), comm.size > 1 else {
+            throw OffloadError("[profile] --collectives measures the ranks of an MPI job: run it under mpirun with 2 or "
+                               + "more ranks (mpirun -np 2 offload profile --collectives --out FILE)")
+        }
+        defer { comm.finalize() }
+        var profile: [String: Any]?
+        if comm.rank == 0, let out {
+            guard (try? HardwareProfile.load(path: out)) != nil, let data = FileManager.default.contents(atPath: out),
+                  let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+                comm.abort(message: "[profile] --out \(out): not an existing profile JSON; measure the machine first with `offload profile --out \(out)`")
+            }
+            profile = object
+        }
+        let rates = DataParallel.measure(comm, floats: quick ? 4 << 20 : 32 << 20, repeats: quick ? 3 : 5)
+        guard comm.rank == 0 else { return }
+        let line = String(format: "collectives of %d ranks: %@/s handed to the other ranks (the gradient exchange of training), latency %.1f µs",
+                          rates.ranks, formatBytes(Int(rates.bytesPerSecond)), rates.latencySeconds * 1e6)
+        if var profile, let out {
+            profile["collectives"] = ["ranks": rates.ranks, "bytes_per_second": rates.bytesPerSecond,
+                                      "latency_seconds": rates.latencySeconds]
+            try writeAtomically(try JSONSerialization.data(withJSONObject: profile, options: [.prettyPrinted, .sortedKeys]),
+                                to: out, context: "[profile]")
+            print(line + "\nadded to \(out)")
+        } else if json {
+            print(String(decoding: try JSONEncoder().encode(rates), as: UTF8.self))
+        } else {
+            print(line)
         }
     }
 

@@ -203,6 +203,39 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("global batch of 6 windows does not divide among 4 ranks"), r.stderr)
     }
 
+    /// `profile --collectives` adds the ranks' measured exchange rate to a profile; `plan --ranks` then predicts
+    /// what each rank holds and sends, and the run sends what the plan says.
+    func testProfileMeasuresCollectivesAndPlanPredictsWhatARankSends() throws {
+        let hw = path("hw.json")
+        try #"{"name": "t", "gemmFlops": 1e11, "memoryBandwidth": 1e10, "diskReadBandwidth": 1e9, "diskWriteBandwidth": 1e9, "hostLinkBandwidth": 1e10}"#
+            .write(toFile: hw, atomically: true, encoding: .utf8)
+        let m = try mpi(["-np", "2", CLI.binary, "profile", "--collectives", "--quick", "--out", hw])
+        XCTAssertEqual(m.status, 0, m.stderr)
+        let profile = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: hw))) as! [String: Any]
+        let c = try XCTUnwrap(profile["collectives"] as? [String: Any], "\(profile)")
+        XCTAssertEqual(c["ranks"] as? Int, 2)
+        XCTAssertGreaterThan((c["bytes_per_second"] as? Double) ?? 0, 1e6)
+        XCTAssertEqual(profile["gemmFlops"] as? Double, 1e11, "the rest of the profile is kept")
+
+        let plan = try CLI.run(["plan", "--config", "tiny", "--mode", "train", "--batch", "2", "--seq-len", "32", "--ranks", "2",
+                                "--zero", "1", "--hardware", hw, "--json"])
+        XCTAssertEqual(plan.status, 0, plan.stderr)
+        let r = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(plan.stdout.utf8)) as? [String: Any])?["ranks"] as? [String: Any])
+        let whole = try XCTUnwrap(r["wholeStateBytes"] as? Int), mine = try XCTUnwrap(r["stateBytesPerRank"] as? Int)
+        XCTAssertGreaterThanOrEqual(mine, whole / 2)
+        XCTAssertLessThan(mine, whole * 3 / 5, "ZeRO 1 holds about half the state on each of 2 ranks")
+        XCTAssertNotNil(r["communicationSeconds"] as? Double)
+        XCTAssertEqual(r["stepSeconds"] as! Double, (r["computeSeconds"] as! Double) + (r["communicationSeconds"] as! Double), accuracy: 1e-12)
+        let predicted = try XCTUnwrap(r["communicatedBytesPerStep"] as? Int)
+        try train(ranks: 2, ["--batch", "2", "--steps", "2", "--zero", "1", "--log", path("z1.jsonl")])
+        let last = try String(contentsOfFile: path("z1.jsonl"), encoding: .utf8).split(separator: "\n").last!
+        let sent = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(last.utf8)) as! [String: Any])["communicated_bytes"] as? Int)
+        XCTAssertEqual(Double(sent), Double(predicted), accuracy: 0.03 * Double(predicted))
+        // Without the measurement, plan says how to make it.
+        let bare = try CLI.run(["plan", "--config", "tiny", "--mode", "train", "--batch", "2", "--seq-len", "32", "--ranks", "2"])
+        XCTAssertTrue(bare.stdout.contains("offload profile --collectives"), bare.stdout)
+    }
+
     func testMismatchedRanksAndBadStagesAreRefused() throws {
         let args = DataParallelTests.common + ["--batch", "2", "--steps", "3"]
         let r = try mpi(["-np", "1", CLI.binary] + args + [":", "-np", "1", CLI.binary] + args + ["--weight-decay", "0.1"],
