@@ -236,6 +236,72 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(bare.stdout.contains("offload profile --collectives"), bare.stdout)
     }
 
+    /// Two "hosts": network namespaces of this machine joined by a veth pair, the ranks launched into them
+    /// by an agent script (as ssh would), their collectives over TCP across the link. The ranks' sums are
+    /// in rank order whatever carries the bytes, so the run equals the shared-memory run bit for bit.
+    func testTwoHostsOverATCPLinkGiveTheSameBits() throws {
+        let tag = String(ProcessInfo.processInfo.processIdentifier % 100_000), net = "10.231.\(Int(tag)! % 250)"
+        let (a, b) = ("ofa\(tag)", "ofb\(tag)")
+        let ipTool = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "ip"
+        func ip(_ args: [String], environment: [String: String]? = nil) throws -> CommandResult {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: ipTool)
+            p.arguments = args
+            if let environment { p.environment = environment }
+            let out = dir.appendingPathComponent("ip-\(UUID().uuidString)")
+            FileManager.default.createFile(atPath: out.path, contents: nil)
+            let h = try FileHandle(forWritingTo: out)
+            let err = Pipe(); p.standardError = err; p.standardOutput = h
+            try p.run()
+            let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            try h.close()
+            return CommandResult(status: p.terminationStatus, stdout: try String(contentsOf: out, encoding: .utf8), stderr: e)
+        }
+        defer { _ = try? ip(["netns", "del", a]); _ = try? ip(["netns", "del", b]) }
+        for args in [["netns", "add", a], ["netns", "add", b], ["link", "add", "v\(a)", "type", "veth", "peer", "name", "v\(b)"],
+                     ["link", "set", "v\(a)", "netns", a], ["link", "set", "v\(b)", "netns", b],
+                     ["-n", a, "addr", "add", "\(net).1/24", "dev", "v\(a)"], ["-n", b, "addr", "add", "\(net).2/24", "dev", "v\(b)"],
+                     ["-n", a, "link", "set", "lo", "up"], ["-n", b, "link", "set", "lo", "up"],
+                     ["-n", a, "link", "set", "v\(a)", "up"], ["-n", b, "link", "set", "v\(b)", "up"]] {
+            let r = try ip(args)
+            XCTAssertEqual(r.status, 0, "ip \(args.joined(separator: " ")): \(r.stderr) (the test needs root and network namespaces)")
+            if r.status != 0 { return }
+        }
+        let agent = path("agent.sh"), hosts = path("hosts")
+        try """
+        #!/bin/sh
+        # mpirun's launcher for the two namespace hosts: "agent HOST COMMAND..." runs COMMAND in HOST's namespace.
+        host=$1; shift
+        case "$host" in \(net).1) ns=\(a) ;; \(net).2) ns=\(b) ;; *) echo "agent: unknown host $host" >&2; exit 1 ;; esac
+        exec ip netns exec "$ns" /bin/sh -c "$*"
+
+        """.write(toFile: agent, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: agent)
+        try "\(net).1 slots=1\n\(net).2 slots=1\n".write(toFile: hosts, atomically: true, encoding: .utf8)
+        func transmitted() throws -> Int {
+            Int(try ip(["netns", "exec", a, "cat", "/sys/class/net/v\(a)/statistics/tx_bytes"]).stdout
+                .trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        }
+        let before = try transmitted()
+        var env = ProcessInfo.processInfo.environment
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        let run = try ip(["netns", "exec", a, DataParallelTests.mpirun!, "--hostfile", hosts, "-np", "2",
+                          "--mca", "plm_rsh_agent", agent, "--mca", "btl", "tcp,self",
+                          "--mca", "btl_tcp_if_include", "\(net).0/24", "--mca", "oob_tcp_if_include", "\(net).0/24", CLI.binary]
+                         + DataParallelTests.common + ["--batch", "2", "--steps", "3", "--zero", "1", "--save", path("tcp"),
+                                                       "--log", path("tcp.jsonl")], environment: env)
+        XCTAssertEqual(run.status, 0, run.stdout + run.stderr)
+        // Rank 0's share of the exchange left through the link.
+        let sent = try steps("tcp.jsonl").count * (try String(contentsOfFile: path("tcp.jsonl"), encoding: .utf8)
+            .split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["communicated_bytes"] as? Int }.last ?? 0)
+        XCTAssertGreaterThan(sent, 0)
+        XCTAssertGreaterThanOrEqual(try transmitted() - before, sent, "the collectives did not cross the veth link")
+        try train(ranks: 2, ["--batch", "2", "--steps", "3", "--zero", "1", "--save", path("shm")])
+        XCTAssertEqual(try bytes("tcp", "model.safetensors"), try bytes("shm", "model.safetensors"))
+        XCTAssertEqual(try bytes("tcp", "optimizer.safetensors"), try bytes("shm", "optimizer.safetensors"))
+    }
+
     func testMismatchedRanksAndBadStagesAreRefused() throws {
         let args = DataParallelTests.common + ["--batch", "2", "--steps", "3"]
         let r = try mpi(["-np", "1", CLI.binary] + args + [":", "-np", "1", CLI.binary] + args + ["--weight-decay", "0.1"],
