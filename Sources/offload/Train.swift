@@ -197,12 +197,13 @@ struct Train: ParsableCommand {
         }
         let modelConfig = info?.config ?? expected!
         let ropeStyle = info?.ropeStyle ?? source?.ropeStyle ?? .adjacentPairs
-        // A resumed run keeps its thread count unless told otherwise (OpenBLAS sums depend on it).
-        // Ranks on one machine share its cores.
-        let threadCount = threads ?? info?.threads
+        // A resumed run keeps its thread count unless told otherwise (OpenBLAS sums depend on it); on
+        // another number of ranks it cannot repeat the bits anyway. Ranks on one machine share its cores.
+        let rankCount = comm?.size ?? 1
+        let sameRanks = (info?.options.ranks ?? 1) == rankCount
+        let threadCount = threads ?? (sameRanks ? info?.threads : nil)
             ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, comm?.localSize ?? 1))
         setTrainingThreads(threadCount)
-        let rankCount = comm?.size ?? 1
         if batch == nil, info != nil, (options.ranks ?? 1) != rankCount {
             // Resumed on another number of ranks: the same global batch, cut into rankCount parts.
             let global = options.batch * (options.ranks ?? 1)
@@ -333,7 +334,7 @@ struct Train: ParsableCommand {
             try Train.checkSameEverywhere(comm, options: options, weights: session.trained.weights, data: windows)
         }
         if let info {
-            if let t = info.threads, t != threadCount {
+            if let t = info.threads, t != threadCount, sameRanks {
                 note("warning: the checkpoint was trained with \(t) threads and this run uses \(threadCount); OpenBLAS "
                      + "sums differ with the thread count, so the continuation will not be bit-identical (use --threads \(t))")
             }
