@@ -11,11 +11,10 @@ final class DataParallelTests: XCTestCase {
     var dir: URL!
 
     override func setUpWithError() throws {
-        guard let mpirun = DataParallelTests.mpirun else {
+        guard DataParallelTests.mpirun != nil else {
             XCTFail("mpirun not found on PATH: scripts/setup.sh installs Open MPI (openmpi-bin)")
             throw CocoaError(.fileNoSuchFile)
         }
-        _ = mpirun
         dir = try CLI.tempDir()
     }
     override func tearDown() { if let dir { try? FileManager.default.removeItem(at: dir) } }
@@ -29,13 +28,24 @@ final class DataParallelTests: XCTestCase {
     @discardableResult
     func mpi(_ spec: [String], timeout: Double = 120, onStart: ((Process) -> Void)? = nil,
              file: StaticString = #filePath, line: UInt = #line) throws -> CommandResult {
+        try tool(DataParallelTests.mpirun!, ["--oversubscribe"] + spec, environment: DataParallelTests.rootMayRun,
+                 timeout: timeout, onStart: onStart, file: file, line: line)
+    }
+
+    /// mpirun refuses root unless told; this sandbox runs the tests as root.
+    static var rootMayRun: [String: String] {
+        ProcessInfo.processInfo.environment.merging(["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]) { $1 }
+    }
+
+    /// Runs `executable` with stdout and stderr together in both fields of the result (through a file, so
+    /// a chatty run cannot fill a pipe); ends it after `timeout` seconds.
+    func tool(_ executable: String, _ args: [String], environment: [String: String]? = nil, timeout: Double = 120,
+              onStart: ((Process) -> Void)? = nil, file: StaticString = #filePath, line: UInt = #line) throws -> CommandResult {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: DataParallelTests.mpirun!)
-        p.arguments = ["--oversubscribe"] + spec
-        var env = ProcessInfo.processInfo.environment
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        p.environment = env
-        let out = dir.appendingPathComponent("mpi-\(UUID().uuidString).out")
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = args
+        if let environment { p.environment = environment }
+        let out = dir.appendingPathComponent("run-\(UUID().uuidString).out")
         FileManager.default.createFile(atPath: out.path, contents: nil)
         let h = try FileHandle(forWritingTo: out)
         p.standardOutput = h; p.standardError = h
@@ -43,7 +53,7 @@ final class DataParallelTests: XCTestCase {
         onStart?(p)
         let t0 = Date()
         while p.isRunning && Date().timeIntervalSince(t0) < timeout { usleep(20_000) }
-        if p.isRunning { p.terminate(); XCTFail("mpirun still running after \(timeout) s", file: file, line: line) }
+        if p.isRunning { p.terminate(); XCTFail("\(executable) still running after \(timeout) s", file: file, line: line) }
         p.waitUntilExit()
         try h.close()
         let text = try String(contentsOf: out, encoding: .utf8)
@@ -244,19 +254,7 @@ final class DataParallelTests: XCTestCase {
         let (a, b) = ("ofa\(tag)", "ofb\(tag)")
         let ipTool = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "ip"
         func ip(_ args: [String], environment: [String: String]? = nil) throws -> CommandResult {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: ipTool)
-            p.arguments = args
-            if let environment { p.environment = environment }
-            let out = dir.appendingPathComponent("ip-\(UUID().uuidString)")
-            FileManager.default.createFile(atPath: out.path, contents: nil)
-            let h = try FileHandle(forWritingTo: out)
-            let err = Pipe(); p.standardError = err; p.standardOutput = h
-            try p.run()
-            let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            try h.close()
-            return CommandResult(status: p.terminationStatus, stdout: try String(contentsOf: out, encoding: .utf8), stderr: e)
+            try tool(ipTool, args, environment: environment)
         }
         defer { _ = try? ip(["netns", "del", a]); _ = try? ip(["netns", "del", b]) }
         for args in [["netns", "add", a], ["netns", "add", b], ["link", "add", "v\(a)", "type", "veth", "peer", "name", "v\(b)"],
@@ -284,13 +282,11 @@ final class DataParallelTests: XCTestCase {
                 .trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
         }
         let before = try transmitted()
-        var env = ProcessInfo.processInfo.environment
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
         let run = try ip(["netns", "exec", a, DataParallelTests.mpirun!, "--hostfile", hosts, "-np", "2",
                           "--mca", "plm_rsh_agent", agent, "--mca", "btl", "tcp,self",
                           "--mca", "btl_tcp_if_include", "\(net).0/24", "--mca", "oob_tcp_if_include", "\(net).0/24", CLI.binary]
                          + DataParallelTests.common + ["--batch", "2", "--steps", "3", "--zero", "1", "--save", path("tcp"),
-                                                       "--log", path("tcp.jsonl")], environment: env)
+                                                       "--log", path("tcp.jsonl")], environment: DataParallelTests.rootMayRun)
         XCTAssertEqual(run.status, 0, run.stdout + run.stderr)
         // Rank 0's share of the exchange left through the link.
         let sent = try steps("tcp.jsonl").count * (try String(contentsOfFile: path("tcp.jsonl"), encoding: .utf8)
@@ -312,30 +308,15 @@ final class DataParallelTests: XCTestCase {
         XCTAssertNotEqual(z.status, 0)
         XCTAssertTrue(z.stderr.contains("--zero 2 is not built yet"), z.stderr)
         // --ranks without mpirun on PATH names what to install.
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLI.binary)
-        p.arguments = args + ["--ranks", "2"]
-        p.environment = ["PATH": "/nonexistent"]
-        let pipe = Pipe()
-        p.standardError = pipe; p.standardOutput = Pipe()
-        try p.run()
-        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertNotEqual(p.terminationStatus, 0)
-        XCTAssertTrue(text.contains("apt-get install openmpi-bin"), text)
+        let bare = try tool(CLI.binary, args + ["--ranks", "2"], environment: ["PATH": "/nonexistent"])
+        XCTAssertNotEqual(bare.status, 0)
+        XCTAssertTrue(bare.stderr.contains("apt-get install openmpi-bin"), bare.stderr)
     }
 
     func testRanksOptionStartsMPIRun() throws {
-        var env = ProcessInfo.processInfo.environment
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"; env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLI.binary)
-        p.arguments = DataParallelTests.common + ["--batch", "2", "--steps", "3", "--ranks", "2", "--save", path("r")]
-        p.environment = env
-        p.standardOutput = Pipe(); p.standardError = Pipe()
-        try p.run()
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0)
+        let r = try tool(CLI.binary, DataParallelTests.common + ["--batch", "2", "--steps", "3", "--ranks", "2", "--save", path("r")],
+                         environment: DataParallelTests.rootMayRun)
+        XCTAssertEqual(r.status, 0, r.stderr)
         try train(ranks: 2, ["--batch", "2", "--steps", "3", "--save", path("m")])
         XCTAssertEqual(try bytes("r", "model.safetensors"), try bytes("m", "model.safetensors"))
     }
