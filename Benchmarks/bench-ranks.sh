@@ -39,21 +39,30 @@ sent = rows[-1].get("communicated_bytes", 0) / 2**20
 print(f"{secs:.3f} {peak:.2f} {sent:.1f} {rows[-1]['loss']:.6f}")
 PY
 }
-predict() {  # plan's step (and per-rank peak) for: batch ranks zero [config args...]
+predict() {  # plan's step and per-rank peak for: batch ranks zero [model args...] (ranks 1: one process)
   local b=$1 r=$2 z=$3; shift 3
-  "$OFFLOAD" plan "$@" --mode train --batch "$b" --seq-len 256 --ranks "$r" --zero "$z" --ranks-per-machine "$r" \
-    --hardware "$WORK/hw.json" --json | python3 -c '
+  local ranks=(); [ "$r" -gt 1 ] && ranks=(--ranks "$r" --zero "$z" --ranks-per-machine "$r")
+  "$OFFLOAD" plan "$@" --mode train --batch "$b" --seq-len 256 "${ranks[@]}" --hardware "$WORK/hw.json" --json | python3 -c '
 import json, sys
 j = json.load(sys.stdin); r = j.get("ranks")
-if r: print(f"{r.get(\"stepSeconds\", 0):.3f} {r.get(\"peakPerRank\", 0)/2**30:.2f}")
-else: print(f"{j[\"chosen\"][\"stepSeconds\"]:.3f} -")' 2>/dev/null || echo "- -"
+if r:
+    print("%.3f %.2f" % (r.get("stepSeconds", 0), r.get("peakPerRank", 0) / 2**30))
+else:
+    c = [s for s in j["strategies"] if s["name"] == j["chosen"]][0]
+    print("%.3f %.2f" % (c["stepSeconds"], c.get("budgetedPeakBytes", 0) / 2**30))' 2>/dev/null || echo "- -"
 }
 
 echo "run | step s (median) | plan s | peak/rank GiB | plan peak | sent/step MiB | last loss"
 COMMON=(train --model "$MODEL" --data "$DATA" --seq-len 256 --steps "$STEPS" --lr 1e-4)
 for round in $(seq 1 "$REPEAT"); do
-  "$OFFLOAD" "${COMMON[@]}" --batch 4 --threads 2 --log "$WORK/one.jsonl" > /dev/null 2>&1
-  echo "1 process × 2 threads, batch 4 | $(summary "$WORK/one.jsonl" | awk '{print $1" | - | "$2" | - | "$3" | "$4}')"
+  # Peak resident of the one process: the children's maxrss as the kernel counts it.
+  pk=$(python3 -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+print("%.2f" % (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20))' \
+    "$OFFLOAD" "${COMMON[@]}" --batch 4 --threads 2 --log "$WORK/one.jsonl")
+  read -r s _ sent loss < <(summary "$WORK/one.jsonl")
+  read -r ps pp < <(predict 4 1 0 --model "$MODEL")
+  echo "1 process × 2 threads, batch 4 | $s | $ps | $pk | $pp | 0 | $loss"
   for z in 0 1; do
     "${MPI[@]}" "$OFFLOAD" "${COMMON[@]}" --batch 2 --threads 1 --zero $z --log "$WORK/two$z.jsonl" > /dev/null 2>&1
     read -r s pk sent loss < <(summary "$WORK/two$z.jsonl")
