@@ -220,6 +220,16 @@ public final class TrainingSession {
     }
     private var sentBefore = 0
 
+    /// Micro-batch `k`'s rows this process trains on; with several ranks, also every rank's count of targets.
+    private func microBatch(_ k: Int) -> (inputs: [Int], targets: [Int], counts: [Int]?) {
+        guard let parallel else {
+            let (inputs, targets) = data.batch(k, size: options.batch)
+            return (inputs, targets, nil)
+        }
+        let b = parallel.batch(data, k, rows: options.batch)
+        return (b.inputs, b.targets, b.counts)
+    }
+
     private func runStep() throws -> StepResult {
         let t0 = now()
         let number = step + 1
@@ -227,16 +237,14 @@ public final class TrainingSession {
         let micro = options.accumulate
         if options.optimizer == "zo-sgd" {
             // Two forward passes and the update, no backward, no gradients: the log's grad_norm is |g|.
-            var (inputs, targets) = data.batch(nextBatch, size: options.batch)
+            let (inputs, targets, counts) = microBatch(nextBatch)
             var combine: ((plus: Float, minus: Float)) -> (plus: Float, minus: Float) = { $0 }
-            if let parallel {
-                // This rank's rows; the two losses become the global batch's (weighted by targets, in rank order).
-                let b = parallel.batch(data, nextBatch, rows: options.batch)
-                (inputs, targets) = (b.inputs, b.targets)
+            if let parallel, let counts {
+                // The two losses become the global batch's (weighted by targets, in rank order).
                 combine = { l in
                     let all = parallel.exchange([Double(l.plus), Double(l.minus)])
-                    return (Float(parallel.weightedMean(all.map { $0[0] }, counts: b.counts)),
-                            Float(parallel.weightedMean(all.map { $0[1] }, counts: b.counts)))
+                    return (Float(parallel.weightedMean(all.map { $0[0] }, counts: counts)),
+                            Float(parallel.weightedMean(all.map { $0[1] }, counts: counts)))
                 }
             }
             let lr = options.learningRateSchedule.lr(step: step, base: options.lr)
@@ -251,14 +259,12 @@ public final class TrainingSession {
         trained.zeroGradients()
         var rankLosses: [Double] = [], rankCounts: [[Int]] = []
         for m in 0..<micro {
-            var (inputs, targets) = data.batch(nextBatch + m, size: options.batch)
-            // Several ranks: this rank's rows of the global batch, its gradient scaled by its share of the targets.
+            let (inputs, targets, counts) = microBatch(nextBatch + m)
+            // Several ranks: this rank's gradient scaled by its share of the global batch's targets.
             var scale = 1 / Float(micro)
-            if let parallel {
-                let b = parallel.batch(data, nextBatch + m, rows: options.batch)
-                (inputs, targets) = (b.inputs, b.targets)
-                scale *= Float(Double(b.counts[parallel.rank]) / Double(b.counts.reduce(0, +)))
-                rankCounts.append(b.counts)
+            if let parallel, let counts {
+                scale *= Float(Double(counts[parallel.rank]) / Double(counts.reduce(0, +)))
+                rankCounts.append(counts)
             }
             let loss: Float
             if let executor {

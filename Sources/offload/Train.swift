@@ -214,6 +214,9 @@ struct Train: ParsableCommand {
             options.batch = global / rankCount
         }
         options.ranks = rankCount > 1 ? rankCount : nil
+        if let zero, rankCount == 1 {
+            note("note: --zero \(zero) shards state across ranks; one process holds all of it (run under mpirun, or --ranks N)")
+        }
         if let batch { options.batch = batch }
         if let seqLen { options.seqLen = seqLen }
         if let steps { options.steps = steps }
