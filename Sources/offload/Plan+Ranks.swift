@@ -24,22 +24,26 @@ struct RanksReport {
     var communicationSeconds: Double?
     var stepSeconds: Double? { computeSeconds.flatMap { c in communicationSeconds.map { c + $0 } } }
 
+    /// - Parameter optimizerSecondsPerByte: the chain's update cost per parameter byte (ZeRO 1 updates a shard).
     init(config: LlamaConfig, ranks: Int, zero: Int, optimizer: OptimizerStateSize, chosen: PlanResult,
-         hardware: HardwareProfile, threadsScale: Double) {
+         hardware: HardwareProfile, threadsScale: Double, optimizerSecondsPerByte: Double) {
         self.ranks = ranks; self.zero = zero
         let layout = ParameterLayout(config: config)
         parameterBytes = layout.totalFloats * 4
         let whole = optimizer.bytes(config: config)
-        let shards = DataParallel.cut(layout, into: ranks).entries
+        let cut = DataParallel.cut(layout, into: ranks)
         let perRank = zero == 1
-            ? shards.map { s in layout.entries[s].reduce(0) { $0 + optimizer.bytes(count: $1.elements) } }.max() ?? 0
+            ? cut.entries.map { s in layout.entries[s].reduce(0) { $0 + optimizer.bytes(count: $1.elements) } }.max() ?? 0
             : whole
         wholeStateBytes = whole; stateBytesPerRank = perRank
         peakPerRank = chosen.budgetedPeak.map { $0 - whole + perRank }
         let floats = layout.totalFloats
         let sent = 2 * 4 * (floats - floats / ranks)
         communicatedBytes = sent
-        computeSeconds = chosen.simulation.map { $0.stepSeconds * threadsScale }
+        // ZeRO 1: a rank updates its shard only (the largest one bounds the step).
+        let updated = zero == 1 ? cut.floats.map(\.count).max() ?? floats : floats
+        let skipped = Double((floats - updated) * 4) * optimizerSecondsPerByte
+        computeSeconds = chosen.simulation.map { ($0.stepSeconds - skipped) * threadsScale }
         // One all-to-all and one all-gather per round of 2^20 floats per rank (DataParallel.piece).
         let rounds = (floats / ranks + (1 << 20) - 1) / (1 << 20)
         communicationSeconds = hardware.collectives.map { $0.seconds(bytes: Double(sent), collectives: 2 * rounds + 2) }

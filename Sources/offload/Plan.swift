@@ -157,7 +157,8 @@ struct Plan: ParsableCommand {
             trainExtra["stateBytes"] = TrainingPlanner.stateBytes(r)
             if ranks > 1 {
                 ranksReport = RanksReport(config: cfg, ranks: ranks, zero: zero, optimizer: r.optimizerState, chosen: chosen,
-                                          hardware: hw, threadsScale: Double(ranksPerMachine))
+                                          hardware: hw, threadsScale: Double(ranksPerMachine),
+                                          optimizerSecondsPerByte: chain.optimizerSecondsPerParameterByte)
             }
             trainGrowth = trainGrowthRows(r, asked: TrainGrowthRow(seqLen: seqLen, minimumBudget: least?.bytes, minimumPlan: least?.name,
                                                                     plan: chosen.name, stepSeconds: chosen.simulation?.stepSeconds))
