@@ -67,7 +67,7 @@ public enum Checkpoint {
     public static func save(_ session: TrainingSession, to dir: String, sourceModel: String? = nil,
                             lastLoss: Float? = nil) throws {
         // Several ranks: all take part (ZeRO 1 gathers the state), rank 0 writes.
-        guard let state = try session.checkpointState() else { return }
+        guard let state = session.checkpointState() else { return }
         if let lora = session.trainer.lora {
             try saveLoRA(session, adapters: lora.adapters, state: state, to: dir, sourceModel: sourceModel, lastLoss: lastLoss)
             return

@@ -197,19 +197,27 @@ public final class DataParallel {
     // MARK: Checkpoints
 
     /// ZeRO 1: every rank's shard of the optimizer state gathered into the whole state on rank 0 (nil on the
-    /// others). A shard's state is the whole state's bytes for its parameters, so the gather is a concatenation.
-    public func gatherState(_ shard: OptimizerState, optimizer: any Optimizer, layout: ParameterLayout) throws -> OptimizerState? {
+    /// others). A shard's state is the whole state's bytes for its parameters, so the gather is a
+    /// concatenation, done in rounds of `piece` floats' bytes per rank through a staging buffer (MPI counts
+    /// are 32-bit).
+    public func gatherState(_ shard: OptimizerState, optimizer: any Optimizer, layout: ParameterLayout) -> OptimizerState? {
         let counts = comm.allGather([shard.bytes]).map { $0[0] }
-        guard counts.reduce(0, +) <= Int(Int32.max) else {
-            throw OffloadError("[checkpoint] the optimizer state (\(counts.reduce(0, +)) bytes) is over 2 GiB: gathering "
-                               + "it to rank 0 is not built yet; use --zero 0")
-        }
         let full = rank == 0 ? OptimizerState(for: optimizer, layout: layout) : nil
         if let full { precondition(full.bytes == counts.reduce(0, +), "shard states do not add up to the whole") }
-        var displacements: [Int32] = [], at = 0
-        for c in counts { displacements.append(Int32(at)); at += c }
-        comm.gather(shard.base, count: shard.bytes, into: full?.base, counts: counts.map { Int32($0) },
-                    displacements: displacements)
+        let offsets = counts.reduce(into: [0]) { $0.append($0.last! + $1) }
+        let chunk = 4 * piece
+        let staging = full.map { _ in UnsafeMutableRawPointer.allocate(byteCount: size * chunk, alignment: 64) }
+        defer { staging?.deallocate() }
+        for t in 0..<((counts.max() ?? 0) + chunk - 1) / chunk {
+            let pieces = counts.map { max(0, min(chunk, $0 - t * chunk)) }
+            comm.gather(shard.base + min(t * chunk, shard.bytes), count: pieces[rank], into: staging,
+                        counts: pieces.map { Int32($0) }, displacements: (0..<size).map { Int32($0 * chunk) })
+            if let full, let staging {
+                for r in 0..<size where pieces[r] > 0 {
+                    (full.base + offsets[r] + t * chunk).copyMemory(from: staging + r * chunk, byteCount: pieces[r])
+                }
+            }
+        }
         full?.step = shard.step
         return full
     }

@@ -195,10 +195,10 @@ public final class TrainingSession {
 
     /// The whole optimizer state, for a checkpoint: gathered from every rank's shard under ZeRO 1 (every rank
     /// must call this together; nil on ranks other than 0).
-    public func checkpointState() throws -> OptimizerState? {
+    public func checkpointState() -> OptimizerState? {
         guard let parallel else { return optimizerState }
         let state = parallel.zero == 1
-            ? try parallel.gatherState(optimizerState, optimizer: optimizer, layout: trained.layout) : optimizerState
+            ? parallel.gatherState(optimizerState, optimizer: optimizer, layout: trained.layout) : optimizerState
         return parallel.rank == 0 ? state : nil
     }
 

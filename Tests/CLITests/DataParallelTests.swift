@@ -184,6 +184,14 @@ final class DataParallelTests: XCTestCase {
             XCTAssertEqual(try steps("a.jsonl").map(\.loss), try steps(name + ".jsonl").map(\.loss), name)
             XCTAssertEqual(try steps("a.jsonl").map(\.norm), try steps(name + ".jsonl").map(\.norm), name)
         }
+        // A larger shape: ZeRO 1's state (13 MiB a rank) reaches rank 0's checkpoint in several rounds.
+        for (name, zero) in [("s0", "0"), ("s1", "1")] {
+            let r = try mpi(["-np", "2", CLI.binary, "train", "--config", "small", "--data", DataParallelTests.data,
+                             "--seq-len", "32", "--threads", "1", "--batch", "2", "--steps", "2", "--zero", zero, "--save", path(name)])
+            XCTAssertEqual(r.status, 0, r.stderr)
+        }
+        XCTAssertEqual(try bytes("s0", "optimizer.safetensors"), try bytes("s1", "optimizer.safetensors"))
+        XCTAssertEqual(try bytes("s0", "model.safetensors"), try bytes("s1", "model.safetensors"))
         // With a RAM budget (the planned executor, parameters in memory) and clipping: the same bits as in memory.
         try train(ranks: 2, ["--batch", "2", "--steps", "4", "--grad-clip", "0.5", "--save", path("clip")])
         try train(ranks: 2, ["--batch", "2", "--steps", "4", "--grad-clip", "0.5", "--zero", "1", "--budget", "4MB",
