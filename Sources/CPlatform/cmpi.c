@@ -11,7 +11,6 @@ static int (*p_finalize)(void);
 static int (*p_comm_rank)(Handle, int *);
 static int (*p_comm_size)(Handle, int *);
 static int (*p_allgather)(const void *, int, Handle, void *, int, Handle, Handle);
-static int (*p_bcast)(void *, int, Handle, int, Handle);
 static int (*p_alltoallv)(const void *, const int *, const int *, Handle, void *, const int *, const int *, Handle, Handle);
 static int (*p_allgatherv)(const void *, int, Handle, void *, const int *, const int *, Handle, Handle);
 static int (*p_gatherv)(const void *, int, Handle, void *, const int *, const int *, Handle, int, Handle);
@@ -28,7 +27,7 @@ int cm_load(char *error, int error_length) {
     struct { void **slot; const char *name; } symbols[] = {
         {(void **)&p_init, "MPI_Init"}, {(void **)&p_finalize, "MPI_Finalize"},
         {(void **)&p_comm_rank, "MPI_Comm_rank"}, {(void **)&p_comm_size, "MPI_Comm_size"},
-        {(void **)&p_allgather, "MPI_Allgather"}, {(void **)&p_bcast, "MPI_Bcast"},
+        {(void **)&p_allgather, "MPI_Allgather"},
         {(void **)&p_alltoallv, "MPI_Alltoallv"}, {(void **)&p_allgatherv, "MPI_Allgatherv"},
         {(void **)&p_gatherv, "MPI_Gatherv"}, {(void **)&p_barrier, "MPI_Barrier"}, {(void **)&p_abort, "MPI_Abort"},
         {&world, "ompi_mpi_comm_world"}, {&byte_type, "ompi_mpi_byte"}, {&float_type, "ompi_mpi_float"},
@@ -52,8 +51,6 @@ int cm_size(void) { int n = 0; p_comm_size(world, &n); return n; }
 int cm_allgather_bytes(const void *send, int count, void *receive) {
     return p_allgather(send, count, byte_type, receive, count, byte_type, world);
 }
-
-int cm_broadcast_bytes(void *buffer, int count, int root) { return p_bcast(buffer, count, byte_type, root, world); }
 
 int cm_alltoallv_floats(const float *send, const int *send_counts, const int *send_displacements,
                         float *receive, const int *receive_counts, const int *receive_displacements) {

@@ -1,5 +1,5 @@
 // The ranks of a job that Open MPI's `mpirun` started: rank, size and the few collectives data-parallel
-// training needs (all-gather, all-to-all, broadcast, gather), over CPlatform's dlopen of libmpi.so.40.
+// training needs (all-gather, all-to-all, gather, barrier), over CPlatform's dlopen of libmpi.so.40.
 // MPI is optional: nothing here runs unless the process was started by mpirun, and a missing library
 // is an error naming the Debian packages. Sums are never left to MPI (its reduction order may change
 // with the algorithm it picks): callers move bytes with these calls and add in rank order themselves.
@@ -83,14 +83,6 @@ public final class Communicator: @unchecked Sendable {
             }
         }
         return (0..<size).map { Array(all[$0 * n ..< ($0 + 1) * n]) }
-    }
-
-    /// Rank `root`'s bytes on every rank.
-    public func broadcast(_ bytes: inout [UInt8], root: Int = 0) {
-        var count = [Int64(bytes.count)]
-        count.withUnsafeMutableBytes { check(cm_broadcast_bytes($0.baseAddress, 8, Int32(root)), "MPI_Bcast") }
-        if rank != root { bytes = [UInt8](repeating: 0, count: Int(count[0])) }
-        bytes.withUnsafeMutableBytes { check(cm_broadcast_bytes($0.baseAddress, Int32($0.count), Int32(root)), "MPI_Bcast") }
     }
 
     /// All-to-all of floats: piece j of `send` (counts[j] floats at displacements[j]) goes to rank j.

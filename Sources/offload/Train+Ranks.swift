@@ -38,15 +38,15 @@ extension Train {
     }
 
     /// Checks that every rank runs the same flags, model weights and data; an error names the ranks that differ.
-    static func checkSameEverywhere(_ comm: Communicator, options: TrainingOptions, weights: FloatBuffer, data: TokenWindows) throws {
+    /// `dataChecksum`: the data as checkpoints record it (`Checkpoint.dataChecksum`, hex).
+    static func checkSameEverywhere(_ comm: Communicator, options: TrainingOptions, weights: FloatBuffer,
+                                    dataChecksum: String) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
-        var o = Checksum64(), w = Checksum64(), d = Checksum64()
+        var o = Checksum64(), w = Checksum64()
         try encoder.encode(options).withUnsafeBytes { o.update($0) }
         w.update(UnsafeRawBufferPointer(start: weights.base, count: weights.bytes))
-        data.tokens.map { Int64($0) }.withUnsafeBytes { d.update($0) }
-        (data.mask ?? []).map { $0 ? UInt8(1) : 0 }.withUnsafeBytes { d.update($0) }
-        let all = comm.allGather([o.value, w.value, d.value])
+        let all = comm.allGather([o.value, w.value, UInt64(dataChecksum, radix: 16) ?? 0])
         for (k, what) in ["training options (flags)", "model weights", "training data"].enumerated() {
             let differ = (1..<comm.size).filter { all[$0][k] != all[0][k] }
             if !differ.isEmpty {

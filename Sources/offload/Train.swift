@@ -333,17 +333,17 @@ struct Train: ParsableCommand {
             if let info, let resume { try Checkpoint.restoreOptimizer(resume, info: info, into: session) }
             run = InMemoryRun(session: session, budgeted: budgeted)
         }
+        // The data as checkpoints checksum it: a token not trained on counts as -id - 2 (distinct from every id and from -1).
+        let dataChecksum = Checkpoint.dataChecksum(mask.map { m in zip(ids, m).map { $1 ? $0 : -$0 - 2 } } ?? ids)
         if let comm, comm.size > 1, let session = (run as? InMemoryRun)?.session {
-            try Train.checkSameEverywhere(comm, options: options, weights: session.trained.weights, data: windows)
+            try Train.checkSameEverywhere(comm, options: options, weights: session.trained.weights, dataChecksum: dataChecksum)
         }
         if let info {
             if let t = info.threads, t != threadCount, sameRanks {
                 note("warning: the checkpoint was trained with \(t) threads and this run uses \(threadCount); OpenBLAS "
                      + "sums differ with the thread count, so the continuation will not be bit-identical (use --threads \(t))")
             }
-            // A token not trained on counts as -id - 2 (distinct from every id and from -1).
-            let marked = mask.map { m in zip(ids, m).map { $1 ? $0 : -$0 - 2 } } ?? ids
-            if info.dataChecksum != Checkpoint.dataChecksum(marked) {
+            if info.dataChecksum != dataChecksum {
                 note("warning: the data differs from the data this checkpoint was trained on; the run continues on the new data")
             }
         }

@@ -14,8 +14,6 @@ int cm_rank(void);
 int cm_size(void);
 /// Every rank's `count` bytes, in rank order, into `receive` (size × count bytes).
 int cm_allgather_bytes(const void *send, int count, void *receive);
-/// Rank `root`'s `count` bytes into every rank's `buffer`.
-int cm_broadcast_bytes(void *buffer, int count, int root);
 /// All-to-all of floats with per-rank counts and displacements (in floats).
 int cm_alltoallv_floats(const float *send, const int *send_counts, const int *send_displacements,
                         float *receive, const int *receive_counts, const int *receive_displacements);
